@@ -1,0 +1,656 @@
+//! The kernel registry.
+//!
+//! A kernel is identified by (op, weight format, variant). Every op has a portable WGSL
+//! implementation in `wgsl/<family>.wgsl`; an op may also have native variants per backend
+//! (`metal_overrides/<family>.metal`, `vulkan_overrides/<family>.spv`) that bind the same
+//! buffers in the same layout. Callers describe what they want with a [`KernelSpec`] and get a
+//! cached [`Pipeline`]; which variant backs it is the registry's choice ([`KernelPolicy`]).
+//!
+//! WGSL sources go through a small preprocessor ([`preprocess`]): `#include "name"`,
+//! `#ifdef` / `#ifndef` / `#else` / `#endif`. The registry defines `SUBGROUP` when the
+//! device has subgroup operations and `F16` when it has `SHADER_F16`, so one source carries
+//! both the subgroup path and its workgroup-memory fallback. Numeric specialisation (tile
+//! sizes, lanes per row) goes through WGSL `override` constants.
+//!
+//! Each family lives in its own module with its params struct, bindings, dispatch shape and
+//! variant choice; the host wrappers are thin and return a [`Dispatch`] that is built once
+//! and recorded into a compute pass as often as needed.
+
+pub mod matrix;
+pub mod rmsnorm;
+
+pub use matrix::GpuMatrix;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+pub use crate::quant::WeightFormat;
+
+mod sources {
+    include!(concat!(env!("OUT_DIR"), "/shader_sources.rs"));
+}
+
+/// The WGSL source of a family (file stem under `wgsl/`), before preprocessing.
+pub fn wgsl_source(family: &str) -> Option<&'static str> {
+    sources::WGSL_SOURCES
+        .iter()
+        .find(|(n, _)| *n == family)
+        .map(|(_, s)| *s)
+}
+
+/// Every WGSL family shipped in the binary.
+pub fn wgsl_families() -> impl Iterator<Item = &'static str> {
+    sources::WGSL_SOURCES.iter().map(|(n, _)| *n)
+}
+
+/// The MSL source of a native Metal family, if any.
+pub fn msl_source(family: &str) -> Option<&'static str> {
+    sources::MSL_SOURCES
+        .iter()
+        .find(|(n, _)| *n == family)
+        .map(|(_, s)| *s)
+}
+
+/// The SPIR-V of a native Vulkan family, if any.
+pub fn spirv_source(family: &str) -> Option<&'static [u8]> {
+    sources::SPIRV_SOURCES
+        .iter()
+        .find(|(n, _)| *n == family)
+        .map(|(_, s)| *s)
+}
+
+/// Expands `#include`, `#ifdef`, `#ifndef`, `#else`, `#endif` with the given defines.
+pub fn preprocess(family: &str, defines: &[&str]) -> Result<String> {
+    let src = wgsl_source(family).ok_or_else(|| Error::Shader {
+        family: family.into(),
+        message: "no such WGSL family".into(),
+    })?;
+    let mut out = String::with_capacity(src.len() + 1024);
+    let mut included = Vec::new();
+    expand(family, src, defines, &mut out, &mut included, 0)?;
+    Ok(out)
+}
+
+fn expand(
+    family: &str,
+    src: &str,
+    defines: &[&str],
+    out: &mut String,
+    included: &mut Vec<String>,
+    depth: u32,
+) -> Result<()> {
+    let err = |line: usize, msg: String| Error::Shader {
+        family: family.into(),
+        message: format!("line {}: {msg}", line + 1),
+    };
+    if depth > 8 {
+        return Err(err(0, "#include nested too deeply".into()));
+    }
+    // Stack of (this branch active, some branch of this #if taken, parent active).
+    let mut stack: Vec<(bool, bool)> = Vec::new();
+    let active = |stack: &Vec<(bool, bool)>| stack.iter().all(|(a, _)| *a);
+    for (ln, line) in src.lines().enumerate() {
+        let t = line.trim_start();
+        if let Some(rest) = t.strip_prefix("#ifdef ") {
+            let on = defines.contains(&rest.trim());
+            stack.push((on, on));
+        } else if let Some(rest) = t.strip_prefix("#ifndef ") {
+            let on = !defines.contains(&rest.trim());
+            stack.push((on, on));
+        } else if t.starts_with("#else") {
+            let top = stack
+                .last_mut()
+                .ok_or_else(|| err(ln, "#else without #ifdef".into()))?;
+            *top = (!top.1, true);
+        } else if t.starts_with("#endif") {
+            stack
+                .pop()
+                .ok_or_else(|| err(ln, "#endif without #ifdef".into()))?;
+        } else if let Some(rest) = t.strip_prefix("#include ") {
+            if !active(&stack) {
+                continue;
+            }
+            let name = rest.trim().trim_matches('"');
+            if included.iter().any(|n| n == name) {
+                continue;
+            }
+            included.push(name.to_string());
+            let inc = wgsl_source(name)
+                .ok_or_else(|| err(ln, format!("#include of unknown file {name:?}")))?;
+            expand(family, inc, defines, out, included, depth + 1)?;
+        } else if t.starts_with('#') {
+            return Err(err(ln, format!("unknown directive {t:?}")));
+        } else if active(&stack) {
+            out.push_str(line);
+            out.push('\n');
+        } else {
+            // Keep line numbers stable for error messages.
+            out.push('\n');
+        }
+    }
+    if !stack.is_empty() {
+        return Err(err(0, "unterminated #ifdef".into()));
+    }
+    Ok(())
+}
+
+/// Which implementation backs a kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    /// The WGSL kernel, on every backend.
+    Portable,
+    /// A hand-written native shader for the current backend (MSL on Metal, SPIR-V on Vulkan).
+    Native,
+}
+
+/// How the registry picks variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KernelChoice {
+    #[default]
+    Portable,
+    Native,
+    /// Native where one exists for this backend (and the tuning cache does not say it is slower).
+    Auto,
+}
+
+impl std::str::FromStr for KernelChoice {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "portable" | "wgsl" => Ok(KernelChoice::Portable),
+            "native" => Ok(KernelChoice::Native),
+            "auto" => Ok(KernelChoice::Auto),
+            o => Err(Error::InvalidArgument(format!(
+                "kernel choice {o:?} (expected portable, native or auto)"
+            ))),
+        }
+    }
+}
+
+/// The variant policy: a default and per-op overrides (`WICK_KERNELS=gemv_q4_0=native,...`).
+#[derive(Debug, Clone, Default)]
+pub struct KernelPolicy {
+    pub default: KernelChoice,
+    pub per_op: HashMap<String, KernelChoice>,
+}
+
+impl KernelPolicy {
+    /// Parses `op=choice,op=choice`.
+    pub fn parse_overrides(&mut self, s: &str) -> Result<()> {
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (op, choice) = part.split_once('=').ok_or_else(|| {
+                Error::InvalidArgument(format!("WICK_KERNELS entry {part:?} is not op=choice"))
+            })?;
+            self.per_op.insert(op.trim().to_string(), choice.parse()?);
+        }
+        Ok(())
+    }
+
+    /// The default policy plus `$WICK_KERNELS`.
+    pub fn from_env(default: KernelChoice) -> Result<Self> {
+        let mut p = KernelPolicy {
+            default,
+            per_op: HashMap::new(),
+        };
+        if let Ok(s) = std::env::var("WICK_KERNELS") {
+            p.parse_overrides(&s)?;
+        }
+        Ok(p)
+    }
+
+    pub fn choice_for(&self, op: &str) -> KernelChoice {
+        self.per_op.get(op).copied().unwrap_or(self.default)
+    }
+}
+
+/// One binding of a kernel's bind group (group 0, binding = index in the list).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Binding {
+    Uniform,
+    /// Read-only storage.
+    Read,
+    /// Read-write storage.
+    ReadWrite,
+}
+
+/// A native shader for one backend, binding exactly the same layout as the portable kernel.
+#[derive(Debug, Clone, Copy)]
+pub struct NativeKernel {
+    /// File stem under `metal_overrides/` or `vulkan_overrides/`.
+    pub family: &'static str,
+    pub entry: &'static str,
+    /// Fixed workgroup size (Metal passthrough needs it per entry point).
+    pub workgroup_size: [u32; 3],
+}
+
+/// Everything needed to build one pipeline.
+#[derive(Debug, Clone)]
+pub struct KernelSpec {
+    /// Op name for variant policy and reports, e.g. `gemv_q4_0`, `rmsnorm`.
+    pub op: String,
+    /// WGSL family (file stem under `wgsl/`).
+    pub family: &'static str,
+    pub entry: &'static str,
+    pub bindings: Vec<Binding>,
+    /// Preprocessor defines beyond the automatic `SUBGROUP` / `F16`.
+    pub defines: Vec<&'static str>,
+    /// WGSL `override` constants.
+    pub constants: Vec<(&'static str, f64)>,
+    /// Native variants for Vulkan and Metal, if the op has them.
+    pub native_vulkan: Option<NativeKernel>,
+    pub native_metal: Option<NativeKernel>,
+}
+
+impl KernelSpec {
+    pub fn new(
+        op: impl Into<String>,
+        family: &'static str,
+        entry: &'static str,
+        bindings: &[Binding],
+    ) -> Self {
+        KernelSpec {
+            op: op.into(),
+            family,
+            entry,
+            bindings: bindings.to_vec(),
+            defines: Vec::new(),
+            constants: Vec::new(),
+            native_vulkan: None,
+            native_metal: None,
+        }
+    }
+
+    pub fn define(mut self, d: &'static str) -> Self {
+        self.defines.push(d);
+        self
+    }
+
+    pub fn constant(mut self, name: &'static str, value: impl Into<f64>) -> Self {
+        self.constants.push((name, value.into()));
+        self
+    }
+
+    fn key(&self, variant: Variant) -> PipelineKey {
+        let mut defines: Vec<&'static str> = self.defines.clone();
+        defines.sort();
+        PipelineKey {
+            family: self.family,
+            entry: self.entry,
+            defines,
+            constants: self
+                .constants
+                .iter()
+                .map(|(n, v)| (*n, v.to_bits()))
+                .collect(),
+            variant,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PipelineKey {
+    family: &'static str,
+    entry: &'static str,
+    defines: Vec<&'static str>,
+    constants: Vec<(&'static str, u64)>,
+    variant: Variant,
+}
+
+/// A built compute pipeline with its bind group layout.
+#[derive(Debug)]
+pub struct Pipeline {
+    pub op: String,
+    pub variant: Variant,
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+/// A pipeline, its bind group and its grid: built once, recorded many times.
+#[derive(Debug, Clone)]
+pub struct Dispatch {
+    pub pipeline: Arc<Pipeline>,
+    pub bind_group: wgpu::BindGroup,
+    pub workgroups: [u32; 3],
+}
+
+impl Dispatch {
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.pipeline.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        let [x, y, z] = self.workgroups;
+        pass.dispatch_workgroups(x, y, z);
+    }
+}
+
+/// Splits a 1-D workgroup count over x and y to respect the per-dimension limit.
+/// Kernels recover the linear index as `wid.x + wid.y * nwg.x` and must ignore the tail.
+pub fn grid_1d(workgroups: u32, max_per_dim: u32) -> [u32; 3] {
+    if workgroups <= max_per_dim {
+        [workgroups.max(1), 1, 1]
+    } else {
+        let y = workgroups.div_ceil(max_per_dim);
+        [workgroups.div_ceil(y), y, 1]
+    }
+}
+
+/// The pipeline cache and variant policy over one [`Gpu`].
+pub struct Kernels {
+    pub gpu: Arc<Gpu>,
+    pub policy: KernelPolicy,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
+    modules: Mutex<HashMap<(String, Vec<&'static str>), wgpu::ShaderModule>>,
+}
+
+impl std::fmt::Debug for Kernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kernels")
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+impl Kernels {
+    pub fn new(gpu: Arc<Gpu>) -> Self {
+        Self::with_policy(gpu, KernelPolicy::default())
+    }
+
+    pub fn with_policy(gpu: Arc<Gpu>, policy: KernelPolicy) -> Self {
+        Kernels {
+            gpu,
+            policy,
+            pipelines: Mutex::default(),
+            modules: Mutex::default(),
+        }
+    }
+
+    /// Defines every WGSL module gets from the device's capabilities.
+    pub fn device_defines(&self) -> Vec<&'static str> {
+        let mut d = Vec::new();
+        if self.gpu.caps.subgroup {
+            d.push("SUBGROUP");
+        }
+        if self.gpu.caps.shader_f16 {
+            d.push("F16");
+        }
+        d
+    }
+
+    /// The native kernel usable for `spec` on this backend, if any.
+    pub fn native_for(&self, spec: &KernelSpec) -> Option<NativeKernel> {
+        if !self.gpu.caps.passthrough_shaders {
+            return None;
+        }
+        match self.gpu.caps.backend.as_str() {
+            "vulkan" => spec
+                .native_vulkan
+                .filter(|n| spirv_source(n.family).is_some()),
+            "metal" => spec.native_metal.filter(|n| msl_source(n.family).is_some()),
+            _ => None,
+        }
+    }
+
+    /// Which variant the policy selects for `spec` here.
+    pub fn variant_for(&self, spec: &KernelSpec) -> Result<Variant> {
+        let native = self.native_for(spec).is_some();
+        match self.policy.choice_for(&spec.op) {
+            KernelChoice::Portable => Ok(Variant::Portable),
+            KernelChoice::Auto => Ok(if native {
+                Variant::Native
+            } else {
+                Variant::Portable
+            }),
+            KernelChoice::Native if native => Ok(Variant::Native),
+            // A global "native" falls back per op; an explicit per-op request is an error.
+            KernelChoice::Native if !self.policy.per_op.contains_key(&spec.op) => {
+                Ok(Variant::Portable)
+            }
+            KernelChoice::Native => Err(Error::Unsupported(format!(
+                "op {} has no native variant for backend {}",
+                spec.op, self.gpu.caps.backend
+            ))),
+        }
+    }
+
+    /// The cached pipeline for `spec`, built on first use.
+    pub fn pipeline(&self, spec: &KernelSpec) -> Result<Arc<Pipeline>> {
+        let variant = self.variant_for(spec)?;
+        self.pipeline_variant(spec, variant)
+    }
+
+    /// The pipeline for `spec` with an explicit variant (kernel checks and benchmarks).
+    pub fn pipeline_variant(&self, spec: &KernelSpec, variant: Variant) -> Result<Arc<Pipeline>> {
+        let key = spec.key(variant);
+        if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
+            return Ok(p.clone());
+        }
+        let built = Arc::new(self.build(spec, variant)?);
+        self.pipelines
+            .lock()
+            .unwrap()
+            .entry(key)
+            .or_insert(built.clone());
+        Ok(built)
+    }
+
+    fn layout_entries(spec: &KernelSpec) -> Vec<wgpu::BindGroupLayoutEntry> {
+        spec.bindings
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupLayoutEntry {
+                binding: i as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: match b {
+                    Binding::Uniform => wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    Binding::Read => wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Storage { read_only: true },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    Binding::ReadWrite => wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Storage { read_only: false },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                },
+                count: None,
+            })
+            .collect()
+    }
+
+    fn wgsl_module(&self, spec: &KernelSpec) -> Result<wgpu::ShaderModule> {
+        let mut defines = self.device_defines();
+        defines.extend(spec.defines.iter().copied());
+        defines.sort();
+        defines.dedup();
+        let key = (spec.family.to_string(), defines.clone());
+        if let Some(m) = self.modules.lock().unwrap().get(&key) {
+            return Ok(m.clone());
+        }
+        let src = preprocess(spec.family, &defines)?;
+        let gpu = &self.gpu;
+        let module = gpu
+            .scoped(|| {
+                gpu.device
+                    .create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(spec.family),
+                        source: wgpu::ShaderSource::Wgsl(src.into()),
+                    })
+            })
+            .map_err(|e| Error::Shader {
+                family: spec.family.into(),
+                message: e.to_string(),
+            })?;
+        self.modules.lock().unwrap().insert(key, module.clone());
+        Ok(module)
+    }
+
+    fn native_module(&self, native: &NativeKernel) -> Result<wgpu::ShaderModule> {
+        let gpu = &self.gpu;
+        let mut desc = wgpu::ShaderModuleDescriptorPassthrough {
+            label: Some(native.family),
+            ..Default::default()
+        };
+        let spirv_words;
+        match gpu.caps.backend.as_str() {
+            "vulkan" => {
+                let bytes = spirv_source(native.family).ok_or_else(|| Error::Shader {
+                    family: native.family.into(),
+                    message: "no SPIR-V shipped".into(),
+                })?;
+                if bytes.len() % 4 != 0 {
+                    return Err(Error::Shader {
+                        family: native.family.into(),
+                        message: "SPIR-V length is not a multiple of 4".into(),
+                    });
+                }
+                spirv_words = bytemuck::pod_collect_to_vec::<u8, u32>(bytes);
+                desc.spirv = Some(std::borrow::Cow::Borrowed(&spirv_words));
+            }
+            "metal" => {
+                let src = msl_source(native.family).ok_or_else(|| Error::Shader {
+                    family: native.family.into(),
+                    message: "no MSL shipped".into(),
+                })?;
+                desc.msl = Some(std::borrow::Cow::Borrowed(src));
+            }
+            b => return Err(Error::Unsupported(format!("native kernels on backend {b}"))),
+        }
+        desc.entry_points = std::borrow::Cow::Owned(vec![wgpu::PassthroughShaderEntryPoint {
+            name: std::borrow::Cow::Borrowed(native.entry),
+            workgroup_size: (
+                native.workgroup_size[0],
+                native.workgroup_size[1],
+                native.workgroup_size[2],
+            ),
+        }]);
+        // SAFETY: native kernels are wick's own shaders, checked against the CPU reference
+        // by `wick kernels check` and the test suite; they bind the portable layout.
+        gpu.scoped(|| unsafe { gpu.device.create_shader_module_passthrough(desc) })
+            .map_err(|e| Error::Shader {
+                family: native.family.into(),
+                message: e.to_string(),
+            })
+    }
+
+    fn build(&self, spec: &KernelSpec, variant: Variant) -> Result<Pipeline> {
+        let gpu = &self.gpu;
+        let entries = Self::layout_entries(spec);
+        let layout = gpu.scoped(|| {
+            gpu.device
+                .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                    label: Some(spec.entry),
+                    entries: &entries,
+                })
+        })?;
+        let pl = gpu.scoped(|| {
+            gpu.device
+                .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                    label: Some(spec.entry),
+                    bind_group_layouts: &[Some(&layout)],
+                    immediate_size: 0,
+                })
+        })?;
+        let (module, entry, constants) = match variant {
+            Variant::Portable => (self.wgsl_module(spec)?, spec.entry, spec.constants.clone()),
+            Variant::Native => {
+                let native = self.native_for(spec).ok_or_else(|| {
+                    Error::Unsupported(format!("no native variant of {} here", spec.op))
+                })?;
+                (self.native_module(&native)?, native.entry, Vec::new())
+            }
+        };
+        let pipeline = gpu
+            .scoped(|| {
+                gpu.device
+                    .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                        label: Some(&spec.op),
+                        layout: Some(&pl),
+                        module: &module,
+                        entry_point: Some(entry),
+                        compilation_options: wgpu::PipelineCompilationOptions {
+                            constants: &constants,
+                            zero_initialize_workgroup_memory: false,
+                        },
+                        cache: None,
+                    })
+            })
+            .map_err(|e| Error::Shader {
+                family: spec.family.into(),
+                message: format!("{} ({:?}): {e}", spec.entry, variant),
+            })?;
+        Ok(Pipeline {
+            op: spec.op.clone(),
+            variant,
+            pipeline,
+            layout,
+        })
+    }
+
+    /// A bind group binding `buffers` at 0..n in order (whole buffers).
+    pub fn bind(&self, pipeline: &Pipeline, buffers: &[&wgpu::Buffer]) -> Result<wgpu::BindGroup> {
+        let resources: Vec<wgpu::BindingResource> =
+            buffers.iter().map(|b| b.as_entire_binding()).collect();
+        self.bind_resources(pipeline, &resources)
+    }
+
+    /// A bind group from explicit resources (buffer ranges of split tensors).
+    pub fn bind_resources(
+        &self,
+        pipeline: &Pipeline,
+        resources: &[wgpu::BindingResource<'_>],
+    ) -> Result<wgpu::BindGroup> {
+        let entries: Vec<wgpu::BindGroupEntry> = resources
+            .iter()
+            .enumerate()
+            .map(|(i, r)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: r.clone(),
+            })
+            .collect();
+        let gpu = &self.gpu;
+        gpu.scoped(|| {
+            gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(&pipeline.op),
+                layout: &pipeline.layout,
+                entries: &entries,
+            })
+        })
+    }
+
+    /// A dispatch of `spec` over `workgroups`, binding `buffers` in order.
+    pub fn dispatch(
+        &self,
+        spec: &KernelSpec,
+        buffers: &[&wgpu::Buffer],
+        workgroups: [u32; 3],
+    ) -> Result<Dispatch> {
+        let pipeline = self.pipeline(spec)?;
+        let bind_group = self.bind(&pipeline, buffers)?;
+        Ok(Dispatch {
+            pipeline,
+            bind_group,
+            workgroups,
+        })
+    }
+
+    /// Records `dispatches` into one compute pass, submits, and waits (tests, one-off work).
+    pub fn run(&self, dispatches: &[&Dispatch]) -> Result<()> {
+        let gpu = &self.gpu;
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for d in dispatches {
+                d.record(&mut pass);
+            }
+        }
+        gpu.scoped(|| gpu.queue.submit([enc.finish()]))?;
+        gpu.wait_idle()
+    }
+}

@@ -1,0 +1,612 @@
+//! GGML block formats: CPU dequantisation and quantisation (bit-exact with ggml), and
+//! repacking into the aligned GPU planes the kernels read (KERNELS.md §2).
+//!
+//! GGUF blocks are only 2-byte aligned (18 B Q4_0, 34 B Q8_0) and WGSL has no 8/16-bit
+//! loads, so at load time each matrix is split into two planes with the same bytes:
+//! - `qs`: the quantised values, `u32` words, row-major by block — Q8_0 8 words (32 bytes)
+//!   per block, Q4_0/Q4_1 4 words (16 bytes); bytes within a block in GGML order, so for
+//!   Q4 word `w` byte `b` holds element `4w+b` in its low nibble and `4w+b+16` in its high.
+//!   Float formats: f32 one word per element; f16/bf16 two per word (element 2i in the low half).
+//! - `scales`: Q8_0/Q4_0 one f16 `d` per block, two blocks per word (block 2i low half);
+//!   Q4_1 one word per block, `d` low half and `m` high half. Empty for float formats.
+
+use half::{bf16, f16};
+
+use crate::error::{Error, Result};
+
+/// GGML tensor types wick knows (ids as in ggml.h / GGUF).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GgmlType {
+    F32,
+    F16,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    Q8_1,
+    Q2K,
+    Q3K,
+    Q4K,
+    Q5K,
+    Q6K,
+    Q8K,
+    I8,
+    I16,
+    I32,
+    I64,
+    F64,
+    Bf16,
+    /// Any other id: readable metadata, but no kernel for it.
+    Other(u32),
+}
+
+impl GgmlType {
+    pub fn from_id(id: u32) -> GgmlType {
+        match id {
+            0 => GgmlType::F32,
+            1 => GgmlType::F16,
+            2 => GgmlType::Q4_0,
+            3 => GgmlType::Q4_1,
+            6 => GgmlType::Q5_0,
+            7 => GgmlType::Q5_1,
+            8 => GgmlType::Q8_0,
+            9 => GgmlType::Q8_1,
+            10 => GgmlType::Q2K,
+            11 => GgmlType::Q3K,
+            12 => GgmlType::Q4K,
+            13 => GgmlType::Q5K,
+            14 => GgmlType::Q6K,
+            15 => GgmlType::Q8K,
+            24 => GgmlType::I8,
+            25 => GgmlType::I16,
+            26 => GgmlType::I32,
+            27 => GgmlType::I64,
+            28 => GgmlType::F64,
+            30 => GgmlType::Bf16,
+            o => GgmlType::Other(o),
+        }
+    }
+
+    pub fn id(self) -> u32 {
+        match self {
+            GgmlType::F32 => 0,
+            GgmlType::F16 => 1,
+            GgmlType::Q4_0 => 2,
+            GgmlType::Q4_1 => 3,
+            GgmlType::Q5_0 => 6,
+            GgmlType::Q5_1 => 7,
+            GgmlType::Q8_0 => 8,
+            GgmlType::Q8_1 => 9,
+            GgmlType::Q2K => 10,
+            GgmlType::Q3K => 11,
+            GgmlType::Q4K => 12,
+            GgmlType::Q5K => 13,
+            GgmlType::Q6K => 14,
+            GgmlType::Q8K => 15,
+            GgmlType::I8 => 24,
+            GgmlType::I16 => 25,
+            GgmlType::I32 => 26,
+            GgmlType::I64 => 27,
+            GgmlType::F64 => 28,
+            GgmlType::Bf16 => 30,
+            GgmlType::Other(o) => o,
+        }
+    }
+
+    /// (elements per block, bytes per block); None for ids whose layout is unknown.
+    pub fn block_layout(self) -> Option<(usize, usize)> {
+        Some(match self {
+            GgmlType::F32 | GgmlType::I32 => (1, 4),
+            GgmlType::F16 | GgmlType::Bf16 | GgmlType::I16 => (1, 2),
+            GgmlType::I8 => (1, 1),
+            GgmlType::I64 | GgmlType::F64 => (1, 8),
+            GgmlType::Q4_0 => (32, 18),
+            GgmlType::Q4_1 => (32, 20),
+            GgmlType::Q5_0 => (32, 22),
+            GgmlType::Q5_1 => (32, 24),
+            GgmlType::Q8_0 => (32, 34),
+            GgmlType::Q8_1 => (32, 36),
+            GgmlType::Q2K => (256, 84),
+            GgmlType::Q3K => (256, 110),
+            GgmlType::Q4K => (256, 144),
+            GgmlType::Q5K => (256, 176),
+            GgmlType::Q6K => (256, 210),
+            GgmlType::Q8K => (256, 292),
+            GgmlType::Other(_) => return None,
+        })
+    }
+
+    pub fn name(self) -> String {
+        match self {
+            GgmlType::Other(o) => format!("type#{o}"),
+            GgmlType::Bf16 => "BF16".into(),
+            GgmlType::Q2K => "Q2_K".into(),
+            GgmlType::Q3K => "Q3_K".into(),
+            GgmlType::Q4K => "Q4_K".into(),
+            GgmlType::Q5K => "Q5_K".into(),
+            GgmlType::Q6K => "Q6_K".into(),
+            GgmlType::Q8K => "Q8_K".into(),
+            t => format!("{t:?}"),
+        }
+    }
+
+    /// Bytes of a tensor of `elems` elements, or None if not a whole number of blocks.
+    pub fn bytes_for(self, elems: u64) -> Option<u64> {
+        let (be, bb) = self.block_layout()?;
+        if elems % be as u64 != 0 {
+            return None;
+        }
+        (elems / be as u64).checked_mul(bb as u64)
+    }
+
+    /// The GPU weight format for this type, if wick has kernels for it.
+    pub fn weight_format(self) -> Option<WeightFormat> {
+        Some(match self {
+            GgmlType::F32 => WeightFormat::F32,
+            GgmlType::F16 => WeightFormat::F16,
+            GgmlType::Bf16 => WeightFormat::Bf16,
+            GgmlType::Q8_0 => WeightFormat::Q8_0,
+            GgmlType::Q4_0 => WeightFormat::Q4_0,
+            GgmlType::Q4_1 => WeightFormat::Q4_1,
+            _ => return None,
+        })
+    }
+}
+
+/// Weight storage formats the GPU kernels read, as repacked planes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightFormat {
+    F32,
+    F16,
+    Bf16,
+    Q8_0,
+    Q4_0,
+    Q4_1,
+}
+
+impl WeightFormat {
+    pub const ALL: [WeightFormat; 6] = [
+        WeightFormat::F32,
+        WeightFormat::F16,
+        WeightFormat::Bf16,
+        WeightFormat::Q8_0,
+        WeightFormat::Q4_0,
+        WeightFormat::Q4_1,
+    ];
+
+    /// Lower-case name as used in op names (`gemv_q4_0`) and on the CLI.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightFormat::F32 => "f32",
+            WeightFormat::F16 => "f16",
+            WeightFormat::Bf16 => "bf16",
+            WeightFormat::Q8_0 => "q8_0",
+            WeightFormat::Q4_0 => "q4_0",
+            WeightFormat::Q4_1 => "q4_1",
+        }
+    }
+
+    /// WGSL define selecting this format's loader (`FMT_Q4_0`).
+    pub fn define(self) -> &'static str {
+        match self {
+            WeightFormat::F32 => "FMT_F32",
+            WeightFormat::F16 => "FMT_F16",
+            WeightFormat::Bf16 => "FMT_BF16",
+            WeightFormat::Q8_0 => "FMT_Q8_0",
+            WeightFormat::Q4_0 => "FMT_Q4_0",
+            WeightFormat::Q4_1 => "FMT_Q4_1",
+        }
+    }
+
+    pub fn ggml(self) -> GgmlType {
+        match self {
+            WeightFormat::F32 => GgmlType::F32,
+            WeightFormat::F16 => GgmlType::F16,
+            WeightFormat::Bf16 => GgmlType::Bf16,
+            WeightFormat::Q8_0 => GgmlType::Q8_0,
+            WeightFormat::Q4_0 => GgmlType::Q4_0,
+            WeightFormat::Q4_1 => GgmlType::Q4_1,
+        }
+    }
+
+    /// Elements per block (1 for float formats).
+    pub fn block_size(self) -> usize {
+        self.ggml().block_layout().unwrap().0
+    }
+
+    pub fn is_quantized(self) -> bool {
+        self.block_size() > 1
+    }
+
+    /// Required divisor of the row length k: a whole number of blocks (quantised), whole
+    /// u32 words (f16/bf16: 2), and 4 for f32 so kernels may use vec4 loads.
+    pub fn k_multiple(self) -> usize {
+        match self {
+            WeightFormat::F32 => 4,
+            WeightFormat::F16 | WeightFormat::Bf16 => 4,
+            _ => 32,
+        }
+    }
+
+    /// u32 words of `qs` per row of k elements.
+    pub fn qs_words_per_row(self, k: usize) -> usize {
+        match self {
+            WeightFormat::F32 => k,
+            WeightFormat::F16 | WeightFormat::Bf16 => k / 2,
+            WeightFormat::Q8_0 => k / 32 * 8,
+            WeightFormat::Q4_0 | WeightFormat::Q4_1 => k / 32 * 4,
+        }
+    }
+
+    /// u32 words of `scales` for an n x k matrix.
+    pub fn scale_words(self, n: usize, k: usize) -> usize {
+        let blocks = n * (k / 32);
+        match self {
+            WeightFormat::F32 | WeightFormat::F16 | WeightFormat::Bf16 => 0,
+            WeightFormat::Q8_0 | WeightFormat::Q4_0 => blocks.div_ceil(2),
+            WeightFormat::Q4_1 => blocks,
+        }
+    }
+}
+
+impl std::str::FromStr for WeightFormat {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        WeightFormat::ALL
+            .into_iter()
+            .find(|f| f.name().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| Error::InvalidArgument(format!("unknown weight format {s:?}")))
+    }
+}
+
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// Dequantises `elems` elements of GGML type `t` from `bytes` (exactly as ggml does).
+pub fn dequantize(t: GgmlType, bytes: &[u8], elems: usize) -> Result<Vec<f32>> {
+    let need = t.bytes_for(elems as u64).ok_or_else(|| {
+        Error::Shape(format!(
+            "{elems} elements is not a whole number of {} blocks",
+            t.name()
+        ))
+    })?;
+    if (bytes.len() as u64) < need {
+        return Err(Error::Shape(format!(
+            "{} data of {} bytes, need {need} for {elems} elements",
+            t.name(),
+            bytes.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(elems);
+    match t {
+        GgmlType::F32 => out.extend(
+            bytes[..elems * 4]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        ),
+        GgmlType::F16 => out.extend(
+            bytes[..elems * 2]
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
+        GgmlType::Bf16 => out.extend(
+            bytes[..elems * 2]
+                .chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
+        GgmlType::Q8_0 => {
+            for blk in bytes[..need as usize].chunks_exact(34) {
+                let d = f16_at(blk, 0);
+                out.extend(blk[2..34].iter().map(|&q| d * (q as i8) as f32));
+            }
+        }
+        GgmlType::Q4_0 => {
+            for blk in bytes[..need as usize].chunks_exact(18) {
+                let d = f16_at(blk, 0);
+                let qs = &blk[2..18];
+                out.extend(qs.iter().map(|&q| d * ((q & 0xF) as i32 - 8) as f32));
+                out.extend(qs.iter().map(|&q| d * ((q >> 4) as i32 - 8) as f32));
+            }
+        }
+        GgmlType::Q4_1 => {
+            for blk in bytes[..need as usize].chunks_exact(20) {
+                let d = f16_at(blk, 0);
+                let m = f16_at(blk, 2);
+                let qs = &blk[4..20];
+                out.extend(qs.iter().map(|&q| d * (q & 0xF) as f32 + m));
+                out.extend(qs.iter().map(|&q| d * (q >> 4) as f32 + m));
+            }
+        }
+        other => {
+            return Err(Error::Unsupported(format!(
+                "dequantising {} is not implemented",
+                other.name()
+            )))
+        }
+    }
+    Ok(out)
+}
+
+/// Quantises `x` into GGML blocks of type `t` (the reference ggml quantisers).
+pub fn quantize(t: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
+    let (be, bb) = t
+        .block_layout()
+        .ok_or_else(|| Error::Unsupported(format!("quantising to {}", t.name())))?;
+    if x.len() % be != 0 {
+        return Err(Error::Shape(format!(
+            "{} values is not a whole number of {} blocks",
+            x.len(),
+            t.name()
+        )));
+    }
+    let mut out = Vec::with_capacity(x.len() / be * bb);
+    match t {
+        GgmlType::F32 => x
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        GgmlType::F16 => x
+            .iter()
+            .for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
+        GgmlType::Bf16 => x
+            .iter()
+            .for_each(|v| out.extend_from_slice(&bf16::from_f32(*v).to_le_bytes())),
+        GgmlType::Q8_0 => {
+            for blk in x.chunks_exact(32) {
+                let amax = blk.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+                let d = amax / 127.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+                out.extend(blk.iter().map(|v| (v * id).round() as i8 as u8));
+            }
+        }
+        GgmlType::Q4_0 => {
+            for blk in x.chunks_exact(32) {
+                // The value of largest magnitude, with its sign, maps to -8.
+                let mut amax = 0.0f32;
+                let mut max = 0.0f32;
+                for &v in blk {
+                    if v.abs() > amax {
+                        amax = v.abs();
+                        max = v;
+                    }
+                }
+                let d = max / -8.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+                for j in 0..16 {
+                    let q0 = ((blk[j] * id + 8.5) as i8).min(15) as u8;
+                    let q1 = ((blk[j + 16] * id + 8.5) as i8).min(15) as u8;
+                    out.push(q0 | (q1 << 4));
+                }
+            }
+        }
+        GgmlType::Q4_1 => {
+            for blk in x.chunks_exact(32) {
+                let min = blk.iter().copied().fold(f32::INFINITY, f32::min);
+                let max = blk.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let d = (max - min) / 15.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+                out.extend_from_slice(&f16::from_f32(min).to_le_bytes());
+                for j in 0..16 {
+                    let q0 = (((blk[j] - min) * id + 0.5) as i8).min(15) as u8;
+                    let q1 = (((blk[j + 16] - min) * id + 0.5) as i8).min(15) as u8;
+                    out.push(q0 | (q1 << 4));
+                }
+            }
+        }
+        other => {
+            return Err(Error::Unsupported(format!(
+                "quantising to {} is not implemented",
+                other.name()
+            )))
+        }
+    }
+    Ok(out)
+}
+
+/// A matrix of n rows by k columns repacked into GPU planes (see the module docs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackedMatrix {
+    pub format: WeightFormat,
+    pub n: usize,
+    pub k: usize,
+    pub qs: Vec<u32>,
+    pub scales: Vec<u32>,
+}
+
+impl PackedMatrix {
+    /// Bytes on the GPU (both planes).
+    pub fn gpu_bytes(&self) -> u64 {
+        (self.qs.len() + self.scales.len()) as u64 * 4
+    }
+}
+
+fn word(b: &[u8]) -> u32 {
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// Repacks an n x k matrix stored as GGML blocks (row-major, as in GGUF) into GPU planes.
+pub fn pack(format: WeightFormat, bytes: &[u8], n: usize, k: usize) -> Result<PackedMatrix> {
+    if k == 0 || n == 0 || k % format.k_multiple() != 0 {
+        return Err(Error::Shape(format!(
+            "a {n} x {k} {} matrix: k must be a non-zero multiple of {}",
+            format.name(),
+            format.k_multiple()
+        )));
+    }
+    let t = format.ggml();
+    let need = t
+        .bytes_for((n * k) as u64)
+        .ok_or_else(|| Error::Shape(format!("{n} x {k} is not whole {} blocks", t.name())))?
+        as usize;
+    if bytes.len() < need {
+        return Err(Error::Shape(format!(
+            "{} matrix {n} x {k} needs {need} bytes, got {}",
+            t.name(),
+            bytes.len()
+        )));
+    }
+    let bytes = &bytes[..need];
+    let mut qs = Vec::with_capacity(format.qs_words_per_row(k) * n);
+    let mut scales = Vec::with_capacity(format.scale_words(n, k));
+    match format {
+        WeightFormat::F32 | WeightFormat::F16 | WeightFormat::Bf16 => {
+            qs.extend(bytes.chunks_exact(4).map(word));
+        }
+        WeightFormat::Q8_0 | WeightFormat::Q4_0 => {
+            let (bb, qoff) = if format == WeightFormat::Q8_0 {
+                (34, 2)
+            } else {
+                (18, 2)
+            };
+            let mut halves: Vec<u16> = Vec::with_capacity(bytes.len() / bb);
+            for blk in bytes.chunks_exact(bb) {
+                halves.push(u16::from_le_bytes([blk[0], blk[1]]));
+                qs.extend(blk[qoff..].chunks_exact(4).map(word));
+            }
+            if halves.len() % 2 == 1 {
+                halves.push(0);
+            }
+            scales.extend(
+                halves
+                    .chunks_exact(2)
+                    .map(|h| h[0] as u32 | (h[1] as u32) << 16),
+            );
+        }
+        WeightFormat::Q4_1 => {
+            for blk in bytes.chunks_exact(20) {
+                scales.push(word(&blk[0..4]));
+                qs.extend(blk[4..20].chunks_exact(4).map(word));
+            }
+        }
+    }
+    Ok(PackedMatrix {
+        format,
+        n,
+        k,
+        qs,
+        scales,
+    })
+}
+
+/// Quantises an f32 row-major n x k matrix to `format` and repacks it (tests, synthetic models).
+pub fn quantize_and_pack(
+    format: WeightFormat,
+    x: &[f32],
+    n: usize,
+    k: usize,
+) -> Result<PackedMatrix> {
+    if x.len() != n * k {
+        return Err(Error::Shape(format!(
+            "{} values for a {n} x {k} matrix",
+            x.len()
+        )));
+    }
+    pack(format, &quantize(format.ggml(), x)?, n, k)
+}
+
+/// The values the GPU sees for a packed matrix (dequantised, row-major): the reference input.
+pub fn unpack(m: &PackedMatrix) -> Vec<f32> {
+    let mut out = Vec::with_capacity(m.n * m.k);
+    match m.format {
+        WeightFormat::F32 => out.extend(m.qs.iter().map(|w| f32::from_bits(*w))),
+        WeightFormat::F16 => {
+            for w in &m.qs {
+                out.push(f16::from_bits(*w as u16).to_f32());
+                out.push(f16::from_bits((*w >> 16) as u16).to_f32());
+            }
+        }
+        WeightFormat::Bf16 => {
+            for w in &m.qs {
+                out.push(bf16::from_bits(*w as u16).to_f32());
+                out.push(bf16::from_bits((*w >> 16) as u16).to_f32());
+            }
+        }
+        WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q4_1 => {
+            let blocks = m.n * m.k / 32;
+            let wpb = if m.format == WeightFormat::Q8_0 { 8 } else { 4 };
+            for b in 0..blocks {
+                let (d, mn) = match m.format {
+                    WeightFormat::Q4_1 => {
+                        let s = m.scales[b];
+                        (
+                            f16::from_bits(s as u16).to_f32(),
+                            f16::from_bits((s >> 16) as u16).to_f32(),
+                        )
+                    }
+                    _ => {
+                        let s = m.scales[b / 2] >> (16 * (b % 2));
+                        (f16::from_bits(s as u16).to_f32(), 0.0)
+                    }
+                };
+                let bytes: Vec<u8> = m.qs[b * wpb..(b + 1) * wpb]
+                    .iter()
+                    .flat_map(|w| w.to_le_bytes())
+                    .collect();
+                match m.format {
+                    WeightFormat::Q8_0 => out.extend(bytes.iter().map(|&q| d * (q as i8) as f32)),
+                    WeightFormat::Q4_0 => {
+                        out.extend(bytes.iter().map(|&q| d * ((q & 0xF) as i32 - 8) as f32));
+                        out.extend(bytes.iter().map(|&q| d * ((q >> 4) as i32 - 8) as f32));
+                    }
+                    _ => {
+                        out.extend(bytes.iter().map(|&q| d * (q & 0xF) as f32 + mn));
+                        out.extend(bytes.iter().map(|&q| d * (q >> 4) as f32 + mn));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    #[test]
+    fn pack_unpack_equals_dequantize() {
+        let mut s = 0x1234_5678u64;
+        let (n, k) = (5, 96);
+        let x: Vec<f32> = (0..n * k).map(|_| lcg(&mut s) * 3.0).collect();
+        for f in WeightFormat::ALL {
+            let bytes = quantize(f.ggml(), &x).unwrap();
+            let deq = dequantize(f.ggml(), &bytes, n * k).unwrap();
+            let packed = pack(f, &bytes, n, k).unwrap();
+            assert_eq!(unpack(&packed), deq, "{f:?}");
+            assert_eq!(packed.qs.len(), f.qs_words_per_row(k) * n);
+            assert_eq!(packed.scales.len(), f.scale_words(n, k));
+            // Quantisation error bounded by half a step of each format.
+            let tol = match f {
+                WeightFormat::F32 => 0.0,
+                WeightFormat::F16 => 2e-3,
+                WeightFormat::Bf16 => 2e-2,
+                WeightFormat::Q8_0 => 3.0 / 127.0,
+                WeightFormat::Q4_0 => 3.0 / 7.0,
+                WeightFormat::Q4_1 => 6.0 / 15.0,
+            };
+            for (a, b) in x.iter().zip(&deq) {
+                assert!((a - b).abs() <= tol, "{f:?}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_bad_shapes() {
+        assert!(pack(WeightFormat::Q4_0, &[0u8; 18], 1, 16).is_err());
+        assert!(pack(WeightFormat::Q8_0, &[0u8; 10], 1, 32).is_err());
+        assert!(dequantize(GgmlType::Q4_1, &[0u8; 19], 32).is_err());
+        assert!(quantize(GgmlType::Q8_0, &[0.0; 31]).is_err());
+    }
+}

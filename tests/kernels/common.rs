@@ -1,0 +1,98 @@
+//! Shared test plumbing: one device per test binary, random data, comparisons.
+#![allow(dead_code)]
+
+use std::sync::{Arc, OnceLock};
+
+use rand::{Rng, SeedableRng};
+use wick::gpu::Gpu;
+use wick::kernels::Kernels;
+
+/// The test device (lavapipe in CI). Created once per test binary.
+pub fn kernels() -> &'static Kernels {
+    static K: OnceLock<Kernels> = OnceLock::new();
+    K.get_or_init(|| {
+        let gpu = Gpu::new().expect("a GPU adapter (in CI: mesa-vulkan-drivers' lavapipe)");
+        Kernels::new(gpu)
+    })
+}
+
+/// A second registry on the same device with SUBGROUP disabled, to test the
+/// workgroup-memory fallback paths.
+pub fn kernels_no_subgroup() -> &'static Kernels {
+    static K: OnceLock<Kernels> = OnceLock::new();
+    K.get_or_init(|| {
+        let gpu = Gpu::with_options(wick::gpu::GpuOptions {
+            disable_features: Some(wgpu::Features::SUBGROUP),
+            ..Default::default()
+        })
+        .expect("a GPU adapter");
+        Kernels::new(gpu)
+    })
+}
+
+pub fn gpu() -> &'static Arc<Gpu> {
+    &kernels().gpu
+}
+
+/// A fresh RNG per test: seeded from the clock so every run draws new inputs; the seed is
+/// printed so a failure can be reproduced with WICK_TEST_SEED.
+pub fn rng() -> rand::rngs::StdRng {
+    let seed = std::env::var("WICK_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("WICK_TEST_SEED={seed}");
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
+/// `len` values uniform in [-scale, scale].
+pub fn rand_vec(rng: &mut impl Rng, len: usize, scale: f32) -> Vec<f32> {
+    (0..len).map(|_| rng.random_range(-scale..=scale)).collect()
+}
+
+/// An output buffer of `len` f32, poisoned with NaN.
+pub fn poisoned(len: usize) -> wgpu::Buffer {
+    let g = gpu();
+    let b = g.storage_buffer("test out", (len * 4) as u64).unwrap();
+    g.poison(&b);
+    b
+}
+
+/// Asserts `|got - want| <= atol + rtol * |want|` elementwise (NaN fails), and reports the
+/// worst element. Returns the max relative error over the vector (max |d| / max |want|).
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32, atol: f32) -> f32 {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst = (0usize, 0.0f32);
+    let mut max_d = 0.0f32;
+    let mut max_w = 0.0f32;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let d = (g - w).abs();
+        let excess = d - (atol + rtol * w.abs());
+        if !(excess <= 0.0) && (excess > worst.1 || g.is_nan()) {
+            worst = (i, if g.is_nan() { f32::INFINITY } else { excess });
+        }
+        if d.is_finite() {
+            max_d = max_d.max(d);
+        }
+        max_w = max_w.max(w.abs());
+        assert!(
+            !g.is_nan() || w.is_nan(),
+            "{what}: element {i} is NaN (never written?), want {w}"
+        );
+    }
+    if worst.1 > 0.0 {
+        let i = worst.0;
+        panic!(
+            "{what}: element {i}: got {} want {} (|d| {} > atol {atol} + rtol {rtol} * |want|); max |d| {max_d}",
+            got[i],
+            want[i],
+            (got[i] - want[i]).abs()
+        );
+    }
+    max_d / max_w.max(f32::MIN_POSITIVE)
+}

@@ -1,0 +1,7 @@
+//! Kernel tests: every GPU kernel against its CPU reference on fresh random inputs, with
+//! outputs poisoned before each run and relative-error bounds suited to the precision.
+//! One test binary for all families keeps link time down on the 2-core CI machine.
+
+mod common;
+
+mod rmsnorm;

@@ -325,6 +325,28 @@ impl Dispatch {
     }
 }
 
+/// Per-step values shared by every position-dependent kernel of one forward step (a decoded
+/// token or a prefill chunk). One uniform buffer holds it; the runtime rewrites it with
+/// `queue.write_buffer` before each submit, so bind groups never change.
+/// WGSL mirror: `struct Step { pos: u32, n_tokens: u32, kv_len: u32, seed: u32,
+/// temperature: f32, top_k: u32, top_p: f32, min_p: f32 }`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct StepParams {
+    /// Absolute position of the first token of this step (tokens already in the KV cache).
+    pub pos: u32,
+    /// Tokens processed in this step (1 for decode).
+    pub n_tokens: u32,
+    /// Cached length after this step's KV write: `pos + n_tokens`.
+    pub kv_len: u32,
+    /// Per-token random seed for sampling.
+    pub seed: u32,
+    pub temperature: f32,
+    pub top_k: u32,
+    pub top_p: f32,
+    pub min_p: f32,
+}
+
 /// Splits a 1-D workgroup count over x and y to respect the per-dimension limit.
 /// Kernels recover the linear index as `wid.x + wid.y * nwg.x` and must ignore the tail.
 pub fn grid_1d(workgroups: u32, max_per_dim: u32) -> [u32; 3] {

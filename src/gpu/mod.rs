@@ -268,11 +268,13 @@ impl Gpu {
                     no_adapter_hint()
                 )))
             }
-            None => return Err(Error::NoAdapter(format!(
+            None => {
+                return Err(Error::NoAdapter(format!(
                 "no adapter matches WICK_ADAPTER={:?} on backend {backend_name:?}; available: {}",
                 wanted_name.unwrap_or_default(),
                 seen.join(", ")
-            ))),
+            )))
+            }
         };
         Self::open(instance, adapter, &opts)
     }

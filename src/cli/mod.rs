@@ -1,0 +1,3 @@
+//! Subcommand implementations of the `wick` binary.
+
+pub mod info;

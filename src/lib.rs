@@ -3,12 +3,33 @@
 //! An LLM inference engine on wgpu: portable WGSL kernels on every backend, with native
 //! MSL/SPIR-V variants for hot paths. Data flows one way:
 //! formats → model weights → runtime → kernels → gpu.
+//!
+//! ```no_run
+//! use wick::{Engine, GenerateParams, LoadOptions, Model, Session};
+//!
+//! # fn main() -> wick::Result<()> {
+//! let engine = Engine::new()?;
+//! let model = Model::load(&engine, "SmolLM2-135M-Instruct.Q4_1.gguf", LoadOptions::default())?;
+//! let prompt = model.tokenizer()?.encode("The capital of France is")?;
+//! let mut session = Session::new(&model)?;
+//! for token in session.generate(&prompt, GenerateParams { max_tokens: 16, ..Default::default() })? {
+//!     print!("{}", token?.text);
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
+pub mod engine;
 pub mod error;
 pub mod formats;
 pub mod gpu;
 pub mod kernels;
+pub mod model;
 pub mod quant;
 pub mod reference;
+pub mod runtime;
 
+pub use engine::{Engine, EngineOptions};
 pub use error::{Error, Result};
+pub use model::{LoadOptions, Model};
+pub use runtime::{GenerateParams, SamplingParams, Session, Token};

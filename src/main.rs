@@ -7,11 +7,7 @@ use clap::{Parser, Subcommand};
 mod cli;
 
 #[derive(Parser)]
-#[command(
-    name = "wick",
-    version,
-    about = "WGSL Inference Compute Kernels: LLM inference on wgpu"
-)]
+#[command(name = "wick", version, about = "WGSL Inference Compute Kernels: LLM inference on wgpu")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,6 +15,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Generate text from a prompt.
+    Run(cli::run::RunArgs),
+    /// Chat interactively with the model's chat template.
+    Chat(cli::chat::ChatArgs),
+    /// Print logits for token ids as JSON.
+    Logits(cli::logits::LogitsArgs),
+    /// Sliding-window perplexity of a text file.
+    Perplexity(cli::perplexity::PerplexityArgs),
+    /// Tokenize text (or decode ids) with a model's tokenizer.
+    Tokenize(cli::tokenize::TokenizeArgs),
     /// List every GPU adapter with its backend, features, limits and subgroup sizes.
     Info(cli::info::InfoArgs),
 }
@@ -26,6 +32,11 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(a) => cli::run::run(a),
+        Command::Chat(a) => cli::chat::run(a),
+        Command::Logits(a) => cli::logits::run(a),
+        Command::Perplexity(a) => cli::perplexity::run(a),
+        Command::Tokenize(a) => cli::tokenize::run(a),
         Command::Info(a) => cli::info::run(a),
     };
     match result {

@@ -1,3 +1,9 @@
 //! Subcommand implementations of the `wick` binary.
 
+pub mod chat;
+pub mod common;
 pub mod info;
+pub mod logits;
+pub mod perplexity;
+pub mod run;
+pub mod tokenize;

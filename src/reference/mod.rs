@@ -2,3 +2,4 @@
 //! GPU kernels against these on fresh random inputs.
 
 pub mod rmsnorm;
+pub mod sampling;

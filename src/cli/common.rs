@@ -1,0 +1,43 @@
+//! Arguments and helpers shared by the model-running subcommands.
+
+use clap::Args;
+
+use wick::engine::{Engine, EngineOptions};
+use wick::kernels::KernelChoice;
+use wick::model::{source, LoadOptions, Model};
+use wick::Result;
+
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// Model: a GGUF file, `hf:ORG/REPO[:FILE]`; default `$WICK_MODEL`, else SmolLM2-135M-Instruct (downloaded once).
+    #[arg(short, long)]
+    pub model: Option<String>,
+    /// Context size (KV-cache capacity) in tokens; default min(model context, 8192).
+    #[arg(long)]
+    pub ctx: Option<usize>,
+    /// Kernel variants: portable (WGSL), native, or auto.
+    #[arg(long, default_value = "portable")]
+    pub kernels: String,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> Result<(Engine, Model)> {
+        let path = source::resolve(self.model.as_deref())?;
+        let kernels: KernelChoice = self.kernels.parse()?;
+        let engine = Engine::with_options(EngineOptions { kernels, ..Default::default() })?;
+        let model = Model::load(&engine, &path, LoadOptions { ctx: self.ctx })?;
+        Ok((engine, model))
+    }
+}
+
+/// Parses `1,2,3` (spaces allowed).
+pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            t.parse::<u32>()
+                .map_err(|_| wick::Error::InvalidArgument(format!("{t:?} is not a token id")))
+        })
+        .collect()
+}

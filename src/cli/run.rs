@@ -1,0 +1,151 @@
+//! `wick run`: generate from a prompt, streaming text to stdout and a summary to stderr.
+
+use std::io::{Read, Write};
+
+use clap::Args;
+use serde_json::json;
+
+use super::common::{parse_ids, ModelArgs};
+use wick::formats::chat_template::ChatMessage;
+use wick::runtime::{GenerateParams, SamplingParams, Session};
+use wick::{Error, Result};
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt text (else the positional argument, else stdin).
+    #[arg(short, long)]
+    pub prompt: Option<String>,
+    /// Prompt as comma-separated token ids instead of text.
+    #[arg(long)]
+    pub ids: Option<String>,
+    /// Maximum tokens to generate.
+    #[arg(short = 'n', long, default_value_t = 256)]
+    pub n: usize,
+    /// Temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temp: f32,
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Wrap the prompt in the model's chat template as a user message.
+    #[arg(long)]
+    pub chat: bool,
+    /// Keep generating past end-of-sequence tokens.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Stop when this string appears (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Print exactly one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Prompt text.
+    pub text: Option<String>,
+}
+
+pub fn run(a: RunArgs) -> Result<()> {
+    let (engine, model) = a.model.load()?;
+    let prompt_ids = if let Some(ids) = &a.ids {
+        parse_ids(ids)?
+    } else {
+        let text = match a.prompt.clone().or(a.text.clone()) {
+            Some(t) => t,
+            None => {
+                let mut s = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .map_err(|e| Error::io("<stdin>", e))?;
+                s
+            }
+        };
+        let tok = model.tokenizer()?;
+        if a.chat {
+            let rendered = model.render_chat(&[ChatMessage::new("user", text)], true)?;
+            tok.encode(&rendered)?
+        } else {
+            tok.encode(&text)?
+        }
+    };
+    let mut session = Session::new(&model)?;
+    let params = GenerateParams {
+        max_tokens: a.n,
+        sampling: SamplingParams {
+            temperature: a.temp,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            min_p: a.min_p,
+            repeat_penalty: a.repeat_penalty,
+            seed: a.seed,
+            ..Default::default()
+        },
+        stop: a.stop.clone(),
+        ignore_eos: a.ignore_eos,
+    };
+    let mut ids = Vec::new();
+    let mut text = String::new();
+    let stdout = std::io::stdout();
+    {
+        let mut gen = session.generate(&prompt_ids, params)?;
+        for t in gen.by_ref() {
+            let t = t?;
+            ids.push(t.id);
+            text.push_str(&t.text);
+            if !a.json {
+                let mut out = stdout.lock();
+                let _ = out.write_all(t.text.as_bytes());
+                let _ = out.flush();
+            }
+        }
+        let tail = gen.flush_text();
+        text.push_str(&tail);
+        if !a.json {
+            println!("{tail}");
+        }
+    }
+    let st = &session.stats;
+    let caps = &engine.gpu().caps;
+    if a.json {
+        println!(
+            "{}",
+            json!({
+                "prompt_ids": prompt_ids,
+                "ids": ids,
+                "text": text,
+                "stats": {
+                    "prompt_tokens": st.prompt_tokens,
+                    "generated_tokens": st.generated_tokens,
+                    "prefill_tok_s": st.prefill_tok_s(),
+                    "decode_tok_s": st.decode_tok_s(),
+                    "submits_per_token": st.submits_per_token(),
+                    "dispatches_per_token": st.dispatches_per_token(),
+                    "blocking_waits_per_token": st.blocking_waits_per_token(),
+                    "stop_reason": st.stop_reason,
+                    "adapter": caps.adapter_name,
+                    "backend": caps.backend,
+                }
+            })
+        );
+    }
+    eprintln!(
+        "wick: prompt {} tokens, prefill {:.1} tok/s | generated {} tokens, decode {:.1} tok/s | {:.2} submits, {:.0} dispatches, {:.2} blocking waits per token | {} ({})",
+        st.prompt_tokens,
+        st.prefill_tok_s(),
+        st.generated_tokens,
+        st.decode_tok_s(),
+        st.submits_per_token(),
+        st.dispatches_per_token(),
+        st.blocking_waits_per_token(),
+        caps.adapter_name,
+        caps.backend
+    );
+    Ok(())
+}

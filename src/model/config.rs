@@ -1,0 +1,206 @@
+//! Model configuration: one generic decoder with per-architecture options, read from GGUF
+//! metadata and validated before anything touches the GPU.
+
+use crate::error::{Error, Result};
+use crate::formats::gguf::GgufFile;
+use crate::kernels::rope::RopeStyle;
+
+/// Architectures wick runs; they share one decoder and differ only in [`ModelConfig`] options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Llama,
+    Qwen2,
+    Qwen3,
+    Mistral,
+}
+
+impl Arch {
+    pub fn from_gguf_name(name: &str) -> Option<Arch> {
+        match name {
+            "llama" => Some(Arch::Llama),
+            "qwen2" => Some(Arch::Qwen2),
+            "qwen3" => Some(Arch::Qwen3),
+            "mistral" => Some(Arch::Mistral),
+            _ => None,
+        }
+    }
+}
+
+/// Everything the runtime needs to know about a decoder-only transformer.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub n_layers: usize,
+    pub hidden: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn: usize,
+    pub vocab: usize,
+    pub context_len: usize,
+    pub rope_theta: f32,
+    /// Rotated dimensions per head (the rest pass through).
+    pub rope_dim: usize,
+    #[serde(skip)]
+    pub rope_style: RopeStyle,
+    /// Precomputed inverse frequencies (scaling already applied), `rope_dim / 2` values.
+    pub rope_inv_freq: Vec<f32>,
+    pub rms_eps: f32,
+    /// No separate output matrix: the LM head is the token embedding.
+    pub tied_output: bool,
+    /// Q/K/V projections have biases (Qwen2).
+    pub qkv_bias: bool,
+    /// Per-head RMSNorm of q and k before RoPE (Qwen3).
+    pub qk_norm: bool,
+    pub sliding_window: Option<usize>,
+}
+
+/// Largest context wick accepts from a file; anything above is treated as corrupt.
+pub const MAX_CONTEXT: usize = 1 << 24;
+
+impl ModelConfig {
+    /// q rows of the QKV projection.
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+
+    /// k (and v) rows of the QKV projection.
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+
+    /// Attention softmax scale.
+    pub fn attn_scale(&self) -> f32 {
+        1.0 / (self.head_dim as f32).sqrt()
+    }
+
+    /// Reads the configuration of a GGUF model (architectures llama, qwen2, qwen3).
+    pub fn from_gguf(f: &GgufFile) -> Result<ModelConfig> {
+        let arch_name = f
+            .architecture()
+            .ok_or_else(|| Error::Model("GGUF has no general.architecture".into()))?
+            .to_string();
+        let arch = Arch::from_gguf_name(&arch_name).ok_or_else(|| {
+            Error::Model(format!(
+                "architecture {arch_name:?} is not supported (wick runs llama, qwen2, qwen3)"
+            ))
+        })?;
+        let key = |k: &str| format!("{arch_name}.{k}");
+        let req = |k: &str| -> Result<usize> {
+            let v = f
+                .get_u64(&key(k))?
+                .ok_or_else(|| Error::Model(format!("GGUF lacks {}", key(k))))?;
+            usize::try_from(v).map_err(|_| Error::Model(format!("{} = {v} is out of range", key(k))))
+        };
+        let opt = |k: &str| -> Result<Option<usize>> {
+            Ok(f.get_u64(&key(k))?.map(|v| v as usize))
+        };
+        let n_layers = req("block_count")?;
+        let hidden = req("embedding_length")?;
+        let n_heads = req("attention.head_count")?;
+        let n_kv_heads = opt("attention.head_count_kv")?.unwrap_or(n_heads);
+        let ffn = req("feed_forward_length")?;
+        let context_len = req("context_length")?;
+        let head_dim = match opt("attention.key_length")? {
+            Some(d) => d,
+            None if n_heads > 0 => hidden / n_heads,
+            None => 0,
+        };
+        let rope_dim = opt("rope.dimension_count")?.unwrap_or(head_dim);
+        let rope_theta = f.get_f64(&key("rope.freq_base"))?.unwrap_or(10000.0) as f32;
+        let rms_eps = f
+            .get_f64(&key("attention.layer_norm_rms_epsilon"))?
+            .unwrap_or(1e-5) as f32;
+        let embd = f
+            .tensor("token_embd.weight")
+            .ok_or_else(|| Error::Model("GGUF lacks tensor token_embd.weight".into()))?;
+        let vocab = embd.dims.get(1).copied().unwrap_or(0) as usize;
+        let tied_output = f.tensor("output.weight").is_none();
+        let qkv_bias = f.tensor("blk.0.attn_q.bias").is_some();
+        let qk_norm = f.tensor("blk.0.attn_q_norm.weight").is_some();
+        // llama.cpp's converter permutes llama Q/K rows for adjacent-pair rotation; qwen
+        // GGUFs keep Hugging Face's half-split ("neox") layout.
+        let rope_style = match arch {
+            Arch::Llama | Arch::Mistral => RopeStyle::Adjacent,
+            Arch::Qwen2 | Arch::Qwen3 => RopeStyle::HalfSplit,
+        };
+        let cfg = ModelConfig {
+            arch,
+            n_layers,
+            hidden,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            ffn,
+            vocab,
+            context_len,
+            rope_theta,
+            rope_dim,
+            rope_style,
+            rope_inv_freq: Vec::new(),
+            rms_eps,
+            tied_output,
+            qkv_bias,
+            qk_norm,
+            sliding_window: None,
+        };
+        cfg.validated()
+    }
+
+    /// Checks the numbers are coherent and fills derived fields.
+    pub fn validated(mut self) -> Result<ModelConfig> {
+        let mut problems = Vec::new();
+        for (name, v) in [
+            ("block_count", self.n_layers),
+            ("embedding_length", self.hidden),
+            ("head_count", self.n_heads),
+            ("head_count_kv", self.n_kv_heads),
+            ("head_dim", self.head_dim),
+            ("feed_forward_length", self.ffn),
+            ("vocab", self.vocab),
+            ("context_length", self.context_len),
+        ] {
+            if v == 0 {
+                problems.push(format!("{name} is 0"));
+            }
+        }
+        if self.n_kv_heads > 0 && self.n_heads % self.n_kv_heads != 0 {
+            problems.push(format!(
+                "head_count {} is not a multiple of head_count_kv {}",
+                self.n_heads, self.n_kv_heads
+            ));
+        }
+        if self.head_dim % 2 != 0 || self.head_dim > 256 {
+            problems.push(format!("head_dim {} must be even and at most 256", self.head_dim));
+        }
+        if self.rope_dim > self.head_dim || self.rope_dim % 2 != 0 {
+            problems.push(format!(
+                "rope dimension {} must be even and at most head_dim {}",
+                self.rope_dim, self.head_dim
+            ));
+        }
+        if self.context_len > MAX_CONTEXT {
+            problems.push(format!(
+                "context_length {} exceeds wick's limit of {MAX_CONTEXT}",
+                self.context_len
+            ));
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            problems.push(format!("rope theta {} is not a positive number", self.rope_theta));
+        }
+        if !(self.rms_eps.is_finite() && self.rms_eps >= 0.0) {
+            problems.push(format!("rms epsilon {} is invalid", self.rms_eps));
+        }
+        if !problems.is_empty() {
+            return Err(Error::Model(format!(
+                "invalid configuration: {}",
+                problems.join("; ")
+            )));
+        }
+        if self.rope_inv_freq.is_empty() {
+            self.rope_inv_freq = crate::kernels::rope::inv_freq(self.rope_theta, self.rope_dim);
+        }
+        Ok(self)
+    }
+}

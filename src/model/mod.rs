@@ -1,0 +1,154 @@
+//! Models: configuration, validated weights on the GPU, tokenizer and chat template.
+
+pub mod config;
+pub mod source;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use config::{Arch, ModelConfig};
+use weights::ModelWeights;
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::formats::chat_template::{ChatMessage, ChatTemplate};
+use crate::formats::gguf::GgufFile;
+use crate::formats::tokenizer::Tokenizer;
+
+/// Options for [`Model::load`].
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// KV-cache capacity of sessions (default: the model's context length, capped at 8192
+    /// to keep memory modest; pass the full context explicitly to get it).
+    pub ctx: Option<usize>,
+}
+
+/// Default context when the user asks for none: the model's, capped (memory).
+pub const DEFAULT_CTX_CAP: usize = 8192;
+
+pub(crate) struct ModelInner {
+    pub engine: Engine,
+    pub path: PathBuf,
+    pub cfg: ModelConfig,
+    pub weights: ModelWeights,
+    pub tokenizer: Option<Tokenizer>,
+    pub inv_freq: wgpu::Buffer,
+    pub eos: Vec<u32>,
+    pub bos: Option<u32>,
+    pub chat_template: Option<String>,
+    pub ctx: usize,
+}
+
+/// A loaded model. Cheap to clone; sessions share its weights.
+#[derive(Clone)]
+pub struct Model {
+    pub(crate) inner: Arc<ModelInner>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("path", &self.inner.path).field("cfg", &self.inner.cfg).finish()
+    }
+}
+
+impl Model {
+    /// Loads a GGUF model file onto the engine's GPU.
+    pub fn load(engine: &Engine, path: impl AsRef<Path>, opts: LoadOptions) -> Result<Model> {
+        let path = path.as_ref();
+        if path.is_dir() {
+            return Err(Error::Model(format!(
+                "{}: Hugging Face directories are not supported yet; pass a GGUF file",
+                path.display()
+            )));
+        }
+        let gguf = GgufFile::open(path)?;
+        let cfg = ModelConfig::from_gguf(&gguf)?;
+        let gpu = engine.gpu();
+        let weights = ModelWeights::from_gguf(gpu, &gguf, &cfg)?;
+        let tokenizer = match Tokenizer::from_gguf(&gguf) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                log::warn!("{}: no usable tokenizer ({e}); id-level commands still work", path.display());
+                None
+            }
+        };
+        let eos = tokenizer.as_ref().map(|t| t.eos_ids().to_vec()).unwrap_or_default();
+        let bos = tokenizer.as_ref().and_then(|t| t.bos());
+        let chat_template = tokenizer.as_ref().and_then(|t| t.chat_template().map(str::to_string));
+        let ctx = match opts.ctx {
+            Some(0) => return Err(Error::InvalidArgument("--ctx must be at least 1".into())),
+            Some(c) if c > cfg.context_len => {
+                return Err(Error::InvalidArgument(format!(
+                    "--ctx {c} exceeds the model's context length {}",
+                    cfg.context_len
+                )))
+            }
+            Some(c) => c,
+            None => cfg.context_len.min(DEFAULT_CTX_CAP),
+        };
+        let inv_freq = gpu.upload("rope inv_freq", &cfg.rope_inv_freq)?;
+        Ok(Model {
+            inner: Arc::new(ModelInner {
+                engine: engine.clone(),
+                path: path.to_path_buf(),
+                cfg,
+                weights,
+                tokenizer,
+                inv_freq,
+                eos,
+                bos,
+                chat_template,
+                ctx,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.inner.cfg
+    }
+
+    pub fn tokenizer(&self) -> Result<&Tokenizer> {
+        self.inner.tokenizer.as_ref().ok_or_else(|| {
+            Error::Tokenizer(format!(
+                "{} has no tokenizer: use token ids (--ids) or give a model with one",
+                self.inner.path.display()
+            ))
+        })
+    }
+
+    /// End-of-sequence ids from the model's metadata.
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.inner.eos
+    }
+
+    pub fn chat_template(&self) -> Option<&str> {
+        self.inner.chat_template.as_deref()
+    }
+
+    /// Renders a conversation with the model's chat template (ChatML when it has none).
+    pub fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        let tok = self.tokenizer()?;
+        let name = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i)).unwrap_or_default();
+        let t = ChatTemplate::new(
+            self.chat_template(),
+            &name(self.inner.bos),
+            &name(self.inner.eos.first().copied()),
+        );
+        t.render(messages, add_generation_prompt)
+    }
+
+    /// Context capacity of new sessions.
+    pub fn context(&self) -> usize {
+        self.inner.ctx
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// GPU bytes held by the weights.
+    pub fn weight_bytes(&self) -> u64 {
+        self.inner.weights.gpu_bytes()
+    }
+}

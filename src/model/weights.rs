@@ -1,0 +1,239 @@
+//! Model weights on the GPU: every tensor validated against the configuration, repacked into
+//! the kernels' planes and uploaded once. A matrix larger than one storage binding is split
+//! by rows into chunks that the kernels address through row/output offsets.
+
+use crate::error::{Error, Result};
+use crate::formats::gguf::{GgufFile, TensorInfo};
+use crate::gpu::Gpu;
+use crate::kernels::GpuMatrix;
+use crate::model::config::ModelConfig;
+use crate::quant::{self, GgmlType, WeightFormat};
+
+/// A weight matrix of `n` rows by `k` columns, possibly split by rows across bindings.
+#[derive(Debug)]
+pub struct SplitMatrix {
+    pub n: usize,
+    pub k: usize,
+    pub format: WeightFormat,
+    /// (first row, chunk) in row order; chunks cover 0..n exactly.
+    pub chunks: Vec<(usize, GpuMatrix)>,
+}
+
+impl SplitMatrix {
+    /// Repacks GGML bytes (row-major, `n` rows of `k`) and uploads them in as few chunks as
+    /// the device's binding limit allows.
+    pub fn upload(gpu: &Gpu, label: &str, format: WeightFormat, bytes: &[u8], n: usize, k: usize) -> Result<SplitMatrix> {
+        let t = format.ggml();
+        let row_bytes = t
+            .bytes_for(k as u64)
+            .ok_or_else(|| Error::Model(format!("{label}: row of {k} is not whole {} blocks", t.name())))?
+            as usize;
+        // The largest plane per row decides the split (qs; Q4_1's scales are smaller still).
+        let plane_row_bytes = (format.qs_words_per_row(k) * 4).max(1) as u64;
+        let limit = gpu.caps.max_storage_buffer_binding_size;
+        let mut rows_per_chunk = ((limit / plane_row_bytes) as usize).min(n).max(1);
+        // Packed half-word scales must start a chunk on a word boundary: even block count.
+        if format.is_quantized() && (k / 32) % 2 == 1 && rows_per_chunk < n {
+            rows_per_chunk = (rows_per_chunk & !1).max(2);
+        }
+        if (rows_per_chunk as u64) * plane_row_bytes > limit {
+            return Err(Error::Model(format!(
+                "{label}: one row ({plane_row_bytes} bytes) does not fit the device's {limit}-byte binding limit"
+            )));
+        }
+        let mut chunks = Vec::new();
+        let mut r = 0;
+        while r < n {
+            let rows = rows_per_chunk.min(n - r);
+            let packed = quant::pack(format, &bytes[r * row_bytes..(r + rows) * row_bytes], rows, k)?;
+            let name = if rows == n { label.to_string() } else { format!("{label}[{r}..{}]", r + rows) };
+            chunks.push((r, GpuMatrix::upload(gpu, &name, &packed)?));
+            r += rows;
+        }
+        Ok(SplitMatrix { n, k, format, chunks })
+    }
+
+    pub fn gpu_bytes(&self) -> u64 {
+        self.chunks.iter().map(|(_, m)| m.qs.size() + m.scales.size()).sum()
+    }
+}
+
+/// One decoder block's weights.
+#[derive(Debug)]
+pub struct LayerWeights {
+    pub attn_norm: wgpu::Buffer,
+    pub wq: SplitMatrix,
+    pub wk: SplitMatrix,
+    pub wv: SplitMatrix,
+    pub bq: Option<wgpu::Buffer>,
+    pub bk: Option<wgpu::Buffer>,
+    pub bv: Option<wgpu::Buffer>,
+    pub q_norm: Option<wgpu::Buffer>,
+    pub k_norm: Option<wgpu::Buffer>,
+    pub wo: SplitMatrix,
+    pub ffn_norm: wgpu::Buffer,
+    pub w_gate: SplitMatrix,
+    pub w_up: SplitMatrix,
+    pub w_down: SplitMatrix,
+}
+
+/// All weights of a model on the GPU.
+#[derive(Debug)]
+pub struct ModelWeights {
+    pub embed: SplitMatrix,
+    pub layers: Vec<LayerWeights>,
+    pub output_norm: wgpu::Buffer,
+    /// None when tied: the LM head is `embed`.
+    pub output: Option<SplitMatrix>,
+}
+
+impl ModelWeights {
+    pub fn lm_head(&self) -> &SplitMatrix {
+        self.output.as_ref().unwrap_or(&self.embed)
+    }
+
+    pub fn gpu_bytes(&self) -> u64 {
+        let mut b = self.embed.gpu_bytes() + self.output.as_ref().map_or(0, |o| o.gpu_bytes());
+        for l in &self.layers {
+            b += [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
+                .iter()
+                .map(|m| m.gpu_bytes())
+                .sum::<u64>();
+        }
+        b
+    }
+}
+
+/// Expected tensors, checked all at once so one error lists every problem.
+struct Checker<'a> {
+    f: &'a GgufFile,
+    problems: Vec<String>,
+}
+
+impl<'a> Checker<'a> {
+    fn tensor(&mut self, name: &str, dims: &[usize], matrix: bool) -> Option<&'a TensorInfo> {
+        let Some(t) = self.f.tensor(name) else {
+            self.problems.push(format!("missing tensor {name}"));
+            return None;
+        };
+        let want: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
+        if t.dims != want {
+            self.problems.push(format!("{name} has shape {:?}, expected {:?}", t.dims, want));
+            return None;
+        }
+        let ok = if matrix {
+            t.ggml_type.weight_format().is_some()
+        } else {
+            matches!(t.ggml_type, GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16)
+        };
+        if !ok {
+            self.problems
+                .push(format!("{name} has unsupported type {}", t.ggml_type.name()));
+            return None;
+        }
+        Some(t)
+    }
+}
+
+fn upload_vector(gpu: &Gpu, f: &GgufFile, t: &TensorInfo) -> Result<wgpu::Buffer> {
+    let v = quant::dequantize(t.ggml_type, f.tensor_data(t), t.n_elements() as usize)?;
+    gpu.upload(&t.name, &v)
+}
+
+fn upload_matrix(gpu: &Gpu, f: &GgufFile, t: &TensorInfo) -> Result<SplitMatrix> {
+    let format = t.ggml_type.weight_format().expect("checked");
+    let (k, n) = (t.dims[0] as usize, t.dims[1] as usize);
+    SplitMatrix::upload(gpu, &t.name, format, f.tensor_data(t), n, k)
+}
+
+impl ModelWeights {
+    /// Validates every expected tensor of a GGUF model, then uploads them.
+    pub fn from_gguf(gpu: &Gpu, f: &GgufFile, cfg: &ModelConfig) -> Result<ModelWeights> {
+        let (h, qd, kvd, ffn, vocab) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn, cfg.vocab);
+        let mut c = Checker { f, problems: Vec::new() };
+        let embed = c.tensor("token_embd.weight", &[h, vocab], true);
+        let out_norm = c.tensor("output_norm.weight", &[h], false);
+        let output = if cfg.tied_output { None } else { c.tensor("output.weight", &[h, vocab], true) };
+        let mut layer_infos = Vec::new();
+        for i in 0..cfg.n_layers {
+            let p = |s: &str| format!("blk.{i}.{s}");
+            let li = (
+                c.tensor(&p("attn_norm.weight"), &[h], false),
+                c.tensor(&p("attn_q.weight"), &[h, qd], true),
+                c.tensor(&p("attn_k.weight"), &[h, kvd], true),
+                c.tensor(&p("attn_v.weight"), &[h, kvd], true),
+                c.tensor(&p("attn_output.weight"), &[qd, h], true),
+                c.tensor(&p("ffn_norm.weight"), &[h], false),
+                c.tensor(&p("ffn_gate.weight"), &[h, ffn], true),
+                c.tensor(&p("ffn_up.weight"), &[h, ffn], true),
+                c.tensor(&p("ffn_down.weight"), &[ffn, h], true),
+            );
+            let bias = if cfg.qkv_bias {
+                Some((
+                    c.tensor(&p("attn_q.bias"), &[qd], false),
+                    c.tensor(&p("attn_k.bias"), &[kvd], false),
+                    c.tensor(&p("attn_v.bias"), &[kvd], false),
+                ))
+            } else {
+                None
+            };
+            let qkn = if cfg.qk_norm {
+                Some((
+                    c.tensor(&p("attn_q_norm.weight"), &[cfg.head_dim], false),
+                    c.tensor(&p("attn_k_norm.weight"), &[cfg.head_dim], false),
+                ))
+            } else {
+                None
+            };
+            layer_infos.push((li, bias, qkn));
+        }
+        if let Some(t) = f.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map(|a| a.len()) {
+            if t > vocab {
+                c.problems.push(format!(
+                    "the tokenizer has {t} tokens but the embedding only {vocab} rows"
+                ));
+            }
+        }
+        if !c.problems.is_empty() {
+            return Err(Error::Model(format!(
+                "the model file does not match its {:?} configuration: {}",
+                cfg.arch,
+                c.problems.join("; ")
+            )));
+        }
+        // Everything is present and well-shaped: upload.
+        let embed = upload_matrix(gpu, f, embed.unwrap())?;
+        let output_norm = upload_vector(gpu, f, out_norm.unwrap())?;
+        let output = output.map(|t| upload_matrix(gpu, f, t)).transpose()?;
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        for ((an, q, k, v, o, fnorm, g, u, d), bias, qkn) in layer_infos {
+            let vec = |t: Option<&TensorInfo>| upload_vector(gpu, f, t.unwrap());
+            let mat = |t: Option<&TensorInfo>| upload_matrix(gpu, f, t.unwrap());
+            let (bq, bk, bv) = match bias {
+                Some((a, b, c)) => (Some(vec(a)?), Some(vec(b)?), Some(vec(c)?)),
+                None => (None, None, None),
+            };
+            let (q_norm, k_norm) = match qkn {
+                Some((a, b)) => (Some(vec(a)?), Some(vec(b)?)),
+                None => (None, None),
+            };
+            layers.push(LayerWeights {
+                attn_norm: vec(an)?,
+                wq: mat(q)?,
+                wk: mat(k)?,
+                wv: mat(v)?,
+                bq,
+                bk,
+                bv,
+                q_norm,
+                k_norm,
+                wo: mat(o)?,
+                ffn_norm: vec(fnorm)?,
+                w_gate: mat(g)?,
+                w_up: mat(u)?,
+                w_down: mat(d)?,
+            });
+        }
+        Ok(ModelWeights { embed, layers, output_norm, output })
+    }
+}

@@ -1,0 +1,267 @@
+//! The forward pass, recorded the fast way (KERNELS.md §6): every pipeline and bind group is
+//! built once per session; per-token values live in one uniform ([`StepParams`]) written with
+//! `queue.write_buffer`; a decode step is ONE compute pass and ONE submit; the next token's
+//! id never leaves the GPU (argmax writes it where the next step's embedding gather reads it).
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::kernels::{
+    argmax, attention, embedding, gemm, gemv, kv_cache, rmsnorm, rope, swiglu, Dispatch, Kernels,
+    StepParams,
+};
+use crate::model::weights::{LayerWeights, ModelWeights, SplitMatrix};
+use crate::model::ModelConfig;
+use crate::runtime::kv_cache::KvCache;
+
+/// Tokens per prefill chunk: big enough for GEMM efficiency, small enough that activations
+/// stay a few MB for small models.
+pub const PREFILL_CHUNK: usize = 64;
+
+/// Activation buffers of one session, sized for a prefill chunk (decode uses row 0).
+struct Activations {
+    h: wgpu::Buffer,
+    h_last: wgpu::Buffer,
+    normed: wgpu::Buffer,
+    q: wgpu::Buffer,
+    k: wgpu::Buffer,
+    v: wgpu::Buffer,
+    attn: wgpu::Buffer,
+    gu: wgpu::Buffer,
+    act: wgpu::Buffer,
+    logits: wgpu::Buffer,
+}
+
+/// Recorded work of one session: decode step, prefill chunk and the LM head, all prebuilt.
+pub struct Forward {
+    pub gpu: Arc<Gpu>,
+    pub cfg: ModelConfig,
+    pub chunk: usize,
+    pub step: wgpu::Buffer,
+    /// u32 ids of a prefill chunk.
+    pub ids: wgpu::Buffer,
+    /// The current token id (u32 at index 0): read by decode's embedding, written by argmax.
+    pub token: wgpu::Buffer,
+    act: Activations,
+    decode: Vec<Dispatch>,
+    decode_head: Vec<Dispatch>,
+    prefill: Vec<Dispatch>,
+    prefill_head: Vec<Dispatch>,
+    _keep: Vec<argmax::Argmax>,
+    _attn: Vec<attention::DecodeAttention>,
+}
+
+fn gemv_all(k: &Kernels, m: &SplitMatrix, x: &wgpu::Buffer, out: &wgpu::Buffer, bias: Option<&wgpu::Buffer>, accumulate: bool, list: &mut Vec<Dispatch>) -> Result<()> {
+    if bias.is_some() && m.chunks.len() > 1 {
+        return Err(Error::Unsupported("bias on a matrix split across bindings".into()));
+    }
+    for (row0, chunk) in &m.chunks {
+        list.push(gemv::gemv(
+            k,
+            chunk,
+            x,
+            out,
+            gemv::GemvEpilogue { bias, accumulate, out_offset: *row0 },
+        )?);
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_all(k: &Kernels, m: &SplitMatrix, x: &wgpu::Buffer, out: &wgpu::Buffer, rows: usize, bias: Option<&wgpu::Buffer>, accumulate: bool, col0: usize, stride: usize, list: &mut Vec<Dispatch>) -> Result<()> {
+    if bias.is_some() && m.chunks.len() > 1 {
+        return Err(Error::Unsupported("bias on a matrix split across bindings".into()));
+    }
+    for (row0, chunk) in &m.chunks {
+        list.push(gemm::gemm(
+            k,
+            chunk,
+            x,
+            out,
+            rows,
+            gemm::GemmEpilogue { bias, accumulate, out_offset: col0 + row0, out_stride: stride },
+        )?);
+    }
+    Ok(())
+}
+
+impl Forward {
+    pub fn new(k: &Kernels, cfg: &ModelConfig, w: &ModelWeights, kv: &KvCache, inv_freq: &wgpu::Buffer) -> Result<Forward> {
+        let gpu = k.gpu.clone();
+        let c = PREFILL_CHUNK;
+        let f32b = |label: &str, n: usize| gpu.storage_buffer(label, (n * 4) as u64);
+        let act = Activations {
+            h: f32b("h", c * cfg.hidden)?,
+            h_last: f32b("h_last", cfg.hidden)?,
+            normed: f32b("normed", c * cfg.hidden)?,
+            q: f32b("q", c * cfg.q_dim())?,
+            k: f32b("k", c * cfg.kv_dim())?,
+            v: f32b("v", c * cfg.kv_dim())?,
+            attn: f32b("attn", c * cfg.q_dim())?,
+            gu: f32b("gate_up", c * 2 * cfg.ffn)?,
+            act: f32b("ffn_act", c * cfg.ffn)?,
+            logits: f32b("logits", cfg.vocab)?,
+        };
+        let step = gpu.uniform("step", &StepParams::default())?;
+        let ids = gpu.upload("prefill ids", &vec![0u32; c])?;
+        let token = gpu.upload("token", &[0u32; 2])?;
+        let mut fwd = Forward {
+            gpu: gpu.clone(),
+            cfg: cfg.clone(),
+            chunk: c,
+            step,
+            ids,
+            token,
+            act,
+            decode: Vec::new(),
+            decode_head: Vec::new(),
+            prefill: Vec::new(),
+            prefill_head: Vec::new(),
+            _keep: Vec::new(),
+            _attn: Vec::new(),
+        };
+        fwd.build_decode(k, w, kv, inv_freq)?;
+        fwd.build_prefill(k, w, kv, inv_freq)?;
+        Ok(fwd)
+    }
+
+    fn embed(&self, k: &Kernels, w: &ModelWeights, ids: &wgpu::Buffer, n_tokens: usize, list: &mut Vec<Dispatch>) -> Result<()> {
+        for (row0, chunk) in &w.embed.chunks {
+            list.push(embedding::embedding(k, chunk, ids, &self.act.h, n_tokens, 0, *row0)?);
+        }
+        Ok(())
+    }
+
+    /// Q/K normalisation (Qwen3), RoPE and the KV-cache write for `tokens` rows.
+    fn post_qkv(&self, k: &Kernels, l: &LayerWeights, kv: &KvCache, layer: usize, inv_freq: &wgpu::Buffer, tokens: usize, list: &mut Vec<Dispatch>) -> Result<()> {
+        let cfg = &self.cfg;
+        if l.q_norm.is_some() || l.k_norm.is_some() {
+            return Err(Error::Unsupported("per-head q/k RMSNorm (Qwen3) is not implemented yet".into()));
+        }
+        let a = &self.act;
+        list.push(rope::rope(k, &a.q, &self.step, inv_freq, tokens, cfg.n_heads, cfg.head_dim, cfg.rope_dim, cfg.rope_style)?);
+        list.push(rope::rope(k, &a.k, &self.step, inv_freq, tokens, cfg.n_kv_heads, cfg.head_dim, cfg.rope_dim, cfg.rope_style)?);
+        list.push(kv_cache::kv_write(k, &a.k, &a.v, &kv.k[layer], &kv.v[layer], &self.step, tokens, cfg.n_kv_heads, cfg.head_dim, kv.capacity)?);
+        Ok(())
+    }
+
+    fn build_decode(&mut self, k: &Kernels, w: &ModelWeights, kv: &KvCache, inv_freq: &wgpu::Buffer) -> Result<()> {
+        let cfg = self.cfg.clone();
+        let mut list = Vec::new();
+        self.embed(k, w, &self.token, 1, &mut list)?;
+        let a = &self.act;
+        let splits = attention::choose_splits(&self.gpu.caps, cfg.n_kv_heads, kv.capacity);
+        for (i, l) in w.layers.iter().enumerate() {
+            list.push(rmsnorm::rmsnorm(k, &a.h, &l.attn_norm, &a.normed, cfg.hidden, 1, cfg.rms_eps)?);
+            gemv_all(k, &l.wq, &a.normed, &a.q, l.bq.as_ref(), false, &mut list)?;
+            gemv_all(k, &l.wk, &a.normed, &a.k, l.bk.as_ref(), false, &mut list)?;
+            gemv_all(k, &l.wv, &a.normed, &a.v, l.bv.as_ref(), false, &mut list)?;
+            self.post_qkv(k, l, kv, i, inv_freq, 1, &mut list)?;
+            let att = attention::attention_decode(
+                k, &a.q, &kv.k[i], &kv.v[i], &self.step, &a.attn,
+                cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, kv.capacity, cfg.attn_scale(), splits,
+            )?;
+            list.extend(att.dispatches.iter().cloned());
+            self._attn.push(att);
+            gemv_all(k, &l.wo, &a.attn, &a.h, None, true, &mut list)?;
+            list.push(rmsnorm::rmsnorm(k, &a.h, &l.ffn_norm, &a.normed, cfg.hidden, 1, cfg.rms_eps)?);
+            if l.w_gate.chunks.len() == 1 && l.w_up.chunks.len() == 1 {
+                list.push(gemv::gemv_swiglu(k, &l.w_gate.chunks[0].1, &l.w_up.chunks[0].1, &a.normed, &a.act)?);
+            } else {
+                return Err(Error::Unsupported("FFN matrices split across bindings".into()));
+            }
+            gemv_all(k, &l.w_down, &a.act, &a.h, None, true, &mut list)?;
+        }
+        self.decode = list;
+        self.decode_head = self.head(k, w, &self.act.h)?;
+        Ok(())
+    }
+
+    fn build_prefill(&mut self, k: &Kernels, w: &ModelWeights, kv: &KvCache, inv_freq: &wgpu::Buffer) -> Result<()> {
+        let cfg = self.cfg.clone();
+        let c = self.chunk;
+        let mut list = Vec::new();
+        self.embed(k, w, &self.ids, c, &mut list)?;
+        let a = &self.act;
+        for (i, l) in w.layers.iter().enumerate() {
+            list.push(rmsnorm::rmsnorm(k, &a.h, &l.attn_norm, &a.normed, cfg.hidden, c, cfg.rms_eps)?);
+            gemm_all(k, &l.wq, &a.normed, &a.q, c, l.bq.as_ref(), false, 0, 0, &mut list)?;
+            gemm_all(k, &l.wk, &a.normed, &a.k, c, l.bk.as_ref(), false, 0, 0, &mut list)?;
+            gemm_all(k, &l.wv, &a.normed, &a.v, c, l.bv.as_ref(), false, 0, 0, &mut list)?;
+            self.post_qkv(k, l, kv, i, inv_freq, c, &mut list)?;
+            list.push(attention::attention_prefill(
+                k, &a.q, &kv.k[i], &kv.v[i], &self.step, &a.attn,
+                c, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, kv.capacity, cfg.attn_scale(),
+            )?);
+            gemm_all(k, &l.wo, &a.attn, &a.h, c, None, true, 0, 0, &mut list)?;
+            list.push(rmsnorm::rmsnorm(k, &a.h, &l.ffn_norm, &a.normed, cfg.hidden, c, cfg.rms_eps)?);
+            gemm_all(k, &l.w_gate, &a.normed, &a.gu, c, None, false, 0, 2 * cfg.ffn, &mut list)?;
+            gemm_all(k, &l.w_up, &a.normed, &a.gu, c, None, false, cfg.ffn, 2 * cfg.ffn, &mut list)?;
+            list.push(swiglu::swiglu(k, &a.gu, &a.act, c, cfg.ffn)?);
+            gemm_all(k, &l.w_down, &a.act, &a.h, c, None, true, 0, 0, &mut list)?;
+        }
+        self.prefill = list;
+        self.prefill_head = self.head(k, w, &self.act.h_last)?;
+        Ok(())
+    }
+
+    /// Final norm, LM head and argmax over the hidden row 0 of `h`.
+    fn head(&mut self, k: &Kernels, w: &ModelWeights, h: &wgpu::Buffer) -> Result<Vec<Dispatch>> {
+        let cfg = &self.cfg;
+        let a = &self.act;
+        let mut list = vec![rmsnorm::rmsnorm(k, h, &w.output_norm, &a.normed, cfg.hidden, 1, cfg.rms_eps)?];
+        gemv_all(k, w.lm_head(), &a.normed, &a.logits, None, false, &mut list)?;
+        let am = argmax::argmax(k, &a.logits, cfg.vocab, &self.token, 0)?;
+        list.extend(am.dispatches.iter().cloned());
+        self._keep.push(am);
+        Ok(list)
+    }
+
+    /// Dispatches per decoded token.
+    pub fn decode_dispatches(&self) -> usize {
+        self.decode.len() + self.decode_head.len()
+    }
+
+    /// Records one decode step (the token id is already in `self.token`) into one pass.
+    pub fn record_decode(&self, enc: &mut wgpu::CommandEncoder) {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("decode"), timestamp_writes: None });
+        for d in self.decode.iter().chain(&self.decode_head) {
+            d.record(&mut pass);
+        }
+    }
+
+    /// Records one prefill chunk of `n` tokens whose ids are already in `self.ids`; the
+    /// argmax of the last token's logits lands in `self.token`, the logits in `logits()`.
+    pub fn record_prefill(&self, enc: &mut wgpu::CommandEncoder, n: usize) {
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("prefill"), timestamp_writes: None });
+            for d in &self.prefill {
+                d.record(&mut pass);
+            }
+        }
+        let row = (self.cfg.hidden * 4) as u64;
+        enc.copy_buffer_to_buffer(&self.act.h, (n as u64 - 1) * row, &self.act.h_last, 0, row);
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("prefill head"), timestamp_writes: None });
+        for d in &self.prefill_head {
+            d.record(&mut pass);
+        }
+    }
+
+    pub fn prefill_dispatches(&self) -> usize {
+        self.prefill.len() + self.prefill_head.len()
+    }
+
+    pub fn logits(&self) -> &wgpu::Buffer {
+        &self.act.logits
+    }
+
+    /// Hidden state rows of the last recorded step (tests of intermediate values).
+    pub fn hidden(&self) -> &wgpu::Buffer {
+        &self.act.h
+    }
+
+    pub fn write_step(&self, s: &StepParams) {
+        self.gpu.write(&self.step, 0, std::slice::from_ref(s));
+    }
+}

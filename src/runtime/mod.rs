@@ -1,0 +1,10 @@
+//! The runtime: KV cache, the recorded forward pass, sessions, generation and sampling.
+
+pub mod forward;
+pub mod kv_cache;
+pub mod sampling;
+pub mod session;
+pub mod stream;
+
+pub use sampling::SamplingParams;
+pub use session::{GenerateParams, Generation, Session, Stats, StopReason, Token};

@@ -1,0 +1,523 @@
+//! A session: one KV cache and its position, with generation as an iterator and a
+//! `futures::Stream` of tokens.
+//!
+//! Greedy decode keeps the CPU one token ahead: the argmax id stays on the GPU (the next
+//! step's embedding gather reads it) and is copied into a ring of small mappable buffers; the
+//! CPU submits step t+1 before it reads token t, so stop conditions are seen one token late
+//! and the surplus step is discarded.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::mpsc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::kernels::StepParams;
+use crate::model::Model;
+use crate::runtime::forward::Forward;
+use crate::runtime::kv_cache::KvCache;
+use crate::runtime::sampling::{self, Rng, SamplingParams};
+use crate::runtime::stream::TextStream;
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GenerateParams {
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Stop when one of these strings appears in the output (it is not emitted).
+    pub stop: Vec<String>,
+    /// Keep going past end-of-sequence ids.
+    pub ignore_eos: bool,
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        GenerateParams {
+            max_tokens: 256,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            ignore_eos: false,
+        }
+    }
+}
+
+/// One generated token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Token {
+    pub id: u32,
+    /// Text completed by this token (may be empty while a multi-byte character is pending,
+    /// or hold more than the token's own bytes when it completes one).
+    pub text: String,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    Eos,
+    StopString,
+    MaxTokens,
+    ContextFull,
+}
+
+/// Counters of the last prefill/generation.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Stats {
+    pub prompt_tokens: usize,
+    /// Tokens actually prefilled (the rest came from the reused KV cache).
+    pub prefilled_tokens: usize,
+    pub generated_tokens: usize,
+    pub prefill_secs: f64,
+    pub decode_secs: f64,
+    /// Decode steps submitted (including the discarded look-ahead step).
+    pub decode_steps: usize,
+    pub decode_submits: usize,
+    pub decode_dispatches: usize,
+    pub decode_blocking_waits: usize,
+    pub stop_reason: Option<StopReason>,
+}
+
+impl Stats {
+    pub fn prefill_tok_s(&self) -> f64 {
+        rate(self.prefilled_tokens, self.prefill_secs)
+    }
+    pub fn decode_tok_s(&self) -> f64 {
+        rate(self.generated_tokens.saturating_sub(1), self.decode_secs)
+    }
+    fn per_step(&self, n: usize) -> f64 {
+        if self.decode_steps == 0 {
+            0.0
+        } else {
+            n as f64 / self.decode_steps as f64
+        }
+    }
+    pub fn submits_per_token(&self) -> f64 {
+        self.per_step(self.decode_submits)
+    }
+    pub fn dispatches_per_token(&self) -> f64 {
+        self.per_step(self.decode_dispatches)
+    }
+    pub fn blocking_waits_per_token(&self) -> f64 {
+        self.per_step(self.decode_blocking_waits)
+    }
+}
+
+fn rate(n: usize, secs: f64) -> f64 {
+    if secs > 0.0 {
+        n as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+/// Number of mappable 8-byte slots the token ids are copied into.
+const RING: usize = 4;
+
+struct RingSlot {
+    buf: wgpu::Buffer,
+    rx: Option<mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>>,
+}
+
+/// A conversation state on one model: KV cache, position and the tokens it holds.
+pub struct Session {
+    model: Model,
+    kv: KvCache,
+    fwd: Forward,
+    /// Tokens whose keys/values are in the cache, in order (positions 0..len).
+    tokens: Vec<u32>,
+    ring: Vec<RingSlot>,
+    pub stats: Stats,
+}
+
+impl Session {
+    /// A fresh session with the model's default context.
+    pub fn new(model: &Model) -> Result<Session> {
+        Self::with_context(model, model.context())
+    }
+
+    pub fn with_context(model: &Model, ctx: usize) -> Result<Session> {
+        let m = &model.inner;
+        let k = m.engine.kernels();
+        let gpu = &k.gpu;
+        let kv = KvCache::new(gpu, &m.cfg, ctx)?;
+        let fwd = Forward::new(k, &m.cfg, &m.weights, &kv, &m.inv_freq)?;
+        let mut ring = Vec::with_capacity(RING);
+        for i in 0..RING {
+            let buf = gpu.scoped(|| {
+                gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(&format!("token ring {i}")),
+                    size: 8,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            })?;
+            ring.push(RingSlot { buf, rx: None });
+        }
+        Ok(Session {
+            model: model.clone(),
+            kv,
+            fwd,
+            tokens: Vec::new(),
+            ring,
+            stats: Stats::default(),
+        })
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// KV-cache capacity in tokens.
+    pub fn capacity(&self) -> usize {
+        self.kv.capacity
+    }
+
+    /// Tokens currently held in the KV cache.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Forgets the conversation (the cache is overwritten from position 0).
+    pub fn reset(&mut self) {
+        self.tokens.clear();
+    }
+
+    pub fn kv_bytes(&self) -> u64 {
+        self.kv.bytes()
+    }
+
+    fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        let vocab = self.model.inner.cfg.vocab;
+        if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::InvalidArgument(format!(
+                "token id {bad} is outside the vocabulary (size {vocab})"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs the prompt through the model, reusing the longest cached prefix. Afterwards the
+    /// GPU holds the greedy next token and the logits of the last prompt position.
+    pub fn prefill(&mut self, prompt: &[u32]) -> Result<()> {
+        if prompt.is_empty() {
+            return Err(Error::InvalidArgument("the prompt is empty: give at least one token".into()));
+        }
+        self.check_ids(prompt)?;
+        if prompt.len() > self.kv.capacity {
+            return Err(Error::InvalidArgument(format!(
+                "the prompt has {} tokens but the context holds {} (use --ctx, up to the model's {})",
+                prompt.len(),
+                self.kv.capacity,
+                self.model.inner.cfg.context_len
+            )));
+        }
+        // Reuse the cached prefix, but always recompute the last prompt token so its logits
+        // (and greedy id) are produced.
+        let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let start = common.min(prompt.len() - 1);
+        self.tokens.truncate(start);
+        let t0 = Instant::now();
+        let gpu = self.fwd.gpu.clone();
+        let c = self.fwd.chunk;
+        for chunk in prompt[start..].chunks(c) {
+            let pos = self.tokens.len();
+            gpu.write(&self.fwd.ids, 0, chunk);
+            self.fwd.write_step(&StepParams {
+                pos: pos as u32,
+                n_tokens: chunk.len() as u32,
+                kv_len: (pos + chunk.len()) as u32,
+                ..Default::default()
+            });
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            self.fwd.record_prefill(&mut enc, chunk.len());
+            gpu.queue.submit([enc.finish()]);
+            self.tokens.extend_from_slice(chunk);
+        }
+        gpu.wait_idle()?;
+        self.stats = Stats {
+            prompt_tokens: prompt.len(),
+            prefilled_tokens: prompt.len() - start,
+            prefill_secs: t0.elapsed().as_secs_f64(),
+            ..Default::default()
+        };
+        Ok(())
+    }
+
+    /// Logits of the last processed position (blocking read; for `logits`, sampling, tests).
+    pub fn logits(&self) -> Result<Vec<f32>> {
+        self.fwd.gpu.read_vec(self.fwd.logits())
+    }
+
+    /// Logits at every position of `ids` (each position run as its own step; for tests and
+    /// `wick logits --all-positions`).
+    pub fn logits_all(&mut self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
+        self.reset();
+        let mut out = Vec::with_capacity(ids.len());
+        for n in 1..=ids.len() {
+            self.prefill(&ids[..n])?;
+            out.push(self.logits()?);
+        }
+        Ok(out)
+    }
+
+    /// Hidden state (residual stream) rows of the last step, for debugging against goldens.
+    pub fn hidden_rows(&self, rows: usize) -> Result<Vec<f32>> {
+        let h = self.model.inner.cfg.hidden;
+        self.fwd.gpu.read_range(self.fwd.hidden(), 0, rows * h)
+    }
+
+    /// Generates after `prompt`: an iterator (and `futures::Stream`) of tokens. Dropping it
+    /// cancels generation; the session keeps every token whose KV entry was written.
+    pub fn generate(&mut self, prompt: &[u32], params: GenerateParams) -> Result<Generation<'_>> {
+        self.prefill(prompt)?;
+        let decoder = self.model.inner.tokenizer.as_ref().map(|t| TextStream::new(t, &params.stop));
+        let rng = Rng::new(params.sampling.seed);
+        let mut g = Generation {
+            session: self,
+            params,
+            decoder,
+            rng,
+            pending: VecDeque::new(),
+            emitted: 0,
+            done: false,
+            t_start: Instant::now(),
+            history: prompt.to_vec(),
+        };
+        if g.params.max_tokens == 0 {
+            g.done = true;
+            g.session.stats.stop_reason = Some(StopReason::MaxTokens);
+        }
+        Ok(g)
+    }
+
+    /// Submits the decode step that consumes the token at position `pos` (already in the GPU
+    /// token buffer, or written there from `token` first).
+    fn submit_decode(&mut self, pos: usize, token_in_gpu: Option<u32>) -> Result<usize> {
+        let gpu = self.fwd.gpu.clone();
+        if let Some(t) = token_in_gpu {
+            gpu.write(&self.fwd.token, 0, &[t]);
+        }
+        self.fwd.write_step(&StepParams {
+            pos: pos as u32,
+            n_tokens: 1,
+            kv_len: (pos + 1) as u32,
+            ..Default::default()
+        });
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        self.fwd.record_decode(&mut enc);
+        let slot = self.stats.decode_steps % RING;
+        enc.copy_buffer_to_buffer(&self.fwd.token, 0, &self.ring[slot].buf, 0, 8);
+        gpu.queue.submit([enc.finish()]);
+        self.map_slot(slot);
+        self.stats.decode_steps += 1;
+        self.stats.decode_submits += 1;
+        self.stats.decode_dispatches += self.fwd.decode_dispatches();
+        Ok(slot)
+    }
+
+    fn map_slot(&mut self, slot: usize) {
+        let (tx, rx) = mpsc::channel();
+        self.ring[slot].buf.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.ring[slot].rx = Some(rx);
+    }
+
+    /// Reads a ring slot, blocking only if the GPU has not finished it yet.
+    fn read_slot(&mut self, slot: usize) -> Result<u32> {
+        let gpu = self.fwd.gpu.clone();
+        let rx = self.ring[slot]
+            .rx
+            .take()
+            .ok_or_else(|| Error::Gpu("token ring slot read twice".into()))?;
+        let _ = gpu.device.poll(wgpu::PollType::Poll);
+        let res = match rx.try_recv() {
+            Ok(r) => r,
+            Err(_) => {
+                self.stats.decode_blocking_waits += 1;
+                gpu.device
+                    .poll(wgpu::PollType::wait_indefinitely())
+                    .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+                rx.recv_timeout(Duration::from_secs(60))
+                    .map_err(|_| Error::Gpu("the GPU did not return a token".into()))?
+            }
+        };
+        res.map_err(|e| Error::Gpu(format!("reading a token: {e}")))?;
+        let buf = &self.ring[slot].buf;
+        let id = {
+            let view = buf
+                .get_mapped_range(..)
+                .map_err(|e| Error::Gpu(format!("reading a token: {e}")))?;
+            u32::from_le_bytes([view[0], view[1], view[2], view[3]])
+        };
+        buf.unmap();
+        gpu.check()?;
+        Ok(id)
+    }
+}
+
+/// An in-progress generation; see [`Session::generate`].
+pub struct Generation<'s> {
+    session: &'s mut Session,
+    params: GenerateParams,
+    decoder: Option<TextStream<'s>>,
+    rng: Rng,
+    /// Ring slots of submitted greedy steps whose token is not read yet.
+    pending: VecDeque<usize>,
+    emitted: usize,
+    done: bool,
+    t_start: Instant,
+    history: Vec<u32>,
+}
+
+impl Generation<'_> {
+    pub fn stats(&self) -> &Stats {
+        &self.session.stats
+    }
+
+    fn finish(&mut self, reason: StopReason) {
+        self.done = true;
+        self.session.stats.stop_reason = Some(reason);
+        // Wait for the discarded look-ahead step so the cache state is settled.
+        for slot in std::mem::take(&mut self.pending) {
+            let _ = self.session.read_slot(slot);
+        }
+        self.session.stats.decode_secs = self.t_start.elapsed().as_secs_f64();
+    }
+
+    /// Whether a token after the one being emitted now will be wanted (so the step that
+    /// consumes the current one is worth submitting).
+    fn wants_more(&self) -> bool {
+        self.emitted + 1 < self.params.max_tokens && self.session.tokens.len() < self.session.kv.capacity
+    }
+
+    /// Greedy: the id stays on the GPU; the step consuming token e is submitted before the
+    /// CPU reads token e, so the GPU always has the next step queued.
+    fn next_greedy(&mut self) -> Result<u32> {
+        if self.emitted == 0 {
+            // The prefill left the first id in the token buffer (and waited for it).
+            let id = self.session.fwd.gpu.read_range::<u32>(&self.session.fwd.token, 0, 1)?[0];
+            if self.wants_more() {
+                self.session.tokens.push(id);
+                let slot = self.session.submit_decode(self.session.tokens.len() - 1, None)?;
+                self.pending.push_back(slot);
+            }
+            return Ok(id);
+        }
+        let slot = self
+            .pending
+            .pop_front()
+            .ok_or_else(|| Error::Gpu("no decode step in flight".into()))?;
+        let lookahead = if self.wants_more() {
+            let at = self.session.tokens.len();
+            self.session.tokens.push(u32::MAX);
+            let next = self.session.submit_decode(at, None)?;
+            self.pending.push_back(next);
+            Some(at)
+        } else {
+            None
+        };
+        let id = self.session.read_slot(slot)?;
+        if let Some(at) = lookahead {
+            self.session.tokens[at] = id;
+        }
+        Ok(id)
+    }
+
+    /// Sampling: logits are read back and the token drawn on the CPU, then fed.
+    fn next_sampled(&mut self) -> Result<u32> {
+        let s = &mut *self.session;
+        let logits = s.logits()?;
+        if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Model(format!(
+                "the model produced a non-finite logit ({}) at vocabulary index {i}",
+                logits[i]
+            )));
+        }
+        let id = sampling::sample(&logits, &self.history, &self.params.sampling, &mut self.rng)
+            .ok_or_else(|| Error::Model("no token could be sampled".into()))?;
+        if self.wants_more() {
+            let s = &mut *self.session;
+            s.tokens.push(id);
+            s.submit_decode(s.tokens.len() - 1, Some(id))?;
+            s.fwd.gpu.wait_idle()?;
+        }
+        Ok(id)
+    }
+
+    fn step(&mut self) -> Result<Option<Token>> {
+        if self.done {
+            return Ok(None);
+        }
+        let id = if self.params.sampling.is_greedy() {
+            self.next_greedy()?
+        } else {
+            self.next_sampled()?
+        };
+        if !self.params.ignore_eos && self.session.model.eos_ids().contains(&id) {
+            self.finish(StopReason::Eos);
+            return Ok(None);
+        }
+        self.emitted += 1;
+        self.history.push(id);
+        self.session.stats.generated_tokens = self.emitted;
+        let text = match &mut self.decoder {
+            Some(d) => {
+                let (text, hit_stop) = d.push(id);
+                if hit_stop {
+                    self.finish(StopReason::StopString);
+                    return Ok(Some(Token { id, text }));
+                }
+                text
+            }
+            None => String::new(),
+        };
+        if self.emitted >= self.params.max_tokens {
+            self.finish(StopReason::MaxTokens);
+        } else if self.pending.is_empty() && self.params.sampling.is_greedy()
+            || self.session.tokens.len() >= self.session.kv.capacity
+        {
+            self.finish(StopReason::ContextFull);
+        }
+        Ok(Some(Token { id, text }))
+    }
+
+    /// Text still held back at the end (an incomplete character, a partial stop string).
+    pub fn flush_text(&mut self) -> String {
+        self.decoder.as_mut().map(|d| d.flush()).unwrap_or_default()
+    }
+}
+
+impl Iterator for Generation<'_> {
+    type Item = Result<Token>;
+    fn next(&mut self) -> Option<Result<Token>> {
+        match self.step() {
+            Ok(Some(t)) => Some(Ok(t)),
+            Ok(None) => None,
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+impl futures::Stream for Generation<'_> {
+    type Item = Result<Token>;
+    fn poll_next(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        // Each step completes (or fails) before returning, so the stream is always ready.
+        Poll::Ready(self.get_mut().next())
+    }
+}
+
+impl Drop for Generation<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            // Cancelled: settle in-flight steps so the ring is unmapped and reusable.
+            for slot in std::mem::take(&mut self.pending) {
+                let _ = self.session.read_slot(slot);
+            }
+        }
+    }
+}

@@ -1,1 +1,4 @@
 pub mod gguf;
+pub mod chat_template;
+pub mod hf;
+pub mod tokenizer;

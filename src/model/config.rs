@@ -148,6 +148,89 @@ impl ModelConfig {
         cfg.validated()
     }
 
+    /// Reads a Hugging Face `config.json` (Llama, Qwen2, Qwen3, Mistral).
+    pub fn from_hf(c: &serde_json::Value) -> Result<ModelConfig> {
+        let class = c["architectures"][0].as_str().unwrap_or("");
+        let arch = match class {
+            "LlamaForCausalLM" => Arch::Llama,
+            "Qwen2ForCausalLM" => Arch::Qwen2,
+            "Qwen3ForCausalLM" => Arch::Qwen3,
+            "MistralForCausalLM" => Arch::Mistral,
+            other => {
+                return Err(Error::Model(format!(
+                    "config.json architecture {other:?} is not supported (LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, MistralForCausalLM)"
+                )))
+            }
+        };
+        let num = |k: &str| -> Result<usize> {
+            c[k].as_u64()
+                .map(|v| v as usize)
+                .ok_or_else(|| Error::Model(format!("config.json lacks {k}")))
+        };
+        let hidden = num("hidden_size")?;
+        let n_heads = num("num_attention_heads")?;
+        let n_kv_heads = c["num_key_value_heads"].as_u64().map(|v| v as usize).unwrap_or(n_heads);
+        let head_dim = c["head_dim"].as_u64().map(|v| v as usize).unwrap_or(if n_heads > 0 { hidden / n_heads } else { 0 });
+        let rope = &c["rope_parameters"];
+        let rope_theta = rope["rope_theta"].as_f64().or(c["rope_theta"].as_f64()).unwrap_or(10000.0) as f32;
+        let scaling = if rope.is_object() { rope } else { &c["rope_scaling"] };
+        let kind = scaling["rope_type"].as_str().or(scaling["type"].as_str()).unwrap_or("default");
+        let mut inv = crate::kernels::rope::inv_freq(rope_theta, head_dim);
+        match kind {
+            "default" => {}
+            "linear" => {
+                let f = scaling["factor"].as_f64().unwrap_or(1.0) as f32;
+                inv.iter_mut().for_each(|v| *v /= f);
+            }
+            "llama3" => {
+                let f = scaling["factor"].as_f64().unwrap_or(8.0);
+                let lo = scaling["low_freq_factor"].as_f64().unwrap_or(1.0);
+                let hi = scaling["high_freq_factor"].as_f64().unwrap_or(4.0);
+                let orig = scaling["original_max_position_embeddings"].as_f64().unwrap_or(8192.0);
+                let (lo_wl, hi_wl) = (orig / lo, orig / hi);
+                for v in inv.iter_mut() {
+                    let wl = 2.0 * std::f64::consts::PI / *v as f64;
+                    let x = *v as f64;
+                    *v = if wl < hi_wl {
+                        x
+                    } else if wl > lo_wl {
+                        x / f
+                    } else {
+                        let smooth = (orig / wl - lo) / (hi - lo);
+                        (1.0 - smooth) * x / f + smooth * x
+                    } as f32;
+                }
+            }
+            other => return Err(Error::Model(format!("rope scaling {other:?} is not supported"))),
+        }
+        let tied = c["tie_word_embeddings"].as_bool().unwrap_or(false);
+        let cfg = ModelConfig {
+            arch,
+            n_layers: num("num_hidden_layers")?,
+            hidden,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            ffn: num("intermediate_size")?,
+            vocab: num("vocab_size")?,
+            context_len: num("max_position_embeddings")?,
+            rope_theta,
+            rope_dim: head_dim,
+            rope_style: RopeStyle::HalfSplit,
+            rope_inv_freq: inv,
+            rms_eps: c["rms_norm_eps"].as_f64().unwrap_or(1e-6) as f32,
+            tied_output: tied,
+            qkv_bias: arch == Arch::Qwen2 || c["attention_bias"].as_bool().unwrap_or(false),
+            qk_norm: arch == Arch::Qwen3,
+            sliding_window: if c["use_sliding_window"].as_bool() == Some(false) {
+                None
+            } else {
+                c["sliding_window"].as_u64().map(|v| v as usize)
+            },
+        };
+        cfg.validated()
+    }
+
     /// Checks the numbers are coherent and fills derived fields.
     pub fn validated(mut self) -> Result<ModelConfig> {
         let mut problems = Vec::new();

@@ -56,26 +56,35 @@ impl Model {
     /// Loads a GGUF model file onto the engine's GPU.
     pub fn load(engine: &Engine, path: impl AsRef<Path>, opts: LoadOptions) -> Result<Model> {
         let path = path.as_ref();
-        if path.is_dir() {
-            return Err(Error::Model(format!(
-                "{}: Hugging Face directories are not supported yet; pass a GGUF file",
-                path.display()
-            )));
-        }
-        let gguf = GgufFile::open(path)?;
-        let cfg = ModelConfig::from_gguf(&gguf)?;
         let gpu = engine.gpu();
-        let weights = ModelWeights::from_gguf(gpu, &gguf, &cfg)?;
-        let tokenizer = match Tokenizer::from_gguf(&gguf) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                log::warn!("{}: no usable tokenizer ({e}); id-level commands still work", path.display());
-                None
+        let (cfg, weights, tokenizer, eos, chat_template) = if path.is_dir() {
+            let ck = crate::formats::hf::HfCheckpoint::open(path)?;
+            let cfg = ModelConfig::from_hf(&ck.config)?;
+            let weights = ModelWeights::load(gpu, &ck, &cfg)?;
+            let tj = path.join("tokenizer.json");
+            let tokenizer = if tj.exists() { Some(Tokenizer::from_tokenizer_json(&tj)?) } else { None };
+            let mut eos = ck.eos_ids();
+            if eos.is_empty() {
+                eos = tokenizer.as_ref().map(|t| t.eos_ids().to_vec()).unwrap_or_default();
             }
+            let tmpl = ck.chat_template().or_else(|| tokenizer.as_ref().and_then(|t| t.chat_template().map(str::to_string)));
+            (cfg, weights, tokenizer, eos, tmpl)
+        } else {
+            let gguf = GgufFile::open(path)?;
+            let cfg = ModelConfig::from_gguf(&gguf)?;
+            let weights = ModelWeights::load(gpu, &gguf, &cfg)?;
+            let tokenizer = match Tokenizer::from_gguf(&gguf) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    log::warn!("{}: no usable tokenizer ({e}); id-level commands still work", path.display());
+                    None
+                }
+            };
+            let eos = tokenizer.as_ref().map(|t| t.eos_ids().to_vec()).unwrap_or_default();
+            let tmpl = tokenizer.as_ref().and_then(|t| t.chat_template().map(str::to_string));
+            (cfg, weights, tokenizer, eos, tmpl)
         };
-        let eos = tokenizer.as_ref().map(|t| t.eos_ids().to_vec()).unwrap_or_default();
         let bos = tokenizer.as_ref().and_then(|t| t.bos());
-        let chat_template = tokenizer.as_ref().and_then(|t| t.chat_template().map(str::to_string));
         let ctx = match opts.ctx {
             Some(0) => return Err(Error::InvalidArgument("--ctx must be at least 1".into())),
             Some(c) if c > cfg.context_len => {
@@ -87,6 +96,13 @@ impl Model {
             Some(c) => c,
             None => cfg.context_len.min(DEFAULT_CTX_CAP),
         };
+        if let Some(w) = cfg.sliding_window {
+            if ctx > w {
+                return Err(Error::InvalidArgument(format!(
+                    "the model attends within a sliding window of {w} tokens, which wick does not mask yet; use --ctx {w} or less"
+                )));
+            }
+        }
         let inv_freq = gpu.upload("rope inv_freq", &cfg.rope_inv_freq)?;
         Ok(Model {
             inner: Arc::new(ModelInner {

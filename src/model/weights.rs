@@ -3,7 +3,6 @@
 //! by rows into chunks that the kernels address through row/output offsets.
 
 use crate::error::{Error, Result};
-use crate::formats::gguf::{GgufFile, TensorInfo};
 use crate::gpu::Gpu;
 use crate::kernels::GpuMatrix;
 use crate::model::config::ModelConfig;
@@ -104,14 +103,48 @@ impl ModelWeights {
     }
 }
 
+/// One tensor as a loader sees it, named and shaped the GGUF way (dims fastest first).
+#[derive(Debug, Clone)]
+pub struct TensorRef<'a> {
+    pub name: String,
+    pub dims: Vec<u64>,
+    pub ggml_type: GgmlType,
+    pub data: &'a [u8],
+}
+
+impl TensorRef<'_> {
+    pub fn n_elements(&self) -> u64 {
+        self.dims.iter().product()
+    }
+}
+
+/// A source of model tensors under GGUF names (GGUF files directly, Hugging Face
+/// checkpoints through a name map).
+pub trait TensorStore {
+    fn tensor(&self, name: &str) -> Option<TensorRef<'_>>;
+    /// Tokenizer vocabulary size, when the store knows it (checked against the embedding).
+    fn tokenizer_vocab(&self) -> Option<usize>;
+}
+
+impl TensorStore for crate::formats::gguf::GgufFile {
+    fn tensor(&self, name: &str) -> Option<TensorRef<'_>> {
+        let t = crate::formats::gguf::GgufFile::tensor(self, name)?;
+        Some(TensorRef { name: t.name.clone(), dims: t.dims.clone(), ggml_type: t.ggml_type, data: self.tensor_data(t) })
+    }
+
+    fn tokenizer_vocab(&self) -> Option<usize> {
+        self.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map(|a| a.len())
+    }
+}
+
 /// Expected tensors, checked all at once so one error lists every problem.
-struct Checker<'a> {
-    f: &'a GgufFile,
+struct Checker<'a, S: TensorStore + ?Sized> {
+    f: &'a S,
     problems: Vec<String>,
 }
 
-impl<'a> Checker<'a> {
-    fn tensor(&mut self, name: &str, dims: &[usize], matrix: bool) -> Option<&'a TensorInfo> {
+impl<'a, S: TensorStore + ?Sized> Checker<'a, S> {
+    fn tensor(&mut self, name: &str, dims: &[usize], matrix: bool) -> Option<TensorRef<'a>> {
         let Some(t) = self.f.tensor(name) else {
             self.problems.push(format!("missing tensor {name}"));
             return None;
@@ -135,20 +168,20 @@ impl<'a> Checker<'a> {
     }
 }
 
-fn upload_vector(gpu: &Gpu, f: &GgufFile, t: &TensorInfo) -> Result<wgpu::Buffer> {
-    let v = quant::dequantize(t.ggml_type, f.tensor_data(t), t.n_elements() as usize)?;
+fn upload_vector(gpu: &Gpu, t: &TensorRef) -> Result<wgpu::Buffer> {
+    let v = quant::dequantize(t.ggml_type, t.data, t.n_elements() as usize)?;
     gpu.upload(&t.name, &v)
 }
 
-fn upload_matrix(gpu: &Gpu, f: &GgufFile, t: &TensorInfo) -> Result<SplitMatrix> {
+fn upload_matrix(gpu: &Gpu, t: &TensorRef) -> Result<SplitMatrix> {
     let format = t.ggml_type.weight_format().expect("checked");
     let (k, n) = (t.dims[0] as usize, t.dims[1] as usize);
-    SplitMatrix::upload(gpu, &t.name, format, f.tensor_data(t), n, k)
+    SplitMatrix::upload(gpu, &t.name, format, t.data, n, k)
 }
 
 impl ModelWeights {
-    /// Validates every expected tensor of a GGUF model, then uploads them.
-    pub fn from_gguf(gpu: &Gpu, f: &GgufFile, cfg: &ModelConfig) -> Result<ModelWeights> {
+    /// Validates every expected tensor, then uploads them.
+    pub fn load<S: TensorStore + ?Sized>(gpu: &Gpu, f: &S, cfg: &ModelConfig) -> Result<ModelWeights> {
         let (h, qd, kvd, ffn, vocab) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn, cfg.vocab);
         let mut c = Checker { f, problems: Vec::new() };
         let embed = c.tensor("token_embd.weight", &[h, vocab], true);
@@ -187,7 +220,7 @@ impl ModelWeights {
             };
             layer_infos.push((li, bias, qkn));
         }
-        if let Some(t) = f.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map(|a| a.len()) {
+        if let Some(t) = f.tokenizer_vocab() {
             if t > vocab {
                 c.problems.push(format!(
                     "the tokenizer has {t} tokens but the embedding only {vocab} rows"
@@ -202,13 +235,13 @@ impl ModelWeights {
             )));
         }
         // Everything is present and well-shaped: upload.
-        let embed = upload_matrix(gpu, f, embed.unwrap())?;
-        let output_norm = upload_vector(gpu, f, out_norm.unwrap())?;
-        let output = output.map(|t| upload_matrix(gpu, f, t)).transpose()?;
+        let embed = upload_matrix(gpu, &embed.unwrap())?;
+        let output_norm = upload_vector(gpu, &out_norm.unwrap())?;
+        let output = output.map(|t| upload_matrix(gpu, &t)).transpose()?;
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for ((an, q, k, v, o, fnorm, g, u, d), bias, qkn) in layer_infos {
-            let vec = |t: Option<&TensorInfo>| upload_vector(gpu, f, t.unwrap());
-            let mat = |t: Option<&TensorInfo>| upload_matrix(gpu, f, t.unwrap());
+            let vec = |t: Option<TensorRef>| upload_vector(gpu, &t.unwrap());
+            let mat = |t: Option<TensorRef>| upload_matrix(gpu, &t.unwrap());
             let (bq, bk, bv) = match bias {
                 Some((a, b, c)) => (Some(vec(a)?), Some(vec(b)?), Some(vec(c)?)),
                 None => (None, None, None),

@@ -27,6 +27,9 @@ struct Activations {
     q: wgpu::Buffer,
     k: wgpu::Buffer,
     v: wgpu::Buffer,
+    /// q and k after the per-head RMSNorm (Qwen3); unused otherwise.
+    qn: wgpu::Buffer,
+    kn: wgpu::Buffer,
     attn: wgpu::Buffer,
     gu: wgpu::Buffer,
     act: wgpu::Buffer,
@@ -98,6 +101,8 @@ impl Forward {
             q: f32b("q", c * cfg.q_dim())?,
             k: f32b("k", c * cfg.kv_dim())?,
             v: f32b("v", c * cfg.kv_dim())?,
+            qn: f32b("q normed", if cfg.qk_norm { c * cfg.q_dim() } else { 1 })?,
+            kn: f32b("k normed", if cfg.qk_norm { c * cfg.kv_dim() } else { 1 })?,
             attn: f32b("attn", c * cfg.q_dim())?,
             gu: f32b("gate_up", c * 2 * cfg.ffn)?,
             act: f32b("ffn_act", c * cfg.ffn)?,
@@ -133,16 +138,33 @@ impl Forward {
         Ok(())
     }
 
+    /// The q and k buffers attention reads: normalised copies when the model has q/k norms.
+    fn qk(&self) -> (&wgpu::Buffer, &wgpu::Buffer) {
+        if self.cfg.qk_norm {
+            (&self.act.qn, &self.act.kn)
+        } else {
+            (&self.act.q, &self.act.k)
+        }
+    }
+
     /// Q/K normalisation (Qwen3), RoPE and the KV-cache write for `tokens` rows.
+    #[allow(clippy::too_many_arguments)]
     fn post_qkv(&self, k: &Kernels, l: &LayerWeights, kv: &KvCache, layer: usize, inv_freq: &wgpu::Buffer, tokens: usize, list: &mut Vec<Dispatch>) -> Result<()> {
         let cfg = &self.cfg;
-        if l.q_norm.is_some() || l.k_norm.is_some() {
-            return Err(Error::Unsupported("per-head q/k RMSNorm (Qwen3) is not implemented yet".into()));
-        }
         let a = &self.act;
-        list.push(rope::rope(k, &a.q, &self.step, inv_freq, tokens, cfg.n_heads, cfg.head_dim, cfg.rope_dim, cfg.rope_style)?);
-        list.push(rope::rope(k, &a.k, &self.step, inv_freq, tokens, cfg.n_kv_heads, cfg.head_dim, cfg.rope_dim, cfg.rope_style)?);
-        list.push(kv_cache::kv_write(k, &a.k, &a.v, &kv.k[layer], &kv.v[layer], &self.step, tokens, cfg.n_kv_heads, cfg.head_dim, kv.capacity)?);
+        let (q, kk) = self.qk();
+        if cfg.qk_norm {
+            let (qw, kw) = l
+                .q_norm
+                .as_ref()
+                .zip(l.k_norm.as_ref())
+                .ok_or_else(|| Error::Model("q/k norm weights missing".into()))?;
+            list.push(rmsnorm::rmsnorm(k, &a.q, qw, q, cfg.head_dim, tokens * cfg.n_heads, cfg.rms_eps)?);
+            list.push(rmsnorm::rmsnorm(k, &a.k, kw, kk, cfg.head_dim, tokens * cfg.n_kv_heads, cfg.rms_eps)?);
+        }
+        list.push(rope::rope(k, q, &self.step, inv_freq, tokens, cfg.n_heads, cfg.head_dim, cfg.rope_dim, cfg.rope_style)?);
+        list.push(rope::rope(k, kk, &self.step, inv_freq, tokens, cfg.n_kv_heads, cfg.head_dim, cfg.rope_dim, cfg.rope_style)?);
+        list.push(kv_cache::kv_write(k, kk, &a.v, &kv.k[layer], &kv.v[layer], &self.step, tokens, cfg.n_kv_heads, cfg.head_dim, kv.capacity)?);
         Ok(())
     }
 
@@ -159,7 +181,7 @@ impl Forward {
             gemv_all(k, &l.wv, &a.normed, &a.v, l.bv.as_ref(), false, &mut list)?;
             self.post_qkv(k, l, kv, i, inv_freq, 1, &mut list)?;
             let att = attention::attention_decode(
-                k, &a.q, &kv.k[i], &kv.v[i], &self.step, &a.attn,
+                k, self.qk().0, &kv.k[i], &kv.v[i], &self.step, &a.attn,
                 cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, kv.capacity, cfg.attn_scale(), splits,
             )?;
             list.extend(att.dispatches.iter().cloned());
@@ -191,7 +213,7 @@ impl Forward {
             gemm_all(k, &l.wv, &a.normed, &a.v, c, l.bv.as_ref(), false, 0, 0, &mut list)?;
             self.post_qkv(k, l, kv, i, inv_freq, c, &mut list)?;
             list.push(attention::attention_prefill(
-                k, &a.q, &kv.k[i], &kv.v[i], &self.step, &a.attn,
+                k, self.qk().0, &kv.k[i], &kv.v[i], &self.step, &a.attn,
                 c, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, kv.capacity, cfg.attn_scale(),
             )?);
             gemm_all(k, &l.wo, &a.attn, &a.h, c, None, true, 0, 0, &mut list)?;

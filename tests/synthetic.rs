@@ -1,0 +1,79 @@
+//! The three synthetic Hugging Face checkpoints in ../shared/goldens/synthetic (Llama GQA,
+//! Qwen2 with q/k/v bias and tied embeddings, Qwen3 with q/k norms and head_dim != hidden/heads)
+//! against transformers' float32 logits at every position of both prompts and its greedy ids.
+//!
+//! wick runs them with f32 weights, f32 activations and accumulation, and an f16 KV cache, so
+//! the f16 column of the goldens README applies: logits max |d| < 0.03. Greedy ids must match
+//! exactly up to the first step whose golden top-1/top-2 margin is below 0.03 (where an
+//! f16-cache rounding may legitimately flip the choice).
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+use wick::{Engine, GenerateParams, LoadOptions, Model, Session};
+
+fn dir(name: &str) -> PathBuf {
+    std::env::var_os("WICK_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"))
+        .join("goldens/synthetic")
+        .join(name)
+}
+
+fn engine() -> &'static Engine {
+    static E: std::sync::OnceLock<Engine> = std::sync::OnceLock::new();
+    E.get_or_init(|| Engine::new().expect("GPU"))
+}
+
+fn check(name: &str) {
+    let d = dir(name);
+    let goldens: Value = serde_json::from_str(&std::fs::read_to_string(d.join("goldens.json")).unwrap()).unwrap();
+    let model = Model::load(engine(), &d, LoadOptions { ctx: Some(128) }).unwrap();
+    let mut s = Session::new(&model).unwrap();
+    let mut worst = 0.0f32;
+    for p in goldens["prompts"].as_array().unwrap() {
+        let ids: Vec<u32> = p["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let rows = s.logits_all(&ids).unwrap();
+        for (pos, (ours, gold)) in rows.iter().zip(p["logits"].as_array().unwrap()).enumerate() {
+            let gold: Vec<f32> = gold.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+            assert_eq!(ours.len(), gold.len());
+            let d = ours.iter().zip(&gold).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(d < 0.03, "{name} {} position {pos}: max |logit - golden| = {d}", p["name"]);
+            worst = worst.max(d);
+        }
+        let gold: Vec<u32> = p["greedy_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let margins: Vec<f64> = p["greedy_step_top1_minus_top2"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let exact = margins.iter().take_while(|&&m| m >= 0.03).count();
+        s.reset();
+        let params = GenerateParams { max_tokens: gold.len(), ignore_eos: true, ..Default::default() };
+        let got: Vec<u32> = s.generate(&ids, params).unwrap().map(|t| t.unwrap().id).collect();
+        assert_eq!(got.len(), gold.len(), "{name}: generated length");
+        assert_eq!(got[..exact], gold[..exact], "{name} {}: greedy ids (first {exact} steps)", p["name"]);
+    }
+    eprintln!("{name}: max |logit - golden| over every position of both prompts: {worst}");
+}
+
+#[test]
+fn llama_gqa_matches_goldens() {
+    check("llama_gqa");
+}
+
+#[test]
+fn qwen2_bias_tied_matches_goldens() {
+    check("qwen2_bias_tied");
+}
+
+#[test]
+fn qwen3_qknorm_matches_goldens() {
+    check("qwen3_qknorm");
+}
+
+#[test]
+fn directory_without_tokenizer_serves_ids_but_not_text() {
+    let model = Model::load(engine(), dir("llama_gqa"), LoadOptions { ctx: Some(32) }).unwrap();
+    let e = model.tokenizer().unwrap_err();
+    assert!(e.to_string().contains("no tokenizer"), "{e}");
+    let mut s = Session::new(&model).unwrap();
+    let n = s.generate(&[1, 2, 3], GenerateParams { max_tokens: 3, ignore_eos: true, ..Default::default() }).unwrap().count();
+    assert_eq!(n, 3);
+}

@@ -10,6 +10,8 @@
 //! - `scales`: Q8_0/Q4_0 one f16 `d` per block, two blocks per word (block 2i low half);
 //!   Q4_1 one word per block, `d` low half and `m` high half. Empty for float formats.
 
+pub mod kquants;
+
 use half::{bf16, f16};
 
 use crate::error::{Error, Result};
@@ -318,6 +320,19 @@ pub fn dequantize(t: GgmlType, bytes: &[u8], elems: usize) -> Result<Vec<f32>> {
                 let qs = &blk[4..20];
                 out.extend(qs.iter().map(|&q| d * (q & 0xF) as f32 + m));
                 out.extend(qs.iter().map(|&q| d * (q >> 4) as f32 + m));
+            }
+        }
+        GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => {
+            let (_, bb) = t.block_layout().expect("known layout");
+            let f = match t {
+                GgmlType::Q5_0 => kquants::dequant_q5_0,
+                GgmlType::Q5_1 => kquants::dequant_q5_1,
+                GgmlType::Q4K => kquants::dequant_q4_k,
+                GgmlType::Q5K => kquants::dequant_q5_k,
+                _ => kquants::dequant_q6_k,
+            };
+            for blk in bytes[..need as usize].chunks_exact(bb) {
+                f(blk, &mut out);
             }
         }
         other => {

@@ -1,0 +1,205 @@
+//! CPU dequantisation of GGML's 5-bit legacy formats (Q5_0, Q5_1) and the K-quants (Q4_K,
+//! Q5_K, Q6_K), following the block layouts of ggml-common.h.
+//!
+//! Q5_0 (22 B / 32): f16 d, u32 qh (bit j = high bit of element j), 16 B of nibbles (element j
+//! low nibble, j+16 high nibble); x = d * (q - 16). Q5_1 (24 B / 32): f16 d, f16 m, qh, qs;
+//! x = d * q + m.
+//! Q4_K (144 B / 256): f16 d, f16 dmin, 12 B of 6-bit (scale, min) pairs for 8 sub-blocks of
+//! 32, 128 B of nibbles; sub-block s covers elements 32s..32s+32, taking the low nibbles of
+//! bytes 32(s/2).. for even s and the high nibbles for odd s; x = d*sc*q - dmin*m.
+//! Q5_K (176 B / 256): as Q4_K plus 32 B of high bits (bit s of byte l is the fifth bit of
+//! element 32s + l).
+//! Q6_K (210 B / 256): 128 B low nibbles, 64 B of 2-bit highs, 16 signed 8-bit scales (one per
+//! 16 elements), f16 d; x = d * sc * (q - 32).
+
+use half::f16;
+
+fn h(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// The 6-bit scale and min of sub-block `j` (0..8) from a K-quant's 12 scale bytes.
+pub fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+    }
+}
+
+pub fn dequant_q5_0(blk: &[u8], out: &mut Vec<f32>) {
+    let d = h(blk, 0);
+    let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+    let qs = &blk[6..22];
+    let lo: Vec<f32> = (0..16)
+        .map(|j| d * (((qs[j] & 0xF) as u32 | ((qh >> j) & 1) << 4) as i32 - 16) as f32)
+        .collect();
+    let hi: Vec<f32> = (0..16)
+        .map(|j| d * (((qs[j] >> 4) as u32 | ((qh >> (j + 16)) & 1) << 4) as i32 - 16) as f32)
+        .collect();
+    out.extend(lo);
+    out.extend(hi);
+}
+
+pub fn dequant_q5_1(blk: &[u8], out: &mut Vec<f32>) {
+    let d = h(blk, 0);
+    let m = h(blk, 2);
+    let qh = u32::from_le_bytes([blk[4], blk[5], blk[6], blk[7]]);
+    let qs = &blk[8..24];
+    out.extend((0..16).map(|j| d * ((qs[j] & 0xF) as u32 | ((qh >> j) & 1) << 4) as f32 + m));
+    out.extend((0..16).map(|j| d * ((qs[j] >> 4) as u32 | ((qh >> (j + 16)) & 1) << 4) as f32 + m));
+}
+
+pub fn dequant_q4_k(blk: &[u8], out: &mut Vec<f32>) {
+    let d = h(blk, 0);
+    let dmin = h(blk, 2);
+    let scales = &blk[4..16];
+    let qs = &blk[16..144];
+    for s in 0..8 {
+        let (sc, m) = scale_min_k4(s, scales);
+        let (d1, m1) = (d * sc as f32, dmin * m as f32);
+        let bytes = &qs[32 * (s / 2)..32 * (s / 2) + 32];
+        let shift = if s % 2 == 0 { 0 } else { 4 };
+        out.extend(bytes.iter().map(|&q| d1 * ((q >> shift) & 0xF) as f32 - m1));
+    }
+}
+
+pub fn dequant_q5_k(blk: &[u8], out: &mut Vec<f32>) {
+    let d = h(blk, 0);
+    let dmin = h(blk, 2);
+    let scales = &blk[4..16];
+    let qh = &blk[16..48];
+    let qs = &blk[48..176];
+    for s in 0..8 {
+        let (sc, m) = scale_min_k4(s, scales);
+        let (d1, m1) = (d * sc as f32, dmin * m as f32);
+        let bytes = &qs[32 * (s / 2)..32 * (s / 2) + 32];
+        let shift = if s % 2 == 0 { 0 } else { 4 };
+        out.extend((0..32).map(|l| {
+            let q = ((bytes[l] >> shift) & 0xF) as u32 | (((qh[l] >> s) & 1) as u32) << 4;
+            d1 * q as f32 - m1
+        }));
+    }
+}
+
+pub fn dequant_q6_k(blk: &[u8], out: &mut Vec<f32>) {
+    let ql = &blk[0..128];
+    let qh = &blk[128..192];
+    let sc = &blk[192..208];
+    let d = h(blk, 208);
+    let base = out.len();
+    out.resize(base + 256, 0.0);
+    for half in 0..2 {
+        let (ql, qh, sc) = (&ql[64 * half..], &qh[32 * half..], &sc[8 * half..]);
+        let y = &mut out[base + 128 * half..base + 128 * half + 128];
+        for l in 0..32 {
+            let is = l / 16;
+            let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
+            let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+            let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+            let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+            y[l] = d * (sc[is] as i8) as f32 * q1 as f32;
+            y[l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
+            y[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
+            y[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f16b(v: f32) -> [u8; 2] {
+        f16::from_f32(v).to_le_bytes()
+    }
+
+    #[test]
+    fn q5_0_hand_block() {
+        // d = 0.5; element 0: nibble 3, high bit 1 -> 19 - 16 = 3 -> 1.5;
+        // element 16: nibble 15, high bit 0 -> -1 -> -0.5; element 17: nibble 0, high 1 -> 0.
+        let mut b = vec![0u8; 22];
+        b[0..2].copy_from_slice(&f16b(0.5));
+        let qh: u32 = 1 | (1 << 17);
+        b[2..6].copy_from_slice(&qh.to_le_bytes());
+        b[6] = 3 | (15 << 4);
+        b[7] = 0;
+        let mut out = Vec::new();
+        dequant_q5_0(&b, &mut out);
+        assert_eq!(out[0], 1.5);
+        assert_eq!(out[16], -0.5);
+        assert_eq!(out[17], 0.0);
+        assert_eq!(out[1], -8.0); // nibble 0, no high bit: -16 * 0.5
+    }
+
+    #[test]
+    fn q5_1_hand_block() {
+        let mut b = vec![0u8; 24];
+        b[0..2].copy_from_slice(&f16b(0.25));
+        b[2..4].copy_from_slice(&f16b(-1.0));
+        let qh: u32 = 1 << 31; // element 31 gets +16
+        b[4..8].copy_from_slice(&qh.to_le_bytes());
+        b[8 + 15] = 2 << 4; // element 31: nibble 2
+        let mut out = Vec::new();
+        dequant_q5_1(&b, &mut out);
+        assert_eq!(out[31], 0.25 * 18.0 - 1.0);
+        assert_eq!(out[0], -1.0);
+    }
+
+    #[test]
+    fn k4_scales_unpack() {
+        // Sub-blocks 0..3 use the low 6 bits; 4..7 combine nibbles with the top 2 bits.
+        let mut q = [0u8; 12];
+        q[0] = 0b11_000101; // sc0 = 5, top bits 3 -> high bits of sc4
+        q[4] = 0b10_000111; // m0 = 7, top bits 2 -> high bits of m4
+        q[8] = 0x9A; // sc4 low nibble 0xA, m4 low nibble 0x9
+        assert_eq!(scale_min_k4(0, &q), (5, 7));
+        assert_eq!(scale_min_k4(4, &q), (0xA | (3 << 4), 0x9 | (2 << 4)));
+    }
+
+    #[test]
+    fn q4_k_hand_block() {
+        let mut b = vec![0u8; 144];
+        b[0..2].copy_from_slice(&f16b(2.0));
+        b[2..4].copy_from_slice(&f16b(0.5));
+        b[4] = 3; // sc0 = 3
+        b[8] = 4; // m0 = 4
+        b[5] = 1; // sc1 = 1, m1 = 0
+        b[16] = 0x57; // element 0 (sub-block 0) nibble 7; element 32 (sub-block 1) nibble 5
+        let mut out = Vec::new();
+        dequant_q4_k(&b, &mut out);
+        assert_eq!(out.len(), 256);
+        assert_eq!(out[0], 2.0 * 3.0 * 7.0 - 0.5 * 4.0);
+        assert_eq!(out[1], -2.0);
+        assert_eq!(out[32], 2.0 * 5.0);
+        assert_eq!(out[64], 0.0);
+    }
+
+    #[test]
+    fn q5_k_hand_block() {
+        let mut b = vec![0u8; 176];
+        b[0..2].copy_from_slice(&f16b(1.0));
+        b[5] = 2; // sc1 = 2
+        b[16 + 3] = 1 << 1; // element 32 + 3 (sub-block 1) high bit
+        b[48 + 3] = 0x60; // its nibble (high nibble of byte 3) = 6
+        let mut out = Vec::new();
+        dequant_q5_k(&b, &mut out);
+        assert_eq!(out[35], 2.0 * 22.0);
+        assert_eq!(out[3], 0.0);
+    }
+
+    #[test]
+    fn q6_k_hand_block() {
+        let mut b = vec![0u8; 210];
+        b[208..210].copy_from_slice(&f16b(0.5));
+        b[192] = 2; // scale of elements 0..16
+        b[192 + 4] = (-3i8) as u8; // scale of elements 64..80
+        b[0] = 0x21; // element 0 low nibble 1, element 64 low nibble 2
+        b[128] = 0b00_01_00_10; // element 0 high 2 bits = 2, element 64 high bits = 1
+        let mut out = Vec::new();
+        dequant_q6_k(&b, &mut out);
+        assert_eq!(out[0], 0.5 * 2.0 * ((1 | (2 << 4)) - 32) as f32);
+        assert_eq!(out[64], 0.5 * -3.0 * ((2 | (1 << 4)) - 32) as f32);
+        assert_eq!(out[1], 0.5 * 2.0 * -32.0);
+    }
+}

@@ -16,8 +16,12 @@
 //! variant choice; the host wrappers are thin and return a [`Dispatch`] that is built once
 //! and recorded into a compute pass as often as needed.
 
+pub mod argmax;
+pub mod embedding;
 pub mod matrix;
 pub mod rmsnorm;
+pub mod softmax;
+pub mod swiglu;
 
 pub use matrix::GpuMatrix;
 

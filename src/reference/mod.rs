@@ -1,5 +1,9 @@
 //! CPU reference implementations of every kernel, in plain f32/f64 Rust. Tests compare the
 //! GPU kernels against these on fresh random inputs.
 
+pub mod argmax;
+pub mod embedding;
 pub mod rmsnorm;
 pub mod sampling;
+pub mod softmax;
+pub mod swiglu;

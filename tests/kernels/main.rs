@@ -4,4 +4,8 @@
 
 mod common;
 
+mod argmax;
+mod embedding;
 mod rmsnorm;
+mod softmax;
+mod swiglu;

@@ -1,0 +1,145 @@
+// Argmax over an f32 vector in two passes: `argmax_partial` reduces chunks of `chunk`
+// elements to one (key, index) pair per workgroup, `argmax_reduce` (one workgroup, entry
+// under REDUCE) folds the partials and writes the index as a u32.
+//
+// Elements compare through `order_key`, a u32 whose unsigned order is the float order:
+// NaN maps to 0, below -inf, so it never beats a number; -0.0 and +0.0 share a key, so they
+// tie. Ties go to the lowest index. An all-NaN vector yields index 0. A pair (key, index) with
+// the largest key and, among those, the smallest index wins; the empty pair is (0, 0xffffffff),
+// which loses to every real element. Anything that produces partials in this format (e.g. a
+// fused lm_head epilogue) can hand them to `argmax_reduce`.
+
+#include "reduce"
+
+struct Params {
+    n: u32,
+    n_partials: u32,
+    chunk: u32,
+    out_index: u32,
+}
+
+override WG: u32 = 256u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+#ifdef REDUCE
+@group(0) @binding(1) var<storage, read> partials: array<vec2<u32>>;
+@group(0) @binding(2) var<storage, read_write> out_ids: array<u32>;
+#else
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> partials: array<vec2<u32>>;
+#endif
+
+const NO_INDEX: u32 = 0xffffffffu;
+
+var<workgroup> am_scratch: array<u32, 256>;
+
+fn order_key(v: f32) -> u32 {
+    let b = bitcast<u32>(v);
+    let mag = b & 0x7fffffffu;
+    // Bit tests, not v != v: WGSL lets implementations assume floats are never NaN.
+    if (mag > 0x7f800000u) { return 0u; }
+    if (mag == 0u) { return 0x80000000u; }
+    // Negative: flip all bits (larger magnitude sorts lower); positive: set the sign bit.
+    return select(b | 0x80000000u, ~b, b != mag);
+}
+
+// Whether (ka, ia) beats (kb, ib).
+fn better(ka: u32, ia: u32, kb: u32, ib: u32) -> bool {
+    return ka > kb || (ka == kb && ia < ib);
+}
+
+fn wg_max_u32(v: u32, lane: Lane) -> u32 {
+#ifdef SUBGROUP
+    let s = subgroupMax(v);
+    if (lane.sg_lane == 0u) { am_scratch[lane.sg_id] = s; }
+    workgroupBarrier();
+    var t = am_scratch[0];
+    let nsg = (WG + lane.sg_size - 1u) / lane.sg_size;
+    for (var i = 1u; i < nsg; i++) { t = max(t, am_scratch[i]); }
+    workgroupBarrier();
+    return t;
+#else
+    let lid = lane.lid;
+    am_scratch[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) { am_scratch[lid] = max(am_scratch[lid], am_scratch[lid + s]); }
+        workgroupBarrier();
+    }
+    let t = am_scratch[0];
+    workgroupBarrier();
+    return t;
+#endif
+}
+
+fn wg_min_u32(v: u32, lane: Lane) -> u32 {
+#ifdef SUBGROUP
+    let s = subgroupMin(v);
+    if (lane.sg_lane == 0u) { am_scratch[lane.sg_id] = s; }
+    workgroupBarrier();
+    var t = am_scratch[0];
+    let nsg = (WG + lane.sg_size - 1u) / lane.sg_size;
+    for (var i = 1u; i < nsg; i++) { t = min(t, am_scratch[i]); }
+    workgroupBarrier();
+    return t;
+#else
+    let lid = lane.lid;
+    am_scratch[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) { am_scratch[lid] = min(am_scratch[lid], am_scratch[lid + s]); }
+        workgroupBarrier();
+    }
+    let t = am_scratch[0];
+    workgroupBarrier();
+    return t;
+#endif
+}
+
+// The workgroup's best pair: the largest key, then the smallest index holding it.
+fn wg_best(key: u32, idx: u32, lane: Lane) -> vec2<u32> {
+    let kmax = wg_max_u32(key, lane);
+    let imin = wg_min_u32(select(NO_INDEX, idx, key == kmax), lane);
+    return vec2<u32>(kmax, imin);
+}
+
+#ifdef REDUCE
+@compute @workgroup_size(WG)
+fn argmax_reduce(lane: Lane) {
+    var bk = 0u;
+    var bi = NO_INDEX;
+    for (var i = lane.lid; i < p.n_partials; i += WG) {
+        let c = partials[i];
+        if (better(c.x, c.y, bk, bi)) {
+            bk = c.x;
+            bi = c.y;
+        }
+    }
+    let best = wg_best(bk, bi, lane);
+    if (lane.lid == 0u) { out_ids[p.out_index] = best.y; }
+}
+#else
+@compute @workgroup_size(WG)
+fn argmax_partial(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    lane: Lane,
+) {
+    let g = wid.x + wid.y * nwg.x;
+    // The tail of a 2-D grid: uniform per workgroup, so the barriers below stay uniform.
+    if (g >= p.n_partials) { return; }
+    let start = g * p.chunk;
+    let end = min(start + p.chunk, p.n);
+    var bk = 0u;
+    var bi = NO_INDEX;
+    for (var i = start + lane.lid; i < end; i += WG) {
+        let key = order_key(x[i]);
+        if (better(key, i, bk, bi)) {
+            bk = key;
+            bi = i;
+        }
+    }
+    let best = wg_best(bk, bi, lane);
+    if (lane.lid == 0u) { partials[g] = best; }
+}
+#endif

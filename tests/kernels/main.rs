@@ -4,4 +4,5 @@
 
 mod common;
 
+mod gemm;
 mod rmsnorm;

@@ -18,6 +18,7 @@
 
 pub mod argmax;
 pub mod embedding;
+pub mod gemm;
 pub mod matrix;
 pub mod rmsnorm;
 pub mod softmax;

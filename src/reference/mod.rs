@@ -3,6 +3,7 @@
 
 pub mod argmax;
 pub mod embedding;
+pub mod gemm;
 pub mod rmsnorm;
 pub mod sampling;
 pub mod softmax;

@@ -6,6 +6,7 @@ mod common;
 
 mod argmax;
 mod embedding;
+mod gemm;
 mod rmsnorm;
 mod softmax;
 mod swiglu;

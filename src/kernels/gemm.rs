@@ -1,0 +1,229 @@
+//! Prefill GEMM: many activation rows times a weight matrix, for every [`WeightFormat`].
+//!
+//! `out[r][out_offset + j] (+)= sum_k x[r][k] * W[j][k] (+ bias[j])`. One WGSL kernel
+//! (`wgsl/gemm.wgsl`) with a dequantising loader per format; tiles of 64 x 64 outputs, 256
+//! invocations of 4 x 4 each, k in steps of 32, f32 accumulation (KERNELS.md §5).
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{Binding, Dispatch, GpuMatrix, KernelSpec, Kernels, WeightFormat};
+use crate::error::{Error, Result};
+use crate::gpu::Capabilities;
+
+/// The kernel's uniform (WGSL `Params` in gemm.wgsl).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct GemmParams {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub out_stride: u32,
+    pub out_offset: u32,
+    /// 1: `out += result`; 0: `out = result`.
+    pub accumulate: u32,
+    pub _pad: [u32; 2],
+}
+
+/// What happens to the result on its way out.
+#[derive(Clone, Copy, Default)]
+pub struct GemmEpilogue<'a> {
+    /// f32[n] added to every row.
+    pub bias: Option<&'a wgpu::Buffer>,
+    /// `out += result` (residual add).
+    pub accumulate: bool,
+    /// Column offset: row r, col j of the result goes to `out[r*out_stride + out_offset + j]`.
+    pub out_offset: usize,
+    /// Row stride of `out` in f32; 0 means n.
+    pub out_stride: usize,
+}
+
+/// Tile shape: invocations along m and n (each computes 4 x 4 outputs) and the padding of the
+/// k-major workgroup tiles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmTiling {
+    pub wg_m: u32,
+    pub wg_n: u32,
+    pub pad: u32,
+}
+
+/// Outputs per invocation along each axis (fixed in the shader) and the k step.
+const TM: u32 = 4;
+const TN: u32 = 4;
+const BK: u32 = 32;
+
+impl GemmTiling {
+    /// Output rows (activation rows) per workgroup.
+    pub fn bm(self) -> u32 {
+        self.wg_m * TM
+    }
+
+    /// Output columns (weight rows) per workgroup.
+    pub fn bn(self) -> u32 {
+        self.wg_n * TN
+    }
+
+    /// Bytes of workgroup memory the two f32 tiles take.
+    pub fn workgroup_bytes(self) -> u32 {
+        BK * (self.bm() + self.pad + self.bn() + self.pad) * 4
+    }
+
+    /// 64 x 64 tiles of 256 invocations. The one-word padding that keeps the transposed tile
+    /// stores conflict-free needs 16.25 KiB; devices at WebGPU's 16 KiB default go without it.
+    pub fn for_caps(caps: &Capabilities) -> GemmTiling {
+        let padded = GemmTiling {
+            wg_m: 16,
+            wg_n: 16,
+            pad: 1,
+        };
+        if padded.workgroup_bytes() <= caps.max_compute_workgroup_storage_size {
+            padded
+        } else {
+            GemmTiling { pad: 0, ..padded }
+        }
+    }
+}
+
+/// Op name of the GEMM for `format`, e.g. `gemm_q4_0`.
+pub fn op_name(format: WeightFormat) -> String {
+    format!("gemm_{}", format.name())
+}
+
+pub fn spec(format: WeightFormat, bias: bool, tiling: GemmTiling) -> KernelSpec {
+    let mut bindings = vec![
+        Binding::Uniform,
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+    ];
+    if bias {
+        bindings.push(Binding::Read);
+    }
+    bindings.push(Binding::ReadWrite);
+    let mut s = KernelSpec::new(op_name(format), "gemm", "gemm", &bindings)
+        .define(format.define())
+        .constant("WG_M", tiling.wg_m)
+        .constant("WG_N", tiling.wg_n)
+        .constant("PAD", tiling.pad);
+    if bias {
+        s = s.define("BIAS");
+    }
+    s
+}
+
+fn shape(msg: String) -> Error {
+    Error::Shape(format!("gemm: {msg}"))
+}
+
+/// `out[r*out_stride + out_offset + j] (+)= x[r] . w[j] (+ bias[j])` for r < m, j < w.n.
+///
+/// x: f32 [m][k] row-major; out: f32 [m][out_stride].
+pub fn gemm(
+    k: &Kernels,
+    w: &GpuMatrix,
+    x: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    m: usize,
+    epi: GemmEpilogue,
+) -> Result<Dispatch> {
+    gemm_tiled(k, w, x, out, m, epi, GemmTiling::for_caps(&k.gpu.caps))
+}
+
+/// [`gemm`] with an explicit tile shape (tests and tuning).
+pub fn gemm_tiled(
+    k: &Kernels,
+    w: &GpuMatrix,
+    x: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    m: usize,
+    epi: GemmEpilogue,
+    tiling: GemmTiling,
+) -> Result<Dispatch> {
+    let (n, kd, f) = (w.n, w.k, w.format);
+    if m == 0 || n == 0 || kd == 0 {
+        return Err(shape(format!("{m} rows times a {n} x {kd} matrix")));
+    }
+    if kd % f.k_multiple() != 0 {
+        return Err(shape(format!(
+            "k = {kd} is not a multiple of {} for {}",
+            f.k_multiple(),
+            f.name()
+        )));
+    }
+    let stride = if epi.out_stride == 0 {
+        n
+    } else {
+        epi.out_stride
+    };
+    if epi.out_offset + n > stride {
+        return Err(shape(format!(
+            "columns {}..{} do not fit an output row of {stride}",
+            epi.out_offset,
+            epi.out_offset + n
+        )));
+    }
+    let out_len = (m - 1) * stride + epi.out_offset + n;
+    let mut need: Vec<(&str, &wgpu::Buffer, usize)> = vec![
+        ("weights qs", &w.qs, f.qs_words_per_row(kd) * n * 4),
+        ("weights scales", &w.scales, f.scale_words(n, kd) * 4),
+        ("x", x, m * kd * 4),
+        ("out", out, out_len * 4),
+    ];
+    if let Some(b) = epi.bias {
+        need.push(("bias", b, n * 4));
+    }
+    for (name, b, bytes) in need {
+        if (b.size() as usize) < bytes {
+            return Err(shape(format!(
+                "buffer {name} holds {} bytes, needs {bytes}",
+                b.size()
+            )));
+        }
+    }
+    // Indices in the shader are u32.
+    if out_len > u32::MAX as usize || m * kd > u32::MAX as usize || n * kd > u32::MAX as usize {
+        return Err(shape(format!("{m} x {n} x {kd} overflows 32-bit indexing")));
+    }
+
+    let caps = &k.gpu.caps;
+    let threads = tiling.wg_m * tiling.wg_n;
+    if tiling.wg_m == 0
+        || tiling.wg_n == 0
+        || threads > caps.max_compute_invocations_per_workgroup
+        || tiling.workgroup_bytes() > caps.max_compute_workgroup_storage_size
+    {
+        return Err(Error::InvalidArgument(format!(
+            "gemm tiling {tiling:?} does not fit this device"
+        )));
+    }
+    let grid = [
+        (n as u32).div_ceil(tiling.bn()),
+        (m as u32).div_ceil(tiling.bm()),
+        1,
+    ];
+    if grid[0] > caps.max_compute_workgroups_per_dimension
+        || grid[1] > caps.max_compute_workgroups_per_dimension
+    {
+        return Err(shape(format!(
+            "a {m} x {n} output needs {} x {} workgroups, over the device's {} per dimension",
+            grid[0], grid[1], caps.max_compute_workgroups_per_dimension
+        )));
+    }
+
+    let params = k.gpu.uniform(
+        "gemm params",
+        &GemmParams {
+            m: m as u32,
+            n: n as u32,
+            k: kd as u32,
+            out_stride: stride as u32,
+            out_offset: epi.out_offset as u32,
+            accumulate: epi.accumulate as u32,
+            _pad: [0; 2],
+        },
+    )?;
+    let spec = spec(f, epi.bias.is_some(), tiling);
+    match epi.bias {
+        Some(b) => k.dispatch(&spec, &[&params, &w.qs, &w.scales, x, b, out], grid),
+        None => k.dispatch(&spec, &[&params, &w.qs, &w.scales, x, out], grid),
+    }
+}

@@ -1,0 +1,307 @@
+use rand::Rng;
+
+use crate::common::*;
+use wick::kernels::gemm::{self, GemmEpilogue, GemmTiling};
+use wick::kernels::{GpuMatrix, Kernels, WeightFormat};
+use wick::quant;
+use wick::reference;
+
+/// f32 accumulation over k <= 1536 terms against the f64 reference: rounding errors of
+/// random sign grow like sqrt(k) * eps (~2.4e-6 of the output scale at k = 1536; observed
+/// up to 1.5e-6), so the bound is |d| <= RTOL * max|want| with RTOL = 1e-5. A real fault (a
+/// block or a row of the tile wrong, missing or misplaced) is off by ~1e-1 or more. Both sides
+/// use the same dequantised weights (`quant::unpack`): quantisation error does not enter.
+const RTOL: f32 = 1e-5;
+
+/// A random n x k matrix in `format`, on the GPU, and the values the GPU sees.
+fn matrix(
+    k: &Kernels,
+    r: &mut impl Rng,
+    f: WeightFormat,
+    n: usize,
+    kd: usize,
+) -> (GpuMatrix, Vec<f32>) {
+    let w = rand_vec(r, n * kd, 1.0);
+    let packed = quant::quantize_and_pack(f, &w, n, kd).unwrap();
+    let gm = GpuMatrix::upload(&k.gpu, "w", &packed).unwrap();
+    (gm, quant::unpack(&packed))
+}
+
+/// Asserts |got - want| <= RTOL * max|want| elementwise.
+fn check_close(what: &str, got: &[f32], want: &[f32]) {
+    let max_w = want.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+    let rel = assert_close(what, got, want, 0.0, RTOL * max_w);
+    eprintln!("{what}: max |d| / max |want| = {rel:.2e}");
+}
+
+/// Plain GEMM into a poisoned output, checked against the reference.
+fn check_plain(
+    k: &Kernels,
+    f: WeightFormat,
+    m: usize,
+    n: usize,
+    kd: usize,
+    tiling: Option<GemmTiling>,
+) {
+    let mut r = rng();
+    let g = &k.gpu;
+    let (w, wv) = matrix(k, &mut r, f, n, kd);
+    let x = rand_vec(&mut r, m * kd, 2.0);
+    let xb = g.upload("x", &x).unwrap();
+    let out = g.storage_buffer("out", (m * n * 4) as u64).unwrap();
+    g.poison(&out);
+    let epi = GemmEpilogue::default();
+    let d = match tiling {
+        Some(t) => gemm::gemm_tiled(k, &w, &xb, &out, m, epi, t),
+        None => gemm::gemm(k, &w, &xb, &out, m, epi),
+    }
+    .unwrap();
+    k.run(&[&d]).unwrap();
+    let want = reference::gemm::gemm(&wv, &x, m, n, kd);
+    check_close(
+        &format!("gemm {} m={m} n={n} k={kd} {tiling:?}", f.name()),
+        &g.read_vec(&out).unwrap(),
+        &want,
+    );
+}
+
+const SHAPES: [(usize, usize, usize); 5] = [
+    (1, 64, 64),
+    (7, 100, 96),
+    (33, 130, 576),
+    (64, 192, 576),
+    (17, 576, 1536),
+];
+
+fn check_format(f: WeightFormat) {
+    for &(m, n, kd) in &SHAPES {
+        check_plain(kernels(), f, m, n, kd, None);
+    }
+}
+
+#[test]
+fn gemm_f32() {
+    check_format(WeightFormat::F32);
+    // k a multiple of 4 but not of the 32-wide k step: the loaders zero the tail.
+    check_plain(kernels(), WeightFormat::F32, 5, 70, 100, None);
+}
+
+#[test]
+fn gemm_f16() {
+    check_format(WeightFormat::F16);
+    check_plain(kernels(), WeightFormat::F16, 3, 9, 36, None);
+}
+
+#[test]
+fn gemm_bf16() {
+    check_format(WeightFormat::Bf16);
+    check_plain(kernels(), WeightFormat::Bf16, 66, 65, 4, None);
+}
+
+#[test]
+fn gemm_q8_0() {
+    check_format(WeightFormat::Q8_0);
+}
+
+#[test]
+fn gemm_q4_0() {
+    check_format(WeightFormat::Q4_0);
+    check_plain(kernels(), WeightFormat::Q4_0, 128, 1536, 576, None);
+}
+
+#[test]
+fn gemm_q4_1() {
+    check_format(WeightFormat::Q4_1);
+}
+
+#[test]
+fn gemm_without_subgroups() {
+    check_plain(
+        kernels_no_subgroup(),
+        WeightFormat::Q4_1,
+        33,
+        130,
+        576,
+        None,
+    );
+}
+
+/// Tile shapes other than the default: no padding (16 KiB devices) and non-square tiles.
+#[test]
+fn gemm_other_tilings() {
+    let k = kernels();
+    for t in [
+        GemmTiling {
+            wg_m: 16,
+            wg_n: 16,
+            pad: 0,
+        },
+        GemmTiling {
+            wg_m: 8,
+            wg_n: 32,
+            pad: 1,
+        },
+        GemmTiling {
+            wg_m: 4,
+            wg_n: 8,
+            pad: 3,
+        },
+    ] {
+        check_plain(k, WeightFormat::Q8_0, 37, 150, 96, Some(t));
+        check_plain(k, WeightFormat::F16, 37, 150, 100, Some(t));
+    }
+}
+
+/// Bias, residual accumulate, and writing into a column slice of a wider output.
+#[test]
+fn gemm_epilogues() {
+    let k = kernels();
+    let g = &k.gpu;
+    let mut r = rng();
+    let (m, n, kd) = (9, 70, 64);
+    for (f, bias, accumulate, offset, stride) in [
+        (WeightFormat::Q4_0, true, false, 0, 0),
+        (WeightFormat::F16, false, true, 0, 0),
+        (WeightFormat::Q8_0, true, true, 50, 200),
+        (WeightFormat::Bf16, false, false, 130, 200),
+    ] {
+        let (w, wv) = matrix(k, &mut r, f, n, kd);
+        let x = rand_vec(&mut r, m * kd, 2.0);
+        let b = rand_vec(&mut r, n, 10.0);
+        let ostride = if stride == 0 { n } else { stride };
+        // Prior contents: the residual to add to, or the columns that must stay untouched.
+        let prior = rand_vec(&mut r, m * ostride, 30.0);
+        let xb = g.upload("x", &x).unwrap();
+        let bb = g.upload("bias", &b).unwrap();
+        let out = g.upload("out", &prior).unwrap();
+        let epi = GemmEpilogue {
+            bias: bias.then_some(&bb),
+            accumulate,
+            out_offset: offset,
+            out_stride: stride,
+        };
+        let d = gemm::gemm(k, &w, &xb, &out, m, epi).unwrap();
+        k.run(&[&d]).unwrap();
+        let mut want = prior.clone();
+        let res = reference::gemm::gemm(&wv, &x, m, n, kd);
+        reference::gemm::epilogue(
+            &mut want,
+            &res,
+            n,
+            bias.then_some(&b[..]),
+            accumulate,
+            offset,
+            ostride,
+        );
+        // The result must actually land: a kernel that skipped the write would leave `prior`.
+        assert!(want.iter().zip(&prior).any(|(a, b)| a != b));
+        check_close(
+            &format!(
+                "gemm {} bias={bias} acc={accumulate} off={offset} stride={stride}",
+                f.name()
+            ),
+            &g.read_vec(&out).unwrap(),
+            &want,
+        );
+    }
+}
+
+/// Every GEMM row is the GEMV of its activation row: the m-row GEMM on the GPU equals m
+/// separate one-row GEMMs on the GPU (no cross-row mixing in the tiles) and the per-row
+/// GEMV reference.
+#[test]
+fn gemm_rows_are_gemvs() {
+    let k = kernels();
+    let g = &k.gpu;
+    let mut r = rng();
+    let (m, n, kd) = (70, 66, 96);
+    let (w, wv) = matrix(k, &mut r, WeightFormat::Q4_1, n, kd);
+    let x = rand_vec(&mut r, m * kd, 2.0);
+    let xb = g.upload("x", &x).unwrap();
+    let out = g.storage_buffer("out", (m * n * 4) as u64).unwrap();
+    g.poison(&out);
+    let d = gemm::gemm(k, &w, &xb, &out, m, GemmEpilogue::default()).unwrap();
+    k.run(&[&d]).unwrap();
+    let all: Vec<f32> = g.read_vec(&out).unwrap();
+    for row in [0, 1, 37, 63, 64, 69] {
+        let xr = &x[row * kd..(row + 1) * kd];
+        let xrb = g.upload("x row", xr).unwrap();
+        let one = poisoned(n);
+        let d = gemm::gemm(k, &w, &xrb, &one, 1, GemmEpilogue::default()).unwrap();
+        k.run(&[&d]).unwrap();
+        let single: Vec<f32> = g.read_vec(&one).unwrap();
+        let got = &all[row * n..(row + 1) * n];
+        // Same kernel, same k order: the row must not depend on its neighbours.
+        assert_close(
+            &format!("row {row} vs one-row gemm"),
+            got,
+            &single,
+            1e-6,
+            0.0,
+        );
+        check_close(
+            &format!("row {row} vs gemv reference"),
+            got,
+            &reference::gemm::gemv(&wv, xr, n, kd),
+        );
+    }
+}
+
+#[test]
+fn gemm_rejects_bad_shapes() {
+    let k = kernels();
+    let g = &k.gpu;
+    let mut r = rng();
+    let (m, n, kd) = (4, 40, 64);
+    let (w, _) = matrix(k, &mut r, WeightFormat::Q8_0, n, kd);
+    let x = g.upload("x", &rand_vec(&mut r, m * kd, 1.0)).unwrap();
+    let out = g.storage_buffer("out", (m * n * 4) as u64).unwrap();
+    let short_bias = g.upload("bias", &[0.0f32; 39]).unwrap();
+    let ok = GemmEpilogue::default();
+    assert!(gemm::gemm(k, &w, &x, &out, m, ok).is_ok());
+    let cases = [
+        ("zero rows", 0, ok),
+        ("x too short", m + 1, ok),
+        (
+            "out too short for the offset",
+            m,
+            GemmEpilogue {
+                out_offset: 1,
+                out_stride: n + 1,
+                ..ok
+            },
+        ),
+        (
+            "columns past the stride",
+            m,
+            GemmEpilogue {
+                out_offset: 1,
+                out_stride: n,
+                ..ok
+            },
+        ),
+        (
+            "short bias",
+            m,
+            GemmEpilogue {
+                bias: Some(&short_bias),
+                ..ok
+            },
+        ),
+    ];
+    for (what, rows, epi) in cases {
+        match gemm::gemm(k, &w, &x, &out, rows, epi) {
+            Err(wick::Error::Shape(_)) => {}
+            other => panic!(
+                "{what}: expected a shape error, got {:?}",
+                other.map(|_| ())
+            ),
+        }
+    }
+    let big = GemmTiling {
+        wg_m: 64,
+        wg_n: 64,
+        pad: 0,
+    };
+    assert!(gemm::gemm_tiled(k, &w, &x, &out, m, ok, big).is_err());
+}

@@ -86,7 +86,7 @@ pub fn embedding(
     row_offset: usize,
 ) -> Result<Dispatch> {
     let f = table.format;
-    if n_tokens == 0 || table.n == 0 || table.k == 0 || table.k % f.k_multiple() != 0 {
+    if n_tokens == 0 || table.n == 0 || table.k == 0 || !table.k.is_multiple_of(f.k_multiple()) {
         return Err(shape(format!(
             "{n_tokens} tokens from a {} x {} {} table (k must be a non-zero multiple of {})",
             table.n,

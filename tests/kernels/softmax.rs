@@ -2,8 +2,11 @@ use crate::common::*;
 use wick::kernels::{softmax, Kernels};
 use wick::reference;
 
-/// Tolerance: f32 exp and an f32 sum over up to 151936 terms against an f64 reference:
-/// 1e-6 absolute, 1e-5 relative.
+/// Tolerance: 1e-5 relative per probability, against an f64 reference. Vulkan bounds f32 exp
+/// by 3 + 2|x| ulp; inputs here keep |x - max| <= 24, so up to 51 ulp (~3e-6, which lavapipe
+/// reaches on the vocabulary row), plus the f32 sum's rounding. The absolute part is only
+/// 1e-9: a vocabulary row's probabilities are ~1e-5 and below, so a 1e-6 slack would hide
+/// errors of 10% and more there.
 fn check(k: &Kernels, n: usize, rows: usize, scale: f32, offset: f32, inplace: bool) {
     let mut r = rng();
     let g = &k.gpu;
@@ -32,7 +35,7 @@ fn check(k: &Kernels, n: usize, rows: usize, scale: f32, offset: f32, inplace: b
         &got,
         &want,
         1e-5,
-        1e-6,
+        1e-9,
     );
 }
 

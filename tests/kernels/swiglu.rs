@@ -15,12 +15,14 @@ fn check(k: &Kernels, rows: usize, n: usize) {
     let d = swiglu::swiglu(k, &gb, &out, rows, n).unwrap();
     k.run(&[&d]).unwrap();
     let want = reference::swiglu::swiglu(&gu, n);
-    // One f32 exp, divide and two multiplies against f64: a few ulp, 2e-6 relative.
+    // Relative 4e-6 against f64: exp(-|g|) with |g| <= 12 may be off by 3 + 2|g| = 27 ulp
+    // (Vulkan's bound), plus an add, a divide and two multiplies: <= 31 ulp < 4e-6.
+    // lavapipe measures ~1.1e-6.
     assert_close(
         &format!("swiglu {rows}x{n}"),
         &g.read_vec(&out).unwrap(),
         &want,
-        2e-6,
+        4e-6,
         0.0,
     );
 }

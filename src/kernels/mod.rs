@@ -16,6 +16,7 @@
 //! variant choice; the host wrappers are thin and return a [`Dispatch`] that is built once
 //! and recorded into a compute pass as often as needed.
 
+pub mod gemv;
 pub mod matrix;
 pub mod rmsnorm;
 

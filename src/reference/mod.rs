@@ -1,4 +1,5 @@
 //! CPU reference implementations of every kernel, in plain f32/f64 Rust. Tests compare the
 //! GPU kernels against these on fresh random inputs.
 
+pub mod gemv;
 pub mod rmsnorm;

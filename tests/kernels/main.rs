@@ -4,4 +4,5 @@
 
 mod common;
 
+mod gemv;
 mod rmsnorm;

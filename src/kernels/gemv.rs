@@ -60,7 +60,7 @@ impl GemvConfig {
             return bad("lanes_per_row must be a power of two up to 256");
         }
         if self.workgroup_size == 0
-            || self.workgroup_size % lpr != 0
+            || !self.workgroup_size.is_multiple_of(lpr)
             || self.workgroup_size > caps.max_compute_invocations_per_workgroup
         {
             return bad(
@@ -197,7 +197,11 @@ fn need(name: &str, b: &wgpu::Buffer, bytes: u64) -> Result<()> {
 /// Checks a matrix's shape and planes; returns units per row.
 fn check_matrix(name: &str, w: &GpuMatrix) -> Result<u32> {
     let f = w.format;
-    if w.n == 0 || w.k == 0 || w.k % f.k_multiple() != 0 || w.k % unit_elems(f) != 0 {
+    if w.n == 0
+        || w.k == 0
+        || !w.k.is_multiple_of(f.k_multiple())
+        || !w.k.is_multiple_of(unit_elems(f))
+    {
         return Err(Error::Shape(format!(
             "gemv: {name} is {} x {} {}; k must be a non-zero multiple of {}",
             w.n,

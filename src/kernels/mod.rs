@@ -19,6 +19,7 @@
 pub mod argmax;
 pub mod embedding;
 pub mod gemm;
+pub mod gemv;
 pub mod matrix;
 pub mod rmsnorm;
 pub mod softmax;

@@ -4,6 +4,7 @@
 pub mod argmax;
 pub mod embedding;
 pub mod gemm;
+pub mod gemv;
 pub mod rmsnorm;
 pub mod sampling;
 pub mod softmax;

@@ -7,6 +7,7 @@ mod common;
 mod argmax;
 mod embedding;
 mod gemm;
+mod gemv;
 mod rmsnorm;
 mod softmax;
 mod swiglu;

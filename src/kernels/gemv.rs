@@ -1,0 +1,345 @@
+//! GEMV: one f32 activation vector times a weight matrix in GPU planes (decode's hot path),
+//! with fused epilogues (bias, residual accumulate, output offset) and a fused
+//! gate+up+SwiGLU variant. Kernel: `wgsl/gemv.wgsl`; design in KERNELS.md §2.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{grid_1d, Binding, Dispatch, GpuMatrix, KernelSpec, Kernels};
+use crate::error::{Error, Result};
+use crate::gpu::Capabilities;
+use crate::quant::WeightFormat;
+
+/// WGSL mirror: `struct Params { n, upr, out_offset, _pad }`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct GemvParams {
+    /// Rows of the matrix.
+    pub n: u32,
+    /// Units (one `qs` load each) per row: k / [`unit_elems`].
+    pub upr: u32,
+    /// Row i is written to `out[out_offset + i]`.
+    pub out_offset: u32,
+    pub _pad: u32,
+}
+
+/// What happens to each dot product before it is stored.
+#[derive(Clone, Copy, Default)]
+pub struct GemvEpilogue<'a> {
+    /// f32[n], added to each output row.
+    pub bias: Option<&'a wgpu::Buffer>,
+    /// `out[i] += result` (residual add) instead of `out[i] = result`.
+    pub accumulate: bool,
+    /// Row i of w is written to `out[out_offset + i]` (split matrices).
+    pub out_offset: usize,
+}
+
+/// The work split of one GEMV pipeline (the WGSL `override` constants).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GemvConfig {
+    /// Lanes sharing one row group (power of two, 1..=256).
+    pub lanes_per_row: u32,
+    /// Rows each row group computes, reusing its activations across them.
+    pub rows_per_group: u32,
+    /// Workgroup size, a multiple of `lanes_per_row`.
+    pub workgroup_size: u32,
+    /// Reduce with subgroup shuffles; needs SUBGROUP and `lanes_per_row` at most the
+    /// device's minimum subgroup size. Otherwise a workgroup-memory tree.
+    pub subgroup_reduce: bool,
+}
+
+impl GemvConfig {
+    pub fn rows_per_workgroup(&self) -> u32 {
+        self.workgroup_size / self.lanes_per_row * self.rows_per_group
+    }
+
+    /// Checks the constraints the shader relies on.
+    pub fn validate(&self, caps: &Capabilities, swiglu: bool) -> Result<()> {
+        let bad = |m: &str| Err(Error::InvalidArgument(format!("gemv config {self:?}: {m}")));
+        let lpr = self.lanes_per_row;
+        if !lpr.is_power_of_two() || lpr > 256 {
+            return bad("lanes_per_row must be a power of two up to 256");
+        }
+        if self.workgroup_size == 0
+            || !self.workgroup_size.is_multiple_of(lpr)
+            || self.workgroup_size > caps.max_compute_invocations_per_workgroup
+        {
+            return bad(
+                "workgroup_size must be a multiple of lanes_per_row within the device limit",
+            );
+        }
+        let nmat = if swiglu { 2 } else { 1 };
+        if self.rows_per_group == 0 || nmat * self.rows_per_group > MAX_ACC {
+            return bad("too many rows per group for the accumulator array");
+        }
+        if nmat * self.rows_per_group * self.workgroup_size > PARTIAL_SLOTS {
+            return bad("workgroup-memory reduction needs more than its 2048 slots");
+        }
+        if self.subgroup_reduce && (!caps.subgroup || lpr > caps.subgroup_min_size.max(1)) {
+            return bad("subgroup reduction needs subgroups at least lanes_per_row wide");
+        }
+        Ok(())
+    }
+}
+
+/// Size of the per-lane accumulator array in the shader.
+const MAX_ACC: u32 = 16;
+/// Size of `gemv_partial` in the shader.
+const PARTIAL_SLOTS: u32 = 2048;
+
+/// Elements of k covered by one unit (one `qs` load): a Q4 block is 16 bytes, a Q8 half
+/// block 16 bytes, 4 f32 16 bytes, 4 f16/bf16 8 bytes (rows of k = 4 mod 8 f16 are only
+/// 8-byte aligned).
+pub fn unit_elems(format: WeightFormat) -> usize {
+    match format {
+        WeightFormat::F32 | WeightFormat::F16 | WeightFormat::Bf16 => 4,
+        WeightFormat::Q8_0 => 16,
+        WeightFormat::Q4_0 | WeightFormat::Q4_1 => 32,
+    }
+}
+
+/// Picks the work split for an n x k matrix on this device. Starting points per KERNELS.md
+/// §2, to be refined by measurement.
+pub fn choose_config(caps: &Capabilities, format: WeightFormat, n: usize, k: usize) -> GemvConfig {
+    let units = (k / unit_elems(format)).max(1);
+    // Lanes per row: one subgroup-sized group (32) streams long rows; for short rows
+    // (K=576 is only 18 Q4 blocks) take the widest power of two that still keeps >= 75% of
+    // the lane-steps busy, so few lanes idle in the last step.
+    let mut lpr = 32u32;
+    while lpr > 1 {
+        let slots = units.div_ceil(lpr as usize) * lpr as usize;
+        if units * 4 >= slots * 3 {
+            break;
+        }
+        lpr /= 2;
+    }
+    // Subgroup shuffles need the whole group inside one subgroup of the smallest size the
+    // device may run us at.
+    let subgroup_reduce = caps.subgroup && caps.subgroup_min_size >= 1;
+    if subgroup_reduce {
+        lpr = lpr.min(caps.subgroup_min_size.max(1));
+    }
+    // 64 lanes: two subgroups on Apple/NVIDIA, one wave on AMD; enough lanes in flight
+    // without starving small matrices of workgroups.
+    let workgroup_size = 64u32.max(lpr);
+    // Four rows per group amortise each activation load over four weight loads; fall back
+    // to fewer when the matrix would give fewer than ~256 workgroups (o-proj, down at
+    // n = 576..896), since small GEMVs are bound by how many cores they occupy.
+    let mut rows_per_group = 4u32;
+    while rows_per_group > 1 && n.div_ceil((workgroup_size / lpr * rows_per_group) as usize) < 256 {
+        rows_per_group /= 2;
+    }
+    GemvConfig {
+        lanes_per_row: lpr,
+        rows_per_group,
+        workgroup_size,
+        subgroup_reduce,
+    }
+}
+
+/// The spec of a plain GEMV pipeline (op `gemv_<format>`).
+pub fn spec(format: WeightFormat, cfg: &GemvConfig, bias: bool, accumulate: bool) -> KernelSpec {
+    KernelSpec::new(
+        format!("gemv_{}", format.name()),
+        "gemv",
+        "gemv",
+        &[
+            Binding::Uniform,
+            Binding::Read,
+            Binding::Read,
+            Binding::Read,
+            Binding::Read,
+            Binding::ReadWrite,
+        ],
+    )
+    .define(format.define())
+    .constant("LPR", cfg.lanes_per_row)
+    .constant("RPG", cfg.rows_per_group)
+    .constant("WG", cfg.workgroup_size)
+    .constant("SG_REDUCE", cfg.subgroup_reduce as u32)
+    .constant("HAS_BIAS", bias as u32)
+    .constant("ACCUMULATE", accumulate as u32)
+}
+
+/// The spec of the fused gate+up+SwiGLU pipeline (op `gemv_swiglu_<format>`).
+pub fn swiglu_spec(format: WeightFormat, cfg: &GemvConfig) -> KernelSpec {
+    KernelSpec::new(
+        format!("gemv_swiglu_{}", format.name()),
+        "gemv",
+        "gemv_swiglu",
+        &[
+            Binding::Uniform,
+            Binding::Read,
+            Binding::Read,
+            Binding::Read,
+            Binding::Read,
+            Binding::Read,
+            Binding::ReadWrite,
+        ],
+    )
+    .define(format.define())
+    .define("SWIGLU")
+    .constant("LPR", cfg.lanes_per_row)
+    .constant("RPG", cfg.rows_per_group)
+    .constant("WG", cfg.workgroup_size)
+    .constant("SG_REDUCE", cfg.subgroup_reduce as u32)
+}
+
+fn need(name: &str, b: &wgpu::Buffer, bytes: u64) -> Result<()> {
+    if b.size() < bytes {
+        return Err(Error::Shape(format!(
+            "gemv: buffer {name} holds {} bytes, needs {bytes}",
+            b.size()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a matrix's shape and planes; returns units per row.
+fn check_matrix(name: &str, w: &GpuMatrix) -> Result<u32> {
+    let f = w.format;
+    if w.n == 0
+        || w.k == 0
+        || !w.k.is_multiple_of(f.k_multiple())
+        || !w.k.is_multiple_of(unit_elems(f))
+    {
+        return Err(Error::Shape(format!(
+            "gemv: {name} is {} x {} {}; k must be a non-zero multiple of {}",
+            w.n,
+            w.k,
+            f.name(),
+            unit_elems(f).max(f.k_multiple())
+        )));
+    }
+    let qs_bytes = (f.qs_words_per_row(w.k) as u64) * 4 * w.n as u64;
+    need(&format!("{name}.qs"), &w.qs, qs_bytes)?;
+    need(
+        &format!("{name}.scales"),
+        &w.scales,
+        (f.scale_words(w.n, w.k) as u64 * 4).max(4),
+    )?;
+    // Indices in the shader are u32 (qs loads and output rows).
+    let units = (w.k / unit_elems(f)) as u64 * w.n as u64;
+    if units > u32::MAX as u64 {
+        return Err(Error::Shape(format!(
+            "gemv: {name} ({} x {}) has too many elements for one dispatch; split it by rows",
+            w.n, w.k
+        )));
+    }
+    Ok((w.k / unit_elems(f)) as u32)
+}
+
+fn grid(k: &Kernels, n: usize, cfg: &GemvConfig) -> Result<[u32; 3]> {
+    let wgs = n.div_ceil(cfg.rows_per_workgroup() as usize);
+    let max = k.gpu.caps.max_compute_workgroups_per_dimension;
+    if wgs as u64 > max as u64 * max as u64 {
+        return Err(Error::Shape(format!("gemv: {n} rows exceed the grid")));
+    }
+    Ok(grid_1d(wgs as u32, max))
+}
+
+/// `out[epi.out_offset + i] (+)= w[i] · x (+ bias[i])` for the n rows of `w`; x is f32[k].
+pub fn gemv(
+    k: &Kernels,
+    w: &GpuMatrix,
+    x: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    epi: GemvEpilogue,
+) -> Result<Dispatch> {
+    let cfg = choose_config(&k.gpu.caps, w.format, w.n, w.k);
+    gemv_with_config(k, w, x, out, epi, &cfg)
+}
+
+/// [`gemv`] with an explicit work split (tests, benchmarks, tuning).
+pub fn gemv_with_config(
+    k: &Kernels,
+    w: &GpuMatrix,
+    x: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    epi: GemvEpilogue,
+    cfg: &GemvConfig,
+) -> Result<Dispatch> {
+    cfg.validate(&k.gpu.caps, false)?;
+    let upr = check_matrix("w", w)?;
+    need("x", x, w.k as u64 * 4)?;
+    let end = epi
+        .out_offset
+        .checked_add(w.n)
+        .filter(|e| *e <= u32::MAX as usize)
+        .ok_or_else(|| Error::Shape("gemv: out_offset too large".into()))?;
+    need("out", out, end as u64 * 4)?;
+    if let Some(b) = epi.bias {
+        need("bias", b, w.n as u64 * 4)?;
+    }
+    let params = k.gpu.uniform(
+        "gemv params",
+        &GemvParams {
+            n: w.n as u32,
+            upr,
+            out_offset: epi.out_offset as u32,
+            _pad: 0,
+        },
+    )?;
+    // Without a bias the binding still needs a buffer; x is bound read-only already.
+    let bias = epi.bias.unwrap_or(x);
+    k.dispatch(
+        &spec(w.format, cfg, epi.bias.is_some(), epi.accumulate),
+        &[&params, &w.qs, &w.scales, x, bias, out],
+        grid(k, w.n, cfg)?,
+    )
+}
+
+/// out[i] = silu(gate·x)_i * (up·x)_i — the FFN's gate+up+SwiGLU in one dispatch (same
+/// format/shape for both).
+pub fn gemv_swiglu(
+    k: &Kernels,
+    gate: &GpuMatrix,
+    up: &GpuMatrix,
+    x: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+) -> Result<Dispatch> {
+    let mut cfg = choose_config(&k.gpu.caps, gate.format, gate.n, gate.k);
+    // Two matrices per row group: keep the accumulators within the shader's array.
+    cfg.rows_per_group = cfg.rows_per_group.min(MAX_ACC / 2);
+    gemv_swiglu_with_config(k, gate, up, x, out, &cfg)
+}
+
+/// [`gemv_swiglu`] with an explicit work split.
+pub fn gemv_swiglu_with_config(
+    k: &Kernels,
+    gate: &GpuMatrix,
+    up: &GpuMatrix,
+    x: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    cfg: &GemvConfig,
+) -> Result<Dispatch> {
+    cfg.validate(&k.gpu.caps, true)?;
+    if gate.format != up.format || gate.n != up.n || gate.k != up.k {
+        return Err(Error::Shape(format!(
+            "gemv_swiglu: gate is {} x {} {}, up is {} x {} {}",
+            gate.n,
+            gate.k,
+            gate.format.name(),
+            up.n,
+            up.k,
+            up.format.name()
+        )));
+    }
+    let upr = check_matrix("gate", gate)?;
+    check_matrix("up", up)?;
+    need("x", x, gate.k as u64 * 4)?;
+    need("out", out, gate.n as u64 * 4)?;
+    let params = k.gpu.uniform(
+        "gemv_swiglu params",
+        &GemvParams {
+            n: gate.n as u32,
+            upr,
+            out_offset: 0,
+            _pad: 0,
+        },
+    )?;
+    k.dispatch(
+        &swiglu_spec(gate.format, cfg),
+        &[&params, &gate.qs, &gate.scales, &up.qs, &up.scales, x, out],
+        grid(k, gate.n, cfg)?,
+    )
+}

@@ -1,0 +1,347 @@
+use crate::common::*;
+use rand::Rng;
+use wick::kernels::gemv::{self, GemvConfig, GemvEpilogue};
+use wick::kernels::{GpuMatrix, Kernels};
+use wick::quant::{self, WeightFormat};
+use wick::reference;
+
+/// All accumulation is f32 (the reference f64): over k <= 4864 products the rounding error
+/// stays far below 1e-4 of the largest output; a wrong element, scale or nibble is off by
+/// O(1) of it. Bound: |got - want| <= RTOL * max|want| for every element.
+const RTOL: f32 = 1e-4;
+
+/// `Gpu::poison`'s pattern (wick::gpu::buffers::POISON, not re-exported).
+const POISON: u32 = 0x7FC0_DEAD;
+
+/// `common::poisoned` on the device of `k` (the no-subgroup registry has its own device).
+fn poisoned_on(k: &Kernels, len: usize) -> wgpu::Buffer {
+    let b = k.gpu.storage_buffer("test out", (len * 4) as u64).unwrap();
+    k.gpu.poison(&b);
+    b
+}
+
+fn check_vs(what: &str, got: &[f32], want: &[f32]) {
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert_close(what, got, want, 0.0, RTOL * scale.max(1e-30));
+}
+
+/// A random n x k matrix in `format`: its GPU planes and the exact values the GPU sees.
+fn matrix(
+    r: &mut impl Rng,
+    k: &Kernels,
+    format: WeightFormat,
+    n: usize,
+    kk: usize,
+) -> (GpuMatrix, Vec<f32>) {
+    let vals = rand_vec(r, n * kk, 1.0);
+    let packed = quant::quantize_and_pack(format, &vals, n, kk).unwrap();
+    let gm = GpuMatrix::upload(&k.gpu, "w", &packed).unwrap();
+    (gm, quant::unpack(&packed))
+}
+
+#[derive(Clone, Copy, Default)]
+struct Case {
+    bias: bool,
+    accumulate: bool,
+    out_offset: usize,
+    /// Extra poisoned rows after the output range.
+    tail: usize,
+}
+
+fn check(
+    k: &Kernels,
+    format: WeightFormat,
+    n: usize,
+    kk: usize,
+    case: Case,
+    cfg: Option<GemvConfig>,
+) {
+    let mut r = rng();
+    let g = &k.gpu;
+    let (w, wv) = matrix(&mut r, k, format, n, kk);
+    let x = rand_vec(&mut r, kk, 1.0);
+    let xb = g.upload("x", &x).unwrap();
+    let bias = rand_vec(&mut r, n, 2.0);
+    let bb = g.upload("bias", &bias).unwrap();
+    let prev = rand_vec(&mut r, n, 2.0);
+    let len = case.out_offset + n + case.tail;
+    let out = poisoned_on(k, len);
+    if case.accumulate {
+        g.write(&out, (case.out_offset * 4) as u64, &prev);
+    }
+    let epi = GemvEpilogue {
+        bias: case.bias.then_some(&bb),
+        accumulate: case.accumulate,
+        out_offset: case.out_offset,
+    };
+    let d = match cfg {
+        Some(c) => gemv::gemv_with_config(k, &w, &xb, &out, epi, &c),
+        None => gemv::gemv(k, &w, &xb, &out, epi),
+    }
+    .unwrap();
+    k.run(&[&d]).unwrap();
+    let got: Vec<f32> = g.read_vec(&out).unwrap();
+    let want = reference::gemv::gemv_epilogue(
+        &wv,
+        n,
+        kk,
+        &x,
+        case.bias.then_some(&bias[..]),
+        case.accumulate.then_some(&prev[..]),
+    );
+    let what = format!("gemv {} n={n} k={kk} cfg={cfg:?}", format.name());
+    check_vs(&what, &got[case.out_offset..case.out_offset + n], &want);
+    // Outside the output range nothing may be written.
+    let untouched = got[..case.out_offset]
+        .iter()
+        .chain(&got[case.out_offset + n..]);
+    for v in untouched {
+        assert_eq!(v.to_bits(), POISON, "{what}: wrote outside out_offset..+n");
+    }
+}
+
+#[test]
+fn gemv_formats_and_shapes() {
+    let k = kernels();
+    for f in WeightFormat::ALL {
+        for kk in [576, 896, 1536, 4864] {
+            for n in [100, 7, 1] {
+                check(k, f, n, kk, Case::default(), None);
+            }
+        }
+    }
+}
+
+/// Work splits other than the default: wide groups reduced in workgroup memory, one lane
+/// per row, many rows per group, split-K across a whole workgroup.
+#[test]
+fn gemv_configs() {
+    let k = kernels();
+    let caps = &k.gpu.caps;
+    let sg = caps.subgroup;
+    let configs = [
+        GemvConfig {
+            lanes_per_row: 32,
+            rows_per_group: 2,
+            workgroup_size: 64,
+            subgroup_reduce: false,
+        },
+        GemvConfig {
+            lanes_per_row: 1,
+            rows_per_group: 3,
+            workgroup_size: 32,
+            subgroup_reduce: sg,
+        },
+        GemvConfig {
+            lanes_per_row: 4,
+            rows_per_group: 8,
+            workgroup_size: 64,
+            subgroup_reduce: sg,
+        },
+        GemvConfig {
+            lanes_per_row: 256,
+            rows_per_group: 2,
+            workgroup_size: 256,
+            subgroup_reduce: false,
+        },
+    ];
+    for f in WeightFormat::ALL {
+        for c in configs {
+            check(k, f, 37, 896, Case::default(), Some(c));
+        }
+    }
+}
+
+#[test]
+fn gemv_epilogues() {
+    let k = kernels();
+    for f in [WeightFormat::F16, WeightFormat::Q4_1, WeightFormat::Q8_0] {
+        let cases = [
+            Case {
+                bias: true,
+                ..Default::default()
+            },
+            Case {
+                accumulate: true,
+                ..Default::default()
+            },
+            Case {
+                bias: true,
+                accumulate: true,
+                out_offset: 3,
+                tail: 5,
+            },
+            Case {
+                out_offset: 1000,
+                tail: 13,
+                ..Default::default()
+            },
+        ];
+        for c in cases {
+            check(k, f, 100, 576, c, None);
+        }
+    }
+}
+
+/// The lm_head: 49152 rows, the default config.
+#[test]
+fn gemv_lm_head() {
+    check(
+        kernels(),
+        WeightFormat::Q4_0,
+        49152,
+        576,
+        Case::default(),
+        None,
+    );
+}
+
+/// More workgroups than one grid dimension holds: rows must continue in grid y.
+#[test]
+fn gemv_grid_wraps() {
+    let k = kernels();
+    let max = k.gpu.caps.max_compute_workgroups_per_dimension as usize;
+    let one = GemvConfig {
+        lanes_per_row: 1,
+        rows_per_group: 1,
+        workgroup_size: 1,
+        subgroup_reduce: false,
+    };
+    check(
+        k,
+        WeightFormat::Q4_0,
+        max + 1000,
+        32,
+        Case::default(),
+        Some(one),
+    );
+}
+
+fn check_swiglu(k: &Kernels, format: WeightFormat, n: usize, kk: usize) {
+    let mut r = rng();
+    let g = &k.gpu;
+    let (gate, gv) = matrix(&mut r, k, format, n, kk);
+    let (up, uv) = matrix(&mut r, k, format, n, kk);
+    let x = rand_vec(&mut r, kk, 1.0);
+    let xb = g.upload("x", &x).unwrap();
+    let out = poisoned_on(k, n);
+    let d = gemv::gemv_swiglu(k, &gate, &up, &xb, &out).unwrap();
+    k.run(&[&d]).unwrap();
+    let want = reference::gemv::gemv_swiglu(&gv, &uv, n, kk, &x);
+    // silu(g) * u: relative error of the products <= that of the factors (~1e-6), so the
+    // GEMV bound carries over.
+    check_vs(
+        &format!("gemv_swiglu {} n={n} k={kk}", format.name()),
+        &g.read_vec::<f32>(&out).unwrap(),
+        &want,
+    );
+}
+
+#[test]
+fn gemv_swiglu_formats() {
+    let k = kernels();
+    for f in WeightFormat::ALL {
+        for (n, kk) in [(100, 576), (7, 896), (300, 1536)] {
+            check_swiglu(k, f, n, kk);
+        }
+    }
+}
+
+#[test]
+fn gemv_without_subgroups() {
+    let k = kernels_no_subgroup();
+    for f in WeightFormat::ALL {
+        check(k, f, 100, 576, Case::default(), None);
+        check(
+            k,
+            f,
+            7,
+            4864,
+            Case {
+                bias: true,
+                accumulate: true,
+                out_offset: 2,
+                tail: 1,
+            },
+            None,
+        );
+        check_swiglu(k, f, 33, 896);
+    }
+}
+
+#[test]
+fn gemv_rejects_bad_input() {
+    let k = kernels();
+    let g = &k.gpu;
+    let mut r = rng();
+    let (w, _) = matrix(&mut r, k, WeightFormat::Q4_0, 8, 64);
+    let x = g.upload("x", &[0.0f32; 64]).unwrap();
+    let short_x = g.upload("x", &[0.0f32; 32]).unwrap();
+    let out = poisoned(8);
+    let short_bias = g.upload("b", &[0.0f32; 4]).unwrap();
+    let shape = |e: wick::Error| matches!(e, wick::Error::Shape(_));
+    assert!(shape(
+        gemv::gemv(k, &w, &short_x, &out, GemvEpilogue::default()).unwrap_err()
+    ));
+    let off = GemvEpilogue {
+        out_offset: 1,
+        ..Default::default()
+    };
+    assert!(shape(gemv::gemv(k, &w, &x, &out, off).unwrap_err()));
+    let bias = GemvEpilogue {
+        bias: Some(&short_bias),
+        ..Default::default()
+    };
+    assert!(shape(gemv::gemv(k, &w, &x, &out, bias).unwrap_err()));
+    // A matrix claiming more rows than its planes hold.
+    let lying = GpuMatrix {
+        n: 16,
+        ..clone_matrix(g, &w)
+    };
+    assert!(shape(
+        gemv::gemv(k, &lying, &x, &poisoned(16), GemvEpilogue::default()).unwrap_err()
+    ));
+    // A k that is not whole blocks.
+    let bad_k = GpuMatrix {
+        k: 48,
+        ..clone_matrix(g, &w)
+    };
+    assert!(shape(
+        gemv::gemv(k, &bad_k, &x, &out, GemvEpilogue::default()).unwrap_err()
+    ));
+    // SwiGLU of mismatched shapes.
+    let (w2, _) = matrix(&mut r, k, WeightFormat::Q4_0, 4, 64);
+    assert!(shape(gemv::gemv_swiglu(k, &w, &w2, &x, &out).unwrap_err()));
+    // An impossible config is an argument error, not a shader failure.
+    let cfg = GemvConfig {
+        lanes_per_row: 3,
+        rows_per_group: 1,
+        workgroup_size: 3,
+        subgroup_reduce: false,
+    };
+    assert!(gemv::gemv_with_config(k, &w, &x, &out, GemvEpilogue::default(), &cfg).is_err());
+}
+
+fn clone_matrix(g: &wick::gpu::Gpu, w: &GpuMatrix) -> GpuMatrix {
+    let _ = g;
+    GpuMatrix {
+        format: w.format,
+        n: w.n,
+        k: w.k,
+        qs: w.qs.clone(),
+        scales: w.scales.clone(),
+    }
+}
+
+/// The default split is valid on this device for every format and the model shapes.
+#[test]
+fn gemv_default_configs_are_valid() {
+    let caps = &kernels().gpu.caps;
+    for f in WeightFormat::ALL {
+        for (n, kk) in [(1, 32), (576, 576), (1152, 896), (896, 4864), (151936, 896)] {
+            let c = gemv::choose_config(caps, f, n, kk);
+            c.validate(caps, false).unwrap();
+            assert!(c.rows_per_workgroup() >= 1);
+        }
+    }
+}

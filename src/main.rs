@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 mod cli;
 
 #[derive(Parser)]
-#[command(name = "wick", version, about = "WGSL Inference Compute Kernels: LLM inference on wgpu")]
+#[command(
+    name = "wick",
+    version,
+    about = "WGSL Inference Compute Kernels: LLM inference on wgpu"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -13,8 +13,12 @@ fn sampler_matches_reference_distribution() {
     for case in 0..200 {
         let n = r.random_range(1..60);
         // Few distinct values so ties are common.
-        let logits: Vec<f32> = (0..n).map(|_| (r.random_range(-8..8) as f32) * 0.5).collect();
-        let history: Vec<u32> = (0..r.random_range(0..10)).map(|_| r.random_range(0..n as u32)).collect();
+        let logits: Vec<f32> = (0..n)
+            .map(|_| (r.random_range(-8..8) as f32) * 0.5)
+            .collect();
+        let history: Vec<u32> = (0..r.random_range(0..10))
+            .map(|_| r.random_range(0..n as u32))
+            .collect();
         let p = SamplingParams {
             temperature: [0.0, 0.5, 1.0, 1.7][case % 4],
             top_k: [0, 1, 5, 100][r.random_range(0..4)],
@@ -24,14 +28,28 @@ fn sampler_matches_reference_distribution() {
             repeat_last_n: 64,
             seed: r.random(),
         };
-        let want = probabilities(&logits, &history, p.temperature, p.top_k, p.top_p, p.min_p, p.repeat_penalty, p.repeat_last_n);
+        let want = probabilities(
+            &logits,
+            &history,
+            p.temperature,
+            p.top_k,
+            p.top_p,
+            p.min_p,
+            p.repeat_penalty,
+            p.repeat_last_n,
+        );
         let got = distribution(&logits, &history, &p);
         let mut dense = vec![0.0f64; n];
         for (t, q) in &got {
             dense[*t as usize] = *q;
         }
         for i in 0..n {
-            assert!((dense[i] - want[i]).abs() < 1e-9, "case {case} token {i}: {} vs {} ({p:?}, {logits:?})", dense[i], want[i]);
+            assert!(
+                (dense[i] - want[i]).abs() < 1e-9,
+                "case {case} token {i}: {} vs {} ({p:?}, {logits:?})",
+                dense[i],
+                want[i]
+            );
         }
         // The same seed draws the same token, and it is one the reference allows.
         let a = sample(&logits, &history, &p, &mut WickRng::new(p.seed)).unwrap();
@@ -54,6 +72,12 @@ fn draw_follows_cumulative_probability() {
     for _ in 0..20000 {
         counts[draw(&d, rng.next_f64()).unwrap() as usize] += 1;
     }
-    assert!((counts[7] as f64 / 20000.0 - 0.5).abs() < 0.02, "{counts:?}");
-    assert!((counts[9] as f64 / 20000.0 - 0.2).abs() < 0.02, "{counts:?}");
+    assert!(
+        (counts[7] as f64 / 20000.0 - 0.5).abs() < 0.02,
+        "{counts:?}"
+    );
+    assert!(
+        (counts[9] as f64 / 20000.0 - 0.2).abs() < 0.02,
+        "{counts:?}"
+    );
 }

@@ -30,9 +30,15 @@ fn model() -> Option<&'static Model> {
             .unwrap_or_else(wick::model::source::default_model_path);
         if !path.exists() {
             if std::env::var("WICK_REQUIRE_MODEL").as_deref() == Ok("1") {
-                panic!("WICK_REQUIRE_MODEL=1 but the model is missing at {}", path.display());
+                panic!(
+                    "WICK_REQUIRE_MODEL=1 but the model is missing at {}",
+                    path.display()
+                );
             }
-            eprintln!("skipping: no model at {} (run scripts/fetch-model.sh)", path.display());
+            eprintln!(
+                "skipping: no model at {} (run scripts/fetch-model.sh)",
+                path.display()
+            );
             return None;
         }
         let engine = Engine::new().expect("GPU");
@@ -48,11 +54,19 @@ fn prompts() -> Vec<Value> {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 /// Reads a little-endian float32 .npy file.
@@ -87,17 +101,36 @@ fn greedy_ids_and_top10_logits_match_goldens() {
         let mut ours: Vec<u32> = (0..logits.len() as u32).collect();
         ours.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
         let shared_ids = ours[..10].iter().filter(|i| gold_ids.contains(i)).count();
-        assert!(shared_ids >= 8, "{key}: only {shared_ids} of the golden top-10");
+        assert!(
+            shared_ids >= 8,
+            "{key}: only {shared_ids} of the golden top-10"
+        );
 
         // Greedy ids, exact up to the first golden margin below 0.25 (capped: lavapipe is slow).
         let gold = ids(&p["greedy"]["ids"]);
         let margins = floats(&p["greedy"]["step_top1_minus_top2"]);
-        let steps = margins.iter().take_while(|&&m| m >= 0.25).count().clamp(1, 8);
+        let steps = margins
+            .iter()
+            .take_while(|&&m| m >= 0.25)
+            .count()
+            .clamp(1, 8);
         s.reset();
-        let params = GenerateParams { max_tokens: steps, ignore_eos: true, ..Default::default() };
-        let got: Vec<u32> = s.generate(&prompt, params).unwrap().map(|t| t.unwrap().id).collect();
+        let params = GenerateParams {
+            max_tokens: steps,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let got: Vec<u32> = s
+            .generate(&prompt, params)
+            .unwrap()
+            .map(|t| t.unwrap().id)
+            .collect();
         assert_eq!(got, gold[..steps], "{key}: greedy ids");
-        assert_eq!(s.stats.submits_per_token(), 1.0, "one submit per decoded token");
+        assert_eq!(
+            s.stats.submits_per_token(),
+            1.0,
+            "one submit per decoded token"
+        );
     }
 }
 
@@ -105,13 +138,18 @@ fn greedy_ids_and_top10_logits_match_goldens() {
 fn logits_and_hidden_states_match_debug_goldens() {
     let Some(m) = model() else { return };
     let dir = shared().join("goldens/smollm2/debug_english");
-    let readme: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("README.json")).unwrap()).unwrap();
+    let readme: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("README.json")).unwrap()).unwrap();
     let prompt = ids(&readme["input_ids"]);
     let mut s = Session::new(m).unwrap();
     s.prefill(&prompt).unwrap();
     let logits = s.logits().unwrap();
     let gold = npy(&dir.join("logits_last.npy"));
-    let max_d = logits.iter().zip(&gold).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    let max_d = logits
+        .iter()
+        .zip(&gold)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
     eprintln!("english: max |logit - golden| over the vocabulary: {max_d}");
     assert!(max_d < 0.5, "logits off by {max_d}");
 
@@ -121,18 +159,28 @@ fn logits_and_hidden_states_match_debug_goldens() {
     let ours = &rows[(prompt.len() - 1) * h..];
     let per_layer = npy(&dir.join("hidden_per_layer_last.npy"));
     let want = &per_layer[30 * h..31 * h];
-    let num: f32 = ours.iter().zip(want).map(|(a, b)| (a - b) * (a - b)).sum::<f32>().sqrt();
+    let num: f32 = ours
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b) * (a - b))
+        .sum::<f32>()
+        .sqrt();
     let den: f32 = want.iter().map(|b| b * b).sum::<f32>().sqrt();
     let dot: f32 = ours.iter().zip(want).map(|(a, b)| a * b).sum();
     let cos = dot / (den * ours.iter().map(|a| a * a).sum::<f32>().sqrt());
-    eprintln!("english: hidden after the last layer: rel. L2 {} cosine {cos}", num / den);
+    eprintln!(
+        "english: hidden after the last layer: rel. L2 {} cosine {cos}",
+        num / den
+    );
     assert!(num / den < 1e-2 && cos > 0.9999);
 }
 
 #[test]
 fn chat_template_renders_like_hugging_face() {
     let Some(m) = model() else { return };
-    let s = m.render_chat(&[ChatMessage::new("user", "What is 2+2?")], true).unwrap();
+    let s = m
+        .render_chat(&[ChatMessage::new("user", "What is 2+2?")], true)
+        .unwrap();
     assert_eq!(
         s,
         "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
@@ -143,12 +191,21 @@ fn chat_template_renders_like_hugging_face() {
 fn bad_prompts_give_clear_errors() {
     let Some(m) = model() else { return };
     let mut s = Session::with_context(m, 16).unwrap();
-    let e = s.generate(&[], GenerateParams::default()).err().expect("empty prompt must fail");
+    let e = s
+        .generate(&[], GenerateParams::default())
+        .err()
+        .expect("empty prompt must fail");
     assert!(e.to_string().contains("empty"), "{e}");
     let long = vec![260u32; 17];
-    let e = s.generate(&long, GenerateParams::default()).err().expect("too long must fail");
+    let e = s
+        .generate(&long, GenerateParams::default())
+        .err()
+        .expect("too long must fail");
     assert!(e.to_string().contains("context"), "{e}");
-    let e = s.generate(&[1_000_000], GenerateParams::default()).err().expect("bad id must fail");
+    let e = s
+        .generate(&[1_000_000], GenerateParams::default())
+        .err()
+        .expect("bad id must fail");
     assert!(e.to_string().contains("vocabulary"), "{e}");
 }
 
@@ -158,10 +215,25 @@ fn sampling_is_seeded_and_stop_strings_cut_text() {
     let tok = m.tokenizer().unwrap();
     let prompt = tok.encode("Once upon a time").unwrap();
     let mut s = Session::new(m).unwrap();
-    let sp = SamplingParams { temperature: 0.9, top_k: 20, top_p: 0.9, min_p: 0.02, seed: 42, ..Default::default() };
+    let sp = SamplingParams {
+        temperature: 0.9,
+        top_k: 20,
+        top_p: 0.9,
+        min_p: 0.02,
+        seed: 42,
+        ..Default::default()
+    };
     let run = |s: &mut Session, sp: &SamplingParams| -> Vec<u32> {
-        let p = GenerateParams { max_tokens: 4, sampling: sp.clone(), ignore_eos: true, ..Default::default() };
-        s.generate(&prompt, p).unwrap().map(|t| t.unwrap().id).collect()
+        let p = GenerateParams {
+            max_tokens: 4,
+            sampling: sp.clone(),
+            ignore_eos: true,
+            ..Default::default()
+        };
+        s.generate(&prompt, p)
+            .unwrap()
+            .map(|t| t.unwrap().id)
+            .collect()
     };
     let a = run(&mut s, &sp);
     let b = run(&mut s, &sp);
@@ -169,7 +241,11 @@ fn sampling_is_seeded_and_stop_strings_cut_text() {
     assert_eq!(a.len(), 4);
 
     // Stop string: generate greedily, then stop at a string taken from that output.
-    let p = GenerateParams { max_tokens: 6, ignore_eos: true, ..Default::default() };
+    let p = GenerateParams {
+        max_tokens: 6,
+        ignore_eos: true,
+        ..Default::default()
+    };
     let mut g = s.generate(&prompt, p.clone()).unwrap();
     let mut full = String::new();
     for t in g.by_ref() {
@@ -177,17 +253,35 @@ fn sampling_is_seeded_and_stop_strings_cut_text() {
     }
     full.push_str(&g.flush_text());
     drop(g);
-    let cut = full.char_indices().nth(full.chars().count() / 2).map(|(i, _)| i).unwrap();
+    let cut = full
+        .char_indices()
+        .nth(full.chars().count() / 2)
+        .map(|(i, _)| i)
+        .unwrap();
     let stop = full[cut..].chars().take(3).collect::<String>();
-    let mut g = s.generate(&prompt, GenerateParams { stop: vec![stop.clone()], ..p }).unwrap();
+    let mut g = s
+        .generate(
+            &prompt,
+            GenerateParams {
+                stop: vec![stop.clone()],
+                ..p
+            },
+        )
+        .unwrap();
     let mut text = String::new();
     for t in g.by_ref() {
         text.push_str(&t.unwrap().text);
     }
     text.push_str(&g.flush_text());
     drop(g);
-    assert!(!text.contains(&stop), "{text:?} contains the stop string {stop:?}");
-    assert!(full.starts_with(&text), "{text:?} is not a prefix of {full:?}");
+    assert!(
+        !text.contains(&stop),
+        "{text:?} contains the stop string {stop:?}"
+    );
+    assert!(
+        full.starts_with(&text),
+        "{text:?} is not a prefix of {full:?}"
+    );
     assert_eq!(s.stats.stop_reason, Some(StopReason::StopString));
 }
 
@@ -196,12 +290,27 @@ fn chat_session_reuses_its_kv_cache() {
     let Some(m) = model() else { return };
     let tok = m.tokenizer().unwrap();
     let mut s = Session::new(m).unwrap();
-    let turn1 = tok.encode(&m.render_chat(&[ChatMessage::new("user", "Hi")], true).unwrap()).unwrap();
-    let p = GenerateParams { max_tokens: 2, ..Default::default() };
-    let out: Vec<u32> = s.generate(&turn1, p.clone()).unwrap().map(|t| t.unwrap().id).collect();
+    let turn1 = tok
+        .encode(
+            &m.render_chat(&[ChatMessage::new("user", "Hi")], true)
+                .unwrap(),
+        )
+        .unwrap();
+    let p = GenerateParams {
+        max_tokens: 2,
+        ..Default::default()
+    };
+    let out: Vec<u32> = s
+        .generate(&turn1, p.clone())
+        .unwrap()
+        .map(|t| t.unwrap().id)
+        .collect();
     let mut turn2 = turn1.clone();
     turn2.extend(&out);
-    turn2.extend(tok.encode("<|im_end|>\n<|im_start|>user\nAnd?<|im_end|>\n<|im_start|>assistant\n").unwrap());
+    turn2.extend(
+        tok.encode("<|im_end|>\n<|im_start|>user\nAnd?<|im_end|>\n<|im_start|>assistant\n")
+            .unwrap(),
+    );
     let _: Vec<_> = s.generate(&turn2, p).unwrap().collect();
     assert!(
         s.stats.prefilled_tokens < turn2.len() - turn1.len() + 2,

@@ -27,28 +27,70 @@ fn engine() -> &'static Engine {
 
 fn check(name: &str) {
     let d = dir(name);
-    let goldens: Value = serde_json::from_str(&std::fs::read_to_string(d.join("goldens.json")).unwrap()).unwrap();
+    let goldens: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("goldens.json")).unwrap()).unwrap();
     let model = Model::load(engine(), &d, LoadOptions { ctx: Some(128) }).unwrap();
     let mut s = Session::new(&model).unwrap();
     let mut worst = 0.0f32;
     for p in goldens["prompts"].as_array().unwrap() {
-        let ids: Vec<u32> = p["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let ids: Vec<u32> = p["input_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
         let rows = s.logits_all(&ids).unwrap();
         for (pos, (ours, gold)) in rows.iter().zip(p["logits"].as_array().unwrap()).enumerate() {
-            let gold: Vec<f32> = gold.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+            let gold: Vec<f32> = gold
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
             assert_eq!(ours.len(), gold.len());
-            let d = ours.iter().zip(&gold).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-            assert!(d < 0.03, "{name} {} position {pos}: max |logit - golden| = {d}", p["name"]);
+            let d = ours
+                .iter()
+                .zip(&gold)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(
+                d < 0.03,
+                "{name} {} position {pos}: max |logit - golden| = {d}",
+                p["name"]
+            );
             worst = worst.max(d);
         }
-        let gold: Vec<u32> = p["greedy_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-        let margins: Vec<f64> = p["greedy_step_top1_minus_top2"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let gold: Vec<u32> = p["greedy_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let margins: Vec<f64> = p["greedy_step_top1_minus_top2"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
         let exact = margins.iter().take_while(|&&m| m >= 0.03).count();
         s.reset();
-        let params = GenerateParams { max_tokens: gold.len(), ignore_eos: true, ..Default::default() };
-        let got: Vec<u32> = s.generate(&ids, params).unwrap().map(|t| t.unwrap().id).collect();
+        let params = GenerateParams {
+            max_tokens: gold.len(),
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let got: Vec<u32> = s
+            .generate(&ids, params)
+            .unwrap()
+            .map(|t| t.unwrap().id)
+            .collect();
         assert_eq!(got.len(), gold.len(), "{name}: generated length");
-        assert_eq!(got[..exact], gold[..exact], "{name} {}: greedy ids (first {exact} steps)", p["name"]);
+        assert_eq!(
+            got[..exact],
+            gold[..exact],
+            "{name} {}: greedy ids (first {exact} steps)",
+            p["name"]
+        );
     }
     eprintln!("{name}: max |logit - golden| over every position of both prompts: {worst}");
 }
@@ -74,6 +116,16 @@ fn directory_without_tokenizer_serves_ids_but_not_text() {
     let e = model.tokenizer().unwrap_err();
     assert!(e.to_string().contains("no tokenizer"), "{e}");
     let mut s = Session::new(&model).unwrap();
-    let n = s.generate(&[1, 2, 3], GenerateParams { max_tokens: 3, ignore_eos: true, ..Default::default() }).unwrap().count();
+    let n = s
+        .generate(
+            &[1, 2, 3],
+            GenerateParams {
+                max_tokens: 3,
+                ignore_eos: true,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .count();
     assert_eq!(n, 3);
 }

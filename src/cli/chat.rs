@@ -46,7 +46,11 @@ pub fn run(a: ChatArgs) -> Result<()> {
         let prompt = tok.encode(&model.render_chat(&history, true)?)?;
         let params = GenerateParams {
             max_tokens: a.n,
-            sampling: SamplingParams { temperature: a.temp, seed: a.seed.wrapping_add(turn), ..Default::default() },
+            sampling: SamplingParams {
+                temperature: a.temp,
+                seed: a.seed.wrapping_add(turn),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let mut reply = String::new();

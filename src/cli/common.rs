@@ -24,7 +24,10 @@ impl ModelArgs {
     pub fn load(&self) -> Result<(Engine, Model)> {
         let path = source::resolve(self.model.as_deref())?;
         let kernels: KernelChoice = self.kernels.parse()?;
-        let engine = Engine::with_options(EngineOptions { kernels, ..Default::default() })?;
+        let engine = Engine::with_options(EngineOptions {
+            kernels,
+            ..Default::default()
+        })?;
         let model = Model::load(&engine, &path, LoadOptions { ctx: self.ctx })?;
         Ok((engine, model))
     }

@@ -23,7 +23,12 @@ pub struct PerplexityArgs {
 /// Negative log-likelihood of `target` under `logits` (log-softmax in f64).
 fn nll(logits: &[f32], target: u32) -> f64 {
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-    let lse = logits.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
+    let lse = logits
+        .iter()
+        .map(|&v| (v as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+        + max;
     lse - logits[target as usize] as f64
 }
 
@@ -32,7 +37,9 @@ pub fn run(a: PerplexityArgs) -> Result<()> {
     let (_engine, model) = a.model.load()?;
     let ids = model.tokenizer()?.encode(&text)?;
     if ids.len() < 2 {
-        return Err(Error::InvalidArgument("the file has fewer than 2 tokens".into()));
+        return Err(Error::InvalidArgument(
+            "the file has fewer than 2 tokens".into(),
+        ));
     }
     let mut s = Session::new(&model)?;
     let ctx = s.capacity();
@@ -59,6 +66,9 @@ pub fn run(a: PerplexityArgs) -> Result<()> {
         begin += stride;
     }
     let ppl = (total / count as f64).exp();
-    println!("perplexity {ppl:.4} over {count} tokens ({} in file, window {ctx}, stride {stride})", ids.len());
+    println!(
+        "perplexity {ppl:.4} over {count} tokens ({} in file, window {ctx}, stride {stride})",
+        ids.len()
+    );
     Ok(())
 }

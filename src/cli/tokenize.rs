@@ -58,7 +58,10 @@ pub fn run(args: TokenizeArgs) -> Result<()> {
     } else {
         println!(
             "{}",
-            ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" ")
+            ids.iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
         );
     }
     Ok(())

@@ -5,6 +5,7 @@
 mod buffers;
 mod profiler;
 
+pub use buffers::{POISON, STORAGE};
 pub use profiler::{GpuProfiler, ProfileSample};
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -55,7 +55,15 @@ pub fn rand_vec(rng: &mut impl Rng, len: usize, scale: f32) -> Vec<f32> {
     (0..len).map(|_| rng.random_range(-scale..=scale)).collect()
 }
 
-/// An output buffer of `len` f32, poisoned with NaN.
+/// An output buffer of `len` f32 on `k`'s device, poisoned with NaN.
+pub fn poisoned_on(k: &Kernels, len: usize) -> wgpu::Buffer {
+    let g = &k.gpu;
+    let b = g.storage_buffer("test out", (len * 4) as u64).unwrap();
+    g.poison(&b);
+    b
+}
+
+/// An output buffer of `len` f32 on the default test device, poisoned with NaN.
 pub fn poisoned(len: usize) -> wgpu::Buffer {
     let g = gpu();
     let b = g.storage_buffer("test out", (len * 4) as u64).unwrap();

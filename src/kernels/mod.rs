@@ -17,7 +17,10 @@
 //! and recorded into a compute pass as often as needed.
 
 pub mod matrix;
+pub mod attention;
+pub mod kv_cache;
 pub mod rmsnorm;
+pub mod rope;
 
 pub use matrix::GpuMatrix;
 

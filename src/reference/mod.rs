@@ -2,3 +2,6 @@
 //! GPU kernels against these on fresh random inputs.
 
 pub mod rmsnorm;
+pub mod attention;
+pub mod kv_cache;
+pub mod rope;

@@ -4,4 +4,7 @@
 
 mod common;
 
+mod attention;
+mod kv_cache;
 mod rmsnorm;
+mod rope;

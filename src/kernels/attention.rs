@@ -134,9 +134,11 @@ fn core_spec(
     .constant("T", p.tile as u32)
     .constant("ACC", p.acc as u32)
     .constant("G", group as u32);
-    for (name, o) in ["Q_OFF", "K_OFF", "V_OFF", "S_OFF", "M_OFF", "L_OFF", "A_OFF", "E_OFF"]
-        .into_iter()
-        .zip(off)
+    for (name, o) in [
+        "Q_OFF", "K_OFF", "V_OFF", "S_OFF", "M_OFF", "L_OFF", "A_OFF", "E_OFF",
+    ]
+    .into_iter()
+    .zip(off)
     {
         spec = spec.constant(name, o as u32);
     }
@@ -163,7 +165,7 @@ fn check_common(
 ) -> Result<()> {
     check_cache(what, n_kv_heads, head_dim, capacity, &[cache_k, cache_v])?;
     check_step(what, step)?;
-    if n_heads == 0 || n_heads % n_kv_heads != 0 {
+    if n_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
         return Err(Error::Shape(format!(
             "{what}: {n_heads} query heads are not a multiple of {n_kv_heads} KV heads"
         )));
@@ -285,7 +287,15 @@ pub fn attention_decode(
             caps.max_compute_workgroup_storage_size
         ))
     })?;
-    let params = params(k, "attention_decode params", n_heads, n_splits, capacity, 1, scale)?;
+    let params = params(
+        k,
+        "attention_decode params",
+        n_heads,
+        n_splits,
+        capacity,
+        1,
+        scale,
+    )?;
     let grid = [n_kv_heads as u32, n_splits as u32, 1];
     if direct {
         let d = k.dispatch(&spec, &[&params, step, q, cache_k, cache_v, out], grid)?;

@@ -55,7 +55,7 @@ pub(crate) fn check_cache(
             "{what}: cache of {n_kv_heads} heads x {capacity} x {head_dim}"
         )));
     }
-    if head_dim % 2 != 0 {
+    if !head_dim.is_multiple_of(2) {
         return Err(Error::Shape(format!(
             "{what}: head_dim {head_dim} must be even (two f16 per cache word)"
         )));
@@ -104,7 +104,13 @@ pub fn kv_write(
     head_dim: usize,
     capacity: usize,
 ) -> Result<Dispatch> {
-    check_cache("kv_write", n_kv_heads, head_dim, capacity, &[cache_k, cache_v])?;
+    check_cache(
+        "kv_write",
+        n_kv_heads,
+        head_dim,
+        capacity,
+        &[cache_k, cache_v],
+    )?;
     check_step("kv_write", step)?;
     if max_tokens == 0 {
         return Err(Error::Shape("kv_write: max_tokens is 0".into()));

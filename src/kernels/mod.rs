@@ -16,9 +16,9 @@
 //! variant choice; the host wrappers are thin and return a [`Dispatch`] that is built once
 //! and recorded into a compute pass as often as needed.
 
-pub mod matrix;
 pub mod attention;
 pub mod kv_cache;
+pub mod matrix;
 pub mod rmsnorm;
 pub mod rope;
 

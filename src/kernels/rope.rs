@@ -77,7 +77,7 @@ pub fn rope(
             "rope of {max_tokens} tokens x {n_heads} heads x {head_dim}"
         )));
     }
-    if rot_dim == 0 || rot_dim % 2 != 0 || rot_dim > head_dim {
+    if rot_dim == 0 || !rot_dim.is_multiple_of(2) || rot_dim > head_dim {
         return Err(Error::Shape(format!(
             "rope: rot_dim {rot_dim} must be even, non-zero and at most head_dim {head_dim}"
         )));

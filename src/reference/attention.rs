@@ -19,7 +19,10 @@ fn attend_row(
 ) {
     let row = |c: &[f16], j: usize| {
         let b = (kvh * capacity + j) * head_dim;
-        c[b..b + head_dim].iter().map(|v| v.to_f64()).collect::<Vec<_>>()
+        c[b..b + head_dim]
+            .iter()
+            .map(|v| v.to_f64())
+            .collect::<Vec<_>>()
     };
     let scores: Vec<f64> = (0..n_keys)
         .map(|j| {

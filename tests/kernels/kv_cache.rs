@@ -69,7 +69,9 @@ fn check(
         let want = reference::kv_cache::pack(&want);
         assert_eq!(got.len(), want.len());
         for (i, (&gw, &ww)) in got.iter().zip(&want).enumerate() {
-            // Round-to-nearest f16 is what every backend we target does, so the match is exact.
+            // Exact: pack2x16float rounds to nearest even on lavapipe (and on Metal and the
+            // Vulkan drivers we know). WGSL also allows the other neighbour; a backend doing
+            // that would fail here by one f16 ulp, and the attention reference would need it.
             assert_eq!(
                 gw,
                 ww,
@@ -104,8 +106,12 @@ fn kv_write_rejects_bad_shapes() {
     let k = kernels();
     let g = &k.gpu;
     let new = g.storage_buffer("new", 2 * 64 * 4).unwrap();
-    let cache = g.storage_buffer("cache", kv_cache::cache_bytes(2, 64, 8)).unwrap();
-    let short = g.storage_buffer("short", kv_cache::cache_bytes(2, 64, 7)).unwrap();
+    let cache = g
+        .storage_buffer("cache", kv_cache::cache_bytes(2, 64, 8))
+        .unwrap();
+    let short = g
+        .storage_buffer("short", kv_cache::cache_bytes(2, 64, 7))
+        .unwrap();
     let stepb = g.uniform("step", &step(0, 1)).unwrap();
     let shape = |r: wick::Result<_>| matches!(r, Err(wick::Error::Shape(_)));
     // Odd head_dim.

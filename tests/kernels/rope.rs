@@ -29,9 +29,13 @@ fn check(
     let mut r = rng();
     let g = &k.gpu;
     let row = n_heads * head_dim;
-    let xb = g.storage_buffer("x", (max_tokens * row * 4) as u64).unwrap();
+    let xb = g
+        .storage_buffer("x", (max_tokens * row * 4) as u64)
+        .unwrap();
     let stepb = g.uniform("step", &step(0, n_tokens)).unwrap();
-    let freq = g.upload("inv_freq", &rope::inv_freq(theta, rot_dim)).unwrap();
+    let freq = g
+        .upload("inv_freq", &rope::inv_freq(theta, rot_dim))
+        .unwrap();
     let d = rope::rope(
         k, &xb, &stepb, &freq, max_tokens, n_heads, head_dim, rot_dim, style,
     )
@@ -55,7 +59,8 @@ fn check(
         let what = format!(
             "rope {style:?} theta {theta} heads {n_heads} hd {head_dim} rot {rot_dim} pos {pos}"
         );
-        assert_close(&what, &got[..live], &want, 0.0, atol);
+        let e = assert_close(&what, &got[..live], &want, 0.0, atol);
+        eprintln!("{what}: max error {e:.1e} of max |want| (atol {atol:.1e})");
         // Rows past n_tokens are not this step's: untouched, bit for bit.
         assert_eq!(
             bytemuck::cast_slice::<f32, u32>(&got[live..]),

@@ -14,9 +14,9 @@
 // Sizes are override constants chosen on the host from the device limits: HD (head_dim, even),
 // HW = HD / 2, ROWS, T (keys per tile), WG (invocations) and ACC (output words per
 // invocation, at most MAX_ACC, ACC * WG >= ROWS * HW). All workgroup storage is one word array
-// carved into regions at host-computed offsets (the *_OFF overrides): naga 30 mishandles
-// override-sized workgroup arrays, and one array lets the host fit any (ROWS, HD, T) mix into
-// the budget. SMALL_SMEM halves the array when the plan fits, for occupancy.
+// carved into regions at host-computed offsets (the *_OFF overrides) rather than
+// override-sized arrays (a newer naga feature with a history of bugs, gfx-rs/wgpu#6722); one
+// array also lets the host fit any (ROWS, HD, T) mix into the budget. SMALL_SMEM halves the array when the plan fits, for occupancy.
 // No subgroup operations: the per-row softmax step is a short serial loop over T scores and
 // dot products run one per invocation over workgroup memory, so the code is the same with and
 // without subgroups and for any subgroup size.

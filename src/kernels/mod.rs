@@ -17,11 +17,14 @@
 //! and recorded into a compute pass as often as needed.
 
 pub mod argmax;
+pub mod attention;
 pub mod embedding;
 pub mod gemm;
 pub mod gemv;
+pub mod kv_cache;
 pub mod matrix;
 pub mod rmsnorm;
+pub mod rope;
 pub mod softmax;
 pub mod swiglu;
 

@@ -2,10 +2,13 @@
 //! GPU kernels against these on fresh random inputs.
 
 pub mod argmax;
+pub mod attention;
 pub mod embedding;
 pub mod gemm;
 pub mod gemv;
+pub mod kv_cache;
 pub mod rmsnorm;
+pub mod rope;
 pub mod sampling;
 pub mod softmax;
 pub mod swiglu;

@@ -5,9 +5,12 @@
 mod common;
 
 mod argmax;
+mod attention;
 mod embedding;
 mod gemm;
 mod gemv;
+mod kv_cache;
 mod rmsnorm;
+mod rope;
 mod softmax;
 mod swiglu;

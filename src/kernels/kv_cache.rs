@@ -1,0 +1,150 @@
+//! KV-cache write: f32 K/V rows of one step into the per-layer f16 cache.
+//!
+//! Cache layout per layer: f16 `[n_kv_heads][capacity][head_dim]`, stored as `u32` words of
+//! two halves (element `2i` in the low half). Attention kernels read the same layout.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{grid_1d, Binding, Dispatch, KernelSpec, Kernels, StepParams};
+use crate::error::{Error, Result};
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct KvWriteParams {
+    pub n_kv_heads: u32,
+    pub half_dim: u32,
+    pub capacity: u32,
+    pub max_tokens: u32,
+}
+
+/// One invocation per cache word.
+const WG: u32 = 64;
+
+pub fn spec() -> KernelSpec {
+    KernelSpec::new(
+        "kv_write",
+        "kv_cache",
+        "kv_write",
+        &[
+            Binding::Uniform,
+            Binding::Uniform,
+            Binding::Read,
+            Binding::Read,
+            Binding::ReadWrite,
+            Binding::ReadWrite,
+        ],
+    )
+    .constant("WG", WG)
+}
+
+/// Bytes of one layer's K (or V) cache.
+pub fn cache_bytes(n_kv_heads: usize, head_dim: usize, capacity: usize) -> u64 {
+    n_kv_heads as u64 * capacity as u64 * head_dim as u64 * 2
+}
+
+/// Checks a cache geometry: even head_dim, non-empty, and cache buffers large enough.
+pub(crate) fn check_cache(
+    what: &str,
+    n_kv_heads: usize,
+    head_dim: usize,
+    capacity: usize,
+    caches: &[&wgpu::Buffer],
+) -> Result<()> {
+    if n_kv_heads == 0 || head_dim == 0 || capacity == 0 {
+        return Err(Error::Shape(format!(
+            "{what}: cache of {n_kv_heads} heads x {capacity} x {head_dim}"
+        )));
+    }
+    if !head_dim.is_multiple_of(2) {
+        return Err(Error::Shape(format!(
+            "{what}: head_dim {head_dim} must be even (two f16 per cache word)"
+        )));
+    }
+    let need = cache_bytes(n_kv_heads, head_dim, capacity);
+    if need > u32::MAX as u64 * 4 {
+        return Err(Error::Shape(format!(
+            "{what}: a cache of {need} bytes exceeds 32-bit word indexing"
+        )));
+    }
+    for b in caches {
+        if b.size() < need {
+            return Err(Error::Shape(format!(
+                "{what}: cache buffer holds {} bytes, needs {need}",
+                b.size()
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn check_step(what: &str, step: &wgpu::Buffer) -> Result<()> {
+    if step.size() < std::mem::size_of::<StepParams>() as u64 {
+        return Err(Error::Shape(format!(
+            "{what}: step uniform holds {} bytes, needs {}",
+            step.size(),
+            std::mem::size_of::<StepParams>()
+        )));
+    }
+    Ok(())
+}
+
+/// Writes `k_new`, `v_new` (f32 `[n_tokens][n_kv_heads * head_dim]`) into the caches at
+/// positions `step.pos .. step.pos + step.n_tokens`. Values are rounded to nearest f16 and
+/// clamped to the finite f16 range; positions at or past `capacity` are dropped.
+#[allow(clippy::too_many_arguments)]
+pub fn kv_write(
+    k: &Kernels,
+    k_new: &wgpu::Buffer,
+    v_new: &wgpu::Buffer,
+    cache_k: &wgpu::Buffer,
+    cache_v: &wgpu::Buffer,
+    step: &wgpu::Buffer,
+    max_tokens: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    capacity: usize,
+) -> Result<Dispatch> {
+    check_cache(
+        "kv_write",
+        n_kv_heads,
+        head_dim,
+        capacity,
+        &[cache_k, cache_v],
+    )?;
+    check_step("kv_write", step)?;
+    if max_tokens == 0 {
+        return Err(Error::Shape("kv_write: max_tokens is 0".into()));
+    }
+    let row = n_kv_heads * head_dim;
+    let need = (max_tokens * row * 4) as u64;
+    for (name, b) in [("k_new", k_new), ("v_new", v_new)] {
+        if b.size() < need {
+            return Err(Error::Shape(format!(
+                "kv_write: {name} holds {} bytes, needs {need}",
+                b.size()
+            )));
+        }
+    }
+    let words = max_tokens as u64 * row as u64 / 2;
+    let max_dim = k.gpu.caps.max_compute_workgroups_per_dimension;
+    let groups = words.div_ceil(WG as u64);
+    if words > u32::MAX as u64 || groups > max_dim as u64 * max_dim as u64 {
+        return Err(Error::Shape(format!(
+            "kv_write: {words} words exceed the grid"
+        )));
+    }
+    let params = k.gpu.uniform(
+        "kv_write params",
+        &KvWriteParams {
+            n_kv_heads: n_kv_heads as u32,
+            half_dim: (head_dim / 2) as u32,
+            capacity: capacity as u32,
+            max_tokens: max_tokens as u32,
+        },
+    )?;
+    k.dispatch(
+        &spec(),
+        &[&params, step, k_new, v_new, cache_k, cache_v],
+        grid_1d(groups as u32, max_dim),
+    )
+}

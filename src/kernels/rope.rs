@@ -1,0 +1,126 @@
+//! Rotary position embedding (RoPE), in place on f32 activations.
+//!
+//! Positions come from the shared per-step uniform ([`super::StepParams`]): token `t` of the
+//! step sits at `step.pos + t`. The grid covers `max_tokens` rows and is fixed when the
+//! dispatch is built; invocations past `step.n_tokens` exit.
+//!
+//! The frequency table is computed on the CPU ([`inv_freq`]), so frequency scaling schemes
+//! (linear, llama3, YaRN's per-dimension factors) are just a different table.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{grid_1d, Binding, Dispatch, KernelSpec, Kernels};
+use crate::error::{Error, Result};
+
+/// Which dimensions form a rotated pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Pairs `(2i, 2i+1)`: llama.cpp's "norm" mode, used by GGUF llama (whose Q/K weights were
+    /// permuted at conversion).
+    Adjacent,
+    /// Pairs `(i, i + rot_dim/2)`: HF transformers' `rotate_half` ("neox" mode).
+    HalfSplit,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct RopeParams {
+    pub n_heads: u32,
+    pub head_dim: u32,
+    pub half_rot: u32,
+    pub half_split: u32,
+    pub max_tokens: u32,
+    pub _pad: [u32; 3],
+}
+
+/// Invocations per workgroup: one per rotated pair, so any multiple of the subgroup size works.
+const WG: u32 = 64;
+
+pub fn spec() -> KernelSpec {
+    KernelSpec::new(
+        "rope",
+        "rope",
+        "rope",
+        &[
+            Binding::Uniform,
+            Binding::Uniform,
+            Binding::Read,
+            Binding::ReadWrite,
+        ],
+    )
+    .constant("WG", WG)
+}
+
+/// `theta^(-2i/rot_dim)` for `i in 0..rot_dim/2`, computed in f64 and rounded once to f32.
+pub fn inv_freq(theta: f32, rot_dim: usize) -> Vec<f32> {
+    (0..rot_dim / 2)
+        .map(|i| (theta as f64).powf(-2.0 * i as f64 / rot_dim as f64) as f32)
+        .collect()
+}
+
+/// Rotates `x` (f32 `[n_tokens][n_heads * head_dim]`) in place; token `t` has position
+/// `step.pos + t`. The first `rot_dim` dimensions of each head rotate, the rest pass through.
+#[allow(clippy::too_many_arguments)]
+pub fn rope(
+    k: &Kernels,
+    x: &wgpu::Buffer,
+    step: &wgpu::Buffer,
+    inv_freq: &wgpu::Buffer,
+    max_tokens: usize,
+    n_heads: usize,
+    head_dim: usize,
+    rot_dim: usize,
+    style: RopeStyle,
+) -> Result<Dispatch> {
+    if max_tokens == 0 || n_heads == 0 || head_dim == 0 {
+        return Err(Error::Shape(format!(
+            "rope of {max_tokens} tokens x {n_heads} heads x {head_dim}"
+        )));
+    }
+    if rot_dim == 0 || !rot_dim.is_multiple_of(2) || rot_dim > head_dim {
+        return Err(Error::Shape(format!(
+            "rope: rot_dim {rot_dim} must be even, non-zero and at most head_dim {head_dim}"
+        )));
+    }
+    let half_rot = rot_dim / 2;
+    let need_x = (max_tokens * n_heads * head_dim * 4) as u64;
+    if x.size() < need_x {
+        return Err(Error::Shape(format!(
+            "rope: x holds {} bytes, needs {need_x}",
+            x.size()
+        )));
+    }
+    if inv_freq.size() < (half_rot * 4) as u64 {
+        return Err(Error::Shape(format!(
+            "rope: inv_freq holds {} bytes, needs {}",
+            inv_freq.size(),
+            half_rot * 4
+        )));
+    }
+    if step.size() < std::mem::size_of::<super::StepParams>() as u64 {
+        return Err(Error::Shape("rope: step uniform is too small".into()));
+    }
+    let pairs = max_tokens as u64 * n_heads as u64 * half_rot as u64;
+    let caps = &k.gpu.caps;
+    let max_dim = caps.max_compute_workgroups_per_dimension;
+    let groups = pairs.div_ceil(WG as u64);
+    if groups > max_dim as u64 * max_dim as u64 || pairs > u32::MAX as u64 {
+        return Err(Error::Shape(format!("rope: {pairs} pairs exceed the grid")));
+    }
+    let params = k.gpu.uniform(
+        "rope params",
+        &RopeParams {
+            n_heads: n_heads as u32,
+            head_dim: head_dim as u32,
+            half_rot: half_rot as u32,
+            half_split: (style == RopeStyle::HalfSplit) as u32,
+            max_tokens: max_tokens as u32,
+            _pad: [0; 3],
+        },
+    )?;
+    k.dispatch(
+        &spec(),
+        &[&params, step, inv_freq, x],
+        grid_1d(groups as u32, max_dim),
+    )
+}

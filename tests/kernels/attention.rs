@@ -1,0 +1,278 @@
+use crate::common::*;
+use half::f16;
+use rand::Rng;
+/// The pattern `Gpu::poison` writes (wick::gpu keeps its constant private).
+const POISON: u32 = 0x7FC0_DEAD;
+use wick::kernels::{attention, kv_cache, Kernels, StepParams};
+use wick::reference;
+use wick::reference::kv_cache::{pack, to_f16, unpack};
+
+fn step(pos: usize, n_tokens: usize) -> StepParams {
+    StepParams {
+        pos: pos as u32,
+        n_tokens: n_tokens as u32,
+        kv_len: (pos + n_tokens) as u32,
+        ..Default::default()
+    }
+}
+
+/// An f16 cache `[n_kv_heads][capacity][head_dim]` with random values at positions `0..len`
+/// and the poison pattern (NaN in the high half) elsewhere, so a read past the live length
+/// shows up as NaN.
+fn random_cache(
+    r: &mut impl Rng,
+    n_kv_heads: usize,
+    head_dim: usize,
+    capacity: usize,
+    len: usize,
+) -> Vec<f16> {
+    let poison = unpack(&[POISON]);
+    let mut c = Vec::with_capacity(n_kv_heads * capacity * head_dim);
+    for _ in 0..n_kv_heads {
+        for p in 0..capacity {
+            for d in 0..head_dim {
+                c.push(if p < len {
+                    to_f16(r.random_range(-1.0..=1.0))
+                } else {
+                    poison[d % 2]
+                });
+            }
+        }
+    }
+    c
+}
+
+// Tolerance: K/V are f16 in both the kernel and the reference, so the only error is the
+// kernel's f32 arithmetic (dot products over head_dim, exp2 of the scaled scores, sums over a
+// few hundred keys) against the f64 reference. Its typical size is ~1e-6 relative (observed
+// <= 1e-6 on lavapipe up to 390 keys and head_dim 128); 2e-5 of the output and of the V scale
+// (|v| <= 1) leaves room for less exact exp2 on other GPUs. Dropping or adding one key out of
+// 300, or a skipped rescale, moves outputs by ~1e-3 and fails it.
+const RTOL: f32 = 2e-5;
+const ATOL: f32 = 2e-5;
+
+/// Decode attention at each of `kv_lens` with one dispatch (only the step uniform changes),
+/// for each split count.
+#[allow(clippy::too_many_arguments)]
+fn check_decode(
+    k: &Kernels,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    capacity: usize,
+    splits: &[usize],
+    kv_lens: &[usize],
+    q_scale: f32,
+) {
+    let mut r = rng();
+    let g = &k.gpu;
+    let max_len = *kv_lens.iter().max().unwrap();
+    let ck = random_cache(&mut r, n_kv_heads, head_dim, capacity, max_len);
+    let cv = random_cache(&mut r, n_kv_heads, head_dim, capacity, max_len);
+    let ckb = g.upload("cache_k", &pack(&ck)).unwrap();
+    let cvb = g.upload("cache_v", &pack(&cv)).unwrap();
+    let qb = g
+        .storage_buffer("q", (n_heads * head_dim * 4) as u64)
+        .unwrap();
+    let out = g
+        .storage_buffer("out", (n_heads * head_dim * 4) as u64)
+        .unwrap();
+    let stepb = g.uniform("step", &step(0, 1)).unwrap();
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    for &ns in splits {
+        let att = attention::attention_decode(
+            k, &qb, &ckb, &cvb, &stepb, &out, n_heads, n_kv_heads, head_dim, capacity, scale, ns,
+        )
+        .unwrap();
+        assert_eq!(att.dispatches.len(), if ns == 1 { 1 } else { 2 });
+        for &kv_len in kv_lens {
+            let q = rand_vec(&mut r, n_heads * head_dim, q_scale);
+            g.write(&qb, 0, &q);
+            g.write(&stepb, 0, &[step(kv_len - 1, 1)]);
+            g.poison(&out);
+            k.run(&att.dispatches.iter().collect::<Vec<_>>()).unwrap();
+            let want = reference::attention::attention_decode(
+                &q, &ck, &cv, kv_len, n_heads, n_kv_heads, head_dim, capacity, scale,
+            );
+            let what = format!(
+                "decode heads {n_heads}/{n_kv_heads} hd {head_dim} kv_len {kv_len} splits {ns}"
+            );
+            let e = assert_close(&what, &g.read_vec(&out).unwrap(), &want, RTOL, ATOL);
+            eprintln!("{what}: max error {e:.1e} of max |want|");
+        }
+    }
+}
+
+#[test]
+fn decode_gqa_head_dims_splits() {
+    let k = kernels();
+    // GQA ratio 1, head_dim 32.
+    check_decode(k, 4, 4, 32, 320, &[1, 4], &[1, 9, 300], 1.0);
+    // Ratio 3, head_dim 64; more splits than keys at kv_len 1 and 9.
+    check_decode(k, 6, 2, 64, 320, &[1, 16], &[1, 9, 257], 2.0);
+    // Ratio 4, head_dim 128, a split count that does not divide the length.
+    check_decode(k, 8, 2, 128, 400, &[1, 7], &[1, 33, 390], 3.0);
+    // Peaky softmax (large q): exercises the running-max rescaling.
+    check_decode(k, 3, 1, 64, 200, &[3], &[150], 12.0);
+}
+
+#[test]
+fn decode_with_chosen_splits() {
+    let k = kernels();
+    let ns = attention::choose_splits(&k.gpu.caps, 2, 256);
+    assert!(
+        (1..=4).contains(&ns),
+        "256 keys give at most 4 splits of 64, got {ns}"
+    );
+    assert_eq!(attention::choose_splits(&k.gpu.caps, 8, 10), 1);
+    check_decode(k, 4, 2, 64, 256, &[ns], &[1, 100, 256], 2.0);
+}
+
+#[test]
+fn decode_without_subgroups() {
+    check_decode(
+        kernels_no_subgroup(),
+        6,
+        2,
+        64,
+        128,
+        &[1, 5],
+        &[1, 100],
+        2.0,
+    );
+}
+
+/// Prefill of `n_tokens` (of a `max_tokens` grid) after a cached prefix of `pos` positions:
+/// the chunk's K/V go through kv_write in the same pass as attention_prefill.
+#[allow(clippy::too_many_arguments)]
+fn check_prefill(
+    k: &Kernels,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    capacity: usize,
+    max_tokens: usize,
+    n_tokens: usize,
+    pos: usize,
+) {
+    let mut r = rng();
+    let g = &k.gpu;
+    let row = n_heads * head_dim;
+    let kv_row = n_kv_heads * head_dim;
+    let ckb = g
+        .upload(
+            "cache_k",
+            &pack(&random_cache(&mut r, n_kv_heads, head_dim, capacity, pos)),
+        )
+        .unwrap();
+    let cvb = g
+        .upload(
+            "cache_v",
+            &pack(&random_cache(&mut r, n_kv_heads, head_dim, capacity, pos)),
+        )
+        .unwrap();
+    let kn = g
+        .upload("k_new", &rand_vec(&mut r, max_tokens * kv_row, 1.0))
+        .unwrap();
+    let vn = g
+        .upload("v_new", &rand_vec(&mut r, max_tokens * kv_row, 1.0))
+        .unwrap();
+    let q = rand_vec(&mut r, max_tokens * row, 2.0);
+    let qb = g.upload("q", &q).unwrap();
+    let out = g
+        .storage_buffer("out", (max_tokens * row * 4) as u64)
+        .unwrap();
+    g.poison(&out);
+    let stepb = g.uniform("step", &step(pos, n_tokens)).unwrap();
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let write = kv_cache::kv_write(
+        k, &kn, &vn, &ckb, &cvb, &stepb, max_tokens, n_kv_heads, head_dim, capacity,
+    )
+    .unwrap();
+    let att = attention::attention_prefill(
+        k, &qb, &ckb, &cvb, &stepb, &out, max_tokens, n_heads, n_kv_heads, head_dim, capacity,
+        scale,
+    )
+    .unwrap();
+    k.run(&[&write, &att]).unwrap();
+    // The reference reads the cache the kernel read (prefix + what kv_write stored).
+    let ck = unpack(&g.read_vec::<u32>(&ckb).unwrap());
+    let cv = unpack(&g.read_vec::<u32>(&cvb).unwrap());
+    let want = reference::attention::attention_prefill(
+        &q[..n_tokens * row],
+        &ck,
+        &cv,
+        pos,
+        n_tokens,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        capacity,
+        scale,
+    );
+    let got: Vec<f32> = g.read_vec(&out).unwrap();
+    let what = format!(
+        "prefill heads {n_heads}/{n_kv_heads} hd {head_dim} pos {pos} tokens {n_tokens}/{max_tokens}"
+    );
+    let e = assert_close(&what, &got[..n_tokens * row], &want, RTOL, ATOL);
+    eprintln!("{what}: max error {e:.1e} of max |want|");
+    assert!(
+        bytemuck::cast_slice::<f32, u32>(&got[n_tokens * row..])
+            .iter()
+            .all(|&w| w == POISON),
+        "{what}: rows past n_tokens were written"
+    );
+}
+
+#[test]
+fn prefill_causal_with_prefix() {
+    let k = kernels();
+    check_prefill(k, 4, 4, 32, 64, 6, 6, 0);
+    check_prefill(k, 6, 2, 64, 128, 12, 9, 37);
+    check_prefill(k, 8, 2, 128, 320, 24, 20, 250);
+    check_prefill(k, 3, 1, 64, 64, 5, 1, 20);
+}
+
+#[test]
+fn prefill_without_subgroups() {
+    check_prefill(kernels_no_subgroup(), 8, 2, 64, 96, 10, 7, 41);
+}
+
+fn is_shape<T>(r: &wick::Result<T>) -> bool {
+    matches!(r, Err(wick::Error::Shape(_)))
+}
+
+#[test]
+fn attention_rejects_bad_shapes() {
+    let k = kernels();
+    let g = &k.gpu;
+    let cache = g
+        .storage_buffer("cache", kv_cache::cache_bytes(2, 64, 16))
+        .unwrap();
+    let short = g
+        .storage_buffer("short", kv_cache::cache_bytes(2, 64, 15))
+        .unwrap();
+    let q = g.storage_buffer("q", 6 * 64 * 4).unwrap();
+    let out = g.storage_buffer("out", 6 * 64 * 4).unwrap();
+    let stepb = g.uniform("step", &step(0, 1)).unwrap();
+    let dec = |q: &wgpu::Buffer, ck: &wgpu::Buffer, nh, nkv, hd, ns| {
+        attention::attention_decode(k, q, ck, &cache, &stepb, &out, nh, nkv, hd, 16, 0.1, ns)
+    };
+    assert!(
+        is_shape(&dec(&q, &cache, 6, 4, 64, 1)),
+        "6 heads over 4 KV heads"
+    );
+    assert!(is_shape(&dec(&q, &cache, 6, 2, 63, 1)), "odd head_dim");
+    assert!(is_shape(&dec(&q, &short, 6, 2, 64, 1)), "short cache");
+    assert!(is_shape(&dec(&q, &cache, 8, 2, 64, 1)), "short q");
+    assert!(is_shape(&dec(&q, &cache, 6, 2, 64, 0)), "zero splits");
+    assert!(dec(&q, &cache, 6, 2, 64, 3).is_ok());
+    let pre = |max_tokens, nh, nkv| {
+        attention::attention_prefill(
+            k, &q, &cache, &cache, &stepb, &out, max_tokens, nh, nkv, 64, 16, 0.1,
+        )
+    };
+    assert!(is_shape(&pre(2, 6, 2)), "q too short for two tokens");
+    assert!(is_shape(&pre(1, 5, 2)), "5 heads over 2 KV heads");
+    assert!(pre(1, 6, 2).is_ok());
+}

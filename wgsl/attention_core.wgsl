@@ -1,0 +1,157 @@
+// Shared core of the attention kernels (included by attention_decode and attention_prefill).
+//
+// A workgroup owns one KV head and ROWS query rows that all read that head: the G query heads
+// of the GQA group (decode), or BQ tokens x G heads (prefill). K/V tiles of T keys are staged
+// once in workgroup memory and reused by every row, so the cache is read once per workgroup.
+// Softmax is online in the exp2 domain: queries are pre-scaled by scale * log2(e) when loaded,
+// each row keeps a running max m and sum l, and the unnormalised output o is rescaled by
+// exp2(m_old - m_new) as the max grows. Everything accumulates in f32.
+//
+// The cache is f16 [n_kv_heads][capacity][head_dim] packed two halves per u32 word. Per-row key
+// limits (exclusive key ends) give causal masking; keys at or past the workgroup's key_end are
+// never read, so stale or poisoned cache words beyond the live length cannot leak in.
+//
+// Sizes are override constants chosen on the host from the device limits: HD (head_dim, even),
+// HW = HD / 2, ROWS, T (keys per tile), WG (invocations) and ACC (output words per
+// invocation, at most MAX_ACC, ACC * WG >= ROWS * HW). All workgroup storage is one word array
+// carved into regions at host-computed offsets (the *_OFF overrides) rather than
+// override-sized arrays (a newer naga feature with a history of bugs, gfx-rs/wgpu#6722); one
+// array also lets the host fit any (ROWS, HD, T) mix into the budget. SMALL_SMEM halves the array when the plan fits, for occupancy.
+// No subgroup operations: the per-row softmax step is a short serial loop over T scores and
+// dot products run one per invocation over workgroup memory, so the code is the same with and
+// without subgroups and for any subgroup size.
+
+override WG: u32 = 128u;
+override HD: u32 = 64u;
+override HW: u32 = 32u;
+override ROWS: u32 = 8u;
+override T: u32 = 16u;
+override ACC: u32 = 1u;
+// K rows are padded by one word (KSTRIDE = HW + 1) so that invocations reading different keys
+// at the same dimension hit different banks.
+override KSTRIDE: u32 = 33u;
+// Region offsets in smem (words): q pairs (ROWS * HD, f32 bits), K tile (T * KSTRIDE), V tile
+// (T * HW), scores (ROWS * T), then per row m, l, alpha (f32 bits) and the key end (u32).
+override Q_OFF: u32 = 0u;
+override K_OFF: u32 = 512u;
+override V_OFF: u32 = 1040u;
+override S_OFF: u32 = 1552u;
+override M_OFF: u32 = 1680u;
+override L_OFF: u32 = 1688u;
+override A_OFF: u32 = 1696u;
+override E_OFF: u32 = 1704u;
+
+const MAX_ACC: u32 = 8u;
+// Finite stand-ins for -inf: some backends compile with fast math, where inf is unsafe.
+const NEG: f32 = -3.0e38;
+const NEG_HALF: f32 = -1.0e38;
+
+@group(0) @binding(3) var<storage, read> cache_k: array<u32>;
+@group(0) @binding(4) var<storage, read> cache_v: array<u32>;
+
+#ifdef SMALL_SMEM
+var<workgroup> smem: array<u32, 2048>;
+#else
+var<workgroup> smem: array<u32, 4096>;
+#endif
+
+var<private> acc: array<vec2<f32>, MAX_ACC>;
+
+fn q_get(i: u32) -> vec2<f32> {
+    return vec2(bitcast<f32>(smem[Q_OFF + 2u * i]), bitcast<f32>(smem[Q_OFF + 2u * i + 1u]));
+}
+fn q_set(i: u32, v: vec2<f32>) {
+    smem[Q_OFF + 2u * i] = bitcast<u32>(v.x);
+    smem[Q_OFF + 2u * i + 1u] = bitcast<u32>(v.y);
+}
+fn f_get(i: u32) -> f32 {
+    return bitcast<f32>(smem[i]);
+}
+fn f_set(i: u32, v: f32) {
+    smem[i] = bitcast<u32>(v);
+}
+
+// Attends rows (q and key ends already in smem, set by the caller) to keys key_start..key_end of the
+// KV head whose key 0 starts at cache word kv_base. Leaves the unnormalised output in acc
+// (word f = lid + a * WG of the ROWS x HW output tile in acc[a]) and m, l in smem.
+// Must be called from workgroup-uniform control flow with uniform key bounds.
+fn attend(kv_base: u32, key_start: u32, key_end: u32, lid: u32) {
+    for (var a = 0u; a < MAX_ACC; a++) {
+        acc[a] = vec2(0.0);
+    }
+    for (var r = lid; r < ROWS; r += WG) {
+        f_set(M_OFF + r, NEG);
+        f_set(L_OFF + r, 0.0);
+    }
+    workgroupBarrier();
+    for (var t0 = key_start; t0 < key_end; t0 += T) {
+        let n = min(T, key_end - t0);
+        for (var f = lid; f < T * HW; f += WG) {
+            let j = f / HW;
+            let w = f - j * HW;
+            var kw = 0u;
+            var vw = 0u;
+            if (j < n) {
+                let src = kv_base + (t0 + j) * HW + w;
+                kw = cache_k[src];
+                vw = cache_v[src];
+            }
+            smem[K_OFF + j * KSTRIDE + w] = kw;
+            smem[V_OFF + f] = vw;
+        }
+        workgroupBarrier();
+
+        for (var e = lid; e < ROWS * T; e += WG) {
+            let r = e / T;
+            let j = e - r * T;
+            var s = NEG;
+            if (j < n && t0 + j < smem[E_OFF + r]) {
+                var d = 0.0;
+                let qb = r * HW;
+                let kb = K_OFF + j * KSTRIDE;
+                for (var w = 0u; w < HW; w++) {
+                    d += dot(q_get(qb + w), unpack2x16float(smem[kb + w]));
+                }
+                s = d;
+            }
+            f_set(S_OFF + e, s);
+        }
+        workgroupBarrier();
+
+        for (var r = lid; r < ROWS; r += WG) {
+            let m_old = f_get(M_OFF + r);
+            var m_new = m_old;
+            for (var j = 0u; j < n; j++) {
+                m_new = max(m_new, f_get(S_OFF + r * T + j));
+            }
+            var sum = 0.0;
+            for (var j = 0u; j < n; j++) {
+                let s = f_get(S_OFF + r * T + j);
+                let pj = select(0.0, exp2(s - m_new), s > NEG_HALF);
+                f_set(S_OFF + r * T + j, pj);
+                sum += pj;
+            }
+            // m_old == NEG (nothing seen yet) gives exp2(-huge) = 0; a tile with no key for
+            // this row leaves m unchanged and alpha = 1.
+            let alpha = exp2(m_old - m_new);
+            f_set(A_OFF + r, alpha);
+            f_set(L_OFF + r, f_get(L_OFF + r) * alpha + sum);
+            f_set(M_OFF + r, m_new);
+        }
+        workgroupBarrier();
+
+        for (var a = 0u; a < ACC; a++) {
+            let f = lid + a * WG;
+            if (f < ROWS * HW) {
+                let r = f / HW;
+                let w = f - r * HW;
+                var o = acc[a] * f_get(A_OFF + r);
+                for (var j = 0u; j < n; j++) {
+                    o += f_get(S_OFF + r * T + j) * unpack2x16float(smem[V_OFF + j * HW + w]);
+                }
+                acc[a] = o;
+            }
+        }
+        workgroupBarrier();
+    }
+}

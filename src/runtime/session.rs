@@ -271,7 +271,7 @@ impl Session {
     /// cancels generation; the session keeps every token whose KV entry was written.
     pub fn generate(&mut self, prompt: &[u32], params: GenerateParams) -> Result<Generation<'_>> {
         self.prefill(prompt)?;
-        let decoder = self.model.inner.tokenizer.as_ref().map(|t| TextStream::new(t, &params.stop));
+        let decoder = self.model.inner.tokenizer.is_some().then(|| TextStream::new(self.model.clone(), &params.stop));
         let rng = Rng::new(params.sampling.seed);
         let mut g = Generation {
             session: self,
@@ -293,6 +293,9 @@ impl Session {
 
     /// Submits the decode step that consumes the token at position `pos` (already in the GPU
     /// token buffer, or written there from `token` first).
+    /// With `token` the id is written into the GPU token buffer first (sampled path) and the
+    /// step's argmax is not read back; without it (greedy), the id is already on the GPU and
+    /// the step's output id is copied into the next ring slot, whose index is returned.
     fn submit_decode(&mut self, pos: usize, token_in_gpu: Option<u32>) -> Result<usize> {
         let gpu = self.fwd.gpu.clone();
         if let Some(t) = token_in_gpu {
@@ -307,9 +310,14 @@ impl Session {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         self.fwd.record_decode(&mut enc);
         let slot = self.stats.decode_steps % RING;
-        enc.copy_buffer_to_buffer(&self.fwd.token, 0, &self.ring[slot].buf, 0, 8);
+        let greedy = token_in_gpu.is_none();
+        if greedy {
+            enc.copy_buffer_to_buffer(&self.fwd.token, 0, &self.ring[slot].buf, 0, 8);
+        }
         gpu.queue.submit([enc.finish()]);
-        self.map_slot(slot);
+        if greedy {
+            self.map_slot(slot);
+        }
         self.stats.decode_steps += 1;
         self.stats.decode_submits += 1;
         self.stats.decode_dispatches += self.fwd.decode_dispatches();
@@ -361,7 +369,7 @@ impl Session {
 pub struct Generation<'s> {
     session: &'s mut Session,
     params: GenerateParams,
-    decoder: Option<TextStream<'s>>,
+    decoder: Option<TextStream>,
     rng: Rng,
     /// Ring slots of submitted greedy steps whose token is not read yet.
     pending: VecDeque<usize>,

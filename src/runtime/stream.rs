@@ -2,10 +2,11 @@
 //! (no U+FFFD mid-stream for a character split across tokens), and text that could be the
 //! start of a stop string is held back until it is known not to be one.
 
-use crate::formats::tokenizer::Tokenizer;
+use crate::model::Model;
 
-pub struct TextStream<'t> {
-    tok: &'t Tokenizer,
+pub struct TextStream {
+    /// Holds the model (an `Arc`) so the stream can outlive borrows of the session.
+    model: Model,
     stop: Vec<String>,
     bytes: Vec<u8>,
     held: String,
@@ -41,10 +42,10 @@ fn take_utf8(bytes: &mut Vec<u8>) -> String {
     }
 }
 
-impl<'t> TextStream<'t> {
-    pub fn new(tok: &'t Tokenizer, stop: &[String]) -> Self {
+impl TextStream {
+    pub fn new(model: Model, stop: &[String]) -> Self {
         TextStream {
-            tok,
+            model,
             stop: stop.iter().filter(|s| !s.is_empty()).cloned().collect(),
             bytes: Vec::new(),
             held: String::new(),
@@ -54,7 +55,7 @@ impl<'t> TextStream<'t> {
     /// Adds a token; returns the text that is now safe to show and whether a stop string
     /// was completed (the text then ends right before it).
     pub fn push(&mut self, id: u32) -> (String, bool) {
-        if let Some(b) = self.tok.token_bytes(id) {
+        if let Some(b) = self.model.inner.tokenizer.as_ref().and_then(|t| t.token_bytes(id)) {
             self.bytes.extend_from_slice(&b);
         }
         let new = take_utf8(&mut self.bytes);

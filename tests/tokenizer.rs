@@ -52,7 +52,10 @@ fn real_inputs() -> Option<(PathBuf, serde_json::Value)> {
         return None;
     }
     let text = std::fs::read_to_string(goldens.unwrap()).expect("read tokenizer goldens");
-    Some((model, serde_json::from_str(&text).expect("parse tokenizer goldens")))
+    Some((
+        model,
+        serde_json::from_str(&text).expect("parse tokenizer goldens"),
+    ))
 }
 
 fn ids_of(v: &serde_json::Value) -> Vec<u32> {
@@ -201,7 +204,11 @@ fn pre_tokenizer_names() {
         (Some("llama-bpe"), Llama3),
         (Some("qwen2"), Qwen2),
     ] {
-        assert_eq!(PreTokenizerKind::from_gguf_pre(name).unwrap(), kind, "{name:?}");
+        assert_eq!(
+            PreTokenizerKind::from_gguf_pre(name).unwrap(),
+            kind,
+            "{name:?}"
+        );
     }
     let err = Tokenizer::from_gguf_vocab(&tiny_vocab(Some("martian"))).unwrap_err();
     assert!(
@@ -299,7 +306,10 @@ fn decode_bytes_and_errors() {
     // A lone lead byte is not UTF-8: replaced, not an error.
     assert_eq!(tok.decode(&[b'a' as u32, 0xC3]).unwrap(), "a\u{FFFD}");
     let all: Vec<u32> = (0..=255).collect();
-    let bytes: Vec<u8> = all.iter().flat_map(|&i| tok.token_bytes(i).unwrap()).collect();
+    let bytes: Vec<u8> = all
+        .iter()
+        .flat_map(|&i| tok.token_bytes(i).unwrap())
+        .collect();
     assert_eq!(bytes, (0..=255u8).collect::<Vec<_>>());
 
     assert!(matches!(tok.decode(&[1, n]), Err(Error::Tokenizer(_))));

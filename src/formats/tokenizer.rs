@@ -213,7 +213,11 @@ fn byte_level_chars() -> (Vec<char>, HashMap<char, u8>) {
             next += 1;
         }
     }
-    let to_byte = to_char.iter().enumerate().map(|(b, &c)| (c, b as u8)).collect();
+    let to_byte = to_char
+        .iter()
+        .enumerate()
+        .map(|(b, &c)| (c, b as u8))
+        .collect();
     (to_char, to_byte)
 }
 

@@ -1,1 +1,2 @@
 pub mod gguf;
+pub mod gguf_writer;

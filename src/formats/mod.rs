@@ -1,2 +1,3 @@
 pub mod gguf;
+pub mod gguf_writer;
 pub mod tokenizer;

@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-#[cfg(wick_gguf_reader)]
 use wick::formats::gguf::GgufFile;
 use wick::formats::tokenizer::{GgufVocab, PreTokenizerKind, Tokenizer};
 use wick::Error;
@@ -66,7 +65,6 @@ fn ids_of(v: &serde_json::Value) -> Vec<u32> {
         .collect()
 }
 
-#[cfg(wick_gguf_reader)]
 #[test]
 fn smollm2_goldens() {
     let Some((model, goldens)) = real_inputs() else {

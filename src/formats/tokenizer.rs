@@ -25,7 +25,6 @@ use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
 use crate::error::{Error, Result};
-#[cfg(wick_gguf_reader)]
 use crate::formats::gguf::GgufFile;
 
 /// GGUF `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
@@ -72,7 +71,6 @@ pub struct GgufVocab {
 impl GgufVocab {
     /// Reads the `tokenizer.*` keys of `f`. Missing `add_bos_token` / `add_eos_token` mean
     /// false (the llama.cpp default for BPE vocabularies).
-    #[cfg(wick_gguf_reader)]
     pub fn from_gguf(f: &GgufFile) -> Result<Self> {
         let model = f
             .get_str("tokenizer.ggml.model")?
@@ -355,7 +353,6 @@ impl Tokenizer {
     }
 
     /// Builds the tokenizer described by a GGUF file's metadata.
-    #[cfg(wick_gguf_reader)]
     pub fn from_gguf(f: &GgufFile) -> Result<Tokenizer> {
         Self::from_gguf_vocab(&GgufVocab::from_gguf(f)?)
     }

@@ -20,6 +20,7 @@
 // selects the entry `gemv_swiglu` (out = silu(gate x) * (up x), two matrices of one shape).
 
 #include "reduce"
+#include "kquant"
 
 struct Params {
     // Rows of the matrix.
@@ -191,19 +192,6 @@ fn unit_value(m: u32, g: u32, xs: array<vec4<f32>, XV>, st: vec4<f32>) -> f32 {
 // K-quants: a unit is one 64-element pair j = g % 4 of super-block g / 4 (sub-blocks 2j, 2j+1):
 // 32 bytes of nibbles, q[0] holding elements 0..16 (low nibbles) and 32..48 (high), q[1]
 // elements 16..32 and 48..64; xs[0..8] are the low sub-block's x, xs[8..16] the high one's.
-
-// The (scale, min) of sub-block s from the 12 packed 6-bit pairs in hdr.yzw (GGML's
-// get_scale_min_k4): sub-blocks 0..4 use the low 6 bits of bytes s and s+4; 4..8 combine the
-// nibbles of byte s+4 with the top 2 bits of bytes s-4 and s.
-fn k4_scale_min(hdr: vec4<u32>, s: u32) -> vec2<f32> {
-    let t = s & 3u;
-    let lo = vec2<u32>(extractBits(hdr.y, 8u * t, 6u), extractBits(hdr.z, 8u * t, 6u));
-    let hi = vec2<u32>(
-        extractBits(hdr.w, 8u * t, 4u) | (extractBits(hdr.y, 8u * t + 6u, 2u) << 4u),
-        extractBits(hdr.w, 8u * t + 4u, 4u) | (extractBits(hdr.z, 8u * t + 6u, 2u) << 4u),
-    );
-    return vec2<f32>(select(lo, hi, s >= 4u));
-}
 
 // sum(q*x) of the low and high sub-blocks of a K-quant pair's nibbles.
 fn k4_dots(q: array<vec4<u32>, 2>, xs: array<vec4<f32>, XV>) -> vec2<f32> {

@@ -165,7 +165,7 @@ impl GgmlType {
     /// Bytes of a tensor of `elems` elements, or None if not a whole number of blocks.
     pub fn bytes_for(self, elems: u64) -> Option<u64> {
         let (be, bb) = self.block_layout()?;
-        if elems % be as u64 != 0 {
+        if !elems.is_multiple_of(be as u64) {
             return None;
         }
         (elems / be as u64).checked_mul(bb as u64)
@@ -425,7 +425,7 @@ pub fn quantize(t: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
     let (be, bb) = t
         .block_layout()
         .ok_or_else(|| Error::Unsupported(format!("quantising to {}", t.name())))?;
-    if x.len() % be != 0 {
+    if !x.len().is_multiple_of(be) {
         return Err(Error::Shape(format!(
             "{} values is not a whole number of {} blocks",
             x.len(),
@@ -521,7 +521,7 @@ fn word(b: &[u8]) -> u32 {
 
 /// Repacks an n x k matrix stored as GGML blocks (row-major, as in GGUF) into GPU planes.
 pub fn pack(format: WeightFormat, bytes: &[u8], n: usize, k: usize) -> Result<PackedMatrix> {
-    if k == 0 || n == 0 || k % format.k_multiple() != 0 {
+    if k == 0 || n == 0 || !k.is_multiple_of(format.k_multiple()) {
         return Err(Error::Shape(format!(
             "a {n} x {k} {} matrix: k must be a non-zero multiple of {}",
             format.name(),
@@ -602,9 +602,9 @@ pub fn pack(format: WeightFormat, bytes: &[u8], n: usize, k: usize) -> Result<Pa
                 scales.extend(blk[0..16].chunks_exact(4).map(word));
                 // Transpose the fifth bits: GGML's bit s of byte l becomes bit l of word s.
                 let qh = &blk[16..48];
-                scales.extend((0..8).map(|s| {
-                    (0..32).fold(0u32, |w, l| w | (((qh[l] >> s) & 1) as u32) << l)
-                }));
+                scales.extend(
+                    (0..8).map(|s| (0..32).fold(0u32, |w, l| w | (((qh[l] >> s) & 1) as u32) << l)),
+                );
                 qs.extend(blk[48..176].chunks_exact(4).map(word));
             }
         }
@@ -653,13 +653,18 @@ fn pack_q6_k_quants(blk: &[u8], qs: &mut Vec<u32>) {
     let q = q6_k_values(blk);
     for j in 0..4 {
         let p = &q[64 * j..64 * j + 64];
-        let nib: Vec<u8> = (0..32).map(|l| (p[l] & 0xF) | (p[l + 32] & 0xF) << 4).collect();
+        let nib: Vec<u8> = (0..32)
+            .map(|l| (p[l] & 0xF) | (p[l + 32] & 0xF) << 4)
+            .collect();
         qs.extend(nib.chunks_exact(4).map(word));
         for i in 0..4 {
             let top: Vec<u8> = (0..4)
                 .map(|b| {
                     let l = 4 * i + b;
-                    (p[l] >> 4) | (p[l + 16] >> 4) << 2 | (p[l + 32] >> 4) << 4 | (p[l + 48] >> 4) << 6
+                    (p[l] >> 4)
+                        | (p[l + 16] >> 4) << 2
+                        | (p[l + 32] >> 4) << 4
+                        | (p[l + 48] >> 4) << 6
                 })
                 .collect();
             qs.push(word(&top));
@@ -752,7 +757,11 @@ pub fn unpack(m: &PackedMatrix) -> Vec<f32> {
                 };
                 let bytes = words_to_bytes(&m.qs[4 * b..4 * b + 4]);
                 let value = |e: usize| {
-                    let nib = if e < 16 { bytes[e] & 0xF } else { bytes[e - 16] >> 4 } as u32;
+                    let nib = if e < 16 {
+                        bytes[e] & 0xF
+                    } else {
+                        bytes[e - 16] >> 4
+                    } as u32;
                     let q = nib | ((qh >> e) & 1) << 4;
                     if m.format == WeightFormat::Q5_0 {
                         d * (q as i32 - 16) as f32
@@ -930,11 +939,18 @@ mod tests {
                 // Plane bytes equal the file's, up to the scales of one odd block's missing
                 // partner (Q6_K 18 bytes, Q5_0 6).
                 let file = f.ggml().bytes_for((n * k) as u64).unwrap();
-                assert!(file <= packed.gpu_bytes() && packed.gpu_bytes() <= file + 18, "{f:?}");
+                assert!(
+                    file <= packed.gpu_bytes() && packed.gpu_bytes() <= file + 18,
+                    "{f:?}"
+                );
                 let got = unpack(&packed);
                 assert_eq!(got.len(), deq.len());
                 for (i, (a, b)) in got.iter().zip(&deq).enumerate() {
-                    assert_eq!(a.to_bits(), b.to_bits(), "{f:?} seed {seed} n={n} k={k} element {i}");
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "{f:?} seed {seed} n={n} k={k} element {i}"
+                    );
                 }
                 // The data is not degenerate: many distinct values, finite, of order 1.
                 assert!(deq.iter().all(|v| v.is_finite() && v.abs() < 4.0), "{f:?}");
@@ -950,7 +966,10 @@ mod tests {
     fn format_names_round_trip() {
         for f in WeightFormat::ALL {
             assert_eq!(f.name().parse::<WeightFormat>().unwrap(), f);
-            assert_eq!(serde_json::to_string(&f).unwrap(), format!("\"{}\"", f.name()));
+            assert_eq!(
+                serde_json::to_string(&f).unwrap(),
+                format!("\"{}\"", f.name())
+            );
             assert_eq!(f.ggml().weight_format(), Some(f));
             assert_eq!(f.k_multiple() % f.ggml().block_layout().unwrap().0, 0);
         }

@@ -97,8 +97,22 @@ fn embedding_all_formats() {
     // hidden 96 = 3 blocks per row: an odd count puts rows' first scales in both word halves.
     // K-quants: 256 and 768 (1 and 3 super-blocks; 3 is odd for Q6_K's paired scales).
     for f in WeightFormat::ALL {
-        check(kernels(), f, 37, 96usize.next_multiple_of(f.k_multiple()), 9, 1);
-        check(kernels(), f, 50, 576usize.next_multiple_of(f.k_multiple()), 4, 1);
+        check(
+            kernels(),
+            f,
+            37,
+            96usize.next_multiple_of(f.k_multiple()),
+            9,
+            1,
+        );
+        check(
+            kernels(),
+            f,
+            50,
+            576usize.next_multiple_of(f.k_multiple()),
+            4,
+            1,
+        );
     }
 }
 

@@ -29,7 +29,13 @@ fn poisoned_on(k: &Kernels, len: usize) -> wgpu::Buffer {
 /// `abs_sum`: max over rows of sum_j |w_ij x_j| (0 for the plain max|want| bound).
 fn check_vs(what: &str, got: &[f32], want: &[f32], abs_sum: f32) {
     let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    assert_close(what, got, want, 0.0, RTOL * scale.max(1e-30) + ABS_RTOL * abs_sum);
+    assert_close(
+        what,
+        got,
+        want,
+        0.0,
+        RTOL * scale.max(1e-30) + ABS_RTOL * abs_sum,
+    );
 }
 
 /// max_i sum_j |w_ij x_j| of a row-major n x k matrix.

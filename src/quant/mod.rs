@@ -2,9 +2,9 @@
 //! repacking into the aligned GPU planes the kernels read (KERNELS.md §2).
 //!
 //! GGUF blocks are only 2-byte aligned (18 B Q4_0, 34 B Q8_0, 210 B Q6_K) and WGSL has no
-//! 8/16-bit loads, so at load time each matrix is split into two planes holding the same
-//! bytes as the file (Q5_1 and the K-quants exactly; no format gains more than padding to an
-//! even block count), both `u32` words, row-major by block:
+//! 8/16-bit loads, so at load time each matrix is split into two planes of `u32` words,
+//! row-major by block, holding the same bytes as the file (formats that pair two blocks'
+//! scales in one word — Q8_0, Q4_0, Q5_0, Q6_K — pad an odd last block's partner):
 //! - `qs`: the quantised values. Q8_0 8 words (32 bytes) per block, Q4_0/Q4_1/Q5_0/Q5_1 4
 //!   words (16 bytes) per block; bytes within a block in GGML order, so for the 32-element
 //!   formats word `w` byte `b` holds element `4w+b` in its low nibble and `4w+b+16` in its high.

@@ -14,8 +14,12 @@
 // writes over the banks. PAD = 0 is for devices with only 16 KiB of workgroup storage:
 // 64x64x32 f32 tiles fill it exactly, at the price of conflicting stores.
 //
-// Formats (one define): FMT_F32, FMT_F16, FMT_BF16, FMT_Q8_0, FMT_Q4_0, FMT_Q4_1.
-// BIAS adds an f32[n] bias binding. Accumulation is always f32.
+// Formats (one define): FMT_F32, FMT_F16, FMT_BF16, FMT_Q8_0, FMT_Q4_0, FMT_Q4_1, FMT_Q5_0,
+// FMT_Q5_1, FMT_Q4_K, FMT_Q5_K, FMT_Q6_K (a k step is one 32-element block, or one sub-block
+// of a 256-element K-quant super-block). BIAS adds an f32[n] bias binding. Accumulation is
+// always f32.
+
+#include "kquant"
 
 struct Params {
     m: u32,
@@ -61,9 +65,39 @@ fn put_w(kk: u32, col: u32, v: f32) {
     tile_w[kk * WS + col] = v;
 }
 
+// load_w for Q4_K (swpb 4) and Q5_K (swpb 12, fifth bits): sub-block s = (k0 / 32) % 8 of its
+// super-block takes the low (even s) or high nibbles of pair s / 2; x = d*sc*q - dmin*m.
+fn load_k45(wrow: u32, col: u32, k0: u32, part: u32, swpb: u32, fifth: bool) {
+    let sb = k0 / 32u;
+    let s = sb % 8u;
+    var q = vec2<u32>(0u);
+    var qh = 0u;
+    var dm = vec2<f32>(0.0);
+    if (wrow < p.n) {
+        let bb = wrow * (p.k / 256u) + sb / 8u;
+        let pw = bb * 32u + 8u * (s / 2u) + 2u * part;
+        q = vec2<u32>(qs[pw], qs[pw + 1u]);
+        let hb = bb * swpb;
+        let hdr = vec4<u32>(scales[hb], scales[hb + 1u], scales[hb + 2u], scales[hb + 3u]);
+        if (fifth) { qh = scales[hb + 4u + s]; }
+        let d = unpack2x16float(hdr.x);
+        let sm = k4_scale_min(hdr, s);
+        dm = vec2<f32>(d.x * sm.x, d.y * sm.y);
+    }
+    let shift = 4u * (s % 2u);
+    for (var h = 0u; h < 2u; h++) {
+        for (var e = 0u; e < 4u; e++) {
+            let l = 8u * part + 4u * h + e;
+            let v = extractBits(q[h], 8u * e + shift, 4u) | (extractBits(qh, l, 1u) << 4u);
+            put_w(l, col, dm.x * f32(v) - dm.y);
+        }
+    }
+}
+
 // Stages 8 weights of weight row `wrow` (tile column `col`) for k0..k0+BK: part `part` of 4.
 // Float formats: k0 + 8*part .. +8 (k is a multiple of 4, so each half is whole or absent).
-// Q8_0: bytes 8*part .. +8 of the block. Q4: qs word `part`, elements 4*part+b and +16.
+// Q8_0: bytes 8*part .. +8 of the block. Q4/Q5: qs word `part`, elements 4*part+b and +16.
+// K-quants: sub-block elements 8*part .. +8, nibble words 2*part and 2*part+1 of its pair.
 fn load_w(wrow: u32, col: u32, k0: u32, part: u32) {
     let inside = wrow < p.n;
 #ifdef FMT_F32
@@ -150,6 +184,79 @@ fn load_w(wrow: u32, col: u32, k0: u32, part: u32) {
     for (var e = 0u; e < 4u; e++) {
         put_w(4u * part + e, col, dm.x * f32(extractBits(w, 8u * e, 4u)) + dm.y);
         put_w(4u * part + 16u + e, col, dm.x * f32(extractBits(w, 8u * e + 4u, 4u)) + dm.y);
+    }
+#endif
+#ifdef FMT_Q5_0
+    var w = 0u;
+    var qh = 0u;
+    var d = 0.0;
+    if (inside) {
+        let b = wrow * (p.k / 32u) + k0 / 32u;
+        w = qs[b * 4u + part];
+        // Per pair of blocks: qh(2i), qh(2i+1), d(2i) | d(2i+1) << 16.
+        let base = 3u * (b / 2u);
+        qh = scales[base + b % 2u];
+        d = unpack2x16float(scales[base + 2u])[b % 2u];
+    }
+    for (var e = 0u; e < 4u; e++) {
+        let lo = extractBits(w, 8u * e, 4u) | (extractBits(qh, 4u * part + e, 1u) << 4u);
+        let hi = extractBits(w, 8u * e + 4u, 4u) | (extractBits(qh, 4u * part + 16u + e, 1u) << 4u);
+        put_w(4u * part + e, col, d * f32(i32(lo) - 16));
+        put_w(4u * part + 16u + e, col, d * f32(i32(hi) - 16));
+    }
+#endif
+#ifdef FMT_Q5_1
+    var w = 0u;
+    var qh = 0u;
+    var dm = vec2<f32>(0.0);
+    if (inside) {
+        let b = wrow * (p.k / 32u) + k0 / 32u;
+        w = qs[b * 4u + part];
+        qh = scales[2u * b];
+        dm = unpack2x16float(scales[2u * b + 1u]);
+    }
+    for (var e = 0u; e < 4u; e++) {
+        let lo = extractBits(w, 8u * e, 4u) | (extractBits(qh, 4u * part + e, 1u) << 4u);
+        let hi = extractBits(w, 8u * e + 4u, 4u) | (extractBits(qh, 4u * part + 16u + e, 1u) << 4u);
+        put_w(4u * part + e, col, dm.x * f32(lo) + dm.y);
+        put_w(4u * part + 16u + e, col, dm.x * f32(hi) + dm.y);
+    }
+#endif
+#ifdef FMT_Q4_K
+    // Scales plane: 4 words per super-block.
+    load_k45(wrow, col, k0, part, 4u, false);
+#endif
+#ifdef FMT_Q5_K
+    // Scales plane: 4 header words, then 8 words of fifth bits (word s: sub-block s).
+    load_k45(wrow, col, k0, part, 12u, true);
+#endif
+#ifdef FMT_Q6_K
+    // Sub-block s of super-block bb: pair s / 2 (12 qs words), low (even s) or high nibbles.
+    var q = vec2<u32>(0u);
+    var top = vec2<u32>(0u);
+    var sd = 0.0;
+    let sb = k0 / 32u;
+    let s = sb % 8u;
+    let upper = s % 2u;
+    if (inside) {
+        let bb = wrow * (p.k / 256u) + sb / 8u;
+        let pw = bb * 48u + 12u * (s / 2u);
+        q = vec2<u32>(qs[pw + 2u * part], qs[pw + 2u * part + 1u]);
+        // Nibble words w = 2*part + h; their top bits: word 8 + w % 4, bits 2 * (w / 4) on.
+        top = vec2<u32>(qs[pw + 8u + (2u * part) % 4u], qs[pw + 8u + (2u * part + 1u) % 4u]);
+        let base = 9u * (bb / 2u);
+        // Scale of elements 16*(2s + part/2) .. +16 of the super-block.
+        let si = 2u * s + part / 2u;
+        let d = unpack2x16float(scales[base + 8u])[bb % 2u];
+        sd = d * q6_scale(scales[base + 4u * (bb % 2u) + si / 4u], si);
+    }
+    for (var h = 0u; h < 2u; h++) {
+        let w = 2u * part + h;
+        let tshift = 2u * (w / 4u) + 4u * upper;
+        for (var e = 0u; e < 4u; e++) {
+            let v = extractBits(q[h], 8u * e + 4u * upper, 4u) | (extractBits(top[h], 8u * e + tshift, 2u) << 4u);
+            put_w(8u * part + 4u * h + e, col, sd * f32(i32(v) - 32));
+        }
     }
 #endif
 }

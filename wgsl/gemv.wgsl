@@ -4,19 +4,23 @@
 //
 // Work split (KERNELS.md §2): a workgroup of WG lanes is cut into WG / LPR row groups of
 // LPR lanes. A row group owns RPG consecutive rows; its lanes stride over the row's "units"
-// (one qs load each: a Q4 block, half a Q8 block, 4 floats), adjacent lanes on adjacent
+// (one qs load each: a Q4/Q5 block, half a Q8 block, 4 floats, a 64-element K-quant pair), adjacent lanes on adjacent
 // units so a row group's loads are contiguous. Each unit's activations are loaded once and
 // reused for all RPG rows. At the end the LPR partial sums of each row are reduced with
 // subgroup shuffles (SG_REDUCE: the host guarantees LPR <= the subgroup size and groups are
 // formed inside subgroups) or, without subgroups, with a workgroup-memory tree.
 //
-// Q4 uses the affine identity: a block contributes d * (sum(q*x) - 8*sum(x)) (Q4_0) or
-// d * sum(q*x) + m * sum(x) (Q4_1), so nibbles are converted without a per-element offset.
+// Q4/Q5 use the affine identity: a block contributes d * (sum(q*x) - 8*sum(x)) (Q4_0) or
+// d * sum(q*x) + m * sum(x) (Q4_1), so nibbles are converted without a per-element offset;
+// likewise per sub-block for the K-quants (sums of x over each quarter of the unit, computed
+// once per unit and shared by its RPG rows).
 //
-// Defines: one of FMT_F32 / FMT_F16 / FMT_BF16 / FMT_Q8_0 / FMT_Q4_0 / FMT_Q4_1; SWIGLU
+// Defines: one of FMT_F32 / FMT_F16 / FMT_BF16 / FMT_Q8_0 / FMT_Q4_0 / FMT_Q4_1 / FMT_Q5_0 /
+// FMT_Q5_1 / FMT_Q4_K / FMT_Q5_K / FMT_Q6_K; SWIGLU
 // selects the entry `gemv_swiglu` (out = silu(gate x) * (up x), two matrices of one shape).
 
 #include "reduce"
+#include "kquant"
 
 struct Params {
     // Rows of the matrix.
@@ -43,27 +47,28 @@ override ACCUMULATE: bool = false;
 // Accumulators per lane: NMAT * RPG <= 16, so RPG <= 8 (16 for plain gemv).
 
 // ---- per-format units -------------------------------------------------------------------
-// WUnit: the type of one qs load; XV: vec4<f32> of x per unit; SUM_X: the unit needs
-// sum(x) (affine identity); HAS_SCALES: the scales plane is read.
+// WUnit: the type of one qs load; SElem: the element type of the scales plane; XV: vec4<f32>
+// of x per unit; SUM_X: the unit needs x_stats (sums of x over the unit's four quarters, for
+// the affine identity). unit_value(m, g, xs, st): the dot product of unit g of matrix m (0: w,
+// 1: u under SWIGLU) with its activations xs; qs_at / sc_at read matrix m's planes.
 
 #ifdef FMT_F32
 alias WUnit = vec4<f32>;
+alias SElem = u32;
 const XV: u32 = 1u;
 const SUM_X: bool = false;
-const HAS_SCALES: bool = false;
-fn scale_index(g: u32) -> u32 { return 0u; }
-fn unit_value(q: WUnit, sw: u32, g: u32, xs: array<vec4<f32>, XV>, sx: f32) -> f32 {
-    return dot(q, xs[0]);
+fn unit_value(m: u32, g: u32, xs: array<vec4<f32>, XV>, st: vec4<f32>) -> f32 {
+    return dot(qs_at(m, g), xs[0]);
 }
 #endif
 
 #ifdef FMT_F16
 alias WUnit = vec2<u32>;
+alias SElem = u32;
 const XV: u32 = 1u;
 const SUM_X: bool = false;
-const HAS_SCALES: bool = false;
-fn scale_index(g: u32) -> u32 { return 0u; }
-fn unit_value(q: WUnit, sw: u32, g: u32, xs: array<vec4<f32>, XV>, sx: f32) -> f32 {
+fn unit_value(m: u32, g: u32, xs: array<vec4<f32>, XV>, st: vec4<f32>) -> f32 {
+    let q = qs_at(m, g);
     let w = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
     return dot(w, xs[0]);
 }
@@ -71,71 +76,206 @@ fn unit_value(q: WUnit, sw: u32, g: u32, xs: array<vec4<f32>, XV>, sx: f32) -> f
 
 #ifdef FMT_BF16
 alias WUnit = vec2<u32>;
+alias SElem = u32;
 const XV: u32 = 1u;
 const SUM_X: bool = false;
-const HAS_SCALES: bool = false;
-fn scale_index(g: u32) -> u32 { return 0u; }
-fn unit_value(q: WUnit, sw: u32, g: u32, xs: array<vec4<f32>, XV>, sx: f32) -> f32 {
+fn unit_value(m: u32, g: u32, xs: array<vec4<f32>, XV>, st: vec4<f32>) -> f32 {
+    let q = qs_at(m, g);
     // bf16 is the high half of an f32: element 2i sits in the low half of word i.
     let w = bitcast<vec4<f32>>(vec4<u32>(q.x << 16u, q.x & 0xFFFF0000u, q.y << 16u, q.y & 0xFFFF0000u));
     return dot(w, xs[0]);
 }
 #endif
 
-#ifdef FMT_Q8_0
-// A unit is half a block: 16 int8, contiguous elements; unit g belongs to block g / 2.
-alias WUnit = vec4<u32>;
-const XV: u32 = 4u;
-const SUM_X: bool = false;
-const HAS_SCALES: bool = true;
-fn scale_index(g: u32) -> u32 { return g >> 2u; }
+// Four signed / unsigned bytes of a word as floats.
 fn i8x4(w: u32) -> vec4<f32> {
     // Move each byte to the top, then an arithmetic shift sign-extends it.
     return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(w) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
 }
-fn unit_value(q: WUnit, sw: u32, g: u32, xs: array<vec4<f32>, XV>, sx: f32) -> f32 {
-    let d = unpack2x16float(sw)[(g >> 1u) & 1u];
+fn u8x4(w: u32) -> vec4<f32> {
+    return vec4<f32>((vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(0xFFu));
+}
+
+#ifdef FMT_Q8_0
+// A unit is half a block: 16 int8, contiguous elements; unit g belongs to block g / 2.
+alias WUnit = vec4<u32>;
+alias SElem = u32;
+const XV: u32 = 4u;
+const SUM_X: bool = false;
+fn unit_value(m: u32, g: u32, xs: array<vec4<f32>, XV>, st: vec4<f32>) -> f32 {
+    let q = qs_at(m, g);
+    let d = unpack2x16float(sc_at(m, g >> 2u))[(g >> 1u) & 1u];
     let s = dot(i8x4(q.x), xs[0]) + dot(i8x4(q.y), xs[1]) + dot(i8x4(q.z), xs[2]) + dot(i8x4(q.w), xs[3]);
     return d * s;
 }
 #endif
 
-// Q4: word w of a block holds elements 4w..4w+3 in its low nibbles and 4w+16..4w+19 in
-// its high nibbles. A unit is one block (32 elements, 8 vec4 of x); returns sum(q*x).
+// Nibbles: a 16-byte word group holds, in byte b of word w, element 4w+b in its low nibble
+// and 4w+b+16 (32-element blocks) or 4w+b+32 (K-quant pairs) in its high nibble.
 fn nib_lo(w: u32) -> vec4<f32> {
     return vec4<f32>((vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(15u));
 }
 fn nib_hi(w: u32) -> vec4<f32> {
     return vec4<f32>((vec4<u32>(w) >> vec4<u32>(4u, 12u, 20u, 28u)) & vec4<u32>(15u));
 }
+// Bits s..s+3 of h as floats (the fifth bits of four consecutive elements).
+fn bits4(h: u32, s: u32) -> vec4<f32> {
+    return vec4<f32>((vec4<u32>(h) >> (vec4<u32>(s) + vec4<u32>(0u, 1u, 2u, 3u))) & vec4<u32>(1u));
+}
+// sum(q*x) over the 32 nibbles of one 32-element block (x in 8 vec4).
 fn q4_dot(q: vec4<u32>, xs: array<vec4<f32>, 8>) -> f32 {
     return dot(nib_lo(q.x), xs[0]) + dot(nib_lo(q.y), xs[1]) + dot(nib_lo(q.z), xs[2]) + dot(nib_lo(q.w), xs[3])
          + dot(nib_hi(q.x), xs[4]) + dot(nib_hi(q.y), xs[5]) + dot(nib_hi(q.z), xs[6]) + dot(nib_hi(q.w), xs[7]);
 }
+// sum(h_e * x_e) over a 32-element run whose bit e of h is element e's fifth bit; x from xs[o..o+8].
+fn qh_dot(h: u32, xs: array<vec4<f32>, XV>, o: u32) -> f32 {
+    var s = 0.0;
+    for (var i = 0u; i < 8u; i++) {
+        s += dot(bits4(h, 4u * i), xs[o + i]);
+    }
+    return s;
+}
 
 #ifdef FMT_Q4_0
 alias WUnit = vec4<u32>;
+alias SElem = u32;
 const XV: u32 = 8u;
 const SUM_X: bool = true;
-const HAS_SCALES: bool = true;
 // One f16 d per block, two blocks per word.
-fn scale_index(g: u32) -> u32 { return g >> 1u; }
-fn unit_value(q: WUnit, sw: u32, g: u32, xs: array<vec4<f32>, XV>, sx: f32) -> f32 {
-    let d = unpack2x16float(sw)[g & 1u];
-    return d * (q4_dot(q, xs) - 8.0 * sx);
+fn unit_value(m: u32, g: u32, xs: array<vec4<f32>, XV>, st: vec4<f32>) -> f32 {
+    let d = unpack2x16float(sc_at(m, g >> 1u))[g & 1u];
+    return d * (q4_dot(qs_at(m, g), xs) - 8.0 * dot(st, vec4<f32>(1.0)));
 }
 #endif
 
 #ifdef FMT_Q4_1
 alias WUnit = vec4<u32>;
+alias SElem = u32;
 const XV: u32 = 8u;
 const SUM_X: bool = true;
-const HAS_SCALES: bool = true;
 // One word per block: d in the low half, m in the high half.
-fn scale_index(g: u32) -> u32 { return g; }
-fn unit_value(q: WUnit, sw: u32, g: u32, xs: array<vec4<f32>, XV>, sx: f32) -> f32 {
-    let dm = unpack2x16float(sw);
-    return dm.x * q4_dot(q, xs) + dm.y * sx;
+fn unit_value(m: u32, g: u32, xs: array<vec4<f32>, XV>, st: vec4<f32>) -> f32 {
+    let dm = unpack2x16float(sc_at(m, g));
+    return dm.x * q4_dot(qs_at(m, g), xs) + dm.y * dot(st, vec4<f32>(1.0));
+}
+#endif
+
+#ifdef FMT_Q5_0
+alias WUnit = vec4<u32>;
+alias SElem = u32;
+const XV: u32 = 8u;
+const SUM_X: bool = true;
+// Per pair of blocks: qh(2i), qh(2i+1), d(2i) | d(2i+1) << 16. x = d * (q - 16).
+fn unit_value(m: u32, g: u32, xs: array<vec4<f32>, XV>, st: vec4<f32>) -> f32 {
+    let base = 3u * (g >> 1u);
+    let qh = sc_at(m, base + (g & 1u));
+    let d = unpack2x16float(sc_at(m, base + 2u))[g & 1u];
+    let qx = q4_dot(qs_at(m, g), xs) + 16.0 * qh_dot(qh, xs, 0u);
+    return d * (qx - 16.0 * dot(st, vec4<f32>(1.0)));
+}
+#endif
+
+#ifdef FMT_Q5_1
+alias WUnit = vec4<u32>;
+alias SElem = u32;
+const XV: u32 = 8u;
+const SUM_X: bool = true;
+// Two words per block: qh, then d | m << 16. x = d * q + m.
+fn unit_value(m: u32, g: u32, xs: array<vec4<f32>, XV>, st: vec4<f32>) -> f32 {
+    let qh = sc_at(m, 2u * g);
+    let dm = unpack2x16float(sc_at(m, 2u * g + 1u));
+    let qx = q4_dot(qs_at(m, g), xs) + 16.0 * qh_dot(qh, xs, 0u);
+    return dm.x * qx + dm.y * dot(st, vec4<f32>(1.0));
+}
+#endif
+
+// K-quants: a unit is one 64-element pair j = g % 4 of super-block g / 4 (sub-blocks 2j, 2j+1):
+// 32 bytes of nibbles, q[0] holding elements 0..16 (low nibbles) and 32..48 (high), q[1]
+// elements 16..32 and 48..64; xs[0..8] are the low sub-block's x, xs[8..16] the high one's.
+
+// sum(q*x) of the low and high sub-blocks of a K-quant pair's nibbles.
+fn k4_dots(q: array<vec4<u32>, 2>, xs: array<vec4<f32>, XV>) -> vec2<f32> {
+    var lo = 0.0;
+    var hi = 0.0;
+    for (var w = 0u; w < 4u; w++) {
+        lo += dot(nib_lo(q[0][w]), xs[w]) + dot(nib_lo(q[1][w]), xs[4u + w]);
+        hi += dot(nib_hi(q[0][w]), xs[8u + w]) + dot(nib_hi(q[1][w]), xs[12u + w]);
+    }
+    return vec2<f32>(lo, hi);
+}
+
+// x = d*sc*q - dmin*m per sub-block: d*sc*sum(q*x) - dmin*m*sum(x).
+fn k4_combine(hdr: vec4<u32>, j: u32, qx: vec2<f32>, st: vec4<f32>) -> f32 {
+    let dd = unpack2x16float(hdr.x);
+    let a = k4_scale_min(hdr, 2u * j);
+    let b = k4_scale_min(hdr, 2u * j + 1u);
+    let sx = vec2<f32>(st.x + st.y, st.z + st.w);
+    return dd.x * (a.x * qx.x + b.x * qx.y) - dd.y * (a.y * sx.x + b.y * sx.y);
+}
+
+#ifdef FMT_Q4_K
+alias WUnit = array<vec4<u32>, 2>;
+// One vec4 per block: d | dmin << 16, then the 12 scale bytes.
+alias SElem = vec4<u32>;
+const XV: u32 = 16u;
+const SUM_X: bool = true;
+fn unit_value(m: u32, g: u32, xs: array<vec4<f32>, XV>, st: vec4<f32>) -> f32 {
+    return k4_combine(sc_at(m, g >> 2u), g & 3u, k4_dots(qs_at(m, g), xs), st);
+}
+#endif
+
+#ifdef FMT_Q5_K
+alias WUnit = array<vec4<u32>, 2>;
+// Three vec4 per block: the Q4_K header, then 8 words of fifth bits, word s for sub-block s.
+alias SElem = vec4<u32>;
+const XV: u32 = 16u;
+const SUM_X: bool = true;
+fn unit_value(m: u32, g: u32, xs: array<vec4<f32>, XV>, st: vec4<f32>) -> f32 {
+    let b = g >> 2u;
+    let j = g & 3u;
+    let hv = sc_at(m, 3u * b + 1u + (j >> 1u));
+    let h0 = hv[2u * (j & 1u)];
+    let h1 = hv[2u * (j & 1u) + 1u];
+    let qx = k4_dots(qs_at(m, g), xs) + 16.0 * vec2<f32>(qh_dot(h0, xs, 0u), qh_dot(h1, xs, 8u));
+    return k4_combine(sc_at(m, 3u * b), j, qx, st);
+}
+#endif
+
+#ifdef FMT_Q6_K
+// A pair: q[0], q[1] the nibble words 0..4 and 4..8, q[2] their top 2 bits (module doc of
+// src/quant). Scales: per pair of blocks, 4 words of i8 scales each, then d(2i) | d(2i+1) << 16.
+alias WUnit = array<vec4<u32>, 3>;
+alias SElem = u32;
+const XV: u32 = 16u;
+const SUM_X: bool = true;
+// The 6-bit values of the low and high nibbles of word qw with top bits v (aligned to qw's
+// low nibbles in bits 0-1 of each byte and to its high nibbles in bits 4-5), as bytes.
+fn q6_lo(qw: u32, v: u32) -> vec4<f32> {
+    return u8x4((qw & 0x0F0F0F0Fu) | ((v & 0x03030303u) << 4u));
+}
+fn q6_hi(qw: u32, v: u32) -> vec4<f32> {
+    return u8x4(((qw >> 4u) & 0x0F0F0F0Fu) | (v & 0x30303030u));
+}
+fn unit_value(m: u32, g: u32, xs: array<vec4<f32>, XV>, st: vec4<f32>) -> f32 {
+    let b = g >> 2u;
+    let base = 9u * (b >> 1u);
+    let sc = i8x4(sc_at(m, base + 4u * (b & 1u) + (g & 3u)));
+    let d = unpack2x16float(sc_at(m, base + 8u))[b & 1u];
+    let q = qs_at(m, g);
+    // Sixteen elements per scale: 0..16 (low nibbles of q[0]), 16..32 (low of q[1]),
+    // 32..48 (high of q[0]), 48..64 (high of q[1]).
+    var qx = vec4<f32>(0.0);
+    for (var w = 0u; w < 4u; w++) {
+        let v0 = q[2][w] & 0x33333333u;
+        let v1 = (q[2][w] >> 2u) & 0x33333333u;
+        qx += vec4<f32>(
+            dot(q6_lo(q[0][w], v0), xs[w]),
+            dot(q6_lo(q[1][w], v1), xs[4u + w]),
+            dot(q6_hi(q[0][w], v0), xs[8u + w]),
+            dot(q6_hi(q[1][w], v1), xs[12u + w]),
+        );
+    }
+    return d * dot(sc, qx - 32.0 * st);
 }
 #endif
 
@@ -143,10 +283,10 @@ fn unit_value(q: WUnit, sw: u32, g: u32, xs: array<vec4<f32>, XV>, sx: f32) -> f
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> w_qs: array<WUnit>;
-@group(0) @binding(2) var<storage, read> w_scales: array<u32>;
+@group(0) @binding(2) var<storage, read> w_scales: array<SElem>;
 #ifdef SWIGLU
 @group(0) @binding(3) var<storage, read> u_qs: array<WUnit>;
-@group(0) @binding(4) var<storage, read> u_scales: array<u32>;
+@group(0) @binding(4) var<storage, read> u_scales: array<SElem>;
 @group(0) @binding(5) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
 const NMAT: u32 = 2u;
@@ -157,6 +297,20 @@ const NMAT: u32 = 2u;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 const NMAT: u32 = 1u;
 #endif
+
+fn qs_at(m: u32, g: u32) -> WUnit {
+#ifdef SWIGLU
+    if (m == 1u) { return u_qs[g]; }
+#endif
+    return w_qs[g];
+}
+
+fn sc_at(m: u32, i: u32) -> SElem {
+#ifdef SWIGLU
+    if (m == 1u) { return u_scales[i]; }
+#endif
+    return w_scales[i];
+}
 
 // Partial sums of the workgroup-memory reduction: [matrix][row in group][lane].
 // The host keeps NMAT * RPG * WG <= 2048.
@@ -203,12 +357,14 @@ fn load_x(u: u32) -> array<vec4<f32>, XV> {
     return xs;
 }
 
-fn sum_x(xs: array<vec4<f32>, XV>) -> f32 {
+// Sums of x over the four quarters of a unit (XV >= 4).
+fn x_stats(xs: array<vec4<f32>, XV>) -> vec4<f32> {
+    let per = max(XV / 4u, 1u);
     var s = vec4<f32>(0.0);
     for (var i = 0u; i < XV; i++) {
-        s += xs[i];
+        s[min(i / per, 3u)] += dot(xs[i], vec4<f32>(1.0));
     }
-    return s.x + s.y + s.z + s.w;
+    return s;
 }
 
 // Accumulates this lane's share of rows row0 .. row0 + RPG of the bound matrices into acc
@@ -216,19 +372,15 @@ fn sum_x(xs: array<vec4<f32>, XV>) -> f32 {
 fn accumulate_rows(acc: ptr<function, array<f32, 16>>, row0: u32, lane: Lane, l: u32) {
     for (var u = l; u < p.upr; u += LPR) {
         let xs = load_x(u);
-        var sx = 0.0;
-        if (SUM_X) { sx = sum_x(xs); }
+        var st = vec4<f32>(0.0);
+        if (SUM_X) { st = x_stats(xs); }
         for (var r = 0u; r < RPG; r++) {
             // Rows past the end recompute the last row: every lane must reach the
             // reduction, and the result is never written.
             let g = min(row0 + r, p.n - 1u) * p.upr + u;
-            var sw = 0u;
-            if (HAS_SCALES) { sw = w_scales[scale_index(g)]; }
-            (*acc)[r] += unit_value(w_qs[g], sw, g, xs, sx);
+            (*acc)[r] += unit_value(0u, g, xs, st);
 #ifdef SWIGLU
-            var su = 0u;
-            if (HAS_SCALES) { su = u_scales[scale_index(g)]; }
-            (*acc)[RPG + r] += unit_value(u_qs[g], su, g, xs, sx);
+            (*acc)[RPG + r] += unit_value(1u, g, xs, st);
 #endif
         }
     }

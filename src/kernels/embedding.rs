@@ -74,8 +74,9 @@ fn to_u32(what: &str, v: usize) -> Result<u32> {
 /// the CPU too.
 ///
 /// Values are exactly what [`crate::quant::unpack`] gives: float formats are bit copies;
-/// quantised ones compute `d * q` (`+ m` for Q4_1) in f32, where a GPU that fuses the Q4_1
-/// multiply-add may differ by 1 ulp.
+/// quantised ones compute `d * q` (`+ m` for Q4_1/Q5_1, `d*sc * q - dmin*m` for Q4_K/Q5_K) in
+/// f32, where a GPU that fuses the multiply-add may differ by 1 ulp (more where the two
+/// terms nearly cancel).
 pub fn embedding(
     k: &Kernels,
     table: &GpuMatrix,
@@ -131,7 +132,7 @@ pub fn embedding(
             n_tokens: n_tokens as u32,
             words_per_row: wpr as u32,
             blocks_per_row: if f.is_quantized() {
-                (table.k / 32) as u32
+                (table.k / f.block_size()) as u32
             } else {
                 0
             },

@@ -86,14 +86,16 @@ const MAX_ACC: u32 = 16;
 /// Size of `gemv_partial` in the shader.
 const PARTIAL_SLOTS: u32 = 2048;
 
-/// Elements of k covered by one unit (one `qs` load): a Q4 block is 16 bytes, a Q8 half
+/// Elements of k covered by one unit (one `qs` load): a Q4/Q5 block is 16 bytes, a Q8 half
 /// block 16 bytes, 4 f32 16 bytes, 4 f16/bf16 8 bytes (rows of k = 4 mod 8 f16 are only
-/// 8-byte aligned).
+/// 8-byte aligned); a K-quant pair of sub-blocks (64 elements) is 32 bytes (Q4_K/Q5_K) or
+/// 48 bytes (Q6_K).
 pub fn unit_elems(format: WeightFormat) -> usize {
     match format {
         WeightFormat::F32 | WeightFormat::F16 | WeightFormat::Bf16 => 4,
         WeightFormat::Q8_0 => 16,
-        WeightFormat::Q4_0 | WeightFormat::Q4_1 => 32,
+        WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q5_0 | WeightFormat::Q5_1 => 32,
+        WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q6K => 64,
     }
 }
 

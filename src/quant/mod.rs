@@ -1,14 +1,43 @@
 //! GGML block formats: CPU dequantisation and quantisation (bit-exact with ggml), and
 //! repacking into the aligned GPU planes the kernels read (KERNELS.md §2).
 //!
-//! GGUF blocks are only 2-byte aligned (18 B Q4_0, 34 B Q8_0) and WGSL has no 8/16-bit
-//! loads, so at load time each matrix is split into two planes with the same bytes:
-//! - `qs`: the quantised values, `u32` words, row-major by block — Q8_0 8 words (32 bytes)
-//!   per block, Q4_0/Q4_1 4 words (16 bytes); bytes within a block in GGML order, so for
-//!   Q4 word `w` byte `b` holds element `4w+b` in its low nibble and `4w+b+16` in its high.
+//! GGUF blocks are only 2-byte aligned (18 B Q4_0, 34 B Q8_0, 210 B Q6_K) and WGSL has no
+//! 8/16-bit loads, so at load time each matrix is split into two planes of `u32` words,
+//! row-major by block, holding the same bytes as the file (formats that pair two blocks'
+//! scales in one word — Q8_0, Q4_0, Q5_0, Q6_K — pad an odd last block's partner):
+//! - `qs`: the quantised values. Q8_0 8 words (32 bytes) per block, Q4_0/Q4_1/Q5_0/Q5_1 4
+//!   words (16 bytes) per block; bytes within a block in GGML order, so for the 32-element
+//!   formats word `w` byte `b` holds element `4w+b` in its low nibble and `4w+b+16` in its high.
 //!   Float formats: f32 one word per element; f16/bf16 two per word (element 2i in the low half).
 //! - `scales`: Q8_0/Q4_0 one f16 `d` per block, two blocks per word (block 2i low half);
 //!   Q4_1 one word per block, `d` low half and `m` high half. Empty for float formats.
+//!
+//! The 5-bit formats keep Q4's nibble plane and move the fifth bits to `scales`:
+//! - Q5_0: per pair of blocks (2i, 2i+1) three words: `qh(2i)`, `qh(2i+1)`, `d(2i) | d(2i+1) << 16`
+//!   (an odd last block is padded with zeros); `qh` bit `e` is the fifth bit of element `e`.
+//!   x = d * (q - 16). 22 bytes per block, as in the file.
+//! - Q5_1: two words per block, `qh` then `d | m << 16`; x = d * q + m.
+//!
+//! K-quants (256-element super-blocks of 8 sub-blocks; one 64-element "pair" `j` covers
+//! sub-blocks 2j and 2j+1) share one nibble order in `qs`: byte `32j + l` (l < 32) of a block
+//! holds element `64j + l` in its low nibble and `64j + 32 + l` in its high nibble (GGML's own
+//! Q4_K/Q5_K order). A GEMV lane can thus take a pair — 32 contiguous bytes, 64 contiguous
+//! elements, 2 or 4 scales — as one aligned unit.
+//! - Q4_K: `qs` 32 words per block (the 128 nibble bytes); `scales` 4 words per block, the
+//!   first 16 bytes of the GGML block unchanged: `d | dmin << 16`, then the 12 bytes of 6-bit
+//!   (scale, min) pairs. x = d*sc*q - dmin*m. 144 bytes per block.
+//! - Q5_K: `qs` as Q4_K; `scales` 12 words per block: the 4 words of Q4_K, then 8 words of fifth
+//!   bits, word `s` for sub-block `s` (bit `l` = element `32s + l`; GGML keeps them transposed,
+//!   bit `s` of byte `l`). 176 bytes per block.
+//! - Q6_K: `qs` 48 words per block, 12 per pair `j`: words 0..8 the low 4 bits in the nibble
+//!   order above, words 8..12 the top 2 bits. Word `8 + i` byte `b` holds, in bits 0-1 / 2-3,
+//!   the top bits of the low nibbles of byte `b` of nibble words `i` / `i + 4`, and in bits
+//!   4-5 / 6-7 those of their high nibbles; so `hw & 0x33333333` (word i) and
+//!   `(hw >> 2) & 0x33333333` (word i + 4) line up with the nibbles, shifted by 4 for the low
+//!   ones. `scales`: per pair of blocks (2i, 2i+1) nine words: the 16 signed 8-bit scales of
+//!   block 2i (scale `s`, byte `s % 4` of word `s / 4`, covers elements 16s..16s+16), those of
+//!   block 2i+1, then `d(2i) | d(2i+1) << 16` (zeros pad an odd last block).
+//!   x = d * sc * (q - 32). 210 bytes per block, as in the file.
 
 pub mod kquants;
 
@@ -136,7 +165,7 @@ impl GgmlType {
     /// Bytes of a tensor of `elems` elements, or None if not a whole number of blocks.
     pub fn bytes_for(self, elems: u64) -> Option<u64> {
         let (be, bb) = self.block_layout()?;
-        if elems % be as u64 != 0 {
+        if !elems.is_multiple_of(be as u64) {
             return None;
         }
         (elems / be as u64).checked_mul(bb as u64)
@@ -151,6 +180,11 @@ impl GgmlType {
             GgmlType::Q8_0 => WeightFormat::Q8_0,
             GgmlType::Q4_0 => WeightFormat::Q4_0,
             GgmlType::Q4_1 => WeightFormat::Q4_1,
+            GgmlType::Q5_0 => WeightFormat::Q5_0,
+            GgmlType::Q5_1 => WeightFormat::Q5_1,
+            GgmlType::Q4K => WeightFormat::Q4K,
+            GgmlType::Q5K => WeightFormat::Q5K,
+            GgmlType::Q6K => WeightFormat::Q6K,
             _ => return None,
         })
     }
@@ -166,16 +200,29 @@ pub enum WeightFormat {
     Q8_0,
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
+    #[serde(rename = "q4_k")]
+    Q4K,
+    #[serde(rename = "q5_k")]
+    Q5K,
+    #[serde(rename = "q6_k")]
+    Q6K,
 }
 
 impl WeightFormat {
-    pub const ALL: [WeightFormat; 6] = [
+    pub const ALL: [WeightFormat; 11] = [
         WeightFormat::F32,
         WeightFormat::F16,
         WeightFormat::Bf16,
         WeightFormat::Q8_0,
         WeightFormat::Q4_0,
         WeightFormat::Q4_1,
+        WeightFormat::Q5_0,
+        WeightFormat::Q5_1,
+        WeightFormat::Q4K,
+        WeightFormat::Q5K,
+        WeightFormat::Q6K,
     ];
 
     /// Lower-case name as used in op names (`gemv_q4_0`) and on the CLI.
@@ -187,6 +234,11 @@ impl WeightFormat {
             WeightFormat::Q8_0 => "q8_0",
             WeightFormat::Q4_0 => "q4_0",
             WeightFormat::Q4_1 => "q4_1",
+            WeightFormat::Q5_0 => "q5_0",
+            WeightFormat::Q5_1 => "q5_1",
+            WeightFormat::Q4K => "q4_k",
+            WeightFormat::Q5K => "q5_k",
+            WeightFormat::Q6K => "q6_k",
         }
     }
 
@@ -199,6 +251,11 @@ impl WeightFormat {
             WeightFormat::Q8_0 => "FMT_Q8_0",
             WeightFormat::Q4_0 => "FMT_Q4_0",
             WeightFormat::Q4_1 => "FMT_Q4_1",
+            WeightFormat::Q5_0 => "FMT_Q5_0",
+            WeightFormat::Q5_1 => "FMT_Q5_1",
+            WeightFormat::Q4K => "FMT_Q4_K",
+            WeightFormat::Q5K => "FMT_Q5_K",
+            WeightFormat::Q6K => "FMT_Q6_K",
         }
     }
 
@@ -210,6 +267,11 @@ impl WeightFormat {
             WeightFormat::Q8_0 => GgmlType::Q8_0,
             WeightFormat::Q4_0 => GgmlType::Q4_0,
             WeightFormat::Q4_1 => GgmlType::Q4_1,
+            WeightFormat::Q5_0 => GgmlType::Q5_0,
+            WeightFormat::Q5_1 => GgmlType::Q5_1,
+            WeightFormat::Q4K => GgmlType::Q4K,
+            WeightFormat::Q5K => GgmlType::Q5K,
+            WeightFormat::Q6K => GgmlType::Q6K,
         }
     }
 
@@ -222,13 +284,14 @@ impl WeightFormat {
         self.block_size() > 1
     }
 
-    /// Required divisor of the row length k: a whole number of blocks (quantised), whole
-    /// u32 words (f16/bf16: 2), and 4 for f32 so kernels may use vec4 loads.
+    /// Required divisor of the row length k: a whole number of blocks (quantised: 32, 256
+    /// for the K-quants), whole u32 words (f16/bf16: 2), and 4 for f32 so kernels may use
+    /// vec4 loads.
     pub fn k_multiple(self) -> usize {
         match self {
             WeightFormat::F32 => 4,
             WeightFormat::F16 | WeightFormat::Bf16 => 4,
-            _ => 32,
+            f => f.block_size(),
         }
     }
 
@@ -238,17 +301,29 @@ impl WeightFormat {
             WeightFormat::F32 => k,
             WeightFormat::F16 | WeightFormat::Bf16 => k / 2,
             WeightFormat::Q8_0 => k / 32 * 8,
-            WeightFormat::Q4_0 | WeightFormat::Q4_1 => k / 32 * 4,
+            WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q5_0 | WeightFormat::Q5_1 => {
+                k / 32 * 4
+            }
+            WeightFormat::Q4K | WeightFormat::Q5K => k / 256 * 32,
+            WeightFormat::Q6K => k / 256 * 48,
         }
     }
 
     /// u32 words of `scales` for an n x k matrix.
     pub fn scale_words(self, n: usize, k: usize) -> usize {
-        let blocks = n * (k / 32);
+        if !self.is_quantized() {
+            return 0;
+        }
+        let blocks = n * (k / self.block_size());
         match self {
-            WeightFormat::F32 | WeightFormat::F16 | WeightFormat::Bf16 => 0,
             WeightFormat::Q8_0 | WeightFormat::Q4_0 => blocks.div_ceil(2),
             WeightFormat::Q4_1 => blocks,
+            WeightFormat::Q5_0 => blocks.div_ceil(2) * 3,
+            WeightFormat::Q5_1 => blocks * 2,
+            WeightFormat::Q4K => blocks * 4,
+            WeightFormat::Q5K => blocks * 12,
+            WeightFormat::Q6K => blocks.div_ceil(2) * 9,
+            WeightFormat::F32 | WeightFormat::F16 | WeightFormat::Bf16 => 0,
         }
     }
 }
@@ -350,7 +425,7 @@ pub fn quantize(t: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
     let (be, bb) = t
         .block_layout()
         .ok_or_else(|| Error::Unsupported(format!("quantising to {}", t.name())))?;
-    if x.len() % be != 0 {
+    if !x.len().is_multiple_of(be) {
         return Err(Error::Shape(format!(
             "{} values is not a whole number of {} blocks",
             x.len(),
@@ -446,7 +521,7 @@ fn word(b: &[u8]) -> u32 {
 
 /// Repacks an n x k matrix stored as GGML blocks (row-major, as in GGUF) into GPU planes.
 pub fn pack(format: WeightFormat, bytes: &[u8], n: usize, k: usize) -> Result<PackedMatrix> {
-    if k == 0 || n == 0 || k % format.k_multiple() != 0 {
+    if k == 0 || n == 0 || !k.is_multiple_of(format.k_multiple()) {
         return Err(Error::Shape(format!(
             "a {n} x {k} {} matrix: k must be a non-zero multiple of {}",
             format.name(),
@@ -498,6 +573,56 @@ pub fn pack(format: WeightFormat, bytes: &[u8], n: usize, k: usize) -> Result<Pa
                 qs.extend(blk[4..20].chunks_exact(4).map(word));
             }
         }
+        WeightFormat::Q5_0 => {
+            for pair in bytes.chunks(2 * 22) {
+                let mut qh = [0u32; 2];
+                let mut ds = 0u32;
+                for (i, blk) in pair.chunks_exact(22).enumerate() {
+                    ds |= (u16::from_le_bytes([blk[0], blk[1]]) as u32) << (16 * i);
+                    qh[i] = word(&blk[2..6]);
+                    qs.extend(blk[6..22].chunks_exact(4).map(word));
+                }
+                scales.extend([qh[0], qh[1], ds]);
+            }
+        }
+        WeightFormat::Q5_1 => {
+            for blk in bytes.chunks_exact(24) {
+                scales.extend([word(&blk[4..8]), word(&blk[0..4])]);
+                qs.extend(blk[8..24].chunks_exact(4).map(word));
+            }
+        }
+        WeightFormat::Q4K => {
+            for blk in bytes.chunks_exact(144) {
+                scales.extend(blk[0..16].chunks_exact(4).map(word));
+                qs.extend(blk[16..144].chunks_exact(4).map(word));
+            }
+        }
+        WeightFormat::Q5K => {
+            for blk in bytes.chunks_exact(176) {
+                scales.extend(blk[0..16].chunks_exact(4).map(word));
+                // Transpose the fifth bits: GGML's bit s of byte l becomes bit l of word s.
+                let qh = &blk[16..48];
+                scales.extend(
+                    (0..8).map(|s| (0..32).fold(0u32, |w, l| w | (((qh[l] >> s) & 1) as u32) << l)),
+                );
+                qs.extend(blk[48..176].chunks_exact(4).map(word));
+            }
+        }
+        WeightFormat::Q6K => {
+            for pair in bytes.chunks(2 * 210) {
+                let mut ds = 0u32;
+                let mut sc = [0u32; 8];
+                for (i, blk) in pair.chunks_exact(210).enumerate() {
+                    ds |= (u16::from_le_bytes([blk[208], blk[209]]) as u32) << (16 * i);
+                    for (w, c) in blk[192..208].chunks_exact(4).enumerate() {
+                        sc[4 * i + w] = word(c);
+                    }
+                    pack_q6_k_quants(blk, &mut qs);
+                }
+                scales.extend(sc);
+                scales.push(ds);
+            }
+        }
     }
     Ok(PackedMatrix {
         format,
@@ -506,6 +631,45 @@ pub fn pack(format: WeightFormat, bytes: &[u8], n: usize, k: usize) -> Result<Pa
         qs,
         scales,
     })
+}
+
+/// The 6-bit value (0..64) of every element of a GGML Q6_K block.
+fn q6_k_values(blk: &[u8]) -> [u8; 256] {
+    let mut q = [0u8; 256];
+    for (e, v) in q.iter_mut().enumerate() {
+        // GGML: 128-element halves h; in each, four runs g of 32 share a byte of ql (g and
+        // g + 2 as low and high nibble) and a byte of qh (bits 2g, 2g + 1).
+        let (h, g, l) = (e / 128, e % 128 / 32, e % 32);
+        let ql = blk[64 * h + 32 * (g & 1) + l];
+        let nib = if g < 2 { ql & 0xF } else { ql >> 4 };
+        let top = (blk[128 + 32 * h + l] >> (2 * g)) & 3;
+        *v = nib | top << 4;
+    }
+    q
+}
+
+/// Appends the 48 `qs` words of one Q6_K block in the plane order (module doc).
+fn pack_q6_k_quants(blk: &[u8], qs: &mut Vec<u32>) {
+    let q = q6_k_values(blk);
+    for j in 0..4 {
+        let p = &q[64 * j..64 * j + 64];
+        let nib: Vec<u8> = (0..32)
+            .map(|l| (p[l] & 0xF) | (p[l + 32] & 0xF) << 4)
+            .collect();
+        qs.extend(nib.chunks_exact(4).map(word));
+        for i in 0..4 {
+            let top: Vec<u8> = (0..4)
+                .map(|b| {
+                    let l = 4 * i + b;
+                    (p[l] >> 4)
+                        | (p[l + 16] >> 4) << 2
+                        | (p[l + 32] >> 4) << 4
+                        | (p[l + 48] >> 4) << 6
+                })
+                .collect();
+            qs.push(word(&top));
+        }
+    }
 }
 
 /// Quantises an f32 row-major n x k matrix to `format` and repacks it (tests, synthetic models).
@@ -575,8 +739,137 @@ pub fn unpack(m: &PackedMatrix) -> Vec<f32> {
                 }
             }
         }
+        // Below: the arithmetic of the kquants dequantisers, in the same order, so that
+        // unpack(pack(b)) == dequantize(b) bit for bit.
+        WeightFormat::Q5_0 | WeightFormat::Q5_1 => {
+            for b in 0..m.n * m.k / 32 {
+                let (qh, d, mn) = if m.format == WeightFormat::Q5_0 {
+                    let base = 3 * (b / 2);
+                    let d = f16::from_bits((m.scales[base + 2] >> (16 * (b % 2))) as u16);
+                    (m.scales[base + b % 2], d.to_f32(), 0.0)
+                } else {
+                    let dm = m.scales[2 * b + 1];
+                    (
+                        m.scales[2 * b],
+                        f16::from_bits(dm as u16).to_f32(),
+                        f16::from_bits((dm >> 16) as u16).to_f32(),
+                    )
+                };
+                let bytes = words_to_bytes(&m.qs[4 * b..4 * b + 4]);
+                let value = |e: usize| {
+                    let nib = if e < 16 {
+                        bytes[e] & 0xF
+                    } else {
+                        bytes[e - 16] >> 4
+                    } as u32;
+                    let q = nib | ((qh >> e) & 1) << 4;
+                    if m.format == WeightFormat::Q5_0 {
+                        d * (q as i32 - 16) as f32
+                    } else {
+                        d * q as f32 + mn
+                    }
+                };
+                out.extend((0..32).map(value));
+            }
+        }
+        WeightFormat::Q4K | WeightFormat::Q5K => {
+            let swpb = if m.format == WeightFormat::Q4K { 4 } else { 12 };
+            for b in 0..m.n * m.k / 256 {
+                let hdr = words_to_bytes(&m.scales[swpb * b..swpb * b + 4]);
+                let d = f16::from_le_bytes([hdr[0], hdr[1]]).to_f32();
+                let dmin = f16::from_le_bytes([hdr[2], hdr[3]]).to_f32();
+                let nibbles = words_to_bytes(&m.qs[32 * b..32 * b + 32]);
+                for s in 0..8 {
+                    let (sc, mn) = kquants::scale_min_k4(s, &hdr[4..16]);
+                    let (d1, m1) = (d * sc as f32, dmin * mn as f32);
+                    let qh = if m.format == WeightFormat::Q5K {
+                        m.scales[swpb * b + 4 + s]
+                    } else {
+                        0
+                    };
+                    out.extend((0..32).map(|l| {
+                        let byte = nibbles[32 * (s / 2) + l];
+                        let nib = if s % 2 == 0 { byte & 0xF } else { byte >> 4 } as u32;
+                        d1 * (nib | ((qh >> l) & 1) << 4) as f32 - m1
+                    }));
+                }
+            }
+        }
+        WeightFormat::Q6K => {
+            for b in 0..m.n * m.k / 256 {
+                let base = 9 * (b / 2);
+                let d = f16::from_bits((m.scales[base + 8] >> (16 * (b % 2))) as u16).to_f32();
+                let sc = words_to_bytes(&m.scales[base + 4 * (b % 2)..base + 4 * (b % 2) + 4]);
+                let mut q = [0u8; 256];
+                for j in 0..4 {
+                    let w = &m.qs[48 * b + 12 * j..48 * b + 12 * j + 12];
+                    let nib = words_to_bytes(&w[..8]);
+                    for l in 0..32 {
+                        let shift = 2 * (l / 16) + 8 * (l % 4);
+                        let top = w[8 + (l / 4) % 4] >> shift;
+                        q[64 * j + l] = (nib[l] & 0xF) | ((top & 3) as u8) << 4;
+                        q[64 * j + 32 + l] = (nib[l] >> 4) | (((top >> 4) & 3) as u8) << 4;
+                    }
+                }
+                out.extend(
+                    (0..256).map(|e| d * (sc[e / 16] as i8) as f32 * (q[e] as i32 - 32) as f32),
+                );
+            }
+        }
     }
     out
+}
+
+fn words_to_bytes(w: &[u32]) -> Vec<u8> {
+    w.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+/// Synthetic GGML data for tests and benchmarks: `elems` elements of a quantised type `t`
+/// with uniformly random quantised bytes (values, high bits, packed sub-block scales) and
+/// random f16 block scales of either sign, sized so that the weights stay within about ±1.
+/// Deterministic in `seed`.
+pub fn random_blocks(t: GgmlType, elems: usize, seed: u64) -> Result<Vec<u8>> {
+    // (offset of each f16 field in the block, its bound)
+    let fields: &[(usize, f32)] = match t {
+        GgmlType::Q8_0 => &[(0, 1.0 / 127.0)],
+        GgmlType::Q4_0 => &[(0, 1.0 / 8.0)],
+        GgmlType::Q4_1 => &[(0, 1.0 / 15.0), (2, 0.5)],
+        GgmlType::Q5_0 => &[(0, 1.0 / 16.0)],
+        GgmlType::Q5_1 => &[(0, 1.0 / 31.0), (2, 0.5)],
+        GgmlType::Q4K => &[(0, 1.0 / (63.0 * 15.0)), (2, 1.0 / (63.0 * 15.0))],
+        GgmlType::Q5K => &[(0, 1.0 / (63.0 * 31.0)), (2, 1.0 / (63.0 * 31.0))],
+        GgmlType::Q6K => &[(208, 1.0 / (128.0 * 32.0))],
+        other => {
+            return Err(Error::Unsupported(format!(
+                "random blocks of {}",
+                other.name()
+            )))
+        }
+    };
+    let need = t.bytes_for(elems as u64).ok_or_else(|| {
+        Error::Shape(format!(
+            "{elems} elements is not a whole number of {} blocks",
+            t.name()
+        ))
+    })? as usize;
+    let (_, bb) = t.block_layout().expect("known layout");
+    // splitmix64
+    let mut state = seed;
+    let mut next = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut out: Vec<u8> = (0..need).map(|_| next() as u8).collect();
+    for blk in out.chunks_exact_mut(bb) {
+        for &(off, bound) in fields {
+            let u = (next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+            blk[off..off + 2].copy_from_slice(&f16::from_f32(u * bound).to_le_bytes());
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -595,7 +888,9 @@ mod tests {
         let mut s = 0x1234_5678u64;
         let (n, k) = (5, 96);
         let x: Vec<f32> = (0..n * k).map(|_| lcg(&mut s) * 3.0).collect();
-        for f in WeightFormat::ALL {
+        // The formats with a quantiser (the others: pack_unpack_random_blocks).
+        for f in &WeightFormat::ALL[..6] {
+            let f = *f;
             let bytes = quantize(f.ggml(), &x).unwrap();
             let deq = dequantize(f.ggml(), &bytes, n * k).unwrap();
             let packed = pack(f, &bytes, n, k).unwrap();
@@ -610,10 +905,73 @@ mod tests {
                 WeightFormat::Q8_0 => 3.0 / 127.0,
                 WeightFormat::Q4_0 => 3.0 / 7.0,
                 WeightFormat::Q4_1 => 6.0 / 15.0,
+                _ => unreachable!(),
             };
             for (a, b) in x.iter().zip(&deq) {
                 assert!((a - b).abs() <= tol, "{f:?}: {a} vs {b}");
             }
+        }
+    }
+
+    /// The new block formats have no quantiser: random blocks (random quant bytes, random
+    /// f16 scales) must survive pack -> unpack exactly as ggml dequantises them, for an odd
+    /// number of blocks (padded pair layouts) and several rows.
+    #[test]
+    fn pack_unpack_random_blocks() {
+        let formats = [
+            WeightFormat::Q5_0,
+            WeightFormat::Q5_1,
+            WeightFormat::Q4K,
+            WeightFormat::Q5K,
+            WeightFormat::Q6K,
+        ];
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        for f in formats {
+            for (n, k) in [(1, 256), (3, 768), (4, 512)] {
+                let bytes = random_blocks(f.ggml(), n * k, seed ^ k as u64).unwrap();
+                let deq = dequantize(f.ggml(), &bytes, n * k).unwrap();
+                let packed = pack(f, &bytes, n, k).unwrap();
+                assert_eq!(packed.qs.len(), f.qs_words_per_row(k) * n, "{f:?}");
+                assert_eq!(packed.scales.len(), f.scale_words(n, k), "{f:?}");
+                // Plane bytes equal the file's, up to the scales of one odd block's missing
+                // partner (Q6_K 18 bytes, Q5_0 6).
+                let file = f.ggml().bytes_for((n * k) as u64).unwrap();
+                assert!(
+                    file <= packed.gpu_bytes() && packed.gpu_bytes() <= file + 18,
+                    "{f:?}"
+                );
+                let got = unpack(&packed);
+                assert_eq!(got.len(), deq.len());
+                for (i, (a, b)) in got.iter().zip(&deq).enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "{f:?} seed {seed} n={n} k={k} element {i}"
+                    );
+                }
+                // The data is not degenerate: many distinct values, finite, of order 1.
+                assert!(deq.iter().all(|v| v.is_finite() && v.abs() < 4.0), "{f:?}");
+                let mut distinct: Vec<u32> = deq.iter().map(|v| v.to_bits()).collect();
+                distinct.sort_unstable();
+                distinct.dedup();
+                assert!(distinct.len() > n * k / 4, "{f:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn format_names_round_trip() {
+        for f in WeightFormat::ALL {
+            assert_eq!(f.name().parse::<WeightFormat>().unwrap(), f);
+            assert_eq!(
+                serde_json::to_string(&f).unwrap(),
+                format!("\"{}\"", f.name())
+            );
+            assert_eq!(f.ggml().weight_format(), Some(f));
+            assert_eq!(f.k_multiple() % f.ggml().block_layout().unwrap().0, 0);
         }
     }
 

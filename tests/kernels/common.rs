@@ -104,3 +104,24 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32, atol: f32)
     }
     max_d / max_w.max(f32::MIN_POSITIVE)
 }
+
+/// A random n x k matrix in `format`'s GPU planes: quantised from uniform values in [-1, 1]
+/// where wick has a quantiser, else random GGML blocks (`quant::random_blocks`: random quant
+/// bytes, small random f16 scales). Compare against `quant::unpack` of the result.
+pub fn random_matrix(
+    rng: &mut impl Rng,
+    format: wick::quant::WeightFormat,
+    n: usize,
+    k: usize,
+) -> wick::quant::PackedMatrix {
+    use wick::quant;
+    let vals = rand_vec(rng, n * k, 1.0);
+    match quant::quantize_and_pack(format, &vals, n, k) {
+        Ok(p) => p,
+        Err(wick::Error::Unsupported(_)) => {
+            let bytes = quant::random_blocks(format.ggml(), n * k, rng.random()).unwrap();
+            quant::pack(format, &bytes, n, k).unwrap()
+        }
+        Err(e) => panic!("{format:?} {n} x {k}: {e}"),
+    }
+}

@@ -51,7 +51,6 @@ fn check(
 ) {
     let mut r = rng();
     let g = &k.gpu;
-    let vals = rand_vec(&mut r, vocab * hidden, 2.0);
     let ids_offset = 3;
     let mut ids: Vec<u32> = (0..ids_offset + n_tokens)
         .map(|_| r.random_range(0..vocab as u32))
@@ -81,8 +80,7 @@ fn check(
     let mut tables = Vec::new();
     for w in bounds.windows(2) {
         let (lo, hi) = (w[0], w[1]);
-        let packed =
-            quantize_and_pack(f, &vals[lo * hidden..hi * hidden], hi - lo, hidden).unwrap();
+        let packed = random_matrix(&mut r, f, hi - lo, hidden);
         let deq = unpack(&packed);
         reference::embedding::embedding(&deq, hidden, &ids[ids_offset..], lo, &mut want);
         let t = GpuMatrix::upload(g, "table", &packed).unwrap();
@@ -97,9 +95,24 @@ fn check(
 #[test]
 fn embedding_all_formats() {
     // hidden 96 = 3 blocks per row: an odd count puts rows' first scales in both word halves.
+    // K-quants: 256 and 768 (1 and 3 super-blocks; 3 is odd for Q6_K's paired scales).
     for f in WeightFormat::ALL {
-        check(kernels(), f, 37, 96, 9, 1);
-        check(kernels(), f, 50, 576, 4, 1);
+        check(
+            kernels(),
+            f,
+            37,
+            96usize.next_multiple_of(f.k_multiple()),
+            9,
+            1,
+        );
+        check(
+            kernels(),
+            f,
+            50,
+            576usize.next_multiple_of(f.k_multiple()),
+            4,
+            1,
+        );
     }
 }
 
@@ -108,6 +121,8 @@ fn embedding_split_vocabulary() {
     for f in [WeightFormat::F16, WeightFormat::Q8_0, WeightFormat::Q4_1] {
         check(kernels(), f, 61, 64, 12, 3);
     }
+    check(kernels(), WeightFormat::Q5_0, 61, 96, 12, 3);
+    check(kernels(), WeightFormat::Q6K, 61, 256, 12, 3);
     check(kernels(), WeightFormat::F32, 20, 8, 30, 2);
 }
 

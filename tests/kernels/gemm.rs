@@ -21,8 +21,7 @@ fn matrix(
     n: usize,
     kd: usize,
 ) -> (GpuMatrix, Vec<f32>) {
-    let w = rand_vec(r, n * kd, 1.0);
-    let packed = quant::quantize_and_pack(f, &w, n, kd).unwrap();
+    let packed = random_matrix(r, f, n, kd);
     let gm = GpuMatrix::upload(&k.gpu, "w", &packed).unwrap();
     (gm, quant::unpack(&packed))
 }
@@ -115,6 +114,47 @@ fn gemm_q4_1() {
 }
 
 #[test]
+fn gemm_q5_0() {
+    check_format(WeightFormat::Q5_0);
+}
+
+#[test]
+fn gemm_q5_1() {
+    check_format(WeightFormat::Q5_1);
+}
+
+/// K-quants: k in whole 256-element super-blocks (1, 2, 3 and 6 per row), n odd and past one
+/// 64-column tile, m past one 64-row tile.
+const K_SHAPES: [(usize, usize, usize); 5] = [
+    (1, 64, 256),
+    (7, 101, 512),
+    (33, 130, 768),
+    (65, 67, 256),
+    (17, 193, 1536),
+];
+
+fn check_k_format(f: WeightFormat) {
+    for &(m, n, kd) in &K_SHAPES {
+        check_plain(kernels(), f, m, n, kd, None);
+    }
+}
+
+#[test]
+fn gemm_q4_k() {
+    check_k_format(WeightFormat::Q4K);
+}
+
+#[test]
+fn gemm_q5_k() {
+    check_k_format(WeightFormat::Q5K);
+}
+
+#[test]
+fn gemm_q6_k() {
+    check_k_format(WeightFormat::Q6K);
+}
+
+#[test]
 fn gemm_without_subgroups() {
     check_plain(
         kernels_no_subgroup(),
@@ -164,6 +204,7 @@ fn gemm_epilogues() {
         (WeightFormat::F16, false, true, 0, 0),
         (WeightFormat::Q8_0, true, true, 50, 200),
         (WeightFormat::Bf16, false, false, 130, 200),
+        (WeightFormat::Q5_1, true, true, 10, 100),
     ] {
         let (w, wv) = matrix(k, &mut r, f, n, kd);
         let x = rand_vec(&mut r, m * kd, 2.0);

@@ -17,7 +17,10 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        ChatMessage { role: role.into(), content: content.into() }
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -58,9 +61,15 @@ impl ChatTemplate {
         env.set_lstrip_blocks(true);
         env.set_fuel(Some(FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         env.add_function("strftime_now", |_fmt: String| -> String {
             // Date-dependent templates get a fixed, neutral date: renders stay reproducible.
             "01 Jan 2026".to_string()
@@ -104,8 +113,14 @@ mod tests {
             "",
             "",
         );
-        assert_eq!(t.render(&[ChatMessage::new("user", "  hey ")], false).unwrap(), "HEY");
-        let e = t.render(&[ChatMessage::new("system", "x")], false).unwrap_err();
+        assert_eq!(
+            t.render(&[ChatMessage::new("user", "  hey ")], false)
+                .unwrap(),
+            "HEY"
+        );
+        let e = t
+            .render(&[ChatMessage::new("system", "x")], false)
+            .unwrap_err();
         assert!(e.to_string().contains("bad role"), "{e}");
     }
 

@@ -49,7 +49,11 @@ fn open_shard(path: &Path) -> Result<Shard> {
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
     let (header, meta) = safetensors::SafeTensors::read_metadata(&mmap)
         .map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
-    Ok(Shard { data_start: 8 + header, mmap, meta })
+    Ok(Shard {
+        data_start: 8 + header,
+        mmap,
+        meta,
+    })
 }
 
 impl HfCheckpoint {
@@ -68,12 +72,18 @@ impl HfCheckpoint {
             let map = idx["weight_map"]
                 .as_object()
                 .ok_or_else(|| Error::Model(format!("{}: no weight_map", sharded.display())))?;
-            let mut files: Vec<String> = map.values().filter_map(|v| v.as_str().map(str::to_string)).collect();
+            let mut files: Vec<String> = map
+                .values()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect();
             files.sort();
             files.dedup();
             for f in &files {
                 if f.contains('/') || f.contains('\\') || f.starts_with('.') {
-                    return Err(Error::Model(format!("{}: shard name {f:?} leaves the directory", sharded.display())));
+                    return Err(Error::Model(format!(
+                        "{}: shard name {f:?} leaves the directory",
+                        sharded.display()
+                    )));
                 }
                 shards.push(open_shard(&dir.join(f))?);
             }
@@ -90,7 +100,14 @@ impl HfCheckpoint {
                 }
             }
         }
-        Ok(HfCheckpoint { dir: dir.to_path_buf(), config, generation_config, tokenizer_config, shards, index })
+        Ok(HfCheckpoint {
+            dir: dir.to_path_buf(),
+            config,
+            generation_config,
+            tokenizer_config,
+            shards,
+            index,
+        })
     }
 
     /// A tensor by its Hugging Face name, shaped the GGUF way (dims reversed).
@@ -118,11 +135,18 @@ impl HfCheckpoint {
         let from = |v: &Value| -> Vec<u32> {
             match &v["eos_token_id"] {
                 Value::Number(n) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-                Value::Array(a) => a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect(),
+                Value::Array(a) => a
+                    .iter()
+                    .filter_map(|x| x.as_u64().map(|x| x as u32))
+                    .collect(),
                 _ => Vec::new(),
             }
         };
-        let g = self.generation_config.as_ref().map(from).unwrap_or_default();
+        let g = self
+            .generation_config
+            .as_ref()
+            .map(from)
+            .unwrap_or_default();
         if g.is_empty() {
             from(&self.config)
         } else {
@@ -131,7 +155,9 @@ impl HfCheckpoint {
     }
 
     pub fn chat_template(&self) -> Option<String> {
-        self.tokenizer_config.as_ref()?["chat_template"].as_str().map(str::to_string)
+        self.tokenizer_config.as_ref()?["chat_template"]
+            .as_str()
+            .map(str::to_string)
     }
 }
 

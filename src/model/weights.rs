@@ -21,12 +21,21 @@ pub struct SplitMatrix {
 impl SplitMatrix {
     /// Repacks GGML bytes (row-major, `n` rows of `k`) and uploads them in as few chunks as
     /// the device's binding limit allows.
-    pub fn upload(gpu: &Gpu, label: &str, format: WeightFormat, bytes: &[u8], n: usize, k: usize) -> Result<SplitMatrix> {
+    pub fn upload(
+        gpu: &Gpu,
+        label: &str,
+        format: WeightFormat,
+        bytes: &[u8],
+        n: usize,
+        k: usize,
+    ) -> Result<SplitMatrix> {
         let t = format.ggml();
-        let row_bytes = t
-            .bytes_for(k as u64)
-            .ok_or_else(|| Error::Model(format!("{label}: row of {k} is not whole {} blocks", t.name())))?
-            as usize;
+        let row_bytes = t.bytes_for(k as u64).ok_or_else(|| {
+            Error::Model(format!(
+                "{label}: row of {k} is not whole {} blocks",
+                t.name()
+            ))
+        })? as usize;
         // The largest plane per row decides the split (qs; Q4_1's scales are smaller still).
         let plane_row_bytes = (format.qs_words_per_row(k) * 4).max(1) as u64;
         let limit = gpu.caps.max_storage_buffer_binding_size;
@@ -44,16 +53,33 @@ impl SplitMatrix {
         let mut r = 0;
         while r < n {
             let rows = rows_per_chunk.min(n - r);
-            let packed = quant::pack(format, &bytes[r * row_bytes..(r + rows) * row_bytes], rows, k)?;
-            let name = if rows == n { label.to_string() } else { format!("{label}[{r}..{}]", r + rows) };
+            let packed = quant::pack(
+                format,
+                &bytes[r * row_bytes..(r + rows) * row_bytes],
+                rows,
+                k,
+            )?;
+            let name = if rows == n {
+                label.to_string()
+            } else {
+                format!("{label}[{r}..{}]", r + rows)
+            };
             chunks.push((r, GpuMatrix::upload(gpu, &name, &packed)?));
             r += rows;
         }
-        Ok(SplitMatrix { n, k, format, chunks })
+        Ok(SplitMatrix {
+            n,
+            k,
+            format,
+            chunks,
+        })
     }
 
     pub fn gpu_bytes(&self) -> u64 {
-        self.chunks.iter().map(|(_, m)| m.qs.size() + m.scales.size()).sum()
+        self.chunks
+            .iter()
+            .map(|(_, m)| m.qs.size() + m.scales.size())
+            .sum()
     }
 }
 
@@ -129,11 +155,18 @@ pub trait TensorStore {
 impl TensorStore for crate::formats::gguf::GgufFile {
     fn tensor(&self, name: &str) -> Option<TensorRef<'_>> {
         let t = crate::formats::gguf::GgufFile::tensor(self, name)?;
-        Some(TensorRef { name: t.name.clone(), dims: t.dims.clone(), ggml_type: t.ggml_type, data: self.tensor_data(t) })
+        Some(TensorRef {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            ggml_type: t.ggml_type,
+            data: self.tensor_data(t),
+        })
     }
 
     fn tokenizer_vocab(&self) -> Option<usize> {
-        self.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map(|a| a.len())
+        self.get("tokenizer.ggml.tokens")
+            .and_then(|v| v.as_array())
+            .map(|a| a.len())
     }
 }
 
@@ -151,7 +184,10 @@ impl<'a, S: TensorStore + ?Sized> Checker<'a, S> {
         };
         let want: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
         if t.dims != want {
-            self.problems.push(format!("{name} has shape {:?}, expected {:?}", t.dims, want));
+            self.problems.push(format!(
+                "{name} has shape {:?}, expected {:?}",
+                t.dims, want
+            ));
             return None;
         }
         let ok = if matrix {
@@ -160,8 +196,10 @@ impl<'a, S: TensorStore + ?Sized> Checker<'a, S> {
             matches!(t.ggml_type, GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16)
         };
         if !ok {
-            self.problems
-                .push(format!("{name} has unsupported type {}", t.ggml_type.name()));
+            self.problems.push(format!(
+                "{name} has unsupported type {}",
+                t.ggml_type.name()
+            ));
             return None;
         }
         Some(t)
@@ -181,12 +219,23 @@ fn upload_matrix(gpu: &Gpu, t: &TensorRef) -> Result<SplitMatrix> {
 
 impl ModelWeights {
     /// Validates every expected tensor, then uploads them.
-    pub fn load<S: TensorStore + ?Sized>(gpu: &Gpu, f: &S, cfg: &ModelConfig) -> Result<ModelWeights> {
+    pub fn load<S: TensorStore + ?Sized>(
+        gpu: &Gpu,
+        f: &S,
+        cfg: &ModelConfig,
+    ) -> Result<ModelWeights> {
         let (h, qd, kvd, ffn, vocab) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn, cfg.vocab);
-        let mut c = Checker { f, problems: Vec::new() };
+        let mut c = Checker {
+            f,
+            problems: Vec::new(),
+        };
         let embed = c.tensor("token_embd.weight", &[h, vocab], true);
         let out_norm = c.tensor("output_norm.weight", &[h], false);
-        let output = if cfg.tied_output { None } else { c.tensor("output.weight", &[h, vocab], true) };
+        let output = if cfg.tied_output {
+            None
+        } else {
+            c.tensor("output.weight", &[h, vocab], true)
+        };
         let mut layer_infos = Vec::new();
         for i in 0..cfg.n_layers {
             let p = |s: &str| format!("blk.{i}.{s}");
@@ -267,6 +316,11 @@ impl ModelWeights {
                 w_down: mat(d)?,
             });
         }
-        Ok(ModelWeights { embed, layers, output_norm, output })
+        Ok(ModelWeights {
+            embed,
+            layers,
+            output_norm,
+            output,
+        })
     }
 }

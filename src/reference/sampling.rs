@@ -20,18 +20,37 @@ pub fn probabilities(
         if repeat_penalty != 1.0 && recent.contains(&(i as u32)) {
             let pen = repeat_penalty as f64;
             // Penalise in f32 exactly as the runtime, so ties resolve the same way.
-            *v = if *v > 0.0 { (logits[i] / repeat_penalty) as f64 } else { (logits[i] * pen as f32) as f64 };
+            *v = if *v > 0.0 {
+                (logits[i] / repeat_penalty) as f64
+            } else {
+                (logits[i] * pen as f32) as f64
+            };
         }
     }
     // rank[i] = number of tokens strictly ahead of i (higher logit, or equal with lower id).
-    let rank = |i: usize| (0..n).filter(|&j| l[j] > l[i] || (l[j] == l[i] && j < i)).count();
+    let rank = |i: usize| {
+        (0..n)
+            .filter(|&j| l[j] > l[i] || (l[j] == l[i] && j < i))
+            .count()
+    };
     let mut keep: Vec<bool> = (0..n).map(|i| top_k == 0 || rank(i) < top_k).collect();
     if temperature <= 0.0 {
-        return (0..n).map(|i| if rank(i) == 0 { 1.0 } else { 0.0 }).collect();
+        return (0..n)
+            .map(|i| if rank(i) == 0 { 1.0 } else { 0.0 })
+            .collect();
     }
-    let max = (0..n).filter(|&i| keep[i]).map(|i| l[i]).fold(f64::NEG_INFINITY, f64::max);
+    let max = (0..n)
+        .filter(|&i| keep[i])
+        .map(|i| l[i])
+        .fold(f64::NEG_INFINITY, f64::max);
     let mut p: Vec<f64> = (0..n)
-        .map(|i| if keep[i] { ((l[i] - max) / temperature as f64).exp() } else { 0.0 })
+        .map(|i| {
+            if keep[i] {
+                ((l[i] - max) / temperature as f64).exp()
+            } else {
+                0.0
+            }
+        })
         .collect();
     let s: f64 = p.iter().sum();
     p.iter_mut().for_each(|x| *x /= s);
@@ -56,7 +75,10 @@ pub fn probabilities(
         }
     }
     if min_p > 0.0 {
-        let top = (0..n).filter(|&i| keep[i]).map(|i| p[i]).fold(0.0, f64::max);
+        let top = (0..n)
+            .filter(|&i| keep[i])
+            .map(|i| p[i])
+            .fold(0.0, f64::max);
         for i in 0..n {
             if keep[i] && p[i] < top * min_p as f64 {
                 keep[i] = false;
@@ -64,5 +86,7 @@ pub fn probabilities(
         }
     }
     let s: f64 = (0..n).filter(|&i| keep[i]).map(|i| p[i]).sum();
-    (0..n).map(|i| if keep[i] { p[i] / s } else { 0.0 }).collect()
+    (0..n)
+        .map(|i| if keep[i] { p[i] / s } else { 0.0 })
+        .collect()
 }

@@ -55,9 +55,19 @@ pub struct Forward {
     _attn: Vec<attention::DecodeAttention>,
 }
 
-fn gemv_all(k: &Kernels, m: &SplitMatrix, x: &wgpu::Buffer, out: &wgpu::Buffer, bias: Option<&wgpu::Buffer>, accumulate: bool, list: &mut Vec<Dispatch>) -> Result<()> {
+fn gemv_all(
+    k: &Kernels,
+    m: &SplitMatrix,
+    x: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    bias: Option<&wgpu::Buffer>,
+    accumulate: bool,
+    list: &mut Vec<Dispatch>,
+) -> Result<()> {
     if bias.is_some() && m.chunks.len() > 1 {
-        return Err(Error::Unsupported("bias on a matrix split across bindings".into()));
+        return Err(Error::Unsupported(
+            "bias on a matrix split across bindings".into(),
+        ));
     }
     for (row0, chunk) in &m.chunks {
         list.push(gemv::gemv(
@@ -65,16 +75,33 @@ fn gemv_all(k: &Kernels, m: &SplitMatrix, x: &wgpu::Buffer, out: &wgpu::Buffer, 
             chunk,
             x,
             out,
-            gemv::GemvEpilogue { bias, accumulate, out_offset: *row0 },
+            gemv::GemvEpilogue {
+                bias,
+                accumulate,
+                out_offset: *row0,
+            },
         )?);
     }
     Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
-fn gemm_all(k: &Kernels, m: &SplitMatrix, x: &wgpu::Buffer, out: &wgpu::Buffer, rows: usize, bias: Option<&wgpu::Buffer>, accumulate: bool, col0: usize, stride: usize, list: &mut Vec<Dispatch>) -> Result<()> {
+fn gemm_all(
+    k: &Kernels,
+    m: &SplitMatrix,
+    x: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    rows: usize,
+    bias: Option<&wgpu::Buffer>,
+    accumulate: bool,
+    col0: usize,
+    stride: usize,
+    list: &mut Vec<Dispatch>,
+) -> Result<()> {
     if bias.is_some() && m.chunks.len() > 1 {
-        return Err(Error::Unsupported("bias on a matrix split across bindings".into()));
+        return Err(Error::Unsupported(
+            "bias on a matrix split across bindings".into(),
+        ));
     }
     for (row0, chunk) in &m.chunks {
         list.push(gemm::gemm(
@@ -83,14 +110,25 @@ fn gemm_all(k: &Kernels, m: &SplitMatrix, x: &wgpu::Buffer, out: &wgpu::Buffer, 
             x,
             out,
             rows,
-            gemm::GemmEpilogue { bias, accumulate, out_offset: col0 + row0, out_stride: stride },
+            gemm::GemmEpilogue {
+                bias,
+                accumulate,
+                out_offset: col0 + row0,
+                out_stride: stride,
+            },
         )?);
     }
     Ok(())
 }
 
 impl Forward {
-    pub fn new(k: &Kernels, cfg: &ModelConfig, w: &ModelWeights, kv: &KvCache, inv_freq: &wgpu::Buffer) -> Result<Forward> {
+    pub fn new(
+        k: &Kernels,
+        cfg: &ModelConfig,
+        w: &ModelWeights,
+        kv: &KvCache,
+        inv_freq: &wgpu::Buffer,
+    ) -> Result<Forward> {
         let gpu = k.gpu.clone();
         let c = PREFILL_CHUNK;
         let f32b = |label: &str, n: usize| gpu.storage_buffer(label, (n * 4) as u64);
@@ -131,9 +169,24 @@ impl Forward {
         Ok(fwd)
     }
 
-    fn embed(&self, k: &Kernels, w: &ModelWeights, ids: &wgpu::Buffer, n_tokens: usize, list: &mut Vec<Dispatch>) -> Result<()> {
+    fn embed(
+        &self,
+        k: &Kernels,
+        w: &ModelWeights,
+        ids: &wgpu::Buffer,
+        n_tokens: usize,
+        list: &mut Vec<Dispatch>,
+    ) -> Result<()> {
         for (row0, chunk) in &w.embed.chunks {
-            list.push(embedding::embedding(k, chunk, ids, &self.act.h, n_tokens, 0, *row0)?);
+            list.push(embedding::embedding(
+                k,
+                chunk,
+                ids,
+                &self.act.h,
+                n_tokens,
+                0,
+                *row0,
+            )?);
         }
         Ok(())
     }
@@ -149,7 +202,16 @@ impl Forward {
 
     /// Q/K normalisation (Qwen3), RoPE and the KV-cache write for `tokens` rows.
     #[allow(clippy::too_many_arguments)]
-    fn post_qkv(&self, k: &Kernels, l: &LayerWeights, kv: &KvCache, layer: usize, inv_freq: &wgpu::Buffer, tokens: usize, list: &mut Vec<Dispatch>) -> Result<()> {
+    fn post_qkv(
+        &self,
+        k: &Kernels,
+        l: &LayerWeights,
+        kv: &KvCache,
+        layer: usize,
+        inv_freq: &wgpu::Buffer,
+        tokens: usize,
+        list: &mut Vec<Dispatch>,
+    ) -> Result<()> {
         let cfg = &self.cfg;
         let a = &self.act;
         let (q, kk) = self.qk();
@@ -159,39 +221,126 @@ impl Forward {
                 .as_ref()
                 .zip(l.k_norm.as_ref())
                 .ok_or_else(|| Error::Model("q/k norm weights missing".into()))?;
-            list.push(rmsnorm::rmsnorm(k, &a.q, qw, q, cfg.head_dim, tokens * cfg.n_heads, cfg.rms_eps)?);
-            list.push(rmsnorm::rmsnorm(k, &a.k, kw, kk, cfg.head_dim, tokens * cfg.n_kv_heads, cfg.rms_eps)?);
+            list.push(rmsnorm::rmsnorm(
+                k,
+                &a.q,
+                qw,
+                q,
+                cfg.head_dim,
+                tokens * cfg.n_heads,
+                cfg.rms_eps,
+            )?);
+            list.push(rmsnorm::rmsnorm(
+                k,
+                &a.k,
+                kw,
+                kk,
+                cfg.head_dim,
+                tokens * cfg.n_kv_heads,
+                cfg.rms_eps,
+            )?);
         }
-        list.push(rope::rope(k, q, &self.step, inv_freq, tokens, cfg.n_heads, cfg.head_dim, cfg.rope_dim, cfg.rope_style)?);
-        list.push(rope::rope(k, kk, &self.step, inv_freq, tokens, cfg.n_kv_heads, cfg.head_dim, cfg.rope_dim, cfg.rope_style)?);
-        list.push(kv_cache::kv_write(k, kk, &a.v, &kv.k[layer], &kv.v[layer], &self.step, tokens, cfg.n_kv_heads, cfg.head_dim, kv.capacity)?);
+        list.push(rope::rope(
+            k,
+            q,
+            &self.step,
+            inv_freq,
+            tokens,
+            cfg.n_heads,
+            cfg.head_dim,
+            cfg.rope_dim,
+            cfg.rope_style,
+        )?);
+        list.push(rope::rope(
+            k,
+            kk,
+            &self.step,
+            inv_freq,
+            tokens,
+            cfg.n_kv_heads,
+            cfg.head_dim,
+            cfg.rope_dim,
+            cfg.rope_style,
+        )?);
+        list.push(kv_cache::kv_write(
+            k,
+            kk,
+            &a.v,
+            &kv.k[layer],
+            &kv.v[layer],
+            &self.step,
+            tokens,
+            cfg.n_kv_heads,
+            cfg.head_dim,
+            kv.capacity,
+        )?);
         Ok(())
     }
 
-    fn build_decode(&mut self, k: &Kernels, w: &ModelWeights, kv: &KvCache, inv_freq: &wgpu::Buffer) -> Result<()> {
+    fn build_decode(
+        &mut self,
+        k: &Kernels,
+        w: &ModelWeights,
+        kv: &KvCache,
+        inv_freq: &wgpu::Buffer,
+    ) -> Result<()> {
         let cfg = self.cfg.clone();
         let mut list = Vec::new();
         self.embed(k, w, &self.token, 1, &mut list)?;
         let a = &self.act;
         let splits = attention::choose_splits(&self.gpu.caps, cfg.n_kv_heads, kv.capacity);
         for (i, l) in w.layers.iter().enumerate() {
-            list.push(rmsnorm::rmsnorm(k, &a.h, &l.attn_norm, &a.normed, cfg.hidden, 1, cfg.rms_eps)?);
+            list.push(rmsnorm::rmsnorm(
+                k,
+                &a.h,
+                &l.attn_norm,
+                &a.normed,
+                cfg.hidden,
+                1,
+                cfg.rms_eps,
+            )?);
             gemv_all(k, &l.wq, &a.normed, &a.q, l.bq.as_ref(), false, &mut list)?;
             gemv_all(k, &l.wk, &a.normed, &a.k, l.bk.as_ref(), false, &mut list)?;
             gemv_all(k, &l.wv, &a.normed, &a.v, l.bv.as_ref(), false, &mut list)?;
             self.post_qkv(k, l, kv, i, inv_freq, 1, &mut list)?;
             let att = attention::attention_decode(
-                k, self.qk().0, &kv.k[i], &kv.v[i], &self.step, &a.attn,
-                cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, kv.capacity, cfg.attn_scale(), splits,
+                k,
+                self.qk().0,
+                &kv.k[i],
+                &kv.v[i],
+                &self.step,
+                &a.attn,
+                cfg.n_heads,
+                cfg.n_kv_heads,
+                cfg.head_dim,
+                kv.capacity,
+                cfg.attn_scale(),
+                splits,
             )?;
             list.extend(att.dispatches.iter().cloned());
             self._attn.push(att);
             gemv_all(k, &l.wo, &a.attn, &a.h, None, true, &mut list)?;
-            list.push(rmsnorm::rmsnorm(k, &a.h, &l.ffn_norm, &a.normed, cfg.hidden, 1, cfg.rms_eps)?);
+            list.push(rmsnorm::rmsnorm(
+                k,
+                &a.h,
+                &l.ffn_norm,
+                &a.normed,
+                cfg.hidden,
+                1,
+                cfg.rms_eps,
+            )?);
             if l.w_gate.chunks.len() == 1 && l.w_up.chunks.len() == 1 {
-                list.push(gemv::gemv_swiglu(k, &l.w_gate.chunks[0].1, &l.w_up.chunks[0].1, &a.normed, &a.act)?);
+                list.push(gemv::gemv_swiglu(
+                    k,
+                    &l.w_gate.chunks[0].1,
+                    &l.w_up.chunks[0].1,
+                    &a.normed,
+                    &a.act,
+                )?);
             } else {
-                return Err(Error::Unsupported("FFN matrices split across bindings".into()));
+                return Err(Error::Unsupported(
+                    "FFN matrices split across bindings".into(),
+                ));
             }
             gemv_all(k, &l.w_down, &a.act, &a.h, None, true, &mut list)?;
         }
@@ -202,26 +351,113 @@ impl Forward {
         Ok(())
     }
 
-    fn build_prefill(&mut self, k: &Kernels, w: &ModelWeights, kv: &KvCache, inv_freq: &wgpu::Buffer) -> Result<()> {
+    fn build_prefill(
+        &mut self,
+        k: &Kernels,
+        w: &ModelWeights,
+        kv: &KvCache,
+        inv_freq: &wgpu::Buffer,
+    ) -> Result<()> {
         let cfg = self.cfg.clone();
         let c = self.chunk;
         let mut list = Vec::new();
         self.embed(k, w, &self.ids, c, &mut list)?;
         let a = &self.act;
         for (i, l) in w.layers.iter().enumerate() {
-            list.push(rmsnorm::rmsnorm(k, &a.h, &l.attn_norm, &a.normed, cfg.hidden, c, cfg.rms_eps)?);
-            gemm_all(k, &l.wq, &a.normed, &a.q, c, l.bq.as_ref(), false, 0, 0, &mut list)?;
-            gemm_all(k, &l.wk, &a.normed, &a.k, c, l.bk.as_ref(), false, 0, 0, &mut list)?;
-            gemm_all(k, &l.wv, &a.normed, &a.v, c, l.bv.as_ref(), false, 0, 0, &mut list)?;
+            list.push(rmsnorm::rmsnorm(
+                k,
+                &a.h,
+                &l.attn_norm,
+                &a.normed,
+                cfg.hidden,
+                c,
+                cfg.rms_eps,
+            )?);
+            gemm_all(
+                k,
+                &l.wq,
+                &a.normed,
+                &a.q,
+                c,
+                l.bq.as_ref(),
+                false,
+                0,
+                0,
+                &mut list,
+            )?;
+            gemm_all(
+                k,
+                &l.wk,
+                &a.normed,
+                &a.k,
+                c,
+                l.bk.as_ref(),
+                false,
+                0,
+                0,
+                &mut list,
+            )?;
+            gemm_all(
+                k,
+                &l.wv,
+                &a.normed,
+                &a.v,
+                c,
+                l.bv.as_ref(),
+                false,
+                0,
+                0,
+                &mut list,
+            )?;
             self.post_qkv(k, l, kv, i, inv_freq, c, &mut list)?;
             list.push(attention::attention_prefill(
-                k, self.qk().0, &kv.k[i], &kv.v[i], &self.step, &a.attn,
-                c, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, kv.capacity, cfg.attn_scale(),
+                k,
+                self.qk().0,
+                &kv.k[i],
+                &kv.v[i],
+                &self.step,
+                &a.attn,
+                c,
+                cfg.n_heads,
+                cfg.n_kv_heads,
+                cfg.head_dim,
+                kv.capacity,
+                cfg.attn_scale(),
             )?);
             gemm_all(k, &l.wo, &a.attn, &a.h, c, None, true, 0, 0, &mut list)?;
-            list.push(rmsnorm::rmsnorm(k, &a.h, &l.ffn_norm, &a.normed, cfg.hidden, c, cfg.rms_eps)?);
-            gemm_all(k, &l.w_gate, &a.normed, &a.gu, c, None, false, 0, 2 * cfg.ffn, &mut list)?;
-            gemm_all(k, &l.w_up, &a.normed, &a.gu, c, None, false, cfg.ffn, 2 * cfg.ffn, &mut list)?;
+            list.push(rmsnorm::rmsnorm(
+                k,
+                &a.h,
+                &l.ffn_norm,
+                &a.normed,
+                cfg.hidden,
+                c,
+                cfg.rms_eps,
+            )?);
+            gemm_all(
+                k,
+                &l.w_gate,
+                &a.normed,
+                &a.gu,
+                c,
+                None,
+                false,
+                0,
+                2 * cfg.ffn,
+                &mut list,
+            )?;
+            gemm_all(
+                k,
+                &l.w_up,
+                &a.normed,
+                &a.gu,
+                c,
+                None,
+                false,
+                cfg.ffn,
+                2 * cfg.ffn,
+                &mut list,
+            )?;
             list.push(swiglu::swiglu(k, &a.gu, &a.act, c, cfg.ffn)?);
             gemm_all(k, &l.w_down, &a.act, &a.h, c, None, true, 0, 0, &mut list)?;
         }
@@ -233,10 +469,23 @@ impl Forward {
     }
 
     /// Final norm, LM head and argmax over the hidden row 0 of `h`.
-    fn head(&self, k: &Kernels, w: &ModelWeights, h: &wgpu::Buffer) -> Result<(Vec<Dispatch>, argmax::Argmax)> {
+    fn head(
+        &self,
+        k: &Kernels,
+        w: &ModelWeights,
+        h: &wgpu::Buffer,
+    ) -> Result<(Vec<Dispatch>, argmax::Argmax)> {
         let cfg = &self.cfg;
         let a = &self.act;
-        let mut list = vec![rmsnorm::rmsnorm(k, h, &w.output_norm, &a.normed, cfg.hidden, 1, cfg.rms_eps)?];
+        let mut list = vec![rmsnorm::rmsnorm(
+            k,
+            h,
+            &w.output_norm,
+            &a.normed,
+            cfg.hidden,
+            1,
+            cfg.rms_eps,
+        )?];
         gemv_all(k, w.lm_head(), &a.normed, &a.logits, None, false, &mut list)?;
         let am = argmax::argmax(k, &a.logits, cfg.vocab, &self.token, 0)?;
         list.extend(am.dispatches.iter().cloned());
@@ -250,7 +499,10 @@ impl Forward {
 
     /// Records one decode step (the token id is already in `self.token`) into one pass.
     pub fn record_decode(&self, enc: &mut wgpu::CommandEncoder) {
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("decode"), timestamp_writes: None });
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("decode"),
+            timestamp_writes: None,
+        });
         for d in self.decode.iter().chain(&self.decode_head) {
             d.record(&mut pass);
         }
@@ -260,14 +512,20 @@ impl Forward {
     /// argmax of the last token's logits lands in `self.token`, the logits in `logits()`.
     pub fn record_prefill(&self, enc: &mut wgpu::CommandEncoder, n: usize) {
         {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("prefill"), timestamp_writes: None });
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("prefill"),
+                timestamp_writes: None,
+            });
             for d in &self.prefill {
                 d.record(&mut pass);
             }
         }
         let row = (self.cfg.hidden * 4) as u64;
         enc.copy_buffer_to_buffer(&self.act.h, (n as u64 - 1) * row, &self.act.h_last, 0, row);
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("prefill head"), timestamp_writes: None });
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("prefill head"),
+            timestamp_writes: None,
+        });
         for d in &self.prefill_head {
             d.record(&mut pass);
         }

@@ -50,14 +50,18 @@ pub struct Rng {
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        let mut r = Rng { state: seed.wrapping_add(0x853c_49e6_748f_ea9b) };
+        let mut r = Rng {
+            state: seed.wrapping_add(0x853c_49e6_748f_ea9b),
+        };
         r.next_u32();
         r
     }
 
     pub fn next_u32(&mut self) -> u32 {
         let old = self.state;
-        self.state = old.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.state = old
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let xorshifted = (((old >> 18) ^ old) >> 27) as u32;
         let rot = (old >> 59) as u32;
         xorshifted.rotate_right(rot)
@@ -83,7 +87,11 @@ pub fn apply_repeat_penalty(logits: &mut [f32], history: &[u32], p: &SamplingPar
             continue;
         }
         if let Some(l) = logits.get_mut(t as usize) {
-            *l = if *l > 0.0 { *l / p.repeat_penalty } else { *l * p.repeat_penalty };
+            *l = if *l > 0.0 {
+                *l / p.repeat_penalty
+            } else {
+                *l * p.repeat_penalty
+            };
         }
     }
 }
@@ -112,7 +120,10 @@ pub fn distribution(logits: &[f32], history: &[u32], p: &SamplingParams) -> Vec<
     }
     let t = p.temperature as f64;
     let max = cand[0].1 as f64;
-    let mut probs: Vec<(u32, f64)> = cand.iter().map(|&(i, v)| (i, ((v as f64 - max) / t).exp())).collect();
+    let mut probs: Vec<(u32, f64)> = cand
+        .iter()
+        .map(|&(i, v)| (i, ((v as f64 - max) / t).exp()))
+        .collect();
     let sum: f64 = probs.iter().map(|x| x.1).sum();
     probs.iter_mut().for_each(|x| x.1 /= sum);
     if p.top_p < 1.0 {

@@ -201,7 +201,9 @@ impl Session {
     /// GPU holds the greedy next token and the logits of the last prompt position.
     pub fn prefill(&mut self, prompt: &[u32]) -> Result<()> {
         if prompt.is_empty() {
-            return Err(Error::InvalidArgument("the prompt is empty: give at least one token".into()));
+            return Err(Error::InvalidArgument(
+                "the prompt is empty: give at least one token".into(),
+            ));
         }
         self.check_ids(prompt)?;
         if prompt.len() > self.kv.capacity {
@@ -214,7 +216,12 @@ impl Session {
         }
         // Reuse the cached prefix, but always recompute the last prompt token so its logits
         // (and greedy id) are produced.
-        let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let common = self
+            .tokens
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
         let start = common.min(prompt.len() - 1);
         self.tokens.truncate(start);
         let t0 = Instant::now();
@@ -271,7 +278,12 @@ impl Session {
     /// cancels generation; the session keeps every token whose KV entry was written.
     pub fn generate(&mut self, prompt: &[u32], params: GenerateParams) -> Result<Generation<'_>> {
         self.prefill(prompt)?;
-        let decoder = self.model.inner.tokenizer.is_some().then(|| TextStream::new(self.model.clone(), &params.stop));
+        let decoder = self
+            .model
+            .inner
+            .tokenizer
+            .is_some()
+            .then(|| TextStream::new(self.model.clone(), &params.stop));
         let rng = Rng::new(params.sampling.seed);
         let mut g = Generation {
             session: self,
@@ -326,9 +338,11 @@ impl Session {
 
     fn map_slot(&mut self, slot: usize) {
         let (tx, rx) = mpsc::channel();
-        self.ring[slot].buf.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
+        self.ring[slot]
+            .buf
+            .map_async(wgpu::MapMode::Read, .., move |r| {
+                let _ = tx.send(r);
+            });
         self.ring[slot].rx = Some(rx);
     }
 
@@ -397,7 +411,8 @@ impl Generation<'_> {
     /// Whether a token after the one being emitted now will be wanted (so the step that
     /// consumes the current one is worth submitting).
     fn wants_more(&self) -> bool {
-        self.emitted + 1 < self.params.max_tokens && self.session.tokens.len() < self.session.kv.capacity
+        self.emitted + 1 < self.params.max_tokens
+            && self.session.tokens.len() < self.session.kv.capacity
     }
 
     /// Greedy: the id stays on the GPU; the step consuming token e is submitted before the
@@ -405,10 +420,16 @@ impl Generation<'_> {
     fn next_greedy(&mut self) -> Result<u32> {
         if self.emitted == 0 {
             // The prefill left the first id in the token buffer (and waited for it).
-            let id = self.session.fwd.gpu.read_range::<u32>(&self.session.fwd.token, 0, 1)?[0];
+            let id = self
+                .session
+                .fwd
+                .gpu
+                .read_range::<u32>(&self.session.fwd.token, 0, 1)?[0];
             if self.wants_more() {
                 self.session.tokens.push(id);
-                let slot = self.session.submit_decode(self.session.tokens.len() - 1, None)?;
+                let slot = self
+                    .session
+                    .submit_decode(self.session.tokens.len() - 1, None)?;
                 self.pending.push_back(slot);
             }
             return Ok(id);

@@ -55,12 +55,23 @@ impl TextStream {
     /// Adds a token; returns the text that is now safe to show and whether a stop string
     /// was completed (the text then ends right before it).
     pub fn push(&mut self, id: u32) -> (String, bool) {
-        if let Some(b) = self.model.inner.tokenizer.as_ref().and_then(|t| t.token_bytes(id)) {
+        if let Some(b) = self
+            .model
+            .inner
+            .tokenizer
+            .as_ref()
+            .and_then(|t| t.token_bytes(id))
+        {
             self.bytes.extend_from_slice(&b);
         }
         let new = take_utf8(&mut self.bytes);
         self.held.push_str(&new);
-        if let Some(at) = self.stop.iter().filter_map(|s| self.held.find(s.as_str())).min() {
+        if let Some(at) = self
+            .stop
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min()
+        {
             let out = self.held[..at].to_string();
             self.held.clear();
             self.bytes.clear();

@@ -111,6 +111,9 @@ fn rate(n: usize, secs: f64) -> f64 {
     }
 }
 
+/// Prompt chunks shorter than this run through the decode step (GEMV) token by token.
+const GEMV_PREFILL_BELOW: usize = 8;
+
 /// Number of mappable 8-byte slots the token ids are copied into.
 const RING: usize = 4;
 
@@ -229,6 +232,24 @@ impl Session {
         let c = self.fwd.chunk;
         for chunk in prompt[start..].chunks(c) {
             let pos = self.tokens.len();
+            if chunk.len() < GEMV_PREFILL_BELOW {
+                // A few tokens: the decode step's GEMVs read each weight once per token,
+                // cheaper than a GEMM tile padded to the whole chunk.
+                for (i, &t) in chunk.iter().enumerate() {
+                    gpu.write(&self.fwd.token, 0, &[t]);
+                    self.fwd.write_step(&StepParams {
+                        pos: (pos + i) as u32,
+                        n_tokens: 1,
+                        kv_len: (pos + i + 1) as u32,
+                        ..Default::default()
+                    });
+                    let mut enc = gpu.device.create_command_encoder(&Default::default());
+                    self.fwd.record_decode(&mut enc);
+                    gpu.queue.submit([enc.finish()]);
+                }
+                self.tokens.extend_from_slice(chunk);
+                continue;
+            }
             gpu.write(&self.fwd.ids, 0, chunk);
             self.fwd.write_step(&StepParams {
                 pos: pos as u32,

@@ -11,16 +11,7 @@
 // Scratch layout (vec2<f32>): o at [(h * n_splits + s) * HW + w], then (m, l) at
 // n_heads * n_splits * HW + h * n_splits + s.
 
-struct Step {
-    pos: u32,
-    n_tokens: u32,
-    kv_len: u32,
-    seed: u32,
-    temperature: f32,
-    top_k: u32,
-    top_p: f32,
-    min_p: f32,
-}
+#include "step"
 
 struct Params {
     n_heads: u32,

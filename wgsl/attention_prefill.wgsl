@@ -10,16 +10,7 @@
 
 #include "attention_core"
 
-struct Step {
-    pos: u32,
-    n_tokens: u32,
-    kv_len: u32,
-    seed: u32,
-    temperature: f32,
-    top_k: u32,
-    top_p: f32,
-    min_p: f32,
-}
+#include "step"
 
 struct Params {
     n_heads: u32,

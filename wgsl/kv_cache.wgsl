@@ -6,16 +6,7 @@
 // grid covers max_tokens rows; invocations past step.n_tokens, or whose position falls outside
 // the cache, exit.
 
-struct Step {
-    pos: u32,
-    n_tokens: u32,
-    kv_len: u32,
-    seed: u32,
-    temperature: f32,
-    top_k: u32,
-    top_p: f32,
-    min_p: f32,
-}
+#include "step"
 
 struct Params {
     n_kv_heads: u32,

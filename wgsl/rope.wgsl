@@ -6,16 +6,7 @@
 // two-constant range reduction first because GPU sin/cos are only accurate near [-pi, pi]
 // (Vulkan guarantees 2^-11 absolute there and nothing outside), while angles reach ~3e4 rad.
 
-struct Step {
-    pos: u32,
-    n_tokens: u32,
-    kv_len: u32,
-    seed: u32,
-    temperature: f32,
-    top_k: u32,
-    top_p: f32,
-    min_p: f32,
-}
+#include "step"
 
 struct Params {
     n_heads: u32,

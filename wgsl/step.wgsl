@@ -1,0 +1,12 @@
+// The per-step uniform shared by every position-dependent kernel (mirror of the Rust
+// `kernels::StepParams`): written once per decoded token or prefill chunk.
+struct Step {
+    pos: u32,
+    n_tokens: u32,
+    kv_len: u32,
+    seed: u32,
+    temperature: f32,
+    top_k: u32,
+    top_p: f32,
+    min_p: f32,
+}

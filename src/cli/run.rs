@@ -128,6 +128,7 @@ pub fn run(a: RunArgs) -> Result<()> {
                     "submits_per_token": st.submits_per_token(),
                     "dispatches_per_token": st.dispatches_per_token(),
                     "blocking_waits_per_token": st.blocking_waits_per_token(),
+                    "gpu_bound_waits_per_token": st.gpu_bound_waits_per_token(),
                     "stop_reason": st.stop_reason,
                     "adapter": caps.adapter_name,
                     "backend": caps.backend,
@@ -136,7 +137,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         );
     }
     eprintln!(
-        "wick: prompt {} tokens, prefill {:.1} tok/s | generated {} tokens, decode {:.1} tok/s | {:.2} submits, {:.0} dispatches, {:.2} blocking waits per token | {} ({})",
+        "wick: prompt {} tokens, prefill {:.1} tok/s | generated {} tokens, decode {:.1} tok/s | {:.2} submits, {:.0} dispatches, {:.2} blocking waits, {:.2} GPU-bound waits per token | {} ({})",
         st.prompt_tokens,
         st.prefill_tok_s(),
         st.generated_tokens,
@@ -144,6 +145,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         st.submits_per_token(),
         st.dispatches_per_token(),
         st.blocking_waits_per_token(),
+        st.gpu_bound_waits_per_token(),
         caps.adapter_name,
         caps.backend
     );

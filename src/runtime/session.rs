@@ -74,7 +74,12 @@ pub struct Stats {
     pub decode_steps: usize,
     pub decode_submits: usize,
     pub decode_dispatches: usize,
+    /// Times the CPU waited for a token while no further step was queued: a wait that
+    /// drains the GPU pipeline (the fast path has none).
     pub decode_blocking_waits: usize,
+    /// Times the CPU waited for token t while step t+1 was already queued: the GPU stayed
+    /// busy, so these only show that decoding is GPU-bound.
+    pub decode_gpu_bound_waits: usize,
     pub stop_reason: Option<StopReason>,
 }
 
@@ -100,6 +105,9 @@ impl Stats {
     }
     pub fn blocking_waits_per_token(&self) -> f64 {
         self.per_step(self.decode_blocking_waits)
+    }
+    pub fn gpu_bound_waits_per_token(&self) -> f64 {
+        self.per_step(self.decode_gpu_bound_waits)
     }
 }
 
@@ -367,8 +375,9 @@ impl Session {
         self.ring[slot].rx = Some(rx);
     }
 
-    /// Reads a ring slot, blocking only if the GPU has not finished it yet.
-    fn read_slot(&mut self, slot: usize) -> Result<u32> {
+    /// Reads a ring slot, blocking only if the GPU has not finished it yet. `queued_behind`
+    /// says whether a later step is already submitted (then a wait keeps the GPU busy).
+    fn read_slot(&mut self, slot: usize, queued_behind: Option<bool>) -> Result<u32> {
         let gpu = self.fwd.gpu.clone();
         let rx = self.ring[slot]
             .rx
@@ -378,7 +387,12 @@ impl Session {
         let res = match rx.try_recv() {
             Ok(r) => r,
             Err(_) => {
-                self.stats.decode_blocking_waits += 1;
+                match queued_behind {
+                    Some(true) => self.stats.decode_gpu_bound_waits += 1,
+                    Some(false) => self.stats.decode_blocking_waits += 1,
+                    // Settling a discarded look-ahead step after generation ended.
+                    None => {}
+                }
                 gpu.device
                     .poll(wgpu::PollType::wait_indefinitely())
                     .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
@@ -424,7 +438,7 @@ impl Generation<'_> {
         self.session.stats.stop_reason = Some(reason);
         // Wait for the discarded look-ahead step so the cache state is settled.
         for slot in std::mem::take(&mut self.pending) {
-            let _ = self.session.read_slot(slot);
+            let _ = self.session.read_slot(slot, None);
         }
         self.session.stats.decode_secs = self.t_start.elapsed().as_secs_f64();
     }
@@ -468,7 +482,8 @@ impl Generation<'_> {
         } else {
             None
         };
-        let id = self.session.read_slot(slot)?;
+        // Without a look-ahead this is the last token: nothing is left to overlap with.
+        let id = self.session.read_slot(slot, lookahead.map(|_| true))?;
         if let Some(at) = lookahead {
             self.session.tokens[at] = id;
         }
@@ -491,7 +506,9 @@ impl Generation<'_> {
             let s = &mut *self.session;
             s.tokens.push(id);
             s.submit_decode(s.tokens.len() - 1, Some(id))?;
+            // The CPU needs this step's logits before it can pick the next token.
             s.fwd.gpu.wait_idle()?;
+            s.stats.decode_blocking_waits += 1;
         }
         Ok(id)
     }
@@ -566,7 +583,7 @@ impl Drop for Generation<'_> {
         if !self.done {
             // Cancelled: settle in-flight steps so the ring is unmapped and reusable.
             for slot in std::mem::take(&mut self.pending) {
-                let _ = self.session.read_slot(slot);
+                let _ = self.session.read_slot(slot, None);
             }
         }
     }

@@ -45,7 +45,7 @@ impl Gpu {
     pub fn upload<T: Pod>(&self, label: &str, data: &[T]) -> Result<wgpu::Buffer> {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         self.check_size(label, bytes.len() as u64)?;
-        if bytes.is_empty() || bytes.len() % 4 != 0 {
+        if bytes.is_empty() || !bytes.len().is_multiple_of(4) {
             let mut padded = bytes.to_vec();
             padded.resize(bytes.len().max(4).next_multiple_of(4), 0);
             return self.upload_bytes(label, &padded);

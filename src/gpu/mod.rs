@@ -322,7 +322,7 @@ impl Gpu {
         });
 
         let dl = device.limits();
-        let mut max_binding = dl.max_storage_buffer_binding_size as u64;
+        let mut max_binding = dl.max_storage_buffer_binding_size;
         if let Some(cap) = opts.max_binding_override {
             max_binding = max_binding.min(cap);
         }

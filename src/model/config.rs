@@ -176,7 +176,7 @@ impl ModelConfig {
         let head_dim = c["head_dim"]
             .as_u64()
             .map(|v| v as usize)
-            .unwrap_or(if n_heads > 0 { hidden / n_heads } else { 0 });
+            .unwrap_or(hidden.checked_div(n_heads).unwrap_or(0));
         let rope = &c["rope_parameters"];
         let rope_theta = rope["rope_theta"]
             .as_f64()
@@ -270,19 +270,19 @@ impl ModelConfig {
                 problems.push(format!("{name} is 0"));
             }
         }
-        if self.n_kv_heads > 0 && self.n_heads % self.n_kv_heads != 0 {
+        if self.n_kv_heads > 0 && !self.n_heads.is_multiple_of(self.n_kv_heads) {
             problems.push(format!(
                 "head_count {} is not a multiple of head_count_kv {}",
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if self.head_dim % 2 != 0 || self.head_dim > 256 {
+        if !self.head_dim.is_multiple_of(2) || self.head_dim > 256 {
             problems.push(format!(
                 "head_dim {} must be even and at most 256",
                 self.head_dim
             ));
         }
-        if self.rope_dim > self.head_dim || self.rope_dim % 2 != 0 {
+        if self.rope_dim > self.head_dim || !self.rope_dim.is_multiple_of(2) {
             problems.push(format!(
                 "rope dimension {} must be even and at most head_dim {}",
                 self.rope_dim, self.head_dim

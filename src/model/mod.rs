@@ -174,8 +174,8 @@ impl Model {
         let name = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i)).unwrap_or_default();
         let t = ChatTemplate::new(
             self.chat_template(),
-            &name(self.inner.bos),
-            &name(self.inner.eos.first().copied()),
+            name(self.inner.bos),
+            name(self.inner.eos.first().copied()),
         );
         t.render(messages, add_generation_prompt)
     }

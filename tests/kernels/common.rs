@@ -81,7 +81,9 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32, atol: f32)
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let d = (g - w).abs();
         let excess = d - (atol + rtol * w.abs());
-        if !(excess <= 0.0) && (excess > worst.1 || g.is_nan()) {
+        // NaN `excess` (a NaN output) must count as a failure, hence the explicit check.
+        let fails = excess > 0.0 || excess.is_nan();
+        if fails && (excess > worst.1 || g.is_nan()) {
             worst = (i, if g.is_nan() { f32::INFINITY } else { excess });
         }
         if d.is_finite() {

@@ -10,7 +10,8 @@
 use std::path::PathBuf;
 
 use serde_json::Value;
-use wick::{Engine, GenerateParams, LoadOptions, Model, Session};
+use wick::gpu::GpuOptions;
+use wick::{Engine, EngineOptions, GenerateParams, LoadOptions, Model, Session};
 
 fn dir(name: &str) -> PathBuf {
     std::env::var_os("WICK_SHARED")
@@ -128,4 +129,35 @@ fn directory_without_tokenizer_serves_ids_but_not_text() {
         .unwrap()
         .count();
     assert_eq!(n, 3);
+}
+
+#[test]
+fn matrices_split_across_small_bindings_give_the_same_logits() {
+    // 200 KiB per binding: the 512 x 128 f32 embedding and LM head (256 KiB each) must be
+    // split by rows into two chunks each; the results must not change.
+    let small = Engine::with_options(EngineOptions {
+        gpu: GpuOptions {
+            max_binding_override: Some(200 * 1024),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .unwrap();
+    let split = Model::load(&small, dir("llama_gqa"), LoadOptions { ctx: Some(64) }).unwrap();
+    assert_eq!(split.weights().embed.chunks.len(), 2);
+    assert_eq!(split.weights().lm_head().chunks.len(), 2);
+    let whole = Model::load(engine(), dir("llama_gqa"), LoadOptions { ctx: Some(64) }).unwrap();
+    assert_eq!(whole.weights().embed.chunks.len(), 1);
+    let ids = [363u32, 360, 330, 43, 312, 412, 80, 505, 462];
+    let a = Session::new(&split).unwrap().logits_all(&ids).unwrap();
+    let b = Session::new(&whole).unwrap().logits_all(&ids).unwrap();
+    for (pos, (x, y)) in a.iter().zip(&b).enumerate() {
+        let d = x
+            .iter()
+            .zip(y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f32::max);
+        // Same kernels on the same values; only the grids differ.
+        assert!(d < 1e-5, "position {pos}: split vs whole differ by {d}");
+    }
 }

@@ -189,6 +189,11 @@ impl Model {
         &self.inner.engine
     }
 
+    /// The weights on the GPU (shapes, formats, how matrices were split across bindings).
+    pub fn weights(&self) -> &ModelWeights {
+        &self.inner.weights
+    }
+
     /// GPU bytes held by the weights.
     pub fn weight_bytes(&self) -> u64 {
         self.inner.weights.gpu_bytes()

@@ -55,6 +55,20 @@ pub struct Forward {
     _attn: Vec<attention::DecodeAttention>,
 }
 
+/// The row chunks of `m`, refusing a bias on a split matrix (the epilogue adds the whole
+/// bias vector to each chunk's rows, so it would be misaligned).
+fn chunks_for<'a>(
+    m: &'a SplitMatrix,
+    bias: Option<&wgpu::Buffer>,
+) -> Result<&'a [(usize, crate::kernels::GpuMatrix)]> {
+    if bias.is_some() && m.chunks.len() > 1 {
+        return Err(Error::Unsupported(
+            "bias on a matrix split across bindings".into(),
+        ));
+    }
+    Ok(&m.chunks)
+}
+
 fn gemv_all(
     k: &Kernels,
     m: &SplitMatrix,
@@ -64,12 +78,7 @@ fn gemv_all(
     accumulate: bool,
     list: &mut Vec<Dispatch>,
 ) -> Result<()> {
-    if bias.is_some() && m.chunks.len() > 1 {
-        return Err(Error::Unsupported(
-            "bias on a matrix split across bindings".into(),
-        ));
-    }
-    for (row0, chunk) in &m.chunks {
+    for (row0, chunk) in chunks_for(m, bias)? {
         list.push(gemv::gemv(
             k,
             chunk,
@@ -98,12 +107,7 @@ fn gemm_all(
     stride: usize,
     list: &mut Vec<Dispatch>,
 ) -> Result<()> {
-    if bias.is_some() && m.chunks.len() > 1 {
-        return Err(Error::Unsupported(
-            "bias on a matrix split across bindings".into(),
-        ));
-    }
-    for (row0, chunk) in &m.chunks {
+    for (row0, chunk) in chunks_for(m, bias)? {
         list.push(gemm::gemm(
             k,
             chunk,

@@ -27,6 +27,8 @@ enum Command {
     Logits(cli::logits::LogitsArgs),
     /// Sliding-window perplexity of a text file.
     Perplexity(cli::perplexity::PerplexityArgs),
+    /// Write a model (HF directory or GGUF) as a GGUF of one type (f16, q8_0, q4_k, ...).
+    Quantize(cli::quantize::QuantizeArgs),
     /// Tokenize text (or decode ids) with a model's tokenizer.
     Tokenize(cli::tokenize::TokenizeArgs),
     /// List every GPU adapter with its backend, features, limits and subgroup sizes.
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Command::Chat(a) => cli::chat::run(a),
         Command::Logits(a) => cli::logits::run(a),
         Command::Perplexity(a) => cli::perplexity::run(a),
+        Command::Quantize(a) => cli::quantize::run(a),
         Command::Tokenize(a) => cli::tokenize::run(a),
         Command::Info(a) => cli::info::run(a),
     };

@@ -42,7 +42,17 @@ fn model() -> Option<&'static Model> {
             return None;
         }
         let engine = Engine::new().expect("GPU");
-        Some(Model::load(&engine, &path, LoadOptions { ctx: Some(512) }).expect("load SmolLM2"))
+        Some(
+            Model::load(
+                &engine,
+                &path,
+                LoadOptions {
+                    ctx: Some(512),
+                    ..Default::default()
+                },
+            )
+            .expect("load SmolLM2"),
+        )
     })
     .as_ref()
 }

@@ -9,7 +9,7 @@ use wick::Result;
 
 #[derive(Args, Clone)]
 pub struct ModelArgs {
-    /// Model: a GGUF file, `hf:ORG/REPO[:FILE]`; default `$WICK_MODEL`, else SmolLM2-135M-Instruct (downloaded once).
+    /// Model: a GGUF file, a Hugging Face model directory, `hf:ORG/REPO[:FILE]`; default `$WICK_MODEL`, else SmolLM2-135M-Instruct (downloaded once).
     #[arg(short, long)]
     pub model: Option<String>,
     /// Context size (KV-cache capacity) in tokens; default min(model context, 8192).
@@ -18,6 +18,10 @@ pub struct ModelArgs {
     /// Kernel variants: portable (WGSL), native, or auto.
     #[arg(long, default_value = "portable")]
     pub kernels: String,
+    /// Quantise a float checkpoint's matrices while loading: q8_0, q4_0, q4_1, q5_0, q5_1,
+    /// q4_k (or f16/bf16). Already-quantised tensors are kept as stored.
+    #[arg(long)]
+    pub quantize: Option<String>,
 }
 
 impl ModelArgs {
@@ -28,7 +32,19 @@ impl ModelArgs {
             kernels,
             ..Default::default()
         })?;
-        let model = Model::load(&engine, &path, LoadOptions { ctx: self.ctx })?;
+        let quantize = self
+            .quantize
+            .as_deref()
+            .map(wick::quant::parse_quant_type)
+            .transpose()?;
+        let model = Model::load(
+            &engine,
+            &path,
+            LoadOptions {
+                ctx: self.ctx,
+                quantize,
+            },
+        )?;
         Ok((engine, model))
     }
 }

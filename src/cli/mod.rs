@@ -5,5 +5,6 @@ pub mod common;
 pub mod info;
 pub mod logits;
 pub mod perplexity;
+pub mod quantize;
 pub mod run;
 pub mod tokenize;

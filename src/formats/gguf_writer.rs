@@ -4,6 +4,10 @@
 //! [`GgufWriter::to_bytes`] serialises exactly what it was given, without checks, so tests
 //! can build malformed files with it; [`GgufWriter::write`] first runs
 //! [`GgufWriter::validate`], and replaces the target file atomically.
+//!
+//! Tensors may be *deferred* ([`GgufWriter::add_deferred_tensor`]): only their name, shape and
+//! type are given up front and [`GgufWriter::write_streaming`] asks for each one's bytes when
+//! it reaches it, so converting a model holds one tensor in memory at a time.
 
 use std::collections::HashSet;
 use std::fs::{self, File};
@@ -20,7 +24,29 @@ struct PendingTensor {
     name: String,
     dims: Vec<u64>,
     ggml_type: GgmlType,
-    data: Vec<u8>,
+    /// None: deferred, produced while writing.
+    data: Option<Vec<u8>>,
+}
+
+impl PendingTensor {
+    /// Bytes the type and dimensions call for (None: unknown type, partial block, overflow).
+    fn expected_size(&self) -> Option<u64> {
+        match self.ggml_type.block_layout() {
+            Some((block, _)) if self.dims.first()?.is_multiple_of(block as u64) => self
+                .dims
+                .iter()
+                .try_fold(1u64, |a, &d| a.checked_mul(d))
+                .and_then(|n| self.ggml_type.bytes_for(n)),
+            _ => None,
+        }
+    }
+
+    fn size(&self) -> u64 {
+        match &self.data {
+            Some(d) => d.len() as u64,
+            None => self.expected_size().unwrap_or(0),
+        }
+    }
 }
 
 /// Builds a GGUF file from metadata and tensors, in the order they are added.
@@ -107,7 +133,23 @@ impl GgufWriter {
             name: name.into(),
             dims: dims.to_vec(),
             ggml_type,
-            data: data.into(),
+            data: Some(data.into()),
+        });
+        self
+    }
+
+    /// Appends a tensor whose bytes [`Self::write_streaming`] will ask for by name.
+    pub fn add_deferred_tensor(
+        &mut self,
+        name: impl Into<String>,
+        dims: &[u64],
+        ggml_type: GgmlType,
+    ) -> &mut Self {
+        self.tensors.push(PendingTensor {
+            name: name.into(),
+            dims: dims.to_vec(),
+            ggml_type,
+            data: None,
         });
         self
     }
@@ -155,19 +197,12 @@ impl GgufWriter {
                 return bad(format!("tensor {:?}: dimensions {:?}", t.name, t.dims));
             }
             // Unknown types and rows of partial blocks have no valid size.
-            let need = match t.ggml_type.block_layout() {
-                Some((block, _)) if t.dims[0].is_multiple_of(block as u64) => t
-                    .dims
-                    .iter()
-                    .try_fold(1u64, |a, &d| a.checked_mul(d))
-                    .and_then(|n| t.ggml_type.bytes_for(n)),
-                _ => None,
-            };
-            if need != Some(t.data.len() as u64) {
+            let need = t.expected_size();
+            if need.is_none() || (t.data.is_some() && need != Some(t.size())) {
                 return bad(format!(
                     "tensor {:?}: {} bytes of data for {} {:?} (needs {need:?})",
                     t.name,
-                    t.data.len(),
+                    t.size(),
                     t.ggml_type.name(),
                     t.dims
                 ));
@@ -187,6 +222,20 @@ impl GgufWriter {
     /// Validates, then writes to a temporary file beside `path`, syncs it and renames it over
     /// `path`, so a failure never leaves a partial file or destroys an existing one.
     pub fn write(&self, path: &Path) -> Result<()> {
+        self.write_streaming(path, |name| {
+            Err(Error::InvalidArgument(format!(
+                "GGUF writer: deferred tensor {name:?} written without a producer"
+            )))
+        })
+    }
+
+    /// [`Self::write`], asking `produce` for each deferred tensor's bytes (by name) as the
+    /// file reaches it; a wrong size or an error from `produce` abandons the file.
+    pub fn write_streaming(
+        &self,
+        path: &Path,
+        mut produce: impl FnMut(&str) -> Result<Vec<u8>>,
+    ) -> Result<()> {
         self.validate()?;
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
@@ -200,16 +249,15 @@ impl GgufWriter {
         tmp_name.push(format!(".{}.tmp", std::process::id()));
         let tmp = dir.join(tmp_name);
 
-        let result = (|| -> io::Result<()> {
-            let file = File::create_new(&tmp)?;
+        let result = (|| -> Result<()> {
+            let io_err = |e| Error::io(&tmp, e);
+            let file = File::create_new(&tmp).map_err(io_err)?;
             let mut w = BufWriter::new(file);
-            self.write_to(&mut w)?;
-            let file = w.into_inner().map_err(|e| e.into_error())?;
-            file.sync_all()
+            self.write_with(&mut w, &mut produce)?;
+            let file = w.into_inner().map_err(|e| io_err(e.into_error()))?;
+            file.sync_all().map_err(io_err)
         })();
-        let result = result
-            .map_err(|e| Error::io(&tmp, e))
-            .and_then(|()| fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+        let result = result.and_then(|()| fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
         if result.is_err() {
             // Best effort: the temporary file is ours and useless now.
             let _ = fs::remove_file(&tmp);
@@ -217,8 +265,29 @@ impl GgufWriter {
         result
     }
 
-    /// Serialises the file into `w`.
+    /// Serialises the file into `w` (deferred tensors are an error here: use
+    /// [`Self::write_streaming`]).
     pub fn write_to(&self, w: &mut impl Write) -> io::Result<()> {
+        self.write_with(w, &mut |name| {
+            Err(Error::InvalidArgument(format!(
+                "deferred tensor {name:?} needs write_streaming"
+            )))
+        })
+        .map_err(|e| match e {
+            Error::Io { source, .. } => source,
+            other => io::Error::other(other.to_string()),
+        })
+    }
+
+    fn write_with(
+        &self,
+        w: &mut impl Write,
+        produce: &mut dyn FnMut(&str) -> Result<Vec<u8>>,
+    ) -> Result<()> {
+        let io = |e: io::Error| Error::Io {
+            path: "<gguf output>".into(),
+            source: e,
+        };
         let align = self.layout_alignment();
         let mut head = Vec::new();
         head.extend_from_slice(&GGUF_MAGIC);
@@ -239,15 +308,31 @@ impl GgufWriter {
             }
             head.extend_from_slice(&t.ggml_type.id().to_le_bytes());
             head.extend_from_slice(&offset.to_le_bytes());
-            offset += padded(t.data.len() as u64, align);
+            offset += padded(t.size(), align);
         }
-        w.write_all(&head)?;
-        put_zeros(w, padded(head.len() as u64, align) - head.len() as u64)?;
+        w.write_all(&head).map_err(io)?;
+        put_zeros(w, padded(head.len() as u64, align) - head.len() as u64).map_err(io)?;
         for t in &self.tensors {
-            w.write_all(&t.data)?;
-            put_zeros(w, padded(t.data.len() as u64, align) - t.data.len() as u64)?;
+            let produced;
+            let data = match &t.data {
+                Some(d) => d.as_slice(),
+                None => {
+                    produced = produce(&t.name)?;
+                    if produced.len() as u64 != t.size() {
+                        return Err(Error::InvalidArgument(format!(
+                            "GGUF writer: tensor {:?} produced {} bytes, its header says {}",
+                            t.name,
+                            produced.len(),
+                            t.size()
+                        )));
+                    }
+                    produced.as_slice()
+                }
+            };
+            w.write_all(data).map_err(io)?;
+            put_zeros(w, padded(data.len() as u64, align) - data.len() as u64).map_err(io)?;
         }
-        w.flush()
+        w.flush().map_err(io)
     }
 }
 

@@ -25,12 +25,13 @@ use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
 use crate::error::{Error, Result};
-use crate::formats::gguf::GgufFile;
+use crate::formats::gguf::{GgufFile, MetaValue};
 
 /// GGUF `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
 pub const TOKEN_TYPE_NORMAL: i32 = 1;
 pub const TOKEN_TYPE_CONTROL: i32 = 3;
 pub const TOKEN_TYPE_USER_DEFINED: i32 = 4;
+pub const TOKEN_TYPE_UNUSED: i32 = 5;
 
 /// The GPT-2 split regex, as the `ByteLevel` pre-tokenizer applies it.
 pub const GPT2_REGEX: &str =
@@ -122,6 +123,217 @@ impl GgufVocab {
             add_eos: flag("tokenizer.ggml.add_eos_token")?,
             chat_template: f.get_str("tokenizer.chat_template")?.map(str::to_string),
         })
+    }
+
+    /// The GGUF metadata entries (`tokenizer.*`) describing this vocabulary, as llama.cpp's
+    /// converter writes them.
+    pub fn to_metadata(&self) -> Vec<(String, MetaValue)> {
+        let mut m = vec![(
+            "tokenizer.ggml.model".to_string(),
+            MetaValue::String(self.model.clone()),
+        )];
+        if let Some(pre) = &self.pre {
+            m.push(("tokenizer.ggml.pre".into(), MetaValue::String(pre.clone())));
+        }
+        let strings =
+            |v: &[String]| MetaValue::Array(v.iter().cloned().map(MetaValue::String).collect());
+        m.push(("tokenizer.ggml.tokens".into(), strings(&self.tokens)));
+        if !self.token_types.is_empty() {
+            m.push((
+                "tokenizer.ggml.token_type".into(),
+                MetaValue::Array(
+                    self.token_types
+                        .iter()
+                        .map(|&t| MetaValue::I32(t))
+                        .collect(),
+                ),
+            ));
+        }
+        if !self.merges.is_empty() {
+            m.push(("tokenizer.ggml.merges".into(), strings(&self.merges)));
+        }
+        for (key, id) in [
+            ("bos_token_id", self.bos),
+            ("eos_token_id", self.eos),
+            ("unknown_token_id", self.unk),
+            ("padding_token_id", self.pad),
+            ("eot_token_id", self.eot),
+            ("eom_token_id", self.eom),
+        ] {
+            if let Some(id) = id {
+                m.push((format!("tokenizer.ggml.{key}"), MetaValue::U32(id)));
+            }
+        }
+        m.push((
+            "tokenizer.ggml.add_bos_token".into(),
+            MetaValue::Bool(self.add_bos),
+        ));
+        m.push((
+            "tokenizer.ggml.add_eos_token".into(),
+            MetaValue::Bool(self.add_eos),
+        ));
+        if let Some(t) = &self.chat_template {
+            m.push((
+                "tokenizer.chat_template".into(),
+                MetaValue::String(t.clone()),
+            ));
+        }
+        m
+    }
+
+    /// Reads a Hugging Face byte-level BPE `tokenizer.json` (with `tokenizer_config.json` and
+    /// `generation_config.json` beside it when present) into GGUF vocabulary form, as
+    /// llama.cpp's converter does: added special tokens become control tokens, other added
+    /// tokens user-defined, ids missing below `vocab_size` become `[PAD<id>]` (unused, type 5).
+    /// The pre-tokenizer is recognised from its definition; an unknown one is an error.
+    pub fn from_tokenizer_json(path: &Path, vocab_size: Option<usize>) -> Result<GgufVocab> {
+        let ctx = path.display().to_string();
+        let j = read_json_opt(path)?.ok_or_else(|| {
+            Error::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such tokenizer file"),
+            )
+        })?;
+        let model = &j["model"];
+        if model["type"].as_str() != Some("BPE") {
+            return Err(tok_err(
+                &ctx,
+                format!(
+                    "model type {} is not supported for GGUF export (byte-level BPE only)",
+                    model["type"]
+                ),
+            ));
+        }
+        let vocab = model["vocab"]
+            .as_object()
+            .ok_or_else(|| tok_err(&ctx, "model.vocab is not an object"))?;
+        let mut by_id: HashMap<u32, (String, i32)> = HashMap::new();
+        for (tok, id) in vocab {
+            let id =
+                json_u32(id).ok_or_else(|| tok_err(&ctx, format!("token {tok:?} has a bad id")))?;
+            by_id.insert(id, (tok.clone(), TOKEN_TYPE_NORMAL));
+        }
+        for a in j["added_tokens"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+        {
+            let (Some(id), Some(content)) = (json_u32(&a["id"]), a["content"].as_str()) else {
+                return Err(tok_err(&ctx, "an added token lacks id or content"));
+            };
+            let ty = if a["special"].as_bool().unwrap_or(false) {
+                TOKEN_TYPE_CONTROL
+            } else {
+                TOKEN_TYPE_USER_DEFINED
+            };
+            by_id.insert(id, (content.to_string(), ty));
+        }
+        let n = by_id
+            .keys()
+            .map(|&i| i as usize + 1)
+            .max()
+            .unwrap_or(0)
+            .max(vocab_size.unwrap_or(0));
+        let mut tokens = Vec::with_capacity(n);
+        let mut token_types = Vec::with_capacity(n);
+        for i in 0..n as u32 {
+            let (t, ty) = by_id
+                .remove(&i)
+                .unwrap_or_else(|| (format!("[PAD{i}]"), TOKEN_TYPE_UNUSED));
+            tokens.push(t);
+            token_types.push(ty);
+        }
+        let merges = model["merges"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+            .iter()
+            .map(|m| match m {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Array(p) => {
+                    Some(format!("{} {}", p.first()?.as_str()?, p.get(1)?.as_str()?))
+                }
+                _ => None,
+            })
+            .collect::<Option<Vec<String>>>()
+            .ok_or_else(|| tok_err(&ctx, "a merge is neither \"a b\" nor [a, b]"))?;
+        let pre = pre_tokenizer_name(&j).ok_or_else(|| {
+            tok_err(&ctx, format!(
+                "pre-tokenizer {} is not one wick can name in GGUF (gpt2, smollm, llama-bpe, qwen2)",
+                j["pre_tokenizer"]
+            ))
+        })?;
+
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let config = read_json_opt(&dir.join("tokenizer_config.json"))?.unwrap_or_default();
+        let generation = read_json_opt(&dir.join("generation_config.json"))?.unwrap_or_default();
+        let id_of = |field: &str| -> Option<u32> {
+            let v = config.get(field)?;
+            let s = v.as_str().or_else(|| v.get("content")?.as_str())?;
+            tokens.iter().position(|t| t == s).map(|i| i as u32)
+        };
+        let first_id = |v: &serde_json::Value| match v {
+            serde_json::Value::Array(a) => a.first().and_then(json_u32),
+            other => json_u32(other),
+        };
+        let chat_template = match config.get("chat_template") {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(serde_json::Value::Array(list)) => list
+                .iter()
+                .find(|e| e["name"].as_str() == Some("default"))
+                .or_else(|| list.first())
+                .and_then(|e| e["template"].as_str().map(str::to_string)),
+            _ => None,
+        };
+        Ok(GgufVocab {
+            model: "gpt2".into(),
+            pre: Some(pre.to_string()),
+            bos: id_of("bos_token").or_else(|| generation.get("bos_token_id").and_then(first_id)),
+            eos: id_of("eos_token").or_else(|| generation.get("eos_token_id").and_then(first_id)),
+            unk: id_of("unk_token"),
+            pad: id_of("pad_token"),
+            eot: None,
+            eom: None,
+            add_bos: config["add_bos_token"].as_bool().unwrap_or(false),
+            add_eos: config["add_eos_token"].as_bool().unwrap_or(false),
+            chat_template,
+            tokens,
+            merges,
+            token_types,
+        })
+    }
+}
+
+/// The llama.cpp `tokenizer.ggml.pre` name of a `tokenizer.json`'s pre-tokenizer, recognised
+/// from its definition (the split regexes wick implements).
+fn pre_tokenizer_name(j: &serde_json::Value) -> Option<&'static str> {
+    let pre = &j["pre_tokenizer"];
+    let kind = |v: &serde_json::Value| v["type"].as_str().unwrap_or("").to_string();
+    let byte_level_regex =
+        |v: &serde_json::Value| kind(v) == "ByteLevel" && v["use_regex"].as_bool() != Some(false);
+    if byte_level_regex(pre) {
+        return Some("gpt2");
+    }
+    if kind(pre) != "Sequence" {
+        return None;
+    }
+    let parts = pre["pretokenizers"].as_array()?;
+    match parts.as_slice() {
+        [d, b]
+            if kind(d) == "Digits"
+                && d["individual_digits"].as_bool() == Some(true)
+                && byte_level_regex(b) =>
+        {
+            Some("smollm")
+        }
+        [s, b] if kind(s) == "Split" && kind(b) == "ByteLevel" => {
+            match s["pattern"]["Regex"].as_str()? {
+                LLAMA3_REGEX => Some("llama-bpe"),
+                QWEN2_REGEX => Some("qwen2"),
+                _ => None,
+            }
+        }
+        _ => None,
     }
 }
 

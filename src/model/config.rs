@@ -125,6 +125,42 @@ impl ModelConfig {
             Arch::Llama | Arch::Mistral => RopeStyle::Adjacent,
             Arch::Qwen2 | Arch::Qwen3 => RopeStyle::HalfSplit,
         };
+        // RoPE scaling: `rope.scaling.type` linear (positions divided by the factor), or a
+        // `rope_freqs.weight` tensor of per-frequency divisors (how llama.cpp's converter
+        // stores Llama 3 scaling).
+        let mut rope_inv_freq = Vec::new();
+        let scaling = f.get_str(&key("rope.scaling.type"))?.unwrap_or("none");
+        let factor = f.get_f64(&key("rope.scaling.factor"))?.unwrap_or(1.0) as f32;
+        if rope_dim > 0 && rope_dim.is_multiple_of(2) && rope_theta > 0.0 {
+            let mut inv = crate::kernels::rope::inv_freq(rope_theta, rope_dim);
+            match scaling {
+                "none" => {}
+                "linear" if factor.is_finite() && factor > 0.0 => {
+                    inv.iter_mut().for_each(|v| *v /= factor)
+                }
+                other => {
+                    return Err(Error::Model(format!(
+                        "rope scaling {other:?} (factor {factor}) is not supported"
+                    )))
+                }
+            }
+            if let Some(t) = f.tensor("rope_freqs.weight") {
+                let data = f.tensor_data(t);
+                let factors = (t.ggml_type == crate::quant::GgmlType::F32
+                    && t.dims == [inv.len() as u64])
+                .then(|| crate::quant::dequantize(t.ggml_type, data, inv.len()).ok())
+                .flatten()
+                .filter(|v| v.iter().all(|x| x.is_finite() && *x > 0.0))
+                .ok_or_else(|| {
+                    Error::Model(format!(
+                        "rope_freqs.weight must be {} positive F32 values",
+                        inv.len()
+                    ))
+                })?;
+                inv.iter_mut().zip(&factors).for_each(|(v, f)| *v /= f);
+            }
+            rope_inv_freq = inv;
+        }
         let cfg = ModelConfig {
             arch,
             n_layers,
@@ -138,12 +174,12 @@ impl ModelConfig {
             rope_theta,
             rope_dim,
             rope_style,
-            rope_inv_freq: Vec::new(),
+            rope_inv_freq,
             rms_eps,
             tied_output,
             qkv_bias,
             qk_norm,
-            sliding_window: None,
+            sliding_window: opt("attention.sliding_window")?,
         };
         cfg.validated()
     }

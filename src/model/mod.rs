@@ -1,6 +1,7 @@
 //! Models: configuration, validated weights on the GPU, tokenizer and chat template.
 
 pub mod config;
+pub mod export;
 pub mod source;
 pub mod weights;
 
@@ -22,6 +23,9 @@ pub struct LoadOptions {
     /// KV-cache capacity of sessions (default: the model's context length, capped at 8192
     /// to keep memory modest; pass the full context explicitly to get it).
     pub ctx: Option<usize>,
+    /// Quantise float matrices (f32/f16/bf16 checkpoints) to this type while loading, as
+    /// `wick quantize` would write them (`--quantize q8_0|q4_0|q4_1|q4_k|...`).
+    pub quantize: Option<crate::quant::GgmlType>,
 }
 
 /// Default context when the user asks for none: the model's, capped (memory).
@@ -63,7 +67,7 @@ impl Model {
         let (cfg, weights, tokenizer, eos, chat_template) = if path.is_dir() {
             let ck = crate::formats::hf::HfCheckpoint::open(path)?;
             let cfg = ModelConfig::from_hf(&ck.config)?;
-            let weights = ModelWeights::load(gpu, &ck, &cfg)?;
+            let weights = ModelWeights::load(gpu, &ck, &cfg, opts.quantize)?;
             let tj = path.join("tokenizer.json");
             let tokenizer = if tj.exists() {
                 Some(Tokenizer::from_tokenizer_json(&tj)?)
@@ -86,7 +90,7 @@ impl Model {
         } else {
             let gguf = GgufFile::open(path)?;
             let cfg = ModelConfig::from_gguf(&gguf)?;
-            let weights = ModelWeights::load(gpu, &gguf, &cfg)?;
+            let weights = ModelWeights::load(gpu, &gguf, &cfg, opts.quantize)?;
             let tokenizer = match Tokenizer::from_gguf(&gguf) {
                 Ok(t) => Some(t),
                 Err(e) => {

@@ -170,6 +170,42 @@ impl TensorStore for crate::formats::gguf::GgufFile {
     }
 }
 
+/// Every tensor a model of `cfg` has: GGUF name, dims (fastest first, so a matrix of n rows
+/// of k values is `[k, n]`), and whether it is a matrix (quantisable) rather than a vector.
+pub fn tensor_manifest(cfg: &ModelConfig) -> Vec<(String, Vec<usize>, bool)> {
+    let (h, qd, kvd, ffn, vocab) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn, cfg.vocab);
+    let mut m = vec![("token_embd.weight".to_string(), vec![h, vocab], true)];
+    for i in 0..cfg.n_layers {
+        let mut t = |s: &str, dims: Vec<usize>| {
+            let matrix = dims.len() == 2;
+            m.push((format!("blk.{i}.{s}"), dims, matrix));
+        };
+        t("attn_norm.weight", vec![h]);
+        t("attn_q.weight", vec![h, qd]);
+        t("attn_k.weight", vec![h, kvd]);
+        t("attn_v.weight", vec![h, kvd]);
+        if cfg.qkv_bias {
+            t("attn_q.bias", vec![qd]);
+            t("attn_k.bias", vec![kvd]);
+            t("attn_v.bias", vec![kvd]);
+        }
+        if cfg.qk_norm {
+            t("attn_q_norm.weight", vec![cfg.head_dim]);
+            t("attn_k_norm.weight", vec![cfg.head_dim]);
+        }
+        t("attn_output.weight", vec![qd, h]);
+        t("ffn_norm.weight", vec![h]);
+        t("ffn_gate.weight", vec![h, ffn]);
+        t("ffn_up.weight", vec![h, ffn]);
+        t("ffn_down.weight", vec![ffn, h]);
+    }
+    m.push(("output_norm.weight".to_string(), vec![h], false));
+    if !cfg.tied_output {
+        m.push(("output.weight".to_string(), vec![h, vocab], true));
+    }
+    m
+}
+
 /// Expected tensors, checked all at once so one error lists every problem.
 struct Checker<'a, S: TensorStore + ?Sized> {
     f: &'a S,
@@ -211,18 +247,36 @@ fn upload_vector(gpu: &Gpu, t: &TensorRef) -> Result<wgpu::Buffer> {
     gpu.upload(&t.name, &v)
 }
 
-fn upload_matrix(gpu: &Gpu, t: &TensorRef) -> Result<SplitMatrix> {
-    let format = t.ggml_type.weight_format().expect("checked");
+/// Uploads a matrix, quantising it first when `quantize` names a type and the stored data is
+/// float (quantised tensors are kept as they are: re-quantising only loses precision).
+fn upload_matrix(gpu: &Gpu, t: &TensorRef, quantize: Option<GgmlType>) -> Result<SplitMatrix> {
     let (k, n) = (t.dims[0] as usize, t.dims[1] as usize);
-    SplitMatrix::upload(gpu, &t.name, format, t.data, n, k)
+    let is_float = matches!(t.ggml_type, GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16);
+    let converted = match quantize {
+        Some(target) if is_float => {
+            let (ty, bytes) = quant::convert(t.ggml_type, t.data, n * k, k, target)?;
+            Some((ty, bytes))
+        }
+        _ => None,
+    };
+    let (ty, data) = match &converted {
+        Some((ty, bytes)) => (*ty, bytes.as_slice()),
+        None => (t.ggml_type, t.data),
+    };
+    let format = ty
+        .weight_format()
+        .expect("checked or produced by quant::convert");
+    SplitMatrix::upload(gpu, &t.name, format, data, n, k)
 }
 
 impl ModelWeights {
-    /// Validates every expected tensor, then uploads them.
+    /// Validates every expected tensor, then uploads them; float matrices are quantised to
+    /// `quantize` on the way when it is given.
     pub fn load<S: TensorStore + ?Sized>(
         gpu: &Gpu,
         f: &S,
         cfg: &ModelConfig,
+        quantize: Option<GgmlType>,
     ) -> Result<ModelWeights> {
         let (h, qd, kvd, ffn, vocab) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn, cfg.vocab);
         let mut c = Checker {
@@ -284,13 +338,15 @@ impl ModelWeights {
             )));
         }
         // Everything is present and well-shaped: upload.
-        let embed = upload_matrix(gpu, &embed.unwrap())?;
+        let embed = upload_matrix(gpu, &embed.unwrap(), quantize)?;
         let output_norm = upload_vector(gpu, &out_norm.unwrap())?;
-        let output = output.map(|t| upload_matrix(gpu, &t)).transpose()?;
+        let output = output
+            .map(|t| upload_matrix(gpu, &t, quantize))
+            .transpose()?;
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for ((an, q, k, v, o, fnorm, g, u, d), bias, qkn) in layer_infos {
             let vec = |t: Option<TensorRef>| upload_vector(gpu, &t.unwrap());
-            let mat = |t: Option<TensorRef>| upload_matrix(gpu, &t.unwrap());
+            let mat = |t: Option<TensorRef>| upload_matrix(gpu, &t.unwrap(), quantize);
             let (bq, bk, bv) = match bias {
                 Some((a, b, c)) => (Some(vec(a)?), Some(vec(b)?), Some(vec(c)?)),
                 None => (None, None, None),

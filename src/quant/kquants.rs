@@ -206,3 +206,136 @@ mod tests {
         assert_eq!(out[1], 0.5 * 2.0 * -32.0);
     }
 }
+
+// --- Quantisers (reference, CPU) ---------------------------------------------------------
+
+/// Q5_0 as ggml's `quantize_row_q5_0_ref`: the value of largest magnitude maps to -16.
+pub fn quant_q5_0(blk: &[f32], out: &mut Vec<u8>) {
+    let (mut amax, mut max) = (0.0f32, 0.0f32);
+    for &v in blk {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    let d = max / -16.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut qh = 0u32;
+    let mut qs = [0u8; 16];
+    for j in 0..16 {
+        let q0 = ((blk[j] * id + 16.5) as i8).min(31) as u8;
+        let q1 = ((blk[j + 16] * id + 16.5) as i8).min(31) as u8;
+        qs[j] = (q0 & 0xF) | ((q1 & 0xF) << 4);
+        qh |= ((q0 as u32 >> 4) & 1) << j;
+        qh |= ((q1 as u32 >> 4) & 1) << (j + 16);
+    }
+    out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+    out.extend_from_slice(&qh.to_le_bytes());
+    out.extend_from_slice(&qs);
+}
+
+/// Q5_1 as ggml's `quantize_row_q5_1_ref`: 32 steps from the block minimum to its maximum.
+pub fn quant_q5_1(blk: &[f32], out: &mut Vec<u8>) {
+    let min = blk.iter().copied().fold(f32::INFINITY, f32::min);
+    let max = blk.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let d = (max - min) / 31.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut qh = 0u32;
+    let mut qs = [0u8; 16];
+    for j in 0..16 {
+        let q0 = (((blk[j] - min) * id + 0.5) as u8).min(31);
+        let q1 = (((blk[j + 16] - min) * id + 0.5) as u8).min(31);
+        qs[j] = (q0 & 0xF) | ((q1 & 0xF) << 4);
+        qh |= ((q0 as u32 >> 4) & 1) << j;
+        qh |= ((q1 as u32 >> 4) & 1) << (j + 16);
+    }
+    out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+    out.extend_from_slice(&f16::from_f32(min).to_le_bytes());
+    out.extend_from_slice(&qh.to_le_bytes());
+    out.extend_from_slice(&qs);
+}
+
+/// The (scale, min) of one 32-value sub-block with 4-bit codes: x ≈ scale * q - min, min ≥ 0.
+/// Starts from the range, then refits scale and min by least squares on the chosen codes
+/// (one step of what ggml's `make_qkx2_quants` iterates), keeping the better of the two.
+fn fit_sub_block(x: &[f32]) -> (f32, f32) {
+    let lo = x.iter().copied().fold(0.0f32, f32::min);
+    let hi = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if hi <= lo {
+        return (0.0, -lo);
+    }
+    let err = |scale: f32, min: f32| -> f32 {
+        x.iter()
+            .map(|&v| {
+                let q = ((v + min) / scale).round().clamp(0.0, 15.0);
+                (scale * q - min - v).powi(2)
+            })
+            .sum()
+    };
+    let (scale0, min0) = ((hi - lo) / 15.0, -lo);
+    // Least-squares refit of y = scale * q - min on the codes of the first guess.
+    let qs: Vec<f32> = x
+        .iter()
+        .map(|&v| ((v + min0) / scale0).round().clamp(0.0, 15.0))
+        .collect();
+    let n = x.len() as f32;
+    let (sq, sqq) = (
+        qs.iter().sum::<f32>(),
+        qs.iter().map(|q| q * q).sum::<f32>(),
+    );
+    let sx: f32 = x.iter().sum();
+    let sqx: f32 = qs.iter().zip(x).map(|(q, v)| q * v).sum();
+    let det = n * sqq - sq * sq;
+    if det > 0.0 {
+        let scale = (n * sqx - sq * sx) / det;
+        let min = -(sx - scale * sq) / n;
+        if scale > 0.0 && min >= 0.0 && err(scale, min) < err(scale0, min0) {
+            return (scale, min);
+        }
+    }
+    (scale0, min0)
+}
+
+/// Q4_K: eight sub-blocks of 32 with 6-bit scales and mins under two f16 super-scales.
+pub fn quant_q4_k(blk: &[f32], out: &mut Vec<u8>) {
+    let fits: Vec<(f32, f32)> = blk.chunks_exact(32).map(fit_sub_block).collect();
+    let max_scale = fits.iter().fold(0.0f32, |a, f| a.max(f.0));
+    let max_min = fits.iter().fold(0.0f32, |a, f| a.max(f.1));
+    let d = f16::from_f32(max_scale / 63.0);
+    let dmin = f16::from_f32(max_min / 63.0);
+    let (df, dminf) = (d.to_f32(), dmin.to_f32());
+    let code = |v: f32, step: f32| -> u8 {
+        if step > 0.0 {
+            (v / step).round().clamp(0.0, 63.0) as u8
+        } else {
+            0
+        }
+    };
+    let ls: Vec<u8> = fits.iter().map(|f| code(f.0, df)).collect();
+    let lm: Vec<u8> = fits.iter().map(|f| code(f.1, dminf)).collect();
+    let mut scales = [0u8; 12];
+    for j in 0..8 {
+        if j < 4 {
+            scales[j] = ls[j];
+            scales[j + 4] = lm[j];
+        } else {
+            scales[j + 4] = (ls[j] & 0xF) | ((lm[j] & 0xF) << 4);
+            scales[j - 4] |= (ls[j] >> 4) << 6;
+            scales[j] |= (lm[j] >> 4) << 6;
+        }
+    }
+    let mut qs = [0u8; 128];
+    for s in 0..8 {
+        let (d1, m1) = (df * ls[s] as f32, dminf * lm[s] as f32);
+        let inv = if d1 > 0.0 { 1.0 / d1 } else { 0.0 };
+        let shift = if s % 2 == 0 { 0 } else { 4 };
+        for l in 0..32 {
+            let q = ((blk[32 * s + l] + m1) * inv).round().clamp(0.0, 15.0) as u8;
+            qs[32 * (s / 2) + l] |= q << shift;
+        }
+    }
+    out.extend_from_slice(&d.to_le_bytes());
+    out.extend_from_slice(&dmin.to_le_bytes());
+    out.extend_from_slice(&scales);
+    out.extend_from_slice(&qs);
+}

@@ -488,6 +488,15 @@ pub fn quantize(t: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
                 }
             }
         }
+        GgmlType::Q5_0 => x
+            .chunks_exact(32)
+            .for_each(|b| kquants::quant_q5_0(b, &mut out)),
+        GgmlType::Q5_1 => x
+            .chunks_exact(32)
+            .for_each(|b| kquants::quant_q5_1(b, &mut out)),
+        GgmlType::Q4K => x
+            .chunks_exact(256)
+            .for_each(|b| kquants::quant_q4_k(b, &mut out)),
         other => {
             return Err(Error::Unsupported(format!(
                 "quantising to {} is not implemented",
@@ -496,6 +505,71 @@ pub fn quantize(t: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
         }
     }
     Ok(out)
+}
+
+/// Types [`quantize`] can write.
+pub const QUANTIZE_TARGETS: [GgmlType; 9] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::Bf16,
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q4K,
+];
+
+/// Parses a llama.cpp-style type name (`q4_0`, `Q4_K`, `f16`, `bf16`; case-insensitive) into
+/// one [`quantize`] can write.
+pub fn parse_quant_type(name: &str) -> Result<GgmlType> {
+    let want = name.to_ascii_uppercase();
+    QUANTIZE_TARGETS
+        .into_iter()
+        .find(|t| t.name().to_ascii_uppercase() == want)
+        .ok_or_else(|| {
+            let names: Vec<String> = QUANTIZE_TARGETS
+                .iter()
+                .map(|t| t.name().to_ascii_lowercase())
+                .collect();
+            Error::InvalidArgument(format!(
+                "unknown quantisation type {name:?} (one of {})",
+                names.join(", ")
+            ))
+        })
+}
+
+/// The type a matrix with rows of `k` values is actually stored in when `target` is asked
+/// for: as llama.cpp does, K-quants fall back to a 32-block type when rows are not a
+/// multiple of 256, and 32-block types to F16 when rows are not a multiple of 32.
+pub fn storage_type_for_rows(target: GgmlType, k: usize) -> GgmlType {
+    let fits = |t: GgmlType| t.block_layout().is_some_and(|(be, _)| k.is_multiple_of(be));
+    let mut t = target;
+    if !fits(t) && t == GgmlType::Q4K {
+        t = GgmlType::Q5_0;
+    }
+    if !fits(t) {
+        t = GgmlType::F16;
+    }
+    t
+}
+
+/// Converts a tensor of `src` type to `target` through f32 (see [`storage_type_for_rows`]
+/// for the type actually written, returned with the bytes). Data already in the target type
+/// is copied unchanged rather than re-quantised.
+pub fn convert(
+    src: GgmlType,
+    bytes: &[u8],
+    elems: usize,
+    row_len: usize,
+    target: GgmlType,
+) -> Result<(GgmlType, Vec<u8>)> {
+    let t = storage_type_for_rows(target, row_len);
+    if t == src {
+        return Ok((t, bytes.to_vec()));
+    }
+    let x = dequantize(src, bytes, elems)?;
+    Ok((t, quantize(t, &x)?))
 }
 
 /// A matrix of n rows by k columns repacked into GPU planes (see the module docs).
@@ -886,10 +960,10 @@ mod tests {
     #[test]
     fn pack_unpack_equals_dequantize() {
         let mut s = 0x1234_5678u64;
-        let (n, k) = (5, 96);
+        let (n, k) = (5, 512);
         let x: Vec<f32> = (0..n * k).map(|_| lcg(&mut s) * 3.0).collect();
-        // The formats with a quantiser (the others: pack_unpack_random_blocks).
-        for f in &WeightFormat::ALL[..6] {
+        // The formats with a quantiser (Q5_K and Q6_K: pack_unpack_random_blocks).
+        for f in &WeightFormat::ALL[..9] {
             let f = *f;
             let bytes = quantize(f.ggml(), &x).unwrap();
             let deq = dequantize(f.ggml(), &bytes, n * k).unwrap();
@@ -905,16 +979,32 @@ mod tests {
                 WeightFormat::Q8_0 => 3.0 / 127.0,
                 WeightFormat::Q4_0 => 3.0 / 7.0,
                 WeightFormat::Q4_1 => 6.0 / 15.0,
+                WeightFormat::Q5_0 => 3.0 / 15.0,
+                WeightFormat::Q5_1 => 6.0 / 31.0,
+                // Half a step of the sub-block plus the 6-bit rounding of scale and min.
+                WeightFormat::Q4K => 6.0 / 15.0,
                 _ => unreachable!(),
             };
             for (a, b) in x.iter().zip(&deq) {
                 assert!((a - b).abs() <= tol, "{f:?}: {a} vs {b}");
             }
+            // Quantisers beat a step error on average: RMS well under a quarter step.
+            let rms = (x
+                .iter()
+                .zip(&deq)
+                .map(|(a, b)| (a - b).powi(2))
+                .sum::<f32>()
+                / x.len() as f32)
+                .sqrt();
+            assert!(
+                rms <= tol / 2.0 + 1e-7,
+                "{f:?}: rms {rms} vs step bound {tol}"
+            );
         }
     }
 
-    /// The new block formats have no quantiser: random blocks (random quant bytes, random
-    /// f16 scales) must survive pack -> unpack exactly as ggml dequantises them, for an odd
+    /// Random blocks (random quant bytes, random f16 scales: every code, including ones no
+    /// quantiser writes, and Q5_K/Q6_K which have no quantiser here) must survive pack -> unpack exactly as ggml dequantises them, for an odd
     /// number of blocks (padded pair layouts) and several rows.
     #[test]
     fn pack_unpack_random_blocks() {

@@ -1,0 +1,59 @@
+//! `wick quantize`: write a model (Hugging Face directory or GGUF) as a GGUF of one type.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use wick::model::export::quantize_to_gguf;
+use wick::quant::parse_quant_type;
+use wick::Result;
+
+#[derive(Args)]
+pub struct QuantizeArgs {
+    /// Input: a Hugging Face model directory (config.json + safetensors) or a GGUF file.
+    input: PathBuf,
+    /// Output GGUF file (replaced atomically; never the input).
+    output: PathBuf,
+    /// Matrix type, llama.cpp naming: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k.
+    #[arg(long = "type", short = 't')]
+    ty: String,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: QuantizeArgs) -> Result<()> {
+    let target = parse_quant_type(&args.ty)?;
+    let report = quantize_to_gguf(&args.input, &args.output, target)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    let types: Vec<String> = report
+        .types
+        .iter()
+        .map(|(t, n)| format!("{n} {t}"))
+        .collect();
+    println!(
+        "wrote {} ({} bytes): architecture {}, {} tensors ({}){}{}",
+        args.output.display(),
+        report.file_bytes,
+        report.architecture,
+        report.tensors,
+        types.join(", "),
+        if report.tokenizer {
+            ""
+        } else {
+            ", no tokenizer"
+        },
+        if report.permuted_qk {
+            ", Q/K rows permuted for llama.cpp's RoPE"
+        } else {
+            ""
+        },
+    );
+    Ok(())
+}

@@ -1,0 +1,325 @@
+//! Writing a model as GGUF (`wick quantize`): from a Hugging Face directory or another GGUF,
+//! matrices converted to one type, in the layout llama.cpp's converter produces so that both
+//! wick and llama.cpp load the result:
+//! - llama.cpp tensor names, 1-D tensors (norms, biases) in F32;
+//! - for the llama architecture (Llama, Mistral) the rows of `attn_q` / `attn_k` permuted
+//!   from Hugging Face's half-split RoPE pairs to adjacent pairs (llama.cpp rope type NORM);
+//!   qwen2/qwen3 keep the half-split layout (rope type NEOX), as llama.cpp's converter does;
+//! - RoPE scaling as `rope.scaling.type = linear` or, for per-frequency scaling (Llama 3),
+//!   a `rope_freqs.weight` tensor of divisors;
+//! - the tokenizer (`tokenizer.*` metadata copied from a GGUF source, or converted from
+//!   `tokenizer.json`) and the chat template.
+//!
+//! Rows whose length is not a multiple of the target's block fall back as llama.cpp does
+//! ([`quant::storage_type_for_rows`]). Tensors are produced one at a time while the file is
+//! written, and the file replaces its target atomically.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::formats::gguf::{GgufFile, MetaValue};
+use crate::formats::gguf_writer::GgufWriter;
+use crate::formats::hf::HfCheckpoint;
+use crate::formats::tokenizer::GgufVocab;
+use crate::model::config::{Arch, ModelConfig};
+use crate::model::weights::{tensor_manifest, TensorStore};
+use crate::quant::{self, GgmlType};
+
+/// What [`quantize_to_gguf`] wrote.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QuantizeReport {
+    /// GGUF `general.architecture` written.
+    pub architecture: String,
+    pub tensors: usize,
+    /// Tensor count per GGML type name.
+    pub types: BTreeMap<String, usize>,
+    pub file_bytes: u64,
+    /// Whether tokenizer metadata was written (a directory without tokenizer.json has none).
+    pub tokenizer: bool,
+    /// Whether Q/K rows were permuted for adjacent-pair RoPE.
+    pub permuted_qk: bool,
+}
+
+/// llama.cpp's `llama_ftype` for a file whose matrices are all `t`.
+fn file_type(t: GgmlType) -> u32 {
+    match t {
+        GgmlType::F32 => 0,
+        GgmlType::F16 => 1,
+        GgmlType::Q4_0 => 2,
+        GgmlType::Q4_1 => 3,
+        GgmlType::Q8_0 => 7,
+        GgmlType::Q5_0 => 8,
+        GgmlType::Q5_1 => 9,
+        GgmlType::Q4K => 14, // Q4_K_S: every matrix Q4_K
+        GgmlType::Bf16 => 32,
+        _ => 0,
+    }
+}
+
+/// Reorders the rows of a Q or K projection (or its bias, `row_len` 1) from Hugging Face's
+/// half-split RoPE layout to the adjacent-pair layout: within each head, row `p * hd/2 + i`
+/// moves to `2i + p` (llama.cpp's converter `permute`).
+pub fn permute_for_adjacent_rope(x: &[f32], n_heads: usize, row_len: usize) -> Vec<f32> {
+    let rows = x.len() / row_len;
+    let hd = rows / n_heads;
+    let half = hd / 2;
+    let mut out = vec![0.0; x.len()];
+    for h in 0..n_heads {
+        for i in 0..half {
+            for p in 0..2 {
+                let (dst, src) = (h * hd + 2 * i + p, h * hd + p * half + i);
+                out[dst * row_len..(dst + 1) * row_len]
+                    .copy_from_slice(&x[src * row_len..(src + 1) * row_len]);
+            }
+        }
+    }
+    out
+}
+
+enum Source {
+    Gguf(GgufFile),
+    Hf(HfCheckpoint),
+}
+
+impl Source {
+    fn store(&self) -> &dyn TensorStore {
+        match self {
+            Source::Gguf(g) => g,
+            Source::Hf(h) => h,
+        }
+    }
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// Converts the model at `input` (GGUF file or Hugging Face directory) into a GGUF at
+/// `output` whose matrices are `target` (see the module docs).
+pub fn quantize_to_gguf(input: &Path, output: &Path, target: GgmlType) -> Result<QuantizeReport> {
+    if !quant::QUANTIZE_TARGETS.contains(&target) {
+        return Err(Error::InvalidArgument(format!(
+            "cannot write {} tensors",
+            target.name()
+        )));
+    }
+    if same_file(input, output) {
+        return Err(Error::InvalidArgument(format!(
+            "{}: the output would overwrite the input",
+            output.display()
+        )));
+    }
+    let (src, cfg) = if input.is_dir() {
+        let ck = HfCheckpoint::open(input)?;
+        let cfg = ModelConfig::from_hf(&ck.config)?;
+        (Source::Hf(ck), cfg)
+    } else {
+        let g = GgufFile::open(input)?;
+        let cfg = ModelConfig::from_gguf(&g)?;
+        (Source::Gguf(g), cfg)
+    };
+    let store = src.store();
+    let arch = match cfg.arch {
+        Arch::Llama | Arch::Mistral => "llama",
+        Arch::Qwen2 => "qwen2",
+        Arch::Qwen3 => "qwen3",
+    };
+    // Hugging Face rows are half-split; llama.cpp's llama rotates adjacent pairs.
+    let permute_qk = matches!(src, Source::Hf(_)) && arch == "llama";
+
+    // Every tensor must be present and well-shaped before anything is written.
+    let manifest = tensor_manifest(&cfg);
+    let mut problems = Vec::new();
+    for (name, dims, _) in &manifest {
+        match store.tensor(name) {
+            None => problems.push(format!("missing tensor {name}")),
+            Some(t) if t.dims != dims.iter().map(|&d| d as u64).collect::<Vec<_>>() => {
+                problems.push(format!("{name} has shape {:?}, expected {dims:?}", t.dims))
+            }
+            Some(t) if t.ggml_type.block_layout().is_none() => problems.push(format!(
+                "{name} has unsupported type {}",
+                t.ggml_type.name()
+            )),
+            Some(_) => {}
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Error::Model(format!(
+            "{}: {}",
+            input.display(),
+            problems.join("; ")
+        )));
+    }
+
+    let mut w = GgufWriter::new();
+    let u32_of = |v: usize| MetaValue::U32(u32::try_from(v).unwrap_or(u32::MAX));
+    w.add_meta("general.architecture", MetaValue::String(arch.into()));
+    let name = input
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    w.add_meta("general.name", MetaValue::String(name));
+    w.add_meta("general.file_type", MetaValue::U32(file_type(target)));
+    w.add_meta("general.quantization_version", MetaValue::U32(2));
+    let k = |s: &str| format!("{arch}.{s}");
+    w.add_meta(k("vocab_size"), u32_of(cfg.vocab));
+    w.add_meta(k("context_length"), u32_of(cfg.context_len));
+    w.add_meta(k("embedding_length"), u32_of(cfg.hidden));
+    w.add_meta(k("block_count"), u32_of(cfg.n_layers));
+    w.add_meta(k("feed_forward_length"), u32_of(cfg.ffn));
+    w.add_meta(k("attention.head_count"), u32_of(cfg.n_heads));
+    w.add_meta(k("attention.head_count_kv"), u32_of(cfg.n_kv_heads));
+    w.add_meta(k("attention.key_length"), u32_of(cfg.head_dim));
+    w.add_meta(k("attention.value_length"), u32_of(cfg.head_dim));
+    w.add_meta(k("rope.dimension_count"), u32_of(cfg.rope_dim));
+    w.add_meta(k("rope.freq_base"), MetaValue::F32(cfg.rope_theta));
+    w.add_meta(
+        k("attention.layer_norm_rms_epsilon"),
+        MetaValue::F32(cfg.rms_eps),
+    );
+    if let Some(win) = cfg.sliding_window {
+        w.add_meta(k("attention.sliding_window"), u32_of(win));
+    }
+    // RoPE scaling, recovered from the scaled inverse frequencies.
+    let base = crate::kernels::rope::inv_freq(cfg.rope_theta, cfg.rope_dim);
+    let divisors: Vec<f32> = base
+        .iter()
+        .zip(&cfg.rope_inv_freq)
+        .map(|(b, s)| b / s)
+        .collect();
+    let near = |a: f32, b: f32| (a - b).abs() <= 1e-5 * a.abs().max(b.abs());
+    let mut rope_freqs = None;
+    if divisors.iter().any(|&d| !near(d, 1.0)) {
+        if divisors.iter().all(|&d| near(d, divisors[0])) {
+            w.add_meta(k("rope.scaling.type"), MetaValue::String("linear".into()));
+            w.add_meta(k("rope.scaling.factor"), MetaValue::F32(divisors[0]));
+        } else {
+            rope_freqs = Some(divisors);
+        }
+    }
+
+    // Tokenizer and chat template.
+    let mut tokenizer = false;
+    match &src {
+        Source::Gguf(g) => {
+            for (key, v) in &g.metadata {
+                if key.starts_with("tokenizer.") {
+                    w.add_meta(key.clone(), v.clone());
+                    tokenizer = true;
+                }
+            }
+        }
+        Source::Hf(ck) => {
+            let tj = ck.dir.join("tokenizer.json");
+            if tj.exists() {
+                let mut vocab = GgufVocab::from_tokenizer_json(&tj, Some(cfg.vocab))?;
+                if vocab.tokens.len() > cfg.vocab {
+                    return Err(Error::Model(format!(
+                        "tokenizer.json has {} tokens but the embedding only {} rows",
+                        vocab.tokens.len(),
+                        cfg.vocab
+                    )));
+                }
+                if vocab.chat_template.is_none() {
+                    vocab.chat_template = ck.chat_template();
+                }
+                if vocab.eos.is_none() {
+                    vocab.eos = ck.eos_ids().first().copied();
+                }
+                for (key, v) in vocab.to_metadata() {
+                    w.add_meta(key, v);
+                }
+                tokenizer = true;
+            } else {
+                log::warn!(
+                    "{}: no tokenizer.json; the GGUF serves token ids only",
+                    ck.dir.display()
+                );
+            }
+        }
+    }
+
+    // Tensor directory: types decided now, bytes produced while writing.
+    let mut types = BTreeMap::new();
+    let mut plan: BTreeMap<String, GgmlType> = BTreeMap::new();
+    for (name, dims, matrix) in &manifest {
+        let dims64: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
+        let t = if *matrix {
+            quant::storage_type_for_rows(target, dims[0])
+        } else {
+            GgmlType::F32
+        };
+        w.add_deferred_tensor(name.clone(), &dims64, t);
+        plan.insert(name.clone(), t);
+        *types.entry(t.name()).or_insert(0) += 1;
+    }
+    if let Some(d) = &rope_freqs {
+        let bytes: Vec<u8> = d.iter().flat_map(|v| v.to_le_bytes()).collect();
+        w.add_tensor("rope_freqs.weight", &[d.len() as u64], GgmlType::F32, bytes);
+        *types.entry(GgmlType::F32.name()).or_insert(0) += 1;
+    }
+
+    let heads_of = |name: &str| -> Option<usize> {
+        if !permute_qk {
+            return None;
+        }
+        let tail = name.rsplit_once("attn_")?.1;
+        match tail {
+            "q.weight" | "q.bias" => Some(cfg.n_heads),
+            "k.weight" | "k.bias" => Some(cfg.n_kv_heads),
+            _ => None,
+        }
+    };
+    w.write_streaming(output, |name| {
+        let t = store
+            .tensor(name)
+            .ok_or_else(|| Error::Model(format!("tensor {name} vanished while writing")))?;
+        let to = plan[name];
+        let row_len = t.dims[0] as usize;
+        let elems = t.n_elements() as usize;
+        match heads_of(name) {
+            Some(heads) => {
+                let x = quant::dequantize(t.ggml_type, t.data, elems)?;
+                let row = if t.dims.len() == 1 { 1 } else { row_len };
+                quant::quantize(to, &permute_for_adjacent_rope(&x, heads, row))
+            }
+            None => Ok(quant::convert(t.ggml_type, t.data, elems, row_len, to)?.1),
+        }
+    })?;
+    let file_bytes = std::fs::metadata(output)
+        .map_err(|e| Error::io(output, e))?
+        .len();
+    Ok(QuantizeReport {
+        architecture: arch.into(),
+        tensors: manifest.len() + rope_freqs.is_some() as usize,
+        types,
+        file_bytes,
+        tokenizer,
+        permuted_qk: permute_qk,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permutation_moves_half_split_pairs_next_to_each_other() {
+        // One head of dim 8, rows of length 1: HF rows 0..4 are the first halves of pairs
+        // (i, i+4); GGUF wants (0,4,1,5,2,6,3,7).
+        let x: Vec<f32> = (0..8).map(|v| v as f32).collect();
+        assert_eq!(
+            permute_for_adjacent_rope(&x, 1, 1),
+            vec![0.0, 4.0, 1.0, 5.0, 2.0, 6.0, 3.0, 7.0]
+        );
+        // Two heads, rows of length 2: each head permuted on its own, rows kept whole.
+        let x: Vec<f32> = (0..16).map(|v| v as f32).collect();
+        let p = permute_for_adjacent_rope(&x, 2, 2);
+        assert_eq!(&p[..8], &[0.0, 1.0, 4.0, 5.0, 2.0, 3.0, 6.0, 7.0]);
+        assert_eq!(&p[8..], &[8.0, 9.0, 12.0, 13.0, 10.0, 11.0, 14.0, 15.0]);
+    }
+}

@@ -354,9 +354,10 @@ fn malformed_vocabularies_are_errors() {
     bad(&|v| v.tokens.clear());
 }
 
-#[test]
-fn tokenizer_json_with_config() {
-    let dir = tempfile::tempdir().unwrap();
+/// Writes the tiny vocabulary as a Hugging Face `tokenizer.json` (byte-level BPE, `<s>` and
+/// `</s>` as added specials) with a `tokenizer_config.json` and `generation_config.json` into
+/// `dir`; returns the path and the id of `<s>`.
+fn write_tiny_tokenizer_json(dir: &std::path::Path) -> (PathBuf, u32) {
     let chars = byte_chars();
     let mut vocab = serde_json::Map::new();
     for (i, c) in chars.iter().enumerate() {
@@ -393,19 +394,26 @@ fn tokenizer_json_with_config() {
             "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
             "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges},
     });
-    let path = dir.path().join("tokenizer.json");
+    let path = dir.join("tokenizer.json");
     std::fs::write(&path, json.to_string()).unwrap();
     std::fs::write(
-        dir.path().join("tokenizer_config.json"),
+        dir.join("tokenizer_config.json"),
         r#"{"bos_token": "<s>", "eos_token": {"content": "</s>"}, "chat_template": "{{ x }}"}"#,
     )
     .unwrap();
     std::fs::write(
-        dir.path().join("generation_config.json"),
+        dir.join("generation_config.json"),
         format!(r#"{{"eos_token_id": [{}, 5]}}"#, bos + 1),
     )
     .unwrap();
 
+    (path, bos)
+}
+
+#[test]
+fn tokenizer_json_with_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, bos) = write_tiny_tokenizer_json(dir.path());
     let tok = Tokenizer::from_tokenizer_json(&path).unwrap();
     assert_eq!(tok.vocab_size(), bos as usize + 2);
     assert_eq!(tok.bos(), Some(bos));
@@ -420,4 +428,98 @@ fn tokenizer_json_with_config() {
 
     let missing = Tokenizer::from_tokenizer_json(&dir.path().join("nope.json"));
     assert!(matches!(missing, Err(Error::Io { .. })));
+}
+
+/// `tokenizer.json` → GGUF vocabulary (what `wick quantize` writes for a Hugging Face
+/// directory): same tokens, merges as "a b", added specials as control tokens, ids below the
+/// model's vocabulary padded, and the GGUF metadata round-trips and tokenizes identically.
+#[test]
+fn tokenizer_json_converts_to_gguf_vocab() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, bos) = write_tiny_tokenizer_json(dir.path());
+    let n = bos as usize + 2;
+    let v = GgufVocab::from_tokenizer_json(&path, Some(n + 3)).unwrap();
+    assert_eq!(v.model, "gpt2");
+    assert_eq!(v.pre.as_deref(), Some("gpt2"));
+    assert_eq!(v.tokens.len(), n + 3);
+    assert_eq!(v.tokens[n], format!("[PAD{n}]"));
+    assert_eq!(v.token_types[n], 5);
+    assert_eq!(v.tokens[bos as usize], "<s>");
+    assert_eq!(v.token_types[bos as usize], 3);
+    assert_eq!(v.token_types[0], 1);
+    assert_eq!(v.merges.len(), MERGED.len());
+    assert_eq!(v.merges[0], format!("{} {}", MERGED[0].0, MERGED[0].1));
+    assert_eq!((v.bos, v.eos), (Some(bos), Some(bos + 1)));
+    assert_eq!(v.chat_template.as_deref(), Some("{{ x }}"));
+
+    // Through GGUF metadata and back.
+    let mut w = wick::formats::gguf_writer::GgufWriter::new();
+    for (k, val) in v.to_metadata() {
+        w.add_meta(k, val);
+    }
+    let back = GgufVocab::from_gguf(&GgufFile::from_bytes(w.to_bytes()).unwrap()).unwrap();
+    assert_eq!(back, v);
+
+    // Same ids as the tokenizers-crate tokenizer of the JSON (without its post-processor's
+    // BOS, which GGUF expresses as add_bos_token = false here).
+    let from_json = Tokenizer::from_tokenizer_json(&path).unwrap();
+    let from_gguf = Tokenizer::from_gguf_vocab(&v).unwrap();
+    for text in [" ab", "ab ab</s>", "hello world", "a\nb  c"] {
+        let mut want = from_json.encode(text).unwrap();
+        want.retain(|&id| id != bos);
+        assert_eq!(from_gguf.encode(text).unwrap(), want, "{text:?}");
+    }
+
+    // An unrecognised pre-tokenizer is named, not guessed.
+    let mut j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    j["pre_tokenizer"] = serde_json::json!({"type": "Whitespace"});
+    std::fs::write(&path, j.to_string()).unwrap();
+    let e = GgufVocab::from_tokenizer_json(&path, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("Whitespace"), "{e}");
+}
+
+/// The real SmolLM2 vocabulary written out as its Hugging Face `tokenizer.json` would be
+/// (digits split, then byte-level) converts back to exactly the GGUF's vocabulary.
+#[test]
+fn smollm2_vocab_round_trips_through_tokenizer_json() {
+    let Some((model, _)) = real_inputs() else {
+        return;
+    };
+    let g = GgufVocab::from_gguf(&GgufFile::open(&model).unwrap()).unwrap();
+    let mut vocab = serde_json::Map::new();
+    let mut added = Vec::new();
+    for (i, t) in g.tokens.iter().enumerate() {
+        vocab.insert(t.clone(), i.into());
+        if g.token_types[i] == 3 {
+            added.push(serde_json::json!({"id": i, "content": t, "special": true}));
+        }
+    }
+    let json = serde_json::json!({
+        "added_tokens": added,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": true},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}]},
+        "model": {"type": "BPE", "vocab": vocab, "merges": g.merges},
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    std::fs::write(&path, json.to_string()).unwrap();
+    std::fs::write(
+        dir.path().join("tokenizer_config.json"),
+        serde_json::json!({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>",
+            "unk_token": "<|endoftext|>", "pad_token": "<|im_end|>",
+            "chat_template": g.chat_template})
+        .to_string(),
+    )
+    .unwrap();
+    let v = GgufVocab::from_tokenizer_json(&path, Some(g.tokens.len())).unwrap();
+    assert_eq!(v.pre.as_deref(), Some("smollm"));
+    assert_eq!(v.tokens, g.tokens);
+    assert_eq!(v.merges, g.merges);
+    assert_eq!(v.token_types, g.token_types);
+    assert_eq!((v.bos, v.eos, v.unk, v.pad), (g.bos, g.eos, g.unk, g.pad));
+    assert_eq!(v.chat_template, g.chat_template);
 }

@@ -351,3 +351,70 @@ impl ModelConfig {
         Ok(self)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hf(extra: serde_json::Value) -> ModelConfig {
+        let mut c = serde_json::json!({
+            "architectures": ["LlamaForCausalLM"], "hidden_size": 4096, "intermediate_size": 14336,
+            "num_attention_heads": 32, "num_key_value_heads": 8, "num_hidden_layers": 32,
+            "vocab_size": 128256, "max_position_embeddings": 131072, "rms_norm_eps": 1e-5,
+            "rope_theta": 500000.0,
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        ModelConfig::from_hf(&c).unwrap()
+    }
+
+    /// Llama 3.1's `llama3` scaling (factor 8, low 1, high 4, original 8192), checked per
+    /// band against the definition: wavelengths under 8192/4 keep their frequency, over
+    /// 8192/1 are divided by 8, and in between the divisor moves smoothly (and monotonically)
+    /// from 1 to 8 as `smooth = (8192/wavelength - 1) / 3` falls from 1 to 0.
+    #[test]
+    fn llama3_rope_scaling_bands() {
+        let base = hf(serde_json::json!({}));
+        let scaled = hf(
+            serde_json::json!({"rope_scaling": {"rope_type": "llama3", "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192}}),
+        );
+        assert_eq!(base.rope_inv_freq.len(), 64);
+        let mut last_divisor = 1.0f64;
+        let (mut high, mut mid, mut low) = (0, 0, 0);
+        for (b, s) in base.rope_inv_freq.iter().zip(&scaled.rope_inv_freq) {
+            let wavelength = 2.0 * std::f64::consts::PI / *b as f64;
+            let divisor = *b as f64 / *s as f64;
+            if wavelength < 2048.0 {
+                assert_eq!(divisor, 1.0);
+                high += 1;
+            } else if wavelength > 8192.0 {
+                assert!((divisor - 8.0).abs() < 1e-5, "{divisor}");
+                low += 1;
+            } else {
+                let smooth = (8192.0 / wavelength - 1.0) / 3.0;
+                let want = 1.0 / ((1.0 - smooth) / 8.0 + smooth);
+                assert!((divisor - want).abs() < 1e-4 * want, "{divisor} vs {want}");
+                mid += 1;
+            }
+            assert!(divisor >= last_divisor - 1e-6, "divisors must not decrease");
+            last_divisor = divisor;
+        }
+        // All three bands are exercised by Llama 3.1's shape.
+        assert!(high > 0 && mid > 0 && low > 0, "{high} {mid} {low}");
+        assert_eq!(base.rope_inv_freq[0], 1.0);
+
+        let linear = hf(serde_json::json!({"rope_scaling": {"type": "linear", "factor": 2.0}}));
+        for (b, s) in base.rope_inv_freq.iter().zip(&linear.rope_inv_freq) {
+            assert_eq!(*s, b / 2.0);
+        }
+        let yarn = serde_json::json!({"architectures": ["LlamaForCausalLM"], "hidden_size": 64,
+            "intermediate_size": 128, "num_attention_heads": 2, "num_hidden_layers": 1,
+            "vocab_size": 16, "max_position_embeddings": 64,
+            "rope_scaling": {"rope_type": "yarn", "factor": 4.0}});
+        let e = ModelConfig::from_hf(&yarn).unwrap_err().to_string();
+        assert!(e.contains("yarn"), "{e}");
+    }
+}

@@ -146,6 +146,11 @@ impl Model {
         })
     }
 
+    /// The file or directory the model was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
     pub fn config(&self) -> &ModelConfig {
         &self.inner.cfg
     }

@@ -109,104 +109,6 @@ pub fn dequant_q6_k(blk: &[u8], out: &mut Vec<f32>) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn f16b(v: f32) -> [u8; 2] {
-        f16::from_f32(v).to_le_bytes()
-    }
-
-    #[test]
-    fn q5_0_hand_block() {
-        // d = 0.5; element 0: nibble 3, high bit 1 -> 19 - 16 = 3 -> 1.5;
-        // element 16: nibble 15, high bit 0 -> -1 -> -0.5; element 17: nibble 0, high 1 -> 0.
-        let mut b = vec![0u8; 22];
-        b[0..2].copy_from_slice(&f16b(0.5));
-        let qh: u32 = 1 | (1 << 17);
-        b[2..6].copy_from_slice(&qh.to_le_bytes());
-        b[6] = 3 | (15 << 4);
-        b[7] = 0;
-        let mut out = Vec::new();
-        dequant_q5_0(&b, &mut out);
-        assert_eq!(out[0], 1.5);
-        assert_eq!(out[16], -0.5);
-        assert_eq!(out[17], 0.0);
-        assert_eq!(out[1], -8.0); // nibble 0, no high bit: -16 * 0.5
-    }
-
-    #[test]
-    fn q5_1_hand_block() {
-        let mut b = vec![0u8; 24];
-        b[0..2].copy_from_slice(&f16b(0.25));
-        b[2..4].copy_from_slice(&f16b(-1.0));
-        let qh: u32 = 1 << 31; // element 31 gets +16
-        b[4..8].copy_from_slice(&qh.to_le_bytes());
-        b[8 + 15] = 2 << 4; // element 31: nibble 2
-        let mut out = Vec::new();
-        dequant_q5_1(&b, &mut out);
-        assert_eq!(out[31], 0.25 * 18.0 - 1.0);
-        assert_eq!(out[0], -1.0);
-    }
-
-    #[test]
-    fn k4_scales_unpack() {
-        // Sub-blocks 0..3 use the low 6 bits; 4..7 combine nibbles with the top 2 bits.
-        let mut q = [0u8; 12];
-        q[0] = 0b11_000101; // sc0 = 5, top bits 3 -> high bits of sc4
-        q[4] = 0b10_000111; // m0 = 7, top bits 2 -> high bits of m4
-        q[8] = 0x9A; // sc4 low nibble 0xA, m4 low nibble 0x9
-        assert_eq!(scale_min_k4(0, &q), (5, 7));
-        assert_eq!(scale_min_k4(4, &q), (0xA | (3 << 4), 0x9 | (2 << 4)));
-    }
-
-    #[test]
-    fn q4_k_hand_block() {
-        let mut b = vec![0u8; 144];
-        b[0..2].copy_from_slice(&f16b(2.0));
-        b[2..4].copy_from_slice(&f16b(0.5));
-        b[4] = 3; // sc0 = 3
-        b[8] = 4; // m0 = 4
-        b[5] = 1; // sc1 = 1, m1 = 0
-        b[16] = 0x57; // element 0 (sub-block 0) nibble 7; element 32 (sub-block 1) nibble 5
-        let mut out = Vec::new();
-        dequant_q4_k(&b, &mut out);
-        assert_eq!(out.len(), 256);
-        assert_eq!(out[0], 2.0 * 3.0 * 7.0 - 0.5 * 4.0);
-        assert_eq!(out[1], -2.0);
-        assert_eq!(out[32], 2.0 * 5.0);
-        assert_eq!(out[64], 0.0);
-    }
-
-    #[test]
-    fn q5_k_hand_block() {
-        let mut b = vec![0u8; 176];
-        b[0..2].copy_from_slice(&f16b(1.0));
-        b[5] = 2; // sc1 = 2
-        b[16 + 3] = 1 << 1; // element 32 + 3 (sub-block 1) high bit
-        b[48 + 3] = 0x60; // its nibble (high nibble of byte 3) = 6
-        let mut out = Vec::new();
-        dequant_q5_k(&b, &mut out);
-        assert_eq!(out[35], 2.0 * 22.0);
-        assert_eq!(out[3], 0.0);
-    }
-
-    #[test]
-    fn q6_k_hand_block() {
-        let mut b = vec![0u8; 210];
-        b[208..210].copy_from_slice(&f16b(0.5));
-        b[192] = 2; // scale of elements 0..16
-        b[192 + 4] = (-3i8) as u8; // scale of elements 64..80
-        b[0] = 0x21; // element 0 low nibble 1, element 64 low nibble 2
-        b[128] = 0b00_01_00_10; // element 0 high 2 bits = 2, element 64 high bits = 1
-        let mut out = Vec::new();
-        dequant_q6_k(&b, &mut out);
-        assert_eq!(out[0], 0.5 * 2.0 * ((1 | (2 << 4)) - 32) as f32);
-        assert_eq!(out[64], 0.5 * -3.0 * ((2 | (1 << 4)) - 32) as f32);
-        assert_eq!(out[1], 0.5 * 2.0 * -32.0);
-    }
-}
-
 // --- Quantisers (reference, CPU) ---------------------------------------------------------
 
 /// Q5_0 as ggml's `quantize_row_q5_0_ref`: the value of largest magnitude maps to -16.
@@ -338,4 +240,102 @@ pub fn quant_q4_k(blk: &[f32], out: &mut Vec<u8>) {
     out.extend_from_slice(&dmin.to_le_bytes());
     out.extend_from_slice(&scales);
     out.extend_from_slice(&qs);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f16b(v: f32) -> [u8; 2] {
+        f16::from_f32(v).to_le_bytes()
+    }
+
+    #[test]
+    fn q5_0_hand_block() {
+        // d = 0.5; element 0: nibble 3, high bit 1 -> 19 - 16 = 3 -> 1.5;
+        // element 16: nibble 15, high bit 0 -> -1 -> -0.5; element 17: nibble 0, high 1 -> 0.
+        let mut b = vec![0u8; 22];
+        b[0..2].copy_from_slice(&f16b(0.5));
+        let qh: u32 = 1 | (1 << 17);
+        b[2..6].copy_from_slice(&qh.to_le_bytes());
+        b[6] = 3 | (15 << 4);
+        b[7] = 0;
+        let mut out = Vec::new();
+        dequant_q5_0(&b, &mut out);
+        assert_eq!(out[0], 1.5);
+        assert_eq!(out[16], -0.5);
+        assert_eq!(out[17], 0.0);
+        assert_eq!(out[1], -8.0); // nibble 0, no high bit: -16 * 0.5
+    }
+
+    #[test]
+    fn q5_1_hand_block() {
+        let mut b = vec![0u8; 24];
+        b[0..2].copy_from_slice(&f16b(0.25));
+        b[2..4].copy_from_slice(&f16b(-1.0));
+        let qh: u32 = 1 << 31; // element 31 gets +16
+        b[4..8].copy_from_slice(&qh.to_le_bytes());
+        b[8 + 15] = 2 << 4; // element 31: nibble 2
+        let mut out = Vec::new();
+        dequant_q5_1(&b, &mut out);
+        assert_eq!(out[31], 0.25 * 18.0 - 1.0);
+        assert_eq!(out[0], -1.0);
+    }
+
+    #[test]
+    fn k4_scales_unpack() {
+        // Sub-blocks 0..3 use the low 6 bits; 4..7 combine nibbles with the top 2 bits.
+        let mut q = [0u8; 12];
+        q[0] = 0b11_000101; // sc0 = 5, top bits 3 -> high bits of sc4
+        q[4] = 0b10_000111; // m0 = 7, top bits 2 -> high bits of m4
+        q[8] = 0x9A; // sc4 low nibble 0xA, m4 low nibble 0x9
+        assert_eq!(scale_min_k4(0, &q), (5, 7));
+        assert_eq!(scale_min_k4(4, &q), (0xA | (3 << 4), 0x9 | (2 << 4)));
+    }
+
+    #[test]
+    fn q4_k_hand_block() {
+        let mut b = vec![0u8; 144];
+        b[0..2].copy_from_slice(&f16b(2.0));
+        b[2..4].copy_from_slice(&f16b(0.5));
+        b[4] = 3; // sc0 = 3
+        b[8] = 4; // m0 = 4
+        b[5] = 1; // sc1 = 1, m1 = 0
+        b[16] = 0x57; // element 0 (sub-block 0) nibble 7; element 32 (sub-block 1) nibble 5
+        let mut out = Vec::new();
+        dequant_q4_k(&b, &mut out);
+        assert_eq!(out.len(), 256);
+        assert_eq!(out[0], 2.0 * 3.0 * 7.0 - 0.5 * 4.0);
+        assert_eq!(out[1], -2.0);
+        assert_eq!(out[32], 2.0 * 5.0);
+        assert_eq!(out[64], 0.0);
+    }
+
+    #[test]
+    fn q5_k_hand_block() {
+        let mut b = vec![0u8; 176];
+        b[0..2].copy_from_slice(&f16b(1.0));
+        b[5] = 2; // sc1 = 2
+        b[16 + 3] = 1 << 1; // element 32 + 3 (sub-block 1) high bit
+        b[48 + 3] = 0x60; // its nibble (high nibble of byte 3) = 6
+        let mut out = Vec::new();
+        dequant_q5_k(&b, &mut out);
+        assert_eq!(out[35], 2.0 * 22.0);
+        assert_eq!(out[3], 0.0);
+    }
+
+    #[test]
+    fn q6_k_hand_block() {
+        let mut b = vec![0u8; 210];
+        b[208..210].copy_from_slice(&f16b(0.5));
+        b[192] = 2; // scale of elements 0..16
+        b[192 + 4] = (-3i8) as u8; // scale of elements 64..80
+        b[0] = 0x21; // element 0 low nibble 1, element 64 low nibble 2
+        b[128] = 0b00_01_00_10; // element 0 high 2 bits = 2, element 64 high bits = 1
+        let mut out = Vec::new();
+        dequant_q6_k(&b, &mut out);
+        assert_eq!(out[0], 0.5 * 2.0 * ((1 | (2 << 4)) - 32) as f32);
+        assert_eq!(out[64], 0.5 * -3.0 * ((2 | (1 << 4)) - 32) as f32);
+        assert_eq!(out[1], 0.5 * 2.0 * -32.0);
+    }
 }

@@ -346,11 +346,11 @@ fn chat_session_reuses_its_kv_cache() {
 #[test]
 fn requantized_f16_gguf_matches_goldens() {
     let Some(m) = model() else { return };
-    let src = wick::formats::gguf::GgufFile::open(&m.path()).unwrap();
+    let src = wick::formats::gguf::GgufFile::open(m.path()).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("smollm2-f16.gguf");
     let report =
-        wick::model::export::quantize_to_gguf(&m.path(), &out, wick::quant::GgmlType::F16).unwrap();
+        wick::model::export::quantize_to_gguf(m.path(), &out, wick::quant::GgmlType::F16).unwrap();
     assert!(report.tokenizer && !report.permuted_qk, "{report:?}");
     let g = wick::formats::gguf::GgufFile::open(&out).unwrap();
     for (k, v) in src

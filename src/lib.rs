@@ -19,6 +19,7 @@
 //! # }
 //! ```
 
+pub mod bench;
 pub mod engine;
 pub mod error;
 pub mod formats;

@@ -1,5 +1,6 @@
 //! Subcommand implementations of the `wick` binary.
 
+pub mod bench;
 pub mod chat;
 pub mod common;
 pub mod info;

@@ -18,6 +18,7 @@
 
 pub mod argmax;
 pub mod attention;
+pub mod bandwidth;
 pub mod embedding;
 pub mod gemm;
 pub mod gemv;

@@ -3,6 +3,7 @@
 pub mod config;
 pub mod export;
 pub mod source;
+pub mod synthetic;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
@@ -110,6 +111,52 @@ impl Model {
                 .and_then(|t| t.chat_template().map(str::to_string));
             (cfg, weights, tokenizer, eos, tmpl)
         };
+        Self::assemble(
+            engine,
+            path,
+            cfg,
+            weights,
+            tokenizer,
+            eos,
+            chat_template,
+            &opts,
+        )
+    }
+
+    /// A model from tensors already in memory (synthetic benchmark models): `cfg` must
+    /// describe them; `name` stands in for the path in messages.
+    pub fn from_store<S: weights::TensorStore + ?Sized>(
+        engine: &Engine,
+        name: &str,
+        cfg: ModelConfig,
+        store: &S,
+        opts: LoadOptions,
+    ) -> Result<Model> {
+        let weights = ModelWeights::load(engine.gpu(), store, &cfg, opts.quantize)?;
+        Self::assemble(
+            engine,
+            Path::new(name),
+            cfg,
+            weights,
+            None,
+            Vec::new(),
+            None,
+            &opts,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        engine: &Engine,
+        path: &Path,
+        cfg: ModelConfig,
+        weights: ModelWeights,
+        tokenizer: Option<Tokenizer>,
+        eos: Vec<u32>,
+        chat_template: Option<String>,
+        opts: &LoadOptions,
+    ) -> Result<Model> {
+        let gpu = engine.gpu();
         let bos = tokenizer.as_ref().and_then(|t| t.bos());
         let ctx = match opts.ctx {
             Some(0) => return Err(Error::InvalidArgument("--ctx must be at least 1".into())),

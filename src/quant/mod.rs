@@ -903,6 +903,38 @@ fn words_to_bytes(w: &[u32]) -> Vec<u8> {
 /// random f16 block scales of either sign, sized so that the weights stay within about ±1.
 /// Deterministic in `seed`.
 pub fn random_blocks(t: GgmlType, elems: usize, seed: u64) -> Result<Vec<u8>> {
+    random_weights(t, elems, seed, 1.0)
+}
+
+/// [`random_blocks`] with the values scaled to about ±`scale`, for any type wick can store:
+/// float types get uniform values in ±`scale`. Synthetic benchmark models use it with
+/// `scale` = 1/√k so activations stay of order one through many layers.
+pub fn random_weights(t: GgmlType, elems: usize, seed: u64, scale: f32) -> Result<Vec<u8>> {
+    let mut state = seed;
+    let mut next = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut uniform = move || ((next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0) * scale;
+    match t {
+        GgmlType::F32 => {
+            return Ok((0..elems).flat_map(|_| uniform().to_le_bytes()).collect());
+        }
+        GgmlType::F16 => {
+            return Ok((0..elems)
+                .flat_map(|_| f16::from_f32(uniform()).to_le_bytes())
+                .collect());
+        }
+        GgmlType::Bf16 => {
+            return Ok((0..elems)
+                .flat_map(|_| bf16::from_f32(uniform()).to_le_bytes())
+                .collect());
+        }
+        _ => {}
+    }
     // (offset of each f16 field in the block, its bound)
     let fields: &[(usize, f32)] = match t {
         GgmlType::Q8_0 => &[(0, 1.0 / 127.0)],
@@ -928,7 +960,7 @@ pub fn random_blocks(t: GgmlType, elems: usize, seed: u64) -> Result<Vec<u8>> {
     })? as usize;
     let (_, bb) = t.block_layout().expect("known layout");
     // splitmix64
-    let mut state = seed;
+    let mut state = seed ^ 0xA076_1D64_78BD_642F;
     let mut next = move || {
         state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = state;
@@ -936,11 +968,15 @@ pub fn random_blocks(t: GgmlType, elems: usize, seed: u64) -> Result<Vec<u8>> {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     };
-    let mut out: Vec<u8> = (0..need).map(|_| next() as u8).collect();
+    let mut out = Vec::with_capacity(need);
+    while out.len() < need {
+        out.extend_from_slice(&next().to_le_bytes());
+    }
+    out.truncate(need);
     for blk in out.chunks_exact_mut(bb) {
         for &(off, bound) in fields {
             let u = (next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
-            blk[off..off + 2].copy_from_slice(&f16::from_f32(u * bound).to_le_bytes());
+            blk[off..off + 2].copy_from_slice(&f16::from_f32(u * bound * scale).to_le_bytes());
         }
     }
     Ok(out)

@@ -507,8 +507,32 @@ impl Forward {
             label: Some("decode"),
             timestamp_writes: None,
         });
+        self.record_decode_into(&mut pass);
+    }
+
+    /// The dispatches of one decode step, into an open pass.
+    pub fn record_decode_into(&self, pass: &mut wgpu::ComputePass<'_>) {
         for d in self.decode.iter().chain(&self.decode_head) {
+            d.record(pass);
+        }
+    }
+
+    /// [`Self::record_decode`] with a timestamp pair around every dispatch, labelled with its
+    /// op (needs TIMESTAMP_QUERY_INSIDE_PASSES; for `wick bench`'s per-kernel profile only:
+    /// the timestamps themselves add a little time per dispatch).
+    pub fn record_decode_profiled(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        prof: &mut crate::gpu::GpuProfiler,
+    ) {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("decode (profiled)"),
+            timestamp_writes: None,
+        });
+        for d in self.decode.iter().chain(&self.decode_head) {
+            let region = prof.begin(&mut pass, &d.pipeline.op);
             d.record(&mut pass);
+            prof.end(&mut pass, region);
         }
     }
 

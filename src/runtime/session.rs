@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::gpu::ProfileSample;
 use crate::kernels::StepParams;
 use crate::model::Model;
 use crate::runtime::forward::Forward;
@@ -330,6 +331,66 @@ impl Session {
             g.session.stats.stop_reason = Some(StopReason::MaxTokens);
         }
         Ok(g)
+    }
+
+    /// Runs `steps` greedy decode steps after the cached tokens, each with a GPU timestamp
+    /// around every dispatch, and returns (op, nanoseconds) per dispatch of every step plus
+    /// the whole steps' GPU time (pass timestamps). Blocking per step: for profiles only.
+    /// The session is reset afterwards (the profiled steps leave no usable conversation).
+    pub fn profile_decode(&mut self, steps: usize) -> Result<(Vec<ProfileSample>, f64)> {
+        let gpu = self.fwd.gpu.clone();
+        if !crate::gpu::GpuProfiler::inside_passes(&gpu) {
+            return Err(Error::Unsupported(
+                "timestamps inside compute passes (TIMESTAMP_QUERY_INSIDE_PASSES)".into(),
+            ));
+        }
+        if self.tokens.is_empty() {
+            return Err(Error::InvalidArgument(
+                "profile_decode needs a prefilled prompt".into(),
+            ));
+        }
+        let n = self.fwd.decode_dispatches() as u32;
+        let mut per_dispatch = crate::gpu::GpuProfiler::new(&gpu, n)?;
+        let mut whole = crate::gpu::GpuProfiler::new(&gpu, 1)?;
+        let mut samples = Vec::new();
+        let mut total_ns = 0.0;
+        for _ in 0..steps {
+            let pos = self.tokens.len();
+            if pos >= self.kv.capacity {
+                break;
+            }
+            self.fwd.write_step(&StepParams {
+                pos: pos as u32,
+                n_tokens: 1,
+                kv_len: (pos + 1) as u32,
+                ..Default::default()
+            });
+            // Timed twice: per dispatch (for the split by op), and the step as a whole
+            // without inner timestamps (for the total).
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            self.fwd.record_decode_profiled(&mut enc, &mut per_dispatch);
+            per_dispatch.resolve(&mut enc);
+            gpu.queue.submit([enc.finish()]);
+            samples.extend(per_dispatch.read(&gpu)?);
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            {
+                let tw = whole.pass_writes("decode step");
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("decode (timed)"),
+                    timestamp_writes: tw,
+                });
+                self.fwd.record_decode_into(&mut pass);
+            }
+            whole.resolve(&mut enc);
+            gpu.queue.submit([enc.finish()]);
+            total_ns += whole.read(&gpu)?.iter().map(|s| s.nanos).sum::<f64>();
+            // The step's token is not read back: the next step decodes whatever id the GPU
+            // chose (greedy), as generation would.
+            self.tokens.push(0);
+        }
+        self.reset();
+        gpu.check()?;
+        Ok((samples, total_ns))
     }
 
     /// Submits the decode step that consumes the token at position `pos` (already in the GPU

@@ -1,0 +1,377 @@
+//! The benchmark behind `wick bench` (modelled on llama.cpp's llama-bench, stricter about
+//! method):
+//! - warm-up: at least `warmup_secs` of GPU work before anything is timed (GPU clocks ramp
+//!   up under load: the H100 idles at 345 MHz);
+//! - `reps` timed runs per test, the first `discard` dropped, then a 10%-trimmed mean, the
+//!   spread ((max - min) / median of the kept runs) and a 95% confidence interval;
+//! - decode rate also by the two-length slope: (N2 - N1) / (t(N2) - t(N1)), which cancels
+//!   prefill, start-up and the pipeline's fill and drain;
+//! - the device's read ceiling, measured here by a WGSL streaming-read kernel, and decode
+//!   bandwidth (weights + KV cache read per token) as a share of it;
+//! - a separate profiling run with a timestamp around every dispatch, summed per op.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::runtime::{GenerateParams, Session};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Prompt tokens for the prefill test (0: no prefill test).
+    pub prompt: usize,
+    /// Generated tokens for the decode test (0: no decode test).
+    pub gen: usize,
+    pub reps: usize,
+    /// Leading runs dropped from the statistics.
+    pub discard: usize,
+    pub warmup_secs: f64,
+    /// (N1, N2) of the slope method; None skips it.
+    pub slope: Option<(usize, usize)>,
+    /// Per-op GPU time from timestamps (a separate run).
+    pub profile: bool,
+    /// Bytes read by the ceiling kernel (capped by the binding limit).
+    pub ceiling_bytes: u64,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            prompt: 512,
+            gen: 128,
+            reps: 15,
+            discard: 2,
+            warmup_secs: 2.0,
+            slope: Some((64, 512)),
+            profile: true,
+            ceiling_bytes: 1 << 30,
+        }
+    }
+}
+
+/// Statistics of one test's runs, in tokens per second.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Measurement {
+    /// 10%-trimmed mean of the kept runs.
+    pub mean: f64,
+    /// (max - min) / median of the kept runs, in percent.
+    pub spread_pct: f64,
+    /// Half-width of the 95% confidence interval of the mean.
+    pub ci95: f64,
+    /// Every run's rate, in order, the discarded ones included.
+    pub runs: Vec<f64>,
+    pub discarded: usize,
+}
+
+/// Two-sided 95% Student t quantile for `df` degrees of freedom.
+fn t95(df: usize) -> f64 {
+    const T: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    match df {
+        0 => f64::NAN,
+        d if d <= 30 => T[d - 1],
+        _ => 1.96,
+    }
+}
+
+impl Measurement {
+    pub fn from_runs(runs: Vec<f64>, discard: usize) -> Measurement {
+        let discarded = discard.min(runs.len().saturating_sub(1));
+        let mut kept: Vec<f64> = runs[discarded..].to_vec();
+        kept.sort_by(f64::total_cmp);
+        let n = kept.len();
+        let trim = n / 10;
+        let core = &kept[trim..n - trim];
+        let mean = core.iter().sum::<f64>() / core.len() as f64;
+        let median = kept[n / 2];
+        let spread_pct = if median > 0.0 {
+            (kept[n - 1] - kept[0]) / median * 100.0
+        } else {
+            0.0
+        };
+        let all_mean = kept.iter().sum::<f64>() / n as f64;
+        let ci95 = if n > 1 {
+            let var = kept.iter().map(|x| (x - all_mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+            t95(n - 1) * (var / n as f64).sqrt()
+        } else {
+            0.0
+        };
+        Measurement {
+            mean,
+            spread_pct,
+            ci95,
+            runs,
+            discarded,
+        }
+    }
+}
+
+/// GPU time of one op per decoded token, from the profiling run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OpTime {
+    pub op: String,
+    pub calls_per_token: f64,
+    pub us_per_token: f64,
+    /// Share of the summed per-dispatch time.
+    pub share: f64,
+}
+
+/// Everything `wick bench` reports for one model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub quant: String,
+    pub adapter: String,
+    pub backend: String,
+    pub prompt_tokens: usize,
+    pub gen_tokens: usize,
+    pub prefill_tok_s: f64,
+    pub prefill: Option<Measurement>,
+    pub decode_tok_s: f64,
+    pub decode: Option<Measurement>,
+    /// Decode rate by the two-length slope method, with its (N1, N2).
+    pub decode_slope_tok_s: Option<f64>,
+    pub slope_lengths: Option<(usize, usize)>,
+    pub dispatches_per_token: f64,
+    pub submits_per_token: f64,
+    /// Bytes the GPU reads per decoded token: every weight once plus the KV cache at the
+    /// decode test's mean position.
+    pub decode_bytes_per_token: u64,
+    pub weight_bytes: u64,
+    pub read_ceiling_gb_s: f64,
+    pub decode_gb_s: f64,
+    pub decode_roofline_share: f64,
+    /// GPU time of a whole decode step (pass timestamps), microseconds.
+    pub profile_step_us: Option<f64>,
+    pub profile: Vec<OpTime>,
+}
+
+/// A fresh pseudo-random prompt of `n` ids below `vocab` (content does not change speed).
+fn prompt_ids(n: usize, vocab: usize, salt: u64) -> Vec<u32> {
+    let mut s = salt.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s % vocab as u64) as u32
+        })
+        .collect()
+}
+
+/// Decodes `n` tokens after a one-token prompt; returns the decode seconds and the session's
+/// dispatch/submit counts per token.
+fn decode_run(s: &mut Session, n: usize, salt: u64) -> Result<(f64, f64, f64)> {
+    s.reset();
+    let vocab = s.model().config().vocab;
+    let params = GenerateParams {
+        max_tokens: n,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let mut g = s.generate(&prompt_ids(1, vocab, salt), params)?;
+    let t0 = Instant::now();
+    let mut count = 0;
+    for t in g.by_ref() {
+        t?;
+        count += 1;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    if count != n {
+        return Err(Error::Gpu(format!("decode produced {count} of {n} tokens")));
+    }
+    let st = g.stats();
+    Ok((secs, st.dispatches_per_token(), st.submits_per_token()))
+}
+
+fn prefill_run(s: &mut Session, n: usize, salt: u64) -> Result<f64> {
+    s.reset();
+    let ids = prompt_ids(n, s.model().config().vocab, salt);
+    let t0 = Instant::now();
+    s.prefill(&ids)?;
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+/// Runs the benchmark on `model`; `label` and `quant` name it in the report.
+pub fn run(model: &Model, label: &str, quant: &str, o: &BenchOptions) -> Result<BenchReport> {
+    if o.reps == 0 {
+        return Err(Error::InvalidArgument("-r must be at least 1".into()));
+    }
+    let cfg = model.config().clone();
+    let need_ctx = [o.prompt, o.gen + 1, o.slope.map_or(0, |(_, n2)| n2 + 1), 64]
+        .into_iter()
+        .max()
+        .unwrap_or(1);
+    if need_ctx > model.context() {
+        return Err(Error::InvalidArgument(format!(
+            "the benchmark needs a context of {need_ctx} tokens; the model was loaded with {} (use --ctx)",
+            model.context()
+        )));
+    }
+    let mut s = Session::with_context(model, need_ctx)?;
+    let gpu = model.engine().gpu().clone();
+
+    // Warm-up: real decode work until the GPU has been busy long enough.
+    let t0 = Instant::now();
+    let mut salt = 1;
+    while t0.elapsed().as_secs_f64() < o.warmup_secs {
+        decode_run(&mut s, 32.min(need_ctx - 1), salt)?;
+        salt += 1;
+    }
+
+    let mut prefill = None;
+    if o.prompt > 0 {
+        let runs = (0..o.reps)
+            .map(|i| prefill_run(&mut s, o.prompt, 1000 + i as u64).map(|t| o.prompt as f64 / t))
+            .collect::<Result<Vec<f64>>>()?;
+        prefill = Some(Measurement::from_runs(runs, o.discard));
+    }
+    let (mut dispatches, mut submits) = (0.0, 0.0);
+    let mut decode = None;
+    if o.gen > 0 {
+        let mut runs = Vec::with_capacity(o.reps);
+        for i in 0..o.reps {
+            let (secs, d, sub) = decode_run(&mut s, o.gen, 2000 + i as u64)?;
+            runs.push(o.gen as f64 / secs);
+            (dispatches, submits) = (d, sub);
+        }
+        decode = Some(Measurement::from_runs(runs, o.discard));
+    }
+    let mut decode_slope = None;
+    if let Some((n1, n2)) = o.slope {
+        if n2 <= n1 || n1 == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "slope lengths {n1},{n2}: need 0 < N1 < N2"
+            )));
+        }
+        let reps = o.reps.clamp(1, 5);
+        let time = |s: &mut Session, n: usize| -> Result<f64> {
+            let mut t: Vec<f64> = (0..reps)
+                .map(|i| decode_run(s, n, 3000 + i as u64).map(|r| r.0))
+                .collect::<Result<_>>()?;
+            t.sort_by(f64::total_cmp);
+            Ok(t[t.len() / 2])
+        };
+        let (t1, t2) = (time(&mut s, n1)?, time(&mut s, n2)?);
+        if t2 > t1 {
+            decode_slope = Some((n2 - n1) as f64 / (t2 - t1));
+        }
+    }
+
+    let k = model.engine().kernels();
+    let read_ceiling = crate::kernels::bandwidth::read_ceiling(k, o.ceiling_bytes, 10)?;
+    let weight_bytes = model.weight_bytes();
+    let mean_pos = (o.gen / 2 + 1) as u64;
+    let kv_bytes = 2 * cfg.n_layers as u64 * cfg.kv_dim() as u64 * 2 * mean_pos;
+    let bytes_per_token = weight_bytes + kv_bytes;
+    let decode_tok_s = decode.as_ref().map_or(0.0, |m| m.mean);
+    let decode_gb_s = bytes_per_token as f64 * decode_tok_s / 1e9;
+
+    let (mut profile, mut profile_step_us) = (Vec::new(), None);
+    if o.profile && crate::gpu::GpuProfiler::inside_passes(&gpu) {
+        let steps = 8.min(need_ctx - 1);
+        s.reset();
+        s.prefill(&prompt_ids(1, cfg.vocab, 9))?;
+        let (samples, total_ns) = s.profile_decode(steps)?;
+        let mut by_op: BTreeMap<String, (usize, f64)> = BTreeMap::new();
+        for smp in &samples {
+            let e = by_op.entry(smp.label.clone()).or_default();
+            e.0 += 1;
+            e.1 += smp.nanos;
+        }
+        let sum: f64 = by_op.values().map(|v| v.1).sum();
+        profile = by_op
+            .into_iter()
+            .map(|(op, (calls, ns))| OpTime {
+                op,
+                calls_per_token: calls as f64 / steps as f64,
+                us_per_token: ns / steps as f64 / 1e3,
+                share: if sum > 0.0 { ns / sum } else { 0.0 },
+            })
+            .collect();
+        profile.sort_by(|a, b| b.us_per_token.total_cmp(&a.us_per_token));
+        profile_step_us = Some(total_ns / steps as f64 / 1e3);
+    }
+    let caps = &gpu.caps;
+    Ok(BenchReport {
+        model: label.to_string(),
+        quant: quant.to_string(),
+        adapter: caps.adapter_name.clone(),
+        backend: caps.backend.clone(),
+        prompt_tokens: o.prompt,
+        gen_tokens: o.gen,
+        prefill_tok_s: prefill.as_ref().map_or(0.0, |m| m.mean),
+        prefill,
+        decode_tok_s,
+        decode,
+        decode_slope_tok_s: decode_slope,
+        slope_lengths: o.slope,
+        dispatches_per_token: dispatches,
+        submits_per_token: submits,
+        decode_bytes_per_token: bytes_per_token,
+        weight_bytes,
+        read_ceiling_gb_s: read_ceiling / 1e9,
+        decode_gb_s,
+        decode_roofline_share: if read_ceiling > 0.0 {
+            decode_gb_s * 1e9 / read_ceiling
+        } else {
+            0.0
+        },
+        profile_step_us,
+        profile,
+    })
+}
+
+/// Numeric fields compared by `wick bench compare`, with their names.
+pub fn comparable(r: &BenchReport) -> Vec<(String, f64)> {
+    let mut v = vec![
+        ("prefill_tok_s".to_string(), r.prefill_tok_s),
+        ("decode_tok_s".to_string(), r.decode_tok_s),
+        (
+            "decode_slope_tok_s".to_string(),
+            r.decode_slope_tok_s.unwrap_or(0.0),
+        ),
+        ("dispatches_per_token".to_string(), r.dispatches_per_token),
+        ("submits_per_token".to_string(), r.submits_per_token),
+        ("read_ceiling_gb_s".to_string(), r.read_ceiling_gb_s),
+        ("decode_roofline_share".to_string(), r.decode_roofline_share),
+    ];
+    if let Some(us) = r.profile_step_us {
+        v.push(("profile_step_us".to_string(), us));
+    }
+    for p in &r.profile {
+        v.push((format!("profile_us[{}]", p.op), p.us_per_token));
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn measurement_statistics() {
+        // Two discarded warm runs, then ten runs 10..=19 (trim drops 10 and 19).
+        let mut runs = vec![1.0, 2.0];
+        runs.extend((10..20).map(|v| v as f64));
+        let m = Measurement::from_runs(runs, 2);
+        assert_eq!(m.discarded, 2);
+        assert!((m.mean - 14.5).abs() < 1e-12);
+        assert!((m.spread_pct - 9.0 / 15.0 * 100.0).abs() < 1e-9);
+        // sd of 10..19 = 3.0277, t(9) = 2.262, n = 10.
+        assert!(
+            (m.ci95 - 2.262 * 3.02765 / 10f64.sqrt()).abs() < 1e-3,
+            "{}",
+            m.ci95
+        );
+        let one = Measurement::from_runs(vec![5.0], 2);
+        assert_eq!((one.mean, one.ci95, one.discarded), (5.0, 0.0, 0));
+    }
+}

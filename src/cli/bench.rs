@@ -1,0 +1,283 @@
+//! `wick bench`: prefill and decode speed of a model file or a synthetic preset, with the
+//! method of [`wick::bench`]; `wick bench compare BEFORE.json AFTER.json`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use wick::bench::{self, BenchOptions, BenchReport};
+use wick::engine::{Engine, EngineOptions};
+use wick::kernels::KernelChoice;
+use wick::model::synthetic::{Preset, SyntheticStore};
+use wick::model::{source, LoadOptions, Model};
+use wick::quant::parse_quant_type;
+use wick::{Error, Result};
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    cmd: Option<BenchCmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Per-row ratios AFTER / BEFORE of two `wick bench --json` outputs.
+    Compare { before: PathBuf, after: PathBuf },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Model file or directory (default as for `wick run`). Excludes --synthetic.
+    #[arg(short, long, conflicts_with = "synthetic")]
+    model: Option<String>,
+    /// Random weights with a real model's shapes: smollm2-135m, qwen2.5-0.5b, qwen3-0.6b,
+    /// llama3.2-1b, llama3-8b.
+    #[arg(long)]
+    synthetic: Option<String>,
+    /// Matrix type of a synthetic model (q4_0, q4_1, q8_0, q4_k, f16, ...), or of a float
+    /// checkpoint quantised on load.
+    #[arg(long)]
+    quant: Option<String>,
+    /// Prompt tokens of the prefill test (0 skips it).
+    #[arg(short = 'p', long, default_value_t = 512)]
+    prompt: usize,
+    /// Generated tokens of the decode test (0 skips it).
+    #[arg(short = 'n', long, default_value_t = 128)]
+    gen: usize,
+    /// Timed runs per test.
+    #[arg(short = 'r', long, default_value_t = 15)]
+    reps: usize,
+    /// Leading runs dropped from the statistics.
+    #[arg(long, default_value_t = 2)]
+    discard: usize,
+    /// Seconds of GPU warm-up before timing.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Token counts N1,N2 of the two-length decode slope; `0` skips it.
+    #[arg(long, default_value = "64,512")]
+    slope: String,
+    /// Skip the per-op timestamp profile.
+    #[arg(long)]
+    no_profile: bool,
+    /// Kernel variants: portable, native, auto.
+    #[arg(long, default_value = "portable")]
+    kernels: String,
+    /// Print JSON.
+    #[arg(long, conflicts_with = "csv")]
+    json: bool,
+    /// Print CSV (one row per test).
+    #[arg(long)]
+    csv: bool,
+}
+
+fn parse_slope(s: &str) -> Result<Option<(usize, usize)>> {
+    if s.trim() == "0" {
+        return Ok(None);
+    }
+    let bad = || Error::InvalidArgument(format!("--slope {s:?}: expected N1,N2 or 0"));
+    let (a, b) = s.split_once(',').ok_or_else(bad)?;
+    Ok(Some((
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    )))
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    match args.cmd {
+        Some(BenchCmd::Compare { before, after }) => compare(&before, &after),
+        None => bench_model(args.run),
+    }
+}
+
+fn bench_model(a: RunArgs) -> Result<()> {
+    let kernels: KernelChoice = a.kernels.parse()?;
+    let engine = Engine::with_options(EngineOptions {
+        kernels,
+        ..Default::default()
+    })?;
+    let opts = BenchOptions {
+        prompt: a.prompt,
+        gen: a.gen,
+        reps: a.reps,
+        discard: a.discard,
+        warmup_secs: a.warmup,
+        slope: parse_slope(&a.slope)?,
+        profile: !a.no_profile,
+        ..Default::default()
+    };
+    let quant = a.quant.as_deref().map(parse_quant_type).transpose()?;
+    let ctx = [a.prompt, a.gen + 1, opts.slope.map_or(0, |s| s.1 + 1), 64]
+        .into_iter()
+        .max();
+    let (model, label, quant_name) = match &a.synthetic {
+        Some(name) => {
+            let preset = Preset::by_name(name)?;
+            let q = quant.unwrap_or(wick::quant::GgmlType::Q4_0);
+            eprintln!("generating synthetic {} ({}) ...", preset.name, q.name());
+            let store = SyntheticStore::new(&preset, q, 0x5EED)?;
+            let cfg = store.config().clone();
+            let model = Model::from_store(
+                &engine,
+                preset.name,
+                cfg,
+                &store,
+                LoadOptions {
+                    ctx,
+                    quantize: None,
+                },
+            )?;
+            (model, preset.name.to_string(), q.name())
+        }
+        None => {
+            let path = source::resolve(a.model.as_deref())?;
+            let model = Model::load(
+                &engine,
+                &path,
+                LoadOptions {
+                    ctx,
+                    quantize: quant,
+                },
+            )?;
+            let label = path
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let q = quant.map_or_else(|| "file".to_string(), |q| q.name());
+            (model, label, q)
+        }
+    };
+    eprintln!(
+        "benchmarking {label} on {} ({}) ...",
+        engine.gpu().caps.adapter_name,
+        engine.gpu().caps.backend
+    );
+    let r = bench::run(&model, &label, &quant_name, &opts)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&r).map_err(|e| Error::InvalidArgument(e.to_string()))?
+        );
+    } else if a.csv {
+        print_csv(&r);
+    } else {
+        print_table(&r);
+    }
+    Ok(())
+}
+
+fn rows(r: &BenchReport) -> Vec<(String, &bench::Measurement)> {
+    let mut v = Vec::new();
+    if let Some(m) = &r.prefill {
+        v.push((format!("pp{}", r.prompt_tokens), m));
+    }
+    if let Some(m) = &r.decode {
+        v.push((format!("tg{}", r.gen_tokens), m));
+    }
+    v
+}
+
+fn print_csv(r: &BenchReport) {
+    println!("model,quant,adapter,backend,test,tok_s,ci95,spread_pct,runs,dispatches_per_token,submits_per_token,read_ceiling_gb_s,decode_roofline_share,decode_slope_tok_s");
+    for (test, m) in rows(r) {
+        println!(
+            "{},{},\"{}\",{},{},{:.2},{:.2},{:.2},{},{:.1},{:.2},{:.1},{:.4},{}",
+            r.model,
+            r.quant,
+            r.adapter,
+            r.backend,
+            test,
+            m.mean,
+            m.ci95,
+            m.spread_pct,
+            m.runs.len() - m.discarded,
+            r.dispatches_per_token,
+            r.submits_per_token,
+            r.read_ceiling_gb_s,
+            r.decode_roofline_share,
+            r.decode_slope_tok_s
+                .map_or(String::new(), |v| format!("{v:.2}"))
+        );
+    }
+}
+
+fn print_table(r: &BenchReport) {
+    println!(
+        "| model | quant | backend | test | tok/s | ±95% | spread | runs |\n| --- | --- | --- | --- | ---: | ---: | ---: | ---: |"
+    );
+    for (test, m) in rows(r) {
+        println!(
+            "| {} | {} | {} | {} | {:.2} | {:.2} | {:.1}% | {} |",
+            r.model,
+            r.quant,
+            r.backend,
+            test,
+            m.mean,
+            m.ci95,
+            m.spread_pct,
+            m.runs.len() - m.discarded
+        );
+    }
+    println!();
+    println!("adapter: {} ({})", r.adapter, r.backend);
+    if let (Some(v), Some((a, b))) = (r.decode_slope_tok_s, r.slope_lengths) {
+        println!("decode by slope (tg{b} - tg{a}): {v:.2} tok/s");
+    }
+    println!(
+        "per token: {:.1} dispatches, {:.2} submits; {:.1} MB read (weights {:.1} MB + KV)",
+        r.dispatches_per_token,
+        r.submits_per_token,
+        r.decode_bytes_per_token as f64 / 1e6,
+        r.weight_bytes as f64 / 1e6
+    );
+    println!(
+        "read ceiling {:.1} GB/s (measured); decode {:.1} GB/s = {:.1}% of it",
+        r.read_ceiling_gb_s,
+        r.decode_gb_s,
+        r.decode_roofline_share * 100.0
+    );
+    if let Some(step) = r.profile_step_us {
+        println!("\ndecode step GPU time {step:.1} us (pass timestamps); per op (timestamps around each dispatch):");
+        println!("| op | calls/token | us/token | share |\n| --- | ---: | ---: | ---: |");
+        for p in &r.profile {
+            println!(
+                "| {} | {:.1} | {:.1} | {:.1}% |",
+                p.op,
+                p.calls_per_token,
+                p.us_per_token,
+                p.share * 100.0
+            );
+        }
+    }
+}
+
+fn read_report(path: &PathBuf) -> Result<BenchReport> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| {
+        Error::InvalidArgument(format!(
+            "{}: not a `wick bench --json` report: {e}",
+            path.display()
+        ))
+    })
+}
+
+fn compare(before: &PathBuf, after: &PathBuf) -> Result<()> {
+    let (b, a) = (read_report(before)?, read_report(after)?);
+    println!("{} ({}) -> {} ({})", b.model, b.quant, a.model, a.quant);
+    println!("| metric | before | after | after/before |\n| --- | ---: | ---: | ---: |");
+    let after_rows = bench::comparable(&a);
+    for (name, vb) in bench::comparable(&b) {
+        let Some((_, va)) = after_rows.iter().find(|(n, _)| *n == name) else {
+            continue;
+        };
+        let ratio = if vb != 0.0 {
+            format!("{:.3}", va / vb)
+        } else {
+            "-".into()
+        };
+        println!("| {name} | {vb:.3} | {va:.3} | {ratio} |");
+    }
+    Ok(())
+}

@@ -375,3 +375,114 @@ mod tests {
         assert_eq!((one.mean, one.ci95, one.discarded), (5.0, 0.0, 0));
     }
 }
+
+/// One timed GEMV variant (`wick bench gemv`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GemvTiming {
+    pub format: String,
+    pub n: usize,
+    pub k: usize,
+    pub swiglu: bool,
+    pub lanes_per_row: u32,
+    pub rows_per_group: u32,
+    pub workgroup_size: u32,
+    /// Median GPU time per dispatch (timestamps around each dispatch).
+    pub us: f64,
+    pub gb_s: f64,
+    /// Share of the measured read ceiling (when given).
+    pub ceiling_share: f64,
+    /// Whether this is the configuration `choose_config` picks.
+    pub default: bool,
+}
+
+/// Times GEMV (or gate+up SwiGLU) on an n x k matrix of random `format` weights for each of
+/// `configs` (plus the default choice), `reps` dispatches each after a warm-up.
+pub fn gemv_sweep(
+    k: &crate::kernels::Kernels,
+    format: crate::quant::WeightFormat,
+    n: usize,
+    kdim: usize,
+    swiglu: bool,
+    configs: &[crate::kernels::gemv::GemvConfig],
+    reps: usize,
+    ceiling_gb_s: f64,
+) -> Result<Vec<GemvTiming>> {
+    use crate::kernels::gemv;
+    use crate::kernels::GpuMatrix;
+    let gpu = &k.gpu;
+    let t = format.ggml();
+    let scale = 1.0 / (kdim as f32).sqrt();
+    let mk = |seed: u64| -> Result<GpuMatrix> {
+        let bytes = crate::quant::random_weights(t, n * kdim, seed, scale)?;
+        let packed = crate::quant::pack(format, &bytes, n, kdim)?;
+        GpuMatrix::upload(gpu, "bench w", &packed)
+    };
+    let w = mk(1)?;
+    let u = if swiglu { Some(mk(2)?) } else { None };
+    let x = gpu.upload("bench x", &vec![0.5f32; kdim])?;
+    let out = gpu.storage_buffer("bench out", (n * 4) as u64)?;
+    let default = {
+        let mut c = gemv::choose_config(&gpu.caps, format, n, kdim);
+        if swiglu {
+            c.rows_per_group = c.rows_per_group.min(8);
+        }
+        c
+    };
+    let mut all = vec![default];
+    all.extend(configs.iter().copied().filter(|c| *c != default));
+    let bytes = (w.qs.size() + w.scales.size()) * if swiglu { 2 } else { 1 };
+    let mut prof = crate::gpu::GpuProfiler::new(gpu, reps as u32)?;
+    let mut out_rows = Vec::new();
+    for cfg in all {
+        let d = match &u {
+            Some(u) => gemv::gemv_swiglu_with_config(k, &w, u, &x, &out, &cfg),
+            None => gemv::gemv_with_config(k, &w, &x, &out, Default::default(), &cfg),
+        };
+        let Ok(d) = d else { continue };
+        // Warm-up: a few passes of the same work.
+        for _ in 0..3 {
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                for _ in 0..reps {
+                    d.record(&mut pass);
+                }
+            }
+            gpu.queue.submit([enc.finish()]);
+        }
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for _ in 0..reps {
+                let r = prof.begin(&mut pass, "gemv");
+                d.record(&mut pass);
+                prof.end(&mut pass, r);
+            }
+        }
+        prof.resolve(&mut enc);
+        gpu.queue.submit([enc.finish()]);
+        let mut ns: Vec<f64> = prof.read(gpu)?.iter().map(|s| s.nanos).collect();
+        ns.sort_by(f64::total_cmp);
+        let med = ns[ns.len() / 2];
+        let gb_s = bytes as f64 / med;
+        out_rows.push(GemvTiming {
+            format: format.name().to_string(),
+            n,
+            k: kdim,
+            swiglu,
+            lanes_per_row: cfg.lanes_per_row,
+            rows_per_group: cfg.rows_per_group,
+            workgroup_size: cfg.workgroup_size,
+            us: med / 1e3,
+            gb_s,
+            ceiling_share: if ceiling_gb_s > 0.0 {
+                gb_s / ceiling_gb_s
+            } else {
+                0.0
+            },
+            default: cfg == default,
+        });
+    }
+    gpu.check()?;
+    Ok(out_rows)
+}

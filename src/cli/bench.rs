@@ -26,6 +26,30 @@ pub struct BenchArgs {
 enum BenchCmd {
     /// Per-row ratios AFTER / BEFORE of two `wick bench --json` outputs.
     Compare { before: PathBuf, after: PathBuf },
+    /// Time one GEMV shape (random weights) for the default work split and, with --sweep,
+    /// every (lanes per row, rows per group, workgroup size) the device accepts.
+    Gemv(GemvArgs),
+}
+
+#[derive(Args)]
+struct GemvArgs {
+    /// Weight format (q4_0, q8_0, f16, q4_k, ...).
+    #[arg(long, default_value = "q4_0")]
+    format: String,
+    /// Shapes as NxK, comma-separated (rows x row length).
+    #[arg(long, default_value = "4096x4096,14336x4096,4096x14336")]
+    shapes: String,
+    /// Gate+up SwiGLU (two matrices) instead of a plain GEMV.
+    #[arg(long)]
+    swiglu: bool,
+    /// Try every work split, not only the default.
+    #[arg(long)]
+    sweep: bool,
+    /// Timed dispatches per variant.
+    #[arg(short = 'r', long, default_value_t = 20)]
+    reps: usize,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -88,6 +112,7 @@ fn parse_slope(s: &str) -> Result<Option<(usize, usize)>> {
 pub fn run(args: BenchArgs) -> Result<()> {
     match args.cmd {
         Some(BenchCmd::Compare { before, after }) => compare(&before, &after),
+        Some(BenchCmd::Gemv(g)) => bench_gemv(g),
         None => bench_model(args.run),
     }
 }
@@ -278,6 +303,74 @@ fn compare(before: &PathBuf, after: &PathBuf) -> Result<()> {
             "-".into()
         };
         println!("| {name} | {vb:.3} | {va:.3} | {ratio} |");
+    }
+    Ok(())
+}
+
+fn bench_gemv(a: GemvArgs) -> Result<()> {
+    use wick::kernels::gemv::GemvConfig;
+    let engine = Engine::new()?;
+    let k = engine.kernels();
+    let caps = &engine.gpu().caps;
+    let format: wick::quant::WeightFormat = a.format.parse()?;
+    let ceiling = wick::kernels::bandwidth::read_ceiling(k, 1 << 30, 10)? / 1e9;
+    let mut configs = Vec::new();
+    if a.sweep {
+        for lpr in [4u32, 8, 16, 32, 64] {
+            for rpg in [1u32, 2, 4, 8] {
+                for wg in [32u32, 64, 128, 256] {
+                    let c = GemvConfig {
+                        lanes_per_row: lpr,
+                        rows_per_group: rpg,
+                        workgroup_size: wg,
+                        subgroup_reduce: caps.subgroup && lpr <= caps.subgroup_min_size,
+                    };
+                    if c.validate(caps, a.swiglu).is_ok() {
+                        configs.push(c);
+                    }
+                }
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for shape in a.shapes.split(',') {
+        let bad = || Error::InvalidArgument(format!("shape {shape:?}: expected NxK"));
+        let (n, kd) = shape.trim().split_once('x').ok_or_else(bad)?;
+        let (n, kd): (usize, usize) = (
+            n.parse().map_err(|_| bad())?,
+            kd.parse().map_err(|_| bad())?,
+        );
+        let mut r = bench::gemv_sweep(k, format, n, kd, a.swiglu, &configs, a.reps, ceiling)?;
+        r.sort_by(|x, y| x.us.total_cmp(&y.us));
+        rows.extend(r);
+    }
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    println!(
+        "{} ({}), read ceiling {ceiling:.1} GB/s",
+        caps.adapter_name, caps.backend
+    );
+    println!("| format | n x k | swiglu | lpr | rpg | wg | us | GB/s | % ceiling | |\n| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    for r in rows {
+        println!(
+            "| {} | {}x{} | {} | {} | {} | {} | {:.2} | {:.1} | {:.1}% | {} |",
+            r.format,
+            r.n,
+            r.k,
+            r.swiglu,
+            r.lanes_per_row,
+            r.rows_per_group,
+            r.workgroup_size,
+            r.us,
+            r.gb_s,
+            r.ceiling_share * 100.0,
+            if r.default { "default" } else { "" }
+        );
     }
     Ok(())
 }

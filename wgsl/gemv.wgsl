@@ -97,16 +97,15 @@ fn u8x4(w: u32) -> vec4<f32> {
 }
 
 #ifdef FMT_Q8_0
-// A unit is half a block: 16 int8, contiguous elements; unit g belongs to block g / 2.
-alias WUnit = vec4<u32>;
+// A unit is one word: 4 int8, contiguous elements; 8 units per block, so unit g belongs to
+// block g / 8. Adjacent lanes read adjacent words and adjacent vec4s of x (coalesced).
+alias WUnit = u32;
 alias SElem = u32;
-const XV: u32 = 4u;
+const XV: u32 = 1u;
 const SUM_X: bool = false;
 fn unit_value(m: u32, g: u32, xs: array<vec4<f32>, XV>, st: vec4<f32>) -> f32 {
-    let q = qs_at(m, g);
-    let d = unpack2x16float(sc_at(m, g >> 2u))[(g >> 1u) & 1u];
-    let s = dot(i8x4(q.x), xs[0]) + dot(i8x4(q.y), xs[1]) + dot(i8x4(q.z), xs[2]) + dot(i8x4(q.w), xs[3]);
-    return d * s;
+    let d = unpack2x16float(sc_at(m, g >> 4u))[(g >> 3u) & 1u];
+    return d * dot(i8x4(qs_at(m, g)), xs[0]);
 }
 #endif
 
@@ -137,26 +136,34 @@ fn qh_dot(h: u32, xs: array<vec4<f32>, XV>, o: u32) -> f32 {
 }
 
 #ifdef FMT_Q4_0
-alias WUnit = vec4<u32>;
+// A unit is one word of a block's 16 bytes: word w (0..3) holds elements 4w..4w+3 in its low
+// nibbles and 4w+16..4w+19 in its high nibbles; 4 units per block. Lanes on adjacent words
+// read adjacent vec4s of x (WORD_UNITS), instead of each lane striding through a block.
+alias WUnit = u32;
 alias SElem = u32;
-const XV: u32 = 8u;
+const XV: u32 = 2u;
 const SUM_X: bool = true;
+#define WORD_UNITS
 // One f16 d per block, two blocks per word.
 fn unit_value(m: u32, g: u32, xs: array<vec4<f32>, XV>, st: vec4<f32>) -> f32 {
-    let d = unpack2x16float(sc_at(m, g >> 1u))[g & 1u];
-    return d * (q4_dot(qs_at(m, g), xs) - 8.0 * dot(st, vec4<f32>(1.0)));
+    let q = qs_at(m, g);
+    let d = unpack2x16float(sc_at(m, g >> 3u))[(g >> 2u) & 1u];
+    return d * (dot(nib_lo(q), xs[0]) + dot(nib_hi(q), xs[1]) - 8.0 * (st.x + st.y));
 }
 #endif
 
 #ifdef FMT_Q4_1
-alias WUnit = vec4<u32>;
+// Word units as Q4_0.
+alias WUnit = u32;
 alias SElem = u32;
-const XV: u32 = 8u;
+const XV: u32 = 2u;
 const SUM_X: bool = true;
+#define WORD_UNITS
 // One word per block: d in the low half, m in the high half.
 fn unit_value(m: u32, g: u32, xs: array<vec4<f32>, XV>, st: vec4<f32>) -> f32 {
-    let dm = unpack2x16float(sc_at(m, g));
-    return dm.x * q4_dot(qs_at(m, g), xs) + dm.y * dot(st, vec4<f32>(1.0));
+    let q = qs_at(m, g);
+    let dm = unpack2x16float(sc_at(m, g >> 2u));
+    return dm.x * (dot(nib_lo(q), xs[0]) + dot(nib_hi(q), xs[1])) + dm.y * (st.x + st.y);
 }
 #endif
 
@@ -351,9 +358,16 @@ fn reduce_rows(acc: ptr<function, array<f32, 16>>, lane: Lane, l: u32) {
 
 fn load_x(u: u32) -> array<vec4<f32>, XV> {
     var xs: array<vec4<f32>, XV>;
+#ifdef WORD_UNITS
+    // Word w of block b: x[32b + 4w ..] and x[32b + 16 + 4w ..].
+    let base = (u >> 2u) * 8u + (u & 3u);
+    xs[0] = x[base];
+    xs[1] = x[base + 4u];
+#else
     for (var i = 0u; i < XV; i++) {
         xs[i] = x[u * XV + i];
     }
+#endif
     return xs;
 }
 

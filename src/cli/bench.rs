@@ -316,7 +316,7 @@ fn bench_gemv(a: GemvArgs) -> Result<()> {
     let ceiling = wick::kernels::bandwidth::read_ceiling(k, 1 << 30, 10)? / 1e9;
     let mut configs = Vec::new();
     if a.sweep {
-        for lpr in [4u32, 8, 16, 32, 64] {
+        for lpr in [4u32, 8, 16, 32, 64, 128, 256] {
             for rpg in [1u32, 2, 4, 8] {
                 for wg in [32u32, 64, 128, 256] {
                     let c = GemvConfig {

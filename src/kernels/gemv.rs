@@ -93,8 +93,10 @@ const PARTIAL_SLOTS: u32 = 2048;
 pub fn unit_elems(format: WeightFormat) -> usize {
     match format {
         WeightFormat::F32 | WeightFormat::F16 | WeightFormat::Bf16 => 4,
-        WeightFormat::Q8_0 => 16,
-        WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q5_0 | WeightFormat::Q5_1 => 32,
+        // One word per lane, so a subgroup's activation loads are contiguous.
+        WeightFormat::Q8_0 => 4,
+        WeightFormat::Q4_0 | WeightFormat::Q4_1 => 8,
+        WeightFormat::Q5_0 | WeightFormat::Q5_1 => 32,
         WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q6K => 64,
     }
 }

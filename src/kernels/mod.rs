@@ -79,14 +79,15 @@ pub fn preprocess(family: &str, defines: &[&str]) -> Result<String> {
     })?;
     let mut out = String::with_capacity(src.len() + 1024);
     let mut included = Vec::new();
-    expand(family, src, defines, &mut out, &mut included, 0)?;
+    let mut defines: Vec<String> = defines.iter().map(|d| d.to_string()).collect();
+    expand(family, src, &mut defines, &mut out, &mut included, 0)?;
     Ok(out)
 }
 
 fn expand(
     family: &str,
     src: &str,
-    defines: &[&str],
+    defines: &mut Vec<String>,
     out: &mut String,
     included: &mut Vec<String>,
     depth: u32,
@@ -103,12 +104,19 @@ fn expand(
     let active = |stack: &Vec<(bool, bool)>| stack.iter().all(|(a, _)| *a);
     for (ln, line) in src.lines().enumerate() {
         let t = line.trim_start();
+        let defined = |d: &Vec<String>, name: &str| d.iter().any(|x| x == name.trim());
         if let Some(rest) = t.strip_prefix("#ifdef ") {
-            let on = defines.contains(&rest.trim());
+            let on = defined(defines, rest);
             stack.push((on, on));
         } else if let Some(rest) = t.strip_prefix("#ifndef ") {
-            let on = !defines.contains(&rest.trim());
+            let on = !defined(defines, rest);
             stack.push((on, on));
+        } else if let Some(rest) = t.strip_prefix("#define ") {
+            // A flag for the rest of the expansion (no values, no macros).
+            if active(&stack) && !defined(defines, rest) {
+                defines.push(rest.trim().to_string());
+            }
+            out.push('\n');
         } else if t.starts_with("#else") {
             let top = stack
                 .last_mut()

@@ -101,10 +101,31 @@ pub fn unit_elems(format: WeightFormat) -> usize {
     }
 }
 
-/// Picks the work split for an n x k matrix on this device. Starting points per KERNELS.md
-/// §2, to be refined by measurement.
+/// Picks the work split for an n x k matrix on this device: a per-adapter-class entry.
+///
+/// - NVIDIA (measured on an H100 with `wick bench gemv --sweep`, 20 shapes of Q4_0/Q4_1/Q8_0
+///   from 576x576 to 151936x896): one row per row group and 256-lane workgroups won nearly
+///   everywhere; the best lanes per row is whichever is larger of what fills the GPU with
+///   about 2^17 threads (n * lanes) and what keeps each lane at most ~32 units, capped by the
+///   row's units. Within 10% of the best split on every measured shape except two.
+/// - Others (Apple first, then AMD, Intel, CPU): the KERNELS.md §2 starting point, not yet
+///   measured on those devices: 32 (or fewer for short rows) lanes per row, 4 rows per group,
+///   64-lane workgroups.
 pub fn choose_config(caps: &Capabilities, format: WeightFormat, n: usize, k: usize) -> GemvConfig {
     let units = (k / unit_elems(format)).max(1);
+    if caps.class == crate::gpu::AdapterClass::Nvidia {
+        let by_threads = (131_072 / n.max(1)).max(1).next_power_of_two();
+        let by_units = units.div_ceil(32).next_power_of_two();
+        let cap = units.next_power_of_two().min(256);
+        let lpr = by_threads.max(by_units).clamp(4, cap.max(4)) as u32;
+        let subgroup_reduce = caps.subgroup && lpr <= caps.subgroup_min_size;
+        return GemvConfig {
+            lanes_per_row: lpr,
+            rows_per_group: 1,
+            workgroup_size: 256,
+            subgroup_reduce,
+        };
+    }
     // Lanes per row: one subgroup-sized group (32) streams long rows; for short rows
     // (K=576 is only 18 Q4 blocks) take the widest power of two that still keeps >= 75% of
     // the lane-steps busy, so few lanes idle in the last step.

@@ -124,3 +124,116 @@ pub fn rope(
         grid_1d(groups as u32, max_dim),
     )
 }
+
+/// WGSL mirror of `rope_kv.wgsl`'s `Params`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct RopeKvParams {
+    pub n_heads: u32,
+    pub n_kv_heads: u32,
+    pub head_dim: u32,
+    pub half_split: u32,
+    pub capacity: u32,
+    pub max_tokens: u32,
+    pub _pad: [u32; 2],
+}
+
+pub fn rope_kv_spec() -> KernelSpec {
+    KernelSpec::new(
+        "rope_kv",
+        "rope_kv",
+        "rope_kv",
+        &[
+            Binding::Uniform,
+            Binding::Uniform,
+            Binding::Read,
+            Binding::ReadWrite,
+            Binding::ReadWrite,
+            Binding::Read,
+            Binding::ReadWrite,
+            Binding::ReadWrite,
+        ],
+    )
+    .constant("WG", WG)
+}
+
+/// Whether [`rope_kv`] handles this head shape (whole head rotated, head_dim % 4 == 0).
+pub fn rope_kv_supported(head_dim: usize, rot_dim: usize) -> bool {
+    rot_dim == head_dim && head_dim.is_multiple_of(4) && head_dim > 0
+}
+
+/// RoPE on `q` (f32 `[tokens][n_heads * head_dim]`, in place) and `k` (`[tokens][n_kv_heads *
+/// head_dim]`, in place), then the rotated k and `v` written to the f16 caches at positions
+/// `step.pos..` (as [`super::kv_cache::kv_write`]): one dispatch instead of three.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_kv(
+    k: &Kernels,
+    q: &wgpu::Buffer,
+    k_new: &wgpu::Buffer,
+    v_new: &wgpu::Buffer,
+    cache_k: &wgpu::Buffer,
+    cache_v: &wgpu::Buffer,
+    step: &wgpu::Buffer,
+    inv_freq: &wgpu::Buffer,
+    max_tokens: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    capacity: usize,
+    style: RopeStyle,
+) -> Result<Dispatch> {
+    if !rope_kv_supported(head_dim, head_dim) || max_tokens == 0 || n_heads == 0 {
+        return Err(Error::Shape(format!(
+            "rope_kv of {max_tokens} tokens x {n_heads} heads x {head_dim} (head_dim must be a multiple of 4)"
+        )));
+    }
+    super::kv_cache::check_cache(
+        "rope_kv",
+        n_kv_heads,
+        head_dim,
+        capacity,
+        &[cache_k, cache_v],
+    )?;
+    super::kv_cache::check_step("rope_kv", step)?;
+    for (name, b, heads) in [
+        ("q", q, n_heads),
+        ("k", k_new, n_kv_heads),
+        ("v", v_new, n_kv_heads),
+    ] {
+        let need = (max_tokens * heads * head_dim * 4) as u64;
+        if b.size() < need {
+            return Err(Error::Shape(format!(
+                "rope_kv: {name} holds {} bytes, needs {need}",
+                b.size()
+            )));
+        }
+    }
+    if inv_freq.size() < (head_dim / 2 * 4) as u64 {
+        return Err(Error::Shape("rope_kv: inv_freq is too short".into()));
+    }
+    let work = max_tokens as u64 * (n_heads + n_kv_heads) as u64 * (head_dim / 4) as u64;
+    let max_dim = k.gpu.caps.max_compute_workgroups_per_dimension;
+    let groups = work.div_ceil(WG as u64);
+    if groups > max_dim as u64 * max_dim as u64 || work > u32::MAX as u64 {
+        return Err(Error::Shape(format!(
+            "rope_kv: {work} invocations exceed the grid"
+        )));
+    }
+    let params = k.gpu.uniform(
+        "rope_kv params",
+        &RopeKvParams {
+            n_heads: n_heads as u32,
+            n_kv_heads: n_kv_heads as u32,
+            head_dim: head_dim as u32,
+            half_split: (style == RopeStyle::HalfSplit) as u32,
+            capacity: capacity as u32,
+            max_tokens: max_tokens as u32,
+            _pad: [0; 2],
+        },
+    )?;
+    k.dispatch(
+        &rope_kv_spec(),
+        &[&params, step, inv_freq, q, k_new, v_new, cache_k, cache_v],
+        grid_1d(groups as u32, max_dim),
+    )
+}

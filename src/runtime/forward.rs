@@ -204,7 +204,8 @@ impl Forward {
         }
     }
 
-    /// Q/K normalisation (Qwen3), RoPE and the KV-cache write for `tokens` rows.
+    /// Q/K normalisation (Qwen3), RoPE and the KV-cache write for `tokens` rows (RoPE and
+    /// the cache write fused into one dispatch when the whole head rotates).
     #[allow(clippy::too_many_arguments)]
     fn post_qkv(
         &self,
@@ -243,6 +244,25 @@ impl Forward {
                 tokens * cfg.n_kv_heads,
                 cfg.rms_eps,
             )?);
+        }
+        if rope::rope_kv_supported(cfg.head_dim, cfg.rope_dim) {
+            list.push(rope::rope_kv(
+                k,
+                q,
+                kk,
+                &a.v,
+                &kv.k[layer],
+                &kv.v[layer],
+                &self.step,
+                inv_freq,
+                tokens,
+                cfg.n_heads,
+                cfg.n_kv_heads,
+                cfg.head_dim,
+                kv.capacity,
+                cfg.rope_style,
+            )?);
+            return Ok(());
         }
         list.push(rope::rope(
             k,

@@ -115,3 +115,135 @@ fn rope_rejects_bad_shapes() {
     assert!(shape(rope::rope(k, &x, &stepb, &freq, 1, 2, 128, 128, s)));
     assert!(rope::rope(k, &x, &stepb, &freq, 1, 2, 64, 64, s).is_ok());
 }
+
+/// The fused RoPE + KV-cache write against the reference rope and kv_write: q and k rotated
+/// in place (rope tolerance), the k cache within one f16 rounding of the reference-rotated
+/// k, the v cache exact, every other cache word still poison.
+#[allow(clippy::too_many_arguments)]
+fn check_rope_kv(
+    k: &Kernels,
+    style: RopeStyle,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    capacity: usize,
+    max_tokens: usize,
+    n_tokens: usize,
+    pos: usize,
+) {
+    use half::f16;
+    use wick::kernels::kv_cache;
+    let mut r = rng();
+    let g = &k.gpu;
+    let (qrow, kvrow) = (n_heads * head_dim, n_kv_heads * head_dim);
+    let q = rand_vec(&mut r, max_tokens * qrow, 1.0);
+    let kn = rand_vec(&mut r, max_tokens * kvrow, 1.0);
+    let vn = rand_vec(&mut r, max_tokens * kvrow, 3.0);
+    let (qb, kb, vb) = (
+        g.upload("q", &q).unwrap(),
+        g.upload("k", &kn).unwrap(),
+        g.upload("v", &vn).unwrap(),
+    );
+    let bytes = kv_cache::cache_bytes(n_kv_heads, head_dim, capacity);
+    let (ck, cv) = (
+        g.storage_buffer("ck", bytes).unwrap(),
+        g.storage_buffer("cv", bytes).unwrap(),
+    );
+    g.poison(&ck);
+    g.poison(&cv);
+    let stepb = g.uniform("step", &step(pos, n_tokens)).unwrap();
+    let theta = 1e4;
+    let freq = g.upload("f", &rope::inv_freq(theta, head_dim)).unwrap();
+    let d = rope::rope_kv(
+        k, &qb, &kb, &vb, &ck, &cv, &stepb, &freq, max_tokens, n_heads, n_kv_heads, head_dim,
+        capacity, style,
+    )
+    .unwrap();
+    k.run(&[&d]).unwrap();
+    let wf = reference::rope::inv_freq_f64(theta as f64, head_dim);
+    let what = format!("rope_kv {style:?} {n_heads}/{n_kv_heads} hd {head_dim} pos {pos}");
+    let atol = std::f32::consts::SQRT_2 * ((pos + n_tokens) as f32 * 2f32.powi(-23) + 4e-6);
+    let want_q = reference::rope::rope(&q[..n_tokens * qrow], pos, n_heads, head_dim, &wf, style);
+    let want_k = reference::rope::rope(
+        &kn[..n_tokens * kvrow],
+        pos,
+        n_kv_heads,
+        head_dim,
+        &wf,
+        style,
+    );
+    let got_q: Vec<f32> = g.read_vec(&qb).unwrap();
+    let got_k: Vec<f32> = g.read_vec(&kb).unwrap();
+    assert_close(
+        &format!("{what} q"),
+        &got_q[..n_tokens * qrow],
+        &want_q,
+        0.0,
+        atol,
+    );
+    assert_close(
+        &format!("{what} k"),
+        &got_k[..n_tokens * kvrow],
+        &want_k,
+        0.0,
+        atol,
+    );
+    let poison = reference::kv_cache::unpack(&[POISON]);
+    for (name, cache, new, tol) in [
+        ("k", &ck, &want_k, atol),
+        ("v", &cv, &vn[..n_tokens * kvrow].to_vec(), 0.0),
+    ] {
+        let mut want = vec![f16::ZERO; n_kv_heads * capacity * head_dim];
+        for c in want.chunks_mut(2) {
+            c.copy_from_slice(&poison);
+        }
+        reference::kv_cache::kv_write(&mut want, new, pos, n_kv_heads, head_dim, capacity);
+        let got = reference::kv_cache::unpack(&g.read_vec::<u32>(cache).unwrap());
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            if b.to_bits() == poison[i % 2].to_bits() {
+                assert_eq!(
+                    a.to_bits(),
+                    b.to_bits(),
+                    "{what}: cache_{name} element {i} changed"
+                );
+                continue;
+            }
+            let (x, y) = (a.to_f32(), b.to_f32());
+            // One f16 rounding of values that may differ by the rope tolerance.
+            let ulp = (y.abs() * 2f32.powi(-10)).max(2f32.powi(-24));
+            assert!(
+                (x - y).abs() <= tol + ulp,
+                "{what}: cache_{name} element {i}: got {x} want {y}"
+            );
+        }
+    }
+}
+
+/// The pattern `Gpu::poison` writes.
+const POISON: u32 = 0x7FC0_DEAD;
+
+#[test]
+fn rope_kv_fused_matches_rope_then_kv_write() {
+    let k = kernels();
+    for style in [RopeStyle::Adjacent, RopeStyle::HalfSplit] {
+        check_rope_kv(k, style, 9, 3, 64, 48, 1, 1, 17);
+        check_rope_kv(k, style, 4, 4, 32, 20, 8, 5, 3);
+        check_rope_kv(k, style, 8, 2, 128, 70, 16, 11, 60);
+        // A chunk running past the end of the cache: q, k rotated, overflow not written.
+        check_rope_kv(k, style, 2, 1, 64, 10, 8, 8, 6);
+    }
+    check_rope_kv(
+        kernels_no_subgroup(),
+        RopeStyle::HalfSplit,
+        4,
+        2,
+        64,
+        16,
+        2,
+        2,
+        1,
+    );
+    // Unsupported head shapes are refused (the forward pass falls back to rope + kv_write).
+    assert!(!rope::rope_kv_supported(64, 32));
+    assert!(!rope::rope_kv_supported(66, 66));
+}

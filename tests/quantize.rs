@@ -168,7 +168,8 @@ fn compare(a: &[Vec<f32>], b: &[Vec<f32>]) -> (f32, f32) {
 /// weight noise more than trained ones; a broken format lands near 1 or above.
 fn tolerance(t: GgmlType) -> f32 {
     match t {
-        GgmlType::F32 => 1e-5,
+        // Float reduction order only (the GGUF's permuted rows, adjacent-pair RoPE).
+        GgmlType::F32 => 5e-5,
         GgmlType::F16 => 0.002,
         GgmlType::Bf16 => 0.01,
         GgmlType::Q8_0 => 0.025,

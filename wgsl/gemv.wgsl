@@ -29,7 +29,13 @@ struct Params {
     upr: u32,
     // Row i is written to out[out_offset + i].
     out_offset: u32,
-    _pad: u32,
+    // NORM: the RMSNorm epsilon (f32 bits).
+    eps_bits: u32,
+    // k / 4: vec4s of x.
+    k4: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 // Lanes per row group (a power of two; with SG_REDUCE at most the subgroup size).
@@ -45,6 +51,10 @@ override HAS_BIAS: bool = false;
 override ACCUMULATE: bool = false;
 
 // Accumulators per lane: NMAT * RPG <= 16, so RPG <= 8 (16 for plain gemv).
+//
+// NORM (define): x is the residual stream and the kernel applies RMSNorm to it on load
+// (x * rsqrt(mean(x^2) + eps) * norm_w), each workgroup computing the mean itself from all
+// of x, so the norm needs no dispatch of its own. WG must be a power of two.
 
 // ---- per-format units -------------------------------------------------------------------
 // WUnit: the type of one qs load; SElem: the element type of the scales plane; XV: vec4<f32>
@@ -297,13 +307,55 @@ fn unit_value(m: u32, g: u32, xs: array<vec4<f32>, XV>, st: vec4<f32>) -> f32 {
 @group(0) @binding(5) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
 const NMAT: u32 = 2u;
+#ifdef NORM
+@group(0) @binding(7) var<storage, read> norm_w: array<vec4<f32>>;
+#endif
 #else
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
 // f32[n]; a placeholder when HAS_BIAS is false, so the layout never changes.
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 const NMAT: u32 = 1u;
+#ifdef NORM
+@group(0) @binding(6) var<storage, read> norm_w: array<vec4<f32>>;
 #endif
+#endif
+
+#ifdef NORM
+var<workgroup> norm_partial: array<f32, 1024>;
+#endif
+// x * the RMSNorm scale of x (NORM), else 1.
+var<private> x_scale: f32 = 1.0;
+
+// NORM: every invocation of the workgroup computes rsqrt(mean(x^2) + eps) into x_scale.
+// Called from uniform control flow at the top of the entry points.
+fn norm_prologue(lid: u32) {
+#ifdef NORM
+    var s = 0.0;
+    for (var i = lid; i < p.k4; i += WG) {
+        let v = x[i];
+        s += dot(v, v);
+    }
+    norm_partial[lid] = s;
+    workgroupBarrier();
+    for (var o = WG >> 1u; o > 0u; o >>= 1u) {
+        if (lid < o) {
+            norm_partial[lid] += norm_partial[lid + o];
+        }
+        workgroupBarrier();
+    }
+    x_scale = inverseSqrt(norm_partial[0] / f32(4u * p.k4) + bitcast<f32>(p.eps_bits));
+#endif
+}
+
+// Activation vec4 i, normalised under NORM.
+fn x_at(i: u32) -> vec4<f32> {
+#ifdef NORM
+    return x[i] * x_scale * norm_w[i];
+#else
+    return x[i];
+#endif
+}
 
 fn qs_at(m: u32, g: u32) -> WUnit {
 #ifdef SWIGLU
@@ -361,11 +413,11 @@ fn load_x(u: u32) -> array<vec4<f32>, XV> {
 #ifdef WORD_UNITS
     // Word w of block b: x[32b + 4w ..] and x[32b + 16 + 4w ..].
     let base = (u >> 2u) * 8u + (u & 3u);
-    xs[0] = x[base];
-    xs[1] = x[base + 4u];
+    xs[0] = x_at(base);
+    xs[1] = x_at(base + 4u);
 #else
     for (var i = 0u; i < XV; i++) {
-        xs[i] = x[u * XV + i];
+        xs[i] = x_at(u * XV + i);
     }
 #endif
     return xs;
@@ -416,6 +468,7 @@ fn row_group(lane: Lane) -> vec2<u32> {
 #ifdef SWIGLU
 @compute @workgroup_size(WG)
 fn gemv_swiglu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, lane: Lane) {
+    norm_prologue(lane.lid);
     let gl = row_group(lane);
     let row0 = ((wid.x + wid.y * nwg.x) * (WG / LPR) + gl.x) * RPG;
     var acc: array<f32, 16>;
@@ -433,6 +486,7 @@ fn gemv_swiglu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 #else
 @compute @workgroup_size(WG)
 fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, lane: Lane) {
+    norm_prologue(lane.lid);
     let gl = row_group(lane);
     let row0 = ((wid.x + wid.y * nwg.x) * (WG / LPR) + gl.x) * RPG;
     var acc: array<f32, 16>;

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Capabilities;
 use crate::quant::WeightFormat;
 
-/// WGSL mirror: `struct Params { n, upr, out_offset, _pad }`.
+/// WGSL mirror: `struct Params { n, upr, out_offset, eps_bits, k4, _pad0..2 }`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct GemvParams {
@@ -19,7 +19,11 @@ pub struct GemvParams {
     pub upr: u32,
     /// Row i is written to `out[out_offset + i]`.
     pub out_offset: u32,
-    pub _pad: u32,
+    /// RMSNorm epsilon (f32 bits) of the fused norm prologue.
+    pub eps_bits: u32,
+    /// k / 4.
+    pub k4: u32,
+    pub _pad: [u32; 3],
 }
 
 /// What happens to each dot product before it is stored.
@@ -31,6 +35,9 @@ pub struct GemvEpilogue<'a> {
     pub accumulate: bool,
     /// Row i of w is written to `out[out_offset + i]` (split matrices).
     pub out_offset: usize,
+    /// Prologue: x is RMS-normalised on load with these f32[k] weights and epsilon, so the
+    /// norm before a projection needs no dispatch of its own.
+    pub norm: Option<(&'a wgpu::Buffer, f32)>,
 }
 
 /// The work split of one GEMV pipeline (the WGSL `override` constants).
@@ -162,51 +169,95 @@ pub fn choose_config(caps: &Capabilities, format: WeightFormat, n: usize, k: usi
 }
 
 /// The spec of a plain GEMV pipeline (op `gemv_<format>`).
-pub fn spec(format: WeightFormat, cfg: &GemvConfig, bias: bool, accumulate: bool) -> KernelSpec {
-    KernelSpec::new(
-        format!("gemv_{}", format.name()),
-        "gemv",
-        "gemv",
-        &[
-            Binding::Uniform,
-            Binding::Read,
-            Binding::Read,
-            Binding::Read,
-            Binding::Read,
-            Binding::ReadWrite,
-        ],
-    )
-    .define(format.define())
-    .constant("LPR", cfg.lanes_per_row)
-    .constant("RPG", cfg.rows_per_group)
-    .constant("WG", cfg.workgroup_size)
-    .constant("SG_REDUCE", cfg.subgroup_reduce as u32)
-    .constant("HAS_BIAS", bias as u32)
-    .constant("ACCUMULATE", accumulate as u32)
+pub fn spec(
+    format: WeightFormat,
+    cfg: &GemvConfig,
+    bias: bool,
+    accumulate: bool,
+    norm: bool,
+) -> KernelSpec {
+    let mut bindings = vec![
+        Binding::Uniform,
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::ReadWrite,
+    ];
+    if norm {
+        bindings.push(Binding::Read);
+    }
+    let s = KernelSpec::new(format!("gemv_{}", format.name()), "gemv", "gemv", &bindings)
+        .define(format.define());
+    if norm { s.define("NORM") } else { s }
+        .constant("LPR", cfg.lanes_per_row)
+        .constant("RPG", cfg.rows_per_group)
+        .constant("WG", cfg.workgroup_size)
+        .constant("SG_REDUCE", cfg.subgroup_reduce as u32)
+        .constant("HAS_BIAS", bias as u32)
+        .constant("ACCUMULATE", accumulate as u32)
 }
 
 /// The spec of the fused gate+up+SwiGLU pipeline (op `gemv_swiglu_<format>`).
-pub fn swiglu_spec(format: WeightFormat, cfg: &GemvConfig) -> KernelSpec {
-    KernelSpec::new(
+pub fn swiglu_spec(format: WeightFormat, cfg: &GemvConfig, norm: bool) -> KernelSpec {
+    let mut bindings = vec![
+        Binding::Uniform,
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::ReadWrite,
+    ];
+    if norm {
+        bindings.push(Binding::Read);
+    }
+    let s = KernelSpec::new(
         format!("gemv_swiglu_{}", format.name()),
         "gemv",
         "gemv_swiglu",
-        &[
-            Binding::Uniform,
-            Binding::Read,
-            Binding::Read,
-            Binding::Read,
-            Binding::Read,
-            Binding::Read,
-            Binding::ReadWrite,
-        ],
+        &bindings,
     )
     .define(format.define())
-    .define("SWIGLU")
-    .constant("LPR", cfg.lanes_per_row)
-    .constant("RPG", cfg.rows_per_group)
-    .constant("WG", cfg.workgroup_size)
-    .constant("SG_REDUCE", cfg.subgroup_reduce as u32)
+    .define("SWIGLU");
+    if norm { s.define("NORM") } else { s }
+        .constant("LPR", cfg.lanes_per_row)
+        .constant("RPG", cfg.rows_per_group)
+        .constant("WG", cfg.workgroup_size)
+        .constant("SG_REDUCE", cfg.subgroup_reduce as u32)
+}
+
+fn params_for(
+    w: &GpuMatrix,
+    upr: u32,
+    out_offset: usize,
+    norm: Option<(&wgpu::Buffer, f32)>,
+) -> GemvParams {
+    GemvParams {
+        n: w.n as u32,
+        upr,
+        out_offset: out_offset as u32,
+        eps_bits: norm.map_or(0, |(_, e)| e.to_bits()),
+        k4: (w.k / 4) as u32,
+        _pad: [0; 3],
+    }
+}
+
+/// The norm prologue reads f32[k] weights and reduces over a power-of-two workgroup of at
+/// most 1024 lanes (its workgroup array).
+fn check_norm(norm: Option<(&wgpu::Buffer, f32)>, kdim: usize, cfg: &GemvConfig) -> Result<()> {
+    let Some((w, eps)) = norm else { return Ok(()) };
+    need("norm weights", w, kdim as u64 * 4)?;
+    if !cfg.workgroup_size.is_power_of_two() || cfg.workgroup_size > 1024 {
+        return Err(Error::InvalidArgument(format!(
+            "gemv norm prologue needs a power-of-two workgroup up to 1024, not {}",
+            cfg.workgroup_size
+        )));
+    }
+    if !(eps.is_finite() && eps >= 0.0) {
+        return Err(Error::InvalidArgument(format!("rms epsilon {eps}")));
+    }
+    Ok(())
 }
 
 fn need(name: &str, b: &wgpu::Buffer, bytes: u64) -> Result<()> {
@@ -295,22 +346,31 @@ pub fn gemv_with_config(
     if let Some(b) = epi.bias {
         need("bias", b, w.n as u64 * 4)?;
     }
-    let params = k.gpu.uniform(
-        "gemv params",
-        &GemvParams {
-            n: w.n as u32,
-            upr,
-            out_offset: epi.out_offset as u32,
-            _pad: 0,
-        },
-    )?;
+    check_norm(epi.norm, w.k, cfg)?;
+    let params = k
+        .gpu
+        .uniform("gemv params", &params_for(w, upr, epi.out_offset, epi.norm))?;
     // Without a bias the binding still needs a buffer; x is bound read-only already.
     let bias = epi.bias.unwrap_or(x);
-    k.dispatch(
-        &spec(w.format, cfg, epi.bias.is_some(), epi.accumulate),
-        &[&params, &w.qs, &w.scales, x, bias, out],
-        grid(k, w.n, cfg)?,
-    )
+    let sp = spec(
+        w.format,
+        cfg,
+        epi.bias.is_some(),
+        epi.accumulate,
+        epi.norm.is_some(),
+    );
+    match epi.norm {
+        Some((nw, _)) => k.dispatch(
+            &sp,
+            &[&params, &w.qs, &w.scales, x, bias, out, nw],
+            grid(k, w.n, cfg)?,
+        ),
+        None => k.dispatch(
+            &sp,
+            &[&params, &w.qs, &w.scales, x, bias, out],
+            grid(k, w.n, cfg)?,
+        ),
+    }
 }
 
 /// out[i] = silu(gate·x)_i * (up·x)_i — the FFN's gate+up+SwiGLU in one dispatch (same
@@ -328,6 +388,21 @@ pub fn gemv_swiglu(
     gemv_swiglu_with_config(k, gate, up, x, out, &cfg)
 }
 
+/// [`gemv_swiglu`] with x RMS-normalised on load (`norm` = weights f32[k], epsilon): the
+/// FFN norm, gate, up and SwiGLU in one dispatch.
+pub fn gemv_swiglu_normed(
+    k: &Kernels,
+    gate: &GpuMatrix,
+    up: &GpuMatrix,
+    x: &wgpu::Buffer,
+    norm: (&wgpu::Buffer, f32),
+    out: &wgpu::Buffer,
+) -> Result<Dispatch> {
+    let mut cfg = choose_config(&k.gpu.caps, gate.format, gate.n, gate.k);
+    cfg.rows_per_group = cfg.rows_per_group.min(MAX_ACC / 2);
+    gemv_swiglu_with_config_norm(k, gate, up, x, out, &cfg, Some(norm))
+}
+
 /// [`gemv_swiglu`] with an explicit work split.
 pub fn gemv_swiglu_with_config(
     k: &Kernels,
@@ -336,6 +411,19 @@ pub fn gemv_swiglu_with_config(
     x: &wgpu::Buffer,
     out: &wgpu::Buffer,
     cfg: &GemvConfig,
+) -> Result<Dispatch> {
+    gemv_swiglu_with_config_norm(k, gate, up, x, out, cfg, None)
+}
+
+/// [`gemv_swiglu_with_config`] with an optional norm prologue.
+pub fn gemv_swiglu_with_config_norm(
+    k: &Kernels,
+    gate: &GpuMatrix,
+    up: &GpuMatrix,
+    x: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    cfg: &GemvConfig,
+    norm: Option<(&wgpu::Buffer, f32)>,
 ) -> Result<Dispatch> {
     cfg.validate(&k.gpu.caps, true)?;
     if gate.format != up.format || gate.n != up.n || gate.k != up.k {
@@ -353,18 +441,31 @@ pub fn gemv_swiglu_with_config(
     check_matrix("up", up)?;
     need("x", x, gate.k as u64 * 4)?;
     need("out", out, gate.n as u64 * 4)?;
-    let params = k.gpu.uniform(
-        "gemv_swiglu params",
-        &GemvParams {
-            n: gate.n as u32,
-            upr,
-            out_offset: 0,
-            _pad: 0,
-        },
-    )?;
-    k.dispatch(
-        &swiglu_spec(gate.format, cfg),
-        &[&params, &gate.qs, &gate.scales, &up.qs, &up.scales, x, out],
-        grid(k, gate.n, cfg)?,
-    )
+    check_norm(norm, gate.k, cfg)?;
+    let params = k
+        .gpu
+        .uniform("gemv_swiglu params", &params_for(gate, upr, 0, norm))?;
+    let sp = swiglu_spec(gate.format, cfg, norm.is_some());
+    let g = grid(k, gate.n, cfg)?;
+    match norm {
+        Some((nw, _)) => k.dispatch(
+            &sp,
+            &[
+                &params,
+                &gate.qs,
+                &gate.scales,
+                &up.qs,
+                &up.scales,
+                x,
+                out,
+                nw,
+            ],
+            g,
+        ),
+        None => k.dispatch(
+            &sp,
+            &[&params, &gate.qs, &gate.scales, &up.qs, &up.scales, x, out],
+            g,
+        ),
+    }
 }

@@ -69,6 +69,8 @@ fn chunks_for<'a>(
     Ok(&m.chunks)
 }
 
+/// GEMVs of every row chunk of `m`; with `norm`, x is RMS-normalised on load.
+#[allow(clippy::too_many_arguments)]
 fn gemv_all(
     k: &Kernels,
     m: &SplitMatrix,
@@ -76,6 +78,7 @@ fn gemv_all(
     out: &wgpu::Buffer,
     bias: Option<&wgpu::Buffer>,
     accumulate: bool,
+    norm: Option<(&wgpu::Buffer, f32)>,
     list: &mut Vec<Dispatch>,
 ) -> Result<()> {
     for (row0, chunk) in chunks_for(m, bias)? {
@@ -88,6 +91,7 @@ fn gemv_all(
                 bias,
                 accumulate,
                 out_offset: *row0,
+                norm,
             },
         )?);
     }
@@ -313,19 +317,13 @@ impl Forward {
         self.embed(k, w, &self.token, 1, &mut list)?;
         let a = &self.act;
         let splits = attention::choose_splits(&self.gpu.caps, cfg.n_kv_heads, kv.capacity);
+        let eps = cfg.rms_eps;
         for (i, l) in w.layers.iter().enumerate() {
-            list.push(rmsnorm::rmsnorm(
-                k,
-                &a.h,
-                &l.attn_norm,
-                &a.normed,
-                cfg.hidden,
-                1,
-                cfg.rms_eps,
-            )?);
-            gemv_all(k, &l.wq, &a.normed, &a.q, l.bq.as_ref(), false, &mut list)?;
-            gemv_all(k, &l.wk, &a.normed, &a.k, l.bk.as_ref(), false, &mut list)?;
-            gemv_all(k, &l.wv, &a.normed, &a.v, l.bv.as_ref(), false, &mut list)?;
+            // The attention norm runs inside each of the q, k, v GEMVs (norm prologue).
+            let an = Some((&l.attn_norm, eps));
+            gemv_all(k, &l.wq, &a.h, &a.q, l.bq.as_ref(), false, an, &mut list)?;
+            gemv_all(k, &l.wk, &a.h, &a.k, l.bk.as_ref(), false, an, &mut list)?;
+            gemv_all(k, &l.wv, &a.h, &a.v, l.bv.as_ref(), false, an, &mut list)?;
             self.post_qkv(k, l, kv, i, inv_freq, 1, &mut list)?;
             let att = attention::attention_decode(
                 k,
@@ -343,22 +341,15 @@ impl Forward {
             )?;
             list.extend(att.dispatches.iter().cloned());
             self._attn.push(att);
-            gemv_all(k, &l.wo, &a.attn, &a.h, None, true, &mut list)?;
-            list.push(rmsnorm::rmsnorm(
-                k,
-                &a.h,
-                &l.ffn_norm,
-                &a.normed,
-                cfg.hidden,
-                1,
-                cfg.rms_eps,
-            )?);
+            gemv_all(k, &l.wo, &a.attn, &a.h, None, true, None, &mut list)?;
             if l.w_gate.chunks.len() == 1 && l.w_up.chunks.len() == 1 {
-                list.push(gemv::gemv_swiglu(
+                // FFN norm + gate + up + SwiGLU in one dispatch.
+                list.push(gemv::gemv_swiglu_normed(
                     k,
                     &l.w_gate.chunks[0].1,
                     &l.w_up.chunks[0].1,
-                    &a.normed,
+                    &a.h,
+                    (&l.ffn_norm, eps),
                     &a.act,
                 )?);
             } else {
@@ -366,7 +357,7 @@ impl Forward {
                     "FFN matrices split across bindings".into(),
                 ));
             }
-            gemv_all(k, &l.w_down, &a.act, &a.h, None, true, &mut list)?;
+            gemv_all(k, &l.w_down, &a.act, &a.h, None, true, None, &mut list)?;
         }
         self.decode = list;
         let (head, am) = self.head(k, w, &self.act.h)?;
@@ -501,16 +492,10 @@ impl Forward {
     ) -> Result<(Vec<Dispatch>, argmax::Argmax)> {
         let cfg = &self.cfg;
         let a = &self.act;
-        let mut list = vec![rmsnorm::rmsnorm(
-            k,
-            h,
-            &w.output_norm,
-            &a.normed,
-            cfg.hidden,
-            1,
-            cfg.rms_eps,
-        )?];
-        gemv_all(k, w.lm_head(), &a.normed, &a.logits, None, false, &mut list)?;
+        // The final norm runs inside the LM-head GEMV (norm prologue).
+        let mut list = Vec::new();
+        let norm = Some((&w.output_norm, cfg.rms_eps));
+        gemv_all(k, w.lm_head(), h, &a.logits, None, false, norm, &mut list)?;
         let am = argmax::argmax(k, &a.logits, cfg.vocab, &self.token, 0)?;
         list.extend(am.dispatches.iter().cloned());
         Ok((list, am))

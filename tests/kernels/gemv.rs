@@ -92,6 +92,7 @@ fn check(
         bias: case.bias.then_some(&bb),
         accumulate: case.accumulate,
         out_offset: case.out_offset,
+        norm: None,
     };
     let d = match cfg {
         Some(c) => gemv::gemv_with_config(k, &w, &xb, &out, epi, &c),
@@ -381,6 +382,66 @@ fn gemv_default_configs_are_valid() {
             let c = gemv::choose_config(caps, f, n, kk);
             c.validate(caps, false).unwrap();
             assert!(c.rows_per_workgroup() >= 1);
+        }
+    }
+}
+
+/// The RMSNorm prologue: GEMV (and gate+up SwiGLU) of the raw residual x with the norm
+/// applied on load equals the reference rmsnorm followed by the reference GEMV. The residual
+/// is given a large spread (one channel ~100x the rest, as real models have) so a wrong
+/// scale or a missing weight shows.
+fn check_norm(k: &Kernels, format: WeightFormat, n: usize, kk: usize, swiglu: bool) {
+    let mut r = rng();
+    let g = &k.gpu;
+    let mut x = rand_vec(&mut r, kk, 3.0);
+    x[kk / 3] = 250.0;
+    let nw: Vec<f32> = rand_vec(&mut r, kk, 0.5).iter().map(|v| 1.0 + v).collect();
+    let eps = 1e-5;
+    let normed = reference::rmsnorm::rmsnorm(&x, &nw, kk, eps);
+    let (xb, nwb) = (g.upload("x", &x).unwrap(), g.upload("nw", &nw).unwrap());
+    let out = poisoned_on(k, n);
+    let (w, wv) = matrix(&mut r, k, format, n, kk);
+    let what = format!(
+        "gemv norm prologue {} n={n} k={kk} swiglu={swiglu}",
+        format.name()
+    );
+    let want = if swiglu {
+        let (up, uv) = matrix(&mut r, k, format, n, kk);
+        let d = gemv::gemv_swiglu_normed(k, &w, &up, &xb, (&nwb, eps), &out).unwrap();
+        k.run(&[&d]).unwrap();
+        reference::gemv::gemv_swiglu(&wv, &uv, n, kk, &normed)
+    } else {
+        let epi = GemvEpilogue {
+            norm: Some((&nwb, eps)),
+            ..Default::default()
+        };
+        let d = gemv::gemv(k, &w, &xb, &out, epi).unwrap();
+        k.run(&[&d]).unwrap();
+        reference::gemv::gemv(&wv, n, kk, &normed)
+    };
+    // The norm adds one f32 scale rounding per element (~1e-7 relative) to the GEMV's error.
+    check_vs(
+        &what,
+        &g.read_vec::<f32>(&out).unwrap(),
+        &want,
+        max_abs_dot(&wv, kk, &normed),
+    );
+}
+
+#[test]
+fn gemv_norm_prologue() {
+    for k in [kernels(), kernels_no_subgroup()] {
+        for f in [
+            WeightFormat::Q4_0,
+            WeightFormat::Q4_1,
+            WeightFormat::Q8_0,
+            WeightFormat::F16,
+            WeightFormat::Q4K,
+        ] {
+            for (n, kk) in [(100, 576), (33, 1536)] {
+                check_norm(k, f, n, fit(f, kk), false);
+                check_norm(k, f, n, fit(f, kk), true);
+            }
         }
     }
 }

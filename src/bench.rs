@@ -397,6 +397,7 @@ pub struct GemvTiming {
 
 /// Times GEMV (or gate+up SwiGLU) on an n x k matrix of random `format` weights for each of
 /// `configs` (plus the default choice), `reps` dispatches each after a warm-up.
+#[allow(clippy::too_many_arguments)]
 pub fn gemv_sweep(
     k: &crate::kernels::Kernels,
     format: crate::quant::WeightFormat,
@@ -439,8 +440,13 @@ pub fn gemv_sweep(
             None => gemv::gemv_with_config(k, &w, &x, &out, Default::default(), &cfg),
         };
         let Ok(d) = d else { continue };
-        // Warm-up: a few passes of the same work.
-        for _ in 0..3 {
+        // Warm-up: the first variant runs for half a second (GPU clocks ramp up under
+        // load), the others a few passes.
+        let t0 = Instant::now();
+        let warm = if out_rows.is_empty() { 0.5 } else { 0.0 };
+        let mut passes = 0;
+        while passes < 3 || t0.elapsed().as_secs_f64() < warm {
+            passes += 1;
             let mut enc = gpu.device.create_command_encoder(&Default::default());
             {
                 let mut pass = enc.begin_compute_pass(&Default::default());
@@ -449,6 +455,7 @@ pub fn gemv_sweep(
                 }
             }
             gpu.queue.submit([enc.finish()]);
+            gpu.wait_idle()?;
         }
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         {

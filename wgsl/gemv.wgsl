@@ -435,20 +435,34 @@ fn x_stats(xs: array<vec4<f32>, XV>) -> vec4<f32> {
 
 // Accumulates this lane's share of rows row0 .. row0 + RPG of the bound matrices into acc
 // (acc[m * RPG + r] for matrix m, row r), reduced over the row group.
-fn accumulate_rows(acc: ptr<function, array<f32, 16>>, row0: u32, lane: Lane, l: u32) {
-    for (var u = l; u < p.upr; u += LPR) {
-        let xs = load_x(u);
-        var st = vec4<f32>(0.0);
-        if (SUM_X) { st = x_stats(xs); }
-        for (var r = 0u; r < RPG; r++) {
-            // Rows past the end recompute the last row: every lane must reach the
-            // reduction, and the result is never written.
-            let g = min(row0 + r, p.n - 1u) * p.upr + u;
-            (*acc)[r] += unit_value(0u, g, xs, st);
+fn accumulate_unit(acc: ptr<function, array<f32, 16>>, row0: u32, u: u32) {
+    let xs = load_x(u);
+    var st = vec4<f32>(0.0);
+    if (SUM_X) { st = x_stats(xs); }
+    for (var r = 0u; r < RPG; r++) {
+        // Rows past the end recompute the last row: every lane must reach the
+        // reduction, and the result is never written.
+        let g = min(row0 + r, p.n - 1u) * p.upr + u;
+        (*acc)[r] += unit_value(0u, g, xs, st);
 #ifdef SWIGLU
-            (*acc)[RPG + r] += unit_value(1u, g, xs, st);
+        (*acc)[RPG + r] += unit_value(1u, g, xs, st);
 #endif
-        }
+    }
+}
+
+fn accumulate_rows(acc: ptr<function, array<f32, 16>>, row0: u32, lane: Lane, l: u32) {
+    var u = l;
+    // Four units per step, unconditionally: their loads are independent, so a lane keeps
+    // four in flight instead of waiting out the memory latency once per unit.
+    while (u + 3u * LPR < p.upr) {
+        accumulate_unit(acc, row0, u);
+        accumulate_unit(acc, row0, u + LPR);
+        accumulate_unit(acc, row0, u + 2u * LPR);
+        accumulate_unit(acc, row0, u + 3u * LPR);
+        u += 4u * LPR;
+    }
+    for (; u < p.upr; u += LPR) {
+        accumulate_unit(acc, row0, u);
     }
     reduce_rows(acc, lane, l);
 }

@@ -261,3 +261,33 @@ fn matrices_split_across_small_bindings_give_the_same_logits() {
         assert!(d < 1e-5, "position {pos}: split vs whole differ by {d}");
     }
 }
+
+/// Decode attention has two recorded forms: one split per KV head up to
+/// `SHORT_ATTENTION` cached positions, split-KV plus a merge pass beyond. Both must give the
+/// logits the prefill path (GEMM + causal prefill attention) gives at the same position:
+/// the last few prompt tokens are run through decode steps when fewer than 8 remain.
+#[test]
+fn decode_attention_forms_match_prefill() {
+    use wick::runtime::forward::SHORT_ATTENTION;
+    let model = load(&dir("llama_gqa"), 512);
+    let ids: Vec<u32> = (0..SHORT_ATTENTION as u32 + 40)
+        .map(|i| (i * 7919 + 13) % 512)
+        .collect();
+    for end in [SHORT_ATTENTION - 30, SHORT_ATTENTION + 20] {
+        // Decode steps for the last 4 positions.
+        let mut a = Session::new(&model).unwrap();
+        a.prefill(&ids[..end - 4]).unwrap();
+        a.prefill(&ids[..end]).unwrap();
+        // One GEMM chunk of 12 for the last positions.
+        let mut b = Session::new(&model).unwrap();
+        b.prefill(&ids[..end - 12]).unwrap();
+        b.prefill(&ids[..end]).unwrap();
+        let (x, y) = (a.logits().unwrap(), b.logits().unwrap());
+        let scale = y.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let d = max_abs_diff(&x, &y);
+        assert!(
+            d <= 1e-4 * scale.max(1.0),
+            "{end} positions: decode vs prefill logits differ by {d} (scale {scale})"
+        );
+    }
+}

@@ -19,6 +19,11 @@ use crate::runtime::kv_cache::KvCache;
 /// stay a few MB for small models.
 pub const PREFILL_CHUNK: usize = 64;
 
+/// Cached positions up to which decode attention runs as one split per KV head, without the
+/// merge pass: one dispatch fewer per layer, and a single workgroup per head still covers
+/// this many positions quickly.
+pub const SHORT_ATTENTION: usize = 256;
+
 /// Activation buffers of one session, sized for a prefill chunk (decode uses row 0).
 struct Activations {
     h: wgpu::Buffer,
@@ -48,6 +53,9 @@ pub struct Forward {
     pub token: wgpu::Buffer,
     act: Activations,
     decode: Vec<Dispatch>,
+    /// The decode step with single-split attention (no merge pass), used while the cache
+    /// holds at most [`SHORT_ATTENTION`] positions.
+    decode_short: Vec<Dispatch>,
     decode_head: Vec<Dispatch>,
     prefill: Vec<Dispatch>,
     prefill_head: Vec<Dispatch>,
@@ -166,6 +174,7 @@ impl Forward {
             token,
             act,
             decode: Vec::new(),
+            decode_short: Vec::new(),
             decode_head: Vec::new(),
             prefill: Vec::new(),
             prefill_head: Vec::new(),
@@ -312,11 +321,32 @@ impl Forward {
         kv: &KvCache,
         inv_freq: &wgpu::Buffer,
     ) -> Result<()> {
+        let splits = attention::choose_splits(&self.gpu.caps, self.cfg.n_kv_heads, kv.capacity);
+        self.decode = self.decode_list(k, w, kv, inv_freq, splits)?;
+        self.decode_short = if splits > 1 {
+            self.decode_list(k, w, kv, inv_freq, 1)?
+        } else {
+            self.decode.clone()
+        };
+        let (head, am) = self.head(k, w, &self.act.h)?;
+        self.decode_head = head;
+        self._keep.push(am);
+        Ok(())
+    }
+
+    /// One decode step's dispatches with `splits`-way split attention.
+    fn decode_list(
+        &mut self,
+        k: &Kernels,
+        w: &ModelWeights,
+        kv: &KvCache,
+        inv_freq: &wgpu::Buffer,
+        splits: usize,
+    ) -> Result<Vec<Dispatch>> {
         let cfg = self.cfg.clone();
         let mut list = Vec::new();
         self.embed(k, w, &self.token, 1, &mut list)?;
         let a = &self.act;
-        let splits = attention::choose_splits(&self.gpu.caps, cfg.n_kv_heads, kv.capacity);
         let eps = cfg.rms_eps;
         for (i, l) in w.layers.iter().enumerate() {
             // The attention norm runs inside each of the q, k, v GEMVs (norm prologue).
@@ -359,11 +389,7 @@ impl Forward {
             }
             gemv_all(k, &l.w_down, &a.act, &a.h, None, true, None, &mut list)?;
         }
-        self.decode = list;
-        let (head, am) = self.head(k, w, &self.act.h)?;
-        self.decode_head = head;
-        self._keep.push(am);
-        Ok(())
+        Ok(list)
     }
 
     fn build_prefill(
@@ -501,23 +527,33 @@ impl Forward {
         Ok((list, am))
     }
 
-    /// Dispatches per decoded token.
-    pub fn decode_dispatches(&self) -> usize {
-        self.decode.len() + self.decode_head.len()
+    /// The decode list for a step that leaves `kv_len` positions in the cache.
+    fn decode_for(&self, kv_len: usize) -> &[Dispatch] {
+        if kv_len <= SHORT_ATTENTION {
+            &self.decode_short
+        } else {
+            &self.decode
+        }
     }
 
-    /// Records one decode step (the token id is already in `self.token`) into one pass.
-    pub fn record_decode(&self, enc: &mut wgpu::CommandEncoder) {
+    /// Dispatches of the decode step that leaves `kv_len` positions in the cache.
+    pub fn decode_dispatches(&self, kv_len: usize) -> usize {
+        self.decode_for(kv_len).len() + self.decode_head.len()
+    }
+
+    /// Records one decode step (the token id is already in `self.token`; the step uniform
+    /// says `kv_len`) into one pass.
+    pub fn record_decode(&self, enc: &mut wgpu::CommandEncoder, kv_len: usize) {
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("decode"),
             timestamp_writes: None,
         });
-        self.record_decode_into(&mut pass);
+        self.record_decode_into(&mut pass, kv_len);
     }
 
     /// The dispatches of one decode step, into an open pass.
-    pub fn record_decode_into(&self, pass: &mut wgpu::ComputePass<'_>) {
-        for d in self.decode.iter().chain(&self.decode_head) {
+    pub fn record_decode_into(&self, pass: &mut wgpu::ComputePass<'_>, kv_len: usize) {
+        for d in self.decode_for(kv_len).iter().chain(&self.decode_head) {
             d.record(pass);
         }
     }
@@ -529,12 +565,13 @@ impl Forward {
         &self,
         enc: &mut wgpu::CommandEncoder,
         prof: &mut crate::gpu::GpuProfiler,
+        kv_len: usize,
     ) {
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("decode (profiled)"),
             timestamp_writes: None,
         });
-        for d in self.decode.iter().chain(&self.decode_head) {
+        for d in self.decode_for(kv_len).iter().chain(&self.decode_head) {
             let region = prof.begin(&mut pass, &d.pipeline.op);
             d.record(&mut pass);
             prof.end(&mut pass, region);

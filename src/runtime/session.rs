@@ -253,7 +253,7 @@ impl Session {
                         ..Default::default()
                     });
                     let mut enc = gpu.device.create_command_encoder(&Default::default());
-                    self.fwd.record_decode(&mut enc);
+                    self.fwd.record_decode(&mut enc, pos + i + 1);
                     gpu.queue.submit([enc.finish()]);
                 }
                 self.tokens.extend_from_slice(chunk);
@@ -349,7 +349,10 @@ impl Session {
                 "profile_decode needs a prefilled prompt".into(),
             ));
         }
-        let n = self.fwd.decode_dispatches() as u32;
+        let n = self
+            .fwd
+            .decode_dispatches(usize::MAX)
+            .max(self.fwd.decode_dispatches(1)) as u32;
         let mut per_dispatch = crate::gpu::GpuProfiler::new(&gpu, n)?;
         let mut whole = crate::gpu::GpuProfiler::new(&gpu, 1)?;
         let mut samples = Vec::new();
@@ -368,7 +371,8 @@ impl Session {
             // Timed twice: per dispatch (for the split by op), and the step as a whole
             // without inner timestamps (for the total).
             let mut enc = gpu.device.create_command_encoder(&Default::default());
-            self.fwd.record_decode_profiled(&mut enc, &mut per_dispatch);
+            self.fwd
+                .record_decode_profiled(&mut enc, &mut per_dispatch, pos + 1);
             per_dispatch.resolve(&mut enc);
             gpu.queue.submit([enc.finish()]);
             samples.extend(per_dispatch.read(&gpu)?);
@@ -379,7 +383,7 @@ impl Session {
                     label: Some("decode (timed)"),
                     timestamp_writes: tw,
                 });
-                self.fwd.record_decode_into(&mut pass);
+                self.fwd.record_decode_into(&mut pass, pos + 1);
             }
             whole.resolve(&mut enc);
             gpu.queue.submit([enc.finish()]);
@@ -410,7 +414,7 @@ impl Session {
             ..Default::default()
         });
         let mut enc = gpu.device.create_command_encoder(&Default::default());
-        self.fwd.record_decode(&mut enc);
+        self.fwd.record_decode(&mut enc, pos + 1);
         let slot = self.stats.decode_steps % RING;
         let greedy = token_in_gpu.is_none();
         if greedy {
@@ -422,7 +426,7 @@ impl Session {
         }
         self.stats.decode_steps += 1;
         self.stats.decode_submits += 1;
-        self.stats.decode_dispatches += self.fwd.decode_dispatches();
+        self.stats.decode_dispatches += self.fwd.decode_dispatches(pos + 1);
         Ok(slot)
     }
 

@@ -129,6 +129,9 @@ const RING: usize = 4;
 struct RingSlot {
     buf: wgpu::Buffer,
     rx: Option<mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>>,
+    /// The submission that fills this slot: waiting for it (not for the latest submission)
+    /// keeps the look-ahead step running while the CPU reads this one.
+    submission: Option<wgpu::SubmissionIndex>,
 }
 
 /// A conversation state on one model: KV cache, position and the tokens it holds.
@@ -164,7 +167,11 @@ impl Session {
                     mapped_at_creation: false,
                 })
             })?;
-            ring.push(RingSlot { buf, rx: None });
+            ring.push(RingSlot {
+                buf,
+                rx: None,
+                submission: None,
+            });
         }
         Ok(Session {
             model: model.clone(),
@@ -420,8 +427,9 @@ impl Session {
         if greedy {
             enc.copy_buffer_to_buffer(&self.fwd.token, 0, &self.ring[slot].buf, 0, 8);
         }
-        gpu.queue.submit([enc.finish()]);
+        let submission = gpu.queue.submit([enc.finish()]);
         if greedy {
+            self.ring[slot].submission = Some(submission);
             self.map_slot(slot);
         }
         self.stats.decode_steps += 1;
@@ -458,8 +466,12 @@ impl Session {
                     // Settling a discarded look-ahead step after generation ended.
                     None => {}
                 }
+                let submission_index = self.ring[slot].submission.take();
                 gpu.device
-                    .poll(wgpu::PollType::wait_indefinitely())
+                    .poll(wgpu::PollType::Wait {
+                        submission_index,
+                        timeout: None,
+                    })
                     .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
                 rx.recv_timeout(Duration::from_secs(60))
                     .map_err(|_| Error::Gpu("the GPU did not return a token".into()))?

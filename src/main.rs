@@ -31,6 +31,8 @@ enum Command {
     Perplexity(cli::perplexity::PerplexityArgs),
     /// Write a model (HF directory or GGUF) as a GGUF of one type (f16, q8_0, q4_k, ...).
     Quantize(cli::quantize::QuantizeArgs),
+    /// Write a synthetic preset (real shapes, random weights) as a GGUF llama.cpp can run.
+    Synth(cli::synth::SynthArgs),
     /// Tokenize text (or decode ids) with a model's tokenizer.
     Tokenize(cli::tokenize::TokenizeArgs),
     /// List every GPU adapter with its backend, features, limits and subgroup sizes.
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
         Command::Logits(a) => cli::logits::run(a),
         Command::Perplexity(a) => cli::perplexity::run(a),
         Command::Quantize(a) => cli::quantize::run(a),
+        Command::Synth(a) => cli::synth::run(a),
         Command::Tokenize(a) => cli::tokenize::run(a),
         Command::Info(a) => cli::info::run(a),
     };

@@ -337,3 +337,75 @@ fn quantize_refuses_to_overwrite_its_input_and_bad_types() {
     assert!(e.contains("missing tensor blk.2.attn_q.weight"), "{e}");
     assert!(!out2.exists());
 }
+
+/// `wick synth`'s path: the smollm2-135m preset with the SmolLM2 vocabulary padded by a few
+/// tokens is written as a GGUF whose configuration equals the preset, whose tokenizer loads
+/// and tokenizes like the original, and whose padding tokens are typed unused.
+#[test]
+fn synthetic_preset_written_as_gguf() {
+    use wick::formats::gguf::GgufFile;
+    use wick::formats::tokenizer::{GgufVocab, Tokenizer};
+    use wick::model::synthetic::{padded_vocab, Preset, SyntheticStore};
+    let model = std::env::var("WICK_MODEL_PATH")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| wick::model::source::default_model_path());
+    if !model.exists() {
+        assert!(
+            std::env::var("WICK_REQUIRE_MODEL").as_deref() != Ok("1"),
+            "WICK_REQUIRE_MODEL=1 but {} is missing",
+            model.display()
+        );
+        eprintln!("skipping: no SmolLM2 GGUF for the vocabulary");
+        return;
+    }
+    let vocab = GgufVocab::from_gguf(&GgufFile::open(&model).unwrap()).unwrap();
+    let padded = padded_vocab(&vocab, vocab.tokens.len() + 3);
+    assert_eq!(
+        padded.tokens.last().unwrap(),
+        &format!("[PAD{}]", vocab.tokens.len() + 2)
+    );
+    assert_eq!(padded.token_types.last(), Some(&5));
+    let preset = Preset::by_name("smollm2-135m").unwrap();
+    let store = SyntheticStore::new(&preset, GgmlType::Q4_0, 1).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("synth.gguf");
+    let report = wick::model::export::write_model_gguf(
+        &store,
+        store.config(),
+        "synth",
+        vocab.to_metadata(),
+        false,
+        GgmlType::Q4_0,
+        &out,
+    )
+    .unwrap();
+    assert!(report.tokenizer);
+    let g = GgufFile::open(&out).unwrap();
+    let cfg = wick::model::ModelConfig::from_gguf(&g).unwrap();
+    let want = preset.config().unwrap();
+    assert_eq!(
+        (
+            cfg.n_layers,
+            cfg.hidden,
+            cfg.n_heads,
+            cfg.n_kv_heads,
+            cfg.ffn,
+            cfg.vocab
+        ),
+        (
+            want.n_layers,
+            want.hidden,
+            want.n_heads,
+            want.n_kv_heads,
+            want.ffn,
+            want.vocab
+        )
+    );
+    assert_eq!(cfg.tied_output, want.tied_output);
+    let t = Tokenizer::from_gguf(&g).unwrap();
+    let orig = Tokenizer::from_gguf(&GgufFile::open(&model).unwrap()).unwrap();
+    assert_eq!(
+        t.encode("Hello world 123").unwrap(),
+        orig.encode("Hello world 123").unwrap()
+    );
+}

@@ -123,16 +123,78 @@ pub fn quantize_to_gguf(input: &Path, output: &Path, target: GgmlType) -> Result
         (Source::Gguf(g), cfg)
     };
     let store = src.store();
+    // Hugging Face rows are half-split; llama.cpp's llama rotates adjacent pairs.
+    let permute_qk =
+        matches!(src, Source::Hf(_)) && matches!(cfg.arch, Arch::Llama | Arch::Mistral);
+    let tokenizer = tokenizer_metadata(&src, &cfg)?;
+    let name = input
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    write_model_gguf(store, &cfg, &name, tokenizer, permute_qk, target, output)
+}
+
+/// The `tokenizer.*` metadata of a source: copied from a GGUF, converted from a Hugging Face
+/// directory's `tokenizer.json`, or empty (with a warning) when it has none.
+fn tokenizer_metadata(src: &Source, cfg: &ModelConfig) -> Result<Vec<(String, MetaValue)>> {
+    let mut out = Vec::new();
+    match src {
+        Source::Gguf(g) => {
+            for (key, v) in &g.metadata {
+                if key.starts_with("tokenizer.") {
+                    out.push((key.clone(), v.clone()));
+                }
+            }
+        }
+        Source::Hf(ck) => {
+            let tj = ck.dir.join("tokenizer.json");
+            if tj.exists() {
+                let mut vocab = GgufVocab::from_tokenizer_json(&tj, Some(cfg.vocab))?;
+                if vocab.tokens.len() > cfg.vocab {
+                    return Err(Error::Model(format!(
+                        "tokenizer.json has {} tokens but the embedding only {} rows",
+                        vocab.tokens.len(),
+                        cfg.vocab
+                    )));
+                }
+                if vocab.chat_template.is_none() {
+                    vocab.chat_template = ck.chat_template();
+                }
+                if vocab.eos.is_none() {
+                    vocab.eos = ck.eos_ids().first().copied();
+                }
+                out = vocab.to_metadata();
+            } else {
+                log::warn!(
+                    "{}: no tokenizer.json; the GGUF serves token ids only",
+                    ck.dir.display()
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes the tensors of `store` (a model of `cfg`) as a GGUF at `output` whose matrices are
+/// `target`, with `tokenizer` metadata (may be empty) and, when `permute_qk`, the Q/K rows
+/// permuted from half-split to adjacent-pair RoPE.
+pub fn write_model_gguf(
+    store: &dyn TensorStore,
+    cfg: &ModelConfig,
+    name: &str,
+    tokenizer: Vec<(String, MetaValue)>,
+    permute_qk: bool,
+    target: GgmlType,
+    output: &Path,
+) -> Result<QuantizeReport> {
     let arch = match cfg.arch {
         Arch::Llama | Arch::Mistral => "llama",
         Arch::Qwen2 => "qwen2",
         Arch::Qwen3 => "qwen3",
     };
-    // Hugging Face rows are half-split; llama.cpp's llama rotates adjacent pairs.
-    let permute_qk = matches!(src, Source::Hf(_)) && arch == "llama";
 
     // Every tensor must be present and well-shaped before anything is written.
-    let manifest = tensor_manifest(&cfg);
+    let manifest = tensor_manifest(cfg);
     let mut problems = Vec::new();
     for (name, dims, _) in &manifest {
         match store.tensor(name) {
@@ -148,21 +210,13 @@ pub fn quantize_to_gguf(input: &Path, output: &Path, target: GgmlType) -> Result
         }
     }
     if !problems.is_empty() {
-        return Err(Error::Model(format!(
-            "{}: {}",
-            input.display(),
-            problems.join("; ")
-        )));
+        return Err(Error::Model(format!("{name}: {}", problems.join("; "))));
     }
 
     let mut w = GgufWriter::new();
     let u32_of = |v: usize| MetaValue::U32(u32::try_from(v).unwrap_or(u32::MAX));
     w.add_meta("general.architecture", MetaValue::String(arch.into()));
-    let name = input
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    w.add_meta("general.name", MetaValue::String(name));
+    w.add_meta("general.name", MetaValue::String(name.into()));
     w.add_meta("general.file_type", MetaValue::U32(file_type(target)));
     w.add_meta("general.quantization_version", MetaValue::U32(2));
     let k = |s: &str| format!("{arch}.{s}");
@@ -203,44 +257,9 @@ pub fn quantize_to_gguf(input: &Path, output: &Path, target: GgmlType) -> Result
     }
 
     // Tokenizer and chat template.
-    let mut tokenizer = false;
-    match &src {
-        Source::Gguf(g) => {
-            for (key, v) in &g.metadata {
-                if key.starts_with("tokenizer.") {
-                    w.add_meta(key.clone(), v.clone());
-                    tokenizer = true;
-                }
-            }
-        }
-        Source::Hf(ck) => {
-            let tj = ck.dir.join("tokenizer.json");
-            if tj.exists() {
-                let mut vocab = GgufVocab::from_tokenizer_json(&tj, Some(cfg.vocab))?;
-                if vocab.tokens.len() > cfg.vocab {
-                    return Err(Error::Model(format!(
-                        "tokenizer.json has {} tokens but the embedding only {} rows",
-                        vocab.tokens.len(),
-                        cfg.vocab
-                    )));
-                }
-                if vocab.chat_template.is_none() {
-                    vocab.chat_template = ck.chat_template();
-                }
-                if vocab.eos.is_none() {
-                    vocab.eos = ck.eos_ids().first().copied();
-                }
-                for (key, v) in vocab.to_metadata() {
-                    w.add_meta(key, v);
-                }
-                tokenizer = true;
-            } else {
-                log::warn!(
-                    "{}: no tokenizer.json; the GGUF serves token ids only",
-                    ck.dir.display()
-                );
-            }
-        }
+    let has_tokenizer = !tokenizer.is_empty();
+    for (key, v) in tokenizer {
+        w.add_meta(key, v);
     }
 
     // Tensor directory: types decided now, bytes produced while writing.
@@ -298,7 +317,7 @@ pub fn quantize_to_gguf(input: &Path, output: &Path, target: GgmlType) -> Result
         tensors: manifest.len() + rope_freqs.is_some() as usize,
         types,
         file_bytes,
-        tokenizer,
+        tokenizer: has_tokenizer,
         permuted_qk: permute_qk,
     })
 }

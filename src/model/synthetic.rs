@@ -223,6 +223,25 @@ impl TensorStore for SyntheticStore {
     }
 }
 
+/// `v` with `[PAD<i>]` tokens (type unused) appended up to `n` tokens, for presets whose
+/// vocabulary is larger than the tokenizer's (as llama.cpp's converter pads).
+pub fn padded_vocab(
+    v: &crate::formats::tokenizer::GgufVocab,
+    n: usize,
+) -> crate::formats::tokenizer::GgufVocab {
+    let mut v = v.clone();
+    if v.token_types.len() < v.tokens.len() {
+        v.token_types
+            .resize(v.tokens.len(), crate::formats::tokenizer::TOKEN_TYPE_NORMAL);
+    }
+    for i in v.tokens.len()..n {
+        v.tokens.push(format!("[PAD{i}]"));
+        v.token_types
+            .push(crate::formats::tokenizer::TOKEN_TYPE_UNUSED);
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -114,7 +114,8 @@ pub fn unit_elems(format: WeightFormat) -> usize {
 ///   from 576x576 to 151936x896): one row per row group and 256-lane workgroups won nearly
 ///   everywhere; the best lanes per row is whichever is larger of what fills the GPU with
 ///   about 2^17 threads (n * lanes) and what keeps each lane at most ~32 units, capped by the
-///   row's units. Within 10% of the best split on every measured shape except two.
+///   row's units. In the last sweep this was within 12% of the best split on 13 of 14 shapes;
+///   the exception, 1536x576 Q4_1, ran at 2x the best (64 lanes, 2 rows per group).
 /// - Others (Apple first, then AMD, Intel, CPU): the KERNELS.md §2 starting point, not yet
 ///   measured on those devices: 32 (or fewer for short rows) lanes per row, 4 rows per group,
 ///   64-lane workgroups.

@@ -33,8 +33,9 @@ struct Params {
     eps_bits: u32,
     // k / 4: vec4s of x.
     k4: u32,
-    _pad0: u32,
-    _pad1: u32,
+    // QKV: rows of the k and v matrices (n is the q matrix's).
+    nk: u32,
+    nv: u32,
     _pad2: u32,
 }
 
@@ -51,6 +52,10 @@ override HAS_BIAS: bool = false;
 override ACCUMULATE: bool = false;
 
 // Accumulators per lane: NMAT * RPG <= 16, so RPG <= 8 (16 for plain gemv).
+//
+// QKV (define): three matrices of one format and row length (q: n rows, k: nk, v: nv) in
+// one dispatch, each with its own bias and output buffer: rows are numbered q, then k, then
+// v, and each row group (RPG dividing n and nk) reads the matrix its rows belong to.
 //
 // NORM (define): x is the residual stream and the kernel applies RMSNorm to it on load
 // (x * rsqrt(mean(x^2) + eps) * norm_w), each workgroup computing the mean itself from all
@@ -311,14 +316,32 @@ const NMAT: u32 = 2u;
 @group(0) @binding(7) var<storage, read> norm_w: array<vec4<f32>>;
 #endif
 #else
+#ifdef QKV
+@group(0) @binding(3) var<storage, read> k_qs: array<WUnit>;
+@group(0) @binding(4) var<storage, read> k_scales: array<SElem>;
+@group(0) @binding(5) var<storage, read> v_qs: array<WUnit>;
+@group(0) @binding(6) var<storage, read> v_scales: array<SElem>;
+@group(0) @binding(7) var<storage, read> x: array<vec4<f32>>;
+// Biases: placeholders when HAS_BIAS is false.
+@group(0) @binding(8) var<storage, read> bias: array<f32>;
+@group(0) @binding(9) var<storage, read> k_bias: array<f32>;
+@group(0) @binding(10) var<storage, read> v_bias: array<f32>;
+@group(0) @binding(11) var<storage, read_write> out: array<f32>;
+@group(0) @binding(12) var<storage, read_write> k_out: array<f32>;
+@group(0) @binding(13) var<storage, read_write> v_out: array<f32>;
+#ifdef NORM
+@group(0) @binding(14) var<storage, read> norm_w: array<vec4<f32>>;
+#endif
+#else
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
 // f32[n]; a placeholder when HAS_BIAS is false, so the layout never changes.
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
-const NMAT: u32 = 1u;
 #ifdef NORM
 @group(0) @binding(6) var<storage, read> norm_w: array<vec4<f32>>;
 #endif
+#endif
+const NMAT: u32 = 1u;
 #endif
 
 #ifdef NORM
@@ -357,9 +380,17 @@ fn x_at(i: u32) -> vec4<f32> {
 #endif
 }
 
+// QKV: the matrix (0 q, 1 k, 2 v) of this invocation's row group, and its row count.
+var<private> cur_mat: u32 = 0u;
+var<private> cur_n: u32 = 0u;
+
 fn qs_at(m: u32, g: u32) -> WUnit {
 #ifdef SWIGLU
     if (m == 1u) { return u_qs[g]; }
+#endif
+#ifdef QKV
+    if (cur_mat == 1u) { return k_qs[g]; }
+    if (cur_mat == 2u) { return v_qs[g]; }
 #endif
     return w_qs[g];
 }
@@ -367,6 +398,10 @@ fn qs_at(m: u32, g: u32) -> WUnit {
 fn sc_at(m: u32, i: u32) -> SElem {
 #ifdef SWIGLU
     if (m == 1u) { return u_scales[i]; }
+#endif
+#ifdef QKV
+    if (cur_mat == 1u) { return k_scales[i]; }
+    if (cur_mat == 2u) { return v_scales[i]; }
 #endif
     return w_scales[i];
 }
@@ -442,7 +477,7 @@ fn accumulate_unit(acc: ptr<function, array<f32, 16>>, row0: u32, u: u32) {
     for (var r = 0u; r < RPG; r++) {
         // Rows past the end recompute the last row: every lane must reach the
         // reduction, and the result is never written.
-        let g = min(row0 + r, p.n - 1u) * p.upr + u;
+        let g = min(row0 + r, cur_n - 1u) * p.upr + u;
         (*acc)[r] += unit_value(0u, g, xs, st);
 #ifdef SWIGLU
         (*acc)[RPG + r] += unit_value(1u, g, xs, st);
@@ -485,6 +520,7 @@ fn gemv_swiglu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     norm_prologue(lane.lid);
     let gl = row_group(lane);
     let row0 = ((wid.x + wid.y * nwg.x) * (WG / LPR) + gl.x) * RPG;
+    cur_n = p.n;
     var acc: array<f32, 16>;
     accumulate_rows(&acc, row0, lane, gl.y);
     if (gl.y == 0u) {
@@ -502,18 +538,45 @@ fn gemv_swiglu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, lane: Lane) {
     norm_prologue(lane.lid);
     let gl = row_group(lane);
-    let row0 = ((wid.x + wid.y * nwg.x) * (WG / LPR) + gl.x) * RPG;
+    var row0 = ((wid.x + wid.y * nwg.x) * (WG / LPR) + gl.x) * RPG;
+    cur_n = p.n;
+#ifdef QKV
+    // Past q's rows: k's, then v's (row groups never straddle: RPG divides n and nk).
+    if (row0 >= p.n) {
+        row0 -= p.n;
+        cur_mat = 1u;
+        cur_n = p.nk;
+        if (row0 >= p.nk) {
+            row0 -= p.nk;
+            cur_mat = 2u;
+            cur_n = p.nv;
+        }
+    }
+#endif
     var acc: array<f32, 16>;
     accumulate_rows(&acc, row0, lane, gl.y);
     if (gl.y == 0u) {
         for (var r = 0u; r < RPG; r++) {
             let row = row0 + r;
-            if (row < p.n) {
+            if (row < cur_n) {
                 var y = acc[r];
+#ifdef QKV
+                if (cur_mat == 0u) {
+                    if (HAS_BIAS) { y += bias[row]; }
+                    out[row] = y;
+                } else if (cur_mat == 1u) {
+                    if (HAS_BIAS) { y += k_bias[row]; }
+                    k_out[row] = y;
+                } else {
+                    if (HAS_BIAS) { y += v_bias[row]; }
+                    v_out[row] = y;
+                }
+#else
                 if (HAS_BIAS) { y += bias[row]; }
                 let o = p.out_offset + row;
                 if (ACCUMULATE) { y += out[o]; }
                 out[o] = y;
+#endif
             }
         }
     }

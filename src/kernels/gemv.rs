@@ -23,7 +23,10 @@ pub struct GemvParams {
     pub eps_bits: u32,
     /// k / 4.
     pub k4: u32,
-    pub _pad: [u32; 3],
+    /// QKV: rows of the k and v matrices.
+    pub nk: u32,
+    pub nv: u32,
+    pub _pad: u32,
 }
 
 /// What happens to each dot product before it is stored.
@@ -240,8 +243,113 @@ fn params_for(
         out_offset: out_offset as u32,
         eps_bits: norm.map_or(0, |(_, e)| e.to_bits()),
         k4: (w.k / 4) as u32,
-        _pad: [0; 3],
+        nk: 0,
+        nv: 0,
+        _pad: 0,
     }
+}
+
+/// Storage buffers the fused QKV GEMV binds (with its norm prologue).
+pub const QKV_STORAGE_BINDINGS: u32 = 14;
+
+/// Whether [`gemv_qkv`] can run these three matrices on this device: one format and row
+/// length, a work split whose row groups never straddle two matrices, and enough storage
+/// bindings per stage.
+pub fn qkv_supported(caps: &Capabilities, q: &GpuMatrix, k: &GpuMatrix, v: &GpuMatrix) -> bool {
+    let cfg = qkv_config(caps, q, k, v);
+    q.format == k.format
+        && q.format == v.format
+        && q.k == k.k
+        && q.k == v.k
+        && caps.max_storage_buffers_per_shader_stage >= QKV_STORAGE_BINDINGS
+        && q.n.is_multiple_of(cfg.rows_per_group as usize)
+        && k.n.is_multiple_of(cfg.rows_per_group as usize)
+}
+
+fn qkv_config(caps: &Capabilities, q: &GpuMatrix, k: &GpuMatrix, v: &GpuMatrix) -> GemvConfig {
+    choose_config(caps, q.format, q.n + k.n + v.n, q.k)
+}
+
+/// q, k and v projections of one activation vector in one dispatch: `out_q = Wq x (+ bq)`,
+/// likewise k and v, with x RMS-normalised on load when `norm` is given. Each matrix keeps
+/// its own planes and output buffer. See [`qkv_supported`].
+#[allow(clippy::too_many_arguments)]
+pub fn gemv_qkv(
+    kern: &Kernels,
+    w: [&GpuMatrix; 3],
+    x: &wgpu::Buffer,
+    bias: Option<[&wgpu::Buffer; 3]>,
+    out: [&wgpu::Buffer; 3],
+    norm: Option<(&wgpu::Buffer, f32)>,
+) -> Result<Dispatch> {
+    let [q, k, v] = w;
+    let caps = &kern.gpu.caps;
+    if !qkv_supported(caps, q, k, v) {
+        return Err(Error::Unsupported(format!(
+            "fused QKV GEMV of {}x{} {}, {}x{} {}, {}x{} {} on this device",
+            q.n,
+            q.k,
+            q.format.name(),
+            k.n,
+            k.k,
+            k.format.name(),
+            v.n,
+            v.k,
+            v.format.name()
+        )));
+    }
+    let cfg = qkv_config(caps, q, k, v);
+    cfg.validate(caps, false)?;
+    let upr = check_matrix("q", q)?;
+    check_matrix("k", k)?;
+    check_matrix("v", v)?;
+    need("x", x, q.k as u64 * 4)?;
+    for (name, m, o) in [("q", q, out[0]), ("k", k, out[1]), ("v", v, out[2])] {
+        need(&format!("out {name}"), o, m.n as u64 * 4)?;
+    }
+    if let Some(b) = bias {
+        for (name, m, bb) in [("q", q, b[0]), ("k", k, b[1]), ("v", v, b[2])] {
+            need(&format!("bias {name}"), bb, m.n as u64 * 4)?;
+        }
+    }
+    check_norm(norm, q.k, &cfg)?;
+    let mut params = params_for(q, upr, 0, norm);
+    params.nk = k.n as u32;
+    params.nv = v.n as u32;
+    let params = kern.gpu.uniform("gemv_qkv params", &params)?;
+    let mut bindings = vec![Binding::Uniform];
+    bindings.extend(std::iter::repeat_n(Binding::Read, 10));
+    bindings.extend(std::iter::repeat_n(Binding::ReadWrite, 3));
+    if norm.is_some() {
+        bindings.push(Binding::Read);
+    }
+    let mut sp = KernelSpec::new(
+        format!("gemv_qkv_{}", q.format.name()),
+        "gemv",
+        "gemv",
+        &bindings,
+    )
+    .define(q.format.define())
+    .define("QKV")
+    .constant("LPR", cfg.lanes_per_row)
+    .constant("RPG", cfg.rows_per_group)
+    .constant("WG", cfg.workgroup_size)
+    .constant("SG_REDUCE", cfg.subgroup_reduce as u32)
+    .constant("HAS_BIAS", bias.is_some() as u32)
+    .constant("ACCUMULATE", 0);
+    if norm.is_some() {
+        sp = sp.define("NORM");
+    }
+    // Without biases the bindings still need buffers: x is bound read-only already.
+    let b = bias.unwrap_or([x, x, x]);
+    let mut res: Vec<&wgpu::Buffer> = vec![
+        &params, &q.qs, &q.scales, &k.qs, &k.scales, &v.qs, &v.scales, x, b[0], b[1], b[2], out[0],
+        out[1], out[2],
+    ];
+    if let Some((nw, _)) = norm {
+        res.push(nw);
+    }
+    kern.dispatch(&sp, &res, grid(kern, q.n + k.n + v.n, &cfg)?)
 }
 
 /// The norm prologue reads f32[k] weights and reduces over a power-of-two workgroup of at

@@ -137,6 +137,16 @@ fn gemm_all(
     Ok(())
 }
 
+/// The q, k, v matrices of a layer when one fused GEMV can compute them: each in one
+/// binding, biases all present or all absent, and a device the fused kernel supports.
+fn qkv_fusable<'a>(k: &Kernels, l: &'a LayerWeights) -> Option<[&'a crate::kernels::GpuMatrix; 3]> {
+    let one = |m: &'a SplitMatrix| (m.chunks.len() == 1).then(|| &m.chunks[0].1);
+    let w = [one(&l.wq)?, one(&l.wk)?, one(&l.wv)?];
+    let biases = [l.bq.is_some(), l.bk.is_some(), l.bv.is_some()];
+    let consistent = biases.iter().all(|&b| b) || biases.iter().all(|&b| !b);
+    (consistent && gemv::qkv_supported(&k.gpu.caps, w[0], w[1], w[2])).then_some(w)
+}
+
 impl Forward {
     pub fn new(
         k: &Kernels,
@@ -351,9 +361,21 @@ impl Forward {
         for (i, l) in w.layers.iter().enumerate() {
             // The attention norm runs inside each of the q, k, v GEMVs (norm prologue).
             let an = Some((&l.attn_norm, eps));
-            gemv_all(k, &l.wq, &a.h, &a.q, l.bq.as_ref(), false, an, &mut list)?;
-            gemv_all(k, &l.wk, &a.h, &a.k, l.bk.as_ref(), false, an, &mut list)?;
-            gemv_all(k, &l.wv, &a.h, &a.v, l.bv.as_ref(), false, an, &mut list)?;
+            match qkv_fusable(k, l) {
+                // q, k and v projections in one dispatch.
+                Some(w) => {
+                    let bias = match (&l.bq, &l.bk, &l.bv) {
+                        (Some(q), Some(kb), Some(v)) => Some([q, kb, v]),
+                        _ => None,
+                    };
+                    list.push(gemv::gemv_qkv(k, w, &a.h, bias, [&a.q, &a.k, &a.v], an)?);
+                }
+                None => {
+                    gemv_all(k, &l.wq, &a.h, &a.q, l.bq.as_ref(), false, an, &mut list)?;
+                    gemv_all(k, &l.wk, &a.h, &a.k, l.bk.as_ref(), false, an, &mut list)?;
+                    gemv_all(k, &l.wv, &a.h, &a.v, l.bv.as_ref(), false, an, &mut list)?;
+                }
+            }
             self.post_qkv(k, l, kv, i, inv_freq, 1, &mut list)?;
             let att = attention::attention_decode(
                 k,

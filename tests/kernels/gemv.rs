@@ -445,3 +445,81 @@ fn gemv_norm_prologue() {
         }
     }
 }
+
+/// The fused QKV GEMV against three reference GEMVs: q, k, v of different row counts (GQA),
+/// with and without biases and the norm prologue, every output poisoned first.
+fn check_qkv(
+    k: &Kernels,
+    format: WeightFormat,
+    nq: usize,
+    nkv: usize,
+    kk: usize,
+    bias: bool,
+    norm: bool,
+) {
+    let mut r = rng();
+    let g = &k.gpu;
+    let x = rand_vec(&mut r, kk, 2.0);
+    let nw: Vec<f32> = rand_vec(&mut r, kk, 0.5).iter().map(|v| 1.0 + v).collect();
+    let eps = 1e-6;
+    let xin = if norm {
+        reference::rmsnorm::rmsnorm(&x, &nw, kk, eps)
+    } else {
+        x.clone()
+    };
+    let (xb, nwb) = (g.upload("x", &x).unwrap(), g.upload("nw", &nw).unwrap());
+    let ns = [nq, nkv, nkv];
+    let mats: Vec<(GpuMatrix, Vec<f32>)> = ns
+        .iter()
+        .map(|&n| matrix(&mut r, k, format, n, kk))
+        .collect();
+    let biases: Vec<Vec<f32>> = ns.iter().map(|&n| rand_vec(&mut r, n, 1.0)).collect();
+    let bbufs: Vec<wgpu::Buffer> = biases.iter().map(|b| g.upload("b", b).unwrap()).collect();
+    let outs: Vec<wgpu::Buffer> = ns.iter().map(|&n| poisoned_on(k, n)).collect();
+    let what = format!(
+        "gemv_qkv {} {nq}/{nkv} k={kk} bias={bias} norm={norm}",
+        format.name()
+    );
+    if !gemv::qkv_supported(&g.caps, &mats[0].0, &mats[1].0, &mats[2].0) {
+        panic!("{what}: not supported on this device");
+    }
+    let d = gemv::gemv_qkv(
+        k,
+        [&mats[0].0, &mats[1].0, &mats[2].0],
+        &xb,
+        bias.then(|| [&bbufs[0], &bbufs[1], &bbufs[2]]),
+        [&outs[0], &outs[1], &outs[2]],
+        norm.then_some((&nwb, eps)),
+    )
+    .unwrap();
+    k.run(&[&d]).unwrap();
+    for i in 0..3 {
+        let mut want = reference::gemv::gemv(&mats[i].1, ns[i], kk, &xin);
+        if bias {
+            want.iter_mut().zip(&biases[i]).for_each(|(w, b)| *w += b);
+        }
+        let abs_sum = max_abs_dot(&mats[i].1, kk, &xin) + if bias { 1.0 } else { 0.0 };
+        check_vs(
+            &format!("{what} matrix {i}"),
+            &g.read_vec::<f32>(&outs[i]).unwrap(),
+            &want,
+            abs_sum,
+        );
+    }
+}
+
+#[test]
+fn gemv_qkv_fused() {
+    for k in [kernels(), kernels_no_subgroup()] {
+        for f in [
+            WeightFormat::Q4_1,
+            WeightFormat::Q8_0,
+            WeightFormat::F32,
+            WeightFormat::Q4K,
+        ] {
+            let kk = fit(f, 576);
+            check_qkv(k, f, 576, 192, kk, false, true);
+            check_qkv(k, f, 128, 64, kk, true, false);
+        }
+    }
+}

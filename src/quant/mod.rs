@@ -906,18 +906,23 @@ pub fn random_blocks(t: GgmlType, elems: usize, seed: u64) -> Result<Vec<u8>> {
     random_weights(t, elems, seed, 1.0)
 }
 
-/// [`random_blocks`] with the values scaled to about ±`scale`, for any type wick can store:
-/// float types get uniform values in ±`scale`. Synthetic benchmark models use it with
-/// `scale` = 1/√k so activations stay of order one through many layers.
-pub fn random_weights(t: GgmlType, elems: usize, seed: u64, scale: f32) -> Result<Vec<u8>> {
+/// The splitmix64 generator from `seed`: fast, deterministic, good enough for test data.
+fn splitmix64(seed: u64) -> impl FnMut() -> u64 {
     let mut state = seed;
-    let mut next = move || {
+    move || {
         state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = state;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
-    };
+    }
+}
+
+/// [`random_blocks`] with the values scaled to about ±`scale`, for any type wick can store:
+/// float types get uniform values in ±`scale`. Synthetic benchmark models use it with
+/// `scale` = 1/√k so activations stay of order one through many layers.
+pub fn random_weights(t: GgmlType, elems: usize, seed: u64, scale: f32) -> Result<Vec<u8>> {
+    let mut next = splitmix64(seed);
     let mut uniform = move || ((next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0) * scale;
     match t {
         GgmlType::F32 => {
@@ -959,15 +964,7 @@ pub fn random_weights(t: GgmlType, elems: usize, seed: u64, scale: f32) -> Resul
         ))
     })? as usize;
     let (_, bb) = t.block_layout().expect("known layout");
-    // splitmix64
-    let mut state = seed ^ 0xA076_1D64_78BD_642F;
-    let mut next = move || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
+    let mut next = splitmix64(seed ^ 0xA076_1D64_78BD_642F);
     let mut out = Vec::with_capacity(need);
     while out.len() < need {
         out.extend_from_slice(&next().to_le_bytes());

@@ -376,6 +376,31 @@ mod tests {
     }
 }
 
+/// Every GEMV work split worth timing on this device: lanes per row 4..256, rows per group
+/// 1..8, workgroups of 32..256, those the device and shader accept.
+pub fn gemv_split_candidates(
+    caps: &crate::gpu::Capabilities,
+    swiglu: bool,
+) -> Vec<crate::kernels::gemv::GemvConfig> {
+    let mut out = Vec::new();
+    for lpr in [4u32, 8, 16, 32, 64, 128, 256] {
+        for rpg in [1u32, 2, 4, 8] {
+            for wg in [32u32, 64, 128, 256] {
+                let c = crate::kernels::gemv::GemvConfig {
+                    lanes_per_row: lpr,
+                    rows_per_group: rpg,
+                    workgroup_size: wg,
+                    subgroup_reduce: caps.subgroup && lpr <= caps.subgroup_min_size,
+                };
+                if c.validate(caps, swiglu).is_ok() {
+                    out.push(c);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// One timed GEMV variant (`wick bench gemv`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GemvTiming {
@@ -422,13 +447,8 @@ pub fn gemv_sweep(
     let u = if swiglu { Some(mk(2)?) } else { None };
     let x = gpu.upload("bench x", &vec![0.5f32; kdim])?;
     let out = gpu.storage_buffer("bench out", (n * 4) as u64)?;
-    let default = {
-        let mut c = gemv::choose_config(&gpu.caps, format, n, kdim);
-        if swiglu {
-            c.rows_per_group = c.rows_per_group.min(8);
-        }
-        c
-    };
+    let op = if swiglu { "gemv_swiglu" } else { "gemv" };
+    let default = gemv::config_for(k, op, format, n, kdim);
     let mut all = vec![default];
     all.extend(configs.iter().copied().filter(|c| *c != default));
     let bytes = (w.qs.size() + w.scales.size()) * if swiglu { 2 } else { 1 };

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::gpu::{Gpu, GpuOptions};
+use crate::kernels::tuning::TuningTable;
 use crate::kernels::{KernelChoice, KernelPolicy, Kernels};
 
 /// Options for [`Engine::with_options`].
@@ -30,8 +31,11 @@ impl Engine {
     pub fn with_options(opts: EngineOptions) -> Result<Engine> {
         let gpu = Gpu::with_options(opts.gpu)?;
         let policy = KernelPolicy::from_env(opts.kernels)?;
+        // Measured GEMV splits from `wick tune`, when this device has them.
+        let path = TuningTable::path_for(&gpu.caps);
+        let tuning = TuningTable::load(&path, &gpu.caps);
         Ok(Engine {
-            kernels: Arc::new(Kernels::with_policy(gpu, policy)),
+            kernels: Arc::new(Kernels::with_policy(gpu, policy).with_tuning(tuning)),
         })
     }
 

@@ -35,6 +35,8 @@ enum Command {
     Synth(cli::synth::SynthArgs),
     /// Tokenize text (or decode ids) with a model's tokenizer.
     Tokenize(cli::tokenize::TokenizeArgs),
+    /// Time every GEMV work split for a model's shapes and save the fastest for this adapter.
+    Tune(cli::tune::TuneArgs),
     /// List every GPU adapter with its backend, features, limits and subgroup sizes.
     Info(cli::info::InfoArgs),
 }
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
         Command::Quantize(a) => cli::quantize::run(a),
         Command::Synth(a) => cli::synth::run(a),
         Command::Tokenize(a) => cli::tokenize::run(a),
+        Command::Tune(a) => cli::tune::run(a),
         Command::Info(a) => cli::info::run(a),
     };
     match result {

@@ -308,30 +308,16 @@ fn compare(before: &PathBuf, after: &PathBuf) -> Result<()> {
 }
 
 fn bench_gemv(a: GemvArgs) -> Result<()> {
-    use wick::kernels::gemv::GemvConfig;
     let engine = Engine::new()?;
     let k = engine.kernels();
     let caps = &engine.gpu().caps;
     let format: wick::quant::WeightFormat = a.format.parse()?;
     let ceiling = wick::kernels::bandwidth::read_ceiling(k, 1 << 30, 10)? / 1e9;
-    let mut configs = Vec::new();
-    if a.sweep {
-        for lpr in [4u32, 8, 16, 32, 64, 128, 256] {
-            for rpg in [1u32, 2, 4, 8] {
-                for wg in [32u32, 64, 128, 256] {
-                    let c = GemvConfig {
-                        lanes_per_row: lpr,
-                        rows_per_group: rpg,
-                        workgroup_size: wg,
-                        subgroup_reduce: caps.subgroup && lpr <= caps.subgroup_min_size,
-                    };
-                    if c.validate(caps, a.swiglu).is_ok() {
-                        configs.push(c);
-                    }
-                }
-            }
-        }
-    }
+    let configs = if a.sweep {
+        bench::gemv_split_candidates(caps, a.swiglu)
+    } else {
+        Vec::new()
+    };
     let mut rows = Vec::new();
     for shape in a.shapes.split(',') {
         let bad = || Error::InvalidArgument(format!("shape {shape:?}: expected NxK"));

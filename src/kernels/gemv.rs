@@ -172,6 +172,31 @@ pub fn choose_config(caps: &Capabilities, format: WeightFormat, n: usize, k: usi
     }
 }
 
+/// The work split `op` (`gemv` or `gemv_swiglu`) uses for an n x k `format` matrix: the
+/// device's tuning table entry when there is one, else [`choose_config`].
+pub fn config_for(
+    k: &Kernels,
+    op: &str,
+    format: WeightFormat,
+    n: usize,
+    kdim: usize,
+) -> GemvConfig {
+    let caps = &k.gpu.caps;
+    if let Some(c) = k
+        .tuning
+        .as_ref()
+        .and_then(|t| t.lookup(caps, op, format, n, kdim))
+    {
+        return c;
+    }
+    let mut cfg = choose_config(caps, format, n, kdim);
+    if op == "gemv_swiglu" {
+        // Two matrices per row group: keep the accumulators within the shader's array.
+        cfg.rows_per_group = cfg.rows_per_group.min(MAX_ACC / 2);
+    }
+    cfg
+}
+
 /// The spec of a plain GEMV pipeline (op `gemv_<format>`).
 pub fn spec(
     format: WeightFormat,
@@ -430,7 +455,7 @@ pub fn gemv(
     out: &wgpu::Buffer,
     epi: GemvEpilogue,
 ) -> Result<Dispatch> {
-    let cfg = choose_config(&k.gpu.caps, w.format, w.n, w.k);
+    let cfg = config_for(k, "gemv", w.format, w.n, w.k);
     gemv_with_config(k, w, x, out, epi, &cfg)
 }
 
@@ -491,9 +516,7 @@ pub fn gemv_swiglu(
     x: &wgpu::Buffer,
     out: &wgpu::Buffer,
 ) -> Result<Dispatch> {
-    let mut cfg = choose_config(&k.gpu.caps, gate.format, gate.n, gate.k);
-    // Two matrices per row group: keep the accumulators within the shader's array.
-    cfg.rows_per_group = cfg.rows_per_group.min(MAX_ACC / 2);
+    let cfg = config_for(k, "gemv_swiglu", gate.format, gate.n, gate.k);
     gemv_swiglu_with_config(k, gate, up, x, out, &cfg)
 }
 
@@ -507,8 +530,7 @@ pub fn gemv_swiglu_normed(
     norm: (&wgpu::Buffer, f32),
     out: &wgpu::Buffer,
 ) -> Result<Dispatch> {
-    let mut cfg = choose_config(&k.gpu.caps, gate.format, gate.n, gate.k);
-    cfg.rows_per_group = cfg.rows_per_group.min(MAX_ACC / 2);
+    let cfg = config_for(k, "gemv_swiglu", gate.format, gate.n, gate.k);
     gemv_swiglu_with_config_norm(k, gate, up, x, out, &cfg, Some(norm))
 }
 

@@ -28,6 +28,7 @@ pub mod rmsnorm;
 pub mod rope;
 pub mod softmax;
 pub mod swiglu;
+pub mod tuning;
 
 pub use matrix::GpuMatrix;
 
@@ -382,6 +383,8 @@ pub struct Kernels {
     pub policy: KernelPolicy,
     pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
     modules: Mutex<HashMap<(String, Vec<&'static str>), wgpu::ShaderModule>>,
+    /// Measured GEMV splits for this device (`wick tune`); None: built-in choices only.
+    pub tuning: Option<tuning::TuningTable>,
 }
 
 impl std::fmt::Debug for Kernels {
@@ -403,7 +406,14 @@ impl Kernels {
             policy,
             pipelines: Mutex::default(),
             modules: Mutex::default(),
+            tuning: None,
         }
+    }
+
+    /// Uses `table`'s measured GEMV splits where it has the shape.
+    pub fn with_tuning(mut self, table: Option<tuning::TuningTable>) -> Self {
+        self.tuning = table;
+        self
     }
 
     /// Defines every WGSL module gets from the device's capabilities.

@@ -191,7 +191,9 @@ impl GgmlType {
 }
 
 /// Weight storage formats the GPU kernels read, as repacked planes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum WeightFormat {
     F32,

@@ -523,3 +523,76 @@ fn gemv_qkv_fused() {
         }
     }
 }
+
+/// `wick tune`'s table: a measured split is used for its shape (and computes the same
+/// result), an entry the device cannot run falls back to the built-in choice, and the file
+/// round-trips while malformed or foreign files are ignored.
+#[test]
+fn gemv_uses_the_tuning_table() {
+    use wick::kernels::tuning::{TuneEntry, TuningTable};
+    let base = kernels();
+    let caps = &base.gpu.caps;
+    let entry = |op: &str, n: usize, lpr: u32, rpg: u32, wg: u32| TuneEntry {
+        op: op.into(),
+        format: WeightFormat::Q8_0,
+        n,
+        k: 576,
+        lanes_per_row: lpr,
+        rows_per_group: rpg,
+        workgroup_size: wg,
+        us: 1.0,
+        default_us: 2.0,
+    };
+    let mut table = TuningTable::for_device(caps);
+    table.entries = vec![
+        entry("gemv", 100, 4, 2, 32),
+        entry("gemv_swiglu", 100, 8, 1, 64),
+        // Not a power of two: refused, so the built-in split is used.
+        entry("gemv", 7, 3, 1, 33),
+    ];
+    let tuned =
+        Kernels::with_policy(base.gpu.clone(), Default::default()).with_tuning(Some(table.clone()));
+    let c = gemv::config_for(&tuned, "gemv", WeightFormat::Q8_0, 100, 576);
+    assert_eq!(
+        (c.lanes_per_row, c.rows_per_group, c.workgroup_size),
+        (4, 2, 32)
+    );
+    let c = gemv::config_for(&tuned, "gemv_swiglu", WeightFormat::Q8_0, 100, 576);
+    assert_eq!(
+        (c.lanes_per_row, c.rows_per_group, c.workgroup_size),
+        (8, 1, 64)
+    );
+    assert_eq!(
+        gemv::config_for(&tuned, "gemv", WeightFormat::Q8_0, 7, 576),
+        gemv::choose_config(caps, WeightFormat::Q8_0, 7, 576)
+    );
+    // The tuned split computes the same product.
+    let mut r = rng();
+    let (w, wv) = matrix(&mut r, &tuned, WeightFormat::Q8_0, 100, 576);
+    let x = rand_vec(&mut r, 576, 1.0);
+    let xb = tuned.gpu.upload("x", &x).unwrap();
+    let out = poisoned_on(&tuned, 100);
+    let d = gemv::gemv(&tuned, &w, &xb, &out, GemvEpilogue::default()).unwrap();
+    tuned.run(&[&d]).unwrap();
+    check_vs(
+        "gemv with a tuned split",
+        &tuned.gpu.read_vec::<f32>(&out).unwrap(),
+        &reference::gemv::gemv(&wv, 100, 576, &x),
+        max_abs_dot(&wv, 576, &x),
+    );
+    // File round trip; malformed and foreign files are ignored.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tune/device.json");
+    table.save(&path).unwrap();
+    assert_eq!(TuningTable::load(&path, caps), Some(table.clone()));
+    std::fs::write(&path, "{ not json").unwrap();
+    assert_eq!(TuningTable::load(&path, caps), None);
+    let mut foreign = table;
+    foreign.adapter = "some other GPU".into();
+    foreign.save(&path).unwrap();
+    assert_eq!(TuningTable::load(&path, caps), None);
+    assert_eq!(
+        TuningTable::load(&dir.path().join("missing.json"), caps),
+        None
+    );
+}

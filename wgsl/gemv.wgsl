@@ -1,11 +1,12 @@
 // GEMV: y = W x for one f32 activation vector x[k] and an n x k weight matrix W in the
 // repacked planes of src/quant (module doc there). Decode's hot path: memory-bound, so
-// every weight byte is read once, in 16-byte (8-byte for f16/bf16) loads.
+// every weight byte is read once.
 //
 // Work split (KERNELS.md §2): a workgroup of WG lanes is cut into WG / LPR row groups of
 // LPR lanes. A row group owns RPG consecutive rows; its lanes stride over the row's "units"
-// (one qs load each: a Q4/Q5 block, half a Q8 block, 4 floats, a 64-element K-quant pair), adjacent lanes on adjacent
-// units so a row group's loads are contiguous. Each unit's activations are loaded once and
+// (one qs load each: one word of a Q8_0/Q4_0/Q4_1 block, so that adjacent lanes also read
+// adjacent activations; a Q5 block; 4 floats; a 64-element K-quant pair), adjacent lanes on
+// adjacent units, four units per lane step. Each unit's activations are loaded once and
 // reused for all RPG rows. At the end the LPR partial sums of each row are reduced with
 // subgroup shuffles (SG_REDUCE: the host guarantees LPR <= the subgroup size and groups are
 // formed inside subgroups) or, without subgroups, with a workgroup-memory tree.
@@ -16,8 +17,9 @@
 // once per unit and shared by its RPG rows).
 //
 // Defines: one of FMT_F32 / FMT_F16 / FMT_BF16 / FMT_Q8_0 / FMT_Q4_0 / FMT_Q4_1 / FMT_Q5_0 /
-// FMT_Q5_1 / FMT_Q4_K / FMT_Q5_K / FMT_Q6_K; SWIGLU
-// selects the entry `gemv_swiglu` (out = silu(gate x) * (up x), two matrices of one shape).
+// FMT_Q5_1 / FMT_Q4_K / FMT_Q5_K / FMT_Q6_K; SWIGLU selects the entry `gemv_swiglu`
+// (out = silu(gate x) * (up x), two matrices of one shape); QKV three projections in one
+// dispatch; NORM the RMSNorm prologue (both described below).
 
 #include "reduce"
 #include "kquant"

@@ -7,6 +7,7 @@
 // the cache, exit.
 
 #include "step"
+#include "f16_pack"
 
 struct Params {
     n_kv_heads: u32,
@@ -25,9 +26,6 @@ override WG: u32 = 64u;
 @group(0) @binding(4) var<storage, read_write> cache_k: array<u32>;
 @group(0) @binding(5) var<storage, read_write> cache_v: array<u32>;
 
-// Largest finite f16: pack2x16float of an out-of-range value is indeterminate, and an inf in
-// the cache would turn into NaN in attention.
-const F16_MAX: f32 = 65504.0;
 
 @compute @workgroup_size(WG)
 fn kv_write(
@@ -47,6 +45,6 @@ fn kv_write(
     let h = rem / p.half_dim;
     let w = rem - h * p.half_dim;
     let dst = (h * p.capacity + pos) * p.half_dim + w;
-    cache_k[dst] = pack2x16float(clamp(k_new[idx], vec2(-F16_MAX), vec2(F16_MAX)));
-    cache_v[dst] = pack2x16float(clamp(v_new[idx], vec2(-F16_MAX), vec2(F16_MAX)));
+    cache_k[dst] = f16_pair(k_new[idx]);
+    cache_v[dst] = f16_pair(v_new[idx]);
 }

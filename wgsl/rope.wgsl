@@ -2,11 +2,10 @@
 // Token t sits at absolute position step.pos + t. One invocation per rotated pair; the grid
 // covers max_tokens rows (fixed at build time) and invocations past step.n_tokens exit, so
 // the bind group and grid never change between steps.
-// The angle is f32(pos) * inv_freq[i] in f32, as HF computes it; cos/sin get an explicit
-// two-constant range reduction first because GPU sin/cos are only accurate near [-pi, pi]
-// (Vulkan guarantees 2^-11 absolute there and nothing outside), while angles reach ~3e4 rad.
+// Angles and their range reduction: rope_angle.wgsl.
 
 #include "step"
+#include "rope_angle"
 
 struct Params {
     n_heads: u32,
@@ -28,12 +27,6 @@ override WG: u32 = 64u;
 @group(0) @binding(2) var<storage, read> inv_freq: array<f32>;
 @group(0) @binding(3) var<storage, read_write> x: array<f32>;
 
-// 2*pi split Cody-Waite style: TWO_PI_HI has an 8-bit mantissa, so k * TWO_PI_HI is exact for
-// k < 2^16 (positions up to ~4e5 at inv_freq 1), and TWO_PI_LO carries the rest.
-const TWO_PI_HI: f32 = 6.28125;
-const TWO_PI_LO: f32 = 0.0019353071795864769;
-const INV_TWO_PI: f32 = 0.15915494309189535;
-
 @compute @workgroup_size(WG)
 fn rope(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -50,11 +43,9 @@ fn rope(
     let h = rem / p.half_rot;
     let i = rem - h * p.half_rot;
 
-    let angle = f32(step.pos + t) * inv_freq[i];
-    let k = round(angle * INV_TWO_PI);
-    let r = (angle - k * TWO_PI_HI) - k * TWO_PI_LO;
-    let c = cos(r);
-    let s = sin(r);
+    let cs = rope_cos_sin(f32(step.pos + t) * inv_freq[i]);
+    let c = cs.x;
+    let s = cs.y;
 
     let base = t * p.n_heads * p.head_dim + h * p.head_dim;
     var a: u32;

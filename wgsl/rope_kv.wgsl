@@ -9,9 +9,11 @@
 // half-split pairs 2j, 2j+1 are elements 2j, 2j+1 and 2j+h, 2j+1+h = words j and j + h/2,
 // h = head_dim/2). k-head invocations also copy v words 2j and 2j+1. Needs the whole head
 // rotated (rot_dim == head_dim) and head_dim % 4 == 0; the host checks.
-// Angles and range reduction as in rope.wgsl.
+// Angles and range reduction: rope_angle.wgsl.
 
 #include "step"
+#include "rope_angle"
+#include "f16_pack"
 
 struct Params {
     n_heads: u32,
@@ -36,16 +38,8 @@ override WG: u32 = 64u;
 @group(0) @binding(6) var<storage, read_write> cache_k: array<u32>;
 @group(0) @binding(7) var<storage, read_write> cache_v: array<u32>;
 
-const TWO_PI_HI: f32 = 6.28125;
-const TWO_PI_LO: f32 = 0.0019353071795864769;
-const INV_TWO_PI: f32 = 0.15915494309189535;
-const F16_MAX: f32 = 65504.0;
-
 fn cos_sin(pos: u32, i: u32) -> vec2<f32> {
-    let angle = f32(pos) * inv_freq[i];
-    let kk = round(angle * INV_TWO_PI);
-    let r = (angle - kk * TWO_PI_HI) - kk * TWO_PI_LO;
-    return vec2<f32>(cos(r), sin(r));
+    return rope_cos_sin(f32(pos) * inv_freq[i]);
 }
 
 fn rotate(a: f32, b: f32, cs: vec2<f32>) -> vec2<f32> {
@@ -53,7 +47,7 @@ fn rotate(a: f32, b: f32, cs: vec2<f32>) -> vec2<f32> {
 }
 
 fn f16_word(lo: f32, hi: f32) -> u32 {
-    return pack2x16float(clamp(vec2<f32>(lo, hi), vec2(-F16_MAX), vec2(F16_MAX)));
+    return f16_pair(vec2<f32>(lo, hi));
 }
 
 @compute @workgroup_size(WG)

@@ -197,6 +197,34 @@ pub fn config_for(
     cfg
 }
 
+/// A GEMV pipeline spec: `reads` read-only storage bindings after the uniform, then `writes`
+/// outputs, then the norm weights when `norm`; the format, `variant` defines and the work
+/// split as override constants.
+fn gemv_spec(
+    op: String,
+    entry: &'static str,
+    format: WeightFormat,
+    cfg: &GemvConfig,
+    variant: &[&'static str],
+    (reads, writes): (usize, usize),
+    norm: bool,
+) -> KernelSpec {
+    let mut bindings = vec![Binding::Uniform];
+    bindings.extend(std::iter::repeat_n(Binding::Read, reads));
+    bindings.extend(std::iter::repeat_n(Binding::ReadWrite, writes));
+    if norm {
+        bindings.push(Binding::Read);
+    }
+    let mut s = KernelSpec::new(op, "gemv", entry, &bindings).define(format.define());
+    for d in variant.iter().copied().chain(norm.then_some("NORM")) {
+        s = s.define(d);
+    }
+    s.constant("LPR", cfg.lanes_per_row)
+        .constant("RPG", cfg.rows_per_group)
+        .constant("WG", cfg.workgroup_size)
+        .constant("SG_REDUCE", cfg.subgroup_reduce as u32)
+}
+
 /// The spec of a plain GEMV pipeline (op `gemv_<format>`).
 pub fn spec(
     format: WeightFormat,
@@ -205,55 +233,16 @@ pub fn spec(
     accumulate: bool,
     norm: bool,
 ) -> KernelSpec {
-    let mut bindings = vec![
-        Binding::Uniform,
-        Binding::Read,
-        Binding::Read,
-        Binding::Read,
-        Binding::Read,
-        Binding::ReadWrite,
-    ];
-    if norm {
-        bindings.push(Binding::Read);
-    }
-    let s = KernelSpec::new(format!("gemv_{}", format.name()), "gemv", "gemv", &bindings)
-        .define(format.define());
-    if norm { s.define("NORM") } else { s }
-        .constant("LPR", cfg.lanes_per_row)
-        .constant("RPG", cfg.rows_per_group)
-        .constant("WG", cfg.workgroup_size)
-        .constant("SG_REDUCE", cfg.subgroup_reduce as u32)
+    let op = format!("gemv_{}", format.name());
+    gemv_spec(op, "gemv", format, cfg, &[], (4, 1), norm)
         .constant("HAS_BIAS", bias as u32)
         .constant("ACCUMULATE", accumulate as u32)
 }
 
 /// The spec of the fused gate+up+SwiGLU pipeline (op `gemv_swiglu_<format>`).
 pub fn swiglu_spec(format: WeightFormat, cfg: &GemvConfig, norm: bool) -> KernelSpec {
-    let mut bindings = vec![
-        Binding::Uniform,
-        Binding::Read,
-        Binding::Read,
-        Binding::Read,
-        Binding::Read,
-        Binding::Read,
-        Binding::ReadWrite,
-    ];
-    if norm {
-        bindings.push(Binding::Read);
-    }
-    let s = KernelSpec::new(
-        format!("gemv_swiglu_{}", format.name()),
-        "gemv",
-        "gemv_swiglu",
-        &bindings,
-    )
-    .define(format.define())
-    .define("SWIGLU");
-    if norm { s.define("NORM") } else { s }
-        .constant("LPR", cfg.lanes_per_row)
-        .constant("RPG", cfg.rows_per_group)
-        .constant("WG", cfg.workgroup_size)
-        .constant("SG_REDUCE", cfg.subgroup_reduce as u32)
+    let op = format!("gemv_swiglu_{}", format.name());
+    gemv_spec(op, "gemv_swiglu", format, cfg, &["SWIGLU"], (5, 1), norm)
 }
 
 fn params_for(
@@ -342,29 +331,18 @@ pub fn gemv_qkv(
     params.nk = k.n as u32;
     params.nv = v.n as u32;
     let params = kern.gpu.uniform("gemv_qkv params", &params)?;
-    let mut bindings = vec![Binding::Uniform];
-    bindings.extend(std::iter::repeat_n(Binding::Read, 10));
-    bindings.extend(std::iter::repeat_n(Binding::ReadWrite, 3));
-    if norm.is_some() {
-        bindings.push(Binding::Read);
-    }
-    let mut sp = KernelSpec::new(
-        format!("gemv_qkv_{}", q.format.name()),
+    let op = format!("gemv_qkv_{}", q.format.name());
+    let sp = gemv_spec(
+        op,
         "gemv",
-        "gemv",
-        &bindings,
+        q.format,
+        &cfg,
+        &["QKV"],
+        (10, 3),
+        norm.is_some(),
     )
-    .define(q.format.define())
-    .define("QKV")
-    .constant("LPR", cfg.lanes_per_row)
-    .constant("RPG", cfg.rows_per_group)
-    .constant("WG", cfg.workgroup_size)
-    .constant("SG_REDUCE", cfg.subgroup_reduce as u32)
     .constant("HAS_BIAS", bias.is_some() as u32)
     .constant("ACCUMULATE", 0);
-    if norm.is_some() {
-        sp = sp.define("NORM");
-    }
     // Without biases the bindings still need buffers: x is bound read-only already.
     let b = bias.unwrap_or([x, x, x]);
     let mut res: Vec<&wgpu::Buffer> = vec![

@@ -639,4 +639,14 @@ impl Forward {
     pub fn write_step(&self, s: &StepParams) {
         self.gpu.write(&self.step, 0, std::slice::from_ref(s));
     }
+
+    /// The step uniform of one decoded token at `pos`.
+    pub fn write_decode_step(&self, pos: usize) {
+        self.write_step(&StepParams {
+            pos: pos as u32,
+            n_tokens: 1,
+            kv_len: (pos + 1) as u32,
+            ..Default::default()
+        });
+    }
 }

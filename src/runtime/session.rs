@@ -253,12 +253,7 @@ impl Session {
                 // cheaper than a GEMM tile padded to the whole chunk.
                 for (i, &t) in chunk.iter().enumerate() {
                     gpu.write(&self.fwd.token, 0, &[t]);
-                    self.fwd.write_step(&StepParams {
-                        pos: (pos + i) as u32,
-                        n_tokens: 1,
-                        kv_len: (pos + i + 1) as u32,
-                        ..Default::default()
-                    });
+                    self.fwd.write_decode_step(pos + i);
                     let mut enc = gpu.device.create_command_encoder(&Default::default());
                     self.fwd.record_decode(&mut enc, pos + i + 1);
                     gpu.queue.submit([enc.finish()]);
@@ -369,12 +364,7 @@ impl Session {
             if pos >= self.kv.capacity {
                 break;
             }
-            self.fwd.write_step(&StepParams {
-                pos: pos as u32,
-                n_tokens: 1,
-                kv_len: (pos + 1) as u32,
-                ..Default::default()
-            });
+            self.fwd.write_decode_step(pos);
             // Timed twice: per dispatch (for the split by op), and the step as a whole
             // without inner timestamps (for the total).
             let mut enc = gpu.device.create_command_encoder(&Default::default());
@@ -414,12 +404,7 @@ impl Session {
         if let Some(t) = token_in_gpu {
             gpu.write(&self.fwd.token, 0, &[t]);
         }
-        self.fwd.write_step(&StepParams {
-            pos: pos as u32,
-            n_tokens: 1,
-            kv_len: (pos + 1) as u32,
-            ..Default::default()
-        });
+        self.fwd.write_decode_step(pos);
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         self.fwd.record_decode(&mut enc, pos + 1);
         let slot = self.stats.decode_steps % RING;

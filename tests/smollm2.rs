@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 use wick::formats::chat_template::ChatMessage;
-use wick::runtime::{GenerateParams, SamplingParams, StopReason};
+use wick::runtime::{GenerateParams, Picker, SamplingParams, StopReason};
 use wick::{Engine, LoadOptions, Model, Session};
 
 fn shared() -> PathBuf {
@@ -253,11 +253,49 @@ fn sampling_is_seeded_and_stop_strings_cut_text() {
             .collect()
     };
     let a = run(&mut s, &sp);
-    // CPU sampling reads logits back: one pipeline-draining wait per decoded token.
-    assert_eq!(s.stats.blocking_waits_per_token(), 1.0);
+    // Sampled on the GPU: no logits read back, no pipeline-draining waits.
+    assert_eq!(s.stats.sampler, Some(Picker::Gpu));
+    assert_eq!(s.stats.blocking_waits_per_token(), 0.0);
     let b = run(&mut s, &sp);
     assert_eq!(a, b, "same seed, same tokens");
     assert_eq!(a.len(), 4);
+    // The CPU sampler on read-back logits (one draining wait per token) draws the same
+    // tokens from the same seed: same logits, same chain, same uniform numbers.
+    let cpu = |s: &mut Session, sp: &SamplingParams| -> Vec<u32> {
+        let p = GenerateParams {
+            max_tokens: 4,
+            sampling: sp.clone(),
+            ignore_eos: true,
+            sample_on_cpu: true,
+            ..Default::default()
+        };
+        s.generate(&prompt, p)
+            .unwrap()
+            .map(|t| t.unwrap().id)
+            .collect()
+    };
+    assert_eq!(cpu(&mut s, &sp), a, "GPU vs CPU sampler");
+    assert_eq!(s.stats.sampler, Some(Picker::Cpu));
+    assert_eq!(s.stats.blocking_waits_per_token(), 1.0);
+    // With a repetition penalty (the GPU reads its window from the token history) and
+    // greedy-with-penalty (the chain keeping one candidate).
+    for sp in [
+        SamplingParams {
+            repeat_penalty: 1.3,
+            repeat_last_n: 16,
+            seed: 7,
+            ..sp.clone()
+        },
+        SamplingParams {
+            temperature: 0.0,
+            repeat_penalty: 1.5,
+            ..Default::default()
+        },
+    ] {
+        let g = run(&mut s, &sp);
+        assert_eq!(s.stats.sampler, Some(Picker::Gpu));
+        assert_eq!(cpu(&mut s, &sp), g, "GPU vs CPU sampler with {sp:?}");
+    }
 
     // Stop string: generate greedily, then stop at a string taken from that output.
     let p = GenerateParams {

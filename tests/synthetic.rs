@@ -291,3 +291,62 @@ fn decode_attention_forms_match_prefill() {
         );
     }
 }
+
+/// A copy of checkpoint `name` with the f32 tensor `tensor`'s element `index` set to `value`.
+fn with_poisoned_weight(name: &str, tensor: &str, index: usize, value: f32) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(dir(name)).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, tmp.path().join(p.file_name().unwrap())).unwrap();
+    }
+    let path = tmp.path().join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    assert_eq!(header[tensor]["dtype"], "F32");
+    let at = 8 + n + header[tensor]["data_offsets"][0].as_u64().unwrap() as usize + index * 4;
+    bytes[at..at + 4].copy_from_slice(&value.to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    tmp
+}
+
+/// NaN or infinite weights load, and generation reports the first non-finite logit (greedy,
+/// GPU-sampled and CPU-sampled alike) instead of emitting tokens.
+#[test]
+fn non_finite_weights_are_reported_not_decoded() {
+    let hidden = 128;
+    let row = 100 + rand::random::<u32>() as usize % 400;
+    // One lm_head row poisoned: only that logit is NaN. The final norm poisoned: all are.
+    for (tensor, index, value, want) in [
+        ("lm_head.weight", row * hidden + 3, f32::NAN, row),
+        ("lm_head.weight", row * hidden, f32::INFINITY, row),
+        ("model.norm.weight", 5, f32::NAN, 0),
+    ] {
+        let tmp = with_poisoned_weight("llama_gqa", tensor, index, value);
+        let model = Model::load(engine(), tmp.path(), LoadOptions::default()).unwrap();
+        let mut s = Session::new(&model).unwrap();
+        let sampled = wick::SamplingParams {
+            temperature: 0.8,
+            ..Default::default()
+        };
+        for (what, sampling, sample_on_cpu) in [
+            ("greedy", wick::SamplingParams::default(), false),
+            ("GPU sampling", sampled.clone(), false),
+            ("CPU sampling", sampled, true),
+        ] {
+            let p = GenerateParams {
+                max_tokens: 3,
+                sampling,
+                sample_on_cpu,
+                ..Default::default()
+            };
+            let first = s.generate(&[1, 2, 3], p).unwrap().next().unwrap();
+            let e = first.expect_err(&format!("{tensor} = {value}, {what}: must fail"));
+            let msg = e.to_string();
+            assert!(
+                msg.contains("non-finite logit") && msg.contains(&format!("index {want}")),
+                "{tensor} = {value}, {what}: {msg}"
+            );
+        }
+    }
+}

@@ -8,8 +8,14 @@
 // the largest key and, among those, the smallest index wins; the empty pair is (0, 0xffffffff),
 // which loses to every real element. Anything that produces partials in this format (e.g. a
 // fused lm_head epilogue) can hand them to `argmax_reduce`.
+//
+// With CHECKED (the decode step's greedy choice) a non-finite element (NaN, +-inf) anywhere
+// makes the written index 0x80000000 | (the lowest such index), so the runtime reports it
+// instead of emitting a token: the partial pass records it in `status`, the reduce reads and
+// clears it.
 
 #include "reduce"
+#include "order_key"
 
 struct Params {
     n: u32,
@@ -28,20 +34,15 @@ override WG: u32 = 256u;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> partials: array<vec2<u32>>;
 #endif
+#ifdef CHECKED
+// 0, or 0xffffffff - (the lowest index of a non-finite element).
+@group(0) @binding(3) var<storage, read_write> status: array<atomic<u32>>;
+#endif
 
 const NO_INDEX: u32 = 0xffffffffu;
 
 var<workgroup> am_scratch: array<u32, 256>;
 
-fn order_key(v: f32) -> u32 {
-    let b = bitcast<u32>(v);
-    let mag = b & 0x7fffffffu;
-    // Bit tests, not v != v: WGSL lets implementations assume floats are never NaN.
-    if (mag > 0x7f800000u) { return 0u; }
-    if (mag == 0u) { return 0x80000000u; }
-    // Negative: flip all bits (larger magnitude sorts lower); positive: set the sign bit.
-    return select(b | 0x80000000u, ~b, b != mag);
-}
 
 // Whether (ka, ia) beats (kb, ib).
 fn better(ka: u32, ia: u32, kb: u32, ib: u32) -> bool {
@@ -116,7 +117,17 @@ fn argmax_reduce(lane: Lane) {
         }
     }
     let best = wg_best(bk, bi, lane);
-    if (lane.lid == 0u) { out_ids[p.out_index] = best.y; }
+    if (lane.lid == 0u) {
+        var id = best.y;
+#ifdef CHECKED
+        let bad = atomicLoad(&status[0]);
+        if (bad != 0u) {
+            id = 0x80000000u | (0xffffffffu - bad);
+            atomicStore(&status[0], 0u);
+        }
+#endif
+        out_ids[p.out_index] = id;
+    }
 }
 #else
 @compute @workgroup_size(WG)
@@ -133,7 +144,13 @@ fn argmax_partial(
     var bk = 0u;
     var bi = NO_INDEX;
     for (var i = start + lane.lid; i < end; i += WG) {
-        let key = order_key(x[i]);
+        let v = x[i];
+        let key = order_key(v);
+#ifdef CHECKED
+        if ((bitcast<u32>(v) & 0x7f800000u) == 0x7f800000u) {
+            atomicMax(&status[0], 0xffffffffu - i);
+        }
+#endif
         if (better(key, i, bk, bi)) {
             bk = key;
             bi = i;

@@ -34,6 +34,12 @@ pub struct RunArgs {
     pub min_p: f32,
     #[arg(long, default_value_t = 1.0)]
     pub repeat_penalty: f32,
+    /// Tokens the repetition penalty looks back over.
+    #[arg(long, default_value_t = 64)]
+    pub repeat_last_n: usize,
+    /// Sample on the CPU from read-back logits (the reference path) instead of on the GPU.
+    #[arg(long)]
+    pub cpu_sampling: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Wrap the prompt in the model's chat template as a user message.
@@ -84,11 +90,12 @@ pub fn run(a: RunArgs) -> Result<()> {
             top_p: a.top_p,
             min_p: a.min_p,
             repeat_penalty: a.repeat_penalty,
+            repeat_last_n: a.repeat_last_n,
             seed: a.seed,
-            ..Default::default()
         },
         stop: a.stop.clone(),
         ignore_eos: a.ignore_eos,
+        sample_on_cpu: a.cpu_sampling,
     };
     let mut ids = Vec::new();
     let mut text = String::new();
@@ -129,6 +136,8 @@ pub fn run(a: RunArgs) -> Result<()> {
                     "dispatches_per_token": st.dispatches_per_token(),
                     "blocking_waits_per_token": st.blocking_waits_per_token(),
                     "gpu_bound_waits_per_token": st.gpu_bound_waits_per_token(),
+                    "sampler": st.sampler,
+                    "truncated_draws": st.truncated_draws,
                     "stop_reason": st.stop_reason,
                     "adapter": caps.adapter_name,
                     "backend": caps.backend,
@@ -137,7 +146,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         );
     }
     eprintln!(
-        "wick: prompt {} tokens, prefill {:.1} tok/s | generated {} tokens, decode {:.1} tok/s | {:.2} submits, {:.0} dispatches, {:.2} blocking waits, {:.2} GPU-bound waits per token | {} ({})",
+        "wick: prompt {} tokens, prefill {:.1} tok/s | generated {} tokens, decode {:.1} tok/s | {:.2} submits, {:.0} dispatches, {:.2} blocking waits, {:.2} GPU-bound waits per token | sampler {} | {} ({})",
         st.prompt_tokens,
         st.prefill_tok_s(),
         st.generated_tokens,
@@ -146,6 +155,11 @@ pub fn run(a: RunArgs) -> Result<()> {
         st.dispatches_per_token(),
         st.blocking_waits_per_token(),
         st.gpu_bound_waits_per_token(),
+        match st.sampler {
+            Some(wick::runtime::Picker::Gpu) => "gpu",
+            Some(wick::runtime::Picker::Cpu) => "cpu",
+            _ => "greedy",
+        },
         caps.adapter_name,
         caps.backend
     );

@@ -36,6 +36,17 @@ pub fn spec_partial() -> KernelSpec {
     .constant("WG", WG)
 }
 
+/// Bit set in the index [`argmax_checked`] writes when an element was not finite; the low
+/// bits hold the lowest such index.
+pub const NON_FINITE: u32 = 0x8000_0000;
+
+/// `spec` with the non-finite check and its status binding.
+fn checked(mut spec: KernelSpec) -> KernelSpec {
+    spec.op.push_str("_checked");
+    spec.bindings.push(Binding::ReadWrite);
+    spec.define("CHECKED")
+}
+
 pub fn spec_reduce() -> KernelSpec {
     KernelSpec::new(
         "argmax_reduce",
@@ -92,6 +103,35 @@ pub fn argmax(
     out_ids: &wgpu::Buffer,
     out_index: usize,
 ) -> Result<Argmax> {
+    build(k, x, n, out_ids, out_index, None)
+}
+
+/// [`argmax`] that writes `NON_FINITE | i` instead when `x[i]` is the lowest-indexed NaN or
+/// infinity (the decode step's greedy choice: a broken model is reported, not decoded).
+/// `status` (4 bytes, zeroed once) carries the finding from the first pass to the second,
+/// which clears it again.
+pub fn argmax_checked(
+    k: &Kernels,
+    x: &wgpu::Buffer,
+    n: usize,
+    out_ids: &wgpu::Buffer,
+    out_index: usize,
+    status: &wgpu::Buffer,
+) -> Result<Argmax> {
+    if n >= NON_FINITE as usize {
+        return Err(Error::Shape(format!("checked argmax of {n} elements")));
+    }
+    build(k, x, n, out_ids, out_index, Some(status))
+}
+
+fn build(
+    k: &Kernels,
+    x: &wgpu::Buffer,
+    n: usize,
+    out_ids: &wgpu::Buffer,
+    out_index: usize,
+    status: Option<&wgpu::Buffer>,
+) -> Result<Argmax> {
     // Indices must stay below u32::MAX, the empty partial's index.
     if n == 0 || n >= u32::MAX as usize {
         return Err(Error::Shape(format!("argmax of {n} elements")));
@@ -119,8 +159,20 @@ pub fn argmax(
     let partials = k
         .gpu
         .storage_buffer("argmax partials", n_partials as u64 * 8)?;
-    let first = k.dispatch(&spec_partial(), &[&params, x, &partials], grid)?;
-    let second = k.dispatch(&spec_reduce(), &[&params, &partials, out_ids], [1, 1, 1])?;
+    let (first, second) = match status {
+        None => (
+            k.dispatch(&spec_partial(), &[&params, x, &partials], grid)?,
+            k.dispatch(&spec_reduce(), &[&params, &partials, out_ids], [1, 1, 1])?,
+        ),
+        Some(s) => (
+            k.dispatch(&checked(spec_partial()), &[&params, x, &partials, s], grid)?,
+            k.dispatch(
+                &checked(spec_reduce()),
+                &[&params, &partials, out_ids, s],
+                [1, 1, 1],
+            )?,
+        ),
+    };
     Ok(Argmax {
         dispatches: vec![first, second],
         partials,

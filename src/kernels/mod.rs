@@ -26,6 +26,7 @@ pub mod kv_cache;
 pub mod matrix;
 pub mod rmsnorm;
 pub mod rope;
+pub mod sample;
 pub mod softmax;
 pub mod swiglu;
 pub mod tuning;

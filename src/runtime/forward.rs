@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::kernels::sample::{SampleBuffers, SampleChain, SampleStep};
 use crate::kernels::{
-    argmax, attention, embedding, gemm, gemv, kv_cache, rmsnorm, rope, swiglu, Dispatch, Kernels,
-    StepParams,
+    argmax, attention, embedding, gemm, gemv, kv_cache, rmsnorm, rope, sample, swiglu, Dispatch,
+    Kernels, StepParams,
 };
 use crate::model::weights::{LayerWeights, ModelWeights, SplitMatrix};
 use crate::model::ModelConfig;
@@ -49,17 +50,30 @@ pub struct Forward {
     pub step: wgpu::Buffer,
     /// u32 ids of a prefill chunk.
     pub ids: wgpu::Buffer,
-    /// The current token id (u32 at index 0): read by decode's embedding, written by argmax.
+    /// The current token: `[id, flags]` (u32). The id is read by decode's embedding and
+    /// written by argmax or the sampling chain; flags come from the sampling chain.
     pub token: wgpu::Buffer,
+    /// Token ids by position (the cache's tokens, then the sampled one): the sampling
+    /// chain's repetition-penalty window.
+    pub history: wgpu::Buffer,
+    /// The sampling chain's per-token settings ([`SampleStep`]).
+    sample_step: wgpu::Buffer,
+    /// The sampling chain's final candidates and probabilities.
+    pub probs: wgpu::Buffer,
     act: Activations,
     decode: Vec<Dispatch>,
     /// The decode step with single-split attention (no merge pass), used while the cache
     /// holds at most [`SHORT_ATTENTION`] positions.
     decode_short: Vec<Dispatch>,
-    decode_head: Vec<Dispatch>,
+    /// Final norm + LM head over the decoded row (`h`) and over the prefill's last row.
+    decode_lm: Vec<Dispatch>,
     prefill: Vec<Dispatch>,
-    prefill_head: Vec<Dispatch>,
-    _keep: Vec<argmax::Argmax>,
+    prefill_lm: Vec<Dispatch>,
+    /// Greedy token choice: argmax of the logits into `token`.
+    argmax: argmax::Argmax,
+    _argmax_status: wgpu::Buffer,
+    /// Sampled token choice, when the session samples on the GPU ([`Self::set_sampler`]).
+    sampler: Option<SampleChain>,
     _attn: Vec<attention::DecodeAttention>,
 }
 
@@ -175,6 +189,11 @@ impl Forward {
         let step = gpu.uniform("step", &StepParams::default())?;
         let ids = gpu.upload("prefill ids", &vec![0u32; c])?;
         let token = gpu.upload("token", &[0u32; 2])?;
+        let history = gpu.storage_buffer("token history", kv.capacity.max(1) as u64 * 4)?;
+        let sample_step = gpu.uniform("sample step", &SampleStep::default())?;
+        let probs = gpu.storage_buffer("sample probs", sample::K_MAX as u64 * 8)?;
+        let argmax_status = gpu.storage_buffer("argmax status", 4)?;
+        let argmax = argmax::argmax_checked(k, &act.logits, cfg.vocab, &token, 0, &argmax_status)?;
         let mut fwd = Forward {
             gpu: gpu.clone(),
             cfg: cfg.clone(),
@@ -182,13 +201,18 @@ impl Forward {
             step,
             ids,
             token,
+            history,
+            sample_step,
+            probs,
             act,
             decode: Vec::new(),
             decode_short: Vec::new(),
-            decode_head: Vec::new(),
+            decode_lm: Vec::new(),
             prefill: Vec::new(),
-            prefill_head: Vec::new(),
-            _keep: Vec::new(),
+            prefill_lm: Vec::new(),
+            argmax,
+            _argmax_status: argmax_status,
+            sampler: None,
             _attn: Vec::new(),
         };
         fwd.build_decode(k, w, kv, inv_freq)?;
@@ -338,9 +362,7 @@ impl Forward {
         } else {
             self.decode.clone()
         };
-        let (head, am) = self.head(k, w, &self.act.h)?;
-        self.decode_head = head;
-        self._keep.push(am);
+        self.decode_lm = self.lm_head(k, w, &self.act.h)?;
         Ok(())
     }
 
@@ -525,28 +547,74 @@ impl Forward {
             gemm_all(k, &l.w_down, &a.act, &a.h, c, None, true, 0, 0, &mut list)?;
         }
         self.prefill = list;
-        let (head, am) = self.head(k, w, &self.act.h_last)?;
-        self.prefill_head = head;
-        self._keep.push(am);
+        self.prefill_lm = self.lm_head(k, w, &self.act.h_last)?;
         Ok(())
     }
 
-    /// Final norm, LM head and argmax over the hidden row 0 of `h`.
-    fn head(
-        &self,
-        k: &Kernels,
-        w: &ModelWeights,
-        h: &wgpu::Buffer,
-    ) -> Result<(Vec<Dispatch>, argmax::Argmax)> {
+    /// Final norm and LM head over the hidden row 0 of `h`, into the logits.
+    fn lm_head(&self, k: &Kernels, w: &ModelWeights, h: &wgpu::Buffer) -> Result<Vec<Dispatch>> {
         let cfg = &self.cfg;
-        let a = &self.act;
         // The final norm runs inside the LM-head GEMV (norm prologue).
         let mut list = Vec::new();
         let norm = Some((&w.output_norm, cfg.rms_eps));
-        gemv_all(k, w.lm_head(), h, &a.logits, None, false, norm, &mut list)?;
-        let am = argmax::argmax(k, &a.logits, cfg.vocab, &self.token, 0)?;
-        list.extend(am.dispatches.iter().cloned());
-        Ok((list, am))
+        gemv_all(
+            k,
+            w.lm_head(),
+            h,
+            &self.act.logits,
+            None,
+            false,
+            norm,
+            &mut list,
+        )?;
+        Ok(list)
+    }
+
+    /// Chooses how the token after each step is picked: `None` argmax (greedy), `Some(k)`
+    /// the GPU sampling chain keeping `k` candidates (built on first use of that `k`). The
+    /// chain reads its settings from [`Self::write_sample_step`].
+    pub fn set_sampler(&mut self, k: &Kernels, candidates: Option<usize>) -> Result<()> {
+        let Some(n) = candidates else {
+            self.sampler = None;
+            return Ok(());
+        };
+        if self.sampler.as_ref().is_some_and(|c| c.k == n) {
+            return Ok(());
+        }
+        self.sampler = Some(sample::sample_chain(
+            k,
+            &SampleBuffers {
+                logits: &self.act.logits,
+                step: &self.sample_step,
+                history: &self.history,
+                token: &self.token,
+                probs: &self.probs,
+            },
+            self.cfg.vocab,
+            n,
+        )?);
+        Ok(())
+    }
+
+    pub fn write_sample_step(&self, s: &SampleStep) {
+        self.gpu
+            .write(&self.sample_step, 0, std::slice::from_ref(s));
+    }
+
+    /// The dispatches that pick the token from the logits.
+    fn picker(&self) -> &[Dispatch] {
+        match &self.sampler {
+            Some(c) => &c.dispatches,
+            None => &self.argmax.dispatches,
+        }
+    }
+
+    /// Every dispatch of a decode step that leaves `kv_len` positions, with or without the
+    /// LM head and token choice.
+    fn decode_step(&self, kv_len: usize, head: bool) -> impl Iterator<Item = &Dispatch> {
+        let head: &[Dispatch] = if head { &self.decode_lm } else { &[] };
+        let pick: &[Dispatch] = if head.is_empty() { &[] } else { self.picker() };
+        self.decode_for(kv_len).iter().chain(head).chain(pick)
     }
 
     /// The decode list for a step that leaves `kv_len` positions in the cache.
@@ -558,24 +626,28 @@ impl Forward {
         }
     }
 
-    /// Dispatches of the decode step that leaves `kv_len` positions in the cache.
+    /// Dispatches of the decode step that leaves `kv_len` positions in the cache (with the
+    /// LM head and token choice).
     pub fn decode_dispatches(&self, kv_len: usize) -> usize {
-        self.decode_for(kv_len).len() + self.decode_head.len()
+        self.decode_step(kv_len, true).count()
     }
 
     /// Records one decode step (the token id is already in `self.token`; the step uniform
-    /// says `kv_len`) into one pass.
-    pub fn record_decode(&self, enc: &mut wgpu::CommandEncoder, kv_len: usize) {
+    /// says `kv_len`) into one pass. Without `head` only the cache is filled (prompt tokens
+    /// whose logits nobody reads).
+    pub fn record_decode(&self, enc: &mut wgpu::CommandEncoder, kv_len: usize, head: bool) {
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("decode"),
             timestamp_writes: None,
         });
-        self.record_decode_into(&mut pass, kv_len);
+        for d in self.decode_step(kv_len, head) {
+            d.record(&mut pass);
+        }
     }
 
-    /// The dispatches of one decode step, into an open pass.
+    /// The dispatches of one decode step with its head, into an open pass.
     pub fn record_decode_into(&self, pass: &mut wgpu::ComputePass<'_>, kv_len: usize) {
-        for d in self.decode_for(kv_len).iter().chain(&self.decode_head) {
+        for d in self.decode_step(kv_len, true) {
             d.record(pass);
         }
     }
@@ -593,16 +665,17 @@ impl Forward {
             label: Some("decode (profiled)"),
             timestamp_writes: None,
         });
-        for d in self.decode_for(kv_len).iter().chain(&self.decode_head) {
+        for d in self.decode_step(kv_len, true) {
             let region = prof.begin(&mut pass, &d.pipeline.op);
             d.record(&mut pass);
             prof.end(&mut pass, region);
         }
     }
 
-    /// Records one prefill chunk of `n` tokens whose ids are already in `self.ids`; the
-    /// argmax of the last token's logits lands in `self.token`, the logits in `logits()`.
-    pub fn record_prefill(&self, enc: &mut wgpu::CommandEncoder, n: usize) {
+    /// Records one prefill chunk of `n` tokens whose ids are already in `self.ids`. With
+    /// `head` (the prompt's last chunk) the last token's logits land in `logits()` and the
+    /// chosen next token in `self.token`.
+    pub fn record_prefill(&self, enc: &mut wgpu::CommandEncoder, n: usize, head: bool) {
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("prefill"),
@@ -612,19 +685,22 @@ impl Forward {
                 d.record(&mut pass);
             }
         }
+        if !head {
+            return;
+        }
         let row = (self.cfg.hidden * 4) as u64;
         enc.copy_buffer_to_buffer(&self.act.h, (n as u64 - 1) * row, &self.act.h_last, 0, row);
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("prefill head"),
             timestamp_writes: None,
         });
-        for d in &self.prefill_head {
+        for d in self.prefill_lm.iter().chain(self.picker()) {
             d.record(&mut pass);
         }
     }
 
     pub fn prefill_dispatches(&self) -> usize {
-        self.prefill.len() + self.prefill_head.len()
+        self.prefill.len() + self.prefill_lm.len() + self.picker().len()
     }
 
     pub fn logits(&self) -> &wgpu::Buffer {

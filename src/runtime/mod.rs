@@ -7,4 +7,4 @@ pub mod session;
 pub mod stream;
 
 pub use sampling::SamplingParams;
-pub use session::{GenerateParams, Generation, Session, Stats, StopReason, Token};
+pub use session::{GenerateParams, Generation, Picker, Session, Stats, StopReason, Token};

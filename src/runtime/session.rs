@@ -1,10 +1,12 @@
 //! A session: one KV cache and its position, with generation as an iterator and a
 //! `futures::Stream` of tokens.
 //!
-//! Greedy decode keeps the CPU one token ahead: the argmax id stays on the GPU (the next
-//! step's embedding gather reads it) and is copied into a ring of small mappable buffers; the
-//! CPU submits step t+1 before it reads token t, so stop conditions are seen one token late
-//! and the surplus step is discarded.
+//! Decode keeps the CPU one token ahead: the chosen id (argmax, or the GPU sampling chain's
+//! draw) stays on the GPU, where the next step's embedding gather reads it, and is copied
+//! into a ring of small mappable buffers; the CPU submits step t+1 before it reads token t,
+//! so stop conditions are seen one token late and the surplus step is discarded. No logits
+//! leave the GPU unless the CPU sampler is asked for (`GenerateParams::sample_on_cpu`, or a
+//! top-k the GPU chain does not support).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::gpu::ProfileSample;
+use crate::kernels::sample::{self, SampleStep};
 use crate::kernels::StepParams;
 use crate::model::Model;
 use crate::runtime::forward::Forward;
@@ -30,6 +33,9 @@ pub struct GenerateParams {
     pub stop: Vec<String>,
     /// Keep going past end-of-sequence ids.
     pub ignore_eos: bool,
+    /// Sample on the CPU from read-back logits (the reference path: one blocking read per
+    /// token) instead of the GPU sampling chain.
+    pub sample_on_cpu: bool,
 }
 
 impl Default for GenerateParams {
@@ -39,6 +45,7 @@ impl Default for GenerateParams {
             sampling: SamplingParams::default(),
             stop: Vec::new(),
             ignore_eos: false,
+            sample_on_cpu: false,
         }
     }
 }
@@ -81,6 +88,11 @@ pub struct Stats {
     /// Times the CPU waited for token t while step t+1 was already queued: the GPU stayed
     /// busy, so these only show that decoding is GPU-bound.
     pub decode_gpu_bound_waits: usize,
+    /// How tokens were chosen: greedy argmax, the GPU sampling chain, or the CPU sampler.
+    pub sampler: Option<Picker>,
+    /// GPU-sampled tokens drawn with top-k off from the best `K_MAX` candidates although
+    /// the top-p/min-p set reached past them (a very flat distribution).
+    pub truncated_draws: usize,
     pub stop_reason: Option<StopReason>,
 }
 
@@ -118,6 +130,72 @@ fn rate(n: usize, secs: f64) -> f64 {
     } else {
         0.0
     }
+}
+
+/// How a generation picks each token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Picker {
+    /// Argmax on the GPU.
+    Greedy,
+    /// The GPU sampling chain (`kernels::sample`).
+    Gpu,
+    /// The CPU sampler on read-back logits.
+    Cpu,
+}
+
+impl Picker {
+    fn for_params(p: &GenerateParams, vocab: usize) -> Picker {
+        let s = &p.sampling;
+        if s.is_greedy() {
+            Picker::Greedy
+        } else if p.sample_on_cpu || !sample::supports(s.top_k, vocab) {
+            Picker::Cpu
+        } else {
+            Picker::Gpu
+        }
+    }
+}
+
+/// The sampling chain's settings for the token after `len` tokens of history, with the
+/// uniform number `u` of its draw.
+fn sample_step(p: &SamplingParams, len: usize, vocab: usize, u: f64) -> SampleStep {
+    let window = if p.repeat_penalty == 1.0 {
+        0
+    } else {
+        len.min(p.repeat_last_n)
+    };
+    SampleStep {
+        temperature: p.temperature,
+        top_k: p.top_k as u32,
+        top_p: p.top_p,
+        min_p: p.min_p,
+        penalty: p.repeat_penalty,
+        hist_start: (len - window) as u32,
+        hist_end: len as u32,
+        hist_out: len as u32,
+        // Below 1 after rounding to f32, so the draw stays inside the kept mass.
+        u: (u as f32).min(1.0 - f32::EPSILON / 2.0),
+        full_norm: (p.top_k == 0 || p.top_k >= vocab) as u32,
+        vocab: vocab as u32,
+        _pad: 0,
+    }
+}
+
+/// The token id in a `[id, flags]` pair the GPU picked, or the error it reports.
+fn picked(pair: [u32; 2], stats: &mut Stats) -> Result<u32> {
+    let [id, flags] = pair;
+    if id & sample::NON_FINITE != 0 {
+        return Err(Error::Model(format!(
+            "the model produced a non-finite logit at vocabulary index {} (NaN or infinite \
+             weights or activations)",
+            id & !sample::NON_FINITE
+        )));
+    }
+    if flags & sample::FLAG_TRUNCATED != 0 {
+        stats.truncated_draws += 1;
+    }
+    Ok(id)
 }
 
 /// Prompt chunks shorter than this run through the decode step (GEMV) token by token.
@@ -216,9 +294,9 @@ impl Session {
         Ok(())
     }
 
-    /// Runs the prompt through the model, reusing the longest cached prefix. Afterwards the
-    /// GPU holds the greedy next token and the logits of the last prompt position.
-    pub fn prefill(&mut self, prompt: &[u32]) -> Result<()> {
+    /// Refuses an empty prompt, ids outside the vocabulary and a prompt longer than the
+    /// context.
+    fn check_prompt(&self, prompt: &[u32]) -> Result<()> {
         if prompt.is_empty() {
             return Err(Error::InvalidArgument(
                 "the prompt is empty: give at least one token".into(),
@@ -233,6 +311,20 @@ impl Session {
                 self.model.inner.cfg.context_len
             )));
         }
+        Ok(())
+    }
+
+    /// Runs the prompt through the model, reusing the longest cached prefix. Afterwards the
+    /// GPU holds the greedy next token and the logits of the last prompt position.
+    pub fn prefill(&mut self, prompt: &[u32]) -> Result<()> {
+        let k = self.model.inner.engine.kernels().clone();
+        self.fwd.set_sampler(&k, None)?;
+        self.prefill_inner(prompt)
+    }
+
+    /// [`Self::prefill`] with whatever token picker the forward pass has.
+    fn prefill_inner(&mut self, prompt: &[u32]) -> Result<()> {
+        self.check_prompt(prompt)?;
         // Reuse the cached prefix, but always recompute the last prompt token so its logits
         // (and greedy id) are produced.
         let common = self
@@ -246,8 +338,10 @@ impl Session {
         let t0 = Instant::now();
         let gpu = self.fwd.gpu.clone();
         let c = self.fwd.chunk;
-        for chunk in prompt[start..].chunks(c) {
+        let n_chunks = prompt[start..].len().div_ceil(c);
+        for (ci, chunk) in prompt[start..].chunks(c).enumerate() {
             let pos = self.tokens.len();
+            let last_chunk = ci + 1 == n_chunks;
             if chunk.len() < GEMV_PREFILL_BELOW {
                 // A few tokens: the decode step's GEMVs read each weight once per token,
                 // cheaper than a GEMM tile padded to the whole chunk.
@@ -255,7 +349,8 @@ impl Session {
                     gpu.write(&self.fwd.token, 0, &[t]);
                     self.fwd.write_decode_step(pos + i);
                     let mut enc = gpu.device.create_command_encoder(&Default::default());
-                    self.fwd.record_decode(&mut enc, pos + i + 1);
+                    let head = last_chunk && i + 1 == chunk.len();
+                    self.fwd.record_decode(&mut enc, pos + i + 1, head);
                     gpu.queue.submit([enc.finish()]);
                 }
                 self.tokens.extend_from_slice(chunk);
@@ -269,7 +364,7 @@ impl Session {
                 ..Default::default()
             });
             let mut enc = gpu.device.create_command_encoder(&Default::default());
-            self.fwd.record_prefill(&mut enc, chunk.len());
+            self.fwd.record_prefill(&mut enc, chunk.len(), last_chunk);
             gpu.queue.submit([enc.finish()]);
             self.tokens.extend_from_slice(chunk);
         }
@@ -309,17 +404,36 @@ impl Session {
     /// Generates after `prompt`: an iterator (and `futures::Stream`) of tokens. Dropping it
     /// cancels generation; the session keeps every token whose KV entry was written.
     pub fn generate(&mut self, prompt: &[u32], params: GenerateParams) -> Result<Generation<'_>> {
-        self.prefill(prompt)?;
+        let vocab = self.model.inner.cfg.vocab;
+        let picker = Picker::for_params(&params, vocab);
+        let sp = &params.sampling;
+        let mut rng = Rng::new(sp.seed);
+        let k = self.model.inner.engine.kernels().clone();
+        match picker {
+            Picker::Gpu => {
+                self.check_prompt(prompt)?;
+                self.fwd
+                    .set_sampler(&k, Some(sample::chain_k(sp.temperature, sp.top_k)))?;
+                // The penalty window reads the prompt from the GPU history; the chain
+                // appends each drawn id after it.
+                self.fwd.gpu.write(&self.fwd.history, 0, prompt);
+                let step = sample_step(sp, prompt.len(), vocab, rng.next_f64());
+                self.fwd.write_sample_step(&step);
+            }
+            Picker::Greedy | Picker::Cpu => self.fwd.set_sampler(&k, None)?,
+        }
+        self.prefill_inner(prompt)?;
+        self.stats.sampler = Some(picker);
         let decoder = self
             .model
             .inner
             .tokenizer
             .is_some()
             .then(|| TextStream::new(self.model.clone(), &params.stop));
-        let rng = Rng::new(params.sampling.seed);
         let mut g = Generation {
             session: self,
             params,
+            picker,
             decoder,
             rng,
             pending: VecDeque::new(),
@@ -396,17 +510,26 @@ impl Session {
 
     /// Submits the decode step that consumes the token at position `pos` (already in the GPU
     /// token buffer, or written there from `token` first).
-    /// With `token` the id is written into the GPU token buffer first (sampled path) and the
-    /// step's argmax is not read back; without it (greedy), the id is already on the GPU and
-    /// the step's output id is copied into the next ring slot, whose index is returned.
-    fn submit_decode(&mut self, pos: usize, token_in_gpu: Option<u32>) -> Result<usize> {
+    /// With `token` the id is written into the GPU token buffer first (CPU-sampled path) and
+    /// the step's choice is not read back; without it, the id is already on the GPU and the
+    /// step's choice (argmax, or the sampling chain with `sample`'s settings) is copied into
+    /// the next ring slot, whose index is returned.
+    fn submit_decode(
+        &mut self,
+        pos: usize,
+        token_in_gpu: Option<u32>,
+        sample: Option<SampleStep>,
+    ) -> Result<usize> {
         let gpu = self.fwd.gpu.clone();
         if let Some(t) = token_in_gpu {
             gpu.write(&self.fwd.token, 0, &[t]);
         }
+        if let Some(s) = &sample {
+            self.fwd.write_sample_step(s);
+        }
         self.fwd.write_decode_step(pos);
         let mut enc = gpu.device.create_command_encoder(&Default::default());
-        self.fwd.record_decode(&mut enc, pos + 1);
+        self.fwd.record_decode(&mut enc, pos + 1, true);
         let slot = self.stats.decode_steps % RING;
         let greedy = token_in_gpu.is_none();
         if greedy {
@@ -435,7 +558,7 @@ impl Session {
 
     /// Reads a ring slot, blocking only if the GPU has not finished it yet. `queued_behind`
     /// says whether a later step is already submitted (then a wait keeps the GPU busy).
-    fn read_slot(&mut self, slot: usize, queued_behind: Option<bool>) -> Result<u32> {
+    fn read_slot(&mut self, slot: usize, queued_behind: Option<bool>) -> Result<[u32; 2]> {
         let gpu = self.fwd.gpu.clone();
         let rx = self.ring[slot]
             .rx
@@ -464,15 +587,17 @@ impl Session {
         };
         res.map_err(|e| Error::Gpu(format!("reading a token: {e}")))?;
         let buf = &self.ring[slot].buf;
-        let id = {
+        let pair = {
             let view = buf
                 .get_mapped_range(..)
                 .map_err(|e| Error::Gpu(format!("reading a token: {e}")))?;
-            u32::from_le_bytes([view[0], view[1], view[2], view[3]])
+            let word =
+                |i: usize| u32::from_le_bytes([view[i], view[i + 1], view[i + 2], view[i + 3]]);
+            [word(0), word(4)]
         };
         buf.unmap();
         gpu.check()?;
-        Ok(id)
+        Ok(pair)
     }
 }
 
@@ -480,6 +605,7 @@ impl Session {
 pub struct Generation<'s> {
     session: &'s mut Session,
     params: GenerateParams,
+    picker: Picker,
     decoder: Option<TextStream>,
     rng: Rng,
     /// Ring slots of submitted greedy steps whose token is not read yet.
@@ -512,21 +638,30 @@ impl Generation<'_> {
             && self.session.tokens.len() < self.session.kv.capacity
     }
 
-    /// Greedy: the id stays on the GPU; the step consuming token e is submitted before the
-    /// CPU reads token e, so the GPU always has the next step queued.
-    fn next_greedy(&mut self) -> Result<u32> {
+    /// The GPU sampling settings for the step that consumes position `pos` (None: argmax).
+    fn gpu_sample_step(&mut self, pos: usize) -> Option<SampleStep> {
+        (self.picker == Picker::Gpu).then(|| {
+            let vocab = self.session.model.inner.cfg.vocab;
+            sample_step(&self.params.sampling, pos + 1, vocab, self.rng.next_f64())
+        })
+    }
+
+    /// Greedy or GPU-sampled: the id stays on the GPU; the step consuming token e is
+    /// submitted before the CPU reads token e, so the GPU always has the next step queued.
+    fn next_on_gpu(&mut self) -> Result<u32> {
         if self.emitted == 0 {
             // The prefill left the first id in the token buffer (and waited for it).
-            let id = self
+            let t = self
                 .session
                 .fwd
                 .gpu
-                .read_range::<u32>(&self.session.fwd.token, 0, 1)?[0];
+                .read_range::<u32>(&self.session.fwd.token, 0, 2)?;
+            let id = picked([t[0], t[1]], &mut self.session.stats)?;
             if self.wants_more() {
                 self.session.tokens.push(id);
-                let slot = self
-                    .session
-                    .submit_decode(self.session.tokens.len() - 1, None)?;
+                let pos = self.session.tokens.len() - 1;
+                let s = self.gpu_sample_step(pos);
+                let slot = self.session.submit_decode(pos, None, s)?;
                 self.pending.push_back(slot);
             }
             return Ok(id);
@@ -538,14 +673,16 @@ impl Generation<'_> {
         let lookahead = if self.wants_more() {
             let at = self.session.tokens.len();
             self.session.tokens.push(u32::MAX);
-            let next = self.session.submit_decode(at, None)?;
+            let s = self.gpu_sample_step(at);
+            let next = self.session.submit_decode(at, None, s)?;
             self.pending.push_back(next);
             Some(at)
         } else {
             None
         };
         // Without a look-ahead this is the last token: nothing is left to overlap with.
-        let id = self.session.read_slot(slot, lookahead.map(|_| true))?;
+        let pair = self.session.read_slot(slot, lookahead.map(|_| true))?;
+        let id = picked(pair, &mut self.session.stats)?;
         if let Some(at) = lookahead {
             self.session.tokens[at] = id;
         }
@@ -567,7 +704,7 @@ impl Generation<'_> {
         if self.wants_more() {
             let s = &mut *self.session;
             s.tokens.push(id);
-            s.submit_decode(s.tokens.len() - 1, Some(id))?;
+            s.submit_decode(s.tokens.len() - 1, Some(id), None)?;
             // The CPU needs this step's logits before it can pick the next token.
             s.fwd.gpu.wait_idle()?;
             s.stats.decode_blocking_waits += 1;
@@ -579,10 +716,9 @@ impl Generation<'_> {
         if self.done {
             return Ok(None);
         }
-        let id = if self.params.sampling.is_greedy() {
-            self.next_greedy()?
-        } else {
-            self.next_sampled()?
+        let id = match self.picker {
+            Picker::Greedy | Picker::Gpu => self.next_on_gpu()?,
+            Picker::Cpu => self.next_sampled()?,
         };
         if !self.params.ignore_eos && self.session.model.eos_ids().contains(&id) {
             self.finish(StopReason::Eos);
@@ -604,7 +740,7 @@ impl Generation<'_> {
         };
         if self.emitted >= self.params.max_tokens {
             self.finish(StopReason::MaxTokens);
-        } else if self.pending.is_empty() && self.params.sampling.is_greedy()
+        } else if self.pending.is_empty() && self.picker != Picker::Cpu
             || self.session.tokens.len() >= self.session.kv.capacity
         {
             self.finish(StopReason::ContextFull);

@@ -162,3 +162,44 @@ fn argmax_rejects_bad_shapes() {
     assert!(argmax::argmax(k, &x, 8, &ids, 2).is_err());
     assert!(argmax::argmax(k, &x, 8, &ids, 1).is_ok());
 }
+
+/// The checked argmax (the decode step's greedy choice): the plain index while every element
+/// is finite; `NON_FINITE | i` for the lowest non-finite i otherwise; the status clears, so
+/// the same dispatches give a plain index again once the input is clean.
+#[test]
+fn argmax_checked_reports_the_first_non_finite() {
+    let k = kernels();
+    let g = &k.gpu;
+    let mut r = rng();
+    for n in [9, 5000, 151936] {
+        let mut x = rand_vec(&mut r, n, 10.0);
+        let xb = g.upload("x", &x).unwrap();
+        let ids = g.storage_buffer("ids", 8).unwrap();
+        let status = g.storage_buffer("status", 4).unwrap();
+        let a = argmax::argmax_checked(k, &xb, n, &ids, 1, &status).unwrap();
+        let go = |x: &[f32]| -> u32 {
+            g.write(&xb, 0, x);
+            g.poison(&ids);
+            k.run(&a.dispatches.iter().collect::<Vec<_>>()).unwrap();
+            g.read_vec::<u32>(&ids).unwrap()[1]
+        };
+        assert_eq!(
+            go(&x),
+            reference::argmax::argmax(&x).unwrap(),
+            "n {n} clean"
+        );
+        let i = r.random_range(0..n);
+        let j = r.random_range(0..n);
+        x[i] = f32::NAN;
+        x[j] = [f32::INFINITY, f32::NEG_INFINITY][r.random_range(0..2)];
+        let want = argmax::NON_FINITE | i.min(j) as u32;
+        assert_eq!(go(&x), want, "n {n}: NaN at {i}, inf at {j}");
+        x[i] = 0.0;
+        x[j] = 0.0;
+        assert_eq!(
+            go(&x),
+            reference::argmax::argmax(&x).unwrap(),
+            "n {n} after"
+        );
+    }
+}

@@ -12,5 +12,6 @@ mod gemv;
 mod kv_cache;
 mod rmsnorm;
 mod rope;
+mod sample;
 mod softmax;
 mod swiglu;

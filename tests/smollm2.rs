@@ -427,3 +427,38 @@ fn requantized_f16_gguf_matches_goldens() {
     eprintln!("f16 GGUF: max |logit - golden| on the golden top-10: {worst}");
     assert!(worst < 0.3, "f16 GGUF: top-10 logits off by {worst}");
 }
+
+/// The fused decode step against the plain kernel sequence on the real model (Q4_1): the
+/// same greedy tokens and logits within rounding of each other.
+#[test]
+fn fused_decode_step_matches_the_unfused_sequence() {
+    use wick::runtime::DecodeFusion;
+    let Some(m) = model() else { return };
+    let prompt = m
+        .tokenizer()
+        .unwrap()
+        .encode("The capital of France is")
+        .unwrap();
+    let mut fused = Session::with_decode_fusion(m, 64, DecodeFusion::ALL).unwrap();
+    let mut plain = Session::with_decode_fusion(m, 64, DecodeFusion::NONE).unwrap();
+    let a = fused.greedy_trace(&prompt, 4).unwrap();
+    let b = plain.greedy_trace(&prompt, 4).unwrap();
+    for (step, ((ia, la), (ib, lb))) in a.iter().zip(&b).enumerate() {
+        let scale = la.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let d = la
+            .iter()
+            .zip(lb)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            d < 2e-3 * scale,
+            "step {step}: max |fused - plain| = {d} (scale {scale})"
+        );
+        if ia != ib {
+            let mut top = la.clone();
+            top.sort_by(|x, y| y.total_cmp(x));
+            assert!(top[0] - top[1] < 2.0 * d, "step {step}: {ia} vs {ib}");
+            break;
+        }
+    }
+}

@@ -42,6 +42,50 @@ struct Activations {
     logits: wgpu::Buffer,
 }
 
+/// Which fusions the decode step uses. All on is the fast path; all off is the plain
+/// sequence (RMSNorm, q/k/v GEMVs, RoPE q, RoPE k, KV write, attention, O GEMV, RMSNorm,
+/// gate and up GEMVs, SwiGLU, down GEMV, RMSNorm, LM head) that tests compare it against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeFusion {
+    /// q, k, v projections in one GEMV (where `gemv::qkv_supported`).
+    pub qkv: bool,
+    /// RMSNorm inside the GEMV that reads the normalised row (attention norm, FFN norm,
+    /// final norm) instead of its own dispatch.
+    pub norm_prologue: bool,
+    /// RoPE and the KV-cache write in one dispatch (where `rope::rope_kv_supported`).
+    pub rope_kv: bool,
+    /// Gate and up GEMVs with the SwiGLU in one dispatch.
+    pub swiglu: bool,
+    /// Single-split attention without the merge pass while the cache is short.
+    pub short_attention: bool,
+}
+
+impl DecodeFusion {
+    pub const ALL: DecodeFusion = DecodeFusion {
+        qkv: true,
+        norm_prologue: true,
+        rope_kv: true,
+        swiglu: true,
+        short_attention: true,
+    };
+    pub const NONE: DecodeFusion = DecodeFusion {
+        qkv: false,
+        norm_prologue: false,
+        rope_kv: false,
+        swiglu: false,
+        short_attention: false,
+    };
+}
+
+impl Default for DecodeFusion {
+    fn default() -> Self {
+        DecodeFusion::ALL
+    }
+}
+
+/// The row a GEMV reads and the RMSNorm it applies on load, if any.
+type NormedInput<'a> = (&'a wgpu::Buffer, Option<(&'a wgpu::Buffer, f32)>);
+
 /// Recorded work of one session: decode step, prefill chunk and the LM head, all prebuilt.
 pub struct Forward {
     pub gpu: Arc<Gpu>,
@@ -168,6 +212,7 @@ impl Forward {
         w: &ModelWeights,
         kv: &KvCache,
         inv_freq: &wgpu::Buffer,
+        fusion: DecodeFusion,
     ) -> Result<Forward> {
         let gpu = k.gpu.clone();
         let c = PREFILL_CHUNK;
@@ -215,7 +260,7 @@ impl Forward {
             sampler: None,
             _attn: Vec::new(),
         };
-        fwd.build_decode(k, w, kv, inv_freq)?;
+        fwd.build_decode(k, w, kv, inv_freq, fusion)?;
         fwd.build_prefill(k, w, kv, inv_freq)?;
         Ok(fwd)
     }
@@ -262,6 +307,7 @@ impl Forward {
         layer: usize,
         inv_freq: &wgpu::Buffer,
         tokens: usize,
+        fuse_rope_kv: bool,
         list: &mut Vec<Dispatch>,
     ) -> Result<()> {
         let cfg = &self.cfg;
@@ -292,7 +338,7 @@ impl Forward {
                 cfg.rms_eps,
             )?);
         }
-        if rope::rope_kv_supported(cfg.head_dim, cfg.rope_dim) {
+        if fuse_rope_kv && rope::rope_kv_supported(cfg.head_dim, cfg.rope_dim) {
             list.push(rope::rope_kv(
                 k,
                 q,
@@ -354,15 +400,16 @@ impl Forward {
         w: &ModelWeights,
         kv: &KvCache,
         inv_freq: &wgpu::Buffer,
+        fusion: DecodeFusion,
     ) -> Result<()> {
         let splits = attention::choose_splits(&self.gpu.caps, self.cfg.n_kv_heads, kv.capacity);
-        self.decode = self.decode_list(k, w, kv, inv_freq, splits)?;
-        self.decode_short = if splits > 1 {
-            self.decode_list(k, w, kv, inv_freq, 1)?
+        self.decode = self.decode_list(k, w, kv, inv_freq, splits, fusion)?;
+        self.decode_short = if splits > 1 && fusion.short_attention {
+            self.decode_list(k, w, kv, inv_freq, 1, fusion)?
         } else {
             self.decode.clone()
         };
-        self.decode_lm = self.lm_head(k, w, &self.act.h)?;
+        self.decode_lm = self.lm_head(k, w, &self.act.h, fusion.norm_prologue)?;
         Ok(())
     }
 
@@ -374,31 +421,49 @@ impl Forward {
         kv: &KvCache,
         inv_freq: &wgpu::Buffer,
         splits: usize,
+        fusion: DecodeFusion,
     ) -> Result<Vec<Dispatch>> {
         let cfg = self.cfg.clone();
         let mut list = Vec::new();
         self.embed(k, w, &self.token, 1, &mut list)?;
         let a = &self.act;
         let eps = cfg.rms_eps;
+        // The row a norm-consuming GEMV reads, and its norm prologue: `h` normalised on
+        // load, or a separate RMSNorm into `normed` first.
+        fn normed<'a>(
+            k: &Kernels,
+            a: &'a Activations,
+            norm: &'a wgpu::Buffer,
+            hidden: usize,
+            eps: f32,
+            prologue: bool,
+            list: &mut Vec<Dispatch>,
+        ) -> Result<NormedInput<'a>> {
+            if prologue {
+                return Ok((&a.h, Some((norm, eps))));
+            }
+            list.push(rmsnorm::rmsnorm(k, &a.h, norm, &a.normed, hidden, 1, eps)?);
+            Ok((&a.normed, None))
+        }
+        let np = fusion.norm_prologue;
         for (i, l) in w.layers.iter().enumerate() {
-            // The attention norm runs inside each of the q, k, v GEMVs (norm prologue).
-            let an = Some((&l.attn_norm, eps));
-            match qkv_fusable(k, l) {
+            let (x, an) = normed(k, a, &l.attn_norm, cfg.hidden, eps, np, &mut list)?;
+            match qkv_fusable(k, l).filter(|_| fusion.qkv) {
                 // q, k and v projections in one dispatch.
                 Some(w) => {
                     let bias = match (&l.bq, &l.bk, &l.bv) {
                         (Some(q), Some(kb), Some(v)) => Some([q, kb, v]),
                         _ => None,
                     };
-                    list.push(gemv::gemv_qkv(k, w, &a.h, bias, [&a.q, &a.k, &a.v], an)?);
+                    list.push(gemv::gemv_qkv(k, w, x, bias, [&a.q, &a.k, &a.v], an)?);
                 }
                 None => {
-                    gemv_all(k, &l.wq, &a.h, &a.q, l.bq.as_ref(), false, an, &mut list)?;
-                    gemv_all(k, &l.wk, &a.h, &a.k, l.bk.as_ref(), false, an, &mut list)?;
-                    gemv_all(k, &l.wv, &a.h, &a.v, l.bv.as_ref(), false, an, &mut list)?;
+                    gemv_all(k, &l.wq, x, &a.q, l.bq.as_ref(), false, an, &mut list)?;
+                    gemv_all(k, &l.wk, x, &a.k, l.bk.as_ref(), false, an, &mut list)?;
+                    gemv_all(k, &l.wv, x, &a.v, l.bv.as_ref(), false, an, &mut list)?;
                 }
             }
-            self.post_qkv(k, l, kv, i, inv_freq, 1, &mut list)?;
+            self.post_qkv(k, l, kv, i, inv_freq, 1, fusion.rope_kv, &mut list)?;
             let att = attention::attention_decode(
                 k,
                 self.qk().0,
@@ -416,7 +481,8 @@ impl Forward {
             list.extend(att.dispatches.iter().cloned());
             self._attn.push(att);
             gemv_all(k, &l.wo, &a.attn, &a.h, None, true, None, &mut list)?;
-            if l.w_gate.chunks.len() == 1 && l.w_up.chunks.len() == 1 {
+            let single = l.w_gate.chunks.len() == 1 && l.w_up.chunks.len() == 1;
+            if fusion.swiglu && fusion.norm_prologue && single {
                 // FFN norm + gate + up + SwiGLU in one dispatch.
                 list.push(gemv::gemv_swiglu_normed(
                     k,
@@ -427,9 +493,20 @@ impl Forward {
                     &a.act,
                 )?);
             } else {
-                return Err(Error::Unsupported(
-                    "FFN matrices split across bindings".into(),
-                ));
+                // Gate and up into one [gate | up] row, then SwiGLU.
+                let (x, fnorm) = normed(k, a, &l.ffn_norm, cfg.hidden, eps, np, &mut list)?;
+                for (m, base) in [(&l.w_gate, 0), (&l.w_up, cfg.ffn)] {
+                    for (row0, chunk) in &m.chunks {
+                        let epi = gemv::GemvEpilogue {
+                            bias: None,
+                            accumulate: false,
+                            out_offset: base + row0,
+                            norm: fnorm,
+                        };
+                        list.push(gemv::gemv(k, chunk, x, &a.gu, epi)?);
+                    }
+                }
+                list.push(swiglu::swiglu(k, &a.gu, &a.act, 1, cfg.ffn)?);
             }
             gemv_all(k, &l.w_down, &a.act, &a.h, None, true, None, &mut list)?;
         }
@@ -494,7 +571,7 @@ impl Forward {
                 0,
                 &mut list,
             )?;
-            self.post_qkv(k, l, kv, i, inv_freq, c, &mut list)?;
+            self.post_qkv(k, l, kv, i, inv_freq, c, true, &mut list)?;
             list.push(attention::attention_prefill(
                 k,
                 self.qk().0,
@@ -547,26 +624,39 @@ impl Forward {
             gemm_all(k, &l.w_down, &a.act, &a.h, c, None, true, 0, 0, &mut list)?;
         }
         self.prefill = list;
-        self.prefill_lm = self.lm_head(k, w, &self.act.h_last)?;
+        self.prefill_lm = self.lm_head(k, w, &self.act.h_last, true)?;
         Ok(())
     }
 
-    /// Final norm and LM head over the hidden row 0 of `h`, into the logits.
-    fn lm_head(&self, k: &Kernels, w: &ModelWeights, h: &wgpu::Buffer) -> Result<Vec<Dispatch>> {
+    /// Final norm and LM head over the hidden row 0 of `h`, into the logits; the norm
+    /// inside the GEMV (`norm_prologue`) or as its own dispatch.
+    fn lm_head(
+        &self,
+        k: &Kernels,
+        w: &ModelWeights,
+        h: &wgpu::Buffer,
+        norm_prologue: bool,
+    ) -> Result<Vec<Dispatch>> {
         let cfg = &self.cfg;
-        // The final norm runs inside the LM-head GEMV (norm prologue).
         let mut list = Vec::new();
-        let norm = Some((&w.output_norm, cfg.rms_eps));
-        gemv_all(
-            k,
-            w.lm_head(),
-            h,
-            &self.act.logits,
-            None,
-            false,
-            norm,
-            &mut list,
-        )?;
+        let logits = &self.act.logits;
+        if norm_prologue {
+            let norm = Some((&w.output_norm, cfg.rms_eps));
+            gemv_all(k, w.lm_head(), h, logits, None, false, norm, &mut list)?;
+        } else {
+            let normed = &self.act.normed;
+            let eps = cfg.rms_eps;
+            list.push(rmsnorm::rmsnorm(
+                k,
+                h,
+                &w.output_norm,
+                normed,
+                cfg.hidden,
+                1,
+                eps,
+            )?);
+            gemv_all(k, w.lm_head(), normed, logits, None, false, None, &mut list)?;
+        }
         Ok(list)
     }
 

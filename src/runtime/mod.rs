@@ -6,5 +6,6 @@ pub mod sampling;
 pub mod session;
 pub mod stream;
 
+pub use forward::DecodeFusion;
 pub use sampling::SamplingParams;
 pub use session::{GenerateParams, Generation, Picker, Session, Stats, StopReason, Token};

@@ -19,7 +19,7 @@ use crate::gpu::ProfileSample;
 use crate::kernels::sample::{self, SampleStep};
 use crate::kernels::StepParams;
 use crate::model::Model;
-use crate::runtime::forward::Forward;
+use crate::runtime::forward::{DecodeFusion, Forward};
 use crate::runtime::kv_cache::KvCache;
 use crate::runtime::sampling::{self, Rng, SamplingParams};
 use crate::runtime::stream::TextStream;
@@ -230,11 +230,17 @@ impl Session {
     }
 
     pub fn with_context(model: &Model, ctx: usize) -> Result<Session> {
+        Self::with_decode_fusion(model, ctx, DecodeFusion::ALL)
+    }
+
+    /// A session whose decode step uses only the given fusions (tests and kernel authors
+    /// compare the fused step against the plain sequence with it).
+    pub fn with_decode_fusion(model: &Model, ctx: usize, fusion: DecodeFusion) -> Result<Session> {
         let m = &model.inner;
         let k = m.engine.kernels();
         let gpu = &k.gpu;
         let kv = KvCache::new(gpu, &m.cfg, ctx)?;
-        let fwd = Forward::new(k, &m.cfg, &m.weights, &kv, &m.inv_freq)?;
+        let fwd = Forward::new(k, &m.cfg, &m.weights, &kv, &m.inv_freq, fusion)?;
         let mut ring = Vec::with_capacity(RING);
         for i in 0..RING {
             let buf = gpu.scoped(|| {
@@ -391,6 +397,25 @@ impl Session {
         for n in 1..=ids.len() {
             self.prefill(&ids[..n])?;
             out.push(self.logits()?);
+        }
+        Ok(out)
+    }
+
+    /// Greedy decode of `steps` tokens after `prompt`, one blocking decode step at a time,
+    /// returning each chosen id with the logits it was chosen from (tests and debugging:
+    /// compares decode-step variants on the same token sequence).
+    pub fn greedy_trace(&mut self, prompt: &[u32], steps: usize) -> Result<Vec<(u32, Vec<f32>)>> {
+        self.reset();
+        let mut ids = prompt.to_vec();
+        let mut out = Vec::with_capacity(steps);
+        for _ in 0..steps {
+            // Only the new token runs (the cached prefix is reused): the decode step.
+            self.prefill(&ids)?;
+            let logits = self.logits()?;
+            let id = self.fwd.gpu.read_range::<u32>(&self.fwd.token, 0, 2)?;
+            let id = picked([id[0], id[1]], &mut self.stats)?;
+            ids.push(id);
+            out.push((id, logits));
         }
         Ok(out)
     }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::runtime::{GenerateParams, Session};
+use crate::runtime::{GenerateParams, Picker, SamplingParams, Session};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -36,6 +36,10 @@ pub struct BenchOptions {
     pub profile: bool,
     /// Bytes read by the ceiling kernel (capped by the binding limit).
     pub ceiling_bytes: u64,
+    /// How decode picks tokens (greedy by default; sampled settings run the GPU sampling
+    /// chain, or the CPU sampler with `sample_on_cpu`).
+    pub sampling: SamplingParams,
+    pub sample_on_cpu: bool,
 }
 
 impl Default for BenchOptions {
@@ -49,6 +53,8 @@ impl Default for BenchOptions {
             slope: Some((64, 512)),
             profile: true,
             ceiling_bytes: 1 << 30,
+            sampling: SamplingParams::default(),
+            sample_on_cpu: false,
         }
     }
 }
@@ -128,6 +134,9 @@ pub struct OpTime {
 pub struct BenchReport {
     pub model: String,
     pub quant: String,
+    /// How decode picked tokens (greedy, GPU sampling chain, CPU sampler).
+    #[serde(default)]
+    pub sampler: Option<Picker>,
     pub adapter: String,
     pub backend: String,
     pub prompt_tokens: usize,
@@ -168,12 +177,28 @@ fn prompt_ids(n: usize, vocab: usize, salt: u64) -> Vec<u32> {
 
 /// Decodes `n` tokens after a one-token prompt; returns the decode seconds and the session's
 /// dispatch/submit counts per token.
-fn decode_run(s: &mut Session, n: usize, salt: u64) -> Result<(f64, f64, f64)> {
+fn decode_run(s: &mut Session, o: &BenchOptions, n: usize, salt: u64) -> Result<(f64, f64, f64)> {
+    let (secs, d, sub, _) = decode_run_picker(s, o, n, salt)?;
+    Ok((secs, d, sub))
+}
+
+/// [`decode_run`], also saying how tokens were picked.
+fn decode_run_picker(
+    s: &mut Session,
+    o: &BenchOptions,
+    n: usize,
+    salt: u64,
+) -> Result<(f64, f64, f64, Option<Picker>)> {
     s.reset();
     let vocab = s.model().config().vocab;
     let params = GenerateParams {
         max_tokens: n,
         ignore_eos: true,
+        sampling: SamplingParams {
+            seed: salt,
+            ..o.sampling.clone()
+        },
+        sample_on_cpu: o.sample_on_cpu,
         ..Default::default()
     };
     let mut g = s.generate(&prompt_ids(1, vocab, salt), params)?;
@@ -188,7 +213,12 @@ fn decode_run(s: &mut Session, n: usize, salt: u64) -> Result<(f64, f64, f64)> {
         return Err(Error::Gpu(format!("decode produced {count} of {n} tokens")));
     }
     let st = g.stats();
-    Ok((secs, st.dispatches_per_token(), st.submits_per_token()))
+    Ok((
+        secs,
+        st.dispatches_per_token(),
+        st.submits_per_token(),
+        st.sampler,
+    ))
 }
 
 fn prefill_run(s: &mut Session, n: usize, salt: u64) -> Result<f64> {
@@ -222,7 +252,7 @@ pub fn run(model: &Model, label: &str, quant: &str, o: &BenchOptions) -> Result<
     let t0 = Instant::now();
     let mut salt = 1;
     while t0.elapsed().as_secs_f64() < o.warmup_secs {
-        decode_run(&mut s, 32.min(need_ctx - 1), salt)?;
+        decode_run(&mut s, o, 32.min(need_ctx - 1), salt)?;
         salt += 1;
     }
 
@@ -233,14 +263,14 @@ pub fn run(model: &Model, label: &str, quant: &str, o: &BenchOptions) -> Result<
             .collect::<Result<Vec<f64>>>()?;
         prefill = Some(Measurement::from_runs(runs, o.discard));
     }
-    let (mut dispatches, mut submits) = (0.0, 0.0);
+    let (mut dispatches, mut submits, mut sampler) = (0.0, 0.0, None);
     let mut decode = None;
     if o.gen > 0 {
         let mut runs = Vec::with_capacity(o.reps);
         for i in 0..o.reps {
-            let (secs, d, sub) = decode_run(&mut s, o.gen, 2000 + i as u64)?;
+            let (secs, d, sub, p) = decode_run_picker(&mut s, o, o.gen, 2000 + i as u64)?;
             runs.push(o.gen as f64 / secs);
-            (dispatches, submits) = (d, sub);
+            (dispatches, submits, sampler) = (d, sub, p);
         }
         decode = Some(Measurement::from_runs(runs, o.discard));
     }
@@ -254,7 +284,7 @@ pub fn run(model: &Model, label: &str, quant: &str, o: &BenchOptions) -> Result<
         let reps = o.reps.clamp(1, 5);
         let time = |s: &mut Session, n: usize| -> Result<f64> {
             let mut t: Vec<f64> = (0..reps)
-                .map(|i| decode_run(s, n, 3000 + i as u64).map(|r| r.0))
+                .map(|i| decode_run(s, o, n, 3000 + i as u64).map(|r| r.0))
                 .collect::<Result<_>>()?;
             t.sort_by(f64::total_cmp);
             Ok(t[t.len() / 2])
@@ -279,7 +309,8 @@ pub fn run(model: &Model, label: &str, quant: &str, o: &BenchOptions) -> Result<
         let steps = 8.min(need_ctx - 1);
         s.reset();
         s.prefill(&prompt_ids(1, cfg.vocab, 9))?;
-        let (samples, total_ns) = s.profile_decode(steps)?;
+        let sampling = (!o.sample_on_cpu).then_some(&o.sampling);
+        let (samples, total_ns) = s.profile_decode(steps, sampling)?;
         let mut by_op: BTreeMap<String, (usize, f64)> = BTreeMap::new();
         for smp in &samples {
             let e = by_op.entry(smp.label.clone()).or_default();
@@ -303,6 +334,7 @@ pub fn run(model: &Model, label: &str, quant: &str, o: &BenchOptions) -> Result<
     Ok(BenchReport {
         model: label.to_string(),
         quant: quant.to_string(),
+        sampler,
         adapter: caps.adapter_name.clone(),
         backend: caps.backend.clone(),
         prompt_tokens: o.prompt,

@@ -11,6 +11,7 @@ use wick::kernels::KernelChoice;
 use wick::model::synthetic::{Preset, SyntheticStore};
 use wick::model::{source, LoadOptions, Model};
 use wick::quant::parse_quant_type;
+use wick::runtime::SamplingParams;
 use wick::{Error, Result};
 
 #[derive(Args)]
@@ -89,6 +90,20 @@ struct RunArgs {
     /// Kernel variants: portable, native, auto.
     #[arg(long, default_value = "portable")]
     kernels: String,
+    /// Decode with sampling at this temperature (0: greedy argmax).
+    #[arg(long, default_value_t = 0.0)]
+    temp: f32,
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// Sample on the CPU from read-back logits instead of the GPU sampling chain.
+    #[arg(long)]
+    cpu_sampling: bool,
     /// Print JSON.
     #[arg(long, conflicts_with = "csv")]
     json: bool,
@@ -131,6 +146,15 @@ fn bench_model(a: RunArgs) -> Result<()> {
         warmup_secs: a.warmup,
         slope: parse_slope(&a.slope)?,
         profile: !a.no_profile,
+        sampling: SamplingParams {
+            temperature: a.temp,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            min_p: a.min_p,
+            repeat_penalty: a.repeat_penalty,
+            ..Default::default()
+        },
+        sample_on_cpu: a.cpu_sampling,
         ..Default::default()
     };
     let quant = a.quant.as_deref().map(parse_quant_type).transpose()?;
@@ -247,6 +271,9 @@ fn print_table(r: &BenchReport) {
     }
     println!();
     println!("adapter: {} ({})", r.adapter, r.backend);
+    if let Some(p) = r.sampler {
+        println!("decode token choice: {p:?}");
+    }
     if let (Some(v), Some((a, b))) = (r.decode_slope_tok_s, r.slope_lengths) {
         println!("decode by slope (tg{b} - tg{a}): {v:.2} tok/s");
     }

@@ -133,7 +133,7 @@ fn rate(n: usize, secs: f64) -> f64 {
 }
 
 /// How a generation picks each token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Picker {
     /// Argmax on the GPU.
@@ -478,7 +478,13 @@ impl Session {
     /// around every dispatch, and returns (op, nanoseconds) per dispatch of every step plus
     /// the whole steps' GPU time (pass timestamps). Blocking per step: for profiles only.
     /// The session is reset afterwards (the profiled steps leave no usable conversation).
-    pub fn profile_decode(&mut self, steps: usize) -> Result<(Vec<ProfileSample>, f64)> {
+    /// With `sampling` the steps pick tokens with the GPU sampling chain (when it supports
+    /// the settings; else argmax, as the CPU sampler's own time is not GPU time).
+    pub fn profile_decode(
+        &mut self,
+        steps: usize,
+        sampling: Option<&SamplingParams>,
+    ) -> Result<(Vec<ProfileSample>, f64)> {
         let gpu = self.fwd.gpu.clone();
         if !crate::gpu::GpuProfiler::inside_passes(&gpu) {
             return Err(Error::Unsupported(
@@ -490,6 +496,12 @@ impl Session {
                 "profile_decode needs a prefilled prompt".into(),
             ));
         }
+        let vocab = self.model.inner.cfg.vocab;
+        let sampling = sampling.filter(|p| !p.is_greedy() && sample::supports(p.top_k, vocab));
+        let k = self.model.inner.engine.kernels().clone();
+        let chain = sampling.map(|p| sample::chain_k(p.temperature, p.top_k));
+        self.fwd.set_sampler(&k, chain)?;
+        let mut rng = Rng::new(sampling.map_or(0, |p| p.seed));
         let n = self
             .fwd
             .decode_dispatches(usize::MAX)
@@ -504,6 +516,12 @@ impl Session {
                 break;
             }
             self.fwd.write_decode_step(pos);
+            if let Some(p) = sampling {
+                let h = &self.tokens;
+                self.fwd.gpu.write(&self.fwd.history, 0, h);
+                self.fwd
+                    .write_sample_step(&sample_step(p, pos + 1, vocab, rng.next_f64()));
+            }
             // Timed twice: per dispatch (for the split by op), and the step as a whole
             // without inner timestamps (for the total).
             let mut enc = gpu.device.create_command_encoder(&Default::default());

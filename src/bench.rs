@@ -440,6 +440,8 @@ pub struct GemvTiming {
     pub n: usize,
     pub k: usize,
     pub swiglu: bool,
+    /// Which kernel ran: the WGSL one or a native shader (whose split is its own).
+    pub variant: crate::kernels::Variant,
     pub lanes_per_row: u32,
     pub rows_per_group: u32,
     pub workgroup_size: u32,
@@ -524,11 +526,18 @@ pub fn gemv_sweep(
         ns.sort_by(f64::total_cmp);
         let med = ns[ns.len() / 2];
         let gb_s = bytes as f64 / med;
+        let native = d.pipeline.variant == crate::kernels::Variant::Native;
+        let cfg = if native {
+            crate::kernels::gemv::NATIVE_CONFIG
+        } else {
+            cfg
+        };
         out_rows.push(GemvTiming {
             format: format.name().to_string(),
             n,
             k: kdim,
             swiglu,
+            variant: d.pipeline.variant,
             lanes_per_row: cfg.lanes_per_row,
             rows_per_group: cfg.rows_per_group,
             workgroup_size: cfg.workgroup_size,

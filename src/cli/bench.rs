@@ -49,6 +49,9 @@ struct GemvArgs {
     /// Timed dispatches per variant.
     #[arg(short = 'r', long, default_value_t = 20)]
     reps: usize,
+    /// Kernel variants: portable (WGSL), native (SPIR-V/MSL where the op has one), auto.
+    #[arg(long, default_value = "portable")]
+    kernels: String,
     #[arg(long)]
     json: bool,
 }
@@ -335,7 +338,10 @@ fn compare(before: &PathBuf, after: &PathBuf) -> Result<()> {
 }
 
 fn bench_gemv(a: GemvArgs) -> Result<()> {
-    let engine = Engine::new()?;
+    let engine = Engine::with_options(EngineOptions {
+        kernels: a.kernels.parse()?,
+        ..Default::default()
+    })?;
     let k = engine.kernels();
     let caps = &engine.gpu().caps;
     let format: wick::quant::WeightFormat = a.format.parse()?;
@@ -368,14 +374,15 @@ fn bench_gemv(a: GemvArgs) -> Result<()> {
         "{} ({}), read ceiling {ceiling:.1} GB/s",
         caps.adapter_name, caps.backend
     );
-    println!("| format | n x k | swiglu | lpr | rpg | wg | us | GB/s | % ceiling | |\n| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    println!("| format | n x k | swiglu | variant | lpr | rpg | wg | us | GB/s | % ceiling | |\n| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
     for r in rows {
         println!(
-            "| {} | {}x{} | {} | {} | {} | {} | {:.2} | {:.1} | {:.1}% | {} |",
+            "| {} | {}x{} | {} | {:?} | {} | {} | {} | {:.2} | {:.1} | {:.1}% | {} |",
             r.format,
             r.n,
             r.k,
             r.swiglu,
+            r.variant,
             r.lanes_per_row,
             r.rows_per_group,
             r.workgroup_size,

@@ -4,12 +4,12 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{grid_1d, Binding, Dispatch, GpuMatrix, KernelSpec, Kernels};
+use super::{grid_1d, Binding, Dispatch, GpuMatrix, KernelSpec, Kernels, NativeKernel, Variant};
 use crate::error::{Error, Result};
 use crate::gpu::Capabilities;
 use crate::quant::WeightFormat;
 
-/// WGSL mirror: `struct Params { n, upr, out_offset, eps_bits, k4, _pad0..2 }`.
+/// WGSL mirror: `struct Params { n, upr, out_offset, eps_bits, k4, nk, nv, flags }`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct GemvParams {
@@ -26,7 +26,31 @@ pub struct GemvParams {
     /// QKV: rows of the k and v matrices.
     pub nk: u32,
     pub nv: u32,
-    pub _pad: u32,
+    /// Epilogue flags for native kernels, which get no override constants: bit 0 add the
+    /// bias, bit 1 accumulate (the WGSL kernel reads HAS_BIAS / ACCUMULATE instead).
+    pub flags: u32,
+}
+
+/// `GemvParams::flags` bits.
+pub const FLAG_BIAS: u32 = 1;
+pub const FLAG_ACCUMULATE: u32 = 2;
+
+/// The fixed work split of the native Vulkan GEMV (`vulkan_overrides/gemv.comp`): 32 lanes
+/// per row, 8 rows per 256-lane workgroup, workgroup-memory reduction.
+pub const NATIVE_CONFIG: GemvConfig = GemvConfig {
+    lanes_per_row: 32,
+    rows_per_group: 1,
+    workgroup_size: 256,
+    subgroup_reduce: false,
+};
+
+/// The native variants of a plain GEMV: Vulkan SPIR-V for Q8_0 without the norm prologue.
+fn native_vulkan(format: WeightFormat, norm: bool) -> Option<NativeKernel> {
+    (format == WeightFormat::Q8_0 && !norm).then_some(NativeKernel {
+        family: "gemv",
+        entry: "main",
+        workgroup_size: [256, 1, 1],
+    })
 }
 
 /// What happens to each dot product before it is stored.
@@ -234,9 +258,11 @@ pub fn spec(
     norm: bool,
 ) -> KernelSpec {
     let op = format!("gemv_{}", format.name());
-    gemv_spec(op, "gemv", format, cfg, &[], (4, 1), norm)
+    let mut s = gemv_spec(op, "gemv", format, cfg, &[], (4, 1), norm)
         .constant("HAS_BIAS", bias as u32)
-        .constant("ACCUMULATE", accumulate as u32)
+        .constant("ACCUMULATE", accumulate as u32);
+    s.native_vulkan = native_vulkan(format, norm);
+    s
 }
 
 /// The spec of the fused gate+up+SwiGLU pipeline (op `gemv_swiglu_<format>`).
@@ -259,7 +285,7 @@ fn params_for(
         k4: (w.k / 4) as u32,
         nk: 0,
         nv: 0,
-        _pad: 0,
+        flags: 0,
     }
 }
 
@@ -459,9 +485,10 @@ pub fn gemv_with_config(
         need("bias", b, w.n as u64 * 4)?;
     }
     check_norm(epi.norm, w.k, cfg)?;
-    let params = k
-        .gpu
-        .uniform("gemv params", &params_for(w, upr, epi.out_offset, epi.norm))?;
+    let mut params = params_for(w, upr, epi.out_offset, epi.norm);
+    params.flags = if epi.bias.is_some() { FLAG_BIAS } else { 0 }
+        | if epi.accumulate { FLAG_ACCUMULATE } else { 0 };
+    let params = k.gpu.uniform("gemv params", &params)?;
     // Without a bias the binding still needs a buffer; x is bound read-only already.
     let bias = epi.bias.unwrap_or(x);
     let sp = spec(
@@ -471,6 +498,11 @@ pub fn gemv_with_config(
         epi.accumulate,
         epi.norm.is_some(),
     );
+    // A native kernel has its own fixed split: dispatch for it.
+    let cfg = match k.variant_for(&sp)? {
+        Variant::Native => &NATIVE_CONFIG,
+        Variant::Portable => cfg,
+    };
     match epi.norm {
         Some((nw, _)) => k.dispatch(
             &sp,

@@ -127,3 +127,16 @@ pub fn random_matrix(
         Err(e) => panic!("{format:?} {n} x {k}: {e}"),
     }
 }
+
+/// A registry on the test device that prefers native kernels (SPIR-V on Vulkan) where an op
+/// has one; ops without one run their WGSL kernel.
+pub fn kernels_native() -> &'static Kernels {
+    static K: OnceLock<Kernels> = OnceLock::new();
+    K.get_or_init(|| {
+        let policy = wick::kernels::KernelPolicy {
+            default: wick::kernels::KernelChoice::Native,
+            per_op: Default::default(),
+        };
+        Kernels::with_policy(gpu().clone(), policy)
+    })
+}

@@ -596,3 +596,69 @@ fn gemv_uses_the_tuning_table() {
         None
     );
 }
+
+/// The native Vulkan Q8_0 GEMV (vulkan_overrides/gemv.comp through SPIR-V passthrough)
+/// against the reference, with every epilogue, on the same planes as the WGSL kernel.
+#[test]
+fn gemv_native_q8_0() {
+    let k = kernels_native();
+    let caps = &k.gpu.caps;
+    if caps.backend != "vulkan" {
+        eprintln!(
+            "skipping: the native GEMV is SPIR-V (backend {})",
+            caps.backend
+        );
+        return;
+    }
+    assert!(
+        caps.passthrough_shaders,
+        "the Vulkan test device must offer PASSTHROUGH_SHADERS"
+    );
+    // The registry really picks the native kernel for plain Q8_0, not for the norm prologue.
+    let f = WeightFormat::Q8_0;
+    let cfg = gemv::choose_config(caps, f, 64, 256);
+    let plain = gemv::spec(f, &cfg, false, false, false);
+    assert_eq!(
+        k.variant_for(&plain).unwrap(),
+        wick::kernels::Variant::Native
+    );
+    let normed = gemv::spec(f, &cfg, false, false, true);
+    assert_eq!(
+        k.variant_for(&normed).unwrap(),
+        wick::kernels::Variant::Portable
+    );
+    let cases = [
+        Case::default(),
+        Case {
+            bias: true,
+            ..Default::default()
+        },
+        Case {
+            accumulate: true,
+            ..Default::default()
+        },
+        Case {
+            bias: true,
+            accumulate: true,
+            out_offset: 3,
+            tail: 5,
+        },
+    ];
+    for c in cases {
+        // k = 576: 144 words per row, not a multiple of the 4 x 32 step (tail loop).
+        check(k, f, 100, 576, c, None);
+    }
+    // A long row (fast loop only) and rows that do not fill the last workgroup.
+    check(k, f, 1003, 4096, Case::default(), None);
+    check(
+        k,
+        f,
+        8,
+        32,
+        Case {
+            tail: 3,
+            ..Default::default()
+        },
+        None,
+    );
+}

@@ -59,6 +59,14 @@ pub struct ModelConfig {
 /// Largest context wick accepts from a file; anything above is treated as corrupt.
 pub const MAX_CONTEXT: usize = 1 << 24;
 
+/// Most decoder blocks wick accepts (the largest published models have a few hundred);
+/// anything above is treated as corrupt rather than looked for tensor by tensor.
+pub const MAX_LAYERS: usize = 4096;
+
+/// Largest width, head count, FFN size or vocabulary wick accepts: products of any two stay
+/// far from overflowing, and real models are orders of magnitude below.
+pub const MAX_DIM: usize = 1 << 24;
+
 impl ModelConfig {
     /// q rows of the QKV projection.
     pub fn q_dim(&self) -> usize {
@@ -104,6 +112,14 @@ impl ModelConfig {
         let context_len = req("context_length")?;
         let head_dim = match opt("attention.key_length")? {
             Some(d) => d,
+            None if n_heads > 0 && !hidden.is_multiple_of(n_heads) => {
+                return Err(Error::Model(format!(
+                    "invalid configuration: {} {hidden} is not a multiple of {} {n_heads} and {} is absent, so the head size is undefined",
+                    key("embedding_length"),
+                    key("attention.head_count"),
+                    key("attention.key_length")
+                )))
+            }
             None if n_heads > 0 => hidden / n_heads,
             None => 0,
         };
@@ -209,10 +225,15 @@ impl ModelConfig {
             .as_u64()
             .map(|v| v as usize)
             .unwrap_or(n_heads);
-        let head_dim = c["head_dim"]
-            .as_u64()
-            .map(|v| v as usize)
-            .unwrap_or(hidden.checked_div(n_heads).unwrap_or(0));
+        let head_dim = match c["head_dim"].as_u64() {
+            Some(d) => d as usize,
+            None if n_heads > 0 && !hidden.is_multiple_of(n_heads) => {
+                return Err(Error::Model(format!(
+                    "invalid configuration: config.json hidden_size {hidden} is not a multiple of num_attention_heads {n_heads} and head_dim is absent, so the head size is undefined"
+                )))
+            }
+            None => hidden.checked_div(n_heads).unwrap_or(0),
+        };
         let rope = &c["rope_parameters"];
         let rope_theta = rope["rope_theta"]
             .as_f64()
@@ -306,6 +327,23 @@ impl ModelConfig {
                 problems.push(format!("{name} is 0"));
             }
         }
+        for (name, v) in [
+            ("embedding_length", self.hidden),
+            ("head_count", self.n_heads),
+            ("head_count_kv", self.n_kv_heads),
+            ("feed_forward_length", self.ffn),
+            ("vocab", self.vocab),
+        ] {
+            if v > MAX_DIM {
+                problems.push(format!("{name} {v} exceeds wick's limit of {MAX_DIM}"));
+            }
+        }
+        if self.n_layers > MAX_LAYERS {
+            problems.push(format!(
+                "block_count {} exceeds wick's limit of {MAX_LAYERS}",
+                self.n_layers
+            ));
+        }
         if self.n_kv_heads > 0 && !self.n_heads.is_multiple_of(self.n_kv_heads) {
             problems.push(format!(
                 "head_count {} is not a multiple of head_count_kv {}",
@@ -347,6 +385,19 @@ impl ModelConfig {
         }
         if self.rope_inv_freq.is_empty() {
             self.rope_inv_freq = crate::kernels::rope::inv_freq(self.rope_theta, self.rope_dim);
+        }
+        // Scaling parameters (a zero factor, equal llama3 frequency factors) can turn the
+        // frequencies into infinities or NaN, which would make every logit NaN.
+        if self.rope_inv_freq.len() != self.rope_dim / 2
+            || self
+                .rope_inv_freq
+                .iter()
+                .any(|f| !(f.is_finite() && *f > 0.0))
+        {
+            return Err(Error::Model(format!(
+                "invalid configuration: the RoPE frequencies are not {} positive finite numbers (check the rope scaling parameters)",
+                self.rope_dim / 2
+            )));
         }
         Ok(self)
     }

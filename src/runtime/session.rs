@@ -597,6 +597,7 @@ impl Session {
                 let _ = tx.send(r);
             });
         self.ring[slot].rx = Some(rx);
+        self.fwd.gpu.memory.step_started();
     }
 
     /// Reads a ring slot, blocking only if the GPU has not finished it yet. `queued_behind`
@@ -607,6 +608,7 @@ impl Session {
             .rx
             .take()
             .ok_or_else(|| Error::Gpu("token ring slot read twice".into()))?;
+        gpu.memory.step_finished();
         let _ = gpu.device.poll(wgpu::PollType::Poll);
         let res = match rx.try_recv() {
             Ok(r) => r,
@@ -821,11 +823,10 @@ impl futures::Stream for Generation<'_> {
 
 impl Drop for Generation<'_> {
     fn drop(&mut self) {
-        if !self.done {
-            // Cancelled: settle in-flight steps so the ring is unmapped and reusable.
-            for slot in std::mem::take(&mut self.pending) {
-                let _ = self.session.read_slot(slot, None);
-            }
+        // Cancelled (or stopped by an error): settle in-flight steps so the ring is unmapped
+        // and reusable by the session's next generation.
+        for slot in std::mem::take(&mut self.pending) {
+            let _ = self.session.read_slot(slot, None);
         }
     }
 }

@@ -265,9 +265,7 @@ pub fn check_safetensors_ranges(file: &[u8], origin: &str) -> Result<()> {
             .and_then(|s| s.iter().map(Value::as_u64).collect());
         let dtype = info["dtype"].as_str().unwrap_or("");
         if let (Some(shape), Some(elem)) = (shape, safetensors_dtype_bytes(dtype)) {
-            let need = shape
-                .iter()
-                .try_fold(elem, |acc, &d| acc.checked_mul(d));
+            let need = shape.iter().try_fold(elem, |acc, &d| acc.checked_mul(d));
             if need != Some(b - a) {
                 return bad(format!(
                     "tensor {name:?}: shape {shape:?} of {dtype} needs {} bytes but data_offsets [{a}, {b}] hold {}",

@@ -193,7 +193,9 @@ impl Drop for MemoryReservation {
         self.acct
             .kind_bytes(self.kind)
             .fetch_sub(self.bytes, Ordering::SeqCst);
-        self.acct.kind_count(self.kind).fetch_sub(1, Ordering::SeqCst);
+        self.acct
+            .kind_count(self.kind)
+            .fetch_sub(1, Ordering::SeqCst);
     }
 }
 

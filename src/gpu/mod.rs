@@ -343,7 +343,11 @@ impl Gpu {
         let lost_sink = lost.clone();
         device.set_device_lost_callback(move |reason, msg| {
             if let Ok(mut l) = lost_sink.lock() {
-                *l = Some(format!("{reason:?}: {msg}"));
+                *l = Some(if msg.is_empty() {
+                    format!("{reason:?}")
+                } else {
+                    format!("{reason:?}: {msg}")
+                });
             }
         });
 
@@ -401,11 +405,8 @@ impl Gpu {
     /// since its last check, or device loss (which concerns every thread). Errors raised by
     /// other threads stay for their own checks: sessions on other threads never see them.
     pub fn check(&self) -> Result<()> {
-        if let Some(msg) = self.lost.lock().ok().and_then(|l| l.clone()) {
-            return Err(Error::DeviceLost(msg));
-        }
-        if self.destroyed.load(Ordering::Relaxed) {
-            return Err(Error::DeviceLost("the device was destroyed".into()));
+        if let Some(lost) = self.lost() {
+            return Err(lost);
         }
         let mut errs = self
             .errors
@@ -433,6 +434,22 @@ impl Gpu {
         })
     }
 
+    /// The loss of the device as an error, if it is lost (or destroyed).
+    pub fn lost(&self) -> Option<Error> {
+        if let Some(msg) = self.lost.lock().ok().and_then(|l| l.clone()) {
+            return Some(Error::DeviceLost(msg));
+        }
+        self.destroyed
+            .load(Ordering::Relaxed)
+            .then(|| Error::DeviceLost("the device was destroyed".into()))
+    }
+
+    /// `e`, or the device's loss when it is lost: a failed map or a destroyed-buffer error
+    /// after a device loss is reported as the loss, which is what the caller can act on.
+    pub fn lost_or(&self, e: Error) -> Error {
+        self.lost().unwrap_or(e)
+    }
+
     /// Runs `f` inside validation and out-of-memory error scopes, so an error it causes is
     /// returned from here rather than recorded for a later [`Gpu::check`].
     pub fn scoped<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
@@ -441,6 +458,9 @@ impl Gpu {
         let out = f();
         let v = pollster::block_on(val.pop());
         let o = pollster::block_on(oom.pop());
+        if let Some(lost) = self.lost() {
+            return Err(lost);
+        }
         if let Some(e) = o {
             return Err(Error::OutOfMemory(e.to_string()));
         }
@@ -455,7 +475,7 @@ impl Gpu {
     pub fn wait_idle(&self) -> Result<()> {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+            .map_err(|e| self.lost_or(Error::Gpu(format!("waiting for the GPU: {e}"))))?;
         self.check()
     }
 

@@ -59,6 +59,9 @@ pub struct ModelConfig {
 /// Largest context wick accepts from a file; anything above is treated as corrupt.
 pub const MAX_CONTEXT: usize = 1 << 24;
 
+/// Largest head size the attention kernels support.
+pub const MAX_HEAD_DIM: usize = 256;
+
 /// Most decoder blocks wick accepts (the largest published models have a few hundred);
 /// anything above is treated as corrupt rather than looked for tensor by tensor.
 pub const MAX_LAYERS: usize = 4096;
@@ -147,7 +150,13 @@ impl ModelConfig {
         let mut rope_inv_freq = Vec::new();
         let scaling = f.get_str(&key("rope.scaling.type"))?.unwrap_or("none");
         let factor = f.get_f64(&key("rope.scaling.factor"))?.unwrap_or(1.0) as f32;
-        if rope_dim > 0 && rope_dim.is_multiple_of(2) && rope_theta > 0.0 {
+        // (A rope dimension beyond any head size is left for `validated` to refuse, before a
+        // table of that many frequencies is allocated.)
+        if rope_dim > 0
+            && rope_dim.is_multiple_of(2)
+            && rope_dim <= MAX_HEAD_DIM
+            && rope_theta > 0.0
+        {
             let mut inv = crate::kernels::rope::inv_freq(rope_theta, rope_dim);
             match scaling {
                 "none" => {}
@@ -248,7 +257,12 @@ impl ModelConfig {
             .as_str()
             .or(scaling["type"].as_str())
             .unwrap_or("default");
-        let mut inv = crate::kernels::rope::inv_freq(rope_theta, head_dim);
+        // A head size beyond the limit is refused by `validated`; don't build its table first.
+        let mut inv = if head_dim <= MAX_HEAD_DIM {
+            crate::kernels::rope::inv_freq(rope_theta, head_dim)
+        } else {
+            Vec::new()
+        };
         match kind {
             "default" => {}
             "linear" => {
@@ -350,9 +364,9 @@ impl ModelConfig {
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if !self.head_dim.is_multiple_of(2) || self.head_dim > 256 {
+        if !self.head_dim.is_multiple_of(2) || self.head_dim > MAX_HEAD_DIM {
             problems.push(format!(
-                "head_dim {} must be even and at most 256",
+                "head_dim {} must be even and at most {MAX_HEAD_DIM}",
                 self.head_dim
             ));
         }

@@ -326,13 +326,9 @@ fn upload_matrix(gpu: &Gpu, t: &TensorRef, quantize: Option<GgmlType>) -> Result
         Some((ty, bytes)) => (*ty, bytes.as_slice()),
         None => (t.ggml_type, t.data),
     };
-    let format = ty.weight_format().ok_or_else(|| {
-        Error::Model(format!(
-            "{}: type {} has no GPU kernel",
-            t.name,
-            ty.name()
-        ))
-    })?;
+    let format = ty
+        .weight_format()
+        .ok_or_else(|| Error::Model(format!("{}: type {} has no GPU kernel", t.name, ty.name())))?;
     SplitMatrix::upload(gpu, &t.name, format, data, n, k)
 }
 
@@ -343,13 +339,8 @@ fn upload_format(t: &TensorRef, quantize: Option<GgmlType>) -> Result<WeightForm
         Some(target) if is_float => quant::storage_type_for_rows(target, t.dims[0] as usize),
         _ => t.ggml_type,
     };
-    ty.weight_format().ok_or_else(|| {
-        Error::Model(format!(
-            "{}: type {} has no GPU kernel",
-            t.name,
-            ty.name()
-        ))
-    })
+    ty.weight_format()
+        .ok_or_else(|| Error::Model(format!("{}: type {} has no GPU kernel", t.name, ty.name())))
 }
 
 /// Checks that every tensor fits the device (per binding, per buffer, and all together in
@@ -473,10 +464,7 @@ impl ModelWeights {
             )));
         }
         // Everything is present and well-shaped: check it fits the device, then upload.
-        let mut all: Vec<&TensorRef> = [&embed, &out_norm, &output]
-            .into_iter()
-            .flatten()
-            .collect();
+        let mut all: Vec<&TensorRef> = [&embed, &out_norm, &output].into_iter().flatten().collect();
         for ((an, q, k, v, o, fnorm, g, u, d), bias, qkn) in &layer_infos {
             all.extend([an, q, k, v, o, fnorm, g, u, d].into_iter().flatten());
             if let Some((a, b, c)) = bias {

@@ -604,6 +604,8 @@ impl Session {
     /// says whether a later step is already submitted (then a wait keeps the GPU busy).
     fn read_slot(&mut self, slot: usize, queued_behind: Option<bool>) -> Result<[u32; 2]> {
         let gpu = self.fwd.gpu.clone();
+        // A failure here after the device was lost is reported as the loss.
+        let fail = |m: String| gpu.lost_or(Error::Gpu(m));
         let rx = self.ring[slot]
             .rx
             .take()
@@ -625,17 +627,17 @@ impl Session {
                         submission_index,
                         timeout: None,
                     })
-                    .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+                    .map_err(|e| fail(format!("waiting for the GPU: {e}")))?;
                 rx.recv_timeout(Duration::from_secs(60))
-                    .map_err(|_| Error::Gpu("the GPU did not return a token".into()))?
+                    .map_err(|_| fail("the GPU did not return a token".into()))?
             }
         };
-        res.map_err(|e| Error::Gpu(format!("reading a token: {e}")))?;
+        res.map_err(|e| fail(format!("reading a token: {e}")))?;
         let buf = &self.ring[slot].buf;
         let pair = {
             let view = buf
                 .get_mapped_range(..)
-                .map_err(|e| Error::Gpu(format!("reading a token: {e}")))?;
+                .map_err(|e| fail(format!("reading a token: {e}")))?;
             let word =
                 |i: usize| u32::from_le_bytes([view[i], view[i + 1], view[i + 2], view[i + 3]]);
             [word(0), word(4)]
@@ -785,9 +787,12 @@ impl Generation<'_> {
         };
         if self.emitted >= self.params.max_tokens {
             self.finish(StopReason::MaxTokens);
-        } else if self.pending.is_empty() && self.picker != Picker::Cpu
-            || self.session.tokens.len() >= self.session.kv.capacity
-        {
+        } else if if self.picker != Picker::Cpu {
+            // No step in flight: the cache is full (the token just read needed no slot).
+            self.pending.is_empty()
+        } else {
+            self.session.tokens.len() >= self.session.kv.capacity
+        } {
             self.finish(StopReason::ContextFull);
         }
         Ok(Some(Token { id, text }))

@@ -5,12 +5,10 @@
 //! reaches the GPU; never a panic, a huge allocation, or a model that loads and computes
 //! garbage.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 
+use crate::support::Tiny;
 use serde_json::json;
-use support::Tiny;
 use wick::formats::gguf::{GgufError, GgufFile, MetaValue};
 use wick::formats::gguf_writer::GgufWriter;
 use wick::gpu::GpuOptions;
@@ -475,7 +473,7 @@ fn embedding_larger_than_the_memory_budget() {
 fn nan_and_inf_weights_load() {
     let dir = tempfile::tempdir().unwrap();
     let w = Tiny::default().gguf_with(|name, n| {
-        let mut v = support::values(name, n);
+        let mut v = crate::support::values(name, n);
         match name {
             "token_embd.weight" => v[5] = f32::NAN,
             "blk.0.attn_q.weight" => v[0] = f32::INFINITY,

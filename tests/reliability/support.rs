@@ -3,8 +3,6 @@
 //! sparse file, so a header can claim gigabytes without writing them) or as a Hugging Face
 //! directory, plus the synthetic golden checkpoints.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};

@@ -4,13 +4,11 @@
 //! errors still loads and runs models. Also the context limits: a prompt longer than the
 //! context, and generation reaching its end.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use support::Tiny;
+use crate::support::Tiny;
 use wick::formats::gguf::MetaValue;
 use wick::gpu::GpuOptions;
 use wick::runtime::session::StopReason;

@@ -139,6 +139,9 @@ pub struct Gpu {
     pub(crate) memory: Arc<Accounting>,
 }
 
+/// Held while a device is opened or destroyed (see [`Gpu::with_options`]).
+static DEVICE_LIFECYCLE: Mutex<()> = Mutex::new(());
+
 /// Uncaptured errors kept per device; older ones are dropped (a thread that never checks
 /// again must not grow the log forever).
 const MAX_LOGGED_ERRORS: usize = 256;
@@ -250,6 +253,9 @@ impl Gpu {
     }
 
     pub fn with_options(opts: GpuOptions) -> Result<Arc<Gpu>> {
+        // Opening (instance, adapters, device) and destroying devices are serialised process-
+        // wide: they are rare, and a driver need not make them safe to run concurrently.
+        let _lifecycle = DEVICE_LIFECYCLE.lock().unwrap_or_else(|p| p.into_inner());
         let backend_name = opts
             .backend
             .clone()
@@ -481,6 +487,7 @@ impl Gpu {
 
     /// Destroys the device (tests of device-loss handling). Later calls return DeviceLost.
     pub fn destroy(&self) {
+        let _lifecycle = DEVICE_LIFECYCLE.lock().unwrap_or_else(|p| p.into_inner());
         self.destroyed.store(true, Ordering::Relaxed);
         self.device.destroy();
     }

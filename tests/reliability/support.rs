@@ -226,7 +226,7 @@ pub fn write_safetensors(
     let mut header = Value::Object(header);
     patch(&mut header);
     let mut text = serde_json::to_string(&header).unwrap().into_bytes();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let mut out = (text.len() as u64).to_le_bytes().to_vec();

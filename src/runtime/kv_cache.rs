@@ -14,8 +14,8 @@ use crate::model::ModelConfig;
 pub struct SessionMemory {
     /// Keys and values of every layer: 2 x layers x kv_heads x head_dim x ctx x 2 bytes (f16).
     pub kv: u64,
-    /// f32 activations of one prefill chunk, the logits, and decode attention's split-KV
-    /// partials.
+    /// f32 activations of one prefill chunk, the logits, decode attention's split-KV
+    /// partials, and the sampling buffers.
     pub activations: u64,
 }
 
@@ -42,6 +42,11 @@ pub fn session_memory(caps: &Capabilities, cfg: &ModelConfig, ctx: usize) -> Ses
     let mut act = f32s(c * h) + f32s(h) + f32s(c * h) + f32s(c * qd) + 2 * f32s(c * kvd);
     act += qk_norm(c * qd) + qk_norm(c * kvd) + f32s(c * qd) + f32s(c * 2 * ffn);
     act += f32s(c * ffn) + f32s(vocab) + c * 4;
+    // Token history (repetition penalty), sampled candidates, and the GPU sampling chain's
+    // first-level partials (built with the session's first sampled generation).
+    let k = crate::kernels::sample::K_MAX as u64;
+    let groups = vocab.div_ceil(crate::kernels::sample::SORT as u64);
+    act += (ctx as u64).max(1) * 4 + k * 8 + groups * 8 * (1 + k);
     // Split-KV decode attention: per layer, (head_dim + 2) f32 per (head, split).
     let splits = crate::kernels::attention::choose_splits(caps, cfg.n_kv_heads, ctx) as u64;
     if splits > 1 {

@@ -763,10 +763,13 @@ impl Generation<'_> {
         if self.done {
             return Ok(None);
         }
+        let fed = self.session.tokens.len();
         let id = match self.picker {
             Picker::Greedy | Picker::Gpu => self.next_on_gpu()?,
             Picker::Cpu => self.next_sampled()?,
         };
+        // A step consuming this token was submitted: the next token is on its way.
+        let stepped = self.session.tokens.len() > fed;
         if !self.params.ignore_eos && self.session.model.eos_ids().contains(&id) {
             self.finish(StopReason::Eos);
             return Ok(None);
@@ -787,12 +790,8 @@ impl Generation<'_> {
         };
         if self.emitted >= self.params.max_tokens {
             self.finish(StopReason::MaxTokens);
-        } else if if self.picker != Picker::Cpu {
-            // No step in flight: the cache is full (the token just read needed no slot).
-            self.pending.is_empty()
-        } else {
-            self.session.tokens.len() >= self.session.kv.capacity
-        } {
+        } else if !stepped {
+            // The cache is full: this token needed no slot, but the next would.
             self.finish(StopReason::ContextFull);
         }
         Ok(Some(Token { id, text }))

@@ -12,7 +12,9 @@ use crate::support::Tiny;
 use wick::formats::gguf::MetaValue;
 use wick::gpu::GpuOptions;
 use wick::runtime::session::StopReason;
-use wick::{Engine, EngineOptions, Error, GenerateParams, LoadOptions, Model, Session};
+use wick::{
+    Engine, EngineOptions, Error, GenerateParams, LoadOptions, Model, SamplingParams, Session,
+};
 
 fn engine_with_budget(budget: Option<u64>) -> Engine {
     Engine::with_options(EngineOptions {
@@ -321,12 +323,26 @@ fn context_overflow() {
     .unwrap();
     let mut s = Session::with_context(&m, 16).unwrap();
     let prompt: Vec<u32> = (1..=10).collect();
-    let mut g = s.generate(&prompt, greedy(100)).unwrap();
-    let out: Vec<u32> = g.by_ref().map(|t| t.unwrap().id).collect();
-    assert_eq!(g.stats().stop_reason, Some(StopReason::ContextFull));
-    drop(g);
-    assert_eq!(out.len(), 16 - 10 + 1);
-    assert_eq!(s.tokens().len(), 16);
+    // Greedy, sampled on the GPU, sampled on the CPU: the same count.
+    let sampled = |on_cpu: bool| GenerateParams {
+        sampling: SamplingParams {
+            temperature: 0.8,
+            seed: 7,
+            ..Default::default()
+        },
+        sample_on_cpu: on_cpu,
+        ..greedy(100)
+    };
+    let mut out = Vec::new();
+    for params in [sampled(false), sampled(true), greedy(100)] {
+        s.reset();
+        let mut g = s.generate(&prompt, params).unwrap();
+        out = g.by_ref().map(|t| t.unwrap().id).collect();
+        assert_eq!(g.stats().stop_reason, Some(StopReason::ContextFull));
+        drop(g);
+        assert_eq!(out.len(), 16 - 10 + 1);
+        assert_eq!(s.tokens().len(), 16);
+    }
     // Continuing the conversation past the context is refused, naming both sizes.
     let mut longer = s.tokens().to_vec();
     longer.push(out[out.len() - 1]);

@@ -230,9 +230,9 @@ fn dropping_a_generation_mid_stream_releases_its_resources() {
 #[test]
 fn stress_sessions_on_two_models_from_four_threads() {
     const THREADS: usize = 4;
-    const ITERS: usize = 10;
+    const ITERS: usize = 16;
     const SECS: u64 = 5;
-    const N: usize = 8;
+    const N: usize = 10;
     let engine = Engine::new().unwrap();
     let models = two_models(&engine);
     let p = prompts();
@@ -243,8 +243,11 @@ fn stress_sessions_on_two_models_from_four_threads() {
         }
     }
     let refs = Arc::new(refs);
-    let seed: u64 = rand::rng().random();
-    println!("seed {seed}");
+    let seed: u64 = std::env::var("WICK_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::rng().random());
+    println!("seed {seed} (WICK_TEST_SEED replays it)");
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs(SECS);
     let handles: Vec<_> = (0..THREADS)
@@ -252,16 +255,16 @@ fn stress_sessions_on_two_models_from_four_threads() {
             let (models, p, refs) = (models.clone(), p.clone(), refs.clone());
             std::thread::spawn(move || {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (t as u64 * 0x9E37));
-                let mut kept: Option<(usize, Session)> = None;
+                // One kept session per model, reused three times in four.
+                let mut kept: Vec<Option<Session>> = models.iter().map(|_| None).collect();
                 let (mut iters, mut tokens, mut dropped) = (0, 0, 0);
                 while iters < ITERS && Instant::now() < deadline {
                     iters += 1;
                     let m = rng.random_range(0..models.len());
                     let i = rng.random_range(0..p.len());
                     let n = rng.random_range(1..=N);
-                    // Reuse the kept session when it is on this model (half the time).
-                    let mut s = match kept.take() {
-                        Some((km, s)) if km == m && rng.random_bool(0.5) => s,
+                    let mut s = match kept[m].take() {
+                        Some(s) if rng.random_bool(0.75) => s,
                         _ => Session::new(&models[m]).unwrap(),
                     };
                     let want = &refs[&(m, i)][..n];
@@ -287,7 +290,7 @@ fn stress_sessions_on_two_models_from_four_threads() {
                         "thread {t}: model {m}, prompt {i}, {n} tokens"
                     );
                     tokens += got.len();
-                    kept = Some((m, s));
+                    kept[m] = Some(s);
                 }
                 (iters, tokens, dropped)
             })

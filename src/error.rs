@@ -15,6 +15,11 @@ pub enum Error {
     /// A validation, out-of-memory or internal error reported by wgpu.
     #[error("GPU error: {0}")]
     Gpu(String),
+    /// Not enough GPU memory: a model or session that does not fit in what is left of the
+    /// device's memory (checked before anything is allocated), or an allocation the driver
+    /// refused.
+    #[error("out of GPU memory: {0}")]
+    OutOfMemory(String),
     /// The device was lost (driver reset, destroyed, out of memory on some backends).
     #[error("GPU device lost: {0}")]
     DeviceLost(String),

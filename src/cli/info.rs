@@ -1,5 +1,5 @@
-//! `wick info`: every adapter with backend, type, driver, the features wick uses, key limits
-//! and subgroup sizes.
+//! `wick info`: every adapter with backend, type, driver, the features wick uses, key limits,
+//! subgroup sizes and device memory (wick's budget for models and sessions).
 
 use clap::Args;
 use serde_json::json;
@@ -31,6 +31,8 @@ pub fn run(args: InfoArgs) -> Result<()> {
             "features": gpu::feature_names(a.features()),
             "subgroup_min_size": i.subgroup_min_size,
             "subgroup_max_size": i.subgroup_max_size,
+            // wick's memory budget on this adapter (None: the backend does not report it).
+            "device_memory": gpu::device_memory(a),
             "limits": {
                 "max_storage_buffer_binding_size": l.max_storage_buffer_binding_size,
                 "max_buffer_size": l.max_buffer_size,
@@ -71,6 +73,17 @@ pub fn run(args: InfoArgs) -> Result<()> {
             "  {:<22} {}..{}",
             "subgroup size", a["subgroup_min_size"], a["subgroup_max_size"]
         );
+        match a["device_memory"].as_u64() {
+            Some(m) => println!(
+                "  {:<22} {m} bytes ({:.1} GiB): wick's budget for weights and sessions",
+                "device memory",
+                m as f64 / (1u64 << 30) as f64
+            ),
+            None => println!(
+                "  {:<22} not reported by this backend (only per-buffer limits are checked before allocating)",
+                "device memory"
+            ),
+        }
         if let Some(l) = a["limits"].as_object() {
             for (k, v) in l {
                 println!("  {k:<40} {v}");

@@ -141,6 +141,8 @@ pub fn run(a: RunArgs) -> Result<()> {
                     "stop_reason": st.stop_reason,
                     "adapter": caps.adapter_name,
                     "backend": caps.backend,
+                    // What the model and the session hold on the GPU, and the budget.
+                    "gpu_memory": engine.gpu().memory_usage(),
                 }
             })
         );

@@ -47,6 +47,7 @@ fn open_shard(path: &Path) -> Result<Shard> {
     // SAFETY: the mapping is read-only; a file truncated underneath us is the same hazard
     // every mmap-based loader (llama.cpp, safetensors) accepts.
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    check_safetensors_ranges(&mmap, &path.display().to_string())?;
     let (header, meta) = safetensors::SafeTensors::read_metadata(&mmap)
         .map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
     Ok(Shard {
@@ -204,4 +205,85 @@ impl TensorStore for HfCheckpoint {
     fn tokenizer_vocab(&self) -> Option<usize> {
         None
     }
+}
+
+/// Bytes per element of a safetensors dtype name (None: unknown or sub-byte).
+fn safetensors_dtype_bytes(dtype: &str) -> Option<u64> {
+    Some(match dtype {
+        "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" | "F8_E8M0" => 1,
+        "U16" | "I16" | "F16" | "BF16" => 2,
+        "U32" | "I32" | "F32" => 4,
+        "U64" | "I64" | "F64" | "C64" => 8,
+        _ => return None,
+    })
+}
+
+/// Names what is wrong with a safetensors header's tensor ranges before the safetensors crate
+/// (whose messages say "invalid offset" or "incomplete metadata" without saying how) checks
+/// the rest: a range running backwards or past the end of the data, a range whose length
+/// disagrees with the tensor's shape and dtype, and two tensors whose data overlap. A header
+/// this cannot read is left to the crate's own errors.
+pub fn check_safetensors_ranges(file: &[u8], origin: &str) -> Result<()> {
+    let bad = |m: String| Err(Error::Model(format!("{origin}: {m}")));
+    let Some(len) = file.get(..8) else {
+        return Ok(());
+    };
+    let n = u64::from_le_bytes(len.try_into().expect("8 bytes"));
+    // The crate refuses headers over 100 MB itself; don't parse those here.
+    if n > 100_000_000 || 8 + n > file.len() as u64 {
+        return Ok(());
+    }
+    let Ok(Value::Object(header)) = serde_json::from_slice::<Value>(&file[8..8 + n as usize])
+    else {
+        return Ok(());
+    };
+    let data_len = file.len() as u64 - 8 - n;
+    let mut ranges: Vec<(u64, u64, &str)> = Vec::new();
+    for (name, info) in &header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let offsets = info["data_offsets"].as_array();
+        let (Some(a), Some(b)) = (
+            offsets.and_then(|o| o.first()).and_then(Value::as_u64),
+            offsets.and_then(|o| o.get(1)).and_then(Value::as_u64),
+        ) else {
+            continue;
+        };
+        if b < a {
+            return bad(format!(
+                "tensor {name:?}: data_offsets [{a}, {b}] end before they start"
+            ));
+        }
+        if b > data_len {
+            return bad(format!(
+                "tensor {name:?}: data_offsets [{a}, {b}] run past the end of the {data_len}-byte data section"
+            ));
+        }
+        let shape: Option<Vec<u64>> = info["shape"]
+            .as_array()
+            .and_then(|s| s.iter().map(Value::as_u64).collect());
+        let dtype = info["dtype"].as_str().unwrap_or("");
+        if let (Some(shape), Some(elem)) = (shape, safetensors_dtype_bytes(dtype)) {
+            let need = shape.iter().try_fold(elem, |acc, &d| acc.checked_mul(d));
+            if need != Some(b - a) {
+                return bad(format!(
+                    "tensor {name:?}: shape {shape:?} of {dtype} needs {} bytes but data_offsets [{a}, {b}] hold {}",
+                    need.map_or("more than 2^64".to_string(), |v| v.to_string()),
+                    b - a
+                ));
+            }
+        }
+        ranges.push((a, b, name));
+    }
+    ranges.sort();
+    for w in ranges.windows(2) {
+        let ((_, end, first), (start, _, second)) = (w[0], w[1]);
+        if end > start {
+            return bad(format!(
+                "tensors {first:?} and {second:?} overlap: {first:?} ends at data byte {end}, {second:?} starts at {start}"
+            ));
+        }
+    }
+    Ok(())
 }

@@ -2,7 +2,6 @@
 //! blocking readback (for tests and one-off reads; the decode loop never blocks on these).
 
 use bytemuck::Pod;
-use wgpu::util::DeviceExt;
 
 use super::Gpu;
 use crate::error::{Error, Result};
@@ -54,14 +53,34 @@ impl Gpu {
     }
 
     fn upload_bytes(&self, label: &str, bytes: &[u8]) -> Result<wgpu::Buffer> {
-        self.scoped(|| {
-            self.device
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some(label),
-                    contents: bytes,
-                    usage: STORAGE,
-                })
-        })
+        self.buffer_init(label, bytes, STORAGE)
+    }
+
+    /// A buffer created mapped and filled with `bytes` (a multiple of 4, non-empty). wgpu's
+    /// `create_buffer_init` panics when the mapping fails (the device is lost, or the
+    /// allocation failed); this returns that failure as the error it is.
+    fn buffer_init(
+        &self,
+        label: &str,
+        bytes: &[u8],
+        usage: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer> {
+        let buffer = self.scoped(|| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: bytes.len() as u64,
+                usage,
+                mapped_at_creation: true,
+            })
+        })?;
+        {
+            let mut view = buffer
+                .get_mapped_range_mut(..)
+                .map_err(|e| self.lost_or(Error::Gpu(format!("filling buffer {label:?}: {e}"))))?;
+            view.copy_from_slice(bytes);
+        }
+        self.scoped(|| buffer.unmap())?;
+        Ok(buffer)
     }
 
     /// A uniform buffer holding `value`, writable later with [`Gpu::write`].
@@ -69,14 +88,11 @@ impl Gpu {
         let bytes = bytemuck::bytes_of(value);
         let mut padded = bytes.to_vec();
         padded.resize(bytes.len().max(16).next_multiple_of(16), 0);
-        self.scoped(|| {
-            self.device
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some(label),
-                    contents: &padded,
-                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                })
-        })
+        self.buffer_init(
+            label,
+            &padded,
+            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        )
     }
 
     /// Queues a write of `data` at `offset` (bytes) into `buffer`.
@@ -112,11 +128,11 @@ impl Gpu {
         });
         self.wait_idle()?;
         rx.recv()
-            .map_err(|_| Error::Gpu("readback callback never ran".into()))?
-            .map_err(|e| Error::Gpu(format!("mapping a readback buffer: {e}")))?;
+            .map_err(|_| self.lost_or(Error::Gpu("readback callback never ran".into())))?
+            .map_err(|e| self.lost_or(Error::Gpu(format!("mapping a readback buffer: {e}"))))?;
         let view = staging
             .get_mapped_range(..)
-            .map_err(|e| Error::Gpu(format!("mapping a readback buffer: {e}")))?;
+            .map_err(|e| self.lost_or(Error::Gpu(format!("mapping a readback buffer: {e}"))))?;
         let out = view[..size as usize].to_vec();
         drop(view);
         staging.unmap();

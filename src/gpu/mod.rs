@@ -3,13 +3,18 @@
 //! buffer helpers and a GPU timestamp profiler.
 
 mod buffers;
+mod memory;
 mod profiler;
 
 pub use buffers::{POISON, STORAGE};
+pub use memory::{device_memory, MemoryKind, MemoryReservation, MemoryUsage};
 pub use profiler::{GpuProfiler, ProfileSample};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::ThreadId;
+
+use memory::Accounting;
 
 use crate::error::{Error, Result};
 
@@ -85,6 +90,9 @@ pub struct Capabilities {
     pub max_storage_buffers_per_shader_stage: u32,
     pub min_uniform_buffer_offset_alignment: u32,
     pub min_storage_buffer_offset_alignment: u32,
+    /// The device's memory (Vulkan: its largest device-local heap), when the backend reports
+    /// it; models and sessions are checked against it before they allocate.
+    pub device_memory: Option<u64>,
 }
 
 /// Features wick uses when the adapter offers them.
@@ -110,6 +118,10 @@ pub struct GpuOptions {
     pub max_binding_override: Option<u64>,
     /// Leave these features off even when offered (tests of fallbacks).
     pub disable_features: Option<wgpu::Features>,
+    /// Caps the GPU memory wick's models and sessions may reserve below the device's memory
+    /// (or sets it where the backend does not report one): loads and sessions beyond it fail
+    /// up front with [`Error::OutOfMemory`].
+    pub memory_budget: Option<u64>,
 }
 
 /// The device context: one adapter, its device and queue, and what they can do.
@@ -119,10 +131,23 @@ pub struct Gpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub caps: Capabilities,
-    errors: Arc<Mutex<Vec<String>>>,
+    /// Uncaptured errors with the thread whose call raised them (wgpu reports them
+    /// synchronously on the calling thread), so a session never receives another's error.
+    errors: Arc<Mutex<Vec<LoggedError>>>,
     lost: Arc<Mutex<Option<String>>>,
     destroyed: AtomicBool,
+    pub(crate) memory: Arc<Accounting>,
 }
+
+/// Held while a device is opened or destroyed (see [`Gpu::with_options`]).
+static DEVICE_LIFECYCLE: Mutex<()> = Mutex::new(());
+
+/// Uncaptured errors kept per device; older ones are dropped (a thread that never checks
+/// again must not grow the log forever).
+const MAX_LOGGED_ERRORS: usize = 256;
+
+/// An uncaptured error: the thread that raised it, whether it was out-of-memory, the message.
+type LoggedError = (ThreadId, bool, String);
 
 impl std::fmt::Debug for Gpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -228,6 +253,9 @@ impl Gpu {
     }
 
     pub fn with_options(opts: GpuOptions) -> Result<Arc<Gpu>> {
+        // Opening (instance, adapters, device) and destroying devices are serialised process-
+        // wide: they are rare, and a driver need not make them safe to run concurrently.
+        let _lifecycle = DEVICE_LIFECYCLE.lock().unwrap_or_else(|p| p.into_inner());
         let backend_name = opts
             .backend
             .clone()
@@ -306,18 +334,26 @@ impl Gpu {
             Error::RequestDevice(format!("{} ({:?}): {e}", info.name, info.backend))
         })?;
 
-        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let errors: Arc<Mutex<Vec<LoggedError>>> = Arc::default();
         let sink = errors.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             if let Ok(mut v) = sink.lock() {
-                v.push(e.to_string());
+                if v.len() >= MAX_LOGGED_ERRORS {
+                    v.remove(0);
+                }
+                let oom = matches!(e, wgpu::Error::OutOfMemory { .. });
+                v.push((std::thread::current().id(), oom, e.to_string()));
             }
         }));
         let lost: Arc<Mutex<Option<String>>> = Arc::default();
         let lost_sink = lost.clone();
         device.set_device_lost_callback(move |reason, msg| {
             if let Ok(mut l) = lost_sink.lock() {
-                *l = Some(format!("{reason:?}: {msg}"));
+                *l = Some(if msg.is_empty() {
+                    format!("{reason:?}")
+                } else {
+                    format!("{reason:?}: {msg}")
+                });
             }
         });
 
@@ -352,6 +388,11 @@ impl Gpu {
             max_storage_buffers_per_shader_stage: dl.max_storage_buffers_per_shader_stage,
             min_uniform_buffer_offset_alignment: dl.min_uniform_buffer_offset_alignment,
             min_storage_buffer_offset_alignment: dl.min_storage_buffer_offset_alignment,
+            device_memory: device_memory(&adapter),
+        };
+        let budget = match (opts.memory_budget, caps.device_memory) {
+            (Some(cap), Some(m)) => Some(cap.min(m)),
+            (cap, m) => cap.or(m),
         };
         Ok(Arc::new(Gpu {
             instance,
@@ -362,27 +403,57 @@ impl Gpu {
             errors,
             lost,
             destroyed: AtomicBool::new(false),
+            memory: Arc::new(Accounting::new(budget)),
         }))
     }
 
-    /// Returns (and clears) the first GPU error recorded since the last check, or device loss.
+    /// Returns (and clears) the GPU errors this thread's calls raised outside an error scope
+    /// since its last check, or device loss (which concerns every thread). Errors raised by
+    /// other threads stay for their own checks: sessions on other threads never see them.
     pub fn check(&self) -> Result<()> {
-        if let Some(msg) = self.lost.lock().ok().and_then(|l| l.clone()) {
-            return Err(Error::DeviceLost(msg));
-        }
-        if self.destroyed.load(Ordering::Relaxed) {
-            return Err(Error::DeviceLost("the device was destroyed".into()));
+        if let Some(lost) = self.lost() {
+            return Err(lost);
         }
         let mut errs = self
             .errors
             .lock()
             .map_err(|_| Error::Gpu("error log poisoned".into()))?;
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            let all = std::mem::take(&mut *errs);
-            Err(Error::Gpu(all.join("; ")))
+        let me = std::thread::current().id();
+        if !errs.iter().any(|(t, _, _)| *t == me) {
+            return Ok(());
         }
+        let (mut mine, mut oom) = (Vec::new(), false);
+        errs.retain(|(t, o, m)| {
+            if *t == me {
+                mine.push(m.clone());
+                oom |= *o;
+                false
+            } else {
+                true
+            }
+        });
+        let all = mine.join("; ");
+        Err(if oom {
+            Error::OutOfMemory(all)
+        } else {
+            Error::Gpu(all)
+        })
+    }
+
+    /// The loss of the device as an error, if it is lost (or destroyed).
+    pub fn lost(&self) -> Option<Error> {
+        if let Some(msg) = self.lost.lock().ok().and_then(|l| l.clone()) {
+            return Some(Error::DeviceLost(msg));
+        }
+        self.destroyed
+            .load(Ordering::Relaxed)
+            .then(|| Error::DeviceLost("the device was destroyed".into()))
+    }
+
+    /// `e`, or the device's loss when it is lost: a failed map or a destroyed-buffer error
+    /// after a device loss is reported as the loss, which is what the caller can act on.
+    pub fn lost_or(&self, e: Error) -> Error {
+        self.lost().unwrap_or(e)
     }
 
     /// Runs `f` inside validation and out-of-memory error scopes, so an error it causes is
@@ -393,8 +464,11 @@ impl Gpu {
         let out = f();
         let v = pollster::block_on(val.pop());
         let o = pollster::block_on(oom.pop());
+        if let Some(lost) = self.lost() {
+            return Err(lost);
+        }
         if let Some(e) = o {
-            return Err(Error::Gpu(format!("out of GPU memory: {e}")));
+            return Err(Error::OutOfMemory(e.to_string()));
         }
         if let Some(e) = v {
             return Err(Error::Gpu(e.to_string()));
@@ -407,14 +481,27 @@ impl Gpu {
     pub fn wait_idle(&self) -> Result<()> {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+            .map_err(|e| self.lost_or(Error::Gpu(format!("waiting for the GPU: {e}"))))?;
         self.check()
     }
 
     /// Destroys the device (tests of device-loss handling). Later calls return DeviceLost.
     pub fn destroy(&self) {
+        let _lifecycle = DEVICE_LIFECYCLE.lock().unwrap_or_else(|p| p.into_inner());
         self.destroyed.store(true, Ordering::Relaxed);
         self.device.destroy();
+    }
+
+    /// What wick's models and sessions hold on this device now.
+    pub fn memory_usage(&self) -> MemoryUsage {
+        self.memory.usage()
+    }
+
+    /// Reserves `bytes` of the device's memory for `what` (a model's weights, a session's
+    /// buffers) before allocating them: [`Error::OutOfMemory`] naming `what` when they do not
+    /// fit in what the budget has left. The bytes return when the reservation is dropped.
+    pub fn reserve(&self, kind: MemoryKind, what: &str, bytes: u64) -> Result<MemoryReservation> {
+        MemoryReservation::new(&self.memory, kind, what, bytes)
     }
 
     /// Whether a buffer of `bytes` fits in one storage binding on this device.

@@ -59,6 +59,17 @@ pub struct ModelConfig {
 /// Largest context wick accepts from a file; anything above is treated as corrupt.
 pub const MAX_CONTEXT: usize = 1 << 24;
 
+/// Largest head size the attention kernels support.
+pub const MAX_HEAD_DIM: usize = 256;
+
+/// Most decoder blocks wick accepts (the largest published models have a few hundred);
+/// anything above is treated as corrupt rather than looked for tensor by tensor.
+pub const MAX_LAYERS: usize = 4096;
+
+/// Largest width, head count, FFN size or vocabulary wick accepts: products of any two stay
+/// far from overflowing, and real models are orders of magnitude below.
+pub const MAX_DIM: usize = 1 << 24;
+
 impl ModelConfig {
     /// q rows of the QKV projection.
     pub fn q_dim(&self) -> usize {
@@ -104,6 +115,14 @@ impl ModelConfig {
         let context_len = req("context_length")?;
         let head_dim = match opt("attention.key_length")? {
             Some(d) => d,
+            None if n_heads > 0 && !hidden.is_multiple_of(n_heads) => {
+                return Err(Error::Model(format!(
+                    "invalid configuration: {} {hidden} is not a multiple of {} {n_heads} and {} is absent, so the head size is undefined",
+                    key("embedding_length"),
+                    key("attention.head_count"),
+                    key("attention.key_length")
+                )))
+            }
             None if n_heads > 0 => hidden / n_heads,
             None => 0,
         };
@@ -131,7 +150,13 @@ impl ModelConfig {
         let mut rope_inv_freq = Vec::new();
         let scaling = f.get_str(&key("rope.scaling.type"))?.unwrap_or("none");
         let factor = f.get_f64(&key("rope.scaling.factor"))?.unwrap_or(1.0) as f32;
-        if rope_dim > 0 && rope_dim.is_multiple_of(2) && rope_theta > 0.0 {
+        // (A rope dimension beyond any head size is left for `validated` to refuse, before a
+        // table of that many frequencies is allocated.)
+        if rope_dim > 0
+            && rope_dim.is_multiple_of(2)
+            && rope_dim <= MAX_HEAD_DIM
+            && rope_theta > 0.0
+        {
             let mut inv = crate::kernels::rope::inv_freq(rope_theta, rope_dim);
             match scaling {
                 "none" => {}
@@ -209,10 +234,15 @@ impl ModelConfig {
             .as_u64()
             .map(|v| v as usize)
             .unwrap_or(n_heads);
-        let head_dim = c["head_dim"]
-            .as_u64()
-            .map(|v| v as usize)
-            .unwrap_or(hidden.checked_div(n_heads).unwrap_or(0));
+        let head_dim = match c["head_dim"].as_u64() {
+            Some(d) => d as usize,
+            None if n_heads > 0 && !hidden.is_multiple_of(n_heads) => {
+                return Err(Error::Model(format!(
+                    "invalid configuration: config.json hidden_size {hidden} is not a multiple of num_attention_heads {n_heads} and head_dim is absent, so the head size is undefined"
+                )))
+            }
+            None => hidden.checked_div(n_heads).unwrap_or(0),
+        };
         let rope = &c["rope_parameters"];
         let rope_theta = rope["rope_theta"]
             .as_f64()
@@ -227,7 +257,12 @@ impl ModelConfig {
             .as_str()
             .or(scaling["type"].as_str())
             .unwrap_or("default");
-        let mut inv = crate::kernels::rope::inv_freq(rope_theta, head_dim);
+        // A head size beyond the limit is refused by `validated`; don't build its table first.
+        let mut inv = if head_dim <= MAX_HEAD_DIM {
+            crate::kernels::rope::inv_freq(rope_theta, head_dim)
+        } else {
+            Vec::new()
+        };
         match kind {
             "default" => {}
             "linear" => {
@@ -306,15 +341,32 @@ impl ModelConfig {
                 problems.push(format!("{name} is 0"));
             }
         }
+        for (name, v) in [
+            ("embedding_length", self.hidden),
+            ("head_count", self.n_heads),
+            ("head_count_kv", self.n_kv_heads),
+            ("feed_forward_length", self.ffn),
+            ("vocab", self.vocab),
+        ] {
+            if v > MAX_DIM {
+                problems.push(format!("{name} {v} exceeds wick's limit of {MAX_DIM}"));
+            }
+        }
+        if self.n_layers > MAX_LAYERS {
+            problems.push(format!(
+                "block_count {} exceeds wick's limit of {MAX_LAYERS}",
+                self.n_layers
+            ));
+        }
         if self.n_kv_heads > 0 && !self.n_heads.is_multiple_of(self.n_kv_heads) {
             problems.push(format!(
                 "head_count {} is not a multiple of head_count_kv {}",
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if !self.head_dim.is_multiple_of(2) || self.head_dim > 256 {
+        if !self.head_dim.is_multiple_of(2) || self.head_dim > MAX_HEAD_DIM {
             problems.push(format!(
-                "head_dim {} must be even and at most 256",
+                "head_dim {} must be even and at most {MAX_HEAD_DIM}",
                 self.head_dim
             ));
         }
@@ -347,6 +399,19 @@ impl ModelConfig {
         }
         if self.rope_inv_freq.is_empty() {
             self.rope_inv_freq = crate::kernels::rope::inv_freq(self.rope_theta, self.rope_dim);
+        }
+        // Scaling parameters (a zero factor, equal llama3 frequency factors) can turn the
+        // frequencies into infinities or NaN, which would make every logit NaN.
+        if self.rope_inv_freq.len() != self.rope_dim / 2
+            || self
+                .rope_inv_freq
+                .iter()
+                .any(|f| !(f.is_finite() && *f > 0.0))
+        {
+            return Err(Error::Model(format!(
+                "invalid configuration: the RoPE frequencies are not {} positive finite numbers (check the rope scaling parameters)",
+                self.rope_dim / 2
+            )));
         }
         Ok(self)
     }

@@ -68,13 +68,24 @@ impl Model {
         let (cfg, weights, tokenizer, eos, chat_template) = if path.is_dir() {
             let ck = crate::formats::hf::HfCheckpoint::open(path)?;
             let cfg = ModelConfig::from_hf(&ck.config)?;
-            let weights = ModelWeights::load(gpu, &ck, &cfg, opts.quantize)?;
             let tj = path.join("tokenizer.json");
             let tokenizer = if tj.exists() {
                 Some(Tokenizer::from_tokenizer_json(&tj)?)
             } else {
                 None
             };
+            // Checked before the weights are uploaded: ids the embedding cannot look up.
+            if let Some(t) = &tokenizer {
+                if t.vocab_size() > cfg.vocab {
+                    return Err(Error::Model(format!(
+                        "{}: tokenizer.json has {} tokens but the embedding only {} rows (vocab_size); ids past it could not be embedded",
+                        path.display(),
+                        t.vocab_size(),
+                        cfg.vocab
+                    )));
+                }
+            }
+            let weights = ModelWeights::load(gpu, &ck, &cfg, opts.quantize)?;
             let mut eos = ck.eos_ids();
             if eos.is_empty() {
                 eos = tokenizer

@@ -19,6 +19,43 @@ pub struct SplitMatrix {
 }
 
 impl SplitMatrix {
+    /// Rows per chunk when an `n` x `k` matrix of `format` is split to fit the device's
+    /// storage-binding limit, and the GPU bytes the chunks will take (both planes). Checked
+    /// before anything is packed or allocated.
+    pub fn plan(
+        caps: &crate::gpu::Capabilities,
+        label: &str,
+        format: WeightFormat,
+        n: usize,
+        k: usize,
+    ) -> Result<(usize, u64)> {
+        // The largest plane per row decides the split (qs; every format's scales are smaller).
+        let plane_row_bytes = (format.qs_words_per_row(k) * 4).max(1) as u64;
+        let limit = caps
+            .max_storage_buffer_binding_size
+            .min(caps.max_buffer_size);
+        let mut rows_per_chunk = ((limit / plane_row_bytes) as usize).min(n).max(1);
+        // Packed half-word scales must start a chunk on a word boundary: even block count.
+        if format.is_quantized() && (k / 32) % 2 == 1 && rows_per_chunk < n {
+            rows_per_chunk = (rows_per_chunk & !1).max(2);
+        }
+        if (rows_per_chunk as u64) * plane_row_bytes > limit {
+            return Err(Error::Model(format!(
+                "{label}: one row ({plane_row_bytes} bytes) does not fit the device's {limit}-byte binding limit"
+            )));
+        }
+        let mut bytes = 0u64;
+        let mut r = 0;
+        while r < n {
+            let rows = rows_per_chunk.min(n - r);
+            let qs = rows as u64 * plane_row_bytes;
+            let scales = (format.scale_words(rows, k) as u64 * 4).max(4);
+            bytes += qs + scales;
+            r += rows;
+        }
+        Ok((rows_per_chunk, bytes))
+    }
+
     /// Repacks GGML bytes (row-major, `n` rows of `k`) and uploads them in as few chunks as
     /// the device's binding limit allows.
     pub fn upload(
@@ -36,17 +73,11 @@ impl SplitMatrix {
                 t.name()
             ))
         })? as usize;
-        // The largest plane per row decides the split (qs; Q4_1's scales are smaller still).
-        let plane_row_bytes = (format.qs_words_per_row(k) * 4).max(1) as u64;
-        let limit = gpu.caps.max_storage_buffer_binding_size;
-        let mut rows_per_chunk = ((limit / plane_row_bytes) as usize).min(n).max(1);
-        // Packed half-word scales must start a chunk on a word boundary: even block count.
-        if format.is_quantized() && (k / 32) % 2 == 1 && rows_per_chunk < n {
-            rows_per_chunk = (rows_per_chunk & !1).max(2);
-        }
-        if (rows_per_chunk as u64) * plane_row_bytes > limit {
+        let (rows_per_chunk, _) = Self::plan(&gpu.caps, label, format, n, k)?;
+        if bytes.len() < n * row_bytes {
             return Err(Error::Model(format!(
-                "{label}: one row ({plane_row_bytes} bytes) does not fit the device's {limit}-byte binding limit"
+                "{label}: {} bytes of data for {n} rows of {row_bytes}",
+                bytes.len()
             )));
         }
         let mut chunks = Vec::new();
@@ -110,6 +141,8 @@ pub struct ModelWeights {
     pub output_norm: wgpu::Buffer,
     /// None when tied: the LM head is `embed`.
     pub output: Option<SplitMatrix>,
+    /// The device memory the weights hold (given back when the model is dropped).
+    reservation: crate::gpu::MemoryReservation,
 }
 
 impl ModelWeights {
@@ -117,6 +150,7 @@ impl ModelWeights {
         self.output.as_ref().unwrap_or(&self.embed)
     }
 
+    /// GPU bytes held by the weight matrices.
     pub fn gpu_bytes(&self) -> u64 {
         let mut b = self.embed.gpu_bytes() + self.output.as_ref().map_or(0, |o| o.gpu_bytes());
         for l in &self.layers {
@@ -126,6 +160,27 @@ impl ModelWeights {
                 .sum::<u64>();
         }
         b
+    }
+
+    /// GPU bytes held by every weight buffer (matrices, norms, biases): what the model has
+    /// reserved of the device's memory.
+    pub fn total_bytes(&self) -> u64 {
+        let mut b = self.gpu_bytes() + self.output_norm.size();
+        for l in &self.layers {
+            b += l.attn_norm.size() + l.ffn_norm.size();
+            for v in [&l.bq, &l.bk, &l.bv, &l.q_norm, &l.k_norm]
+                .into_iter()
+                .flatten()
+            {
+                b += v.size();
+            }
+        }
+        b
+    }
+
+    /// The bytes reserved for these weights in the device's memory accounting.
+    pub fn reserved_bytes(&self) -> u64 {
+        self.reservation.bytes()
     }
 }
 
@@ -212,7 +267,15 @@ struct Checker<'a, S: TensorStore + ?Sized> {
     problems: Vec<String>,
 }
 
+/// Problems listed in one error before the check stops (a corrupt block count must not make
+/// the loader list millions of missing tensors).
+const MAX_PROBLEMS: usize = 16;
+
 impl<'a, S: TensorStore + ?Sized> Checker<'a, S> {
+    fn full(&self) -> bool {
+        self.problems.len() >= MAX_PROBLEMS
+    }
+
     fn tensor(&mut self, name: &str, dims: &[usize], matrix: bool) -> Option<TensorRef<'a>> {
         let Some(t) = self.f.tensor(name) else {
             self.problems.push(format!("missing tensor {name}"));
@@ -265,8 +328,67 @@ fn upload_matrix(gpu: &Gpu, t: &TensorRef, quantize: Option<GgmlType>) -> Result
     };
     let format = ty
         .weight_format()
-        .expect("checked or produced by quant::convert");
+        .ok_or_else(|| Error::Model(format!("{}: type {} has no GPU kernel", t.name, ty.name())))?;
     SplitMatrix::upload(gpu, &t.name, format, data, n, k)
+}
+
+/// The format a matrix will be uploaded in (after `--quantize`), as [`upload_matrix`] decides.
+fn upload_format(t: &TensorRef, quantize: Option<GgmlType>) -> Result<WeightFormat> {
+    let is_float = matches!(t.ggml_type, GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16);
+    let ty = match quantize {
+        Some(target) if is_float => quant::storage_type_for_rows(target, t.dims[0] as usize),
+        _ => t.ggml_type,
+    };
+    ty.weight_format()
+        .ok_or_else(|| Error::Model(format!("{}: type {} has no GPU kernel", t.name, ty.name())))
+}
+
+/// Checks that every tensor fits the device (per binding, per buffer, and all together in
+/// what is left of wick's memory budget) before anything is allocated, and reserves the total.
+fn reserve_weights(
+    gpu: &Gpu,
+    cfg: &ModelConfig,
+    tensors: &[&TensorRef],
+    quantize: Option<GgmlType>,
+) -> Result<crate::gpu::MemoryReservation> {
+    let mut sizes: Vec<(&str, String, u64)> = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        if t.dims.len() == 2 {
+            let (k, n) = (t.dims[0] as usize, t.dims[1] as usize);
+            let format = upload_format(t, quantize)?;
+            let (_, bytes) = SplitMatrix::plan(&gpu.caps, &t.name, format, n, k)?;
+            let desc = format!("{n} x {k} {}", format.name());
+            sizes.push((&t.name, desc, bytes));
+        } else {
+            let bytes = (t.n_elements() * 4).max(4).next_multiple_of(4);
+            if bytes > gpu.caps.max_buffer_size {
+                return Err(Error::OutOfMemory(format!(
+                    "{} ({bytes} bytes) does not fit: the device allows at most {} bytes per buffer",
+                    t.name, gpu.caps.max_buffer_size
+                )));
+            }
+            sizes.push((&t.name, format!("{} f32", t.n_elements()), bytes));
+        }
+    }
+    let total = sizes.iter().map(|s| s.2).sum::<u64>();
+    let usage = gpu.memory_usage();
+    if let Some(budget) = usage.budget {
+        let free = budget.saturating_sub(usage.reserved);
+        // Name the tensor that cannot fit on its own (typically the embedding).
+        if let Some((name, desc, bytes)) = sizes.iter().max_by_key(|s| s.2) {
+            if *bytes > free {
+                return Err(Error::OutOfMemory(format!(
+                    "{name} ({desc}) needs {bytes} bytes on the GPU, which does not fit: {free} of wick's {budget}-byte budget on this device are free (the whole model needs {total})"
+                )));
+            }
+        }
+    }
+    let what = format!(
+        "the weights of this {:?} model ({} tensors)",
+        cfg.arch,
+        sizes.len()
+    );
+    gpu.reserve(crate::gpu::MemoryKind::Model, &what, total)
 }
 
 impl ModelWeights {
@@ -292,6 +414,10 @@ impl ModelWeights {
         };
         let mut layer_infos = Vec::new();
         for i in 0..cfg.n_layers {
+            if c.full() {
+                c.problems.push("...".into());
+                break;
+            }
             let p = |s: &str| format!("blk.{i}.{s}");
             let li = (
                 c.tensor(&p("attn_norm.weight"), &[h], false),
@@ -337,7 +463,19 @@ impl ModelWeights {
                 c.problems.join("; ")
             )));
         }
-        // Everything is present and well-shaped: upload.
+        // Everything is present and well-shaped: check it fits the device, then upload.
+        let mut all: Vec<&TensorRef> = [&embed, &out_norm, &output].into_iter().flatten().collect();
+        for ((an, q, k, v, o, fnorm, g, u, d), bias, qkn) in &layer_infos {
+            all.extend([an, q, k, v, o, fnorm, g, u, d].into_iter().flatten());
+            if let Some((a, b, c)) = bias {
+                all.extend([a, b, c].into_iter().flatten());
+            }
+            if let Some((a, b)) = qkn {
+                all.extend([a, b].into_iter().flatten());
+            }
+        }
+        let reservation = reserve_weights(gpu, cfg, &all, quantize)?;
+        drop(all);
         let embed = upload_matrix(gpu, &embed.unwrap(), quantize)?;
         let output_norm = upload_vector(gpu, &out_norm.unwrap())?;
         let output = output
@@ -372,11 +510,16 @@ impl ModelWeights {
                 w_down: mat(d)?,
             });
         }
-        Ok(ModelWeights {
+        let mut weights = ModelWeights {
             embed,
             layers,
             output_norm,
             output,
-        })
+            reservation,
+        };
+        // The plan matches the buffers made; correct any difference so the count is exact.
+        let total = weights.total_bytes();
+        weights.reservation.resize("the model's weights", total)?;
+        Ok(weights)
     }
 }

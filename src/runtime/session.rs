@@ -597,16 +597,20 @@ impl Session {
                 let _ = tx.send(r);
             });
         self.ring[slot].rx = Some(rx);
+        self.fwd.gpu.memory.step_started();
     }
 
     /// Reads a ring slot, blocking only if the GPU has not finished it yet. `queued_behind`
     /// says whether a later step is already submitted (then a wait keeps the GPU busy).
     fn read_slot(&mut self, slot: usize, queued_behind: Option<bool>) -> Result<[u32; 2]> {
         let gpu = self.fwd.gpu.clone();
+        // A failure here after the device was lost is reported as the loss.
+        let fail = |m: String| gpu.lost_or(Error::Gpu(m));
         let rx = self.ring[slot]
             .rx
             .take()
             .ok_or_else(|| Error::Gpu("token ring slot read twice".into()))?;
+        gpu.memory.step_finished();
         let _ = gpu.device.poll(wgpu::PollType::Poll);
         let res = match rx.try_recv() {
             Ok(r) => r,
@@ -623,17 +627,17 @@ impl Session {
                         submission_index,
                         timeout: None,
                     })
-                    .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+                    .map_err(|e| fail(format!("waiting for the GPU: {e}")))?;
                 rx.recv_timeout(Duration::from_secs(60))
-                    .map_err(|_| Error::Gpu("the GPU did not return a token".into()))?
+                    .map_err(|_| fail("the GPU did not return a token".into()))?
             }
         };
-        res.map_err(|e| Error::Gpu(format!("reading a token: {e}")))?;
+        res.map_err(|e| fail(format!("reading a token: {e}")))?;
         let buf = &self.ring[slot].buf;
         let pair = {
             let view = buf
                 .get_mapped_range(..)
-                .map_err(|e| Error::Gpu(format!("reading a token: {e}")))?;
+                .map_err(|e| fail(format!("reading a token: {e}")))?;
             let word =
                 |i: usize| u32::from_le_bytes([view[i], view[i + 1], view[i + 2], view[i + 3]]);
             [word(0), word(4)]
@@ -759,10 +763,13 @@ impl Generation<'_> {
         if self.done {
             return Ok(None);
         }
+        let fed = self.session.tokens.len();
         let id = match self.picker {
             Picker::Greedy | Picker::Gpu => self.next_on_gpu()?,
             Picker::Cpu => self.next_sampled()?,
         };
+        // A step consuming this token was submitted: the next token is on its way.
+        let stepped = self.session.tokens.len() > fed;
         if !self.params.ignore_eos && self.session.model.eos_ids().contains(&id) {
             self.finish(StopReason::Eos);
             return Ok(None);
@@ -783,9 +790,8 @@ impl Generation<'_> {
         };
         if self.emitted >= self.params.max_tokens {
             self.finish(StopReason::MaxTokens);
-        } else if self.pending.is_empty() && self.picker != Picker::Cpu
-            || self.session.tokens.len() >= self.session.kv.capacity
-        {
+        } else if !stepped {
+            // The cache is full: this token needed no slot, but the next would.
             self.finish(StopReason::ContextFull);
         }
         Ok(Some(Token { id, text }))
@@ -821,11 +827,10 @@ impl futures::Stream for Generation<'_> {
 
 impl Drop for Generation<'_> {
     fn drop(&mut self) {
-        if !self.done {
-            // Cancelled: settle in-flight steps so the ring is unmapped and reusable.
-            for slot in std::mem::take(&mut self.pending) {
-                let _ = self.session.read_slot(slot, None);
-            }
+        // Cancelled (or stopped by an error): settle in-flight steps so the ring is unmapped
+        // and reusable by the session's next generation.
+        for slot in std::mem::take(&mut self.pending) {
+            let _ = self.session.read_slot(slot, None);
         }
     }
 }

@@ -247,3 +247,62 @@ impl TensorStore for HfCheckpoint {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A safetensors file: header JSON for one F16 tensor of shape [2, 3], then its 12 bytes.
+    fn tiny_safetensors() -> Vec<u8> {
+        let header = r#"{"__metadata__":{"format":"pt"},"w":{"dtype":"F16","shape":[2,3],"data_offsets":[0,12]}}"#;
+        let mut f = (header.len() as u64).to_le_bytes().to_vec();
+        f.extend_from_slice(header.as_bytes());
+        f.extend((0..12u8).collect::<Vec<u8>>());
+        f
+    }
+
+    #[test]
+    fn safetensors_header_and_tensor_bytes() {
+        let f = tiny_safetensors();
+        let h = parse_safetensors_header(&f, "m.safetensors").unwrap();
+        let t = h.tensor(&f, "w").unwrap();
+        assert_eq!(t.dims, [3, 2]);
+        assert_eq!(t.ggml_type, GgmlType::F16);
+        assert_eq!(t.data, (0..12u8).collect::<Vec<u8>>());
+        assert!(h.tensor(&f, "missing").is_none());
+        // Bytes that are not the file the header came from: no tensor rather than a panic.
+        assert!(h.tensor(&f[..20], "w").is_none());
+        let e = parse_safetensors_header(&f[..f.len() - 1], "m.safetensors")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.starts_with("model: m.safetensors: "), "{e}");
+    }
+
+    #[test]
+    fn index_lists_each_shard_once_and_refuses_escapes() {
+        let idx = r#"{"weight_map": {"a": "s2.safetensors", "b": "s1.safetensors", "c": "s2.safetensors"}}"#;
+        assert_eq!(
+            parse_index_json(idx, "i.json").unwrap(),
+            ["s1.safetensors", "s2.safetensors"]
+        );
+        for bad in ["../x.safetensors", "sub/x.safetensors", "a\\\\b", ".hidden"] {
+            let idx = format!(r#"{{"weight_map": {{"a": "{bad}"}}}}"#);
+            let e = parse_index_json(&idx, "i.json").unwrap_err().to_string();
+            assert!(e.contains("leaves the directory"), "{bad}: {e}");
+        }
+        let e = parse_index_json("{}", "i.json").unwrap_err().to_string();
+        assert!(e.contains("i.json: no weight_map"), "{e}");
+        let e = parse_index_json("{", "i.json").unwrap_err().to_string();
+        assert!(e.contains("i.json: EOF"), "{e}");
+    }
+
+    #[test]
+    fn eos_ids_prefer_generation_config() {
+        let config = serde_json::json!({"eos_token_id": 2});
+        let generation = serde_json::json!({"eos_token_id": [7, 8]});
+        assert_eq!(eos_ids(&config, Some(&generation)), [7, 8]);
+        assert_eq!(eos_ids(&config, None), [2]);
+        assert_eq!(eos_ids(&config, Some(&serde_json::json!({}))), [2]);
+    }
+}

@@ -12,10 +12,81 @@ use crate::error::{Error, Result};
 use crate::model::weights::{TensorRef, TensorStore};
 use crate::quant::GgmlType;
 
+/// A safetensors file's parsed header: where the data starts and every tensor's dtype, shape
+/// and byte range (validated by the safetensors crate: contiguous, inside the file).
+pub struct SafetensorsHeader {
+    /// Absolute offset of the data section (8 + the header's JSON length).
+    pub data_start: usize,
+    pub meta: safetensors::tensor::Metadata,
+}
+
+impl SafetensorsHeader {
+    /// A tensor of `file` (the bytes this header was parsed from) by its Hugging Face name,
+    /// shaped the GGUF way (dims reversed). None: no such tensor, or a range outside `file`.
+    pub fn tensor<'a>(&self, file: &'a [u8], name: &str) -> Option<TensorRef<'a>> {
+        let info = self.meta.info(name)?;
+        let ggml_type = match info.dtype {
+            safetensors::Dtype::F32 => GgmlType::F32,
+            safetensors::Dtype::F16 => GgmlType::F16,
+            safetensors::Dtype::BF16 => GgmlType::Bf16,
+            _ => GgmlType::Other(u32::MAX),
+        };
+        let (a, b) = info.data_offsets;
+        let data = file.get(self.data_start.checked_add(a)?..self.data_start.checked_add(b)?)?;
+        Some(TensorRef {
+            name: name.to_string(),
+            dims: info.shape.iter().rev().map(|&d| d as u64).collect(),
+            ggml_type,
+            data,
+        })
+    }
+}
+
+/// Parses the header of a safetensors file held in `file`; `origin` (the path) names it in
+/// errors.
+pub fn parse_safetensors_header(file: &[u8], origin: &str) -> Result<SafetensorsHeader> {
+    check_safetensors_ranges(file, origin)?;
+    let (header, meta) = safetensors::SafeTensors::read_metadata(file)
+        .map_err(|e| Error::Model(format!("{origin}: {e}")))?;
+    Ok(SafetensorsHeader {
+        data_start: 8 + header,
+        meta,
+    })
+}
+
+/// Parses a JSON document (`config.json`, `generation_config.json`, `tokenizer_config.json`,
+/// the shard index); `origin` (the path) names it in errors.
+pub fn parse_json(text: &str, origin: &str) -> Result<Value> {
+    serde_json::from_str(text).map_err(|e| Error::Model(format!("{origin}: {e}")))
+}
+
+/// The shard file names of a `model.safetensors.index.json` (sorted, each once); `origin`
+/// names it in errors. A name that would leave the model directory is an error.
+pub fn parse_index_json(text: &str, origin: &str) -> Result<Vec<String>> {
+    let idx = parse_json(text, origin)?;
+    let map = idx["weight_map"]
+        .as_object()
+        .ok_or_else(|| Error::Model(format!("{origin}: no weight_map")))?;
+    let mut files: Vec<String> = map
+        .values()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    files.sort();
+    files.dedup();
+    if let Some(f) = files
+        .iter()
+        .find(|f| f.contains('/') || f.contains('\\') || f.starts_with('.'))
+    {
+        return Err(Error::Model(format!(
+            "{origin}: shard name {f:?} leaves the directory"
+        )));
+    }
+    Ok(files)
+}
+
 struct Shard {
     mmap: memmap2::Mmap,
-    data_start: usize,
-    meta: safetensors::tensor::Metadata,
+    header: SafetensorsHeader,
 }
 
 /// An opened Hugging Face model directory.
@@ -31,7 +102,7 @@ pub struct HfCheckpoint {
 
 fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::Model(format!("{}: {e}", path.display())))
+    parse_json(&text, &path.display().to_string())
 }
 
 fn read_json_opt(path: &Path) -> Result<Option<Value>> {
@@ -47,14 +118,8 @@ fn open_shard(path: &Path) -> Result<Shard> {
     // SAFETY: the mapping is read-only; a file truncated underneath us is the same hazard
     // every mmap-based loader (llama.cpp, safetensors) accepts.
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    check_safetensors_ranges(&mmap, &path.display().to_string())?;
-    let (header, meta) = safetensors::SafeTensors::read_metadata(&mmap)
-        .map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
-    Ok(Shard {
-        data_start: 8 + header,
-        mmap,
-        meta,
-    })
+    let header = parse_safetensors_header(&mmap, &path.display().to_string())?;
+    Ok(Shard { mmap, header })
 }
 
 impl HfCheckpoint {
@@ -69,23 +134,8 @@ impl HfCheckpoint {
         if single.exists() {
             shards.push(open_shard(&single)?);
         } else if sharded.exists() {
-            let idx = read_json(&sharded)?;
-            let map = idx["weight_map"]
-                .as_object()
-                .ok_or_else(|| Error::Model(format!("{}: no weight_map", sharded.display())))?;
-            let mut files: Vec<String> = map
-                .values()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect();
-            files.sort();
-            files.dedup();
-            for f in &files {
-                if f.contains('/') || f.contains('\\') || f.starts_with('.') {
-                    return Err(Error::Model(format!(
-                        "{}: shard name {f:?} leaves the directory",
-                        sharded.display()
-                    )));
-                }
+            let text = std::fs::read_to_string(&sharded).map_err(|e| Error::io(&sharded, e))?;
+            for f in parse_index_json(&text, &sharded.display().to_string())? {
                 shards.push(open_shard(&dir.join(f))?);
             }
         } else {
@@ -95,7 +145,7 @@ impl HfCheckpoint {
             )));
         }
         for (i, s) in shards.iter().enumerate() {
-            for name in s.meta.tensors().keys() {
+            for name in s.header.meta.tensors().keys() {
                 if index.insert(name.clone(), i).is_some() {
                     return Err(Error::Model(format!("tensor {name} appears in two shards")));
                 }
@@ -114,52 +164,44 @@ impl HfCheckpoint {
     /// A tensor by its Hugging Face name, shaped the GGUF way (dims reversed).
     pub fn hf_tensor(&self, hf_name: &str) -> Option<TensorRef<'_>> {
         let shard = &self.shards[*self.index.get(hf_name)?];
-        let info = shard.meta.info(hf_name)?;
-        let ggml_type = match info.dtype {
-            safetensors::Dtype::F32 => GgmlType::F32,
-            safetensors::Dtype::F16 => GgmlType::F16,
-            safetensors::Dtype::BF16 => GgmlType::Bf16,
-            _ => GgmlType::Other(u32::MAX),
-        };
-        let (a, b) = info.data_offsets;
-        let data = shard.mmap.get(shard.data_start + a..shard.data_start + b)?;
-        Some(TensorRef {
-            name: hf_name.to_string(),
-            dims: info.shape.iter().rev().map(|&d| d as u64).collect(),
-            ggml_type,
-            data,
-        })
+        shard.header.tensor(&shard.mmap, hf_name)
     }
 
     /// End-of-sequence ids from generation_config.json (else config.json).
     pub fn eos_ids(&self) -> Vec<u32> {
-        let from = |v: &Value| -> Vec<u32> {
-            match &v["eos_token_id"] {
-                Value::Number(n) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-                Value::Array(a) => a
-                    .iter()
-                    .filter_map(|x| x.as_u64().map(|x| x as u32))
-                    .collect(),
-                _ => Vec::new(),
-            }
-        };
-        let g = self
-            .generation_config
-            .as_ref()
-            .map(from)
-            .unwrap_or_default();
-        if g.is_empty() {
-            from(&self.config)
-        } else {
-            g
-        }
+        eos_ids(&self.config, self.generation_config.as_ref())
     }
 
     pub fn chat_template(&self) -> Option<String> {
-        self.tokenizer_config.as_ref()?["chat_template"]
-            .as_str()
-            .map(str::to_string)
+        chat_template(self.tokenizer_config.as_ref()?)
     }
+}
+
+/// End-of-sequence ids from a parsed generation_config.json (else config.json).
+pub fn eos_ids(config: &Value, generation_config: Option<&Value>) -> Vec<u32> {
+    let from = |v: &Value| -> Vec<u32> {
+        match &v["eos_token_id"] {
+            Value::Number(n) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+            Value::Array(a) => a
+                .iter()
+                .filter_map(|x| x.as_u64().map(|x| x as u32))
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    let g = generation_config.map(from).unwrap_or_default();
+    if g.is_empty() {
+        from(config)
+    } else {
+        g
+    }
+}
+
+/// The `chat_template` string of a parsed tokenizer_config.json.
+pub fn chat_template(tokenizer_config: &Value) -> Option<String> {
+    tokenizer_config["chat_template"]
+        .as_str()
+        .map(str::to_string)
 }
 
 /// The Hugging Face name of a GGUF tensor name.
@@ -286,4 +328,63 @@ pub fn check_safetensors_ranges(file: &[u8], origin: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A safetensors file: header JSON for one F16 tensor of shape [2, 3], then its 12 bytes.
+    fn tiny_safetensors() -> Vec<u8> {
+        let header = r#"{"__metadata__":{"format":"pt"},"w":{"dtype":"F16","shape":[2,3],"data_offsets":[0,12]}}"#;
+        let mut f = (header.len() as u64).to_le_bytes().to_vec();
+        f.extend_from_slice(header.as_bytes());
+        f.extend((0..12u8).collect::<Vec<u8>>());
+        f
+    }
+
+    #[test]
+    fn safetensors_header_and_tensor_bytes() {
+        let f = tiny_safetensors();
+        let h = parse_safetensors_header(&f, "m.safetensors").unwrap();
+        let t = h.tensor(&f, "w").unwrap();
+        assert_eq!(t.dims, [3, 2]);
+        assert_eq!(t.ggml_type, GgmlType::F16);
+        assert_eq!(t.data, (0..12u8).collect::<Vec<u8>>());
+        assert!(h.tensor(&f, "missing").is_none());
+        // Bytes that are not the file the header came from: no tensor rather than a panic.
+        assert!(h.tensor(&f[..20], "w").is_none());
+        let e = parse_safetensors_header(&f[..f.len() - 1], "m.safetensors")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.starts_with("model: m.safetensors: "), "{e}");
+    }
+
+    #[test]
+    fn index_lists_each_shard_once_and_refuses_escapes() {
+        let idx = r#"{"weight_map": {"a": "s2.safetensors", "b": "s1.safetensors", "c": "s2.safetensors"}}"#;
+        assert_eq!(
+            parse_index_json(idx, "i.json").unwrap(),
+            ["s1.safetensors", "s2.safetensors"]
+        );
+        for bad in ["../x.safetensors", "sub/x.safetensors", "a\\\\b", ".hidden"] {
+            let idx = format!(r#"{{"weight_map": {{"a": "{bad}"}}}}"#);
+            let e = parse_index_json(&idx, "i.json").unwrap_err().to_string();
+            assert!(e.contains("leaves the directory"), "{bad}: {e}");
+        }
+        let e = parse_index_json("{}", "i.json").unwrap_err().to_string();
+        assert!(e.contains("i.json: no weight_map"), "{e}");
+        let e = parse_index_json("{", "i.json").unwrap_err().to_string();
+        assert!(e.contains("i.json: EOF"), "{e}");
+    }
+
+    #[test]
+    fn eos_ids_prefer_generation_config() {
+        let config = serde_json::json!({"eos_token_id": 2});
+        let generation = serde_json::json!({"eos_token_id": [7, 8]});
+        assert_eq!(eos_ids(&config, Some(&generation)), [7, 8]);
+        assert_eq!(eos_ids(&config, None), [2]);
+        assert_eq!(eos_ids(&config, Some(&serde_json::json!({}))), [2]);
+    }
 }

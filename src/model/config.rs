@@ -58,7 +58,6 @@ pub struct ModelConfig {
 
 /// Largest context wick accepts from a file; anything above is treated as corrupt.
 pub const MAX_CONTEXT: usize = 1 << 24;
-
 /// Largest head size the attention kernels support.
 pub const MAX_HEAD_DIM: usize = 256;
 
@@ -391,6 +390,17 @@ impl ModelConfig {
         if !(self.rms_eps.is_finite() && self.rms_eps >= 0.0) {
             problems.push(format!("rms epsilon {} is invalid", self.rms_eps));
         }
+        // Scaling (a factor or rope_freqs divisor that is tiny, zero or negative) can turn
+        // valid base frequencies into inf, NaN or negative ones: every logit would be garbage.
+        if let Some(bad) = self
+            .rope_inv_freq
+            .iter()
+            .find(|f| !(f.is_finite() && **f > 0.0))
+        {
+            problems.push(format!(
+                "RoPE scaling gives frequency {bad} (all must be finite and positive)"
+            ));
+        }
         if !problems.is_empty() {
             return Err(Error::Model(format!(
                 "invalid configuration: {}",
@@ -432,6 +442,98 @@ mod tests {
             c[k] = v.clone();
         }
         ModelConfig::from_hf(&c).unwrap()
+    }
+
+    /// A tiny llama GGUF (1 layer, hidden 32, 4 heads of 8) with `extra` metadata and
+    /// tensors added.
+    fn tiny_gguf(
+        extra: &[(&str, crate::formats::gguf::MetaValue)],
+        tensors: &[(&str, Vec<f32>)],
+    ) -> Result<ModelConfig> {
+        use crate::formats::gguf::MetaValue::{String as S, U32};
+        use crate::quant::GgmlType;
+        let mut w = crate::formats::gguf_writer::GgufWriter::new()
+            .meta("general.architecture", S("llama".into()))
+            .meta("llama.block_count", U32(1))
+            .meta("llama.context_length", U32(256))
+            .meta("llama.embedding_length", U32(32))
+            .meta("llama.feed_forward_length", U32(64))
+            .meta("llama.attention.head_count", U32(4))
+            .tensor(
+                "token_embd.weight",
+                &[32, 8],
+                GgmlType::F32,
+                vec![0u8; 32 * 8 * 4],
+            );
+        for (k, v) in extra {
+            w.add_meta(*k, v.clone());
+        }
+        for (name, values) in tensors {
+            let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+            w.add_tensor(*name, &[values.len() as u64], GgmlType::F32, bytes);
+        }
+        ModelConfig::from_gguf(&GgufFile::from_bytes(w.to_bytes()).unwrap())
+    }
+
+    /// Fuzzer find (gguf target): `rope_freqs.weight` divisors that are positive but
+    /// subnormal turned the inverse frequencies into inf, and the config was accepted.
+    #[test]
+    fn rope_freqs_giving_infinite_frequencies_are_refused() {
+        let divisors = vec![1.6456546e19, 1.8989621e28, 1.6e-42, 1.4e-42];
+        let e = tiny_gguf(&[], &[("rope_freqs.weight", divisors)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("RoPE scaling gives frequency inf"), "{e}");
+        // Sane divisors still load.
+        let ok = tiny_gguf(&[], &[("rope_freqs.weight", vec![1.0, 1.0, 2.0, 8.0])]).unwrap();
+        assert_eq!(ok.rope_inv_freq.len(), 4);
+        assert_eq!(
+            ok.rope_inv_freq[3],
+            crate::kernels::rope::inv_freq(10000.0, 8)[3] / 8.0
+        );
+    }
+
+    #[test]
+    fn tiny_linear_scaling_factor_is_refused() {
+        use crate::formats::gguf::MetaValue::{String as S, F32};
+        let e = tiny_gguf(
+            &[
+                ("llama.rope.scaling.type", S("linear".into())),
+                ("llama.rope.scaling.factor", F32(1e-45)),
+            ],
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("RoPE scaling gives frequency inf"), "{e}");
+        let c = serde_json::json!({"architectures": ["LlamaForCausalLM"], "hidden_size": 64,
+            "intermediate_size": 128, "num_attention_heads": 2, "num_hidden_layers": 1,
+            "vocab_size": 16, "max_position_embeddings": 64,
+            "rope_scaling": {"type": "linear", "factor": -2.0}});
+        let e = ModelConfig::from_hf(&c).unwrap_err().to_string();
+        assert!(e.contains("RoPE scaling gives frequency -"), "{e}");
+    }
+
+    /// A huge head_dim or rope dimension is refused by name before its frequency table (one
+    /// f32 per pair of dimensions) is allocated: 2^40 would ask for 2 TiB.
+    #[test]
+    fn huge_head_dim_is_refused_without_allocating() {
+        let c = serde_json::json!({"architectures": ["LlamaForCausalLM"], "hidden_size": 64,
+            "intermediate_size": 128, "num_attention_heads": 2, "num_hidden_layers": 1,
+            "vocab_size": 16, "max_position_embeddings": 64, "head_dim": 1u64 << 40});
+        let e = ModelConfig::from_hf(&c).unwrap_err().to_string();
+        assert!(
+            e.contains("head_dim 1099511627776 must be even and at most 256"),
+            "{e}"
+        );
+        use crate::formats::gguf::MetaValue::U64;
+        let e = tiny_gguf(&[("llama.rope.dimension_count", U64(1 << 40))], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("rope dimension 1099511627776 must be even"),
+            "{e}"
+        );
     }
 
     /// Llama 3.1's `llama3` scaling (factor 8, low 1, high 4, original 8192), checked per

@@ -17,7 +17,7 @@
 # Environment:
 #   FUZZ_BUILD   full (default): optimised, AddressSanitizer, debug assertions (a fresh build
 #                takes ~20 min on 2 cores); fast: opt-level 1, LeakSanitizer (which also
-#                enforces the allocation limit), debug assertions (~N min): what CI uses.
+#                enforces the allocation limit), debug assertions (~6 min): what CI uses.
 #   FUZZ_RSS_MB  peak RSS and largest single allocation, MiB (default 2048).
 #   FUZZ_TIMEOUT seconds one input may take (default 10).
 #   FUZZ_LOG_DIR where the full libFuzzer logs go (default fuzz/logs).

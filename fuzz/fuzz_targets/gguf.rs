@@ -11,8 +11,13 @@ use wick::model::config::ModelConfig;
 use wick::model::weights::TensorStore;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(f) = GgufFile::from_bytes(data.to_vec()) else {
-        return;
+    let f = match GgufFile::from_bytes(data.to_vec()) {
+        Ok(f) => f,
+        Err(e) => {
+            // Every error formats (it names the offset, key or tensor concerned).
+            assert!(!e.to_string().is_empty());
+            return;
+        }
     };
     let _ = format!("{f:?}");
     assert!(f.data_offset <= f.file_len() || f.tensors.is_empty());
@@ -49,7 +54,11 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = f.tokenizer_vocab();
 
-    if let Ok(cfg) = ModelConfig::from_gguf(&f) {
+    let cfg = ModelConfig::from_gguf(&f);
+    if let Err(e) = &cfg {
+        let _ = e.to_string();
+    }
+    if let Ok(cfg) = cfg {
         assert!(cfg.n_heads > 0 && cfg.head_dim > 0 && cfg.vocab > 0);
         assert_eq!(cfg.rope_inv_freq.len(), cfg.rope_dim / 2);
         // NaN or infinite frequencies would make every logit garbage: the file must have

@@ -19,20 +19,71 @@ fn files(ext: &str) -> Vec<PathBuf> {
     v
 }
 
+/// One SPIR-V module a `.comp` source builds: its file stem and the glslc flags of
+/// scripts/build-spirv.sh (`// wick-glslc:` and `// wick-spirv:` lines; keep both in step).
+struct Module {
+    src: PathBuf,
+    stem: String,
+    flags: Vec<String>,
+}
+
+fn modules() -> Vec<Module> {
+    let mut out = Vec::new();
+    for src in files("comp") {
+        let family = src.file_stem().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&src).unwrap();
+        let mut common: Vec<String> = Vec::new();
+        let mut variants: Vec<(String, Vec<String>)> = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("// wick-glslc:") {
+                common.extend(rest.split_whitespace().map(String::from));
+            } else if let Some(rest) = line.strip_prefix("// wick-spirv:") {
+                let mut it = rest.split_whitespace().map(String::from);
+                let name = it.next().expect("wick-spirv line without a name");
+                variants.push((name, it.collect()));
+            }
+        }
+        if !common.iter().any(|f| f.starts_with("--target-env=")) {
+            common.insert(0, "--target-env=vulkan1.0".into());
+        }
+        let mut flags = vec!["-fshader-stage=compute".to_string()];
+        flags.extend(common);
+        if variants.is_empty() {
+            flags.push("-O".into());
+            out.push(Module {
+                src: src.clone(),
+                stem: family.clone(),
+                flags,
+            });
+        } else {
+            for (name, extra) in variants {
+                let mut f = flags.clone();
+                f.extend(extra);
+                f.push("-O".into());
+                out.push(Module {
+                    src: src.clone(),
+                    stem: format!("{family}.{name}"),
+                    flags: f,
+                });
+            }
+        }
+    }
+    out
+}
+
 #[test]
 fn every_native_vulkan_source_has_its_spirv_and_back() {
-    let comp = files("comp");
     let spv = files("spv");
-    assert!(!comp.is_empty(), "no native Vulkan kernels found");
-    let stems = |v: &[PathBuf]| -> Vec<String> {
-        v.iter()
-            .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
-            .collect()
-    };
+    let mut want: Vec<String> = modules().into_iter().map(|m| m.stem).collect();
+    assert!(!want.is_empty(), "no native Vulkan kernels found");
+    want.sort();
+    let have: Vec<String> = spv
+        .iter()
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
     assert_eq!(
-        stems(&comp),
-        stems(&spv),
-        ".comp and .spv files must pair up"
+        want, have,
+        "the .spv files must be exactly the modules the .comp sources declare"
     );
     // Every embedded module is a SPIR-V module (magic number, whole words).
     for p in &spv {
@@ -54,23 +105,22 @@ fn committed_spirv_matches_its_glsl_source() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    for src in files("comp") {
-        let stem = src.file_stem().unwrap().to_string_lossy().into_owned();
-        let out = tmp.path().join(format!("{stem}.spv"));
-        // The flags of scripts/build-spirv.sh.
+    for m in modules() {
+        let out = tmp.path().join(format!("{}.spv", m.stem));
         let st = Command::new("glslc")
-            .args(["-fshader-stage=compute", "--target-env=vulkan1.0", "-O"])
-            .arg(&src)
+            .args(&m.flags)
+            .arg(&m.src)
             .arg("-o")
             .arg(&out)
             .status()
             .unwrap();
-        assert!(st.success(), "glslc failed on {}", src.display());
+        assert!(st.success(), "glslc failed on {} ({:?})", m.src.display(), m.flags);
         let fresh = std::fs::read(&out).unwrap();
-        let committed = std::fs::read(dir().join(format!("{stem}.spv"))).unwrap();
+        let committed = std::fs::read(dir().join(format!("{}.spv", m.stem))).unwrap();
         assert!(
             fresh == committed,
-            "vulkan_overrides/{stem}.spv is stale: run scripts/build-spirv.sh and commit it"
+            "vulkan_overrides/{}.spv is stale: run scripts/build-spirv.sh and commit it",
+            m.stem
         );
     }
 }

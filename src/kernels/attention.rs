@@ -14,6 +14,12 @@ use super::{Binding, Dispatch, KernelSpec, Kernels};
 use crate::error::{Error, Result};
 use crate::gpu::{AdapterClass, Capabilities};
 
+/// Specs of every pipeline of this family that has a native variant (see
+/// [`super::native_specs`]).
+pub fn native_specs() -> Vec<KernelSpec> {
+    Vec::new()
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct AttentionParams {

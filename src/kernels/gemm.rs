@@ -10,6 +10,12 @@ use super::{Binding, Dispatch, GpuMatrix, KernelSpec, Kernels, WeightFormat};
 use crate::error::{Error, Result};
 use crate::gpu::Capabilities;
 
+/// Specs of every pipeline of this family that has a native variant (see
+/// [`super::native_specs`]).
+pub fn native_specs() -> Vec<KernelSpec> {
+    Vec::new()
+}
+
 /// The kernel's uniform (WGSL `Params` in gemm.wgsl).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]

@@ -53,6 +53,14 @@ fn native_vulkan(format: WeightFormat, norm: bool) -> Option<NativeKernel> {
     })
 }
 
+/// Specs of every GEMV pipeline that has a native variant (see [`super::native_specs`]).
+pub fn native_specs() -> Vec<KernelSpec> {
+    [WeightFormat::Q8_0]
+        .into_iter()
+        .map(|f| spec(f, &NATIVE_CONFIG, false, false, false))
+        .collect()
+}
+
 /// What happens to each dot product before it is stored.
 #[derive(Clone, Copy, Default)]
 pub struct GemvEpilogue<'a> {

@@ -94,6 +94,16 @@ pub fn shader_checks() -> wgpu::ShaderRuntimeChecks {
     }
 }
 
+/// One spec for every distinct native kernel wick ships (each family lists its own), for
+/// `wick kernels list` and the binding-contract tests: a native module must bind exactly its
+/// spec's layout.
+pub fn native_specs() -> Vec<KernelSpec> {
+    let mut v = gemv::native_specs();
+    v.extend(attention::native_specs());
+    v.extend(gemm::native_specs());
+    v
+}
+
 /// Expands `#include`, `#ifdef`, `#ifndef`, `#else`, `#endif` with the given defines.
 pub fn preprocess(family: &str, defines: &[&str]) -> Result<String> {
     let src = wgsl_source(family).ok_or_else(|| Error::Shader {

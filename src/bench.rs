@@ -160,6 +160,34 @@ pub struct BenchReport {
     /// GPU time of a whole decode step (pass timestamps), microseconds.
     pub profile_step_us: Option<f64>,
     pub profile: Vec<OpTime>,
+    /// GPU time per op of one full prefill chunk (`calls_per_token` and `us_per_token` are
+    /// per chunk here), and the chunk's size.
+    #[serde(default)]
+    pub prefill_profile: Vec<OpTime>,
+    #[serde(default)]
+    pub prefill_chunk: usize,
+}
+
+/// Per-op totals of profiled dispatches over `steps` repetitions, largest first.
+fn op_times(samples: &[crate::gpu::ProfileSample], steps: usize) -> Vec<OpTime> {
+    let mut by_op: BTreeMap<String, (usize, f64)> = BTreeMap::new();
+    for smp in samples {
+        let e = by_op.entry(smp.label.clone()).or_default();
+        e.0 += 1;
+        e.1 += smp.nanos;
+    }
+    let sum: f64 = by_op.values().map(|v| v.1).sum();
+    let mut v: Vec<OpTime> = by_op
+        .into_iter()
+        .map(|(op, (calls, ns))| OpTime {
+            op,
+            calls_per_token: calls as f64 / steps as f64,
+            us_per_token: ns / steps as f64 / 1e3,
+            share: if sum > 0.0 { ns / sum } else { 0.0 },
+        })
+        .collect();
+    v.sort_by(|a, b| b.us_per_token.total_cmp(&a.us_per_token));
+    v
 }
 
 /// A fresh pseudo-random prompt of `n` ids below `vocab` (content does not change speed).
@@ -305,30 +333,18 @@ pub fn run(model: &Model, label: &str, quant: &str, o: &BenchOptions) -> Result<
     let decode_gb_s = bytes_per_token as f64 * decode_tok_s / 1e9;
 
     let (mut profile, mut profile_step_us) = (Vec::new(), None);
+    let (mut prefill_profile, mut prefill_chunk) = (Vec::new(), 0);
     if o.profile && crate::gpu::GpuProfiler::inside_passes(&gpu) {
         let steps = 8.min(need_ctx - 1);
         s.reset();
         s.prefill(&prompt_ids(1, cfg.vocab, 9))?;
         let sampling = (!o.sample_on_cpu).then_some(&o.sampling);
         let (samples, total_ns) = s.profile_decode(steps, sampling)?;
-        let mut by_op: BTreeMap<String, (usize, f64)> = BTreeMap::new();
-        for smp in &samples {
-            let e = by_op.entry(smp.label.clone()).or_default();
-            e.0 += 1;
-            e.1 += smp.nanos;
-        }
-        let sum: f64 = by_op.values().map(|v| v.1).sum();
-        profile = by_op
-            .into_iter()
-            .map(|(op, (calls, ns))| OpTime {
-                op,
-                calls_per_token: calls as f64 / steps as f64,
-                us_per_token: ns / steps as f64 / 1e3,
-                share: if sum > 0.0 { ns / sum } else { 0.0 },
-            })
-            .collect();
-        profile.sort_by(|a, b| b.us_per_token.total_cmp(&a.us_per_token));
+        profile = op_times(&samples, steps);
         profile_step_us = Some(total_ns / steps as f64 / 1e3);
+        let (samples, chunk) = s.profile_prefill_chunk()?;
+        prefill_profile = op_times(&samples, 1);
+        prefill_chunk = chunk;
     }
     let caps = &gpu.caps;
     Ok(BenchReport {
@@ -358,6 +374,8 @@ pub fn run(model: &Model, label: &str, quant: &str, o: &BenchOptions) -> Result<
         },
         profile_step_us,
         profile,
+        prefill_profile,
+        prefill_chunk,
     })
 }
 

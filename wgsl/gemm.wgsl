@@ -18,6 +18,19 @@
 // FMT_Q5_1, FMT_Q4_K, FMT_Q5_K, FMT_Q6_K (a k step is one 32-element block, or one sub-block
 // of a 256-element K-quant super-block). BIAS adds an f32[n] bias binding. Accumulation is
 // always f32.
+//
+// COOP (the native Vulkan variant, KERNELS.md §5): the same loaders stage both tiles as f16 in
+// workgroup memory and cooperative matrices (tensor cores on NVIDIA) do the products, f16
+// operands with f32 accumulators. Entry `gemm_coop`: 256 invocations in 8 subgroups of 32,
+// a 128 x 128 output tile, each subgroup a 32 x 64 block as 2 x 4 16x16 accumulators, k in
+// steps of 32. The accumulators go through workgroup memory on the way out so the epilogue
+// (bounds, bias, accumulate, strided output) is the portable kernel's. Needs
+// EXPERIMENTAL_COOPERATIVE_MATRIX with f16 16x16x16 -> f32 and subgroups of exactly 32.
+
+#ifdef COOP
+enable f16;
+enable wgpu_cooperative_matrix;
+#endif
 
 #include "kquant"
 
@@ -58,12 +71,47 @@ override WS: u32 = BN + PAD;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 #endif
 
+#ifdef COOP
+// Workgroup tile CBM x CBN (activation rows x weight rows) of 256 invocations = 8 subgroups
+// of 32 in a 4 x 2 arrangement; each subgroup owns a 32 x 64 block as 2 x 4 accumulators
+// (c<i><j> below, written out: an array of cooperative matrices indexed in a loop was spilled
+// to memory by NVIDIA's compiler, 9x slower). Rows of both f16 tiles are padded by 8 halves
+// (16 bytes) so the cooperative loads of consecutive rows spread over the banks.
+const CBM: u32 = 128u;
+const CBN: u32 = 128u;
+const CTPB: u32 = 256u;
+const CW: u32 = BK + 8u;
+const F16_MAX: f32 = 65504.0;
+// Activations, row-major: tile_xh[r * CW + kk].
+var<workgroup> tile_xh: array<f16, CBM * CW>;
+// Weights, one weight row per tile row: tile_wh[col * CW + kk] (B in column-major order).
+var<workgroup> tile_wh: array<f16, CBN * CW>;
+// One 16 x 16 f32 fragment per subgroup on its way out.
+var<workgroup> stage: array<f32, 8u * 256u>;
+
+fn put_w(kk: u32, col: u32, v: f32) {
+    tile_wh[col * CW + kk] = f16(clamp(v, -F16_MAX, F16_MAX));
+}
+
+// Writes fragment (fi, fj) of subgroup `sg` through its staging slot with the portable
+// epilogue. Called the same number of times by every subgroup (uniform barriers).
+fn store_fragment(c: coop_mat16x16<f32, C>, sg: u32, lane: u32, row: u32, col: u32) {
+    let slot = sg * 256u;
+    coopStoreT(c, &stage[slot], 16u);
+    workgroupBarrier();
+    for (var e = lane; e < 256u; e += 32u) {
+        store_out(row + e / 16u, col + e % 16u, stage[slot + e]);
+    }
+    workgroupBarrier();
+}
+#else
 var<workgroup> tile_x: array<f32, BK * XS>;
 var<workgroup> tile_w: array<f32, BK * WS>;
 
 fn put_w(kk: u32, col: u32, v: f32) {
     tile_w[kk * WS + col] = v;
 }
+#endif
 
 // load_w for Q4_K (swpb 4) and Q5_K (swpb 12, fifth bits): sub-block s = (k0 / 32) % 8 of its
 // super-block takes the low (even s) or high nibbles of pair s / 2; x = d*sc*q - dmin*m.
@@ -261,6 +309,96 @@ fn load_w(wrow: u32, col: u32, k0: u32, part: u32) {
 #endif
 }
 
+// Stores one result: bounds, bias and accumulate exactly as the portable kernel.
+fn store_out(row: u32, c: u32, acc: f32) {
+    if (row >= p.m || c >= p.n) { return; }
+    var v = acc;
+#ifdef BIAS
+    v += bias[c];
+#endif
+    let o = row * p.out_stride + p.out_offset + c;
+    if (p.accumulate != 0u) { v += out[o]; }
+    out[o] = v;
+}
+
+#ifdef COOP
+@compute @workgroup_size(256)
+fn gemm_coop(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_id) sg: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    let col0 = wid.x * CBN;
+    let row0 = wid.y * CBM;
+    let k4 = p.k / 4u;
+    // Subgroup sg owns tile rows sr..sr+32 and columns sc..sc+64.
+    let sr = (sg / 2u) * 32u;
+    let sc = (sg % 2u) * 64u;
+    var c00: coop_mat16x16<f32, C>;
+    var c01: coop_mat16x16<f32, C>;
+    var c02: coop_mat16x16<f32, C>;
+    var c03: coop_mat16x16<f32, C>;
+    var c10: coop_mat16x16<f32, C>;
+    var c11: coop_mat16x16<f32, C>;
+    var c12: coop_mat16x16<f32, C>;
+    var c13: coop_mat16x16<f32, C>;
+
+    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+        // Activations: CBM rows x 8 vec4, converted to f16 (clamped: an f32 beyond the f16
+        // range would otherwise become inf).
+        for (var i = lid; i < CBM * (BK / 4u); i += CTPB) {
+            let r = i / (BK / 4u);
+            let q = i % (BK / 4u);
+            let row = row0 + r;
+            var v = vec4<f32>(0.0);
+            if (row < p.m && k0 + 4u * q < p.k) {
+                v = x[row * k4 + k0 / 4u + q];
+            }
+            let h = vec4<f16>(clamp(v, vec4<f32>(-F16_MAX), vec4<f32>(F16_MAX)));
+            let b = r * CW + 4u * q;
+            tile_xh[b] = h.x;
+            tile_xh[b + 1u] = h.y;
+            tile_xh[b + 2u] = h.z;
+            tile_xh[b + 3u] = h.w;
+        }
+        // Weights: CBN rows x 4 parts of 8 values, dequantised by the shared loaders.
+        for (var i = lid; i < CBN * 4u; i += CTPB) {
+            let c = i / 4u;
+            load_w(col0 + c, c, k0, i % 4u);
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk += 16u) {
+            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&tile_xh[(sr + 0u) * CW + kk], CW);
+            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&tile_xh[(sr + 16u) * CW + kk], CW);
+            let b0 = coopLoad<coop_mat16x16<f16, B>>(&tile_wh[(sc + 0u) * CW + kk], CW);
+            let b1 = coopLoad<coop_mat16x16<f16, B>>(&tile_wh[(sc + 16u) * CW + kk], CW);
+            let b2 = coopLoad<coop_mat16x16<f16, B>>(&tile_wh[(sc + 32u) * CW + kk], CW);
+            let b3 = coopLoad<coop_mat16x16<f16, B>>(&tile_wh[(sc + 48u) * CW + kk], CW);
+            c00 = coopMultiplyAdd(a0, b0, c00);
+            c01 = coopMultiplyAdd(a0, b1, c01);
+            c02 = coopMultiplyAdd(a0, b2, c02);
+            c03 = coopMultiplyAdd(a0, b3, c03);
+            c10 = coopMultiplyAdd(a1, b0, c10);
+            c11 = coopMultiplyAdd(a1, b1, c11);
+            c12 = coopMultiplyAdd(a1, b2, c12);
+            c13 = coopMultiplyAdd(a1, b3, c13);
+        }
+        workgroupBarrier();
+    }
+
+    let r0 = row0 + sr;
+    let c0 = col0 + sc;
+    store_fragment(c00, sg, lane, r0 + 0u, c0 + 0u);
+    store_fragment(c01, sg, lane, r0 + 0u, c0 + 16u);
+    store_fragment(c02, sg, lane, r0 + 0u, c0 + 32u);
+    store_fragment(c03, sg, lane, r0 + 0u, c0 + 48u);
+    store_fragment(c10, sg, lane, r0 + 16u, c0 + 0u);
+    store_fragment(c11, sg, lane, r0 + 16u, c0 + 16u);
+    store_fragment(c12, sg, lane, r0 + 16u, c0 + 32u);
+    store_fragment(c13, sg, lane, r0 + 16u, c0 + 48u);
+}
+#else
 @compute @workgroup_size(TPB)
 fn gemm(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -315,18 +453,9 @@ fn gemm(
     }
 
     for (var i = 0u; i < TM; i++) {
-        let row = row0 + ty + i * WG_M;
-        if (row >= p.m) { continue; }
         for (var j = 0u; j < TN; j++) {
-            let c = col0 + tx + j * WG_N;
-            if (c >= p.n) { continue; }
-            var v = acc[i][j];
-#ifdef BIAS
-            v += bias[c];
-#endif
-            let o = row * p.out_stride + p.out_offset + c;
-            if (p.accumulate != 0u) { v += out[o]; }
-            out[o] = v;
+            store_out(row0 + ty + i * WG_M, col0 + tx + j * WG_N, acc[i][j]);
         }
     }
 }
+#endif

@@ -306,6 +306,23 @@ fn print_table(r: &BenchReport) {
             );
         }
     }
+    if !r.prefill_profile.is_empty() {
+        let total: f64 = r.prefill_profile.iter().map(|p| p.us_per_token).sum();
+        println!(
+            "\nprefill chunk of {} tokens: {total:.1} us in dispatches; per op:",
+            r.prefill_chunk
+        );
+        println!("| op | calls/chunk | us/chunk | share |\n| --- | ---: | ---: | ---: |");
+        for p in &r.prefill_profile {
+            println!(
+                "| {} | {:.1} | {:.1} | {:.1}% |",
+                p.op,
+                p.calls_per_token,
+                p.us_per_token,
+                p.share * 100.0
+            );
+        }
+    }
 }
 
 fn read_report(path: &PathBuf) -> Result<BenchReport> {

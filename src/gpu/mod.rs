@@ -80,6 +80,10 @@ pub struct Capabilities {
     pub timestamps: bool,
     pub timestamps_inside_passes: bool,
     pub passthrough_shaders: bool,
+    /// Cooperative matrices with f16 16x16x16 operands and f32 accumulators at subgroup
+    /// scope (Features::EXPERIMENTAL_COOPERATIVE_MATRIX; on Vulkan VK_KHR_cooperative_matrix,
+    /// e.g. NVIDIA tensor cores): the native Vulkan prefill GEMM needs it.
+    pub cooperative_matrix_f16: bool,
     pub immediates: bool,
     pub pipeline_cache: bool,
     pub max_storage_buffer_binding_size: u64,
@@ -105,6 +109,7 @@ pub fn wanted_features() -> wgpu::Features {
         | wgpu::Features::PASSTHROUGH_SHADERS
         | wgpu::Features::IMMEDIATES
         | wgpu::Features::PIPELINE_CACHE
+        | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
 }
 
 /// Options for opening a device.
@@ -223,7 +228,7 @@ fn new_instance(backends: wgpu::Backends) -> wgpu::Instance {
 
 /// Features of an adapter that wick would use, as names (for `wick info`).
 pub fn feature_names(features: wgpu::Features) -> Vec<&'static str> {
-    let table: [(wgpu::Features, &str); 8] = [
+    let table: [(wgpu::Features, &str); 9] = [
         (wgpu::Features::SUBGROUP, "SUBGROUP"),
         (wgpu::Features::SHADER_F16, "SHADER_F16"),
         (wgpu::Features::TIMESTAMP_QUERY, "TIMESTAMP_QUERY"),
@@ -238,6 +243,10 @@ pub fn feature_names(features: wgpu::Features) -> Vec<&'static str> {
         (wgpu::Features::PASSTHROUGH_SHADERS, "PASSTHROUGH_SHADERS"),
         (wgpu::Features::IMMEDIATES, "IMMEDIATES"),
         (wgpu::Features::PIPELINE_CACHE, "PIPELINE_CACHE"),
+        (
+            wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX,
+            "EXPERIMENTAL_COOPERATIVE_MATRIX",
+        ),
     ];
     table
         .iter()
@@ -325,9 +334,12 @@ impl Gpu {
             required_limits: limits.clone(),
             ..Default::default()
         };
-        if features.contains(wgpu::Features::PASSTHROUGH_SHADERS) {
+        if features.intersects(
+            wgpu::Features::PASSTHROUGH_SHADERS | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX,
+        ) {
             // SAFETY: passthrough shaders are only created from wick's own, tested native
             // kernels; the experimental gate exists because their validation is the driver's.
+            // Cooperative matrices are only used by the native GEMM, checked the same way.
             desc.experimental_features = unsafe { wgpu::ExperimentalFeatures::enabled() };
         }
         let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| {
@@ -378,6 +390,14 @@ impl Gpu {
             timestamps_inside_passes: features
                 .contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
             passthrough_shaders: features.contains(wgpu::Features::PASSTHROUGH_SHADERS),
+            cooperative_matrix_f16: features
+                .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+                && adapter.cooperative_matrix_properties().iter().any(|p| {
+                    use wgpu::CooperativeScalarType as T;
+                    (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+                        && p.ab_type == T::F16
+                        && p.cr_type == T::F32
+                }),
             immediates: features.contains(wgpu::Features::IMMEDIATES),
             pipeline_cache: features.contains(wgpu::Features::PIPELINE_CACHE),
             max_storage_buffer_binding_size: max_binding,

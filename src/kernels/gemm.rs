@@ -6,14 +6,50 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{Binding, Dispatch, GpuMatrix, KernelSpec, Kernels, WeightFormat};
+use super::{
+    Binding, Dispatch, GpuMatrix, KernelSpec, Kernels, NativeKernel, Variant, WeightFormat,
+};
 use crate::error::{Error, Result};
 use crate::gpu::Capabilities;
 
 /// Specs of every pipeline of this family that has a native variant (see
 /// [`super::native_specs`]).
 pub fn native_specs() -> Vec<KernelSpec> {
-    Vec::new()
+    let tiling = GemmTiling {
+        wg_m: 16,
+        wg_n: 16,
+        pad: 1,
+    };
+    NATIVE_FORMATS
+        .iter()
+        .flat_map(|&f| [spec(f, false, tiling), spec(f, true, tiling)])
+        .collect()
+}
+
+/// Formats with a native GEMM (the cooperative-matrix kernel shares the portable loaders, so
+/// it covers every format; these are the ones the models and benchmarks use).
+const NATIVE_FORMATS: [WeightFormat; 4] = [
+    WeightFormat::Q4_0,
+    WeightFormat::Q4_1,
+    WeightFormat::Q8_0,
+    WeightFormat::F16,
+];
+
+/// Output tile (activation rows, weight rows) and workgroup bytes of the native Vulkan GEMM
+/// (`gemm_coop` in wgsl/gemm.wgsl): two f16 tiles of 128 rows of 40 and eight 16 x 16 f32
+/// staging fragments.
+pub const COOP_TILE: (u32, u32) = (128, 128);
+const COOP_WORKGROUP_BYTES: u32 = 2 * 128 * 40 * 2 + 8 * 256 * 4;
+
+/// The native Vulkan variant: the cooperative-matrix kernel (see [`NativeKernel::wgsl_defines`]).
+fn native_vulkan() -> NativeKernel {
+    NativeKernel {
+        family: "gemm",
+        entry: "gemm_coop",
+        workgroup_size: [256, 1, 1],
+        wgsl_defines: &["COOP"],
+        needs_cooperative_matrix: true,
+    }
 }
 
 /// The kernel's uniform (WGSL `Params` in gemm.wgsl).
@@ -113,6 +149,9 @@ pub fn spec(format: WeightFormat, bias: bool, tiling: GemmTiling) -> KernelSpec 
     if bias {
         s = s.define("BIAS");
     }
+    if NATIVE_FORMATS.contains(&format) {
+        s.native_vulkan = Some(native_vulkan());
+    }
     s
 }
 
@@ -191,6 +230,8 @@ pub fn gemm_tiled(
     }
 
     let caps = &k.gpu.caps;
+    let spec = spec(f, epi.bias.is_some(), tiling);
+    let native = k.variant_for(&spec)? == Variant::Native;
     let threads = tiling.wg_m * tiling.wg_n;
     if tiling.wg_m == 0
         || tiling.wg_n == 0
@@ -201,11 +242,20 @@ pub fn gemm_tiled(
             "gemm tiling {tiling:?} does not fit this device"
         )));
     }
-    let grid = [
-        (n as u32).div_ceil(tiling.bn()),
-        (m as u32).div_ceil(tiling.bm()),
-        1,
-    ];
+    if native && COOP_WORKGROUP_BYTES > caps.max_compute_workgroup_storage_size {
+        return Err(Error::Unsupported(format!(
+            "the cooperative-matrix GEMM needs {COOP_WORKGROUP_BYTES} bytes of workgroup memory, \
+             the device has {}",
+            caps.max_compute_workgroup_storage_size
+        )));
+    }
+    // The native kernel has its own fixed tile: dispatch for it.
+    let (bm, bn) = if native {
+        COOP_TILE
+    } else {
+        (tiling.bm(), tiling.bn())
+    };
+    let grid = [(n as u32).div_ceil(bn), (m as u32).div_ceil(bm), 1];
     if grid[0] > caps.max_compute_workgroups_per_dimension
         || grid[1] > caps.max_compute_workgroups_per_dimension
     {
@@ -227,7 +277,6 @@ pub fn gemm_tiled(
             _pad: [0; 2],
         },
     )?;
-    let spec = spec(f, epi.bias.is_some(), tiling);
     match epi.bias {
         Some(b) => k.dispatch(&spec, &[&params, &w.qs, &w.scales, x, b, out], grid),
         None => k.dispatch(&spec, &[&params, &w.qs, &w.scales, x, out], grid),

@@ -50,6 +50,7 @@ fn native_vulkan(format: WeightFormat, norm: bool) -> Option<NativeKernel> {
         family: "gemv",
         entry: "main",
         workgroup_size: [256, 1, 1],
+        ..Default::default()
     })
 }
 

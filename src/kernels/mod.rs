@@ -104,6 +104,19 @@ pub fn native_specs() -> Vec<KernelSpec> {
     v
 }
 
+/// The checks naga adds to a native kernel written in WGSL ([`NativeKernel::wgsl_defines`]):
+/// none, as for the SPIR-V and MSL native kernels, unless `WICK_SHADER_CHECKS=all`. Its
+/// workgroup indices come from constants and invocation ids, and its storage accesses are
+/// guarded by explicit bounds tests (plus Vulkan's robust buffer access). On the H100 the
+/// bounds checks on the cooperative-matrix GEMM's workgroup tiles cost 28% of its time
+/// (measured 2026-11-22, 8B Q4_0 pp512: 198 -> 143 ms of GEMM per 512-token chunk).
+pub fn native_wgsl_checks() -> wgpu::ShaderRuntimeChecks {
+    match std::env::var("WICK_SHADER_CHECKS").as_deref() {
+        Ok("all") => wgpu::ShaderRuntimeChecks::checked(),
+        _ => wgpu::ShaderRuntimeChecks::unchecked(),
+    }
+}
+
 /// Expands `#include`, `#ifdef`, `#ifndef`, `#else`, `#endif` with the given defines.
 pub fn preprocess(family: &str, defines: &[&str]) -> Result<String> {
     let src = wgsl_source(family).ok_or_else(|| Error::Shader {
@@ -268,13 +281,23 @@ pub enum Binding {
 }
 
 /// A native shader for one backend, binding exactly the same layout as the portable kernel.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct NativeKernel {
-    /// File stem under `metal_overrides/` or `vulkan_overrides/`.
+    /// File stem under `metal_overrides/` or `vulkan_overrides/`; for a [`Self::wgsl_defines`]
+    /// kernel, the WGSL family under `wgsl/`.
     pub family: &'static str,
     pub entry: &'static str,
     /// Fixed workgroup size (Metal passthrough needs it per entry point).
     pub workgroup_size: [u32; 3],
+    /// Non-empty: the kernel is the WGSL family compiled with these defines, using a device
+    /// extension wgpu exposes beyond WebGPU (cooperative matrices) rather than a SPIR-V/MSL
+    /// module. Debian's glslc (shaderc 2023.2) predates GL_KHR_cooperative_matrix, while naga
+    /// (wgpu 30) emits SPV_KHR_cooperative_matrix from WGSL's `wgpu_cooperative_matrix`, and
+    /// the kernel keeps wgpu's shader validation.
+    pub wgsl_defines: &'static [&'static str],
+    /// Needs [`crate::gpu::Capabilities::cooperative_matrix_f16`] and a fixed subgroup size of
+    /// 32 (its subgroups each own a fixed share of the tile).
+    pub needs_cooperative_matrix: bool,
 }
 
 /// Everything needed to build one pipeline.
@@ -462,16 +485,31 @@ impl Kernels {
 
     /// The native kernel usable for `spec` on this backend, if any.
     pub fn native_for(&self, spec: &KernelSpec) -> Option<NativeKernel> {
-        if !self.gpu.caps.passthrough_shaders {
+        let caps = &self.gpu.caps;
+        let native = match caps.backend.as_str() {
+            "vulkan" => spec.native_vulkan,
+            "metal" => spec.native_metal,
+            _ => None,
+        }?;
+        if native.needs_cooperative_matrix
+            && !(caps.cooperative_matrix_f16
+                && caps.subgroup
+                && caps.subgroup_min_size == 32
+                && caps.subgroup_max_size == 32)
+        {
             return None;
         }
-        match self.gpu.caps.backend.as_str() {
-            "vulkan" => spec
-                .native_vulkan
-                .filter(|n| spirv_source(n.family).is_some()),
-            "metal" => spec.native_metal.filter(|n| msl_source(n.family).is_some()),
-            _ => None,
+        if !native.wgsl_defines.is_empty() {
+            return wgsl_source(native.family).map(|_| native);
         }
+        if !caps.passthrough_shaders {
+            return None;
+        }
+        let shipped = match caps.backend.as_str() {
+            "vulkan" => spirv_source(native.family).is_some(),
+            _ => msl_source(native.family).is_some(),
+        };
+        shipped.then_some(native)
     }
 
     /// Which variant the policy selects for `spec` here.
@@ -546,7 +584,11 @@ impl Kernels {
             .collect()
     }
 
-    fn wgsl_module(&self, spec: &KernelSpec) -> Result<wgpu::ShaderModule> {
+    fn wgsl_module(
+        &self,
+        spec: &KernelSpec,
+        checks: wgpu::ShaderRuntimeChecks,
+    ) -> Result<wgpu::ShaderModule> {
         let mut defines = self.device_defines();
         defines.extend(spec.defines.iter().copied());
         defines.sort();
@@ -563,10 +605,10 @@ impl Kernels {
                     label: Some(spec.family),
                     source: wgpu::ShaderSource::Wgsl(src.into()),
                 };
-                let checks = shader_checks();
                 // SAFETY: `shader_checks` keeps bounds checks unless the user turned them off;
                 // dropping loop bounding needs every loop to terminate, which wick's kernels
-                // guarantee (counted loops over host-validated sizes and constants).
+                // guarantee (counted loops over host-validated sizes and constants). Native
+                // WGSL kernels see `native_wgsl_checks`.
                 unsafe { gpu.device.create_shader_module_trusted(desc, checks) }
             })
             .map_err(|e| Error::Shader {
@@ -644,12 +686,24 @@ impl Kernels {
                 })
         })?;
         let (module, entry, constants) = match variant {
-            Variant::Portable => (self.wgsl_module(spec)?, spec.entry, spec.constants.clone()),
+            Variant::Portable => (
+                self.wgsl_module(spec, shader_checks())?,
+                spec.entry,
+                spec.constants.clone(),
+            ),
             Variant::Native => {
                 let native = self.native_for(spec).ok_or_else(|| {
                     Error::Unsupported(format!("no native variant of {} here", spec.op))
                 })?;
-                (self.native_module(&native)?, native.entry, Vec::new())
+                if native.wgsl_defines.is_empty() {
+                    (self.native_module(&native)?, native.entry, Vec::new())
+                } else {
+                    let mut wgsl = spec.clone();
+                    wgsl.family = native.family;
+                    wgsl.defines.extend(native.wgsl_defines.iter().copied());
+                    let m = self.wgsl_module(&wgsl, native_wgsl_checks())?;
+                    (m, native.entry, spec.constants.clone())
+                }
             }
         };
         let pipeline = gpu

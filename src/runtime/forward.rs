@@ -16,9 +16,26 @@ use crate::model::weights::{LayerWeights, ModelWeights, SplitMatrix};
 use crate::model::ModelConfig;
 use crate::runtime::kv_cache::KvCache;
 
-/// Tokens per prefill chunk: big enough for GEMM efficiency, small enough that activations
-/// stay a few MB for small models.
+/// Tokens per prefill chunk for short prompts and prompt tails: every chunk's GEMMs compute
+/// all of its rows, so a small chunk wastes little on a short prompt.
 pub const PREFILL_CHUNK: usize = 64;
+
+/// Tokens per chunk while at least this many prompt tokens remain: one pass over the weights
+/// per 512 tokens instead of 8, and GEMM grids wide enough to fill a large GPU (H100, 8B
+/// Q4_0 pp512: 536 -> 1142 tok/s with the WGSL GEMM, 857 -> 3719 with the cooperative-matrix
+/// one, measured 2026-11-22).
+pub const PREFILL_CHUNK_LARGE: usize = 512;
+
+/// The prefill chunk sizes a session of `ctx` positions uses: (small, large), large 0 when
+/// the context cannot hold a large chunk. Activations are sized for the larger.
+pub fn prefill_chunks(ctx: usize) -> (usize, usize) {
+    let large = if ctx >= PREFILL_CHUNK_LARGE {
+        PREFILL_CHUNK_LARGE
+    } else {
+        0
+    };
+    (PREFILL_CHUNK, large)
+}
 
 /// Cached positions up to which decode attention runs as one split per KV head, without the
 /// merge pass: one dispatch fewer per layer, and a single workgroup per head still covers
@@ -90,7 +107,9 @@ type NormedInput<'a> = (&'a wgpu::Buffer, Option<(&'a wgpu::Buffer, f32)>);
 pub struct Forward {
     pub gpu: Arc<Gpu>,
     pub cfg: ModelConfig,
+    /// Prefill chunk sizes ([`prefill_chunks`]); `chunk_large` is 0 without a large list.
     pub chunk: usize,
+    pub chunk_large: usize,
     pub step: wgpu::Buffer,
     /// u32 ids of a prefill chunk.
     pub ids: wgpu::Buffer,
@@ -112,6 +131,8 @@ pub struct Forward {
     /// Final norm + LM head over the decoded row (`h`) and over the prefill's last row.
     decode_lm: Vec<Dispatch>,
     prefill: Vec<Dispatch>,
+    /// The prefill chunk of `chunk_large` tokens (empty when `chunk_large` is 0).
+    prefill_large: Vec<Dispatch>,
     prefill_lm: Vec<Dispatch>,
     /// Greedy token choice: argmax of the logits into `token`.
     argmax: argmax::Argmax,
@@ -215,7 +236,8 @@ impl Forward {
         fusion: DecodeFusion,
     ) -> Result<Forward> {
         let gpu = k.gpu.clone();
-        let c = PREFILL_CHUNK;
+        let (small, large) = prefill_chunks(kv.capacity);
+        let c = small.max(large);
         let f32b = |label: &str, n: usize| gpu.storage_buffer(label, (n * 4) as u64);
         let act = Activations {
             h: f32b("h", c * cfg.hidden)?,
@@ -242,7 +264,8 @@ impl Forward {
         let mut fwd = Forward {
             gpu: gpu.clone(),
             cfg: cfg.clone(),
-            chunk: c,
+            chunk: small,
+            chunk_large: large,
             step,
             ids,
             token,
@@ -254,6 +277,7 @@ impl Forward {
             decode_short: Vec::new(),
             decode_lm: Vec::new(),
             prefill: Vec::new(),
+            prefill_large: Vec::new(),
             prefill_lm: Vec::new(),
             argmax,
             _argmax_status: argmax_status,
@@ -261,7 +285,11 @@ impl Forward {
             _attn: Vec::new(),
         };
         fwd.build_decode(k, w, kv, inv_freq, fusion)?;
-        fwd.build_prefill(k, w, kv, inv_freq)?;
+        fwd.prefill = fwd.build_prefill(k, w, kv, inv_freq, small)?;
+        if large > 0 {
+            fwd.prefill_large = fwd.build_prefill(k, w, kv, inv_freq, large)?;
+        }
+        fwd.prefill_lm = fwd.lm_head(k, w, &fwd.act.h_last, true)?;
         Ok(fwd)
     }
 
@@ -513,15 +541,17 @@ impl Forward {
         Ok(list)
     }
 
+    /// The dispatches of one prefill chunk of up to `c` tokens (the GEMMs compute all `c`
+    /// rows; attention and the KV write take the step's token count).
     fn build_prefill(
-        &mut self,
+        &self,
         k: &Kernels,
         w: &ModelWeights,
         kv: &KvCache,
         inv_freq: &wgpu::Buffer,
-    ) -> Result<()> {
+        c: usize,
+    ) -> Result<Vec<Dispatch>> {
         let cfg = self.cfg.clone();
-        let c = self.chunk;
         let mut list = Vec::new();
         self.embed(k, w, &self.ids, c, &mut list)?;
         let a = &self.act;
@@ -623,9 +653,7 @@ impl Forward {
             list.push(swiglu::swiglu(k, &a.gu, &a.act, c, cfg.ffn)?);
             gemm_all(k, &l.w_down, &a.act, &a.h, c, None, true, 0, 0, &mut list)?;
         }
-        self.prefill = list;
-        self.prefill_lm = self.lm_head(k, w, &self.act.h_last, true)?;
-        Ok(())
+        Ok(list)
     }
 
     /// Final norm and LM head over the hidden row 0 of `h`, into the logits; the norm
@@ -762,6 +790,34 @@ impl Forward {
         }
     }
 
+    /// The dispatch list for a chunk of `n` tokens: the large chunk's when `n` needs it.
+    fn prefill_list(&self, n: usize) -> &[Dispatch] {
+        if n > self.chunk && !self.prefill_large.is_empty() {
+            &self.prefill_large
+        } else {
+            &self.prefill
+        }
+    }
+
+    /// Records one prefill chunk of `n` tokens (without the LM head) with timestamps around
+    /// each dispatch.
+    pub fn record_prefill_profiled(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        prof: &mut crate::gpu::GpuProfiler,
+        n: usize,
+    ) {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("prefill (profiled)"),
+            timestamp_writes: None,
+        });
+        for d in self.prefill_list(n) {
+            let region = prof.begin(&mut pass, &d.pipeline.op);
+            d.record(&mut pass);
+            prof.end(&mut pass, region);
+        }
+    }
+
     /// Records one prefill chunk of `n` tokens whose ids are already in `self.ids`. With
     /// `head` (the prompt's last chunk) the last token's logits land in `logits()` and the
     /// chosen next token in `self.token`.
@@ -771,7 +827,7 @@ impl Forward {
                 label: Some("prefill"),
                 timestamp_writes: None,
             });
-            for d in &self.prefill {
+            for d in self.prefill_list(n) {
                 d.record(&mut pass);
             }
         }
@@ -790,7 +846,9 @@ impl Forward {
     }
 
     pub fn prefill_dispatches(&self) -> usize {
-        self.prefill.len() + self.prefill_lm.len() + self.picker().len()
+        self.prefill.len().max(self.prefill_large.len())
+            + self.prefill_lm.len()
+            + self.picker().len()
     }
 
     pub fn logits(&self) -> &wgpu::Buffer {

@@ -28,7 +28,8 @@ impl SessionMemory {
 /// What a session of `ctx` tokens on a model of `cfg` allocates on the GPU (the buffers
 /// `Forward::new` and the KV cache create; uniforms and the 32-byte token ring aside).
 pub fn session_memory(caps: &Capabilities, cfg: &ModelConfig, ctx: usize) -> SessionMemory {
-    let c = crate::runtime::forward::PREFILL_CHUNK as u64;
+    let (small, large) = crate::runtime::forward::prefill_chunks(ctx);
+    let c = small.max(large) as u64;
     let (h, qd, kvd, ffn, vocab) = (
         cfg.hidden as u64,
         cfg.q_dim() as u64,

@@ -343,9 +343,22 @@ impl Session {
         self.tokens.truncate(start);
         let t0 = Instant::now();
         let gpu = self.fwd.gpu.clone();
-        let c = self.fwd.chunk;
-        let n_chunks = prompt[start..].len().div_ceil(c);
-        for (ci, chunk) in prompt[start..].chunks(c).enumerate() {
+        // Large chunks while enough of the prompt remains, then small ones.
+        let (small, large) = (self.fwd.chunk, self.fwd.chunk_large);
+        let mut chunks = Vec::new();
+        let mut rest = &prompt[start..];
+        while !rest.is_empty() {
+            let c = if large > 0 && rest.len() >= large {
+                large
+            } else {
+                small.min(rest.len())
+            };
+            let (chunk, tail) = rest.split_at(c);
+            chunks.push(chunk);
+            rest = tail;
+        }
+        let n_chunks = chunks.len();
+        for (ci, chunk) in chunks.into_iter().enumerate() {
             let pos = self.tokens.len();
             let last_chunk = ci + 1 == n_chunks;
             if chunk.len() < GEMV_PREFILL_BELOW {
@@ -480,6 +493,41 @@ impl Session {
     /// The session is reset afterwards (the profiled steps leave no usable conversation).
     /// With `sampling` the steps pick tokens with the GPU sampling chain (when it supports
     /// the settings; else argmax, as the CPU sampler's own time is not GPU time).
+    /// GPU time of each dispatch of one full prefill chunk (the large one where the session
+    /// has it) at the start of the cache, the LM head excluded, and the chunk's size: `wick
+    /// bench`'s prefill split. Leaves the session empty.
+    pub fn profile_prefill_chunk(&mut self) -> Result<(Vec<ProfileSample>, usize)> {
+        let gpu = self.fwd.gpu.clone();
+        if !crate::gpu::GpuProfiler::inside_passes(&gpu) {
+            return Err(Error::Unsupported(
+                "timestamps inside compute passes (TIMESTAMP_QUERY_INSIDE_PASSES)".into(),
+            ));
+        }
+        let c = self
+            .fwd
+            .chunk
+            .max(self.fwd.chunk_large)
+            .min(self.kv.capacity);
+        self.reset();
+        let ids: Vec<u32> = (0..c as u32).collect();
+        gpu.write(&self.fwd.ids, 0, &ids);
+        self.fwd.write_step(&StepParams {
+            pos: 0,
+            n_tokens: c as u32,
+            kv_len: c as u32,
+            ..Default::default()
+        });
+        let mut prof = crate::gpu::GpuProfiler::new(&gpu, self.fwd.prefill_dispatches() as u32)?;
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        self.fwd.record_prefill_profiled(&mut enc, &mut prof, c);
+        prof.resolve(&mut enc);
+        gpu.queue.submit([enc.finish()]);
+        let samples = prof.read(&gpu)?;
+        self.reset();
+        gpu.check()?;
+        Ok((samples, c))
+    }
+
     pub fn profile_decode(
         &mut self,
         steps: usize,

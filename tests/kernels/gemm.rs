@@ -2,7 +2,7 @@ use rand::Rng;
 
 use crate::common::*;
 use wick::kernels::gemm::{self, GemmEpilogue, GemmTiling};
-use wick::kernels::{GpuMatrix, Kernels, WeightFormat};
+use wick::kernels::{GpuMatrix, Kernels, Variant, WeightFormat};
 use wick::quant;
 use wick::reference;
 
@@ -345,4 +345,90 @@ fn gemm_rejects_bad_shapes() {
         pad: 0,
     };
     assert!(gemm::gemm_tiled(k, &w, &x, &out, m, ok, big).is_err());
+}
+
+/// The native Vulkan GEMM (cooperative matrices, f16 operands, f32 accumulation) against the
+/// reference, with every epilogue and ragged edges (m, n not multiples of its 64 x 64 tile).
+/// Its operands are rounded to f16 (relative error 2^-11 each), so the bound is looser than
+/// the f32 kernel's: random-sign rounding over k terms stays near sqrt(k) * 2^-11 of the
+/// typical product sum, well under 4e-3 of max|want| at k <= 576, while a misplaced 16x16
+/// fragment or block is off by the output's own scale. Where the adapter has no cooperative
+/// matrices (lavapipe) the registry must fall back to the portable kernel, which is checked.
+#[test]
+fn gemm_native_cooperative_matrix() {
+    const RTOL_F16: f32 = 4e-3;
+    let k = kernels_native();
+    let g = &k.gpu;
+    let tiling = GemmTiling::for_caps(&g.caps);
+    let available = k
+        .native_for(&gemm::spec(WeightFormat::Q4_0, false, tiling))
+        .is_some();
+    if !available {
+        eprintln!(
+            "no cooperative matrices on {} ({}): checking the fallback to the portable GEMM",
+            g.caps.adapter_name, g.caps.backend
+        );
+    }
+    let mut r = rng();
+    for (f, m, n, kd, bias, accumulate, offset, stride) in [
+        (WeightFormat::Q4_0, 1, 64, 64, false, false, 0, 0),
+        (WeightFormat::Q4_0, 70, 130, 576, true, false, 0, 0),
+        (WeightFormat::Q4_1, 64, 128, 256, false, true, 0, 0),
+        (WeightFormat::Q8_0, 9, 70, 96, true, true, 50, 200),
+        (WeightFormat::Q8_0, 129, 65, 128, false, false, 0, 0),
+        (WeightFormat::F16, 33, 100, 100, false, false, 30, 160),
+    ] {
+        let sp = gemm::spec(f, bias, tiling);
+        let want_variant = if available {
+            Variant::Native
+        } else {
+            Variant::Portable
+        };
+        assert_eq!(k.variant_for(&sp).unwrap(), want_variant, "{}", f.name());
+        let (w, wv) = matrix(k, &mut r, f, n, kd);
+        let x = rand_vec(&mut r, m * kd, 2.0);
+        let b = rand_vec(&mut r, n, 10.0);
+        let ostride = if stride == 0 { n } else { stride };
+        let prior = rand_vec(&mut r, m * ostride, 30.0);
+        let xb = g.upload("x", &x).unwrap();
+        let bb = g.upload("bias", &b).unwrap();
+        let out = g.upload("out", &prior).unwrap();
+        if !accumulate && offset == 0 && stride == 0 {
+            g.poison(&out);
+        }
+        let epi = GemmEpilogue {
+            bias: bias.then_some(&bb),
+            accumulate,
+            out_offset: offset,
+            out_stride: stride,
+        };
+        let d = gemm::gemm(k, &w, &xb, &out, m, epi).unwrap();
+        assert_eq!(d.pipeline.variant, want_variant);
+        k.run(&[&d]).unwrap();
+        let mut want = prior.clone();
+        let res = reference::gemm::gemm(&wv, &x, m, n, kd);
+        reference::gemm::epilogue(
+            &mut want,
+            &res,
+            n,
+            bias.then_some(&b[..]),
+            accumulate,
+            offset,
+            ostride,
+        );
+        let max_w = want.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+        let what = format!(
+            "gemm {:?} {} m={m} n={n} k={kd} bias={bias} acc={accumulate} off={offset}",
+            want_variant,
+            f.name()
+        );
+        let rel = assert_close(
+            &what,
+            &g.read_vec(&out).unwrap(),
+            &want,
+            0.0,
+            RTOL_F16 * max_w,
+        );
+        eprintln!("{what}: max |d| / max |want| = {rel:.2e}");
+    }
 }

@@ -397,3 +397,124 @@ fn fused_decode_step_matches_the_unfused_sequence() {
         );
     }
 }
+
+/// Every native kernel this backend has, in whole models: a decode with the global native
+/// policy (`--kernels native`, [`KernelChoice::Native`]) against the portable kernels on the
+/// same tokens, for each synthetic checkpoint and for each weight format a native op is
+/// specific to (a native op named after a format, e.g. `gemv_q8_0`, gets the checkpoints
+/// quantised to it). The prompt fills past [`SHORT_ATTENTION`] during the trace, so decode
+/// attention runs both its single-split and split + merge forms, and the prompt itself goes
+/// through prefill. Every native op must really have been built as native; logits within
+/// f32 rounding of each other, the same greedy ids up to a near-tie. Bound: 1e-3 (observed
+/// <= 2e-5 on lavapipe, stored and Q8_0; attention that skips one output rescale moves the
+/// logits by ~2).
+///
+/// [`SHORT_ATTENTION`]: wick::runtime::forward::SHORT_ATTENTION
+#[test]
+fn native_kernels_decode_like_portable() {
+    use std::collections::BTreeSet;
+    use wick::kernels::{KernelChoice, Variant};
+    use wick::runtime::forward::SHORT_ATTENTION;
+
+    let native = Engine::with_options(EngineOptions {
+        kernels: KernelChoice::Native,
+        ..Default::default()
+    })
+    .unwrap();
+    let caps = &native.gpu().caps;
+    if caps.backend == "vulkan" {
+        assert!(
+            caps.passthrough_shaders,
+            "the Vulkan test device must offer PASSTHROUGH_SHADERS"
+        );
+    }
+    let ops: BTreeSet<String> = wick::kernels::native_specs()
+        .into_iter()
+        .filter(|s| native.kernels().native_for(s).is_some())
+        .map(|s| s.op)
+        .collect();
+    if ops.is_empty() {
+        eprintln!("skipping: no native kernels on backend {}", caps.backend);
+        return;
+    }
+    // None: the checkpoint as stored (f32).
+    let mut formats: Vec<Option<GgmlType>> = vec![None];
+    for t in wick::quant::QUANTIZE_TARGETS {
+        let suffix = format!("_{}", t.name().to_ascii_lowercase());
+        if ops.iter().any(|op| op.ends_with(&suffix)) {
+            formats.push(Some(t));
+        }
+    }
+    let ctx = SHORT_ATTENTION + 64;
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["llama_gqa", "qwen2_bias_tied", "qwen3_qknorm"] {
+        for ty in &formats {
+            let path = match ty {
+                None => dir(name),
+                Some(t) => {
+                    let out = tmp.path().join(format!("{name}-{}.gguf", t.name()));
+                    quantize_to_gguf(&dir(name), &out, *t).unwrap();
+                    out
+                }
+            };
+            let label = format!("{name} as {}", ty.map_or("stored".into(), |t| t.name()));
+            let load_on = |e: &Engine| {
+                Model::load(
+                    e,
+                    &path,
+                    LoadOptions {
+                        ctx: Some(ctx),
+                        ..Default::default()
+                    },
+                )
+                .unwrap()
+            };
+            let (mn, mp) = (load_on(&native), load_on(engine()));
+            let prompt: Vec<u32> = (0..SHORT_ATTENTION - 6)
+                .map(|_| rand::random::<u32>() % 500)
+                .collect();
+            let a = Session::new(&mn)
+                .unwrap()
+                .greedy_trace(&prompt, 12)
+                .unwrap();
+            let b = Session::new(&mp)
+                .unwrap()
+                .greedy_trace(&prompt, 12)
+                .unwrap();
+            let mut worst = 0.0f32;
+            for (step, ((ia, la), (ib, lb))) in a.iter().zip(&b).enumerate() {
+                let d = max_abs_diff(la, lb);
+                assert!(
+                    d < 1e-3,
+                    "{label} step {step}: max |native - portable| = {d}"
+                );
+                worst = worst.max(d);
+                if ia != ib {
+                    // Only a near-tie may flip; the sequences differ from here on.
+                    let mut top = lb.clone();
+                    top.sort_by(|x, y| y.total_cmp(x));
+                    assert!(
+                        top[0] - top[1] < 2.0 * d,
+                        "{label} step {step}: {ia} vs {ib}"
+                    );
+                    break;
+                }
+            }
+            eprintln!("{label}: max |native - portable| logit over 12 decode steps: {worst:.1e}");
+        }
+    }
+    let built: BTreeSet<String> = native
+        .kernels()
+        .built_pipelines()
+        .into_iter()
+        .filter(|(_, v)| *v == Variant::Native)
+        .map(|(op, _)| op)
+        .collect();
+    for op in &ops {
+        assert!(
+            built.contains(op),
+            "native op {op} never ran in the synthetic models (built natively: {built:?}); \
+             give this test a model that uses it"
+        );
+    }
+}

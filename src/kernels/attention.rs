@@ -6,18 +6,99 @@
 //! the exp2 domain with f32 accumulation. Per-step lengths come from the step uniform
 //! ([`super::StepParams`]); grids are fixed at build time, so one [`Dispatch`] serves every
 //! token.
+//!
+//! Decode pass 1 has native variants (`vulkan_overrides/attention_decode.comp`,
+//! `metal_overrides/attention_decode.metal`) for the head dims and GQA groups the models use;
+//! they bind the same layout and write the same partials, so the WGSL merge pass serves both.
 
 use bytemuck::{Pod, Zeroable};
 
 use super::kv_cache::{check_cache, check_step};
-use super::{Binding, Dispatch, KernelSpec, Kernels};
+use super::{Binding, Dispatch, KernelSpec, Kernels, NativeKernel};
 use crate::error::{Error, Result};
 use crate::gpu::{AdapterClass, Capabilities};
 
 /// Specs of every pipeline of this family that has a native variant (see
-/// [`super::native_specs`]).
+/// [`super::native_specs`]): decode pass 1 at each native head dim, with the natives attached
+/// whatever the device (the registry checks the backend; [`decode_spec`] the device limits).
 pub fn native_specs() -> Vec<KernelSpec> {
-    Vec::new()
+    NATIVE_HEAD_DIMS
+        .iter()
+        .filter_map(|&hd| {
+            portable_decode_spec(&NATIVE_PLAN_CAPS, 8, 2, hd, false).map(|s| with_native(s, hd))
+        })
+        .collect()
+}
+
+/// Head dims of the native decode kernels (`vulkan_overrides/attention_decode.comp` builds one
+/// SPIR-V module per head dim, `metal_overrides/attention_decode.metal` one entry per head dim):
+/// 32 for the synthetic test checkpoints, 64 (SmolLM2, Llama-3.2-1B, Qwen2.5-0.5B) and 128
+/// (Llama-3-8B, Qwen3).
+pub const NATIVE_HEAD_DIMS: [usize; 3] = [32, 64, 128];
+/// Query heads per KV head the native decode kernel serves at most (its row sets hold two rows
+/// each of four).
+pub const NATIVE_MAX_GROUP: usize = 8;
+/// The native decode kernel's fixed geometry: invocations per workgroup, keys per tile.
+const NATIVE_WG: usize = 128;
+const NATIVE_TILE: usize = 32;
+
+/// Workgroup memory the native decode kernel declares at `head_dim` (bytes; the GLSL's, which
+/// is the larger of the two: the MSL has no score array): padded K tile, V tile, q rows, scores
+/// and probabilities, alpha and m, and the key-slice reduction arrays.
+fn native_smem_bytes(head_dim: usize) -> usize {
+    let u = head_dim / 8;
+    let (t, g, wg) = (NATIVE_TILE, NATIVE_MAX_GROUP, NATIVE_WG);
+    16 * t * (u + 1)
+        + 16 * t * u
+        + 4 * g * head_dim
+        + 2 * 4 * g * t
+        + 2 * 4 * g
+        + 2 * 16 * wg
+        + 4 * wg
+}
+
+/// Limits under which [`native_specs`] plans the portable side of its specs: the WebGPU
+/// defaults (the portable plan only fixes the WGSL constants of those listing specs).
+const NATIVE_PLAN_CAPS: PlanLimits = PlanLimits {
+    storage: 16384,
+    invocations: 256,
+};
+
+/// The device limits the portable plan reads.
+#[derive(Debug, Clone, Copy)]
+struct PlanLimits {
+    storage: u32,
+    invocations: u32,
+}
+
+impl From<&Capabilities> for PlanLimits {
+    fn from(c: &Capabilities) -> Self {
+        PlanLimits {
+            storage: c.max_compute_workgroup_storage_size,
+            invocations: c.max_compute_invocations_per_workgroup,
+        }
+    }
+}
+
+/// `spec` with the native decode kernels for `head_dim` attached (both backends).
+fn with_native(mut spec: KernelSpec, head_dim: usize) -> KernelSpec {
+    let (vk, mtl) = match head_dim {
+        32 => ("attention_decode.hd32", "attention_decode_hd32"),
+        64 => ("attention_decode.hd64", "attention_decode_hd64"),
+        128 => ("attention_decode.hd128", "attention_decode_hd128"),
+        _ => return spec,
+    };
+    spec.native_vulkan = Some(NativeKernel {
+        family: vk,
+        entry: "main",
+        workgroup_size: [NATIVE_WG as u32, 1, 1],
+    });
+    spec.native_metal = Some(NativeKernel {
+        family: "attention_decode",
+        entry: mtl,
+        workgroup_size: [NATIVE_WG as u32, 1, 1],
+    });
+    spec
 }
 
 #[repr(C)]
@@ -28,8 +109,16 @@ pub struct AttentionParams {
     pub capacity: u32,
     pub max_tokens: u32,
     pub scale_log2e: f32,
-    pub _pad: [u32; 3],
+    /// Bit 0: DIRECT (one split, normalised output). The WGSL reads the DIRECT override
+    /// constant instead; native kernels get none.
+    pub flags: u32,
+    /// Query heads per KV head (the WGSL's override constant G), for native kernels.
+    pub group: u32,
+    pub _pad: u32,
 }
+
+/// `AttentionParams::flags` bit: pass 1 writes normalised rows (no merge pass).
+pub const FLAG_DIRECT: u32 = 1;
 
 /// Upper bound on output words per invocation (`MAX_ACC` in the WGSL).
 const MAX_ACC: usize = 8;
@@ -81,9 +170,9 @@ impl Plan {
 
 /// Fits `rows` query rows of `head_dim` into the device's workgroup memory and invocation
 /// limits with a tile of at least `min_tile` keys; `None` when it does not fit.
-fn plan(caps: &Capabilities, rows: usize, head_dim: usize, min_tile: usize) -> Option<Plan> {
+fn plan(caps: PlanLimits, rows: usize, head_dim: usize, min_tile: usize) -> Option<Plan> {
     let hw = head_dim / 2;
-    let budget = (caps.max_compute_workgroup_storage_size as usize / 4).min(SMEM_WORDS);
+    let budget = (caps.storage as usize / 4).min(SMEM_WORDS);
     // q + m, l, alpha, end per row; K row (padded) + V row + one score per row, per key.
     let fixed = rows * head_dim + 4 * rows;
     let per_key = (hw + 1) + hw + rows;
@@ -92,7 +181,7 @@ fn plan(caps: &Capabilities, rows: usize, head_dim: usize, min_tile: usize) -> O
         return None;
     }
     let units = rows * hw;
-    let max_wg = (caps.max_compute_invocations_per_workgroup as usize).min(256);
+    let max_wg = (caps.invocations as usize).min(256);
     let wg = units.next_power_of_two().clamp(64.min(max_wg), max_wg);
     let acc = units.div_ceil(wg);
     if acc > MAX_ACC {
@@ -192,14 +281,17 @@ fn check_common(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn params(
     k: &Kernels,
     label: &str,
     n_heads: usize,
+    n_kv_heads: usize,
     n_splits: usize,
     capacity: usize,
     max_tokens: usize,
     scale: f32,
+    flags: u32,
 ) -> Result<wgpu::Buffer> {
     k.gpu.uniform(
         label,
@@ -209,7 +301,9 @@ fn params(
             capacity: capacity as u32,
             max_tokens: max_tokens as u32,
             scale_log2e: scale * std::f32::consts::LOG2_E,
-            _pad: [0; 3],
+            flags,
+            group: (n_heads / n_kv_heads) as u32,
+            _pad: 0,
         },
     )
 }
@@ -224,7 +318,11 @@ pub struct DecodeAttention {
     pub n_splits: usize,
 }
 
-/// Pass-1 spec for a decode attention geometry (`None` if the group does not fit).
+/// Pass-1 spec for a decode attention geometry (`None` if the group does not fit the portable
+/// kernel). It carries the native kernels when they cover the shape on this device: head_dim
+/// in [`NATIVE_HEAD_DIMS`], at most [`NATIVE_MAX_GROUP`] heads per KV head, the workgroup
+/// memory and invocations they declare, and on Metal an Apple GPU (the MSL's softmax step
+/// reduces over a 32-wide simdgroup). Elsewhere the registry runs the WGSL kernel.
 pub fn decode_spec(
     caps: &Capabilities,
     n_heads: usize,
@@ -232,8 +330,29 @@ pub fn decode_spec(
     head_dim: usize,
     direct: bool,
 ) -> Option<KernelSpec> {
+    let mut spec = portable_decode_spec(&caps.into(), n_heads, n_kv_heads, head_dim, direct)?;
     let group = n_heads / n_kv_heads;
-    let p = plan(caps, group, head_dim, 4)?;
+    let fits = group <= NATIVE_MAX_GROUP
+        && native_smem_bytes(head_dim) <= caps.max_compute_workgroup_storage_size as usize
+        && NATIVE_WG <= caps.max_compute_invocations_per_workgroup as usize;
+    if fits {
+        spec = with_native(spec, head_dim);
+        if caps.class != AdapterClass::Apple {
+            spec.native_metal = None;
+        }
+    }
+    Some(spec)
+}
+
+fn portable_decode_spec(
+    caps: &PlanLimits,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    direct: bool,
+) -> Option<KernelSpec> {
+    let group = n_heads / n_kv_heads;
+    let p = plan(*caps, group, head_dim, 4)?;
     Some(
         core_spec(
             "attention_decode",
@@ -246,6 +365,10 @@ pub fn decode_spec(
     )
 }
 
+/// The merge pass over the split partials. It has no native variant on purpose: it reads
+/// `n_splits x (head_dim + 2)` floats per query head (a few KiB per layer) and writes one row,
+/// so its time is the dispatch itself, which a native kernel would not shorten; the WGSL
+/// serves the partials of either pass-1 variant (same layout).
 pub fn merge_spec(head_dim: usize) -> KernelSpec {
     KernelSpec::new(
         "attention_merge",
@@ -297,11 +420,15 @@ pub fn attention_decode(
         k,
         "attention_decode params",
         n_heads,
+        n_kv_heads,
         n_splits,
         capacity,
         1,
         scale,
+        if direct { FLAG_DIRECT } else { 0 },
     )?;
+    // One workgroup per (KV head, split) for the WGSL and the native kernels alike (the
+    // native kernel's fixed 128-invocation split is inside the workgroup).
     let grid = [n_kv_heads as u32, n_splits as u32, 1];
     if direct {
         let d = k.dispatch(&spec, &[&params, step, q, cache_k, cache_v, out], grid)?;
@@ -360,8 +487,8 @@ pub fn prefill_spec(
     // at least 16 keys; fall back to one token with whatever tile fits.
     let (bq, p) = (1..=max_bq)
         .rev()
-        .find_map(|bq| plan(caps, bq * group, head_dim, 16).map(|p| (bq, p)))
-        .or_else(|| plan(caps, group, head_dim, 4).map(|p| (1, p)))?;
+        .find_map(|bq| plan(caps.into(), bq * group, head_dim, 16).map(|p| (bq, p)))
+        .or_else(|| plan(caps.into(), group, head_dim, 4).map(|p| (1, p)))?;
     let spec = core_spec(
         "attention_prefill",
         "attention_prefill",
@@ -418,10 +545,12 @@ pub fn attention_prefill(
         k,
         "attention_prefill params",
         n_heads,
+        n_kv_heads,
         1,
         capacity,
         max_tokens,
         scale,
+        0,
     )?;
     k.dispatch(
         &spec,

@@ -540,6 +540,17 @@ impl Kernels {
         self.pipeline_variant(spec, variant)
     }
 
+    /// (op, variant) of every pipeline built so far: which variants a model really runs (a
+    /// pipeline is built when a dispatch of it is).
+    pub fn built_pipelines(&self) -> Vec<(String, Variant)> {
+        self.pipelines
+            .lock()
+            .unwrap()
+            .values()
+            .map(|p| (p.op.clone(), p.variant))
+            .collect()
+    }
+
     /// The pipeline for `spec` with an explicit variant (kernel checks and benchmarks).
     pub fn pipeline_variant(&self, spec: &KernelSpec, variant: Variant) -> Result<Arc<Pipeline>> {
         let key = spec.key(variant);

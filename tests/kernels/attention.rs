@@ -3,7 +3,7 @@ use half::f16;
 use rand::Rng;
 /// The pattern `Gpu::poison` writes (wick::gpu keeps its constant private).
 const POISON: u32 = 0x7FC0_DEAD;
-use wick::kernels::{attention, kv_cache, Kernels, StepParams};
+use wick::kernels::{attention, kv_cache, Kernels, StepParams, Variant};
 use wick::reference;
 use wick::reference::kv_cache::{pack, to_f16, unpack};
 
@@ -64,6 +64,24 @@ fn check_decode(
     kv_lens: &[usize],
     q_scale: f32,
 ) {
+    check_decode_variant(
+        k, None, n_heads, n_kv_heads, head_dim, capacity, splits, kv_lens, q_scale,
+    );
+}
+
+/// [`check_decode`], asserting that pass 1 runs `variant` (the merge pass is always WGSL).
+#[allow(clippy::too_many_arguments)]
+fn check_decode_variant(
+    k: &Kernels,
+    variant: Option<Variant>,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    capacity: usize,
+    splits: &[usize],
+    kv_lens: &[usize],
+    q_scale: f32,
+) {
     let mut r = rng();
     let g = &k.gpu;
     let max_len = *kv_lens.iter().max().unwrap();
@@ -85,6 +103,12 @@ fn check_decode(
         )
         .unwrap();
         assert_eq!(att.dispatches.len(), if ns == 1 { 1 } else { 2 });
+        if let Some(v) = variant {
+            assert_eq!(
+                att.dispatches[0].pipeline.variant, v,
+                "heads {n_heads}/{n_kv_heads} hd {head_dim} splits {ns}: pass 1 variant"
+            );
+        }
         for &kv_len in kv_lens {
             let q = rand_vec(&mut r, n_heads * head_dim, q_scale);
             g.write(&qb, 0, &q);
@@ -140,6 +164,56 @@ fn decode_without_subgroups() {
         &[1, 100],
         2.0,
     );
+}
+
+/// The native decode kernel (SPIR-V on Vulkan, MSL on Apple Metal) against the reference at
+/// every head dim it has, GQA groups 1 to 8 (odd ones leave some invocations of its value step
+/// idle), lengths of 1 key, tile remainders (its tiles hold 32 keys) and several tiles, with
+/// one split (normalised output) and several (its partials through the WGSL merge).
+#[test]
+fn decode_native() {
+    let k = kernels_native();
+    let caps = &k.gpu.caps;
+    if caps.backend == "vulkan" {
+        assert!(
+            caps.passthrough_shaders,
+            "the Vulkan test device must offer PASSTHROUGH_SHADERS"
+        );
+    }
+    let probe = attention::decode_spec(caps, 8, 2, 128, true).unwrap();
+    if k.native_for(&probe).is_none() {
+        eprintln!(
+            "skipping: no native decode attention on backend {} ({})",
+            caps.backend, caps.adapter_name
+        );
+        return;
+    }
+    let native = Some(Variant::Native);
+    // head_dim 64: GQA 1 (8 keys per value-step invocation), several splits.
+    check_decode_variant(k, native, 4, 4, 64, 320, &[1, 5], &[1, 31, 33, 300], 2.0);
+    // head_dim 128: GQA 4, a split count that does not divide the length.
+    check_decode_variant(k, native, 8, 2, 128, 400, &[1, 7], &[1, 33, 390], 3.0);
+    // head_dim 128: GQA 8 (every invocation busy, rows in both halves of the row sets) and 1.
+    check_decode_variant(k, native, 8, 1, 128, 160, &[1, 3], &[1, 65, 160], 2.0);
+    check_decode_variant(k, native, 2, 2, 128, 160, &[1, 4], &[1, 97], 2.0);
+    // head_dim 64: GQA 8 and an odd group (40 row words: 3 key slices, 8 invocations idle).
+    check_decode_variant(k, native, 16, 2, 64, 200, &[1, 6], &[1, 47, 200], 2.0);
+    check_decode_variant(k, native, 5, 1, 64, 200, &[1, 2], &[1, 70, 199], 2.0);
+    // head_dim 32 (the synthetic checkpoints): GQA 2 and 3; more splits than keys.
+    check_decode_variant(k, native, 4, 2, 32, 128, &[1, 16], &[1, 9, 128], 2.0);
+    check_decode_variant(k, native, 6, 2, 32, 128, &[1, 3], &[1, 100], 2.0);
+    // Peaky softmax (large q): exercises the running-max rescaling across tiles.
+    check_decode_variant(k, native, 4, 1, 64, 200, &[1, 3], &[150], 12.0);
+}
+
+/// Shapes the native decode kernel does not cover run the WGSL kernel under the global native
+/// policy instead of failing: a head dim without a native module and a GQA group above 8.
+#[test]
+fn decode_native_falls_back_to_portable() {
+    let k = kernels_native();
+    let portable = Some(Variant::Portable);
+    check_decode_variant(k, portable, 4, 2, 96, 64, &[1, 2], &[1, 50], 2.0);
+    check_decode_variant(k, portable, 16, 1, 64, 64, &[1, 2], &[1, 40], 2.0);
 }
 
 /// Prefill of `n_tokens` (of a `max_tokens` grid) after a cached prefix of `pos` positions:

@@ -264,9 +264,10 @@ fn cases<'a>(spec: &'a KernelSpec, seed: u64) -> Result<Vec<(String, f64, Case<'
                 ));
             }
         }
-        other => return Err(Error::Unsupported(format!(
-            "`wick kernels check` has no check for the {other} family yet (src/kernels/check.rs)"
-        ))),
+        other => {
+            let msg = format!("no check for the {other} family yet (src/kernels/check.rs)");
+            return Err(Error::Unsupported(msg));
+        }
     }
     Ok(v)
 }
@@ -372,6 +373,7 @@ fn gemv_swiglu_case(
     Ok((got, reference::gemv::gemv_swiglu(&gv, &uv, n, k, &xr)))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn gemv_qkv_case(
     kr: &Kernels,
     op: &str,

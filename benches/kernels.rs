@@ -109,9 +109,10 @@ fn kernels(c: &mut Criterion) {
                     continue;
                 }
             };
+            // Criterion turns '/' in a parameter into a directory level.
             let id = BenchmarkId::new(
                 format!("{}/{variant:?}", case.op).to_lowercase(),
-                case.work.shape(),
+                case.work.shape().replace('/', ":"),
             );
             group.bench_function(id, |b| {
                 b.iter_custom(|iters| {

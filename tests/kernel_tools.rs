@@ -325,3 +325,92 @@ fn bench_cases_and_winners() {
         }
     )));
 }
+
+/// Pipelines of every family the check knows, whether or not a native variant exists yet, so
+/// each family's check is known to pass (and to fail on a wrong reference) before a native
+/// kernel depends on it.
+fn every_family_specs() -> Vec<wick::kernels::KernelSpec> {
+    use wick::kernels::gemm::{self, GemmTiling};
+    use wick::kernels::gemv;
+    use wick::kernels::KernelSpec;
+    use wick::quant::WeightFormat;
+    let split = gemv::NATIVE_CONFIG;
+    let tiling = GemmTiling {
+        wg_m: 16,
+        wg_n: 16,
+        pad: 0,
+    };
+    let f = WeightFormat::Q4_1;
+    vec![
+        gemv::spec(f, &split, false, false, false),
+        gemv::spec(f, &split, false, false, true),
+        gemv::swiglu_spec(f, &split, false),
+        gemv::swiglu_spec(f, &split, true),
+        KernelSpec::new("gemv_qkv_q4_1", "gemv", "gemv", &[])
+            .define("QKV")
+            .define(f.define()),
+        KernelSpec::new("gemv_qkv_q4_1", "gemv", "gemv", &[])
+            .define("QKV")
+            .define("NORM")
+            .define(f.define()),
+        KernelSpec::new(
+            "attention_decode",
+            "attention_decode",
+            "attention_decode",
+            &[],
+        ),
+        wick::kernels::attention::merge_spec(64),
+        KernelSpec::new(
+            "attention_prefill",
+            "attention_prefill",
+            "attention_prefill",
+            &[],
+        ),
+        gemm::spec(WeightFormat::Q8_0, false, tiling),
+        gemm::spec(WeightFormat::Q8_0, true, tiling),
+    ]
+}
+
+#[test]
+fn check_covers_every_family() {
+    let specs = every_family_specs();
+    let opts = CheckOptions {
+        seed: Some(seed()),
+        ..Default::default()
+    };
+    let r = check::check_specs(gpu(), &specs, &opts).unwrap();
+    for row in &r.rows {
+        eprintln!(
+            "{} {:?} {} {}: {:.2e} {:?}",
+            row.op, row.variant, row.pipeline, row.shape, row.max_rel_err, row.error
+        );
+    }
+    assert_eq!(r.failures(), 0, "failed checks (see above)");
+    for s in &specs {
+        let p = {
+            let mut d = s.defines.clone();
+            d.sort();
+            d.join(" ")
+        };
+        assert!(
+            r.rows.iter().any(|row| row.op == s.op && row.pipeline == p),
+            "{} ({p}) not checked",
+            s.op
+        );
+    }
+    let bad = check::check_specs(
+        gpu(),
+        &specs,
+        &CheckOptions {
+            corrupt_reference: true,
+            ..opts
+        },
+    )
+    .unwrap();
+    assert_eq!(bad.failures(), bad.rows.len(), "a wrong reference passed");
+    // A family the check does not know is a failure, not a skip.
+    let unknown = wick::kernels::KernelSpec::new("rmsnorm", "rmsnorm", "rmsnorm", &[]);
+    let r = check::check_specs(gpu(), &[unknown], &Default::default()).unwrap();
+    assert_eq!(r.failures(), 1);
+    assert!(r.rows[0].error.as_deref().unwrap().contains("no check"));
+}

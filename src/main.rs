@@ -39,6 +39,8 @@ enum Command {
     Tune(cli::tune::TuneArgs),
     /// List every GPU adapter with its backend, features, limits and subgroup sizes.
     Info(cli::info::InfoArgs),
+    /// Kernel variants: list them, check them against the CPU reference, time them.
+    Kernels(cli::kernels::KernelsArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         Command::Tokenize(a) => cli::tokenize::run(a),
         Command::Tune(a) => cli::tune::run(a),
         Command::Info(a) => cli::info::run(a),
+        Command::Kernels(a) => cli::kernels::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -19,6 +19,8 @@
 pub mod argmax;
 pub mod attention;
 pub mod bandwidth;
+pub mod catalog;
+pub mod check;
 pub mod embedding;
 pub mod gemm;
 pub mod gemv;
@@ -30,6 +32,7 @@ pub mod sample;
 pub mod softmax;
 pub mod swiglu;
 pub mod tuning;
+pub mod variant_bench;
 
 pub use matrix::GpuMatrix;
 
@@ -438,7 +441,8 @@ pub struct Kernels {
     pub policy: KernelPolicy,
     pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
     modules: Mutex<HashMap<(String, Vec<&'static str>), wgpu::ShaderModule>>,
-    /// Measured GEMV splits for this device (`wick tune`); None: built-in choices only.
+    /// Measured GEMV splits (`wick tune`) and variant winners (`wick kernels bench --save`)
+    /// for this device; None: built-in choices only.
     pub tuning: Option<tuning::TuningTable>,
 }
 
@@ -465,7 +469,8 @@ impl Kernels {
         }
     }
 
-    /// Uses `table`'s measured GEMV splits where it has the shape.
+    /// Uses `table`'s measured GEMV splits where it has the shape, and its variant winners
+    /// for `--kernels auto`.
     pub fn with_tuning(mut self, table: Option<tuning::TuningTable>) -> Self {
         self.tuning = table;
         self
@@ -517,11 +522,19 @@ impl Kernels {
         let native = self.native_for(spec).is_some();
         match self.policy.choice_for(&spec.op) {
             KernelChoice::Portable => Ok(Variant::Portable),
-            KernelChoice::Auto => Ok(if native {
-                Variant::Native
-            } else {
-                Variant::Portable
-            }),
+            // Native where present, unless `wick kernels bench --save` measured it slower
+            // than the portable kernel on this adapter.
+            KernelChoice::Auto => Ok(
+                match (
+                    native,
+                    self.tuning
+                        .as_ref()
+                        .and_then(|t| t.variant_winner(&spec.op)),
+                ) {
+                    (true, Some(Variant::Portable)) | (false, _) => Variant::Portable,
+                    (true, _) => Variant::Native,
+                },
+            ),
             KernelChoice::Native if native => Ok(Variant::Native),
             // A global "native" falls back per op; an explicit per-op request is an error.
             KernelChoice::Native if !self.policy.per_op.contains_key(&spec.op) => {

@@ -1,5 +1,6 @@
-//! Measured GEMV work splits for one adapter (`wick tune`), consulted before the built-in
-//! per-adapter-class choice ([`super::gemv::choose_config`]).
+//! Measured choices for one adapter: GEMV work splits (`wick tune`), consulted before the
+//! built-in per-adapter-class choice ([`super::gemv::choose_config`]), and per-op variant
+//! winners (`wick kernels bench --save`), which `--kernels auto` follows.
 //!
 //! The table lives in `$WICK_TUNE_FILE`, else `$WICK_CACHE_DIR/tune/` (default
 //! `~/.cache/wick/tune/`) as `<adapter>-<backend>.json`. It is only used when its adapter,
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::gpu::Capabilities;
 use crate::kernels::gemv::GemvConfig;
+use crate::kernels::Variant;
 use crate::quant::WeightFormat;
 
 /// One measured shape.
@@ -38,6 +40,41 @@ pub struct TuningTable {
     pub backend: String,
     pub driver: String,
     pub entries: Vec<TuneEntry>,
+    /// Portable-vs-native results per op; absent in files written before they existed.
+    #[serde(default)]
+    pub variants: Vec<VariantEntry>,
+}
+
+/// The measured winner of one op between its portable and native variants (summed over the
+/// benchmarked shapes, so the shapes that cost most decide).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VariantEntry {
+    /// Op name as in [`super::KernelSpec::op`], e.g. `gemv_q8_0`.
+    pub op: String,
+    /// The variant `--kernels auto` uses for this op.
+    pub winner: Variant,
+    /// Summed time of each variant over the benchmarked shapes, microseconds.
+    pub portable_us: f64,
+    pub native_us: f64,
+    pub shapes: usize,
+}
+
+impl VariantEntry {
+    /// An entry from two measured totals: native wins unless it was slower.
+    pub fn from_times(op: &str, portable_us: f64, native_us: f64, shapes: usize) -> VariantEntry {
+        let winner = if native_us <= portable_us {
+            Variant::Native
+        } else {
+            Variant::Portable
+        };
+        VariantEntry {
+            op: op.to_string(),
+            winner,
+            portable_us,
+            native_us,
+            shapes,
+        }
+    }
 }
 
 fn slug(s: &str) -> String {
@@ -60,6 +97,7 @@ impl TuningTable {
             backend: caps.backend.clone(),
             driver: caps.driver_info.clone(),
             entries: Vec::new(),
+            variants: Vec::new(),
         }
     }
 
@@ -138,5 +176,17 @@ impl TuningTable {
             subgroup_reduce: caps.subgroup && e.lanes_per_row <= caps.subgroup_min_size,
         };
         cfg.validate(caps, op == "gemv_swiglu").ok().map(|()| cfg)
+    }
+
+    /// The measured winner for `op`, if the table has one.
+    pub fn variant_winner(&self, op: &str) -> Option<Variant> {
+        self.variants.iter().find(|v| v.op == op).map(|v| v.winner)
+    }
+
+    /// Records `entry`, replacing an older one for the same op.
+    pub fn set_variant(&mut self, entry: VariantEntry) {
+        self.variants.retain(|v| v.op != entry.op);
+        self.variants.push(entry);
+        self.variants.sort_by(|a, b| a.op.cmp(&b.op));
     }
 }

@@ -1,0 +1,728 @@
+//! `wick kernels bench`: portable against native time of each op with a native variant, on
+//! the real model shapes (GEMV of SmolLM2-135M, Qwen2.5-0.5B and Llama-3-8B, decode
+//! attention at a few KV lengths, GEMM at pp512 on the 8B shapes), as GB/s and a share of
+//! the measured read ceiling; the per-op winner can go into the tuning cache, which
+//! `--kernels auto` follows ([`super::Kernels::variant_for`]).
+//!
+//! Timing is [`crate::bench::time_dispatches`] (the method of `wick bench gemv`): warm-up,
+//! then the median of GPU timestamps around each run, or the wall clock of a synchronous
+//! batch where the adapter has no timestamps.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::catalog::{self, native_unavailable, OpInfo};
+use super::tuning::{TuningTable, VariantEntry};
+use super::{
+    attention, gemm, gemv, Dispatch, GpuMatrix, KernelChoice, KernelPolicy, Kernels, StepParams,
+    Variant,
+};
+use crate::bench::{time_dispatches, Timing};
+use crate::error::{Error, Result};
+use crate::gpu::{Capabilities, Gpu};
+use crate::model::synthetic::Preset;
+use crate::quant::{self, WeightFormat};
+
+/// What to benchmark.
+#[derive(Debug, Clone)]
+pub struct OpBenchOptions {
+    /// Only ops whose name contains this.
+    pub filter: Option<String>,
+    /// Also ops without a native variant (portable time only).
+    pub all: bool,
+    /// Synthetic presets whose GEMV and attention shapes are timed.
+    pub models: Vec<String>,
+    /// KV lengths of the decode attention cases.
+    pub kv_lens: Vec<usize>,
+    /// The preset and activation rows of the GEMM cases.
+    pub gemm_model: String,
+    pub gemm_rows: usize,
+    /// Timed runs per case and variant.
+    pub reps: usize,
+    /// Seconds of warm-up before the first timed case.
+    pub warmup_secs: f64,
+    /// Bytes read by the ceiling kernel (capped by the binding limit).
+    pub ceiling_bytes: u64,
+}
+
+impl Default for OpBenchOptions {
+    fn default() -> Self {
+        OpBenchOptions {
+            filter: None,
+            all: false,
+            models: ["smollm2-135m", "qwen2.5-0.5b", "llama3-8b"]
+                .map(String::from)
+                .to_vec(),
+            kv_lens: vec![512, 2048, 8192],
+            gemm_model: "llama3-8b".into(),
+            gemm_rows: 512,
+            reps: 20,
+            warmup_secs: 1.0,
+            ceiling_bytes: 1 << 30,
+        }
+    }
+}
+
+/// The work of one case.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Work {
+    Gemv {
+        format: WeightFormat,
+        n: usize,
+        k: usize,
+    },
+    GemvSwiglu {
+        format: WeightFormat,
+        n: usize,
+        k: usize,
+    },
+    GemvQkv {
+        format: WeightFormat,
+        n: [usize; 3],
+        k: usize,
+    },
+    AttentionDecode {
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        kv_len: usize,
+    },
+    Gemm {
+        format: WeightFormat,
+        m: usize,
+        n: usize,
+        k: usize,
+    },
+}
+
+fn matrix_bytes(f: WeightFormat, n: usize, k: usize) -> u64 {
+    (f.qs_words_per_row(k) * n + f.scale_words(n, k)) as u64 * 4
+}
+
+impl Work {
+    /// Bytes the kernel must move at least: weights (or K and V) read once, activations read,
+    /// outputs written.
+    pub fn bytes(&self) -> u64 {
+        match *self {
+            Work::Gemv { format, n, k } => matrix_bytes(format, n, k) + (k + n) as u64 * 4,
+            Work::GemvSwiglu { format, n, k } => {
+                2 * matrix_bytes(format, n, k) + (k + n) as u64 * 4
+            }
+            Work::GemvQkv { format, n, k } => {
+                n.iter().map(|&r| matrix_bytes(format, r, k)).sum::<u64>()
+                    + (k + n.iter().sum::<usize>()) as u64 * 4
+            }
+            Work::AttentionDecode {
+                n_heads,
+                n_kv_heads,
+                head_dim,
+                kv_len,
+            } => (2 * n_kv_heads * kv_len * head_dim * 2 + 2 * n_heads * head_dim * 4) as u64,
+            Work::Gemm { format, m, n, k } => {
+                matrix_bytes(format, n, k) + (m * k + m * n) as u64 * 4
+            }
+        }
+    }
+
+    /// Floating-point operations (a multiply-add is two).
+    pub fn flops(&self) -> f64 {
+        match *self {
+            Work::Gemv { n, k, .. } => 2.0 * (n * k) as f64,
+            Work::GemvSwiglu { n, k, .. } => 4.0 * (n * k) as f64,
+            Work::GemvQkv { n, k, .. } => 2.0 * (n.iter().sum::<usize>() * k) as f64,
+            Work::AttentionDecode {
+                n_heads,
+                head_dim,
+                kv_len,
+                ..
+            } => 4.0 * (n_heads * kv_len * head_dim) as f64,
+            Work::Gemm { m, n, k, .. } => 2.0 * (m * n * k) as f64,
+        }
+    }
+
+    pub fn shape(&self) -> String {
+        match *self {
+            Work::Gemv { n, k, .. } => format!("{n}x{k}"),
+            Work::GemvSwiglu { n, k, .. } => format!("2 x {n}x{k}"),
+            Work::GemvQkv { n, k, .. } => format!("{}+{}+{}x{k}", n[0], n[1], n[2]),
+            Work::AttentionDecode {
+                n_heads,
+                n_kv_heads,
+                head_dim,
+                kv_len,
+            } => format!("{n_heads}/{n_kv_heads}x{head_dim} kv{kv_len}"),
+            Work::Gemm { m, n, k, .. } => format!("{m}x{n}x{k}"),
+        }
+    }
+}
+
+/// One benchmarked (op, shape).
+#[derive(Debug, Clone)]
+pub struct BenchCase {
+    pub op: String,
+    /// The preset the shape comes from and its role in the model (`q`, `gate/up`, ...).
+    pub model: String,
+    pub role: String,
+    pub work: Work,
+}
+
+/// Ops the options select: those with a native variant (or all with `all`) that this bench
+/// knows how to time.
+fn selected_ops(o: &OpBenchOptions) -> Vec<OpInfo> {
+    const TIMED: [&str; 6] = [
+        "gemv",
+        "gemv_swiglu",
+        "gemv_qkv",
+        "attention_decode",
+        "attention_merge",
+        "gemm",
+    ];
+    catalog::catalog()
+        .into_iter()
+        .filter(|op| TIMED.contains(&op.kind.as_str()))
+        .filter(|op| (o.all || !op.native.is_empty()) && op.matches(o.filter.as_deref()))
+        .collect()
+}
+
+/// The cases of the selected ops on the options' model shapes.
+pub fn cases(o: &OpBenchOptions) -> Result<Vec<BenchCase>> {
+    let presets = o
+        .models
+        .iter()
+        .map(|m| Preset::by_name(m))
+        .collect::<Result<Vec<_>>>()?;
+    let mut out = Vec::new();
+    for op in selected_ops(o) {
+        for p in &presets {
+            let (q, kv) = (p.n_heads * p.head_dim, p.n_kv_heads * p.head_dim);
+            let case = |role: &str, work| BenchCase {
+                op: op.op.clone(),
+                model: p.name.to_string(),
+                role: role.to_string(),
+                work,
+            };
+            match (op.kind.as_str(), op.format) {
+                ("gemv", Some(format)) => {
+                    let mut shapes: Vec<(String, usize, usize)> = Vec::new();
+                    for (role, n, k) in [
+                        ("q", q, p.hidden),
+                        ("k/v", kv, p.hidden),
+                        ("o", p.hidden, q),
+                        ("gate/up", p.ffn, p.hidden),
+                        ("down", p.hidden, p.ffn),
+                        ("lm_head", p.vocab, p.hidden),
+                    ] {
+                        match shapes.iter_mut().find(|s| (s.1, s.2) == (n, k)) {
+                            Some(s) => s.0 = format!("{},{role}", s.0),
+                            None => shapes.push((role.to_string(), n, k)),
+                        }
+                    }
+                    for (role, n, k) in shapes {
+                        out.push(case(&role, Work::Gemv { format, n, k }));
+                    }
+                }
+                ("gemv_swiglu", Some(format)) => out.push(case(
+                    "gate+up",
+                    Work::GemvSwiglu {
+                        format,
+                        n: p.ffn,
+                        k: p.hidden,
+                    },
+                )),
+                ("gemv_qkv", Some(format)) => out.push(case(
+                    "qkv",
+                    Work::GemvQkv {
+                        format,
+                        n: [q, kv, kv],
+                        k: p.hidden,
+                    },
+                )),
+                ("attention_decode" | "attention_merge", _) => {
+                    for &kv_len in &o.kv_lens {
+                        out.push(case(
+                            "attention",
+                            Work::AttentionDecode {
+                                n_heads: p.n_heads,
+                                n_kv_heads: p.n_kv_heads,
+                                head_dim: p.head_dim,
+                                kv_len,
+                            },
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let ("gemm", Some(format)) = (op.kind.as_str(), op.format) {
+            let p = Preset::by_name(&o.gemm_model)?;
+            let (q, kv) = (p.n_heads * p.head_dim, p.n_kv_heads * p.head_dim);
+            let m = o.gemm_rows;
+            // No LM head: prefill projects only the last token through it.
+            for (role, n, k) in [
+                ("q,o", q, p.hidden),
+                ("k/v", kv, p.hidden),
+                ("gate/up", p.ffn, p.hidden),
+                ("down", p.hidden, p.ffn),
+            ] {
+                out.push(BenchCase {
+                    op: op.op.clone(),
+                    model: p.name.to_string(),
+                    role: role.to_string(),
+                    work: Work::Gemm { format, m, n, k },
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A case's buffers on the GPU, built once and bound by both variants.
+pub struct Prepared {
+    pub case: BenchCase,
+    mats: Vec<GpuMatrix>,
+    bufs: Vec<wgpu::Buffer>,
+}
+
+/// A case's dispatches on one registry.
+pub struct Built {
+    pub dispatches: Vec<Dispatch>,
+    /// The variant the case's op ran as.
+    pub variant: Variant,
+    _scratch: Option<wgpu::Buffer>,
+}
+
+fn random_matrix(gpu: &Gpu, f: WeightFormat, n: usize, k: usize, seed: u64) -> Result<GpuMatrix> {
+    let bytes = quant::random_weights(f.ggml(), n * k, seed, 1.0 / (k as f32).sqrt())?;
+    GpuMatrix::upload(gpu, "bench w", &quant::pack(f, &bytes, n, k)?)
+}
+
+fn check_k(f: WeightFormat, k: usize) -> Result<()> {
+    if !k.is_multiple_of(f.k_multiple()) {
+        return Err(Error::Shape(format!(
+            "k = {k} is not a multiple of {} for {}",
+            f.k_multiple(),
+            f.name()
+        )));
+    }
+    Ok(())
+}
+
+/// Uploads random inputs for `case`.
+pub fn prepare(gpu: &Gpu, case: &BenchCase) -> Result<Prepared> {
+    let mut mats = Vec::new();
+    let mut bufs = Vec::new();
+    let zeros = |len: usize, label: &str| gpu.upload(label, &vec![0.25f32; len.max(1)]);
+    match case.work {
+        Work::Gemv { format, n, k } => {
+            check_k(format, k)?;
+            mats.push(random_matrix(gpu, format, n, k, 1)?);
+            bufs.extend([zeros(k, "x")?, gpu.storage_buffer("out", (n * 4) as u64)?]);
+        }
+        Work::GemvSwiglu { format, n, k } => {
+            check_k(format, k)?;
+            mats.push(random_matrix(gpu, format, n, k, 1)?);
+            mats.push(random_matrix(gpu, format, n, k, 2)?);
+            bufs.extend([zeros(k, "x")?, gpu.storage_buffer("out", (n * 4) as u64)?]);
+        }
+        Work::GemvQkv { format, n, k } => {
+            check_k(format, k)?;
+            for (i, &r) in n.iter().enumerate() {
+                mats.push(random_matrix(gpu, format, r, k, i as u64 + 1)?);
+            }
+            bufs.push(zeros(k, "x")?);
+            for r in n {
+                bufs.push(gpu.storage_buffer("out", (r * 4) as u64)?);
+            }
+        }
+        Work::AttentionDecode {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            kv_len,
+        } => {
+            let words = super::kv_cache::cache_bytes(n_kv_heads, head_dim, kv_len) / 4;
+            // Small f16 values (0x2c00 = 0.0625 in both halves): content does not change speed.
+            let cache = vec![0x2c00_2c00u32; words as usize];
+            bufs.extend([
+                zeros(n_heads * head_dim, "q")?,
+                gpu.upload("cache k", &cache)?,
+                gpu.upload("cache v", &cache)?,
+                gpu.uniform(
+                    "step",
+                    &StepParams {
+                        pos: (kv_len - 1) as u32,
+                        n_tokens: 1,
+                        kv_len: kv_len as u32,
+                        ..Default::default()
+                    },
+                )?,
+                gpu.storage_buffer("out", (n_heads * head_dim * 4) as u64)?,
+            ]);
+        }
+        Work::Gemm { format, m, n, k } => {
+            check_k(format, k)?;
+            mats.push(random_matrix(gpu, format, n, k, 1)?);
+            bufs.extend([
+                zeros(m * k, "x")?,
+                gpu.storage_buffer("out", (m * n * 4) as u64)?,
+            ]);
+        }
+    }
+    Ok(Prepared {
+        case: case.clone(),
+        mats,
+        bufs,
+    })
+}
+
+impl Prepared {
+    /// The case's dispatches on `k` (whose policy picks the variant).
+    pub fn build(&self, k: &Kernels) -> Result<Built> {
+        let (m, b) = (&self.mats, &self.bufs);
+        let mut scratch = None;
+        let dispatches = match self.case.work {
+            Work::Gemv { .. } => vec![gemv::gemv(k, &m[0], &b[0], &b[1], Default::default())?],
+            Work::GemvSwiglu { .. } => vec![gemv::gemv_swiglu(k, &m[0], &m[1], &b[0], &b[1])?],
+            Work::GemvQkv { .. } => vec![gemv::gemv_qkv(
+                k,
+                [&m[0], &m[1], &m[2]],
+                &b[0],
+                None,
+                [&b[1], &b[2], &b[3]],
+                None,
+            )?],
+            Work::AttentionDecode {
+                n_heads,
+                n_kv_heads,
+                head_dim,
+                kv_len,
+            } => {
+                let splits = attention::choose_splits(&k.gpu.caps, n_kv_heads, kv_len);
+                let a = attention::attention_decode(
+                    k,
+                    &b[0],
+                    &b[1],
+                    &b[2],
+                    &b[3],
+                    &b[4],
+                    n_heads,
+                    n_kv_heads,
+                    head_dim,
+                    kv_len,
+                    1.0 / (head_dim as f32).sqrt(),
+                    splits,
+                )?;
+                scratch = a.scratch;
+                a.dispatches
+            }
+            Work::Gemm { m: rows, .. } => vec![gemm::gemm(
+                k,
+                &m[0],
+                &b[0],
+                &b[1],
+                rows,
+                Default::default(),
+            )?],
+        };
+        let variant = dispatches
+            .iter()
+            .find(|d| d.pipeline.op == self.case.op)
+            .map(|d| d.pipeline.variant)
+            .ok_or_else(|| {
+                Error::Unsupported(format!("no dispatch of {} was built", self.case.op))
+            })?;
+        Ok(Built {
+            dispatches,
+            variant,
+            _scratch: scratch,
+        })
+    }
+}
+
+/// A registry running `op` as `variant`: portable everywhere, or native for `op` (an error
+/// when it has none here) and wherever else one exists.
+pub fn registry(gpu: &Arc<Gpu>, op: &str, variant: Variant) -> Kernels {
+    let policy = match variant {
+        Variant::Portable => KernelPolicy::default(),
+        Variant::Native => KernelPolicy {
+            default: KernelChoice::Native,
+            per_op: [(op.to_string(), KernelChoice::Native)].into(),
+        },
+    };
+    Kernels::with_policy(gpu.clone(), policy)
+}
+
+/// Whether `op` has a native variant this adapter can run.
+pub fn native_available(caps: &Capabilities, op: &str) -> bool {
+    catalog::catalog()
+        .into_iter()
+        .find(|o| o.op == op)
+        .is_some_and(|o| {
+            o.native
+                .iter()
+                .any(|n| native_unavailable(caps, n).is_none())
+        })
+}
+
+/// One variant timed on one case.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpBenchRow {
+    /// Case number: the x position in the plot; both variants of a case share it.
+    pub index: usize,
+    pub op: String,
+    pub model: String,
+    pub role: String,
+    pub shape: String,
+    pub variant: Variant,
+    /// Median time of one run (all dispatches of the op: attention includes its merge).
+    pub us: f64,
+    pub bytes: u64,
+    pub flops: f64,
+    /// flops / bytes.
+    pub intensity: f64,
+    pub gb_s: f64,
+    /// Share of the measured read ceiling.
+    pub ceiling_share: f64,
+    pub gflop_s: f64,
+    /// Native rows: portable time / native time (> 1: native is faster).
+    pub speedup: Option<f64>,
+}
+
+/// Everything `wick kernels bench` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpBenchReport {
+    pub adapter: String,
+    pub backend: String,
+    pub driver: String,
+    pub timing: Timing,
+    pub read_ceiling_gb_s: f64,
+    pub rows: Vec<OpBenchRow>,
+    /// Per op with both variants timed: the summed times and the winner.
+    pub winners: Vec<VariantEntry>,
+    /// Cases or variants that could not run here, with the reason.
+    pub skipped: Vec<String>,
+}
+
+/// Times every selected case, portable and (where this adapter has one) native.
+pub fn run(gpu: &Arc<Gpu>, o: &OpBenchOptions) -> Result<OpBenchReport> {
+    if o.reps == 0 {
+        return Err(Error::InvalidArgument("reps must be at least 1".into()));
+    }
+    let caps = &gpu.caps;
+    let portable = registry(gpu, "", Variant::Portable);
+    // The first pass over the buffer warms the GPU clocks up; the second is the ceiling.
+    super::bandwidth::read_ceiling(&portable, o.ceiling_bytes, 5)?;
+    let ceiling = super::bandwidth::read_ceiling(&portable, o.ceiling_bytes, 10)?;
+    let mut rows = Vec::new();
+    let mut skipped = Vec::new();
+    let mut timing = Timing::Wall;
+    let mut warm = o.warmup_secs;
+    for (index, case) in cases(o)?.into_iter().enumerate() {
+        let label = format!(
+            "#{index} {} {} {} {}",
+            case.op,
+            case.model,
+            case.role,
+            case.work.shape()
+        );
+        let prepared = match prepare(gpu, &case) {
+            Ok(p) => p,
+            Err(e) => {
+                skipped.push(format!("{label}: {e}"));
+                continue;
+            }
+        };
+        let mut variants = vec![Variant::Portable];
+        if native_available(caps, &case.op) {
+            variants.push(Variant::Native);
+        }
+        let mut portable_us = None;
+        for variant in variants {
+            let k = registry(gpu, &case.op, variant);
+            let built = match prepared.build(&k) {
+                Ok(b) if b.variant == variant => b,
+                Ok(b) => {
+                    skipped.push(format!(
+                        "{label} {variant:?}: ran {:?} (no such pipeline)",
+                        b.variant
+                    ));
+                    continue;
+                }
+                Err(e) => {
+                    skipped.push(format!("{label} {variant:?}: {e}"));
+                    continue;
+                }
+            };
+            let ds: Vec<&Dispatch> = built.dispatches.iter().collect();
+            let (ns, t) = time_dispatches(gpu, &ds, o.reps, warm)?;
+            // Only the first case needs the long warm-up: the GPU stays busy afterwards.
+            warm = 0.0;
+            timing = t;
+            let us = ns / 1e3;
+            let (bytes, flops) = (case.work.bytes(), case.work.flops());
+            let gb_s = bytes as f64 / ns;
+            if variant == Variant::Portable {
+                portable_us = Some(us);
+            }
+            rows.push(OpBenchRow {
+                index,
+                op: case.op.clone(),
+                model: case.model.clone(),
+                role: case.role.clone(),
+                shape: case.work.shape(),
+                variant,
+                us,
+                bytes,
+                flops,
+                intensity: flops / bytes as f64,
+                gb_s,
+                ceiling_share: if ceiling > 0.0 {
+                    gb_s * 1e9 / ceiling
+                } else {
+                    0.0
+                },
+                gflop_s: flops / ns,
+                speedup: match (variant, portable_us) {
+                    (Variant::Native, Some(p)) => Some(p / us),
+                    _ => None,
+                },
+            });
+        }
+    }
+    let winners = winners(&rows);
+    Ok(OpBenchReport {
+        adapter: caps.adapter_name.clone(),
+        backend: caps.backend.clone(),
+        driver: caps.driver_info.clone(),
+        timing,
+        read_ceiling_gb_s: ceiling / 1e9,
+        rows,
+        winners,
+        skipped,
+    })
+}
+
+/// Per op, the summed portable and native times over the cases where both ran, and the
+/// winner (native unless it was slower).
+pub fn winners(rows: &[OpBenchRow]) -> Vec<VariantEntry> {
+    let mut ops: Vec<&str> = rows.iter().map(|r| r.op.as_str()).collect();
+    ops.sort();
+    ops.dedup();
+    let mut out = Vec::new();
+    for op in ops {
+        let (mut p, mut n, mut shapes) = (0.0, 0.0, 0);
+        for r in rows
+            .iter()
+            .filter(|r| r.op == op && r.variant == Variant::Native)
+        {
+            let Some(pr) = rows
+                .iter()
+                .find(|x| x.index == r.index && x.variant == Variant::Portable)
+            else {
+                continue;
+            };
+            p += pr.us;
+            n += r.us;
+            shapes += 1;
+        }
+        if shapes > 0 {
+            out.push(VariantEntry::from_times(op, p, n, shapes));
+        }
+    }
+    out
+}
+
+/// Writes the report's winners into this device's tuning file (`path`, else the default
+/// location), keeping its GEMV splits; returns the path.
+pub fn save_winners(
+    caps: &Capabilities,
+    report: &OpBenchReport,
+    path: Option<&Path>,
+) -> Result<PathBuf> {
+    let path = path.map_or_else(|| TuningTable::path_for(caps), Path::to_path_buf);
+    let mut table = TuningTable::load(&path, caps).unwrap_or_else(|| TuningTable::for_device(caps));
+    for w in &report.winners {
+        table.set_variant(w.clone());
+    }
+    table.save(&path)?;
+    Ok(path)
+}
+
+/// Draws achieved GB/s per case (x: case number, as in the table) for each variant, with the
+/// measured read ceiling as a horizontal line, into an SVG file. Case number rather than
+/// arithmetic intensity on x: GEMV and decode attention all sit near 1-4 flop/byte and would
+/// pile up on one column.
+pub fn plot_svg(report: &OpBenchReport, path: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    let perr = |e: String| Error::InvalidArgument(format!("plot {}: {e}", path.display()));
+    let cases = report.rows.iter().map(|r| r.index + 1).max().unwrap_or(1);
+    let ceiling = report.read_ceiling_gb_s;
+    let top = report
+        .rows
+        .iter()
+        .map(|r| r.gb_s)
+        .fold(ceiling, f64::max)
+        .max(1e-3)
+        * 1.15;
+    let root = SVGBackend::new(path, (1280, 720)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| perr(e.to_string()))?;
+    let x_range = -0.5f64..(cases as f64 - 0.5);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "{} ({}): achieved GB/s per kernel case",
+                report.adapter, report.backend
+            ),
+            ("sans-serif", 22),
+        )
+        .margin(20)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x_range, 0f64..top)
+        .map_err(|e| perr(e.to_string()))?;
+    chart
+        .configure_mesh()
+        .x_desc("case # (see `wick kernels bench` table)")
+        .y_desc("GB/s")
+        .x_labels(cases.min(40))
+        .x_label_formatter(&|v| format!("{}", v.round() as i64))
+        .draw()
+        .map_err(|e| perr(e.to_string()))?;
+    let right = cases as f64 - 0.5;
+    chart
+        .draw_series(std::iter::once(PathElement::new(
+            vec![(-0.5, ceiling), (right, ceiling)],
+            RED.stroke_width(2),
+        )))
+        .map_err(|e| perr(e.to_string()))?
+        .label(format!("measured read ceiling {ceiling:.1} GB/s"))
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
+    let of = |v: Variant| report.rows.iter().filter(move |r| r.variant == v);
+    chart
+        .draw_series(
+            of(Variant::Portable)
+                .map(|r| Circle::new((r.index as f64 - 0.15, r.gb_s), 5, BLUE.filled())),
+        )
+        .map_err(|e| perr(e.to_string()))?
+        .label("portable (WGSL)")
+        .legend(|(x, y)| Circle::new((x + 10, y), 5, BLUE.filled()));
+    chart
+        .draw_series(
+            of(Variant::Native)
+                .map(|r| TriangleMarker::new((r.index as f64 + 0.15, r.gb_s), 7, GREEN.filled())),
+        )
+        .map_err(|e| perr(e.to_string()))?
+        .label(format!("native ({})", report.backend))
+        .legend(|(x, y)| TriangleMarker::new((x + 10, y), 7, GREEN.filled()));
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(|e| perr(e.to_string()))?;
+    root.present().map_err(|e| perr(e.to_string()))?;
+    Ok(())
+}

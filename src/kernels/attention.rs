@@ -92,11 +92,13 @@ fn with_native(mut spec: KernelSpec, head_dim: usize) -> KernelSpec {
         family: vk,
         entry: "main",
         workgroup_size: [NATIVE_WG as u32, 1, 1],
+        ..Default::default()
     });
     spec.native_metal = Some(NativeKernel {
         family: "attention_decode",
         entry: mtl,
         workgroup_size: [NATIVE_WG as u32, 1, 1],
+        ..Default::default()
     });
     spec
 }

@@ -114,7 +114,12 @@ fn committed_spirv_matches_its_glsl_source() {
             .arg(&out)
             .status()
             .unwrap();
-        assert!(st.success(), "glslc failed on {} ({:?})", m.src.display(), m.flags);
+        assert!(
+            st.success(),
+            "glslc failed on {} ({:?})",
+            m.src.display(),
+            m.flags
+        );
         let fresh = std::fs::read(&out).unwrap();
         let committed = std::fs::read(dir().join(format!("{}.spv", m.stem))).unwrap();
         assert!(

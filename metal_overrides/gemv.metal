@@ -195,7 +195,8 @@ float row_dot(Mat m, thread const Acts<NORM>& a, uint upr, uint base, uint l, ui
             + (unit_of<F>(m, g + 2 * lpr, x2) + unit_of<F>(m, g + 3 * lpr, x3));
     }
     for (; u < upr; u += lpr) {
-        acc += unit_of<F>(m, base + u, F::load_x(a, u));
+        XU xs = F::load_x(a, u);
+        acc += unit_of<F>(m, base + u, xs);
     }
     return acc;
 }

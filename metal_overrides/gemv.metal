@@ -369,84 +369,410 @@ void qkv_impl(constant Params& p, Mat q, Mat k, Mat v, device const float4* x,
 }
 
 // ---- entry points -----------------------------------------------------------------------
+// Written out (no macros) so each signature can be read, and checked, as it is. Without the
+// prologue the norm weights are never read; x stands in for them.
 
-#define LANE_ARGS                                                                          \
-    uint3 tg [[threadgroup_position_in_grid]], uint3 ntg [[threadgroups_per_grid]],        \
-        uint lid [[thread_index_in_threadgroup]],                                          \
-        uint sg [[simdgroup_index_in_threadgroup]], uint sl [[thread_index_in_simdgroup]]
-
-// Rows continue in grid y when x is full (gemv::grid).
-#define LANE_INIT                                                                          \
-    Lane ln;                                                                               \
-    ln.wg = tg.x + tg.y * ntg.x;                                                           \
-    ln.lid = lid;                                                                          \
-    ln.sg = sg;                                                                            \
-    ln.sl = sl;                                                                            \
+kernel void gemv_q4_0(constant Params& p [[buffer(0)]],
+                    device const uint* qs [[buffer(1)]],
+                    device const uint* sc [[buffer(2)]],
+                    device const float4* x [[buffer(3)]],
+                    device const float* bias [[buffer(4)]],
+                    device float* out [[buffer(5)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
     threadgroup float norm_sums[NSIMD];
+    threadgroup float group_sums[NSIMD];
+    gemv_impl<Q4_0, false>(p, Mat{qs, sc}, x, bias, out, x, ln, norm_sums, group_sums);
+}
 
-#define GEMV_ARGS                                                                          \
-    constant Params& p [[buffer(0)]], device const uint* qs [[buffer(1)]],                 \
-        device const uint* sc [[buffer(2)]], device const float4* x [[buffer(3)]],         \
-        device const float* bias [[buffer(4)]], device float* out [[buffer(5)]]
+kernel void gemv_swiglu_q4_0(constant Params& p [[buffer(0)]],
+                    device const uint* g_qs [[buffer(1)]],
+                    device const uint* g_sc [[buffer(2)]],
+                    device const uint* u_qs [[buffer(3)]],
+                    device const uint* u_sc [[buffer(4)]],
+                    device const float4* x [[buffer(5)]],
+                    device float* out [[buffer(6)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    threadgroup float norm_sums[NSIMD];
+    threadgroup float2 group_sums[NSIMD];
+    swiglu_impl<Q4_0, false>(p, Mat{g_qs, g_sc}, Mat{u_qs, u_sc}, x, out, x, ln, norm_sums,
+                          group_sums);
+}
 
-#define SWIGLU_ARGS                                                                        \
-    constant Params& p [[buffer(0)]], device const uint* g_qs [[buffer(1)]],               \
-        device const uint* g_sc [[buffer(2)]], device const uint* u_qs [[buffer(3)]],      \
-        device const uint* u_sc [[buffer(4)]], device const float4* x [[buffer(5)]],       \
-        device float* out [[buffer(6)]]
+kernel void gemv_qkv_q4_0(constant Params& p [[buffer(0)]],
+                    device const uint* q_qs [[buffer(1)]],
+                    device const uint* q_sc [[buffer(2)]],
+                    device const uint* k_qs [[buffer(3)]],
+                    device const uint* k_sc [[buffer(4)]],
+                    device const uint* v_qs [[buffer(5)]],
+                    device const uint* v_sc [[buffer(6)]],
+                    device const float4* x [[buffer(7)]],
+                    device const float* q_bias [[buffer(8)]],
+                    device const float* k_bias [[buffer(9)]],
+                    device const float* v_bias [[buffer(10)]],
+                    device float* q_out [[buffer(11)]],
+                    device float* k_out [[buffer(12)]],
+                    device float* v_out [[buffer(13)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    threadgroup float norm_sums[NSIMD];
+    threadgroup float group_sums[NSIMD];
+    qkv_impl<Q4_0, false>(p, Mat{q_qs, q_sc}, Mat{k_qs, k_sc}, Mat{v_qs, v_sc}, x,
+                       q_bias, k_bias, v_bias, q_out, k_out, v_out, x, ln, norm_sums, group_sums);
+}
 
-#define QKV_ARGS                                                                           \
-    constant Params& p [[buffer(0)]], device const uint* q_qs [[buffer(1)]],               \
-        device const uint* q_sc [[buffer(2)]], device const uint* k_qs [[buffer(3)]],      \
-        device const uint* k_sc [[buffer(4)]], device const uint* v_qs [[buffer(5)]],      \
-        device const uint* v_sc [[buffer(6)]], device const float4* x [[buffer(7)]],       \
-        device const float* q_bias [[buffer(8)]], device const float* k_bias [[buffer(9)]], \
-        device const float* v_bias [[buffer(10)]], device float* q_out [[buffer(11)]],     \
-        device float* k_out [[buffer(12)]], device float* v_out [[buffer(13)]]
+kernel void gemv_q4_0_norm(constant Params& p [[buffer(0)]],
+                    device const uint* qs [[buffer(1)]],
+                    device const uint* sc [[buffer(2)]],
+                    device const float4* x [[buffer(3)]],
+                    device const float* bias [[buffer(4)]],
+                    device float* out [[buffer(5)]],
+                    device const float4* norm_w [[buffer(6)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    threadgroup float norm_sums[NSIMD];
+    threadgroup float group_sums[NSIMD];
+    gemv_impl<Q4_0, true>(p, Mat{qs, sc}, x, bias, out, norm_w, ln, norm_sums,
+                          group_sums);
+}
 
-// Without the prologue the norm weights are never read; x stands in for them.
-#define GEMV_KERNELS(NAME, F)                                                              \
-    kernel void gemv_##NAME(GEMV_ARGS, LANE_ARGS) {                                        \
-        LANE_INIT                                                                          \
-        threadgroup float group_sums[NSIMD];                                               \
-        gemv_impl<F, false>(p, Mat{qs, sc}, x, bias, out, x, ln, norm_sums, group_sums);   \
-    }                                                                                      \
-    kernel void gemv_##NAME##_norm(GEMV_ARGS, device const float4* norm_w [[buffer(6)]],   \
-                                   LANE_ARGS) {                                            \
-        LANE_INIT                                                                          \
-        threadgroup float group_sums[NSIMD];                                               \
-        gemv_impl<F, true>(p, Mat{qs, sc}, x, bias, out, norm_w, ln, norm_sums,            \
-                           group_sums);                                                    \
-    }                                                                                      \
-    kernel void gemv_swiglu_##NAME(SWIGLU_ARGS, LANE_ARGS) {                               \
-        LANE_INIT                                                                          \
-        threadgroup float2 group_sums[NSIMD];                                              \
-        swiglu_impl<F, false>(p, Mat{g_qs, g_sc}, Mat{u_qs, u_sc}, x, out, x, ln,          \
-                              norm_sums, group_sums);                                      \
-    }                                                                                      \
-    kernel void gemv_swiglu_##NAME##_norm(                                                 \
-        SWIGLU_ARGS, device const float4* norm_w [[buffer(7)]], LANE_ARGS) {               \
-        LANE_INIT                                                                          \
-        threadgroup float2 group_sums[NSIMD];                                              \
-        swiglu_impl<F, true>(p, Mat{g_qs, g_sc}, Mat{u_qs, u_sc}, x, out, norm_w, ln,      \
-                             norm_sums, group_sums);                                       \
-    }                                                                                      \
-    kernel void gemv_qkv_##NAME(QKV_ARGS, LANE_ARGS) {                                     \
-        LANE_INIT                                                                          \
-        threadgroup float group_sums[NSIMD];                                               \
-        qkv_impl<F, false>(p, Mat{q_qs, q_sc}, Mat{k_qs, k_sc}, Mat{v_qs, v_sc}, x,        \
-                           q_bias, k_bias, v_bias, q_out, k_out, v_out, x, ln, norm_sums,  \
-                           group_sums);                                                    \
-    }                                                                                      \
-    kernel void gemv_qkv_##NAME##_norm(QKV_ARGS, device const float4* norm_w [[buffer(14)]], \
-                                       LANE_ARGS) {                                        \
-        LANE_INIT                                                                          \
-        threadgroup float group_sums[NSIMD];                                               \
-        qkv_impl<F, true>(p, Mat{q_qs, q_sc}, Mat{k_qs, k_sc}, Mat{v_qs, v_sc}, x, q_bias, \
-                          k_bias, v_bias, q_out, k_out, v_out, norm_w, ln, norm_sums,      \
-                          group_sums);                                                     \
-    }
+kernel void gemv_swiglu_q4_0_norm(constant Params& p [[buffer(0)]],
+                    device const uint* g_qs [[buffer(1)]],
+                    device const uint* g_sc [[buffer(2)]],
+                    device const uint* u_qs [[buffer(3)]],
+                    device const uint* u_sc [[buffer(4)]],
+                    device const float4* x [[buffer(5)]],
+                    device float* out [[buffer(6)]],
+                    device const float4* norm_w [[buffer(7)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    threadgroup float norm_sums[NSIMD];
+    threadgroup float2 group_sums[NSIMD];
+    swiglu_impl<Q4_0, true>(p, Mat{g_qs, g_sc}, Mat{u_qs, u_sc}, x, out, norm_w, ln,
+                          norm_sums, group_sums);
+}
 
-GEMV_KERNELS(q4_0, Q4_0)
-GEMV_KERNELS(q4_1, Q4_1)
-GEMV_KERNELS(q8_0, Q8_0)
+kernel void gemv_qkv_q4_0_norm(constant Params& p [[buffer(0)]],
+                    device const uint* q_qs [[buffer(1)]],
+                    device const uint* q_sc [[buffer(2)]],
+                    device const uint* k_qs [[buffer(3)]],
+                    device const uint* k_sc [[buffer(4)]],
+                    device const uint* v_qs [[buffer(5)]],
+                    device const uint* v_sc [[buffer(6)]],
+                    device const float4* x [[buffer(7)]],
+                    device const float* q_bias [[buffer(8)]],
+                    device const float* k_bias [[buffer(9)]],
+                    device const float* v_bias [[buffer(10)]],
+                    device float* q_out [[buffer(11)]],
+                    device float* k_out [[buffer(12)]],
+                    device float* v_out [[buffer(13)]],
+                    device const float4* norm_w [[buffer(14)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    threadgroup float norm_sums[NSIMD];
+    threadgroup float group_sums[NSIMD];
+    qkv_impl<Q4_0, true>(p, Mat{q_qs, q_sc}, Mat{k_qs, k_sc}, Mat{v_qs, v_sc}, x,
+                       q_bias, k_bias, v_bias, q_out, k_out, v_out, norm_w, ln, norm_sums,
+                       group_sums);
+}
+
+kernel void gemv_q4_1(constant Params& p [[buffer(0)]],
+                    device const uint* qs [[buffer(1)]],
+                    device const uint* sc [[buffer(2)]],
+                    device const float4* x [[buffer(3)]],
+                    device const float* bias [[buffer(4)]],
+                    device float* out [[buffer(5)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    threadgroup float norm_sums[NSIMD];
+    threadgroup float group_sums[NSIMD];
+    gemv_impl<Q4_1, false>(p, Mat{qs, sc}, x, bias, out, x, ln, norm_sums, group_sums);
+}
+
+kernel void gemv_swiglu_q4_1(constant Params& p [[buffer(0)]],
+                    device const uint* g_qs [[buffer(1)]],
+                    device const uint* g_sc [[buffer(2)]],
+                    device const uint* u_qs [[buffer(3)]],
+                    device const uint* u_sc [[buffer(4)]],
+                    device const float4* x [[buffer(5)]],
+                    device float* out [[buffer(6)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    threadgroup float norm_sums[NSIMD];
+    threadgroup float2 group_sums[NSIMD];
+    swiglu_impl<Q4_1, false>(p, Mat{g_qs, g_sc}, Mat{u_qs, u_sc}, x, out, x, ln, norm_sums,
+                          group_sums);
+}
+
+kernel void gemv_qkv_q4_1(constant Params& p [[buffer(0)]],
+                    device const uint* q_qs [[buffer(1)]],
+                    device const uint* q_sc [[buffer(2)]],
+                    device const uint* k_qs [[buffer(3)]],
+                    device const uint* k_sc [[buffer(4)]],
+                    device const uint* v_qs [[buffer(5)]],
+                    device const uint* v_sc [[buffer(6)]],
+                    device const float4* x [[buffer(7)]],
+                    device const float* q_bias [[buffer(8)]],
+                    device const float* k_bias [[buffer(9)]],
+                    device const float* v_bias [[buffer(10)]],
+                    device float* q_out [[buffer(11)]],
+                    device float* k_out [[buffer(12)]],
+                    device float* v_out [[buffer(13)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    threadgroup float norm_sums[NSIMD];
+    threadgroup float group_sums[NSIMD];
+    qkv_impl<Q4_1, false>(p, Mat{q_qs, q_sc}, Mat{k_qs, k_sc}, Mat{v_qs, v_sc}, x,
+                       q_bias, k_bias, v_bias, q_out, k_out, v_out, x, ln, norm_sums, group_sums);
+}
+
+kernel void gemv_q4_1_norm(constant Params& p [[buffer(0)]],
+                    device const uint* qs [[buffer(1)]],
+                    device const uint* sc [[buffer(2)]],
+                    device const float4* x [[buffer(3)]],
+                    device const float* bias [[buffer(4)]],
+                    device float* out [[buffer(5)]],
+                    device const float4* norm_w [[buffer(6)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    threadgroup float norm_sums[NSIMD];
+    threadgroup float group_sums[NSIMD];
+    gemv_impl<Q4_1, true>(p, Mat{qs, sc}, x, bias, out, norm_w, ln, norm_sums,
+                          group_sums);
+}
+
+kernel void gemv_swiglu_q4_1_norm(constant Params& p [[buffer(0)]],
+                    device const uint* g_qs [[buffer(1)]],
+                    device const uint* g_sc [[buffer(2)]],
+                    device const uint* u_qs [[buffer(3)]],
+                    device const uint* u_sc [[buffer(4)]],
+                    device const float4* x [[buffer(5)]],
+                    device float* out [[buffer(6)]],
+                    device const float4* norm_w [[buffer(7)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    threadgroup float norm_sums[NSIMD];
+    threadgroup float2 group_sums[NSIMD];
+    swiglu_impl<Q4_1, true>(p, Mat{g_qs, g_sc}, Mat{u_qs, u_sc}, x, out, norm_w, ln,
+                          norm_sums, group_sums);
+}
+
+kernel void gemv_qkv_q4_1_norm(constant Params& p [[buffer(0)]],
+                    device const uint* q_qs [[buffer(1)]],
+                    device const uint* q_sc [[buffer(2)]],
+                    device const uint* k_qs [[buffer(3)]],
+                    device const uint* k_sc [[buffer(4)]],
+                    device const uint* v_qs [[buffer(5)]],
+                    device const uint* v_sc [[buffer(6)]],
+                    device const float4* x [[buffer(7)]],
+                    device const float* q_bias [[buffer(8)]],
+                    device const float* k_bias [[buffer(9)]],
+                    device const float* v_bias [[buffer(10)]],
+                    device float* q_out [[buffer(11)]],
+                    device float* k_out [[buffer(12)]],
+                    device float* v_out [[buffer(13)]],
+                    device const float4* norm_w [[buffer(14)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    threadgroup float norm_sums[NSIMD];
+    threadgroup float group_sums[NSIMD];
+    qkv_impl<Q4_1, true>(p, Mat{q_qs, q_sc}, Mat{k_qs, k_sc}, Mat{v_qs, v_sc}, x,
+                       q_bias, k_bias, v_bias, q_out, k_out, v_out, norm_w, ln, norm_sums,
+                       group_sums);
+}
+
+kernel void gemv_q8_0(constant Params& p [[buffer(0)]],
+                    device const uint* qs [[buffer(1)]],
+                    device const uint* sc [[buffer(2)]],
+                    device const float4* x [[buffer(3)]],
+                    device const float* bias [[buffer(4)]],
+                    device float* out [[buffer(5)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    threadgroup float norm_sums[NSIMD];
+    threadgroup float group_sums[NSIMD];
+    gemv_impl<Q8_0, false>(p, Mat{qs, sc}, x, bias, out, x, ln, norm_sums, group_sums);
+}
+
+kernel void gemv_swiglu_q8_0(constant Params& p [[buffer(0)]],
+                    device const uint* g_qs [[buffer(1)]],
+                    device const uint* g_sc [[buffer(2)]],
+                    device const uint* u_qs [[buffer(3)]],
+                    device const uint* u_sc [[buffer(4)]],
+                    device const float4* x [[buffer(5)]],
+                    device float* out [[buffer(6)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    threadgroup float norm_sums[NSIMD];
+    threadgroup float2 group_sums[NSIMD];
+    swiglu_impl<Q8_0, false>(p, Mat{g_qs, g_sc}, Mat{u_qs, u_sc}, x, out, x, ln, norm_sums,
+                          group_sums);
+}
+
+kernel void gemv_qkv_q8_0(constant Params& p [[buffer(0)]],
+                    device const uint* q_qs [[buffer(1)]],
+                    device const uint* q_sc [[buffer(2)]],
+                    device const uint* k_qs [[buffer(3)]],
+                    device const uint* k_sc [[buffer(4)]],
+                    device const uint* v_qs [[buffer(5)]],
+                    device const uint* v_sc [[buffer(6)]],
+                    device const float4* x [[buffer(7)]],
+                    device const float* q_bias [[buffer(8)]],
+                    device const float* k_bias [[buffer(9)]],
+                    device const float* v_bias [[buffer(10)]],
+                    device float* q_out [[buffer(11)]],
+                    device float* k_out [[buffer(12)]],
+                    device float* v_out [[buffer(13)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    threadgroup float norm_sums[NSIMD];
+    threadgroup float group_sums[NSIMD];
+    qkv_impl<Q8_0, false>(p, Mat{q_qs, q_sc}, Mat{k_qs, k_sc}, Mat{v_qs, v_sc}, x,
+                       q_bias, k_bias, v_bias, q_out, k_out, v_out, x, ln, norm_sums, group_sums);
+}
+
+kernel void gemv_q8_0_norm(constant Params& p [[buffer(0)]],
+                    device const uint* qs [[buffer(1)]],
+                    device const uint* sc [[buffer(2)]],
+                    device const float4* x [[buffer(3)]],
+                    device const float* bias [[buffer(4)]],
+                    device float* out [[buffer(5)]],
+                    device const float4* norm_w [[buffer(6)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    threadgroup float norm_sums[NSIMD];
+    threadgroup float group_sums[NSIMD];
+    gemv_impl<Q8_0, true>(p, Mat{qs, sc}, x, bias, out, norm_w, ln, norm_sums,
+                          group_sums);
+}
+
+kernel void gemv_swiglu_q8_0_norm(constant Params& p [[buffer(0)]],
+                    device const uint* g_qs [[buffer(1)]],
+                    device const uint* g_sc [[buffer(2)]],
+                    device const uint* u_qs [[buffer(3)]],
+                    device const uint* u_sc [[buffer(4)]],
+                    device const float4* x [[buffer(5)]],
+                    device float* out [[buffer(6)]],
+                    device const float4* norm_w [[buffer(7)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    threadgroup float norm_sums[NSIMD];
+    threadgroup float2 group_sums[NSIMD];
+    swiglu_impl<Q8_0, true>(p, Mat{g_qs, g_sc}, Mat{u_qs, u_sc}, x, out, norm_w, ln,
+                          norm_sums, group_sums);
+}
+
+kernel void gemv_qkv_q8_0_norm(constant Params& p [[buffer(0)]],
+                    device const uint* q_qs [[buffer(1)]],
+                    device const uint* q_sc [[buffer(2)]],
+                    device const uint* k_qs [[buffer(3)]],
+                    device const uint* k_sc [[buffer(4)]],
+                    device const uint* v_qs [[buffer(5)]],
+                    device const uint* v_sc [[buffer(6)]],
+                    device const float4* x [[buffer(7)]],
+                    device const float* q_bias [[buffer(8)]],
+                    device const float* k_bias [[buffer(9)]],
+                    device const float* v_bias [[buffer(10)]],
+                    device float* q_out [[buffer(11)]],
+                    device float* k_out [[buffer(12)]],
+                    device float* v_out [[buffer(13)]],
+                    device const float4* norm_w [[buffer(14)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    threadgroup float norm_sums[NSIMD];
+    threadgroup float group_sums[NSIMD];
+    qkv_impl<Q8_0, true>(p, Mat{q_qs, q_sc}, Mat{k_qs, k_sc}, Mat{v_qs, v_sc}, x,
+                       q_bias, k_bias, v_bias, q_out, k_out, v_out, norm_w, ln, norm_sums,
+                       group_sums);
+}

@@ -517,8 +517,9 @@ pub fn gemv_sweep(
         let (med, _) = time_dispatches(gpu, &[&d], reps, warm)?;
         let gb_s = bytes as f64 / med;
         let native = d.pipeline.variant == crate::kernels::Variant::Native;
+        let is_default = cfg == default;
         let cfg = if native {
-            crate::kernels::gemv::NATIVE_CONFIG
+            crate::kernels::gemv::native_config(&cfg)
         } else {
             cfg
         };
@@ -538,7 +539,7 @@ pub fn gemv_sweep(
             } else {
                 0.0
             },
-            default: cfg == default,
+            default: is_default,
         });
     }
     gpu.check()?;

@@ -38,6 +38,11 @@ struct Params {
     // QKV: rows of the k and v matrices (n is the q matrix's).
     nk: u32,
     nv: u32,
+    // Native kernels only (epilogue flags, lanes per row); the WGSL reads overrides instead.
+    flags: u32,
+    lanes_per_row: u32,
+    _pad0: u32,
+    _pad1: u32,
     _pad2: u32,
 }
 

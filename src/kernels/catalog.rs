@@ -76,7 +76,12 @@ fn natives_of(spec: &KernelSpec) -> Vec<NativeInfo> {
 /// Specs of the portable pipelines, one or more per op (the variant does not matter: only
 /// the op names, families and native variants are read).
 fn portable_specs() -> Vec<KernelSpec> {
-    let any_split = gemv::NATIVE_CONFIG;
+    let any_split = gemv::native_config(&gemv::GemvConfig {
+        lanes_per_row: 32,
+        rows_per_group: 1,
+        workgroup_size: 256,
+        subgroup_reduce: false,
+    });
     let tiling = gemm::GemmTiling {
         wg_m: 16,
         wg_n: 16,

@@ -1,6 +1,9 @@
 //! GEMV: one f32 activation vector times a weight matrix in GPU planes (decode's hot path),
 //! with fused epilogues (bias, residual accumulate, output offset) and a fused
-//! gate+up+SwiGLU variant. Kernel: `wgsl/gemv.wgsl`; design in KERNELS.md §2.
+//! gate+up+SwiGLU variant and a fused QKV variant. Kernel: `wgsl/gemv.wgsl`; design in
+//! KERNELS.md §2. Q4_0, Q4_1 and Q8_0 also have native kernels of every kind
+//! (`vulkan_overrides/gemv.comp`, `metal_overrides/gemv.metal`), dispatched with
+//! [`native_config`].
 
 use bytemuck::{Pod, Zeroable};
 
@@ -9,7 +12,9 @@ use crate::error::{Error, Result};
 use crate::gpu::Capabilities;
 use crate::quant::WeightFormat;
 
-/// WGSL mirror: `struct Params { n, upr, out_offset, eps_bits, k4, nk, nv, flags }`.
+/// WGSL mirror: `struct Params { n, upr, out_offset, eps_bits, k4, nk, nv, flags,
+/// lanes_per_row, _pad }`; the native kernels (`vulkan_overrides/gemv.comp`,
+/// `metal_overrides/gemv.metal`) declare the same struct.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct GemvParams {
@@ -27,39 +32,127 @@ pub struct GemvParams {
     pub nk: u32,
     pub nv: u32,
     /// Epilogue flags for native kernels, which get no override constants: bit 0 add the
-    /// bias, bit 1 accumulate (the WGSL kernel reads HAS_BIAS / ACCUMULATE instead).
+    /// bias (QKV: all three), bit 1 accumulate (the WGSL kernel reads HAS_BIAS / ACCUMULATE
+    /// instead).
     pub flags: u32,
+    /// Native kernels: lanes per row (a power of two, 1..=256) of their fixed 256-lane
+    /// workgroup (the WGSL kernel reads LPR instead).
+    pub lanes_per_row: u32,
+    /// Keeps the uniform a multiple of 16 bytes.
+    pub _pad: [u32; 3],
 }
 
 /// `GemvParams::flags` bits.
 pub const FLAG_BIAS: u32 = 1;
 pub const FLAG_ACCUMULATE: u32 = 2;
 
-/// The fixed work split of the native Vulkan GEMV (`vulkan_overrides/gemv.comp`): 32 lanes
-/// per row, 8 rows per 256-lane workgroup, workgroup-memory reduction.
-pub const NATIVE_CONFIG: GemvConfig = GemvConfig {
-    lanes_per_row: 32,
-    rows_per_group: 1,
-    workgroup_size: 256,
-    subgroup_reduce: false,
-};
+/// Workgroup size of the native GEMV kernels (`vulkan_overrides/gemv.comp`,
+/// `metal_overrides/gemv.metal`): fixed, since passthrough shaders get no override constants.
+/// 256 lanes are 8 Metal simdgroups / NVIDIA warps, 32 lavapipe subgroups.
+pub const NATIVE_WORKGROUP_SIZE: u32 = 256;
 
-/// The native variants of a plain GEMV: Vulkan SPIR-V for Q8_0 without the norm prologue.
-fn native_vulkan(format: WeightFormat, norm: bool) -> Option<NativeKernel> {
-    (format == WeightFormat::Q8_0 && !norm).then_some(NativeKernel {
-        family: "gemv",
+/// The work split a native GEMV runs for the split `cfg` the host chose: the same lanes per
+/// row (passed in [`GemvParams::lanes_per_row`], so the native kernel adapts to the shape as
+/// the WGSL one does), one row per row group, [`NATIVE_WORKGROUP_SIZE`] lanes, so
+/// 256 / lanes_per_row rows per workgroup. The kernels reduce with subgroup operations.
+pub fn native_config(cfg: &GemvConfig) -> GemvConfig {
+    GemvConfig {
+        lanes_per_row: cfg.lanes_per_row.clamp(1, NATIVE_WORKGROUP_SIZE),
+        rows_per_group: 1,
+        workgroup_size: NATIVE_WORKGROUP_SIZE,
+        subgroup_reduce: true,
+    }
+}
+
+/// The GEMV pipeline kinds the runtime uses (each with and without the norm prologue).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemvKind {
+    /// `gemv`: one matrix with the bias / accumulate / out_offset epilogue.
+    Plain,
+    /// `gemv_swiglu`: gate and up, then silu(gate) * up.
+    Swiglu,
+    /// `gemv_qkv`: q, k and v projections with optional biases.
+    Qkv,
+}
+
+/// (SPIR-V module stem, MSL entry) of each native kernel of one format, indexed by
+/// `2 * kind + norm` (kinds in [`GemvKind`] order).
+macro_rules! native_names {
+    ($f:literal) => {
+        [
+            (concat!("gemv.", $f), concat!("gemv_", $f)),
+            (concat!("gemv.", $f, "_norm"), concat!("gemv_", $f, "_norm")),
+            (concat!("gemv.swiglu_", $f), concat!("gemv_swiglu_", $f)),
+            (
+                concat!("gemv.swiglu_", $f, "_norm"),
+                concat!("gemv_swiglu_", $f, "_norm"),
+            ),
+            (concat!("gemv.qkv_", $f), concat!("gemv_qkv_", $f)),
+            (
+                concat!("gemv.qkv_", $f, "_norm"),
+                concat!("gemv_qkv_", $f, "_norm"),
+            ),
+        ]
+    };
+}
+
+/// Formats with native GEMV kernels.
+pub const NATIVE_FORMATS: [WeightFormat; 3] =
+    [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0];
+
+/// Sets the native Vulkan and Metal variants of a GEMV spec of this format and kind, where
+/// wick ships them.
+fn with_natives(mut s: KernelSpec, format: WeightFormat, kind: GemvKind, norm: bool) -> KernelSpec {
+    let names = match format {
+        WeightFormat::Q4_0 => native_names!("q4_0"),
+        WeightFormat::Q4_1 => native_names!("q4_1"),
+        WeightFormat::Q8_0 => native_names!("q8_0"),
+        _ => return s,
+    };
+    let (module, entry) = names[2 * kind as usize + norm as usize];
+    let workgroup_size = [NATIVE_WORKGROUP_SIZE, 1, 1];
+    s.native_vulkan = Some(NativeKernel {
+        family: module,
         entry: "main",
-        workgroup_size: [256, 1, 1],
+        workgroup_size,
         ..Default::default()
-    })
+    });
+    s.native_metal = Some(NativeKernel {
+        family: "gemv",
+        entry,
+        workgroup_size,
+        ..Default::default()
+    });
+    s
+}
+
+/// The native kernels reduce with subgroup operations: on a device without them (or with
+/// them turned off) every GEMV runs its WGSL kernel.
+fn runnable_here(mut s: KernelSpec, caps: &Capabilities) -> KernelSpec {
+    if !caps.subgroup {
+        s.native_vulkan = None;
+        s.native_metal = None;
+    }
+    s
 }
 
 /// Specs of every GEMV pipeline that has a native variant (see [`super::native_specs`]).
 pub fn native_specs() -> Vec<KernelSpec> {
-    [WeightFormat::Q8_0]
-        .into_iter()
-        .map(|f| spec(f, &NATIVE_CONFIG, false, false, false))
-        .collect()
+    let cfg = native_config(&GemvConfig {
+        lanes_per_row: 32,
+        rows_per_group: 1,
+        workgroup_size: NATIVE_WORKGROUP_SIZE,
+        subgroup_reduce: false,
+    });
+    let mut v = Vec::new();
+    for f in NATIVE_FORMATS {
+        for norm in [false, true] {
+            v.push(spec(f, &cfg, false, false, norm));
+            v.push(swiglu_spec(f, &cfg, norm));
+            v.push(qkv_spec(f, &cfg, false, norm));
+        }
+    }
+    v
 }
 
 /// What happens to each dot product before it is stored.
@@ -267,24 +360,45 @@ pub fn spec(
     norm: bool,
 ) -> KernelSpec {
     let op = format!("gemv_{}", format.name());
-    let mut s = gemv_spec(op, "gemv", format, cfg, &[], (4, 1), norm)
+    let s = gemv_spec(op, "gemv", format, cfg, &[], (4, 1), norm)
         .constant("HAS_BIAS", bias as u32)
         .constant("ACCUMULATE", accumulate as u32);
-    s.native_vulkan = native_vulkan(format, norm);
-    s
+    with_natives(s, format, GemvKind::Plain, norm)
 }
 
 /// The spec of the fused gate+up+SwiGLU pipeline (op `gemv_swiglu_<format>`).
 pub fn swiglu_spec(format: WeightFormat, cfg: &GemvConfig, norm: bool) -> KernelSpec {
     let op = format!("gemv_swiglu_{}", format.name());
-    gemv_spec(op, "gemv_swiglu", format, cfg, &["SWIGLU"], (5, 1), norm)
+    let s = gemv_spec(op, "gemv_swiglu", format, cfg, &["SWIGLU"], (5, 1), norm);
+    with_natives(s, format, GemvKind::Swiglu, norm)
 }
 
+/// The spec of the fused QKV pipeline (op `gemv_qkv_<format>`).
+pub fn qkv_spec(format: WeightFormat, cfg: &GemvConfig, bias: bool, norm: bool) -> KernelSpec {
+    let op = format!("gemv_qkv_{}", format.name());
+    let s = gemv_spec(op, "gemv", format, cfg, &["QKV"], (10, 3), norm)
+        .constant("HAS_BIAS", bias as u32)
+        .constant("ACCUMULATE", 0);
+    with_natives(s, format, GemvKind::Qkv, norm)
+}
+
+/// The split to dispatch `sp` with: the native one when the registry picks the native
+/// kernel, else `cfg`.
+fn dispatch_config(k: &Kernels, sp: &KernelSpec, cfg: &GemvConfig) -> Result<GemvConfig> {
+    Ok(match k.variant_for(sp)? {
+        Variant::Native => native_config(cfg),
+        Variant::Portable => *cfg,
+    })
+}
+
+/// Params of one dispatch; `cfg` is the split it runs (native kernels read its lanes per
+/// row from here).
 fn params_for(
     w: &GpuMatrix,
     upr: u32,
     out_offset: usize,
     norm: Option<(&wgpu::Buffer, f32)>,
+    cfg: &GemvConfig,
 ) -> GemvParams {
     GemvParams {
         n: w.n as u32,
@@ -295,6 +409,8 @@ fn params_for(
         nk: 0,
         nv: 0,
         flags: 0,
+        lanes_per_row: cfg.lanes_per_row,
+        _pad: [0; 3],
     }
 }
 
@@ -362,22 +478,16 @@ pub fn gemv_qkv(
         }
     }
     check_norm(norm, q.k, &cfg)?;
-    let mut params = params_for(q, upr, 0, norm);
+    let sp = runnable_here(
+        qkv_spec(q.format, &cfg, bias.is_some(), norm.is_some()),
+        caps,
+    );
+    let cfg = dispatch_config(kern, &sp, &cfg)?;
+    let mut params = params_for(q, upr, 0, norm, &cfg);
     params.nk = k.n as u32;
     params.nv = v.n as u32;
+    params.flags = if bias.is_some() { FLAG_BIAS } else { 0 };
     let params = kern.gpu.uniform("gemv_qkv params", &params)?;
-    let op = format!("gemv_qkv_{}", q.format.name());
-    let sp = gemv_spec(
-        op,
-        "gemv",
-        q.format,
-        &cfg,
-        &["QKV"],
-        (10, 3),
-        norm.is_some(),
-    )
-    .constant("HAS_BIAS", bias.is_some() as u32)
-    .constant("ACCUMULATE", 0);
     // Without biases the bindings still need buffers: x is bound read-only already.
     let b = bias.unwrap_or([x, x, x]);
     let mut res: Vec<&wgpu::Buffer> = vec![
@@ -494,12 +604,6 @@ pub fn gemv_with_config(
         need("bias", b, w.n as u64 * 4)?;
     }
     check_norm(epi.norm, w.k, cfg)?;
-    let mut params = params_for(w, upr, epi.out_offset, epi.norm);
-    params.flags = if epi.bias.is_some() { FLAG_BIAS } else { 0 }
-        | if epi.accumulate { FLAG_ACCUMULATE } else { 0 };
-    let params = k.gpu.uniform("gemv params", &params)?;
-    // Without a bias the binding still needs a buffer; x is bound read-only already.
-    let bias = epi.bias.unwrap_or(x);
     let sp = spec(
         w.format,
         cfg,
@@ -507,22 +611,19 @@ pub fn gemv_with_config(
         epi.accumulate,
         epi.norm.is_some(),
     );
-    // A native kernel has its own fixed split: dispatch for it.
-    let cfg = match k.variant_for(&sp)? {
-        Variant::Native => &NATIVE_CONFIG,
-        Variant::Portable => cfg,
-    };
+    let sp = runnable_here(sp, &k.gpu.caps);
+    // A native kernel has its own workgroup size: dispatch for its split.
+    let cfg = dispatch_config(k, &sp, cfg)?;
+    let mut params = params_for(w, upr, epi.out_offset, epi.norm, &cfg);
+    params.flags = if epi.bias.is_some() { FLAG_BIAS } else { 0 }
+        | if epi.accumulate { FLAG_ACCUMULATE } else { 0 };
+    let params = k.gpu.uniform("gemv params", &params)?;
+    // Without a bias the binding still needs a buffer; x is bound read-only already.
+    let bias = epi.bias.unwrap_or(x);
+    let g = grid(k, w.n, &cfg)?;
     match epi.norm {
-        Some((nw, _)) => k.dispatch(
-            &sp,
-            &[&params, &w.qs, &w.scales, x, bias, out, nw],
-            grid(k, w.n, cfg)?,
-        ),
-        None => k.dispatch(
-            &sp,
-            &[&params, &w.qs, &w.scales, x, bias, out],
-            grid(k, w.n, cfg)?,
-        ),
+        Some((nw, _)) => k.dispatch(&sp, &[&params, &w.qs, &w.scales, x, bias, out, nw], g),
+        None => k.dispatch(&sp, &[&params, &w.qs, &w.scales, x, bias, out], g),
     }
 }
 
@@ -592,11 +693,12 @@ pub fn gemv_swiglu_with_config_norm(
     need("x", x, gate.k as u64 * 4)?;
     need("out", out, gate.n as u64 * 4)?;
     check_norm(norm, gate.k, cfg)?;
+    let sp = runnable_here(swiglu_spec(gate.format, cfg, norm.is_some()), &k.gpu.caps);
+    let cfg = dispatch_config(k, &sp, cfg)?;
     let params = k
         .gpu
-        .uniform("gemv_swiglu params", &params_for(gate, upr, 0, norm))?;
-    let sp = swiglu_spec(gate.format, cfg, norm.is_some());
-    let g = grid(k, gate.n, cfg)?;
+        .uniform("gemv_swiglu params", &params_for(gate, upr, 0, norm, &cfg))?;
+    let g = grid(k, gate.n, &cfg)?;
     match norm {
         Some((nw, _)) => k.dispatch(
             &sp,

@@ -1,7 +1,7 @@
 use crate::common::*;
 use rand::Rng;
 use wick::kernels::gemv::{self, GemvConfig, GemvEpilogue};
-use wick::kernels::{GpuMatrix, Kernels};
+use wick::kernels::{GpuMatrix, Kernels, Variant};
 use wick::quant::{self, WeightFormat};
 use wick::reference;
 
@@ -74,7 +74,7 @@ fn check(
     kk: usize,
     case: Case,
     cfg: Option<GemvConfig>,
-) {
+) -> Variant {
     let mut r = rng();
     let g = &k.gpu;
     let (w, wv) = matrix(&mut r, k, format, n, kk);
@@ -123,6 +123,7 @@ fn check(
     for v in untouched {
         assert_eq!(v.to_bits(), POISON, "{what}: wrote outside out_offset..+n");
     }
+    d.pipeline.variant
 }
 
 /// `kk` rounded up to whole blocks of `f` (the K-quants' 256): 576 -> 768 (3 super-blocks,
@@ -256,7 +257,13 @@ fn gemv_grid_wraps() {
     );
 }
 
-fn check_swiglu(k: &Kernels, format: WeightFormat, n: usize, kk: usize) {
+fn check_swiglu(
+    k: &Kernels,
+    format: WeightFormat,
+    n: usize,
+    kk: usize,
+    cfg: Option<GemvConfig>,
+) -> Variant {
     let mut r = rng();
     let g = &k.gpu;
     let (gate, gv) = matrix(&mut r, k, format, n, kk);
@@ -264,17 +271,22 @@ fn check_swiglu(k: &Kernels, format: WeightFormat, n: usize, kk: usize) {
     let x = rand_vec(&mut r, kk, 1.0);
     let xb = g.upload("x", &x).unwrap();
     let out = poisoned_on(k, n);
-    let d = gemv::gemv_swiglu(k, &gate, &up, &xb, &out).unwrap();
+    let d = match cfg {
+        Some(c) => gemv::gemv_swiglu_with_config(k, &gate, &up, &xb, &out, &c),
+        None => gemv::gemv_swiglu(k, &gate, &up, &xb, &out),
+    }
+    .unwrap();
     k.run(&[&d]).unwrap();
     let want = reference::gemv::gemv_swiglu(&gv, &uv, n, kk, &x);
     // silu(g) * u: relative error of the products <= that of the factors (~1e-6), so the
     // GEMV bound carries over.
     check_vs(
-        &format!("gemv_swiglu {} n={n} k={kk}", format.name()),
+        &format!("gemv_swiglu {} n={n} k={kk} cfg={cfg:?}", format.name()),
         &g.read_vec::<f32>(&out).unwrap(),
         &want,
         0.0,
     );
+    d.pipeline.variant
 }
 
 #[test]
@@ -282,7 +294,7 @@ fn gemv_swiglu_formats() {
     let k = kernels();
     for f in WeightFormat::ALL {
         for (n, kk) in [(100, 576), (7, 896), (300, 1536)] {
-            check_swiglu(k, f, n, fit(f, kk));
+            check_swiglu(k, f, n, fit(f, kk), None);
         }
     }
 }
@@ -305,7 +317,7 @@ fn gemv_without_subgroups() {
             },
             None,
         );
-        check_swiglu(k, f, 33, fit(f, 896));
+        check_swiglu(k, f, 33, fit(f, 896), None);
     }
 }
 
@@ -390,7 +402,14 @@ fn gemv_default_configs_are_valid() {
 /// applied on load equals the reference rmsnorm followed by the reference GEMV. The residual
 /// is given a large spread (one channel ~100x the rest, as real models have) so a wrong
 /// scale or a missing weight shows.
-fn check_norm(k: &Kernels, format: WeightFormat, n: usize, kk: usize, swiglu: bool) {
+fn check_norm(
+    k: &Kernels,
+    format: WeightFormat,
+    n: usize,
+    kk: usize,
+    swiglu: bool,
+    cfg: Option<GemvConfig>,
+) -> Variant {
     let mut r = rng();
     let g = &k.gpu;
     let mut x = rand_vec(&mut r, kk, 3.0);
@@ -402,23 +421,30 @@ fn check_norm(k: &Kernels, format: WeightFormat, n: usize, kk: usize, swiglu: bo
     let out = poisoned_on(k, n);
     let (w, wv) = matrix(&mut r, k, format, n, kk);
     let what = format!(
-        "gemv norm prologue {} n={n} k={kk} swiglu={swiglu}",
+        "gemv norm prologue {} n={n} k={kk} swiglu={swiglu} cfg={cfg:?}",
         format.name()
     );
-    let want = if swiglu {
+    let norm = (&nwb, eps);
+    let (want, d) = if swiglu {
         let (up, uv) = matrix(&mut r, k, format, n, kk);
-        let d = gemv::gemv_swiglu_normed(k, &w, &up, &xb, (&nwb, eps), &out).unwrap();
-        k.run(&[&d]).unwrap();
-        reference::gemv::gemv_swiglu(&wv, &uv, n, kk, &normed)
+        let d = match cfg {
+            Some(c) => gemv::gemv_swiglu_with_config_norm(k, &w, &up, &xb, &out, &c, Some(norm)),
+            None => gemv::gemv_swiglu_normed(k, &w, &up, &xb, norm, &out),
+        };
+        (reference::gemv::gemv_swiglu(&wv, &uv, n, kk, &normed), d)
     } else {
         let epi = GemvEpilogue {
-            norm: Some((&nwb, eps)),
+            norm: Some(norm),
             ..Default::default()
         };
-        let d = gemv::gemv(k, &w, &xb, &out, epi).unwrap();
-        k.run(&[&d]).unwrap();
-        reference::gemv::gemv(&wv, n, kk, &normed)
+        let d = match cfg {
+            Some(c) => gemv::gemv_with_config(k, &w, &xb, &out, epi, &c),
+            None => gemv::gemv(k, &w, &xb, &out, epi),
+        };
+        (reference::gemv::gemv(&wv, n, kk, &normed), d)
     };
+    let d = d.unwrap();
+    k.run(&[&d]).unwrap();
     // The norm adds one f32 scale rounding per element (~1e-7 relative) to the GEMV's error.
     check_vs(
         &what,
@@ -426,6 +452,7 @@ fn check_norm(k: &Kernels, format: WeightFormat, n: usize, kk: usize, swiglu: bo
         &want,
         max_abs_dot(&wv, kk, &normed),
     );
+    d.pipeline.variant
 }
 
 #[test]
@@ -439,8 +466,8 @@ fn gemv_norm_prologue() {
             WeightFormat::Q4K,
         ] {
             for (n, kk) in [(100, 576), (33, 1536)] {
-                check_norm(k, f, n, fit(f, kk), false);
-                check_norm(k, f, n, fit(f, kk), true);
+                check_norm(k, f, n, fit(f, kk), false, None);
+                check_norm(k, f, n, fit(f, kk), true, None);
             }
         }
     }
@@ -456,7 +483,7 @@ fn check_qkv(
     kk: usize,
     bias: bool,
     norm: bool,
-) {
+) -> Variant {
     let mut r = rng();
     let g = &k.gpu;
     let x = rand_vec(&mut r, kk, 2.0);
@@ -506,6 +533,7 @@ fn check_qkv(
             abs_sum,
         );
     }
+    d.pipeline.variant
 }
 
 #[test]
@@ -597,36 +625,55 @@ fn gemv_uses_the_tuning_table() {
     );
 }
 
-/// The native Vulkan Q8_0 GEMV (vulkan_overrides/gemv.comp through SPIR-V passthrough)
-/// against the reference, with every epilogue, on the same planes as the WGSL kernel.
+/// A registry that prefers native kernels on a device with SUBGROUP turned off.
+fn kernels_native_no_subgroup() -> &'static Kernels {
+    static K: std::sync::OnceLock<Kernels> = std::sync::OnceLock::new();
+    K.get_or_init(|| {
+        let policy = wick::kernels::KernelPolicy {
+            default: wick::kernels::KernelChoice::Native,
+            per_op: Default::default(),
+        };
+        Kernels::with_policy(kernels_no_subgroup().gpu.clone(), policy)
+    })
+}
+
+/// A split with `lpr` lanes per row (the native kernels take only the lanes per row).
+fn lanes(lpr: u32) -> GemvConfig {
+    GemvConfig {
+        lanes_per_row: lpr,
+        rows_per_group: 1,
+        workgroup_size: 256,
+        subgroup_reduce: false,
+    }
+}
+
+/// The native GEMV kernels (SPIR-V on Vulkan, MSL on Metal) against the reference, on the
+/// same planes as the WGSL kernel: every format x kind (plain, norm prologue, SwiGLU, QKV) x
+/// epilogue, lanes per row from one lane to the whole workgroup, asserting each time that
+/// the native variant really ran.
 #[test]
-fn gemv_native_q8_0() {
+fn gemv_native_kernels() {
     let k = kernels_native();
     let caps = &k.gpu.caps;
-    if caps.backend != "vulkan" {
+    if !matches!(caps.backend.as_str(), "vulkan" | "metal") {
         eprintln!(
-            "skipping: the native GEMV is SPIR-V (backend {})",
+            "skipping: native GEMV kernels are SPIR-V or MSL (backend {})",
             caps.backend
         );
         return;
     }
     assert!(
-        caps.passthrough_shaders,
-        "the Vulkan test device must offer PASSTHROUGH_SHADERS"
+        caps.passthrough_shaders && caps.subgroup,
+        "the test device must offer PASSTHROUGH_SHADERS and subgroups"
     );
-    // The registry really picks the native kernel for plain Q8_0, not for the norm prologue.
-    let f = WeightFormat::Q8_0;
-    let cfg = gemv::choose_config(caps, f, 64, 256);
-    let plain = gemv::spec(f, &cfg, false, false, false);
-    assert_eq!(
-        k.variant_for(&plain).unwrap(),
-        wick::kernels::Variant::Native
-    );
-    let normed = gemv::spec(f, &cfg, false, false, true);
-    assert_eq!(
-        k.variant_for(&normed).unwrap(),
-        wick::kernels::Variant::Portable
-    );
+    let native = Variant::Native;
+    // Every spec the registry lists resolves to a native module that builds here.
+    let specs = gemv::native_specs();
+    assert_eq!(specs.len(), 18);
+    for s in &specs {
+        assert_eq!(k.variant_for(s).unwrap(), native, "{}", s.op);
+        k.pipeline_variant(s, native).unwrap();
+    }
     let cases = [
         Case::default(),
         Case {
@@ -643,22 +690,47 @@ fn gemv_native_q8_0() {
             out_offset: 3,
             tail: 5,
         },
-    ];
-    for c in cases {
-        // k = 576: 144 words per row, not a multiple of the 4 x 32 step (tail loop).
-        check(k, f, 100, 576, c, None);
-    }
-    // A long row (fast loop only) and rows that do not fill the last workgroup.
-    check(k, f, 1003, 4096, Case::default(), None);
-    check(
-        k,
-        f,
-        8,
-        32,
         Case {
-            tail: 3,
+            out_offset: 1000,
+            tail: 13,
             ..Default::default()
         },
-        None,
+    ];
+    for f in gemv::NATIVE_FORMATS {
+        // Lanes per row: one; inside one subgroup (lavapipe's is 8, NVIDIA's 32); whole
+        // subgroups combined in workgroup memory; the whole workgroup on one row. k = 1088 is
+        // 34 blocks (136 Q4 / 272 Q8 units per row): not a multiple of the four-unit step
+        // of most splits, so the tail loop runs too; n = 37 leaves the last workgroup
+        // part-filled for every split but 256 lanes.
+        for lpr in [1, 4, 8, 32, 64, 256] {
+            let c = Some(lanes(lpr));
+            assert_eq!(check(k, f, 37, 1088, Case::default(), c), native);
+            assert_eq!(check_swiglu(k, f, 37, 1088, c), native);
+        }
+        for c in cases {
+            assert_eq!(check(k, f, 100, 576, c, None), native);
+            assert_eq!(check(k, f, 21, 1088, c, Some(lanes(16))), native);
+        }
+        assert_eq!(check_swiglu(k, f, 100, 576, None), native);
+        // The norm prologue: k4 = 272 > 256 lanes, so some lanes sum two vec4s.
+        for (n, kk, c) in [(100, 576, None), (33, 1088, Some(lanes(32)))] {
+            assert_eq!(check_norm(k, f, n, kk, false, c), native);
+            assert_eq!(check_norm(k, f, n, kk, true, c), native);
+        }
+        // QKV: q/k/v boundaries inside workgroups, with and without biases and the norm.
+        for (nq, nkv, kk) in [(100, 20, 1088), (128, 64, 576)] {
+            for (bias, norm) in [(false, false), (true, false), (false, true), (true, true)] {
+                assert_eq!(check_qkv(k, f, nq, nkv, kk, bias, norm), native);
+            }
+        }
+    }
+    // Without subgroups the native kernels are not offered: the WGSL kernel runs.
+    let ns = kernels_native_no_subgroup();
+    let f = WeightFormat::Q4_0;
+    assert_eq!(
+        check(ns, f, 37, 576, Case::default(), None),
+        Variant::Portable
     );
+    assert_eq!(check_swiglu(ns, f, 37, 576, None), Variant::Portable);
+    assert_eq!(check_qkv(ns, f, 64, 32, 576, true, true), Variant::Portable);
 }

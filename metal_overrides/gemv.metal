@@ -1,0 +1,778 @@
+// Native Metal GEMV: the MSL twin of vulkan_overrides/gemv.comp (read the two side by side).
+// The portable kernel is wgsl/gemv.wgsl; every kernel here binds exactly the layout of its
+// WGSL pipeline (gemv::gemv_spec; [[buffer(i)]] is binding i) and reads the same repacked
+// planes (src/quant).
+//
+// One kernel per (format, kind): gemv_<fmt>, gemv_swiglu_<fmt>, gemv_qkv_<fmt>, each also
+// with _norm (the RMSNorm prologue), for fmt q4_0, q4_1, q8_0. Bindings:
+//   gemv:        0 Params, 1 qs, 2 scales, 3 x, 4 bias, 5 out, [6 norm weights]
+//   gemv_swiglu: 0 Params, 1 gate qs, 2 gate scales, 3 up qs, 4 up scales, 5 x, 6 out, [7 norm]
+//   gemv_qkv:    0 Params, 1..6 q/k/v qs and scales, 7 x, 8..10 q/k/v bias, 11..13 q/k/v out,
+//                [14 norm]
+// Passthrough shaders get no function constants from wgpu, so the epilogue flags (bit 0 add
+// the bias, bit 1 accumulate) and the lanes per row come from Params.
+//
+// Work split (the host dispatches gemv::native_config): 256 threads = 8 simdgroups of 32,
+// cut into row groups of lanes_per_row threads (a power of two, 1..256), one row per group.
+// A group's threads stride over the row's units (one qs word each), four per step. A group of
+// at most 32 threads lies inside one simdgroup and is reduced with simd_shuffle_xor; a wider
+// one is whole simdgroups, reduced with simd_sum and then across simdgroups in threadgroup
+// memory. Assumes 32-wide simdgroups (every Apple GPU).
+
+#include <metal_stdlib>
+using namespace metal;
+
+// gemv::GemvParams.
+struct Params {
+    uint n;             // rows (QKV: of q)
+    uint upr;           // units (qs words) per row
+    uint out_offset;    // row i goes to out[out_offset + i] (gemv, gemv_swiglu)
+    uint eps_bits;      // norm prologue: RMSNorm epsilon, f32 bits
+    uint k4;            // k / 4
+    uint nk;            // QKV: rows of k
+    uint nv;            // QKV: rows of v
+    uint flags;         // bit 0: add bias, bit 1: accumulate
+    uint lanes_per_row; // power of two, 1..256
+    uint pad0;
+    uint pad1;
+    uint pad2;
+};
+
+constexpr constant uint WG = 256;
+constexpr constant uint SIMD = 32;
+constexpr constant uint NSIMD = WG / SIMD;
+
+// Where a thread is: its workgroup (grid x and y, flattened), index in the threadgroup,
+// simdgroup and lane in it.
+struct Lane {
+    uint wg;
+    uint lid;
+    uint sg;
+    uint sl;
+};
+
+// The activations: x, RMS-normalised on load under NORM.
+template <bool NORM>
+struct Acts {
+    device const float4* x;
+    device const float4* norm_w;
+    float scale;
+    float4 at(uint i) const {
+        if (NORM) {
+            return x[i] * scale * norm_w[i];
+        }
+        return x[i];
+    }
+};
+
+// rsqrt(mean(x^2) + eps) for every thread of the threadgroup (uniform control flow).
+float norm_scale(constant Params& p, device const float4* x, Lane ln, threadgroup float* sums) {
+    float s = 0.0f;
+    for (uint i = ln.lid; i < p.k4; i += WG) {
+        float4 v = x[i];
+        s += dot(v, v);
+    }
+    s = simd_sum(s);
+    if (ln.sl == 0) {
+        sums[ln.sg] = s;
+    }
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    float t = 0.0f;
+    for (uint i = 0; i < NSIMD; i++) {
+        t += sums[i];
+    }
+    return rsqrt(t / float(4 * p.k4) + as_type<float>(p.eps_bits));
+}
+
+// ---- formats ----------------------------------------------------------------------------
+// A unit is one qs word. XU holds its activations (xa, and xb for the high nibbles) and, for
+// Q4, their sum (affine identity: a Q4_0 block contributes d * (sum(q*x) - 8 * sum(x)), a
+// Q4_1 block d * sum(q*x) + m * sum(x)). load_x(a, u): activations of row-relative unit u;
+// scale_word(g): the scales word of matrix-wide unit g; unit_value(w, s, g, xs): its dot.
+
+struct XU {
+    float4 xa;
+    float4 xb;
+    float sum;
+};
+
+float4 nib_lo(uint w) {
+    return float4((uint4(w) >> uint4(0, 8, 16, 24)) & uint4(15));
+}
+float4 nib_hi(uint w) {
+    return float4((uint4(w) >> uint4(4, 12, 20, 28)) & uint4(15));
+}
+// The f16 pair of a scales word.
+float2 halves(uint s) {
+    return float2(as_type<half2>(s));
+}
+
+// Word g: four int8, consecutive elements; 8 words per block; two f16 d per scales word.
+struct Q8_0 {
+    template <bool NORM>
+    static XU load_x(thread const Acts<NORM>& a, uint u) {
+        XU r;
+        r.xa = a.at(u);
+        r.xb = float4(0.0f);
+        r.sum = 0.0f;
+        return r;
+    }
+    static uint scale_word(uint g) {
+        return g >> 4;
+    }
+    static float unit_value(uint w, uint s, uint g, thread const XU& xs) {
+        int4 q = int4(int(w << 24), int(w << 16), int(w << 8), int(w)) >> int4(24);
+        return halves(s)[(g >> 3) & 1] * dot(float4(q), xs.xa);
+    }
+};
+
+// Word w (0..3) of a block's 16 bytes: elements 4w..4w+3 in its low nibbles, 4w+16..4w+19
+// in its high nibbles; 4 words per block.
+template <bool NORM>
+XU load_x_q4(thread const Acts<NORM>& a, uint u) {
+    uint b = (u >> 2) * 8 + (u & 3);
+    XU r;
+    r.xa = a.at(b);
+    r.xb = a.at(b + 4);
+    r.sum = dot(r.xa + r.xb, float4(1.0f));
+    return r;
+}
+
+// Two f16 d per scales word.
+struct Q4_0 {
+    template <bool NORM>
+    static XU load_x(thread const Acts<NORM>& a, uint u) {
+        return load_x_q4(a, u);
+    }
+    static uint scale_word(uint g) {
+        return g >> 3;
+    }
+    static float unit_value(uint w, uint s, uint g, thread const XU& xs) {
+        float d = halves(s)[(g >> 2) & 1];
+        return d * (dot(nib_lo(w), xs.xa) + dot(nib_hi(w), xs.xb) - 8.0f * xs.sum);
+    }
+};
+
+// One scales word per block: d in the low half, m in the high half.
+struct Q4_1 {
+    template <bool NORM>
+    static XU load_x(thread const Acts<NORM>& a, uint u) {
+        return load_x_q4(a, u);
+    }
+    static uint scale_word(uint g) {
+        return g >> 2;
+    }
+    static float unit_value(uint w, uint s, uint g, thread const XU& xs) {
+        float2 dm = halves(s);
+        return dm.x * (dot(nib_lo(w), xs.xa) + dot(nib_hi(w), xs.xb)) + dm.y * xs.sum;
+    }
+};
+
+// One matrix's planes.
+struct Mat {
+    device const uint* qs;
+    device const uint* sc;
+};
+
+template <typename F>
+float unit_of(Mat m, uint g, thread const XU& xs) {
+    return F::unit_value(m.qs[g], m.sc[F::scale_word(g)], g, xs);
+}
+
+// This thread's partial dot product of the row starting at unit `base` of m: units l,
+// l + lpr, ... of the row, four per step (independent loads in flight).
+template <typename F, bool NORM>
+float row_dot(Mat m, thread const Acts<NORM>& a, uint upr, uint base, uint l, uint lpr) {
+    float acc = 0.0f;
+    uint u = l;
+    for (; u + 3 * lpr < upr; u += 4 * lpr) {
+        XU x0 = F::load_x(a, u);
+        XU x1 = F::load_x(a, u + lpr);
+        XU x2 = F::load_x(a, u + 2 * lpr);
+        XU x3 = F::load_x(a, u + 3 * lpr);
+        uint g = base + u;
+        acc += (unit_of<F>(m, g, x0) + unit_of<F>(m, g + lpr, x1))
+            + (unit_of<F>(m, g + 2 * lpr, x2) + unit_of<F>(m, g + 3 * lpr, x3));
+    }
+    for (; u < upr; u += lpr) {
+        XU xs = F::load_x(a, u);
+        acc += unit_of<F>(m, base + u, xs);
+    }
+    return acc;
+}
+
+// gate and up of one row, sharing each unit's activations.
+template <typename F, bool NORM>
+float2 row_dot2(Mat gm, Mat um, thread const Acts<NORM>& a, uint upr, uint base, uint l, uint lpr) {
+    float2 acc = float2(0.0f);
+    uint u = l;
+    for (; u + 3 * lpr < upr; u += 4 * lpr) {
+        XU x0 = F::load_x(a, u);
+        XU x1 = F::load_x(a, u + lpr);
+        XU x2 = F::load_x(a, u + 2 * lpr);
+        XU x3 = F::load_x(a, u + 3 * lpr);
+        uint g = base + u;
+        acc.x += (unit_of<F>(gm, g, x0) + unit_of<F>(gm, g + lpr, x1))
+            + (unit_of<F>(gm, g + 2 * lpr, x2) + unit_of<F>(gm, g + 3 * lpr, x3));
+        acc.y += (unit_of<F>(um, g, x0) + unit_of<F>(um, g + lpr, x1))
+            + (unit_of<F>(um, g + 2 * lpr, x2) + unit_of<F>(um, g + 3 * lpr, x3));
+    }
+    for (; u < upr; u += lpr) {
+        XU xs = F::load_x(a, u);
+        acc += float2(unit_of<F>(gm, base + u, xs), unit_of<F>(um, base + u, xs));
+    }
+    return acc;
+}
+
+// ---- reduction --------------------------------------------------------------------------
+
+// Sums v over the lpr threads of this thread's row group; the group's thread l == 0 gets the
+// total. Called by every thread (uniform control flow: lpr is uniform).
+template <typename T>
+T reduce_row(T v, uint lpr, uint l, Lane ln, threadgroup T* sums) {
+    if (lpr <= SIMD) {
+        for (uint off = lpr >> 1; off > 0; off >>= 1) {
+            v += simd_shuffle_xor(v, ushort(off));
+        }
+        return v;
+    }
+    v = simd_sum(v);
+    if (ln.sl == 0) {
+        sums[ln.sg] = v;
+    }
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    if (l == 0) {
+        v = T(0.0f);
+        for (uint i = 0; i < lpr / SIMD; i++) {
+            v += sums[ln.sg + i];
+        }
+    }
+    return v;
+}
+
+// A thread's row and its lane l in the row group, threads numbered simdgroup by simdgroup
+// (so groups of up to 32 lie inside one simdgroup).
+struct RowLane {
+    uint row;
+    uint l;
+};
+
+RowLane row_lane(uint lpr, Lane ln) {
+    uint t = ln.sg * SIMD + ln.sl;
+    RowLane r;
+    r.row = ln.wg * (WG / lpr) + t / lpr;
+    r.l = t & (lpr - 1);
+    return r;
+}
+
+// ---- kernels ----------------------------------------------------------------------------
+
+template <typename F, bool NORM>
+void gemv_impl(constant Params& p, Mat w, device const float4* x, device const float* bias,
+               device float* out, device const float4* norm_w, Lane ln,
+               threadgroup float* norm_sums, threadgroup float* group_sums) {
+    Acts<NORM> a;
+    a.x = x;
+    a.norm_w = norm_w;
+    a.scale = NORM ? norm_scale(p, x, ln, norm_sums) : 1.0f;
+    uint lpr = p.lanes_per_row;
+    RowLane rl = row_lane(lpr, ln);
+    float acc = 0.0f;
+    if (rl.row < p.n) {
+        acc = row_dot<F, NORM>(w, a, p.upr, rl.row * p.upr, rl.l, lpr);
+    }
+    acc = reduce_row(acc, lpr, rl.l, ln, group_sums);
+    if (rl.l == 0 && rl.row < p.n) {
+        if ((p.flags & 1) != 0) {
+            acc += bias[rl.row];
+        }
+        uint o = p.out_offset + rl.row;
+        if ((p.flags & 2) != 0) {
+            acc += out[o];
+        }
+        out[o] = acc;
+    }
+}
+
+template <typename F, bool NORM>
+void swiglu_impl(constant Params& p, Mat gate, Mat up, device const float4* x, device float* out,
+                 device const float4* norm_w, Lane ln, threadgroup float* norm_sums,
+                 threadgroup float2* group_sums) {
+    Acts<NORM> a;
+    a.x = x;
+    a.norm_w = norm_w;
+    a.scale = NORM ? norm_scale(p, x, ln, norm_sums) : 1.0f;
+    uint lpr = p.lanes_per_row;
+    RowLane rl = row_lane(lpr, ln);
+    float2 acc = float2(0.0f);
+    if (rl.row < p.n) {
+        acc = row_dot2<F, NORM>(gate, up, a, p.upr, rl.row * p.upr, rl.l, lpr);
+    }
+    acc = reduce_row(acc, lpr, rl.l, ln, group_sums);
+    if (rl.l == 0 && rl.row < p.n) {
+        out[p.out_offset + rl.row] = acc.x / (1.0f + exp(-acc.x)) * acc.y;
+    }
+}
+
+template <typename F, bool NORM>
+void qkv_impl(constant Params& p, Mat q, Mat k, Mat v, device const float4* x,
+              device const float* q_bias, device const float* k_bias, device const float* v_bias,
+              device float* q_out, device float* k_out, device float* v_out,
+              device const float4* norm_w, Lane ln, threadgroup float* norm_sums,
+              threadgroup float* group_sums) {
+    Acts<NORM> a;
+    a.x = x;
+    a.norm_w = norm_w;
+    a.scale = NORM ? norm_scale(p, x, ln, norm_sums) : 1.0f;
+    uint lpr = p.lanes_per_row;
+    RowLane rl = row_lane(lpr, ln);
+    // Rows are numbered q, then k, then v; a row group has one row, so it never straddles.
+    uint m = 0;
+    uint r = rl.row;
+    uint rows = p.n;
+    if (r >= p.n) {
+        r -= p.n;
+        m = 1;
+        rows = p.nk;
+        if (r >= p.nk) {
+            r -= p.nk;
+            m = 2;
+            rows = p.nv;
+        }
+    }
+    float acc = 0.0f;
+    if (r < rows) {
+        Mat w = m == 0 ? q : (m == 1 ? k : v);
+        acc = row_dot<F, NORM>(w, a, p.upr, r * p.upr, rl.l, lpr);
+    }
+    acc = reduce_row(acc, lpr, rl.l, ln, group_sums);
+    if (rl.l == 0 && r < rows) {
+        // The bias is read only when bound: the placeholder (x) may be shorter than rows.
+        bool has_bias = (p.flags & 1) != 0;
+        if (m == 0) {
+            if (has_bias) {
+                acc += q_bias[r];
+            }
+            q_out[r] = acc;
+        } else if (m == 1) {
+            if (has_bias) {
+                acc += k_bias[r];
+            }
+            k_out[r] = acc;
+        } else {
+            if (has_bias) {
+                acc += v_bias[r];
+            }
+            v_out[r] = acc;
+        }
+    }
+}
+
+// ---- entry points -----------------------------------------------------------------------
+// Written out (no macros) so each signature can be read, and checked, as it is. Without the
+// prologue the norm weights are never read; x stands in for them.
+
+kernel void gemv_q4_0(constant Params& p [[buffer(0)]],
+                    device const uint* qs [[buffer(1)]],
+                    device const uint* sc [[buffer(2)]],
+                    device const float4* x [[buffer(3)]],
+                    device const float* bias [[buffer(4)]],
+                    device float* out [[buffer(5)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    threadgroup float norm_sums[NSIMD];
+    threadgroup float group_sums[NSIMD];
+    gemv_impl<Q4_0, false>(p, Mat{qs, sc}, x, bias, out, x, ln, norm_sums, group_sums);
+}
+
+kernel void gemv_swiglu_q4_0(constant Params& p [[buffer(0)]],
+                    device const uint* g_qs [[buffer(1)]],
+                    device const uint* g_sc [[buffer(2)]],
+                    device const uint* u_qs [[buffer(3)]],
+                    device const uint* u_sc [[buffer(4)]],
+                    device const float4* x [[buffer(5)]],
+                    device float* out [[buffer(6)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    threadgroup float norm_sums[NSIMD];
+    threadgroup float2 group_sums[NSIMD];
+    swiglu_impl<Q4_0, false>(p, Mat{g_qs, g_sc}, Mat{u_qs, u_sc}, x, out, x, ln, norm_sums,
+                          group_sums);
+}
+
+kernel void gemv_qkv_q4_0(constant Params& p [[buffer(0)]],
+                    device const uint* q_qs [[buffer(1)]],
+                    device const uint* q_sc [[buffer(2)]],
+                    device const uint* k_qs [[buffer(3)]],
+                    device const uint* k_sc [[buffer(4)]],
+                    device const uint* v_qs [[buffer(5)]],
+                    device const uint* v_sc [[buffer(6)]],
+                    device const float4* x [[buffer(7)]],
+                    device const float* q_bias [[buffer(8)]],
+                    device const float* k_bias [[buffer(9)]],
+                    device const float* v_bias [[buffer(10)]],
+                    device float* q_out [[buffer(11)]],
+                    device float* k_out [[buffer(12)]],
+                    device float* v_out [[buffer(13)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    threadgroup float norm_sums[NSIMD];
+    threadgroup float group_sums[NSIMD];
+    qkv_impl<Q4_0, false>(p, Mat{q_qs, q_sc}, Mat{k_qs, k_sc}, Mat{v_qs, v_sc}, x,
+                       q_bias, k_bias, v_bias, q_out, k_out, v_out, x, ln, norm_sums, group_sums);
+}
+
+kernel void gemv_q4_0_norm(constant Params& p [[buffer(0)]],
+                    device const uint* qs [[buffer(1)]],
+                    device const uint* sc [[buffer(2)]],
+                    device const float4* x [[buffer(3)]],
+                    device const float* bias [[buffer(4)]],
+                    device float* out [[buffer(5)]],
+                    device const float4* norm_w [[buffer(6)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    threadgroup float norm_sums[NSIMD];
+    threadgroup float group_sums[NSIMD];
+    gemv_impl<Q4_0, true>(p, Mat{qs, sc}, x, bias, out, norm_w, ln, norm_sums,
+                          group_sums);
+}
+
+kernel void gemv_swiglu_q4_0_norm(constant Params& p [[buffer(0)]],
+                    device const uint* g_qs [[buffer(1)]],
+                    device const uint* g_sc [[buffer(2)]],
+                    device const uint* u_qs [[buffer(3)]],
+                    device const uint* u_sc [[buffer(4)]],
+                    device const float4* x [[buffer(5)]],
+                    device float* out [[buffer(6)]],
+                    device const float4* norm_w [[buffer(7)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    threadgroup float norm_sums[NSIMD];
+    threadgroup float2 group_sums[NSIMD];
+    swiglu_impl<Q4_0, true>(p, Mat{g_qs, g_sc}, Mat{u_qs, u_sc}, x, out, norm_w, ln,
+                          norm_sums, group_sums);
+}
+
+kernel void gemv_qkv_q4_0_norm(constant Params& p [[buffer(0)]],
+                    device const uint* q_qs [[buffer(1)]],
+                    device const uint* q_sc [[buffer(2)]],
+                    device const uint* k_qs [[buffer(3)]],
+                    device const uint* k_sc [[buffer(4)]],
+                    device const uint* v_qs [[buffer(5)]],
+                    device const uint* v_sc [[buffer(6)]],
+                    device const float4* x [[buffer(7)]],
+                    device const float* q_bias [[buffer(8)]],
+                    device const float* k_bias [[buffer(9)]],
+                    device const float* v_bias [[buffer(10)]],
+                    device float* q_out [[buffer(11)]],
+                    device float* k_out [[buffer(12)]],
+                    device float* v_out [[buffer(13)]],
+                    device const float4* norm_w [[buffer(14)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    threadgroup float norm_sums[NSIMD];
+    threadgroup float group_sums[NSIMD];
+    qkv_impl<Q4_0, true>(p, Mat{q_qs, q_sc}, Mat{k_qs, k_sc}, Mat{v_qs, v_sc}, x,
+                       q_bias, k_bias, v_bias, q_out, k_out, v_out, norm_w, ln, norm_sums,
+                       group_sums);
+}
+
+kernel void gemv_q4_1(constant Params& p [[buffer(0)]],
+                    device const uint* qs [[buffer(1)]],
+                    device const uint* sc [[buffer(2)]],
+                    device const float4* x [[buffer(3)]],
+                    device const float* bias [[buffer(4)]],
+                    device float* out [[buffer(5)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    threadgroup float norm_sums[NSIMD];
+    threadgroup float group_sums[NSIMD];
+    gemv_impl<Q4_1, false>(p, Mat{qs, sc}, x, bias, out, x, ln, norm_sums, group_sums);
+}
+
+kernel void gemv_swiglu_q4_1(constant Params& p [[buffer(0)]],
+                    device const uint* g_qs [[buffer(1)]],
+                    device const uint* g_sc [[buffer(2)]],
+                    device const uint* u_qs [[buffer(3)]],
+                    device const uint* u_sc [[buffer(4)]],
+                    device const float4* x [[buffer(5)]],
+                    device float* out [[buffer(6)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    threadgroup float norm_sums[NSIMD];
+    threadgroup float2 group_sums[NSIMD];
+    swiglu_impl<Q4_1, false>(p, Mat{g_qs, g_sc}, Mat{u_qs, u_sc}, x, out, x, ln, norm_sums,
+                          group_sums);
+}
+
+kernel void gemv_qkv_q4_1(constant Params& p [[buffer(0)]],
+                    device const uint* q_qs [[buffer(1)]],
+                    device const uint* q_sc [[buffer(2)]],
+                    device const uint* k_qs [[buffer(3)]],
+                    device const uint* k_sc [[buffer(4)]],
+                    device const uint* v_qs [[buffer(5)]],
+                    device const uint* v_sc [[buffer(6)]],
+                    device const float4* x [[buffer(7)]],
+                    device const float* q_bias [[buffer(8)]],
+                    device const float* k_bias [[buffer(9)]],
+                    device const float* v_bias [[buffer(10)]],
+                    device float* q_out [[buffer(11)]],
+                    device float* k_out [[buffer(12)]],
+                    device float* v_out [[buffer(13)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    threadgroup float norm_sums[NSIMD];
+    threadgroup float group_sums[NSIMD];
+    qkv_impl<Q4_1, false>(p, Mat{q_qs, q_sc}, Mat{k_qs, k_sc}, Mat{v_qs, v_sc}, x,
+                       q_bias, k_bias, v_bias, q_out, k_out, v_out, x, ln, norm_sums, group_sums);
+}
+
+kernel void gemv_q4_1_norm(constant Params& p [[buffer(0)]],
+                    device const uint* qs [[buffer(1)]],
+                    device const uint* sc [[buffer(2)]],
+                    device const float4* x [[buffer(3)]],
+                    device const float* bias [[buffer(4)]],
+                    device float* out [[buffer(5)]],
+                    device const float4* norm_w [[buffer(6)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    threadgroup float norm_sums[NSIMD];
+    threadgroup float group_sums[NSIMD];
+    gemv_impl<Q4_1, true>(p, Mat{qs, sc}, x, bias, out, norm_w, ln, norm_sums,
+                          group_sums);
+}
+
+kernel void gemv_swiglu_q4_1_norm(constant Params& p [[buffer(0)]],
+                    device const uint* g_qs [[buffer(1)]],
+                    device const uint* g_sc [[buffer(2)]],
+                    device const uint* u_qs [[buffer(3)]],
+                    device const uint* u_sc [[buffer(4)]],
+                    device const float4* x [[buffer(5)]],
+                    device float* out [[buffer(6)]],
+                    device const float4* norm_w [[buffer(7)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    threadgroup float norm_sums[NSIMD];
+    threadgroup float2 group_sums[NSIMD];
+    swiglu_impl<Q4_1, true>(p, Mat{g_qs, g_sc}, Mat{u_qs, u_sc}, x, out, norm_w, ln,
+                          norm_sums, group_sums);
+}
+
+kernel void gemv_qkv_q4_1_norm(constant Params& p [[buffer(0)]],
+                    device const uint* q_qs [[buffer(1)]],
+                    device const uint* q_sc [[buffer(2)]],
+                    device const uint* k_qs [[buffer(3)]],
+                    device const uint* k_sc [[buffer(4)]],
+                    device const uint* v_qs [[buffer(5)]],
+                    device const uint* v_sc [[buffer(6)]],
+                    device const float4* x [[buffer(7)]],
+                    device const float* q_bias [[buffer(8)]],
+                    device const float* k_bias [[buffer(9)]],
+                    device const float* v_bias [[buffer(10)]],
+                    device float* q_out [[buffer(11)]],
+                    device float* k_out [[buffer(12)]],
+                    device float* v_out [[buffer(13)]],
+                    device const float4* norm_w [[buffer(14)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    threadgroup float norm_sums[NSIMD];
+    threadgroup float group_sums[NSIMD];
+    qkv_impl<Q4_1, true>(p, Mat{q_qs, q_sc}, Mat{k_qs, k_sc}, Mat{v_qs, v_sc}, x,
+                       q_bias, k_bias, v_bias, q_out, k_out, v_out, norm_w, ln, norm_sums,
+                       group_sums);
+}
+
+kernel void gemv_q8_0(constant Params& p [[buffer(0)]],
+                    device const uint* qs [[buffer(1)]],
+                    device const uint* sc [[buffer(2)]],
+                    device const float4* x [[buffer(3)]],
+                    device const float* bias [[buffer(4)]],
+                    device float* out [[buffer(5)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    threadgroup float norm_sums[NSIMD];
+    threadgroup float group_sums[NSIMD];
+    gemv_impl<Q8_0, false>(p, Mat{qs, sc}, x, bias, out, x, ln, norm_sums, group_sums);
+}
+
+kernel void gemv_swiglu_q8_0(constant Params& p [[buffer(0)]],
+                    device const uint* g_qs [[buffer(1)]],
+                    device const uint* g_sc [[buffer(2)]],
+                    device const uint* u_qs [[buffer(3)]],
+                    device const uint* u_sc [[buffer(4)]],
+                    device const float4* x [[buffer(5)]],
+                    device float* out [[buffer(6)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    threadgroup float norm_sums[NSIMD];
+    threadgroup float2 group_sums[NSIMD];
+    swiglu_impl<Q8_0, false>(p, Mat{g_qs, g_sc}, Mat{u_qs, u_sc}, x, out, x, ln, norm_sums,
+                          group_sums);
+}
+
+kernel void gemv_qkv_q8_0(constant Params& p [[buffer(0)]],
+                    device const uint* q_qs [[buffer(1)]],
+                    device const uint* q_sc [[buffer(2)]],
+                    device const uint* k_qs [[buffer(3)]],
+                    device const uint* k_sc [[buffer(4)]],
+                    device const uint* v_qs [[buffer(5)]],
+                    device const uint* v_sc [[buffer(6)]],
+                    device const float4* x [[buffer(7)]],
+                    device const float* q_bias [[buffer(8)]],
+                    device const float* k_bias [[buffer(9)]],
+                    device const float* v_bias [[buffer(10)]],
+                    device float* q_out [[buffer(11)]],
+                    device float* k_out [[buffer(12)]],
+                    device float* v_out [[buffer(13)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    threadgroup float norm_sums[NSIMD];
+    threadgroup float group_sums[NSIMD];
+    qkv_impl<Q8_0, false>(p, Mat{q_qs, q_sc}, Mat{k_qs, k_sc}, Mat{v_qs, v_sc}, x,
+                       q_bias, k_bias, v_bias, q_out, k_out, v_out, x, ln, norm_sums, group_sums);
+}
+
+kernel void gemv_q8_0_norm(constant Params& p [[buffer(0)]],
+                    device const uint* qs [[buffer(1)]],
+                    device const uint* sc [[buffer(2)]],
+                    device const float4* x [[buffer(3)]],
+                    device const float* bias [[buffer(4)]],
+                    device float* out [[buffer(5)]],
+                    device const float4* norm_w [[buffer(6)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    threadgroup float norm_sums[NSIMD];
+    threadgroup float group_sums[NSIMD];
+    gemv_impl<Q8_0, true>(p, Mat{qs, sc}, x, bias, out, norm_w, ln, norm_sums,
+                          group_sums);
+}
+
+kernel void gemv_swiglu_q8_0_norm(constant Params& p [[buffer(0)]],
+                    device const uint* g_qs [[buffer(1)]],
+                    device const uint* g_sc [[buffer(2)]],
+                    device const uint* u_qs [[buffer(3)]],
+                    device const uint* u_sc [[buffer(4)]],
+                    device const float4* x [[buffer(5)]],
+                    device float* out [[buffer(6)]],
+                    device const float4* norm_w [[buffer(7)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    threadgroup float norm_sums[NSIMD];
+    threadgroup float2 group_sums[NSIMD];
+    swiglu_impl<Q8_0, true>(p, Mat{g_qs, g_sc}, Mat{u_qs, u_sc}, x, out, norm_w, ln,
+                          norm_sums, group_sums);
+}
+
+kernel void gemv_qkv_q8_0_norm(constant Params& p [[buffer(0)]],
+                    device const uint* q_qs [[buffer(1)]],
+                    device const uint* q_sc [[buffer(2)]],
+                    device const uint* k_qs [[buffer(3)]],
+                    device const uint* k_sc [[buffer(4)]],
+                    device const uint* v_qs [[buffer(5)]],
+                    device const uint* v_sc [[buffer(6)]],
+                    device const float4* x [[buffer(7)]],
+                    device const float* q_bias [[buffer(8)]],
+                    device const float* k_bias [[buffer(9)]],
+                    device const float* v_bias [[buffer(10)]],
+                    device float* q_out [[buffer(11)]],
+                    device float* k_out [[buffer(12)]],
+                    device float* v_out [[buffer(13)]],
+                    device const float4* norm_w [[buffer(14)]],
+                    uint3 tg [[threadgroup_position_in_grid]],
+                    uint3 ntg [[threadgroups_per_grid]],
+                    uint lid [[thread_index_in_threadgroup]],
+                    uint sg [[simdgroup_index_in_threadgroup]],
+                    uint sl [[thread_index_in_simdgroup]]) {
+    // Rows continue in grid y when x is full (gemv::grid).
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    threadgroup float norm_sums[NSIMD];
+    threadgroup float group_sums[NSIMD];
+    qkv_impl<Q8_0, true>(p, Mat{q_qs, q_sc}, Mat{k_qs, k_sc}, Mat{v_qs, v_sc}, x,
+                       q_bias, k_bias, v_bias, q_out, k_out, v_out, norm_w, ln, norm_sums,
+                       group_sums);
+}

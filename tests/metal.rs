@@ -1441,8 +1441,21 @@ fn exec_program(src: &str) -> Result<(String, String), String> {
     let mut driver = String::from(
         "#include <stdio.h>\n#include <stdlib.h>\n#include <string.h>\n#include <pthread.h>\n\
          #include <metal_stdlib>\n#include \"metal_exec.h\"\n#include \"kernel.metal\"\n\
-         static pthread_barrier_t group_barrier;\n\
-         void wick_exec::barrier() { pthread_barrier_wait(&group_barrier); }\n\
+         static pthread_mutex_t barrier_mutex = PTHREAD_MUTEX_INITIALIZER;\n\
+         static pthread_cond_t barrier_cond = PTHREAD_COND_INITIALIZER;\n\
+         static unsigned barrier_waiting, barrier_threads, barrier_round;\n\
+         void wick_exec::barrier() {\n\
+             pthread_mutex_lock(&barrier_mutex);\n\
+             unsigned round = barrier_round;\n\
+             if (++barrier_waiting == barrier_threads) {\n\
+                 barrier_waiting = 0;\n\
+                 barrier_round++;\n\
+                 pthread_cond_broadcast(&barrier_cond);\n\
+             } else {\n\
+                 while (round == barrier_round) pthread_cond_wait(&barrier_cond, &barrier_mutex);\n\
+             }\n\
+             pthread_mutex_unlock(&barrier_mutex);\n\
+         }\n\
          typedef void (*entry_fn)(void**, uint3, uint3, uint3, uint);\n",
     );
     let mut table = String::new();
@@ -1512,14 +1525,14 @@ int main(int argc, char** argv) {{
     for (uint z = 0; z < grid.z; z++)
         for (uint y = 0; y < grid.y; y++)
             for (uint x = 0; x < grid.x; x++) {{
-                pthread_barrier_init(&group_barrier, 0, n);
+                barrier_threads = n;
+                barrier_waiting = 0;
                 for (uint t = 0; t < n; t++) {{
                     jobs[t].f = f; jobs[t].b = b; jobs[t].grid = grid; jobs[t].wg = wg;
                     jobs[t].g = uint3(x, y, z); jobs[t].t = t;
                     if (pthread_create(&th[t], 0, run_thread, &jobs[t])) return 4;
                 }}
                 for (uint t = 0; t < n; t++) pthread_join(th[t], 0);
-                pthread_barrier_destroy(&group_barrier);
             }}
     for (int i = 0; i < nb; i++) {{
         FILE* fp = fopen(argv[8 + i], "wb");
@@ -1545,12 +1558,9 @@ impl Emulator {
         std::fs::write(dir.path().join("kernel.metal"), kernel_src).unwrap();
         std::fs::write(dir.path().join("driver.cpp"), driver).unwrap();
         let out = Command::new(clang)
-            .args([
-                "-std=c++17",
-                "-O2",
-                "-DWICK_METAL_EXEC",
-                "-Wno-unknown-attributes",
-            ])
+            // MSL's char is signed; so must the host's be (it is not on aarch64 Linux).
+            .args(["-std=c++17", "-O2", "-fsigned-char", "-DWICK_METAL_EXEC"])
+            .arg("-Wno-unknown-attributes")
             .arg("-I")
             .arg(shim_dir())
             .arg("-I")
@@ -1580,13 +1590,27 @@ impl Emulator {
             std::fs::write(&p, b).unwrap();
             cmd.arg(p);
         }
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{entry}: {:?}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        // A barrier that not every thread of a threadgroup reaches (divergent control flow
+        // around threadgroup_barrier, undefined on the GPU) hangs the emulation: time it out.
+        let mut child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if start.elapsed() > std::time::Duration::from_secs(300) {
+                child.kill().ok();
+                panic!("{entry}: the emulation hangs (a barrier not reached by every thread?)");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).ok();
+        assert!(status.success(), "{entry}: {status:?}\n{err}");
         for (i, b) in buffers.iter_mut().enumerate() {
             *b = std::fs::read(self.dir.path().join(format!("buf{i}.bin"))).unwrap();
         }

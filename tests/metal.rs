@@ -1456,6 +1456,19 @@ fn exec_program(src: &str) -> Result<(String, String), String> {
              }\n\
              pthread_mutex_unlock(&barrier_mutex);\n\
          }\n\
+         static unsigned simd_waiting[32], simd_round[32];\n\
+         void wick_exec::simd_barrier() {\n\
+             pthread_mutex_lock(&barrier_mutex);\n\
+             unsigned g = wick_exec::simdgroup, round = simd_round[g];\n\
+             if (++simd_waiting[g] == wick_exec::simd_lanes) {\n\
+                 simd_waiting[g] = 0;\n\
+                 simd_round[g]++;\n\
+                 pthread_cond_broadcast(&barrier_cond);\n\
+             } else {\n\
+                 while (round == simd_round[g]) pthread_cond_wait(&barrier_cond, &barrier_mutex);\n\
+             }\n\
+             pthread_mutex_unlock(&barrier_mutex);\n\
+         }\n\
          typedef void (*entry_fn)(void**, uint3, uint3, uint3, uint);\n",
     );
     let mut table = String::new();
@@ -1497,6 +1510,10 @@ fn exec_program(src: &str) -> Result<(String, String), String> {
         r#"struct Job {{ entry_fn f; void** b; uint3 grid, wg, g; uint t; }};
 static void* run_thread(void* p) {{
     Job* j = (Job*)p;
+    uint n = j->wg.x * j->wg.y * j->wg.z;
+    wick_exec::lane = j->t % 32u;
+    wick_exec::simdgroup = j->t / 32u;
+    wick_exec::simd_lanes = n - 32u * (j->t / 32u) < 32u ? n - 32u * (j->t / 32u) : 32u;
     j->f(j->b, j->grid, j->wg, j->g, j->t);
     return 0;
 }}
@@ -1811,5 +1828,69 @@ fn signature_checks_read_macro_generated_kernels() {
             problems.iter().any(|p| p.contains(expect)),
             "{what}: expected a problem containing {expect:?}, got {problems:#?}"
         );
+    }
+}
+
+/// The emulation's SIMD-group functions and threadgroup memory, on a kernel whose results are
+/// exact (small integers), against the values the MSL specification gives them.
+#[test]
+fn host_emulation_runs_simd_group_functions() {
+    let Some(clang) = clang_or_skip() else {
+        return;
+    };
+    let src = r#"
+#include <metal_stdlib>
+using namespace metal;
+kernel void collectives(device const float* x [[buffer(0)]], device float* out [[buffer(1)]],
+                        uint3 tg [[threadgroup_position_in_grid]],
+                        uint tid [[thread_index_in_threadgroup]],
+                        ushort lane [[thread_index_in_simdgroup]],
+                        ushort sg [[simdgroup_index_in_threadgroup]]) {
+    threadgroup float partial[2];
+    uint g = tg.x * 64 + tid;
+    float v = x[g];
+    device float* o = out + g * 8;
+    float s = simd_sum(v);
+    o[0] = s;
+    o[1] = simd_max(v);
+    o[2] = simd_shuffle_xor(v, 5);
+    o[3] = simd_broadcast(v, 7);
+    o[4] = simd_prefix_exclusive_sum(v);
+    o[5] = simd_shuffle_down(v, 3);
+    o[6] = float(simd_sum(uint2(lane, 1)).y);
+    if (lane == 0) {
+        partial[sg] = s;
+    }
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    o[7] = partial[0] + partial[1];
+}
+"#;
+    let emu = Emulator::build(&clang, src);
+    let x: Vec<f32> = (0..128).map(|i| ((i * 37) % 19) as f32 - 9.0).collect();
+    let mut bufs = vec![f32_bytes(&x), f32_bytes(&[f32::NAN; 128 * 8])];
+    emu.run("collectives", [2, 1, 1], [64, 1, 1], &mut bufs);
+    let got: Vec<f32> = bufs[1]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    for g in 0..128 {
+        let (base, lane) = (g / 32 * 32, g % 32);
+        let sg = &x[base..base + 32];
+        let group = &x[g / 64 * 64..g / 64 * 64 + 64];
+        let want = [
+            sg.iter().sum::<f32>(),
+            sg.iter().cloned().fold(f32::MIN, f32::max),
+            sg[lane ^ 5],
+            sg[7],
+            sg[..lane].iter().sum(),
+            if lane + 3 < 32 {
+                sg[lane + 3]
+            } else {
+                sg[lane]
+            },
+            32.0,
+            group.iter().sum(),
+        ];
+        assert_eq!(got[g * 8..g * 8 + 8], want, "thread {g}");
     }
 }

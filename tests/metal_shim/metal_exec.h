@@ -7,10 +7,13 @@
 // by the threadgroup's threads; threadgroups run one after another), and SIMD-group matrices,
 // which every lane holds whole: a load reads the full 8 x 8 tile, multiply-accumulate computes
 // it in float, a store writes it (every lane the same values).
-// What it does not: SIMD-group reductions and shuffles (simd_sum, simd_shuffle_xor, ...: they
-// are left undefined, so a kernel using them fails to link), Metal's rounding and fast-math
-// (exp and friends are the host's), atomics, out-of-bounds behaviour, and scheduling (a race
-// the GPU would expose may pass here).
+// SIMD-group functions (simd_sum, simd_shuffle_xor, ...) exchange values through memory with
+// a barrier over the SIMD group's lanes, so every lane of the group must call them together
+// (a call in lane-divergent code hangs; the test driver times out). Reductions add in lane
+// order.
+// What it does not model: Metal's rounding and fast-math (exp and friends are the host's),
+// atomics, inactive lanes, out-of-bounds behaviour, and scheduling (a race the GPU would
+// expose may pass here).
 
 #ifndef WICK_METAL_EXEC_H
 #define WICK_METAL_EXEC_H
@@ -18,6 +21,23 @@
 namespace wick_exec {
 // Waits for every thread of the running threadgroup (defined by the driver).
 void barrier();
+// Waits for every lane of the calling thread's SIMD group (defined by the driver).
+void simd_barrier();
+// The calling thread's lane, SIMD group and its lane count (set by the driver).
+inline thread_local unsigned lane = 0, simdgroup = 0, simd_lanes = 32;
+// The values of one collective call, [SIMD group][lane].
+inline unsigned char exchange[32][32][64];
+
+// Every lane's `v` (lanes of this SIMD group), into `all`.
+template <class T> void gather(T v, T (&all)[32]) {
+    static_assert(sizeof(T) <= 64, "value too large for the exchange");
+    __builtin_memcpy(exchange[simdgroup][lane], &v, sizeof(T));
+    simd_barrier();
+    for (unsigned l = 0; l < simd_lanes; l++) {
+        __builtin_memcpy(&all[l], exchange[simdgroup][l], sizeof(T));
+    }
+    simd_barrier();
+}
 
 template <class T> struct lanes {
     static constexpr int n = 1;
@@ -46,6 +66,84 @@ template <class V, class F> V map3(V a, V b, V c, F f) {
 namespace metal {
 
 void threadgroup_barrier(mem_flags) { wick_exec::barrier(); }
+void simdgroup_barrier(mem_flags) { wick_exec::simd_barrier(); }
+
+// The SIMD-group functions over gathered values.
+#define WICK_EXEC_REDUCE(NAME, INIT, STEP)                                                     \
+    template <class T> typename simd_value<T>::type NAME(T v) {                                \
+        T all[32];                                                                             \
+        wick_exec::gather(v, all);                                                             \
+        T acc = INIT;                                                                          \
+        for (unsigned l = 1; l < wick_exec::simd_lanes; l++) acc = T(STEP);                    \
+        return acc;                                                                            \
+    }
+WICK_EXEC_REDUCE(simd_sum, all[0], acc + all[l])
+WICK_EXEC_REDUCE(simd_product, all[0], acc * all[l])
+WICK_EXEC_REDUCE(simd_max, all[0], max(acc, all[l]))
+WICK_EXEC_REDUCE(simd_min, all[0], min(acc, all[l]))
+WICK_EXEC_REDUCE(simd_and, all[0], acc & all[l])
+WICK_EXEC_REDUCE(simd_or, all[0], acc | all[l])
+WICK_EXEC_REDUCE(simd_xor, all[0], acc ^ all[l])
+
+template <class T> typename simd_value<T>::type simd_prefix_inclusive_sum(T v) {
+    T all[32];
+    wick_exec::gather(v, all);
+    T acc = all[0];
+    for (unsigned l = 1; l <= wick_exec::lane; l++) acc = T(acc + all[l]);
+    return acc;
+}
+template <class T> typename simd_value<T>::type simd_prefix_exclusive_sum(T v) {
+    T all[32];
+    wick_exec::gather(v, all);
+    T acc = T(0);
+    for (unsigned l = 0; l < wick_exec::lane; l++) acc = T(acc + all[l]);
+    return acc;
+}
+template <class T> typename simd_value<T>::type simd_broadcast_first(T v) {
+    T all[32];
+    wick_exec::gather(v, all);
+    return all[0];
+}
+template <class T> typename simd_value<T>::type quad_sum(T v) {
+    T all[32];
+    wick_exec::gather(v, all);
+    unsigned q = wick_exec::lane & ~3u;
+    return T(T(all[q] + all[q + 1]) + T(all[q + 2] + all[q + 3]));
+}
+
+// Shuffles: the value of lane `FROM` (an expression of `lane` and the argument `a`), or the
+// caller's own when that lane is outside the SIMD group.
+#define WICK_EXEC_SHUFFLE(NAME, FROM)                                                          \
+    template <class T> typename simd_value<T>::type NAME(T v, ushort a) {                      \
+        T all[32];                                                                             \
+        wick_exec::gather(v, all);                                                             \
+        unsigned lane = wick_exec::lane;                                                       \
+        unsigned from = FROM;                                                                  \
+        return from < wick_exec::simd_lanes ? all[from] : v;                                   \
+    }
+WICK_EXEC_SHUFFLE(simd_shuffle, a)
+WICK_EXEC_SHUFFLE(simd_broadcast, a)
+WICK_EXEC_SHUFFLE(simd_shuffle_xor, lane ^ a)
+WICK_EXEC_SHUFFLE(simd_shuffle_down, lane + a)
+WICK_EXEC_SHUFFLE(simd_shuffle_up, lane >= a ? lane - a : 64u)
+WICK_EXEC_SHUFFLE(quad_shuffle_xor, lane ^ (a & 3u))
+WICK_EXEC_SHUFFLE(quad_broadcast, (lane & ~3u) + (a & 3u))
+
+bool simd_is_first() { return wick_exec::lane == 0; }
+bool simd_all(bool b) {
+    bool all[32];
+    wick_exec::gather(b, all);
+    for (unsigned l = 0; l < wick_exec::simd_lanes; l++)
+        if (!all[l]) return false;
+    return true;
+}
+bool simd_any(bool b) {
+    bool all[32];
+    wick_exec::gather(b, all);
+    for (unsigned l = 0; l < wick_exec::simd_lanes; l++)
+        if (all[l]) return true;
+    return false;
+}
 
 // Definitions of the float functions the shim declares (the common ones; extend as needed).
 #define WICK_EXEC_F(T, S, B)                                                                   \

@@ -41,6 +41,32 @@ const NATIVE_FORMATS: [WeightFormat; 4] = [
 pub const COOP_TILE: (u32, u32) = (128, 128);
 const COOP_WORKGROUP_BYTES: u32 = 2 * 128 * 40 * 2 + 8 * 256 * 4;
 
+/// Output tile of the native Metal GEMM (`metal_overrides/gemm.metal`, simdgroup matrices):
+/// 64 x 64 per threadgroup of 128 threads.
+pub const METAL_TILE: (u32, u32) = (64, 64);
+
+/// The native Metal variant: `gemm_<fmt>[_bias]` in metal_overrides/gemm.metal.
+fn native_metal(format: WeightFormat, bias: bool) -> Option<NativeKernel> {
+    use WeightFormat as F;
+    let entry = match (format, bias) {
+        (F::Q4_0, false) => "gemm_q4_0",
+        (F::Q4_0, true) => "gemm_q4_0_bias",
+        (F::Q4_1, false) => "gemm_q4_1",
+        (F::Q4_1, true) => "gemm_q4_1_bias",
+        (F::Q8_0, false) => "gemm_q8_0",
+        (F::Q8_0, true) => "gemm_q8_0_bias",
+        (F::F16, false) => "gemm_f16",
+        (F::F16, true) => "gemm_f16_bias",
+        _ => return None,
+    };
+    Some(NativeKernel {
+        family: "gemm",
+        entry,
+        workgroup_size: [128, 1, 1],
+        ..Default::default()
+    })
+}
+
 /// The native Vulkan variant: the cooperative-matrix kernel (see [`NativeKernel::wgsl_defines`]).
 fn native_vulkan() -> NativeKernel {
     NativeKernel {
@@ -151,6 +177,7 @@ pub fn spec(format: WeightFormat, bias: bool, tiling: GemmTiling) -> KernelSpec 
     }
     if NATIVE_FORMATS.contains(&format) {
         s.native_vulkan = Some(native_vulkan());
+        s.native_metal = native_metal(format, bias);
     }
     s
 }
@@ -242,7 +269,8 @@ pub fn gemm_tiled(
             "gemm tiling {tiling:?} does not fit this device"
         )));
     }
-    if native && COOP_WORKGROUP_BYTES > caps.max_compute_workgroup_storage_size {
+    let metal = caps.backend == "metal";
+    if native && !metal && COOP_WORKGROUP_BYTES > caps.max_compute_workgroup_storage_size {
         return Err(Error::Unsupported(format!(
             "the cooperative-matrix GEMM needs {COOP_WORKGROUP_BYTES} bytes of workgroup memory, \
              the device has {}",
@@ -250,7 +278,9 @@ pub fn gemm_tiled(
         )));
     }
     // The native kernel has its own fixed tile: dispatch for it.
-    let (bm, bn) = if native {
+    let (bm, bn) = if native && metal {
+        METAL_TILE
+    } else if native {
         COOP_TILE
     } else {
         (tiling.bm(), tiling.bn())

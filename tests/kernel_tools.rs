@@ -334,7 +334,12 @@ fn every_family_specs() -> Vec<wick::kernels::KernelSpec> {
     use wick::kernels::gemv;
     use wick::kernels::KernelSpec;
     use wick::quant::WeightFormat;
-    let split = gemv::NATIVE_CONFIG;
+    let split = gemv::native_config(&gemv::GemvConfig {
+        lanes_per_row: 32,
+        rows_per_group: 1,
+        workgroup_size: 256,
+        subgroup_reduce: false,
+    });
     let tiling = GemmTiling {
         wg_m: 16,
         wg_n: 16,

@@ -124,12 +124,13 @@ fn list(gpu: &Gpu, json: bool) -> Result<()> {
     let s = &l.adapter;
     println!("{} ({}, {})", s.adapter, s.backend, s.driver_info);
     println!(
-        "subgroups {} (sizes {}..{}), f16 {}, shader passthrough {}, timestamps {} (inside passes {})\n",
+        "subgroups {} (sizes {}..{}), f16 {}, shader passthrough {}, cooperative matrices f16 {}, timestamps {} (inside passes {})\n",
         yes_no(s.subgroup),
         s.subgroup_min_size,
         s.subgroup_max_size,
         yes_no(s.shader_f16),
         yes_no(s.passthrough_shaders),
+        yes_no(s.cooperative_matrix_f16),
         yes_no(s.timestamps),
         yes_no(s.timestamps_inside_passes),
     );

@@ -26,6 +26,10 @@ pub struct NativeInfo {
     /// Preprocessor defines of the pipeline it replaces (format, kind, prologue), which say
     /// which of the op's pipelines it backs, e.g. `["Q8_0"]` but not `["NORM", "Q8_0"]`.
     pub defines: Vec<&'static str>,
+    /// Non-empty: written in WGSL with these defines ([`NativeKernel::wgsl_defines`]).
+    pub wgsl_defines: Vec<&'static str>,
+    /// Needs cooperative matrices (f16 16x16x16, subgroups of 32).
+    pub needs_cooperative_matrix: bool,
 }
 
 /// One op: its portable kernel and its native variants on every backend.
@@ -65,6 +69,8 @@ fn natives_of(spec: &KernelSpec) -> Vec<NativeInfo> {
         entry: n.entry,
         workgroup_size: n.workgroup_size,
         defines: defines.clone(),
+        wgsl_defines: n.wgsl_defines.to_vec(),
+        needs_cooperative_matrix: n.needs_cooperative_matrix,
     };
     spec.native_vulkan
         .map(|n| info("vulkan", n))
@@ -190,6 +196,21 @@ pub fn native_unavailable(caps: &Capabilities, n: &NativeInfo) -> Option<String>
     if n.backend != caps.backend {
         return Some(format!("{} only (adapter is {})", n.backend, caps.backend));
     }
+    if n.needs_cooperative_matrix
+        && !(caps.cooperative_matrix_f16
+            && caps.subgroup
+            && caps.subgroup_min_size == 32
+            && caps.subgroup_max_size == 32)
+    {
+        return Some(
+            "needs cooperative matrices (f16 16x16x16 -> f32) and subgroups of exactly 32".into(),
+        );
+    }
+    if !n.wgsl_defines.is_empty() {
+        return wgsl_source(n.module)
+            .is_none()
+            .then(|| format!("wgsl/{}.wgsl not built into this binary", n.module));
+    }
     if !caps.passthrough_shaders {
         return Some("adapter lacks shader passthrough (PASSTHROUGH_SHADERS)".into());
     }
@@ -221,6 +242,7 @@ pub struct AdapterSupport {
     pub subgroup_max_size: u32,
     pub shader_f16: bool,
     pub passthrough_shaders: bool,
+    pub cooperative_matrix_f16: bool,
     pub timestamps: bool,
     pub timestamps_inside_passes: bool,
     pub max_compute_workgroup_storage_size: u32,
@@ -240,6 +262,7 @@ impl AdapterSupport {
             subgroup_max_size: caps.subgroup_max_size,
             shader_f16: caps.shader_f16,
             passthrough_shaders: caps.passthrough_shaders,
+            cooperative_matrix_f16: caps.cooperative_matrix_f16,
             timestamps: caps.timestamps,
             timestamps_inside_passes: caps.timestamps_inside_passes,
             max_compute_workgroup_storage_size: caps.max_compute_workgroup_storage_size,
@@ -301,6 +324,11 @@ pub fn list(caps: &Capabilities) -> KernelList {
                     variant: Variant::Native,
                     backend: Some(n.backend),
                     source: match n.backend {
+                        _ if !n.wgsl_defines.is_empty() => format!(
+                            "wgsl/{}.wgsl with {} (cooperative matrices)",
+                            n.module,
+                            n.wgsl_defines.join(" ")
+                        ),
                         "vulkan" => format!("vulkan_overrides/{}.spv", n.module),
                         _ => format!("metal_overrides/{}.metal", n.module),
                     },

@@ -50,7 +50,7 @@ struct GemvArgs {
     #[arg(short = 'r', long, default_value_t = 20)]
     reps: usize,
     /// Kernel variants: portable (WGSL), native (SPIR-V/MSL where the op has one), auto.
-    #[arg(long, default_value = "portable")]
+    #[arg(long, default_value = "auto")]
     kernels: String,
     #[arg(long)]
     json: bool,
@@ -91,7 +91,7 @@ struct RunArgs {
     #[arg(long)]
     no_profile: bool,
     /// Kernel variants: portable, native, auto.
-    #[arg(long, default_value = "portable")]
+    #[arg(long, default_value = "auto")]
     kernels: String,
     /// Decode with sampling at this temperature (0: greedy argmax).
     #[arg(long, default_value_t = 0.0)]

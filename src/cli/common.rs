@@ -15,8 +15,10 @@ pub struct ModelArgs {
     /// Context size (KV-cache capacity) in tokens; default min(model context, 8192).
     #[arg(long)]
     pub ctx: Option<usize>,
-    /// Kernel variants: portable (WGSL), native, or auto.
-    #[arg(long, default_value = "portable")]
+    /// Kernel variants: portable (WGSL), native, or auto (native where present, unless
+    /// `wick kernels bench --save` measured it slower here; on Metal only where it measured
+    /// it faster).
+    #[arg(long, default_value = "auto")]
     pub kernels: String,
     /// Quantise a float checkpoint's matrices while loading: q8_0, q4_0, q4_1, q5_0, q5_1,
     /// q4_k (or f16/bf16). Already-quantised tensors are kept as stored.

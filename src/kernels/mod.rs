@@ -219,7 +219,8 @@ pub enum KernelChoice {
     #[default]
     Portable,
     Native,
-    /// Native where one exists for this backend (and the tuning cache does not say it is slower).
+    /// Native where one exists for this backend and the tuning cache does not say it is
+    /// slower; on Metal, only where the tuning cache says it is faster (see `variant_for`).
     Auto,
 }
 
@@ -532,7 +533,13 @@ impl Kernels {
                         .and_then(|t| t.variant_winner(&spec.op)),
                 ) {
                     (true, Some(Variant::Portable)) | (false, _) => Variant::Portable,
-                    (true, _) => Variant::Native,
+                    (true, Some(Variant::Native)) => Variant::Native,
+                    // Unmeasured: native where wick's natives have been run on such a GPU.
+                    // The Metal ones have only had syntax checks and a CPU emulation, so on
+                    // Metal auto waits for `wick kernels bench --save` (run after `wick
+                    // kernels check`) to record them as faster.
+                    (true, None) if self.gpu.caps.backend == "metal" => Variant::Portable,
+                    (true, None) => Variant::Native,
                 },
             ),
             KernelChoice::Native if native => Ok(Variant::Native),

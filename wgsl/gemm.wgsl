@@ -309,6 +309,14 @@ fn load_w(wrow: u32, col: u32, k0: u32, part: u32) {
 #endif
 }
 
+// Activations x[row][k0 + 4q .. +4], zero past the rows or the end of k.
+fn load_x(row: u32, k0: u32, q: u32) -> vec4<f32> {
+    if (row < p.m && k0 + 4u * q < p.k) {
+        return x[row * (p.k / 4u) + k0 / 4u + q];
+    }
+    return vec4<f32>(0.0);
+}
+
 // Stores one result: bounds, bias and accumulate exactly as the portable kernel.
 fn store_out(row: u32, c: u32, acc: f32) {
     if (row >= p.m || c >= p.n) { return; }
@@ -331,7 +339,6 @@ fn gemm_coop(
 ) {
     let col0 = wid.x * CBN;
     let row0 = wid.y * CBM;
-    let k4 = p.k / 4u;
     // Subgroup sg owns tile rows sr..sr+32 and columns sc..sc+64.
     let sr = (sg / 2u) * 32u;
     let sc = (sg % 2u) * 64u;
@@ -350,11 +357,7 @@ fn gemm_coop(
         for (var i = lid; i < CBM * (BK / 4u); i += CTPB) {
             let r = i / (BK / 4u);
             let q = i % (BK / 4u);
-            let row = row0 + r;
-            var v = vec4<f32>(0.0);
-            if (row < p.m && k0 + 4u * q < p.k) {
-                v = x[row * k4 + k0 / 4u + q];
-            }
+            let v = load_x(row0 + r, k0, q);
             let h = vec4<f16>(clamp(v, vec4<f32>(-F16_MAX), vec4<f32>(F16_MAX)));
             let b = r * CW + 4u * q;
             tile_xh[b] = h.x;
@@ -408,7 +411,6 @@ fn gemm(
     let row0 = wid.y * BM;
     let tx = lid % WG_N;
     let ty = lid / WG_N;
-    let k4 = p.k / 4u;
 
     var acc: array<vec4<f32>, 4>;
     for (var i = 0u; i < TM; i++) { acc[i] = vec4<f32>(0.0); }
@@ -418,11 +420,7 @@ fn gemm(
         for (var i = lid; i < BM * (BK / 4u); i += TPB) {
             let r = i / (BK / 4u);
             let q = i % (BK / 4u);
-            let row = row0 + r;
-            var v = vec4<f32>(0.0);
-            if (row < p.m && k0 + 4u * q < p.k) {
-                v = x[row * k4 + k0 / 4u + q];
-            }
+            let v = load_x(row0 + r, k0, q);
             let kk = 4u * q;
             tile_x[kk * XS + r] = v.x;
             tile_x[(kk + 1u) * XS + r] = v.y;

@@ -192,11 +192,59 @@ fn gemm_other_tilings() {
     }
 }
 
+/// One epilogue case: a random `f` matrix, activations, bias and prior output contents (the
+/// residual to add to, or the columns that must stay untouched); runs the GEMM `k` picks and
+/// returns (variant that ran, output, reference, prior).
+#[allow(clippy::too_many_arguments)]
+fn run_epilogue_case(
+    k: &Kernels,
+    r: &mut impl Rng,
+    f: WeightFormat,
+    (m, n, kd): (usize, usize, usize),
+    bias: bool,
+    accumulate: bool,
+    offset: usize,
+    stride: usize,
+) -> (Variant, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let g = &k.gpu;
+    let (w, wv) = matrix(k, r, f, n, kd);
+    let x = rand_vec(r, m * kd, 2.0);
+    let b = rand_vec(r, n, 10.0);
+    let ostride = if stride == 0 { n } else { stride };
+    let prior = rand_vec(r, m * ostride, 30.0);
+    let xb = g.upload("x", &x).unwrap();
+    let bb = g.upload("bias", &b).unwrap();
+    let out = g.upload("out", &prior).unwrap();
+    if !accumulate && offset == 0 && stride == 0 {
+        // Every element is written: poison it so a skipped write shows.
+        g.poison(&out);
+    }
+    let epi = GemmEpilogue {
+        bias: bias.then_some(&bb),
+        accumulate,
+        out_offset: offset,
+        out_stride: stride,
+    };
+    let d = gemm::gemm(k, &w, &xb, &out, m, epi).unwrap();
+    k.run(&[&d]).unwrap();
+    let mut want = prior.clone();
+    let res = reference::gemm::gemm(&wv, &x, m, n, kd);
+    reference::gemm::epilogue(
+        &mut want,
+        &res,
+        n,
+        bias.then_some(&b[..]),
+        accumulate,
+        offset,
+        ostride,
+    );
+    (d.pipeline.variant, g.read_vec(&out).unwrap(), want, prior)
+}
+
 /// Bias, residual accumulate, and writing into a column slice of a wider output.
 #[test]
 fn gemm_epilogues() {
     let k = kernels();
-    let g = &k.gpu;
     let mut r = rng();
     let (m, n, kd) = (9, 70, 64);
     for (f, bias, accumulate, offset, stride) in [
@@ -206,34 +254,8 @@ fn gemm_epilogues() {
         (WeightFormat::Bf16, false, false, 130, 200),
         (WeightFormat::Q5_1, true, true, 10, 100),
     ] {
-        let (w, wv) = matrix(k, &mut r, f, n, kd);
-        let x = rand_vec(&mut r, m * kd, 2.0);
-        let b = rand_vec(&mut r, n, 10.0);
-        let ostride = if stride == 0 { n } else { stride };
-        // Prior contents: the residual to add to, or the columns that must stay untouched.
-        let prior = rand_vec(&mut r, m * ostride, 30.0);
-        let xb = g.upload("x", &x).unwrap();
-        let bb = g.upload("bias", &b).unwrap();
-        let out = g.upload("out", &prior).unwrap();
-        let epi = GemmEpilogue {
-            bias: bias.then_some(&bb),
-            accumulate,
-            out_offset: offset,
-            out_stride: stride,
-        };
-        let d = gemm::gemm(k, &w, &xb, &out, m, epi).unwrap();
-        k.run(&[&d]).unwrap();
-        let mut want = prior.clone();
-        let res = reference::gemm::gemm(&wv, &x, m, n, kd);
-        reference::gemm::epilogue(
-            &mut want,
-            &res,
-            n,
-            bias.then_some(&b[..]),
-            accumulate,
-            offset,
-            ostride,
-        );
+        let (_, got, want, prior) =
+            run_epilogue_case(k, &mut r, f, (m, n, kd), bias, accumulate, offset, stride);
         // The result must actually land: a kernel that skipped the write would leave `prior`.
         assert!(want.iter().zip(&prior).any(|(a, b)| a != b));
         check_close(
@@ -241,7 +263,7 @@ fn gemm_epilogues() {
                 "gemm {} bias={bias} acc={accumulate} off={offset} stride={stride}",
                 f.name()
             ),
-            &g.read_vec(&out).unwrap(),
+            &got,
             &want,
         );
     }
@@ -385,50 +407,16 @@ fn gemm_native_cooperative_matrix() {
             Variant::Portable
         };
         assert_eq!(k.variant_for(&sp).unwrap(), want_variant, "{}", f.name());
-        let (w, wv) = matrix(k, &mut r, f, n, kd);
-        let x = rand_vec(&mut r, m * kd, 2.0);
-        let b = rand_vec(&mut r, n, 10.0);
-        let ostride = if stride == 0 { n } else { stride };
-        let prior = rand_vec(&mut r, m * ostride, 30.0);
-        let xb = g.upload("x", &x).unwrap();
-        let bb = g.upload("bias", &b).unwrap();
-        let out = g.upload("out", &prior).unwrap();
-        if !accumulate && offset == 0 && stride == 0 {
-            g.poison(&out);
-        }
-        let epi = GemmEpilogue {
-            bias: bias.then_some(&bb),
-            accumulate,
-            out_offset: offset,
-            out_stride: stride,
-        };
-        let d = gemm::gemm(k, &w, &xb, &out, m, epi).unwrap();
-        assert_eq!(d.pipeline.variant, want_variant);
-        k.run(&[&d]).unwrap();
-        let mut want = prior.clone();
-        let res = reference::gemm::gemm(&wv, &x, m, n, kd);
-        reference::gemm::epilogue(
-            &mut want,
-            &res,
-            n,
-            bias.then_some(&b[..]),
-            accumulate,
-            offset,
-            ostride,
-        );
+        let (ran, got, want, _) =
+            run_epilogue_case(k, &mut r, f, (m, n, kd), bias, accumulate, offset, stride);
+        assert_eq!(ran, want_variant);
         let max_w = want.iter().fold(0.0f32, |a, v| a.max(v.abs()));
         let what = format!(
             "gemm {:?} {} m={m} n={n} k={kd} bias={bias} acc={accumulate} off={offset}",
             want_variant,
             f.name()
         );
-        let rel = assert_close(
-            &what,
-            &g.read_vec(&out).unwrap(),
-            &want,
-            0.0,
-            RTOL_F16 * max_w,
-        );
+        let rel = assert_close(&what, &got, &want, 0.0, RTOL_F16 * max_w);
         eprintln!("{what}: max |d| / max |want| = {rel:.2e}");
     }
 }

@@ -487,12 +487,6 @@ impl Session {
         Ok(g)
     }
 
-    /// Runs `steps` greedy decode steps after the cached tokens, each with a GPU timestamp
-    /// around every dispatch, and returns (op, nanoseconds) per dispatch of every step plus
-    /// the whole steps' GPU time (pass timestamps). Blocking per step: for profiles only.
-    /// The session is reset afterwards (the profiled steps leave no usable conversation).
-    /// With `sampling` the steps pick tokens with the GPU sampling chain (when it supports
-    /// the settings; else argmax, as the CPU sampler's own time is not GPU time).
     /// GPU time of each dispatch of one full prefill chunk (the large one where the session
     /// has it) at the start of the cache, the LM head excluded, and the chunk's size: `wick
     /// bench`'s prefill split. Leaves the session empty.
@@ -509,7 +503,8 @@ impl Session {
             .max(self.fwd.chunk_large)
             .min(self.kv.capacity);
         self.reset();
-        let ids: Vec<u32> = (0..c as u32).collect();
+        let vocab = self.model.inner.cfg.vocab.max(1) as u32;
+        let ids: Vec<u32> = (0..c as u32).map(|i| i % vocab).collect();
         gpu.write(&self.fwd.ids, 0, &ids);
         self.fwd.write_step(&StepParams {
             pos: 0,
@@ -528,6 +523,12 @@ impl Session {
         Ok((samples, c))
     }
 
+    /// Runs `steps` greedy decode steps after the cached tokens, each with a GPU timestamp
+    /// around every dispatch, and returns (op, nanoseconds) per dispatch of every step plus
+    /// the whole steps' GPU time (pass timestamps). Blocking per step: for profiles only.
+    /// The session is reset afterwards (the profiled steps leave no usable conversation).
+    /// With `sampling` the steps pick tokens with the GPU sampling chain (when it supports
+    /// the settings; else argmax, as the CPU sampler's own time is not GPU time).
     pub fn profile_decode(
         &mut self,
         steps: usize,

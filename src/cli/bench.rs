@@ -295,16 +295,7 @@ fn print_table(r: &BenchReport) {
     );
     if let Some(step) = r.profile_step_us {
         println!("\ndecode step GPU time {step:.1} us (pass timestamps); per op (timestamps around each dispatch):");
-        println!("| op | calls/token | us/token | share |\n| --- | ---: | ---: | ---: |");
-        for p in &r.profile {
-            println!(
-                "| {} | {:.1} | {:.1} | {:.1}% |",
-                p.op,
-                p.calls_per_token,
-                p.us_per_token,
-                p.share * 100.0
-            );
-        }
+        print_op_table("token", &r.profile);
     }
     if !r.prefill_profile.is_empty() {
         let total: f64 = r.prefill_profile.iter().map(|p| p.us_per_token).sum();
@@ -312,16 +303,21 @@ fn print_table(r: &BenchReport) {
             "\nprefill chunk of {} tokens: {total:.1} us in dispatches; per op:",
             r.prefill_chunk
         );
-        println!("| op | calls/chunk | us/chunk | share |\n| --- | ---: | ---: | ---: |");
-        for p in &r.prefill_profile {
-            println!(
-                "| {} | {:.1} | {:.1} | {:.1}% |",
-                p.op,
-                p.calls_per_token,
-                p.us_per_token,
-                p.share * 100.0
-            );
-        }
+        print_op_table("chunk", &r.prefill_profile);
+    }
+}
+
+/// A per-op profile as a markdown table; `per` names what the counts and times are per.
+fn print_op_table(per: &str, rows: &[wick::bench::OpTime]) {
+    println!("| op | calls/{per} | us/{per} | share |\n| --- | ---: | ---: | ---: |");
+    for p in rows {
+        println!(
+            "| {} | {:.1} | {:.1} | {:.1}% |",
+            p.op,
+            p.calls_per_token,
+            p.us_per_token,
+            p.share * 100.0
+        );
     }
 }
 

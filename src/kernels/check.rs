@@ -464,6 +464,54 @@ fn cache(rng: &mut Rng, n_kv: usize, hd: usize, cap: usize, len: usize) -> Vec<f
     c
 }
 
+/// Random attention inputs on the GPU: K and V caches holding `pos + toks` positions, queries
+/// for `toks` tokens, the step uniform, and a poisoned output.
+struct AttentionInputs {
+    ck: Vec<half::f16>,
+    cv: Vec<half::f16>,
+    q: Vec<f32>,
+    scale: f32,
+    ckb: wgpu::Buffer,
+    cvb: wgpu::Buffer,
+    qb: wgpu::Buffer,
+    step: wgpu::Buffer,
+    out: wgpu::Buffer,
+}
+
+fn attention_inputs(
+    g: &crate::gpu::Gpu,
+    seed: u64,
+    (h, kvh, hd): (usize, usize, usize),
+    pos: usize,
+    toks: usize,
+    cap: usize,
+) -> Result<AttentionInputs> {
+    let mut rng = Rng(seed);
+    let len = pos + toks;
+    let ck = cache(&mut rng, kvh, hd, cap, len);
+    let cv = cache(&mut rng, kvh, hd, cap, len);
+    let q = rng.vec(toks * h * hd, 1.0);
+    Ok(AttentionInputs {
+        scale: 1.0 / (hd as f32).sqrt(),
+        ckb: g.upload("cache k", &reference::kv_cache::pack(&ck))?,
+        cvb: g.upload("cache v", &reference::kv_cache::pack(&cv))?,
+        qb: g.upload("q", &q)?,
+        step: g.uniform(
+            "step",
+            &StepParams {
+                pos: pos as u32,
+                n_tokens: toks as u32,
+                kv_len: len as u32,
+                ..Default::default()
+            },
+        )?,
+        out: poisoned(g, toks * h * hd)?,
+        ck,
+        cv,
+        q,
+    })
+}
+
 fn decode_case(
     kr: &Kernels,
     op: &str,
@@ -473,31 +521,14 @@ fn decode_case(
     cap: usize,
     splits: usize,
 ) -> Result<(Vec<f32>, Vec<f32>)> {
-    let g = &kr.gpu;
-    let mut rng = Rng(seed);
-    let ck = cache(&mut rng, kvh, hd, cap, len);
-    let cv = cache(&mut rng, kvh, hd, cap, len);
-    let q = rng.vec(h * hd, 1.0);
-    let scale = 1.0 / (hd as f32).sqrt();
-    let ckb = g.upload("cache k", &reference::kv_cache::pack(&ck))?;
-    let cvb = g.upload("cache v", &reference::kv_cache::pack(&cv))?;
-    let qb = g.upload("q", &q)?;
-    let step = g.uniform(
-        "step",
-        &StepParams {
-            pos: (len - 1) as u32,
-            n_tokens: 1,
-            kv_len: len as u32,
-            ..Default::default()
-        },
-    )?;
-    let out = poisoned(g, h * hd)?;
+    let i = attention_inputs(&kr.gpu, seed, (h, kvh, hd), len - 1, 1, cap)?;
     let att = attention::attention_decode(
-        kr, &qb, &ckb, &cvb, &step, &out, h, kvh, hd, cap, scale, splits,
+        kr, &i.qb, &i.ckb, &i.cvb, &i.step, &i.out, h, kvh, hd, cap, i.scale, splits,
     )?;
     let ds: Vec<&Dispatch> = att.dispatches.iter().collect();
-    let got = run(kr, &ds, &out, op)?;
-    let want = reference::attention::attention_decode(&q, &ck, &cv, len, h, kvh, hd, cap, scale);
+    let got = run(kr, &ds, &i.out, op)?;
+    let want =
+        reference::attention::attention_decode(&i.q, &i.ck, &i.cv, len, h, kvh, hd, cap, i.scale);
     Ok((got, want))
 }
 
@@ -510,32 +541,14 @@ fn prefill_case(
     toks: usize,
     cap: usize,
 ) -> Result<(Vec<f32>, Vec<f32>)> {
-    let g = &kr.gpu;
-    let mut rng = Rng(seed);
-    let len = pos + toks;
-    let ck = cache(&mut rng, kvh, hd, cap, len);
-    let cv = cache(&mut rng, kvh, hd, cap, len);
-    let q = rng.vec(toks * h * hd, 1.0);
-    let scale = 1.0 / (hd as f32).sqrt();
-    let ckb = g.upload("cache k", &reference::kv_cache::pack(&ck))?;
-    let cvb = g.upload("cache v", &reference::kv_cache::pack(&cv))?;
-    let qb = g.upload("q", &q)?;
-    let step = g.uniform(
-        "step",
-        &StepParams {
-            pos: pos as u32,
-            n_tokens: toks as u32,
-            kv_len: len as u32,
-            ..Default::default()
-        },
-    )?;
-    let out = poisoned(g, toks * h * hd)?;
+    let i = attention_inputs(&kr.gpu, seed, (h, kvh, hd), pos, toks, cap)?;
     let d = attention::attention_prefill(
-        kr, &qb, &ckb, &cvb, &step, &out, toks, h, kvh, hd, cap, scale,
+        kr, &i.qb, &i.ckb, &i.cvb, &i.step, &i.out, toks, h, kvh, hd, cap, i.scale,
     )?;
-    let got = run(kr, &[&d], &out, op)?;
-    let want =
-        reference::attention::attention_prefill(&q, &ck, &cv, pos, toks, h, kvh, hd, cap, scale);
+    let got = run(kr, &[&d], &i.out, op)?;
+    let want = reference::attention::attention_prefill(
+        &i.q, &i.ck, &i.cv, pos, toks, h, kvh, hd, cap, i.scale,
+    );
     Ok((got, want))
 }
 

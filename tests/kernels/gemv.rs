@@ -67,6 +67,34 @@ struct Case {
     tail: usize,
 }
 
+/// Bias, residual accumulate, and an offset output with poisoned rows after it.
+const EPILOGUE_CASES: [Case; 4] = [
+    Case {
+        bias: true,
+        accumulate: false,
+        out_offset: 0,
+        tail: 0,
+    },
+    Case {
+        bias: false,
+        accumulate: true,
+        out_offset: 0,
+        tail: 0,
+    },
+    Case {
+        bias: true,
+        accumulate: true,
+        out_offset: 3,
+        tail: 5,
+    },
+    Case {
+        bias: false,
+        accumulate: false,
+        out_offset: 1000,
+        tail: 13,
+    },
+];
+
 fn check(
     k: &Kernels,
     format: WeightFormat,
@@ -196,28 +224,7 @@ fn gemv_epilogues() {
         WeightFormat::Q5_0,
         WeightFormat::Q6K,
     ] {
-        let cases = [
-            Case {
-                bias: true,
-                ..Default::default()
-            },
-            Case {
-                accumulate: true,
-                ..Default::default()
-            },
-            Case {
-                bias: true,
-                accumulate: true,
-                out_offset: 3,
-                tail: 5,
-            },
-            Case {
-                out_offset: 1000,
-                tail: 13,
-                ..Default::default()
-            },
-        ];
-        for c in cases {
+        for c in EPILOGUE_CASES {
             check(k, f, 100, fit(f, 576), c, None);
         }
     }
@@ -674,28 +681,9 @@ fn gemv_native_kernels() {
         assert_eq!(k.variant_for(s).unwrap(), native, "{}", s.op);
         k.pipeline_variant(s, native).unwrap();
     }
-    let cases = [
-        Case::default(),
-        Case {
-            bias: true,
-            ..Default::default()
-        },
-        Case {
-            accumulate: true,
-            ..Default::default()
-        },
-        Case {
-            bias: true,
-            accumulate: true,
-            out_offset: 3,
-            tail: 5,
-        },
-        Case {
-            out_offset: 1000,
-            tail: 13,
-            ..Default::default()
-        },
-    ];
+    let cases: Vec<Case> = std::iter::once(Case::default())
+        .chain(EPILOGUE_CASES)
+        .collect();
     for f in gemv::NATIVE_FORMATS {
         // Lanes per row: one; inside one subgroup (lavapipe's is 8, NVIDIA's 32); whole
         // subgroups combined in workgroup memory; the whole workgroup on one row. k = 1088 is
@@ -707,7 +695,7 @@ fn gemv_native_kernels() {
             assert_eq!(check(k, f, 37, 1088, Case::default(), c), native);
             assert_eq!(check_swiglu(k, f, 37, 1088, c), native);
         }
-        for c in cases {
+        for &c in &cases {
             assert_eq!(check(k, f, 100, 576, c, None), native);
             assert_eq!(check(k, f, 21, 1088, c, Some(lanes(16))), native);
         }

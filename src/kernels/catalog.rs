@@ -196,12 +196,7 @@ pub fn native_unavailable(caps: &Capabilities, n: &NativeInfo) -> Option<String>
     if n.backend != caps.backend {
         return Some(format!("{} only (adapter is {})", n.backend, caps.backend));
     }
-    if n.needs_cooperative_matrix
-        && !(caps.cooperative_matrix_f16
-            && caps.subgroup
-            && caps.subgroup_min_size == 32
-            && caps.subgroup_max_size == 32)
-    {
+    if n.needs_cooperative_matrix && !super::cooperative_matrix_usable(caps) {
         return Some(
             "needs cooperative matrices (f16 16x16x16 -> f32) and subgroups of exactly 32".into(),
         );

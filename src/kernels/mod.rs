@@ -120,6 +120,15 @@ pub fn native_wgsl_checks() -> wgpu::ShaderRuntimeChecks {
     }
 }
 
+/// Whether kernels with `needs_cooperative_matrix` can run: f16 16x16x16 cooperative
+/// matrices and subgroups of exactly 32 (each subgroup owns a fixed share of the tile).
+pub fn cooperative_matrix_usable(caps: &crate::gpu::Capabilities) -> bool {
+    caps.cooperative_matrix_f16
+        && caps.subgroup
+        && caps.subgroup_min_size == 32
+        && caps.subgroup_max_size == 32
+}
+
 /// Expands `#include`, `#ifdef`, `#ifndef`, `#else`, `#endif` with the given defines.
 pub fn preprocess(family: &str, defines: &[&str]) -> Result<String> {
     let src = wgsl_source(family).ok_or_else(|| Error::Shader {
@@ -497,12 +506,7 @@ impl Kernels {
             "metal" => spec.native_metal,
             _ => None,
         }?;
-        if native.needs_cooperative_matrix
-            && !(caps.cooperative_matrix_f16
-                && caps.subgroup
-                && caps.subgroup_min_size == 32
-                && caps.subgroup_max_size == 32)
-        {
+        if native.needs_cooperative_matrix && !cooperative_matrix_usable(caps) {
             return None;
         }
         if !native.wgsl_defines.is_empty() {

@@ -43,7 +43,24 @@ enum Command {
     Kernels(cli::kernels::KernelsArgs),
 }
 
+/// Mesa's `VK_LAYER_MESA_device_select` implicit layer asks the Wayland compositor for the
+/// default GPU while adapters are enumerated; without `XDG_RUNTIME_DIR` (ssh sessions,
+/// containers, CI) libwayland prints `error: XDG_RUNTIME_DIR is invalid or not set` on every
+/// command. wick ranks adapters itself (`WICK_ADAPTER` picks one), so the layer adds nothing
+/// there: disable it, unless the user set `NODEVICE_SELECT` either way. Done first thing in
+/// `main`, before any thread exists, since it changes the process environment.
+#[cfg(target_os = "linux")]
+fn quiet_vulkan_device_select_layer() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none_or(|d| d.is_empty())
+        && std::env::var_os("NODEVICE_SELECT").is_none()
+    {
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
+}
+
 fn main() -> ExitCode {
+    #[cfg(target_os = "linux")]
+    quiet_vulkan_device_select_layer();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => cli::run::run(a),

@@ -132,6 +132,7 @@ fn load(path: &Path, ctx: usize, quantize: Option<GgmlType>) -> wick::Result<Mod
         LoadOptions {
             ctx: Some(ctx),
             quantize,
+            ..Default::default()
         },
     )
 }

@@ -179,6 +179,7 @@ fn bench_model(a: RunArgs) -> Result<()> {
                 LoadOptions {
                     ctx,
                     quantize: None,
+                    ..Default::default()
                 },
             )?;
             (model, preset.name.to_string(), q.name())
@@ -191,6 +192,7 @@ fn bench_model(a: RunArgs) -> Result<()> {
                 LoadOptions {
                     ctx,
                     quantize: quant,
+                    progress: super::common::load_progress_bar(false),
                 },
             )?;
             let label = path

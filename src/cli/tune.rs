@@ -50,6 +50,7 @@ pub fn run(a: TuneArgs) -> Result<()> {
                 LoadOptions {
                     ctx: Some(64),
                     quantize: None,
+                    ..Default::default()
                 },
             )?
         }
@@ -61,6 +62,7 @@ pub fn run(a: TuneArgs) -> Result<()> {
                 LoadOptions {
                     ctx: Some(64),
                     quantize: None,
+                    ..Default::default()
                 },
             )?
         }

@@ -399,6 +399,7 @@ impl ModelWeights {
         f: &S,
         cfg: &ModelConfig,
         quantize: Option<GgmlType>,
+        progress: Option<&super::LoadProgress>,
     ) -> Result<ModelWeights> {
         let (h, qd, kvd, ffn, vocab) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn, cfg.vocab);
         let mut c = Checker {
@@ -475,16 +476,34 @@ impl ModelWeights {
             }
         }
         let reservation = reserve_weights(gpu, cfg, &all, quantize)?;
+        // Progress counts stored bytes: reading the mapped file, converting and uploading
+        // all happen inside each tensor's upload.
+        let total_bytes: u64 = all.iter().map(|t| t.data.len() as u64).sum();
         drop(all);
-        let embed = upload_matrix(gpu, &embed.unwrap(), quantize)?;
-        let output_norm = upload_vector(gpu, &out_norm.unwrap())?;
-        let output = output
-            .map(|t| upload_matrix(gpu, &t, quantize))
-            .transpose()?;
+        let done = std::cell::Cell::new(0u64);
+        let tick = |t: &TensorRef| {
+            done.set(done.get() + t.data.len() as u64);
+            if let Some(p) = progress {
+                (p.0)(done.get(), total_bytes);
+            }
+        };
+        let vec = |t: Option<TensorRef>| {
+            let t = t.unwrap();
+            let b = upload_vector(gpu, &t);
+            tick(&t);
+            b
+        };
+        let mat = |t: Option<TensorRef>| {
+            let t = t.unwrap();
+            let m = upload_matrix(gpu, &t, quantize);
+            tick(&t);
+            m
+        };
+        let embed = mat(embed)?;
+        let output_norm = vec(out_norm)?;
+        let output = output.map(|t| mat(Some(t))).transpose()?;
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for ((an, q, k, v, o, fnorm, g, u, d), bias, qkn) in layer_infos {
-            let vec = |t: Option<TensorRef>| upload_vector(gpu, &t.unwrap());
-            let mat = |t: Option<TensorRef>| upload_matrix(gpu, &t.unwrap(), quantize);
             let (bq, bk, bv) = match bias {
                 Some((a, b, c)) => (Some(vec(a)?), Some(vec(b)?), Some(vec(c)?)),
                 None => (None, None, None),

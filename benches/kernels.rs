@@ -11,13 +11,17 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use wick::gpu::Gpu;
-use wick::kernels::variant_bench::{self, BenchCase, Work};
+use wick::kernels::attention::cases::DecodeWork;
+use wick::kernels::family::Work;
+use wick::kernels::gemm::cases::GemmWork;
+use wick::kernels::gemv::cases::GemvWork;
+use wick::kernels::variant_bench::{self, BenchCase};
 use wick::kernels::Variant;
 use wick::quant::WeightFormat;
 
 /// Small shapes: SmolLM2-135M's q projection and FFN, a short decode attention, a small GEMM.
 fn cases() -> Vec<BenchCase> {
-    let case = |op: &str, role: &str, work| BenchCase {
+    let case = |op: &str, role: &str, work: Arc<dyn Work>| BenchCase {
         op: op.to_string(),
         model: "small".into(),
         role: role.into(),
@@ -29,41 +33,41 @@ fn cases() -> Vec<BenchCase> {
         v.push(case(
             &op,
             "q",
-            Work::Gemv {
+            Arc::new(GemvWork::Plain {
                 format: f,
                 n: 576,
                 k: 576,
-            },
+            }),
         ));
         v.push(case(
             &op,
             "gate/up",
-            Work::Gemv {
+            Arc::new(GemvWork::Plain {
                 format: f,
                 n: 1536,
                 k: 576,
-            },
+            }),
         ));
     }
     v.push(case(
         "attention_decode",
         "attention",
-        Work::AttentionDecode {
+        Arc::new(DecodeWork {
             n_heads: 9,
             n_kv_heads: 3,
             head_dim: 64,
             kv_len: 256,
-        },
+        }),
     ));
     v.push(case(
         "gemm_q8_0",
         "q",
-        Work::Gemm {
+        Arc::new(GemmWork {
             format: WeightFormat::Q8_0,
             m: 64,
             n: 576,
             k: 576,
-        },
+        }),
     ));
     v
 }

@@ -5,7 +5,7 @@
 use std::sync::{Arc, OnceLock};
 
 use wick::gpu::Gpu;
-use wick::kernels::catalog::{self, native_unavailable};
+use wick::kernels::catalog;
 use wick::kernels::check::{self, CheckOptions};
 use wick::kernels::tuning::{TuningTable, VariantEntry};
 use wick::kernels::{native_specs, KernelChoice, KernelPolicy, Kernels, Variant};
@@ -64,17 +64,15 @@ fn catalog_names_every_op_and_native_spec() {
             .iter()
             .find(|o| o.op == spec.op)
             .unwrap_or_else(|| panic!("native spec {} not in the catalog", spec.op));
-        for (backend, n) in [("vulkan", spec.native_vulkan), ("metal", spec.native_metal)] {
-            if let Some(n) = n {
-                assert!(
-                    o.native.iter().any(|i| i.backend == backend
-                        && i.module == n.family
-                        && i.entry == n.entry),
-                    "{}: {backend} {} missing from the catalog",
-                    spec.op,
-                    n.family
-                );
-            }
+        for (backend, n) in spec.natives() {
+            assert!(
+                o.native
+                    .iter()
+                    .any(|i| i.backend == backend && i.kernel == *n),
+                "{}: {backend} {} missing from the catalog",
+                spec.op,
+                n.family
+            );
         }
     }
     assert_eq!(
@@ -84,8 +82,8 @@ fn catalog_names_every_op_and_native_spec() {
     assert_eq!(catalog::op_format("rmsnorm"), None);
 }
 
-/// `catalog::native_unavailable` (what `wick kernels list` says) must agree with
-/// `Kernels::native_for` (what the registry does) on this adapter.
+/// What `wick kernels list` says must agree with `Kernels::native_for` (what the registry
+/// does) on this adapter: both ask `kernels::native_unavailable`.
 #[test]
 fn list_availability_matches_the_registry() {
     let k = Kernels::new(gpu().clone());
@@ -94,17 +92,9 @@ fn list_availability_matches_the_registry() {
     assert_eq!(list.adapter.backend, caps.backend);
     for spec in native_specs() {
         let registry = k.native_for(&spec).is_some();
-        let mut defines = spec.defines.clone();
-        defines.sort();
-        let o = catalog::catalog()
-            .into_iter()
-            .find(|o| o.op == spec.op)
-            .unwrap();
-        let listed = o
-            .native
-            .iter()
-            .filter(|n| n.defines == defines)
-            .any(|n| native_unavailable(caps, n).is_none());
+        let defines = spec.pipeline_defines();
+        let o = catalog::op_info(&spec.op).unwrap();
+        let listed = o.native_here(caps, Some(&defines));
         assert_eq!(listed, registry, "{}: list says {listed}", spec.op);
         let shown = list.ops.iter().find(|l| l.op == spec.op).unwrap();
         assert!(shown
@@ -289,7 +279,9 @@ fn tuning_file_round_trip() {
 /// the summed times.
 #[test]
 fn bench_cases_and_winners() {
-    use wick::kernels::variant_bench::{self, OpBenchOptions, Work};
+    use wick::kernels::gemm::cases::GemmWork;
+    use wick::kernels::gemv::cases::GemvWork;
+    use wick::kernels::variant_bench::{self, OpBenchOptions};
     let o = OpBenchOptions {
         filter: Some("gemv_q8_0".into()),
         all: true,
@@ -302,12 +294,12 @@ fn bench_cases_and_winners() {
         .iter()
         .any(|c| c.model == "smollm2-135m" && c.role == "q,o"));
     assert!(cases.iter().any(|c| matches!(
-        c.work,
-        Work::Gemv {
+        c.work.downcast_ref::<GemvWork>(),
+        Some(GemvWork::Plain {
             n: 128256,
             k: 4096,
             ..
-        }
+        })
     )));
     let o = OpBenchOptions {
         filter: Some("gemm_q4_0".into()),
@@ -317,12 +309,12 @@ fn bench_cases_and_winners() {
     let gemm = variant_bench::cases(&o).unwrap();
     assert_eq!(gemm.len(), 4);
     assert!(gemm.iter().all(|c| matches!(
-        c.work,
-        Work::Gemm {
+        c.work.downcast_ref::<GemmWork>(),
+        Some(GemmWork {
             m: 512,
             k: 4096 | 14336,
             ..
-        }
+        })
     )));
 }
 

@@ -157,6 +157,12 @@ fn list(gpu: &Gpu, json: bool) -> Result<()> {
             );
         }
     }
+    if !l.native_coverage.is_empty() {
+        println!("\nWhat the native variants cover (anything else runs the portable kernel):");
+        for c in &l.native_coverage {
+            println!("- {}: {}", c.family, c.covers);
+        }
+    }
     Ok(())
 }
 

@@ -8,8 +8,19 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::family::Family;
 use super::{grid_1d, Binding, Dispatch, KernelSpec, Kernels};
 use crate::error::{Error, Result};
+
+/// Argmax: per-workgroup partials, then one reduce workgroup.
+pub static FAMILY: Family = Family {
+    name: "argmax",
+    wgsl: &["argmax"],
+    pipelines: || vec![spec_partial(), spec_reduce()],
+    native_coverage: None,
+    checks: None,
+    bench: None,
+};
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]

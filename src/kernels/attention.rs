@@ -13,14 +13,50 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::family::Family;
 use super::kv_cache::{check_cache, check_step};
-use super::{Binding, Dispatch, KernelSpec, Kernels, NativeKernel};
+use super::{Binding, Dispatch, KernelSpec, Kernels, NativeKernel, NativeNeeds};
 use crate::error::{Error, Result};
 use crate::gpu::{AdapterClass, Capabilities};
 
+pub mod cases;
+
+/// The attention family: split-KV decode (pass 1 and the merge pass) and causal prefill;
+/// native decode pass 1 for [`NATIVE_HEAD_DIMS`] and GQA groups up to [`NATIVE_MAX_GROUP`].
+pub static FAMILY: Family = Family {
+    name: "attention",
+    wgsl: &["attention_decode", "attention_prefill"],
+    pipelines,
+    native_coverage: Some(native_coverage),
+    checks: Some(cases::checks),
+    bench: Some(cases::bench),
+};
+
+/// Decode pass 1 at each native head dim (natives attached), the merge pass and prefill.
+fn pipelines() -> Vec<KernelSpec> {
+    let mut v = native_specs();
+    v.push(merge_spec(64));
+    v.push(KernelSpec::new(
+        "attention_prefill",
+        "attention_prefill",
+        "attention_prefill",
+        &[],
+    ));
+    v
+}
+
+fn native_coverage() -> String {
+    let dims: Vec<String> = NATIVE_HEAD_DIMS.iter().map(|d| d.to_string()).collect();
+    format!(
+        "decode pass 1 at head_dim {} with up to {NATIVE_MAX_GROUP} query heads per KV head \
+         (Metal: Apple GPUs); other shapes, the merge pass and prefill run the portable kernel",
+        dims.join(", ")
+    )
+}
+
 /// Specs of every pipeline of this family that has a native variant (see
-/// [`super::native_specs`]): decode pass 1 at each native head dim, with the natives attached
-/// whatever the device (the registry checks the backend; [`decode_spec`] the device limits).
+/// [`super::native_specs`]): decode pass 1 at each native head dim, planned for the WebGPU
+/// default limits (the natives' own limits are in their [`NativeNeeds`]).
 pub fn native_specs() -> Vec<KernelSpec> {
     NATIVE_HEAD_DIMS
         .iter()
@@ -80,7 +116,9 @@ impl From<&Capabilities> for PlanLimits {
     }
 }
 
-/// `spec` with the native decode kernels for `head_dim` attached (both backends).
+/// `spec` with the native decode kernels for `head_dim` attached (both backends). Both
+/// declare [`native_smem_bytes`] of workgroup memory; the MSL's softmax step reduces over a
+/// 32-wide simdgroup, so it runs on Apple GPUs only.
 fn with_native(mut spec: KernelSpec, head_dim: usize) -> KernelSpec {
     let (vk, mtl) = match head_dim {
         32 => ("attention_decode.hd32", "attention_decode_hd32"),
@@ -88,16 +126,25 @@ fn with_native(mut spec: KernelSpec, head_dim: usize) -> KernelSpec {
         128 => ("attention_decode.hd128", "attention_decode_hd128"),
         _ => return spec,
     };
+    let needs = NativeNeeds {
+        workgroup_storage: native_smem_bytes(head_dim) as u32,
+        ..Default::default()
+    };
     spec.native_vulkan = Some(NativeKernel {
         family: vk,
         entry: "main",
         workgroup_size: [NATIVE_WG as u32, 1, 1],
+        needs,
         ..Default::default()
     });
     spec.native_metal = Some(NativeKernel {
         family: "attention_decode",
         entry: mtl,
         workgroup_size: [NATIVE_WG as u32, 1, 1],
+        needs: NativeNeeds {
+            adapter: Some(AdapterClass::Apple),
+            ..needs
+        },
         ..Default::default()
     });
     spec
@@ -321,10 +368,9 @@ pub struct DecodeAttention {
 }
 
 /// Pass-1 spec for a decode attention geometry (`None` if the group does not fit the portable
-/// kernel). It carries the native kernels when they cover the shape on this device: head_dim
-/// in [`NATIVE_HEAD_DIMS`], at most [`NATIVE_MAX_GROUP`] heads per KV head, the workgroup
-/// memory and invocations they declare, and on Metal an Apple GPU (the MSL's softmax step
-/// reduces over a 32-wide simdgroup). Elsewhere the registry runs the WGSL kernel.
+/// kernel). It carries the native kernels when they cover the shape: head_dim in
+/// [`NATIVE_HEAD_DIMS`] and at most [`NATIVE_MAX_GROUP`] heads per KV head; whether this
+/// device runs them is the registry's choice ([`super::native_unavailable`]).
 pub fn decode_spec(
     caps: &Capabilities,
     n_heads: usize,
@@ -332,16 +378,9 @@ pub fn decode_spec(
     head_dim: usize,
     direct: bool,
 ) -> Option<KernelSpec> {
-    let mut spec = portable_decode_spec(&caps.into(), n_heads, n_kv_heads, head_dim, direct)?;
-    let group = n_heads / n_kv_heads;
-    let fits = group <= NATIVE_MAX_GROUP
-        && native_smem_bytes(head_dim) <= caps.max_compute_workgroup_storage_size as usize
-        && NATIVE_WG <= caps.max_compute_invocations_per_workgroup as usize;
-    if fits {
-        spec = with_native(spec, head_dim);
-        if caps.class != AdapterClass::Apple {
-            spec.native_metal = None;
-        }
+    let spec = portable_decode_spec(&caps.into(), n_heads, n_kv_heads, head_dim, direct)?;
+    if n_heads / n_kv_heads <= NATIVE_MAX_GROUP {
+        return Some(with_native(spec, head_dim));
     }
     Some(spec)
 }

@@ -1,45 +1,45 @@
 //! The op catalog: every op wick dispatches, with its portable WGSL kernel and its native
 //! variants per backend, and which of them this adapter can run (`wick kernels list`).
 //!
-//! The catalog is built from the families' own spec functions plus [`super::native_specs`],
-//! merged by op name, so a native variant a family attaches to its specs shows up here (and in
-//! `wick kernels check` / `bench`) without edits to this file.
+//! The catalog is built from the families' pipelines ([`super::FAMILIES`]), merged by op
+//! name, so a native variant a family attaches to its specs shows up here (and in `wick
+//! kernels check` / `bench`) without edits to this file. Whether a native runs here is
+//! [`super::native_unavailable`], the registry's own test.
 
 use serde::Serialize;
 
-use super::{
-    argmax, attention, embedding, gemm, gemv, kv_cache, msl_source, native_specs, rmsnorm, rope,
-    softmax, spirv_source, swiglu, wgsl_source, KernelSpec, NativeKernel, Variant,
-};
+pub use super::op_format;
+use super::{native_unavailable, wgsl_source, Family, KernelSpec, NativeKernel, Variant, FAMILIES};
 use crate::gpu::Capabilities;
 use crate::quant::WeightFormat;
 
 /// One native shader backing (some pipelines of) an op.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NativeInfo {
-    /// `vulkan` (SPIR-V) or `metal` (MSL).
-    pub backend: &'static str,
-    /// Module name: `vulkan_overrides/<module>.spv` or `metal_overrides/<module>.metal`.
-    pub module: &'static str,
-    pub entry: &'static str,
-    pub workgroup_size: [u32; 3],
+    /// Vulkan (SPIR-V, or WGSL with [`NativeKernel::wgsl_defines`]) or Metal (MSL).
+    pub backend: wgpu::Backend,
+    pub kernel: NativeKernel,
     /// Preprocessor defines of the pipeline it replaces (format, kind, prologue), which say
     /// which of the op's pipelines it backs, e.g. `["Q8_0"]` but not `["NORM", "Q8_0"]`.
     pub defines: Vec<&'static str>,
-    /// Non-empty: written in WGSL with these defines ([`NativeKernel::wgsl_defines`]).
-    pub wgsl_defines: Vec<&'static str>,
-    /// Needs cooperative matrices (f16 16x16x16, subgroups of 32).
-    pub needs_cooperative_matrix: bool,
+}
+
+impl NativeInfo {
+    /// Why it cannot run on this adapter, or None when it can.
+    pub fn unavailable(&self, caps: &Capabilities) -> Option<String> {
+        native_unavailable(caps, self.backend, &self.kernel)
+    }
 }
 
 /// One op: its portable kernel and its native variants on every backend.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct OpInfo {
     /// The op name the variant policy and the tuning cache use, e.g. `gemv_q8_0`.
     pub op: String,
     /// The op without its weight format (`gemv`, `gemv_swiglu`, `gemm`, `rmsnorm`, ...).
     pub kind: String,
     pub format: Option<WeightFormat>,
+    pub family: &'static Family,
     /// WGSL family (file stem under `wgsl/`) and entry point of the portable kernel.
     pub wgsl_family: &'static str,
     pub wgsl_entry: &'static str,
@@ -51,177 +51,69 @@ impl OpInfo {
     pub fn matches(&self, filter: Option<&str>) -> bool {
         filter.is_none_or(|f| self.op.contains(f))
     }
-}
 
-/// The weight format an op name ends in (`gemv_q4_0` -> Q4_0).
-pub fn op_format(op: &str) -> Option<WeightFormat> {
-    WeightFormat::ALL
-        .into_iter()
-        .find(|f| op.ends_with(&format!("_{}", f.name())))
+    /// Whether a native variant of the pipeline with these (sorted) defines runs here.
+    pub fn native_here(&self, caps: &Capabilities, defines: Option<&[&'static str]>) -> bool {
+        self.native
+            .iter()
+            .filter(|n| defines.is_none_or(|d| n.defines == d))
+            .any(|n| n.unavailable(caps).is_none())
+    }
 }
 
 fn natives_of(spec: &KernelSpec) -> Vec<NativeInfo> {
-    let mut defines = spec.defines.clone();
-    defines.sort();
-    let info = |backend, n: NativeKernel| NativeInfo {
-        backend,
-        module: n.family,
-        entry: n.entry,
-        workgroup_size: n.workgroup_size,
-        defines: defines.clone(),
-        wgsl_defines: n.wgsl_defines.to_vec(),
-        needs_cooperative_matrix: n.needs_cooperative_matrix,
-    };
-    spec.native_vulkan
-        .map(|n| info("vulkan", n))
-        .into_iter()
-        .chain(spec.native_metal.map(|n| info("metal", n)))
+    let defines = spec.pipeline_defines();
+    spec.natives()
+        .map(|(backend, n)| NativeInfo {
+            backend,
+            kernel: *n,
+            defines: defines.clone(),
+        })
         .collect()
 }
 
-/// Specs of the portable pipelines, one or more per op (the variant does not matter: only
-/// the op names, families and native variants are read).
-fn portable_specs() -> Vec<KernelSpec> {
-    let any_split = gemv::native_config(&gemv::GemvConfig {
-        lanes_per_row: 32,
-        rows_per_group: 1,
-        workgroup_size: 256,
-        subgroup_reduce: false,
-    });
-    let tiling = gemm::GemmTiling {
-        wg_m: 16,
-        wg_n: 16,
-        pad: 0,
-    };
-    let mut v = Vec::new();
-    for f in WeightFormat::ALL {
-        v.push(embedding::spec(f));
-    }
-    v.extend([rmsnorm::spec(false), rmsnorm::spec(true)]);
-    v.extend([rope::spec(), rope::rope_kv_spec(), kv_cache::spec()]);
-    // Attention pipelines depend on the device and head shape; their ops are named here and
-    // their native variants come from `attention::native_specs`.
-    v.push(KernelSpec::new(
-        "attention_decode",
-        "attention_decode",
-        "attention_decode",
-        &[],
-    ));
-    v.push(attention::merge_spec(64));
-    v.push(KernelSpec::new(
-        "attention_prefill",
-        "attention_prefill",
-        "attention_prefill",
-        &[],
-    ));
-    for f in WeightFormat::ALL {
-        for norm in [false, true] {
-            v.push(gemv::spec(f, &any_split, false, false, norm));
-        }
-    }
-    for f in WeightFormat::ALL {
-        for norm in [false, true] {
-            v.push(gemv::swiglu_spec(f, &any_split, norm));
-        }
-    }
-    for f in WeightFormat::ALL {
-        v.push(KernelSpec::new(
-            format!("gemv_qkv_{}", f.name()),
-            "gemv",
-            "gemv",
-            &[],
-        ));
-    }
-    for f in WeightFormat::ALL {
-        for bias in [false, true] {
-            v.push(gemm::spec(f, bias, tiling));
-        }
-    }
-    v.extend([softmax::spec(false), softmax::spec(true), swiglu::spec()]);
-    v.extend([argmax::spec_partial(), argmax::spec_reduce()]);
-    for op in ["sample_small", "sample_topk", "sample_merge", "sample_draw"] {
-        v.push(KernelSpec::new(op, "sample", "sample", &[]));
-    }
-    v
-}
-
-/// Every op with its variants, in dispatch order of a decode step (roughly), GEMV and GEMM
-/// per format.
+/// Every op with its variants, family by family ([`FAMILIES`]), GEMV and GEMM per format.
 pub fn catalog() -> Vec<OpInfo> {
     let mut ops: Vec<OpInfo> = Vec::new();
-    for spec in portable_specs().into_iter().chain(native_specs()) {
-        let i = match ops.iter().position(|o| o.op == spec.op) {
-            Some(i) => i,
-            None => {
-                let format = op_format(&spec.op);
-                let kind = match format {
-                    Some(f) => spec
-                        .op
-                        .strip_suffix(&format!("_{}", f.name()))
-                        .unwrap_or(&spec.op)
-                        .to_string(),
-                    None => spec.op.clone(),
-                };
-                ops.push(OpInfo {
-                    op: spec.op.clone(),
-                    kind,
-                    format,
-                    wgsl_family: spec.family,
-                    wgsl_entry: spec.entry,
-                    native: Vec::new(),
-                });
-                ops.len() - 1
-            }
-        };
-        for n in natives_of(&spec) {
-            if !ops[i].native.contains(&n) {
-                ops[i].native.push(n);
+    for &family in FAMILIES {
+        for spec in (family.pipelines)() {
+            let i = match ops.iter().position(|o| o.op == spec.op) {
+                Some(i) => i,
+                None => {
+                    let format = op_format(&spec.op);
+                    let kind = match format {
+                        Some(f) => spec
+                            .op
+                            .strip_suffix(&format!("_{}", f.name()))
+                            .unwrap_or(&spec.op)
+                            .to_string(),
+                        None => spec.op.clone(),
+                    };
+                    ops.push(OpInfo {
+                        op: spec.op.clone(),
+                        kind,
+                        format,
+                        family,
+                        wgsl_family: spec.family,
+                        wgsl_entry: spec.entry,
+                        native: Vec::new(),
+                    });
+                    ops.len() - 1
+                }
+            };
+            for n in natives_of(&spec) {
+                if !ops[i].native.contains(&n) {
+                    ops[i].native.push(n);
+                }
             }
         }
     }
     ops
 }
 
-/// Ops with at least one native variant on some backend.
-pub fn native_ops() -> Vec<OpInfo> {
-    catalog()
-        .into_iter()
-        .filter(|o| !o.native.is_empty())
-        .collect()
-}
-
-/// Why `n` cannot run on this adapter, or None when it can. Mirrors
-/// [`super::Kernels::native_for`] (a test keeps them in step).
-pub fn native_unavailable(caps: &Capabilities, n: &NativeInfo) -> Option<String> {
-    if n.backend != caps.backend {
-        return Some(format!("{} only (adapter is {})", n.backend, caps.backend));
-    }
-    if n.needs_cooperative_matrix && !super::cooperative_matrix_usable(caps) {
-        return Some(
-            "needs cooperative matrices (f16 16x16x16 -> f32) and subgroups of exactly 32".into(),
-        );
-    }
-    if !n.wgsl_defines.is_empty() {
-        return wgsl_source(n.module)
-            .is_none()
-            .then(|| format!("wgsl/{}.wgsl not built into this binary", n.module));
-    }
-    if !caps.passthrough_shaders {
-        return Some("adapter lacks shader passthrough (PASSTHROUGH_SHADERS)".into());
-    }
-    let shipped = match n.backend {
-        "vulkan" => spirv_source(n.module).is_some(),
-        "metal" => msl_source(n.module).is_some(),
-        _ => false,
-    };
-    if !shipped {
-        let file = match n.backend {
-            "vulkan" => format!("vulkan_overrides/{}.spv", n.module),
-            _ => format!("metal_overrides/{}.metal", n.module),
-        };
-        return Some(format!("module {file} not built into this binary"));
-    }
-    None
+/// The catalog entry of `op`.
+pub fn op_info(op: &str) -> Option<OpInfo> {
+    catalog().into_iter().find(|o| o.op == op)
 }
 
 /// What the adapter offers that kernel variants depend on.
@@ -288,7 +180,16 @@ pub struct OpListing {
     pub op: String,
     pub kind: String,
     pub format: Option<WeightFormat>,
+    /// The op's family.
+    pub family: &'static str,
     pub variants: Vec<VariantStatus>,
+}
+
+/// What one family's native variants cover: requests outside it run the portable kernel.
+#[derive(Debug, Clone, Serialize)]
+pub struct NativeCoverage {
+    pub family: &'static str,
+    pub covers: String,
 }
 
 /// `wick kernels list`: the adapter's support flags and every op's variants.
@@ -296,6 +197,9 @@ pub struct OpListing {
 pub struct KernelList {
     pub adapter: AdapterSupport,
     pub ops: Vec<OpListing>,
+    /// Per family with native variants, the shapes, formats and epilogues they cover (the
+    /// gaps: anything else is routed to the portable kernel).
+    pub native_coverage: Vec<NativeCoverage>,
 }
 
 /// The catalog as seen from this adapter.
@@ -314,20 +218,21 @@ pub fn list(caps: &Capabilities) -> KernelList {
                 reason: (!wgsl).then(|| "WGSL source not built into this binary".into()),
             }];
             for n in &o.native {
-                let reason = native_unavailable(caps, n);
+                let reason = n.unavailable(caps);
+                let k = &n.kernel;
                 variants.push(VariantStatus {
                     variant: Variant::Native,
-                    backend: Some(n.backend),
+                    backend: Some(n.backend.to_str()),
                     source: match n.backend {
-                        _ if !n.wgsl_defines.is_empty() => format!(
+                        _ if !k.wgsl_defines.is_empty() => format!(
                             "wgsl/{}.wgsl with {} (cooperative matrices)",
-                            n.module,
-                            n.wgsl_defines.join(" ")
+                            k.family,
+                            k.wgsl_defines.join(" ")
                         ),
-                        "vulkan" => format!("vulkan_overrides/{}.spv", n.module),
-                        _ => format!("metal_overrides/{}.metal", n.module),
+                        wgpu::Backend::Vulkan => format!("vulkan_overrides/{}.spv", k.family),
+                        _ => format!("metal_overrides/{}.metal", k.family),
                     },
-                    entry: n.entry,
+                    entry: k.entry,
                     defines: n.defines.clone(),
                     available: reason.is_none(),
                     reason,
@@ -337,12 +242,23 @@ pub fn list(caps: &Capabilities) -> KernelList {
                 op: o.op,
                 kind: o.kind,
                 format: o.format,
+                family: o.family.name,
                 variants,
             }
+        })
+        .collect();
+    let native_coverage = FAMILIES
+        .iter()
+        .filter_map(|f| {
+            f.native_coverage.map(|covers| NativeCoverage {
+                family: f.name,
+                covers: covers(),
+            })
         })
         .collect();
     KernelList {
         adapter: AdapterSupport::of(caps),
         ops,
+        native_coverage,
     }
 }

@@ -4,8 +4,19 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::family::Family;
 use super::{Binding, Dispatch, GpuMatrix, KernelSpec, Kernels, WeightFormat};
 use crate::error::{Error, Result};
+
+/// The embedding gather, one pipeline per weight format.
+pub static FAMILY: Family = Family {
+    name: "embedding",
+    wgsl: &["embedding"],
+    pipelines: || WeightFormat::ALL.into_iter().map(spec).collect(),
+    native_coverage: None,
+    checks: None,
+    bench: None,
+};
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]

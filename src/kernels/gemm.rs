@@ -6,29 +6,64 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::family::Family;
 use super::{
-    Binding, Dispatch, GpuMatrix, KernelSpec, Kernels, NativeKernel, Variant, WeightFormat,
+    Binding, Dispatch, GpuMatrix, KernelSpec, Kernels, NativeKernel, NativeNeeds, Variant,
+    WeightFormat,
 };
 use crate::error::{Error, Result};
 use crate::gpu::Capabilities;
 
-/// Specs of every pipeline of this family that has a native variant (see
-/// [`super::native_specs`]).
-pub fn native_specs() -> Vec<KernelSpec> {
+pub mod cases;
+
+/// The GEMM family: one pipeline per format, with and without the bias; native kernels
+/// (cooperative matrices on Vulkan, simdgroup matrices on Metal) for [`NATIVE_FORMATS`].
+pub static FAMILY: Family = Family {
+    name: "gemm",
+    wgsl: &["gemm"],
+    pipelines,
+    native_coverage: Some(native_coverage),
+    checks: Some(cases::checks),
+    bench: Some(cases::bench),
+};
+
+/// Every GEMM pipeline (natives attached where wick ships them).
+fn pipelines() -> Vec<KernelSpec> {
     let tiling = GemmTiling {
         wg_m: 16,
         wg_n: 16,
         pad: 1,
     };
-    NATIVE_FORMATS
+    WeightFormat::ALL
         .iter()
         .flat_map(|&f| [spec(f, false, tiling), spec(f, true, tiling)])
         .collect()
 }
 
+fn native_coverage() -> String {
+    let formats: Vec<String> = NATIVE_FORMATS
+        .iter()
+        .map(|f| f.name().to_uppercase())
+        .collect();
+    format!(
+        "{} with every epilogue (Vulkan: cooperative matrices, Metal: simdgroup matrices); \
+         other formats run the portable kernel",
+        formats.join(", ")
+    )
+}
+
+/// Specs of every pipeline of this family that has a native variant (see
+/// [`super::native_specs`]).
+pub fn native_specs() -> Vec<KernelSpec> {
+    pipelines()
+        .into_iter()
+        .filter(KernelSpec::has_native)
+        .collect()
+}
+
 /// Formats with a native GEMM (the cooperative-matrix kernel shares the portable loaders, so
 /// it covers every format; these are the ones the models and benchmarks use).
-const NATIVE_FORMATS: [WeightFormat; 4] = [
+pub const NATIVE_FORMATS: [WeightFormat; 4] = [
     WeightFormat::Q4_0,
     WeightFormat::Q4_1,
     WeightFormat::Q8_0,
@@ -74,7 +109,11 @@ fn native_vulkan() -> NativeKernel {
         entry: "gemm_coop",
         workgroup_size: [256, 1, 1],
         wgsl_defines: &["COOP"],
-        needs_cooperative_matrix: true,
+        needs: NativeNeeds {
+            cooperative_matrix: true,
+            workgroup_storage: COOP_WORKGROUP_BYTES,
+            ..Default::default()
+        },
     }
 }
 
@@ -270,13 +309,6 @@ pub fn gemm_tiled(
         )));
     }
     let metal = caps.backend == "metal";
-    if native && !metal && COOP_WORKGROUP_BYTES > caps.max_compute_workgroup_storage_size {
-        return Err(Error::Unsupported(format!(
-            "the cooperative-matrix GEMM needs {COOP_WORKGROUP_BYTES} bytes of workgroup memory, \
-             the device has {}",
-            caps.max_compute_workgroup_storage_size
-        )));
-    }
     // The native kernel has its own fixed tile: dispatch for it.
     let (bm, bn) = if native && metal {
         METAL_TILE

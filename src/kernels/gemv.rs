@@ -7,10 +7,66 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{grid_1d, Binding, Dispatch, GpuMatrix, KernelSpec, Kernels, NativeKernel, Variant};
+use super::family::Family;
+use super::{
+    grid_1d, Binding, Dispatch, GpuMatrix, KernelSpec, Kernels, NativeKernel, NativeNeeds, Variant,
+};
 use crate::error::{Error, Result};
 use crate::gpu::Capabilities;
 use crate::quant::WeightFormat;
+
+pub mod cases;
+
+/// The GEMV family: plain, fused gate+up+SwiGLU and fused QKV pipelines per weight format,
+/// each with and without the norm prologue; native kernels for [`NATIVE_FORMATS`].
+pub static FAMILY: Family = Family {
+    name: "gemv",
+    wgsl: &["gemv"],
+    pipelines,
+    native_coverage: Some(native_coverage),
+    checks: Some(cases::checks),
+    bench: Some(cases::bench),
+};
+
+/// Every GEMV pipeline kind of every format (natives attached where wick ships them), on the
+/// split the native kernels dispatch with.
+fn pipelines() -> Vec<KernelSpec> {
+    let cfg = native_config(&GemvConfig {
+        lanes_per_row: 32,
+        rows_per_group: 1,
+        workgroup_size: NATIVE_WORKGROUP_SIZE,
+        subgroup_reduce: false,
+    });
+    let mut v = Vec::new();
+    for f in WeightFormat::ALL {
+        for norm in [false, true] {
+            v.push(spec(f, &cfg, false, false, norm));
+        }
+    }
+    for f in WeightFormat::ALL {
+        for norm in [false, true] {
+            v.push(swiglu_spec(f, &cfg, norm));
+        }
+    }
+    for f in WeightFormat::ALL {
+        for norm in [false, true] {
+            v.push(qkv_spec(f, &cfg, false, norm));
+        }
+    }
+    v
+}
+
+fn native_coverage() -> String {
+    let formats: Vec<String> = NATIVE_FORMATS
+        .iter()
+        .map(|f| f.name().to_uppercase())
+        .collect();
+    format!(
+        "{} (plain, SwiGLU and QKV, with and without the norm prologue, every epilogue), on \
+         adapters with subgroups; other formats run the portable kernel",
+        formats.join(", ")
+    )
+}
 
 /// WGSL mirror: `struct Params { n, upr, out_offset, eps_bits, k4, nk, nv, flags,
 /// lanes_per_row, _pad }`; the native kernels (`vulkan_overrides/gemv.comp`,
@@ -101,7 +157,8 @@ pub const NATIVE_FORMATS: [WeightFormat; 3] =
     [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0];
 
 /// Sets the native Vulkan and Metal variants of a GEMV spec of this format and kind, where
-/// wick ships them.
+/// wick ships them. They reduce with subgroup operations: on a device without them (or with
+/// them turned off) every GEMV runs its WGSL kernel.
 fn with_natives(mut s: KernelSpec, format: WeightFormat, kind: GemvKind, norm: bool) -> KernelSpec {
     let names = match format {
         WeightFormat::Q4_0 => native_names!("q4_0"),
@@ -111,48 +168,33 @@ fn with_natives(mut s: KernelSpec, format: WeightFormat, kind: GemvKind, norm: b
     };
     let (module, entry) = names[2 * kind as usize + norm as usize];
     let workgroup_size = [NATIVE_WORKGROUP_SIZE, 1, 1];
+    let needs = NativeNeeds {
+        subgroups: true,
+        ..Default::default()
+    };
     s.native_vulkan = Some(NativeKernel {
         family: module,
         entry: "main",
         workgroup_size,
+        needs,
         ..Default::default()
     });
     s.native_metal = Some(NativeKernel {
         family: "gemv",
         entry,
         workgroup_size,
+        needs,
         ..Default::default()
     });
     s
 }
 
-/// The native kernels reduce with subgroup operations: on a device without them (or with
-/// them turned off) every GEMV runs its WGSL kernel.
-fn runnable_here(mut s: KernelSpec, caps: &Capabilities) -> KernelSpec {
-    if !caps.subgroup {
-        s.native_vulkan = None;
-        s.native_metal = None;
-    }
-    s
-}
-
 /// Specs of every GEMV pipeline that has a native variant (see [`super::native_specs`]).
 pub fn native_specs() -> Vec<KernelSpec> {
-    let cfg = native_config(&GemvConfig {
-        lanes_per_row: 32,
-        rows_per_group: 1,
-        workgroup_size: NATIVE_WORKGROUP_SIZE,
-        subgroup_reduce: false,
-    });
-    let mut v = Vec::new();
-    for f in NATIVE_FORMATS {
-        for norm in [false, true] {
-            v.push(spec(f, &cfg, false, false, norm));
-            v.push(swiglu_spec(f, &cfg, norm));
-            v.push(qkv_spec(f, &cfg, false, norm));
-        }
-    }
-    v
+    pipelines()
+        .into_iter()
+        .filter(KernelSpec::has_native)
+        .collect()
 }
 
 /// What happens to each dot product before it is stored.
@@ -438,7 +480,6 @@ fn qkv_config(caps: &Capabilities, q: &GpuMatrix, k: &GpuMatrix, v: &GpuMatrix) 
 /// q, k and v projections of one activation vector in one dispatch: `out_q = Wq x (+ bq)`,
 /// likewise k and v, with x RMS-normalised on load when `norm` is given. Each matrix keeps
 /// its own planes and output buffer. See [`qkv_supported`].
-#[allow(clippy::too_many_arguments)]
 pub fn gemv_qkv(
     kern: &Kernels,
     w: [&GpuMatrix; 3],
@@ -478,10 +519,7 @@ pub fn gemv_qkv(
         }
     }
     check_norm(norm, q.k, &cfg)?;
-    let sp = runnable_here(
-        qkv_spec(q.format, &cfg, bias.is_some(), norm.is_some()),
-        caps,
-    );
+    let sp = qkv_spec(q.format, &cfg, bias.is_some(), norm.is_some());
     let cfg = dispatch_config(kern, &sp, &cfg)?;
     let mut params = params_for(q, upr, 0, norm, &cfg);
     params.nk = k.n as u32;
@@ -611,7 +649,6 @@ pub fn gemv_with_config(
         epi.accumulate,
         epi.norm.is_some(),
     );
-    let sp = runnable_here(sp, &k.gpu.caps);
     // A native kernel has its own workgroup size: dispatch for its split.
     let cfg = dispatch_config(k, &sp, cfg)?;
     let mut params = params_for(w, upr, epi.out_offset, epi.norm, &cfg);
@@ -693,7 +730,7 @@ pub fn gemv_swiglu_with_config_norm(
     need("x", x, gate.k as u64 * 4)?;
     need("out", out, gate.n as u64 * 4)?;
     check_norm(norm, gate.k, cfg)?;
-    let sp = runnable_here(swiglu_spec(gate.format, cfg, norm.is_some()), &k.gpu.caps);
+    let sp = swiglu_spec(gate.format, cfg, norm.is_some());
     let cfg = dispatch_config(k, &sp, cfg)?;
     let params = k
         .gpu

@@ -5,8 +5,19 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::family::Family;
 use super::{grid_1d, Binding, Dispatch, KernelSpec, Kernels, StepParams};
 use crate::error::{Error, Result};
+
+/// The KV-cache write.
+pub static FAMILY: Family = Family {
+    name: "kv_cache",
+    wgsl: &["kv_cache"],
+    pipelines: || vec![spec()],
+    native_coverage: None,
+    checks: None,
+    bench: None,
+};
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]

@@ -22,6 +22,7 @@ pub mod bandwidth;
 pub mod catalog;
 pub mod check;
 pub mod embedding;
+pub mod family;
 pub mod gemm;
 pub mod gemv;
 pub mod kv_cache;
@@ -34,13 +35,14 @@ pub mod swiglu;
 pub mod tuning;
 pub mod variant_bench;
 
+pub use family::Family;
 pub use matrix::GpuMatrix;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
+use crate::gpu::{AdapterClass, Capabilities, Gpu};
 pub use crate::quant::WeightFormat;
 
 mod sources {
@@ -97,14 +99,46 @@ pub fn shader_checks() -> wgpu::ShaderRuntimeChecks {
     }
 }
 
-/// One spec for every distinct native kernel wick ships (each family lists its own), for
-/// `wick kernels list` and the binding-contract tests: a native module must bind exactly its
-/// spec's layout.
+/// Every kernel family, in the order of a decode step (roughly): the catalog, `wick kernels
+/// check` and `wick kernels bench` iterate over this list (see [`Family`]).
+pub static FAMILIES: &[&Family] = &[
+    &embedding::FAMILY,
+    &rmsnorm::FAMILY,
+    &rope::FAMILY,
+    &kv_cache::FAMILY,
+    &attention::FAMILY,
+    &gemv::FAMILY,
+    &gemm::FAMILY,
+    &softmax::FAMILY,
+    &swiglu::FAMILY,
+    &argmax::FAMILY,
+    &sample::FAMILY,
+];
+
+/// The family whose WGSL file `spec` builds from.
+pub fn family_of(spec: &KernelSpec) -> Option<&'static Family> {
+    FAMILIES
+        .iter()
+        .copied()
+        .find(|f| f.wgsl.contains(&spec.family))
+}
+
+/// Every pipeline with a native variant on some backend, from every family: what `wick
+/// kernels check` checks, and what the binding-contract tests read (a native module must
+/// bind exactly its spec's layout).
 pub fn native_specs() -> Vec<KernelSpec> {
-    let mut v = gemv::native_specs();
-    v.extend(attention::native_specs());
-    v.extend(gemm::native_specs());
-    v
+    FAMILIES
+        .iter()
+        .flat_map(|f| (f.pipelines)())
+        .filter(KernelSpec::has_native)
+        .collect()
+}
+
+/// The weight format an op name ends in (`gemv_q4_0` -> Q4_0).
+pub fn op_format(op: &str) -> Option<WeightFormat> {
+    WeightFormat::ALL
+        .into_iter()
+        .find(|f| op.ends_with(&format!("_{}", f.name())))
 }
 
 /// The checks naga adds to a native kernel written in WGSL ([`NativeKernel::wgsl_defines`]):
@@ -120,9 +154,9 @@ pub fn native_wgsl_checks() -> wgpu::ShaderRuntimeChecks {
     }
 }
 
-/// Whether kernels with `needs_cooperative_matrix` can run: f16 16x16x16 cooperative
+/// Whether kernels that need cooperative matrices can run: f16 16x16x16 cooperative
 /// matrices and subgroups of exactly 32 (each subgroup owns a fixed share of the tile).
-pub fn cooperative_matrix_usable(caps: &crate::gpu::Capabilities) -> bool {
+pub fn cooperative_matrix_usable(caps: &Capabilities) -> bool {
     caps.cooperative_matrix_f16
         && caps.subgroup
         && caps.subgroup_min_size == 32
@@ -294,7 +328,7 @@ pub enum Binding {
 }
 
 /// A native shader for one backend, binding exactly the same layout as the portable kernel.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NativeKernel {
     /// File stem under `metal_overrides/` or `vulkan_overrides/`; for a [`Self::wgsl_defines`]
     /// kernel, the WGSL family under `wgsl/`.
@@ -308,9 +342,88 @@ pub struct NativeKernel {
     /// (wgpu 30) emits SPV_KHR_cooperative_matrix from WGSL's `wgpu_cooperative_matrix`, and
     /// the kernel keeps wgpu's shader validation.
     pub wgsl_defines: &'static [&'static str],
-    /// Needs [`crate::gpu::Capabilities::cooperative_matrix_f16`] and a fixed subgroup size of
-    /// 32 (its subgroups each own a fixed share of the tile).
-    pub needs_cooperative_matrix: bool,
+    /// What it needs of the adapter beyond its backend.
+    pub needs: NativeNeeds,
+}
+
+/// Adapter features a native kernel depends on ([`native_unavailable`] tests them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NativeNeeds {
+    /// Subgroup operations (it reduces with them).
+    pub subgroups: bool,
+    /// f16 16x16x16 cooperative matrices and a fixed subgroup size of 32 (its subgroups each
+    /// own a fixed share of the tile; see [`cooperative_matrix_usable`]).
+    pub cooperative_matrix: bool,
+    /// Bytes of workgroup memory it declares.
+    pub workgroup_storage: u32,
+    /// Only on this class of adapter.
+    pub adapter: Option<AdapterClass>,
+}
+
+/// The wgpu backend of a capability record, for matching native variants.
+fn backend_of(caps: &Capabilities) -> Option<wgpu::Backend> {
+    match caps.backend.as_str() {
+        "vulkan" => Some(wgpu::Backend::Vulkan),
+        "metal" => Some(wgpu::Backend::Metal),
+        _ => None,
+    }
+}
+
+/// Why the native kernel `n` (a variant for `backend`) cannot run on this adapter, or None
+/// when it can. The one test behind both the registry's choice ([`Kernels::native_for`]) and
+/// `wick kernels list`.
+pub fn native_unavailable(
+    caps: &Capabilities,
+    backend: wgpu::Backend,
+    n: &NativeKernel,
+) -> Option<String> {
+    if backend_of(caps) != Some(backend) {
+        return Some(format!("{backend} only (adapter is {})", caps.backend));
+    }
+    let needs = &n.needs;
+    if needs.cooperative_matrix && !cooperative_matrix_usable(caps) {
+        return Some(
+            "needs cooperative matrices (f16 16x16x16 -> f32) and subgroups of exactly 32".into(),
+        );
+    }
+    if needs.subgroups && !caps.subgroup {
+        return Some("needs subgroup operations (SUBGROUP)".into());
+    }
+    if let Some(class) = needs.adapter.filter(|c| *c != caps.class) {
+        return Some(format!("needs an adapter of class {class:?}"));
+    }
+    if needs.workgroup_storage > caps.max_compute_workgroup_storage_size {
+        return Some(format!(
+            "needs {} bytes of workgroup memory (adapter has {})",
+            needs.workgroup_storage, caps.max_compute_workgroup_storage_size
+        ));
+    }
+    let invocations: u32 = n.workgroup_size.iter().product();
+    if invocations > caps.max_compute_invocations_per_workgroup {
+        return Some(format!(
+            "needs {invocations} invocations per workgroup (adapter has {})",
+            caps.max_compute_invocations_per_workgroup
+        ));
+    }
+    if !n.wgsl_defines.is_empty() {
+        return wgsl_source(n.family)
+            .is_none()
+            .then(|| format!("wgsl/{}.wgsl not built into this binary", n.family));
+    }
+    if !caps.passthrough_shaders {
+        return Some("adapter lacks shader passthrough (PASSTHROUGH_SHADERS)".into());
+    }
+    let (shipped, file) = match backend {
+        wgpu::Backend::Vulkan => (
+            spirv_source(n.family).is_some(),
+            format!("vulkan_overrides/{}.spv", n.family),
+        ),
+        _ => (
+            msl_source(n.family).is_some(),
+            format!("metal_overrides/{}.metal", n.family),
+        ),
+    };
+    (!shipped).then(|| format!("module {file} not built into this binary"))
 }
 
 /// Everything needed to build one pipeline.
@@ -358,6 +471,34 @@ impl KernelSpec {
     pub fn constant(mut self, name: &'static str, value: impl Into<f64>) -> Self {
         self.constants.push((name, value.into()));
         self
+    }
+
+    /// The native variant for `backend`, if the spec has one.
+    pub fn native(&self, backend: wgpu::Backend) -> Option<&NativeKernel> {
+        match backend {
+            wgpu::Backend::Vulkan => self.native_vulkan.as_ref(),
+            wgpu::Backend::Metal => self.native_metal.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Every native variant with its backend.
+    pub fn natives(&self) -> impl Iterator<Item = (wgpu::Backend, &NativeKernel)> {
+        [wgpu::Backend::Vulkan, wgpu::Backend::Metal]
+            .into_iter()
+            .filter_map(|b| self.native(b).map(|n| (b, n)))
+    }
+
+    pub fn has_native(&self) -> bool {
+        self.natives().next().is_some()
+    }
+
+    /// The preprocessor defines, sorted: which of its op's pipelines the spec is (format,
+    /// kind, prologue).
+    pub fn pipeline_defines(&self) -> Vec<&'static str> {
+        let mut d = self.defines.clone();
+        d.sort();
+        d
     }
 
     fn key(&self, variant: Variant) -> PipelineKey {
@@ -498,28 +639,12 @@ impl Kernels {
         d
     }
 
-    /// The native kernel usable for `spec` on this backend, if any.
+    /// The native kernel usable for `spec` on this adapter, if any ([`native_unavailable`]).
     pub fn native_for(&self, spec: &KernelSpec) -> Option<NativeKernel> {
         let caps = &self.gpu.caps;
-        let native = match caps.backend.as_str() {
-            "vulkan" => spec.native_vulkan,
-            "metal" => spec.native_metal,
-            _ => None,
-        }?;
-        if native.needs_cooperative_matrix && !cooperative_matrix_usable(caps) {
-            return None;
-        }
-        if !native.wgsl_defines.is_empty() {
-            return wgsl_source(native.family).map(|_| native);
-        }
-        if !caps.passthrough_shaders {
-            return None;
-        }
-        let shipped = match caps.backend.as_str() {
-            "vulkan" => spirv_source(native.family).is_some(),
-            _ => msl_source(native.family).is_some(),
-        };
-        shipped.then_some(native)
+        let backend = backend_of(caps)?;
+        let n = spec.native(backend)?;
+        native_unavailable(caps, backend, n).is_none().then_some(*n)
     }
 
     /// Which variant the policy selects for `spec` here.

@@ -2,8 +2,19 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::family::Family;
 use super::{Binding, Dispatch, KernelSpec, Kernels};
 use crate::error::{Error, Result};
+
+/// RMSNorm, plain and fused with the residual add.
+pub static FAMILY: Family = Family {
+    name: "rmsnorm",
+    wgsl: &["rmsnorm"],
+    pipelines: || vec![spec(false), spec(true)],
+    native_coverage: None,
+    checks: None,
+    bench: None,
+};
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]

@@ -9,8 +9,19 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::family::Family;
 use super::{grid_1d, Binding, Dispatch, KernelSpec, Kernels};
 use crate::error::{Error, Result};
+
+/// RoPE in place, and RoPE fused with the KV-cache write.
+pub static FAMILY: Family = Family {
+    name: "rope",
+    wgsl: &["rope", "rope_kv"],
+    pipelines: || vec![spec(), rope_kv_spec()],
+    native_coverage: None,
+    checks: None,
+    bench: None,
+};
 
 /// Which dimensions form a rotated pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

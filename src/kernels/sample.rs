@@ -8,8 +8,23 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::family::Family;
 use super::{Binding, Dispatch, KernelSpec, Kernels};
 use crate::error::{Error, Result};
+
+/// The GPU sampling chain: top-k levels, merges and the draw.
+pub static FAMILY: Family = Family {
+    name: "sample",
+    wgsl: &["sample"],
+    pipelines: || {
+        [(true, true), (true, false), (false, false), (false, true)]
+            .map(|(l, f)| spec(l, f))
+            .to_vec()
+    },
+    native_coverage: None,
+    checks: None,
+    bench: None,
+};
 
 /// Elements one workgroup sorts (`C` in sample.wgsl).
 pub const SORT: usize = 2048;

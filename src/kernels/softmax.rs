@@ -2,8 +2,19 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::family::Family;
 use super::{grid_1d, Binding, Dispatch, KernelSpec, Kernels};
 use crate::error::{Error, Result};
+
+/// Row-wise softmax, out of place and in place.
+pub static FAMILY: Family = Family {
+    name: "softmax",
+    wgsl: &["softmax"],
+    pipelines: || vec![spec(false), spec(true)],
+    native_coverage: None,
+    checks: None,
+    bench: None,
+};
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]

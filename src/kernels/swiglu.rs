@@ -2,8 +2,19 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::family::Family;
 use super::{grid_1d, Binding, Dispatch, KernelSpec, Kernels};
 use crate::error::{Error, Result};
+
+/// Prefill's SwiGLU elementwise.
+pub static FAMILY: Family = Family {
+    name: "swiglu",
+    wgsl: &["swiglu"],
+    pipelines: || vec![spec()],
+    native_coverage: None,
+    checks: None,
+    bench: None,
+};
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]

@@ -13,17 +13,15 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::catalog::{self, native_unavailable, OpInfo};
+use super::catalog::{self, OpInfo};
+pub use super::family::{BenchCase, BenchShapes, ModelShape, Work};
+use super::family::{BuiltWork, PreparedWork};
 use super::tuning::{TuningTable, VariantEntry};
-use super::{
-    attention, gemm, gemv, Dispatch, GpuMatrix, KernelChoice, KernelPolicy, Kernels, StepParams,
-    Variant,
-};
+use super::{Dispatch, KernelChoice, KernelPolicy, Kernels, Variant};
 use crate::bench::{time_dispatches, Timing};
 use crate::error::{Error, Result};
 use crate::gpu::{Capabilities, Gpu};
 use crate::model::synthetic::Preset;
-use crate::quant::{self, WeightFormat};
 
 /// What to benchmark.
 #[derive(Debug, Clone)]
@@ -65,214 +63,50 @@ impl Default for OpBenchOptions {
     }
 }
 
-/// The work of one case.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Work {
-    Gemv {
-        format: WeightFormat,
-        n: usize,
-        k: usize,
-    },
-    GemvSwiglu {
-        format: WeightFormat,
-        n: usize,
-        k: usize,
-    },
-    GemvQkv {
-        format: WeightFormat,
-        n: [usize; 3],
-        k: usize,
-    },
-    AttentionDecode {
-        n_heads: usize,
-        n_kv_heads: usize,
-        head_dim: usize,
-        kv_len: usize,
-    },
-    Gemm {
-        format: WeightFormat,
-        m: usize,
-        n: usize,
-        k: usize,
-    },
-}
-
-fn matrix_bytes(f: WeightFormat, n: usize, k: usize) -> u64 {
-    (f.qs_words_per_row(k) * n + f.scale_words(n, k)) as u64 * 4
-}
-
-impl Work {
-    /// Bytes the kernel must move at least: weights (or K and V) read once, activations read,
-    /// outputs written.
-    pub fn bytes(&self) -> u64 {
-        match *self {
-            Work::Gemv { format, n, k } => matrix_bytes(format, n, k) + (k + n) as u64 * 4,
-            Work::GemvSwiglu { format, n, k } => {
-                2 * matrix_bytes(format, n, k) + (k + n) as u64 * 4
-            }
-            Work::GemvQkv { format, n, k } => {
-                n.iter().map(|&r| matrix_bytes(format, r, k)).sum::<u64>()
-                    + (k + n.iter().sum::<usize>()) as u64 * 4
-            }
-            Work::AttentionDecode {
-                n_heads,
-                n_kv_heads,
-                head_dim,
-                kv_len,
-            } => (2 * n_kv_heads * kv_len * head_dim * 2 + 2 * n_heads * head_dim * 4) as u64,
-            Work::Gemm { format, m, n, k } => {
-                matrix_bytes(format, n, k) + (m * k + m * n) as u64 * 4
-            }
-        }
-    }
-
-    /// Floating-point operations (a multiply-add is two).
-    pub fn flops(&self) -> f64 {
-        match *self {
-            Work::Gemv { n, k, .. } => 2.0 * (n * k) as f64,
-            Work::GemvSwiglu { n, k, .. } => 4.0 * (n * k) as f64,
-            Work::GemvQkv { n, k, .. } => 2.0 * (n.iter().sum::<usize>() * k) as f64,
-            Work::AttentionDecode {
-                n_heads,
-                head_dim,
-                kv_len,
-                ..
-            } => 4.0 * (n_heads * kv_len * head_dim) as f64,
-            Work::Gemm { m, n, k, .. } => 2.0 * (m * n * k) as f64,
-        }
-    }
-
-    pub fn shape(&self) -> String {
-        match *self {
-            Work::Gemv { n, k, .. } => format!("{n}x{k}"),
-            Work::GemvSwiglu { n, k, .. } => format!("2 x {n}x{k}"),
-            Work::GemvQkv { n, k, .. } => format!("{}+{}+{}x{k}", n[0], n[1], n[2]),
-            Work::AttentionDecode {
-                n_heads,
-                n_kv_heads,
-                head_dim,
-                kv_len,
-            } => format!("{n_heads}/{n_kv_heads}x{head_dim} kv{kv_len}"),
-            Work::Gemm { m, n, k, .. } => format!("{m}x{n}x{k}"),
-        }
+/// The kernel-level shape of a synthetic preset.
+fn model_shape(p: &Preset) -> ModelShape {
+    ModelShape {
+        name: p.name.to_string(),
+        hidden: p.hidden,
+        ffn: p.ffn,
+        n_heads: p.n_heads,
+        n_kv_heads: p.n_kv_heads,
+        head_dim: p.head_dim,
+        vocab: p.vocab,
     }
 }
 
-/// One benchmarked (op, shape).
-#[derive(Debug, Clone)]
-pub struct BenchCase {
-    pub op: String,
-    /// The preset the shape comes from and its role in the model (`q`, `gate/up`, ...).
-    pub model: String,
-    pub role: String,
-    pub work: Work,
+/// The shapes the options time.
+pub fn shapes(o: &OpBenchOptions) -> Result<BenchShapes> {
+    let decode = o
+        .models
+        .iter()
+        .map(|m| Preset::by_name(m).map(|p| model_shape(&p)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(BenchShapes {
+        decode,
+        kv_lens: o.kv_lens.clone(),
+        prefill: model_shape(&Preset::by_name(&o.gemm_model)?),
+        prefill_rows: o.gemm_rows,
+    })
 }
 
-/// Ops the options select: those with a native variant (or all with `all`) that this bench
-/// knows how to time.
+/// Ops the options select: those with a native variant (or all with `all`).
 fn selected_ops(o: &OpBenchOptions) -> Vec<OpInfo> {
-    const TIMED: [&str; 6] = [
-        "gemv",
-        "gemv_swiglu",
-        "gemv_qkv",
-        "attention_decode",
-        "attention_merge",
-        "gemm",
-    ];
     catalog::catalog()
         .into_iter()
-        .filter(|op| TIMED.contains(&op.kind.as_str()))
         .filter(|op| (o.all || !op.native.is_empty()) && op.matches(o.filter.as_deref()))
         .collect()
 }
 
-/// The cases of the selected ops on the options' model shapes.
+/// The cases of the selected ops on the options' model shapes, from each op's family
+/// ([`super::Family::bench`]; ops their family does not time have none).
 pub fn cases(o: &OpBenchOptions) -> Result<Vec<BenchCase>> {
-    let presets = o
-        .models
-        .iter()
-        .map(|m| Preset::by_name(m))
-        .collect::<Result<Vec<_>>>()?;
+    let shapes = shapes(o)?;
     let mut out = Vec::new();
     for op in selected_ops(o) {
-        for p in &presets {
-            let (q, kv) = (p.n_heads * p.head_dim, p.n_kv_heads * p.head_dim);
-            let case = |role: &str, work| BenchCase {
-                op: op.op.clone(),
-                model: p.name.to_string(),
-                role: role.to_string(),
-                work,
-            };
-            match (op.kind.as_str(), op.format) {
-                ("gemv", Some(format)) => {
-                    let mut shapes: Vec<(String, usize, usize)> = Vec::new();
-                    for (role, n, k) in [
-                        ("q", q, p.hidden),
-                        ("k/v", kv, p.hidden),
-                        ("o", p.hidden, q),
-                        ("gate/up", p.ffn, p.hidden),
-                        ("down", p.hidden, p.ffn),
-                        ("lm_head", p.vocab, p.hidden),
-                    ] {
-                        match shapes.iter_mut().find(|s| (s.1, s.2) == (n, k)) {
-                            Some(s) => s.0 = format!("{},{role}", s.0),
-                            None => shapes.push((role.to_string(), n, k)),
-                        }
-                    }
-                    for (role, n, k) in shapes {
-                        out.push(case(&role, Work::Gemv { format, n, k }));
-                    }
-                }
-                ("gemv_swiglu", Some(format)) => out.push(case(
-                    "gate+up",
-                    Work::GemvSwiglu {
-                        format,
-                        n: p.ffn,
-                        k: p.hidden,
-                    },
-                )),
-                ("gemv_qkv", Some(format)) => out.push(case(
-                    "qkv",
-                    Work::GemvQkv {
-                        format,
-                        n: [q, kv, kv],
-                        k: p.hidden,
-                    },
-                )),
-                ("attention_decode" | "attention_merge", _) => {
-                    for &kv_len in &o.kv_lens {
-                        out.push(case(
-                            "attention",
-                            Work::AttentionDecode {
-                                n_heads: p.n_heads,
-                                n_kv_heads: p.n_kv_heads,
-                                head_dim: p.head_dim,
-                                kv_len,
-                            },
-                        ));
-                    }
-                }
-                _ => {}
-            }
-        }
-        if let ("gemm", Some(format)) = (op.kind.as_str(), op.format) {
-            let p = Preset::by_name(&o.gemm_model)?;
-            let (q, kv) = (p.n_heads * p.head_dim, p.n_kv_heads * p.head_dim);
-            let m = o.gemm_rows;
-            // No LM head: prefill projects only the last token through it.
-            for (role, n, k) in [
-                ("q,o", q, p.hidden),
-                ("k/v", kv, p.hidden),
-                ("gate/up", p.ffn, p.hidden),
-                ("down", p.hidden, p.ffn),
-            ] {
-                out.push(BenchCase {
-                    op: op.op.clone(),
-                    model: p.name.to_string(),
-                    role: role.to_string(),
-                    work: Work::Gemm { format, m, n, k },
-                });
-            }
+        if let Some(bench) = op.family.bench {
+            out.extend(bench(&op.op, &shapes));
         }
     }
     Ok(out)
@@ -281,8 +115,7 @@ pub fn cases(o: &OpBenchOptions) -> Result<Vec<BenchCase>> {
 /// A case's buffers on the GPU, built once and bound by both variants.
 pub struct Prepared {
     pub case: BenchCase,
-    mats: Vec<GpuMatrix>,
-    bufs: Vec<wgpu::Buffer>,
+    work: Box<dyn PreparedWork>,
 }
 
 /// A case's dispatches on one registry.
@@ -293,139 +126,21 @@ pub struct Built {
     _scratch: Option<wgpu::Buffer>,
 }
 
-fn random_matrix(gpu: &Gpu, f: WeightFormat, n: usize, k: usize, seed: u64) -> Result<GpuMatrix> {
-    let bytes = quant::random_weights(f.ggml(), n * k, seed, 1.0 / (k as f32).sqrt())?;
-    GpuMatrix::upload(gpu, "bench w", &quant::pack(f, &bytes, n, k)?)
-}
-
-fn check_k(f: WeightFormat, k: usize) -> Result<()> {
-    if !k.is_multiple_of(f.k_multiple()) {
-        return Err(Error::Shape(format!(
-            "k = {k} is not a multiple of {} for {}",
-            f.k_multiple(),
-            f.name()
-        )));
-    }
-    Ok(())
-}
-
 /// Uploads random inputs for `case`.
 pub fn prepare(gpu: &Gpu, case: &BenchCase) -> Result<Prepared> {
-    let mut mats = Vec::new();
-    let mut bufs = Vec::new();
-    let zeros = |len: usize, label: &str| gpu.upload(label, &vec![0.25f32; len.max(1)]);
-    match case.work {
-        Work::Gemv { format, n, k } => {
-            check_k(format, k)?;
-            mats.push(random_matrix(gpu, format, n, k, 1)?);
-            bufs.extend([zeros(k, "x")?, gpu.storage_buffer("out", (n * 4) as u64)?]);
-        }
-        Work::GemvSwiglu { format, n, k } => {
-            check_k(format, k)?;
-            mats.push(random_matrix(gpu, format, n, k, 1)?);
-            mats.push(random_matrix(gpu, format, n, k, 2)?);
-            bufs.extend([zeros(k, "x")?, gpu.storage_buffer("out", (n * 4) as u64)?]);
-        }
-        Work::GemvQkv { format, n, k } => {
-            check_k(format, k)?;
-            for (i, &r) in n.iter().enumerate() {
-                mats.push(random_matrix(gpu, format, r, k, i as u64 + 1)?);
-            }
-            bufs.push(zeros(k, "x")?);
-            for r in n {
-                bufs.push(gpu.storage_buffer("out", (r * 4) as u64)?);
-            }
-        }
-        Work::AttentionDecode {
-            n_heads,
-            n_kv_heads,
-            head_dim,
-            kv_len,
-        } => {
-            let words = super::kv_cache::cache_bytes(n_kv_heads, head_dim, kv_len) / 4;
-            // Small f16 values (0x2c00 = 0.0625 in both halves): content does not change speed.
-            let cache = vec![0x2c00_2c00u32; words as usize];
-            bufs.extend([
-                zeros(n_heads * head_dim, "q")?,
-                gpu.upload("cache k", &cache)?,
-                gpu.upload("cache v", &cache)?,
-                gpu.uniform(
-                    "step",
-                    &StepParams {
-                        pos: (kv_len - 1) as u32,
-                        n_tokens: 1,
-                        kv_len: kv_len as u32,
-                        ..Default::default()
-                    },
-                )?,
-                gpu.storage_buffer("out", (n_heads * head_dim * 4) as u64)?,
-            ]);
-        }
-        Work::Gemm { format, m, n, k } => {
-            check_k(format, k)?;
-            mats.push(random_matrix(gpu, format, n, k, 1)?);
-            bufs.extend([
-                zeros(m * k, "x")?,
-                gpu.storage_buffer("out", (m * n * 4) as u64)?,
-            ]);
-        }
-    }
     Ok(Prepared {
         case: case.clone(),
-        mats,
-        bufs,
+        work: case.work.prepare(gpu)?,
     })
 }
 
 impl Prepared {
     /// The case's dispatches on `k` (whose policy picks the variant).
     pub fn build(&self, k: &Kernels) -> Result<Built> {
-        let (m, b) = (&self.mats, &self.bufs);
-        let mut scratch = None;
-        let dispatches = match self.case.work {
-            Work::Gemv { .. } => vec![gemv::gemv(k, &m[0], &b[0], &b[1], Default::default())?],
-            Work::GemvSwiglu { .. } => vec![gemv::gemv_swiglu(k, &m[0], &m[1], &b[0], &b[1])?],
-            Work::GemvQkv { .. } => vec![gemv::gemv_qkv(
-                k,
-                [&m[0], &m[1], &m[2]],
-                &b[0],
-                None,
-                [&b[1], &b[2], &b[3]],
-                None,
-            )?],
-            Work::AttentionDecode {
-                n_heads,
-                n_kv_heads,
-                head_dim,
-                kv_len,
-            } => {
-                let splits = attention::choose_splits(&k.gpu.caps, n_kv_heads, kv_len);
-                let a = attention::attention_decode(
-                    k,
-                    &b[0],
-                    &b[1],
-                    &b[2],
-                    &b[3],
-                    &b[4],
-                    n_heads,
-                    n_kv_heads,
-                    head_dim,
-                    kv_len,
-                    1.0 / (head_dim as f32).sqrt(),
-                    splits,
-                )?;
-                scratch = a.scratch;
-                a.dispatches
-            }
-            Work::Gemm { m: rows, .. } => vec![gemm::gemm(
-                k,
-                &m[0],
-                &b[0],
-                &b[1],
-                rows,
-                Default::default(),
-            )?],
-        };
+        let BuiltWork {
+            dispatches,
+            scratch,
+        } = self.work.build(k)?;
         let variant = dispatches
             .iter()
             .find(|d| d.pipeline.op == self.case.op)
@@ -456,14 +171,7 @@ pub fn registry(gpu: &Arc<Gpu>, op: &str, variant: Variant) -> Kernels {
 
 /// Whether `op` has a native variant this adapter can run.
 pub fn native_available(caps: &Capabilities, op: &str) -> bool {
-    catalog::catalog()
-        .into_iter()
-        .find(|o| o.op == op)
-        .is_some_and(|o| {
-            o.native
-                .iter()
-                .any(|n| native_unavailable(caps, n).is_none())
-        })
+    catalog::op_info(op).is_some_and(|o| o.native_here(caps, None))
 }
 
 /// One variant timed on one case.

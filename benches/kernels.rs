@@ -1,5 +1,5 @@
 //! Portable vs native kernels under criterion, on the available adapter: the cases of
-//! `wick kernels bench` (`wick::kernels::variant_bench`) on small shapes, so that
+//! `wick kernels bench` (`wick::tools::kernel_bench`) on small shapes, so that
 //! `cargo bench --bench kernels -- --quick` finishes on lavapipe in a couple of minutes.
 //! Ops without a native variant on this adapter time their portable kernel only.
 //!
@@ -15,9 +15,9 @@ use wick::kernels::attention::cases::DecodeWork;
 use wick::kernels::family::Work;
 use wick::kernels::gemm::cases::GemmWork;
 use wick::kernels::gemv::cases::GemvWork;
-use wick::kernels::variant_bench::{self, BenchCase};
 use wick::kernels::Variant;
 use wick::quant::WeightFormat;
+use wick::tools::kernel_bench::{self, BenchCase};
 
 /// Small shapes: SmolLM2-135M's q projection and FFN, a short decode attention, a small GEMM.
 fn cases() -> Vec<BenchCase> {
@@ -84,7 +84,7 @@ fn kernels(c: &mut Criterion) {
     eprintln!("{} ({})", caps.adapter_name, caps.backend);
     let mut group = c.benchmark_group("kernels");
     for case in cases() {
-        let prepared = match variant_bench::prepare(&gpu, &case) {
+        let prepared = match kernel_bench::prepare(&gpu, &case) {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("{} {}: {e}", case.op, case.work.shape());
@@ -92,7 +92,7 @@ fn kernels(c: &mut Criterion) {
             }
         };
         let mut variants = vec![Variant::Portable];
-        if variant_bench::native_available(caps, &case.op) {
+        if kernel_bench::native_available(caps, &case.op) {
             variants.push(Variant::Native);
         } else {
             eprintln!(
@@ -101,7 +101,7 @@ fn kernels(c: &mut Criterion) {
             );
         }
         for variant in variants {
-            let k = variant_bench::registry(&gpu, &case.op, variant);
+            let k = kernel_bench::registry(&gpu, &case.op, variant);
             let built = match prepared.build(&k) {
                 Ok(b) if b.variant == variant => b,
                 Ok(b) => {

@@ -2,7 +2,9 @@
 //!
 //! An LLM inference engine on wgpu: portable WGSL kernels on every backend, with native
 //! MSL/SPIR-V variants for hot paths. Data flows one way:
-//! formats → model weights → runtime → kernels → gpu.
+//! formats → model weights → runtime → kernels → gpu. The tooling behind `wick kernels` and
+//! `wick bench` ([`tools`]) sits on top of the engine; `tests/layering.rs` keeps every import
+//! pointing down.
 //!
 //! ```no_run
 //! use wick::{Engine, GenerateParams, LoadOptions, Model, Session};
@@ -19,7 +21,6 @@
 //! # }
 //! ```
 
-pub mod bench;
 pub mod engine;
 pub mod error;
 pub mod formats;
@@ -29,6 +30,7 @@ pub mod model;
 pub mod quant;
 pub mod reference;
 pub mod runtime;
+pub mod tools;
 
 pub use engine::{Engine, EngineOptions};
 pub use error::{Error, Result};

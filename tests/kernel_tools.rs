@@ -5,10 +5,10 @@
 use std::sync::{Arc, OnceLock};
 
 use wick::gpu::Gpu;
-use wick::kernels::catalog;
-use wick::kernels::check::{self, CheckOptions};
 use wick::kernels::tuning::{TuningTable, VariantEntry};
 use wick::kernels::{native_specs, KernelChoice, KernelPolicy, Kernels, Variant};
+use wick::tools::catalog;
+use wick::tools::check::{self, CheckOptions};
 
 fn gpu() -> &'static Arc<Gpu> {
     static G: OnceLock<Arc<Gpu>> = OnceLock::new();
@@ -281,13 +281,13 @@ fn tuning_file_round_trip() {
 fn bench_cases_and_winners() {
     use wick::kernels::gemm::cases::GemmWork;
     use wick::kernels::gemv::cases::GemvWork;
-    use wick::kernels::variant_bench::{self, OpBenchOptions};
+    use wick::tools::kernel_bench::{self, OpBenchOptions};
     let o = OpBenchOptions {
         filter: Some("gemv_q8_0".into()),
         all: true,
         ..Default::default()
     };
-    let cases = variant_bench::cases(&o).unwrap();
+    let cases = kernel_bench::cases(&o).unwrap();
     assert!(cases.iter().all(|c| c.op == "gemv_q8_0"));
     // SmolLM2: q and o share 576x576; the 8B LM head is 128256 x 4096.
     assert!(cases
@@ -306,7 +306,7 @@ fn bench_cases_and_winners() {
         all: true,
         ..Default::default()
     };
-    let gemm = variant_bench::cases(&o).unwrap();
+    let gemm = kernel_bench::cases(&o).unwrap();
     assert_eq!(gemm.len(), 4);
     assert!(gemm.iter().all(|c| matches!(
         c.work.downcast_ref::<GemmWork>(),

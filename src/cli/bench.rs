@@ -5,13 +5,14 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use wick::bench::{self, BenchOptions, BenchReport};
 use wick::engine::{Engine, EngineOptions};
 use wick::kernels::KernelChoice;
 use wick::model::synthetic::{Preset, SyntheticStore};
 use wick::model::{source, LoadOptions, Model};
 use wick::quant::parse_quant_type;
 use wick::runtime::SamplingParams;
+use wick::tools::model_bench::{self as bench, BenchOptions, BenchReport};
+use wick::tools::tune;
 use wick::{Error, Result};
 
 #[derive(Args)]
@@ -310,7 +311,7 @@ fn print_table(r: &BenchReport) {
 }
 
 /// A per-op profile as a markdown table; `per` names what the counts and times are per.
-fn print_op_table(per: &str, rows: &[wick::bench::OpTime]) {
+fn print_op_table(per: &str, rows: &[bench::OpTime]) {
     println!("| op | calls/{per} | us/{per} | share |\n| --- | ---: | ---: | ---: |");
     for p in rows {
         println!(
@@ -360,9 +361,9 @@ fn bench_gemv(a: GemvArgs) -> Result<()> {
     let k = engine.kernels();
     let caps = &engine.gpu().caps;
     let format: wick::quant::WeightFormat = a.format.parse()?;
-    let ceiling = wick::kernels::bandwidth::read_ceiling(k, 1 << 30, 10)? / 1e9;
+    let ceiling = wick::tools::bandwidth::read_ceiling(k, 1 << 30, 10)? / 1e9;
     let configs = if a.sweep {
-        bench::gemv_split_candidates(caps, a.swiglu)
+        tune::gemv_split_candidates(caps, a.swiglu)
     } else {
         Vec::new()
     };
@@ -374,7 +375,7 @@ fn bench_gemv(a: GemvArgs) -> Result<()> {
             n.parse().map_err(|_| bad())?,
             kd.parse().map_err(|_| bad())?,
         );
-        let mut r = bench::gemv_sweep(k, format, n, kd, a.swiglu, &configs, a.reps, ceiling)?;
+        let mut r = tune::gemv_sweep(k, format, n, kd, a.swiglu, &configs, a.reps, ceiling)?;
         r.sort_by(|x, y| x.us.total_cmp(&y.us));
         rows.extend(r);
     }

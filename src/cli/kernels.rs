@@ -1,15 +1,15 @@
 //! `wick kernels list|check|bench`: the op catalog with each variant's availability on this
 //! adapter, native-vs-portable correctness against the CPU reference, and portable-vs-native
-//! timings. The logic lives in `wick::kernels::{catalog, check, variant_bench}`.
+//! timings. The logic lives in `wick::tools::{catalog, check, kernel_bench}`.
 
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
 use wick::gpu::{Gpu, GpuOptions};
-use wick::kernels::catalog;
-use wick::kernels::check::{self, CheckOptions};
-use wick::kernels::variant_bench::{self, OpBenchOptions};
+use wick::tools::catalog;
+use wick::tools::check::{self, CheckOptions};
+use wick::tools::kernel_bench::{self, OpBenchOptions};
 use wick::{Error, Result};
 
 #[derive(Args)]
@@ -238,7 +238,7 @@ fn bench(gpu: &std::sync::Arc<Gpu>, a: BenchArgs) -> Result<()> {
             gpu.caps.adapter_name, gpu.caps.backend
         );
     }
-    let r = variant_bench::run(gpu, &o)?;
+    let r = kernel_bench::run(gpu, &o)?;
     if a.json {
         println!("{}", to_json(&r)?);
     } else {
@@ -284,11 +284,11 @@ fn bench(gpu: &std::sync::Arc<Gpu>, a: BenchArgs) -> Result<()> {
         }
     }
     if let Some(p) = &a.plot {
-        variant_bench::plot_svg(&r, p)?;
+        kernel_bench::plot_svg(&r, p)?;
         eprintln!("wrote {}", p.display());
     }
     if a.save {
-        let path = variant_bench::save_winners(&gpu.caps, &r, a.tune_file.as_deref())?;
+        let path = kernel_bench::save_winners(&gpu.caps, &r, a.tune_file.as_deref())?;
         eprintln!(
             "wrote {} ({} op winners); `--kernels auto` follows them",
             path.display(),

@@ -6,13 +6,13 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use wick::bench;
 use wick::engine::{Engine, EngineOptions};
 use wick::kernels::tuning::{TuneEntry, TuningTable};
 use wick::kernels::{KernelPolicy, Kernels};
 use wick::model::synthetic::{Preset, SyntheticStore};
 use wick::model::{source, LoadOptions, Model};
 use wick::quant::parse_quant_type;
+use wick::tools::tune;
 use wick::Result;
 
 #[derive(Args)]
@@ -82,8 +82,8 @@ pub fn run(a: TuneArgs) -> Result<()> {
     // A registry without any tuning, so "default" means the built-in choice.
     let k = Kernels::with_policy(gpu.clone(), KernelPolicy::default());
     // The first pass over the buffer warms the GPU clocks up; the second is the ceiling.
-    wick::kernels::bandwidth::read_ceiling(&k, 1 << 30, 50)?;
-    let ceiling = wick::kernels::bandwidth::read_ceiling(&k, 1 << 30, 10)? / 1e9;
+    wick::tools::bandwidth::read_ceiling(&k, 1 << 30, 50)?;
+    let ceiling = wick::tools::bandwidth::read_ceiling(&k, 1 << 30, 10)? / 1e9;
     let path = a
         .out
         .clone()
@@ -97,8 +97,8 @@ pub fn run(a: TuneArgs) -> Result<()> {
     println!("| op | format | n x k | built-in us | tuned us | split (lanes, rows, wg) |\n| --- | --- | --- | ---: | ---: | --- |");
     for (op, format, n, kd) in shapes {
         let swiglu = op == "gemv_swiglu";
-        let candidates = bench::gemv_split_candidates(&gpu.caps, swiglu);
-        let rows = bench::gemv_sweep(&k, format, n, kd, swiglu, &candidates, a.reps, ceiling)?;
+        let candidates = tune::gemv_split_candidates(&gpu.caps, swiglu);
+        let rows = tune::gemv_sweep(&k, format, n, kd, swiglu, &candidates, a.reps, ceiling)?;
         let (Some(best), Some(default)) = (
             rows.iter().min_by(|x, y| x.us.total_cmp(&y.us)),
             rows.iter().find(|r| r.default),

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use super::store::{TensorRef, TensorStore};
 use crate::error::{Error, Result};
-use crate::model::weights::{TensorRef, TensorStore};
 use crate::quant::GgmlType;
 
 /// A safetensors file's parsed header: where the data starts and every tensor's dtype, shape

@@ -583,12 +583,12 @@ impl Tokenizer {
             .map_err(|e| tok_err(&path.display().to_string(), e))?;
         let vocab = inner.get_vocab(true);
         let size = vocab.values().map(|&id| id as usize + 1).max().unwrap_or(0);
-        if size > crate::model::config::MAX_DIM {
+        if size > crate::formats::MAX_DIM {
             return Err(Error::Tokenizer(format!(
                 "{}: token id {} exceeds wick's vocabulary limit of {}",
                 path.display(),
                 size - 1,
-                crate::model::config::MAX_DIM
+                crate::formats::MAX_DIM
             )));
         }
         let mut tokens = vec![None; size];

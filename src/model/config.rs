@@ -65,9 +65,7 @@ pub const MAX_HEAD_DIM: usize = 256;
 /// anything above is treated as corrupt rather than looked for tensor by tensor.
 pub const MAX_LAYERS: usize = 4096;
 
-/// Largest width, head count, FFN size or vocabulary wick accepts: products of any two stay
-/// far from overflowing, and real models are orders of magnitude below.
-pub const MAX_DIM: usize = 1 << 24;
+pub use crate::formats::MAX_DIM;
 
 impl ModelConfig {
     /// q rows of the QKV projection.

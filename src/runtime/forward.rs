@@ -16,26 +16,7 @@ use crate::model::weights::{LayerWeights, ModelWeights, SplitMatrix};
 use crate::model::ModelConfig;
 use crate::runtime::kv_cache::KvCache;
 
-/// Tokens per prefill chunk for short prompts and prompt tails: every chunk's GEMMs compute
-/// all of its rows, so a small chunk wastes little on a short prompt.
-pub const PREFILL_CHUNK: usize = 64;
-
-/// Tokens per chunk while at least this many prompt tokens remain: one pass over the weights
-/// per 512 tokens instead of 8, and GEMM grids wide enough to fill a large GPU (H100, 8B
-/// Q4_0 pp512: 536 -> 1142 tok/s with the WGSL GEMM, 857 -> 3719 with the cooperative-matrix
-/// one, measured 2026-11-22).
-pub const PREFILL_CHUNK_LARGE: usize = 512;
-
-/// The prefill chunk sizes a session of `ctx` positions uses: (small, large), large 0 when
-/// the context cannot hold a large chunk. Activations are sized for the larger.
-pub fn prefill_chunks(ctx: usize) -> (usize, usize) {
-    let large = if ctx >= PREFILL_CHUNK_LARGE {
-        PREFILL_CHUNK_LARGE
-    } else {
-        0
-    };
-    (PREFILL_CHUNK, large)
-}
+pub use super::plan::{prefill_chunks, PREFILL_CHUNK, PREFILL_CHUNK_LARGE};
 
 /// Cached positions up to which decode attention runs as one split per KV head, without the
 /// merge pass: one dispatch fewer per layer, and a single workgroup per head still covers
@@ -728,8 +709,8 @@ impl Forward {
     }
 
     /// Every dispatch of a decode step that leaves `kv_len` positions, with or without the
-    /// LM head and token choice.
-    fn decode_step(&self, kv_len: usize, head: bool) -> impl Iterator<Item = &Dispatch> {
+    /// LM head and token choice, in recording order.
+    pub fn decode_step(&self, kv_len: usize, head: bool) -> impl Iterator<Item = &Dispatch> {
         let head: &[Dispatch] = if head { &self.decode_lm } else { &[] };
         let pick: &[Dispatch] = if head.is_empty() { &[] } else { self.picker() };
         self.decode_for(kv_len).iter().chain(head).chain(pick)
@@ -763,58 +744,13 @@ impl Forward {
         }
     }
 
-    /// The dispatches of one decode step with its head, into an open pass.
-    pub fn record_decode_into(&self, pass: &mut wgpu::ComputePass<'_>, kv_len: usize) {
-        for d in self.decode_step(kv_len, true) {
-            d.record(pass);
-        }
-    }
-
-    /// [`Self::record_decode`] with a timestamp pair around every dispatch, labelled with its
-    /// op (needs TIMESTAMP_QUERY_INSIDE_PASSES; for `wick bench`'s per-kernel profile only:
-    /// the timestamps themselves add a little time per dispatch).
-    pub fn record_decode_profiled(
-        &self,
-        enc: &mut wgpu::CommandEncoder,
-        prof: &mut crate::gpu::GpuProfiler,
-        kv_len: usize,
-    ) {
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("decode (profiled)"),
-            timestamp_writes: None,
-        });
-        for d in self.decode_step(kv_len, true) {
-            let region = prof.begin(&mut pass, &d.pipeline.op);
-            d.record(&mut pass);
-            prof.end(&mut pass, region);
-        }
-    }
-
-    /// The dispatch list for a chunk of `n` tokens: the large chunk's when `n` needs it.
-    fn prefill_list(&self, n: usize) -> &[Dispatch] {
+    /// The dispatch list for a chunk of `n` tokens (the LM head excluded): the large chunk's
+    /// when `n` needs it.
+    pub fn prefill_list(&self, n: usize) -> &[Dispatch] {
         if n > self.chunk && !self.prefill_large.is_empty() {
             &self.prefill_large
         } else {
             &self.prefill
-        }
-    }
-
-    /// Records one prefill chunk of `n` tokens (without the LM head) with timestamps around
-    /// each dispatch.
-    pub fn record_prefill_profiled(
-        &self,
-        enc: &mut wgpu::CommandEncoder,
-        prof: &mut crate::gpu::GpuProfiler,
-        n: usize,
-    ) {
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("prefill (profiled)"),
-            timestamp_writes: None,
-        });
-        for d in self.prefill_list(n) {
-            let region = prof.begin(&mut pass, &d.pipeline.op);
-            d.record(&mut pass);
-            prof.end(&mut pass, region);
         }
     }
 

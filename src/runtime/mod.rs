@@ -2,10 +2,13 @@
 
 pub mod forward;
 pub mod kv_cache;
+pub mod plan;
 pub mod sampling;
 pub mod session;
 pub mod stream;
+pub mod token_ring;
 
+pub use crate::kernels::StepParams;
 pub use forward::DecodeFusion;
 pub use sampling::SamplingParams;
 pub use session::{GenerateParams, Generation, Picker, Session, Stats, StopReason, Token};

@@ -10,19 +10,18 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::mpsc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::gpu::ProfileSample;
 use crate::kernels::sample::{self, SampleStep};
-use crate::kernels::StepParams;
+use crate::kernels::{Dispatch, StepParams};
 use crate::model::Model;
 use crate::runtime::forward::{DecodeFusion, Forward};
 use crate::runtime::kv_cache::KvCache;
 use crate::runtime::sampling::{self, Rng, SamplingParams};
 use crate::runtime::stream::TextStream;
+use crate::runtime::token_ring::{TokenRing, RING};
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -201,17 +200,6 @@ fn picked(pair: [u32; 2], stats: &mut Stats) -> Result<u32> {
 /// Prompt chunks shorter than this run through the decode step (GEMV) token by token.
 const GEMV_PREFILL_BELOW: usize = 8;
 
-/// Number of mappable 8-byte slots the token ids are copied into.
-const RING: usize = 4;
-
-struct RingSlot {
-    buf: wgpu::Buffer,
-    rx: Option<mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>>,
-    /// The submission that fills this slot: waiting for it (not for the latest submission)
-    /// keeps the look-ahead step running while the CPU reads this one.
-    submission: Option<wgpu::SubmissionIndex>,
-}
-
 /// A conversation state on one model: KV cache, position and the tokens it holds.
 pub struct Session {
     model: Model,
@@ -219,7 +207,7 @@ pub struct Session {
     fwd: Forward,
     /// Tokens whose keys/values are in the cache, in order (positions 0..len).
     tokens: Vec<u32>,
-    ring: Vec<RingSlot>,
+    ring: TokenRing,
     pub stats: Stats,
 }
 
@@ -241,22 +229,7 @@ impl Session {
         let gpu = &k.gpu;
         let kv = KvCache::new(gpu, &m.cfg, ctx)?;
         let fwd = Forward::new(k, &m.cfg, &m.weights, &kv, &m.inv_freq, fusion)?;
-        let mut ring = Vec::with_capacity(RING);
-        for i in 0..RING {
-            let buf = gpu.scoped(|| {
-                gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some(&format!("token ring {i}")),
-                    size: 8,
-                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                })
-            })?;
-            ring.push(RingSlot {
-                buf,
-                rx: None,
-                submission: None,
-            });
-        }
+        let ring = TokenRing::new(gpu)?;
         Ok(Session {
             model: model.clone(),
             kv,
@@ -487,16 +460,65 @@ impl Session {
         Ok(g)
     }
 
-    /// GPU time of each dispatch of one full prefill chunk (the large one where the session
-    /// has it) at the start of the cache, the LM head excluded, and the chunk's size: `wick
-    /// bench`'s prefill split. Leaves the session empty.
-    pub fn profile_prefill_chunk(&mut self) -> Result<(Vec<ProfileSample>, usize)> {
-        let gpu = self.fwd.gpu.clone();
-        if !crate::gpu::GpuProfiler::inside_passes(&gpu) {
-            return Err(Error::Unsupported(
-                "timestamps inside compute passes (TIMESTAMP_QUERY_INSIDE_PASSES)".into(),
+    /// Tooling hook: picks the token of the steps [`Self::probe_decode_step`] prepares with
+    /// the GPU sampling chain for `sampling`, when the chain supports those settings (returns
+    /// whether it does), else with argmax.
+    pub fn probe_sampler(&mut self, sampling: Option<&SamplingParams>) -> Result<bool> {
+        let vocab = self.model.inner.cfg.vocab;
+        let sampling = sampling.filter(|p| !p.is_greedy() && sample::supports(p.top_k, vocab));
+        let k = self.model.inner.engine.kernels().clone();
+        let chain = sampling.map(|p| sample::chain_k(p.temperature, p.top_k));
+        self.fwd.set_sampler(&k, chain)?;
+        Ok(sampling.is_some())
+    }
+
+    /// The most dispatches one decode step records (LM head and token choice included).
+    pub fn max_decode_dispatches(&self) -> usize {
+        self.fwd
+            .decode_dispatches(usize::MAX)
+            .max(self.fwd.decode_dispatches(1))
+    }
+
+    /// Tooling hook: prepares the decode step that consumes the last cached token (its step
+    /// uniform and, with `sample`, the GPU sampling chain's settings for draw `u`) and
+    /// returns its dispatches in recording order, LM head and token choice included, for the
+    /// caller to record and submit itself (profilers time each dispatch). None when the cache
+    /// is full. The step's token stays on the GPU, where the next step reads it:
+    /// [`Self::probe_step_done`] counts its position as filled.
+    pub fn probe_decode_step(
+        &mut self,
+        sample: Option<(&SamplingParams, f64)>,
+    ) -> Result<Option<Vec<&Dispatch>>> {
+        let pos = self.tokens.len();
+        if pos >= self.kv.capacity {
+            return Ok(None);
+        }
+        if self.tokens.is_empty() {
+            return Err(Error::InvalidArgument(
+                "a probed decode step needs a prefilled prompt".into(),
             ));
         }
+        self.fwd.write_decode_step(pos);
+        if let Some((p, u)) = sample {
+            let vocab = self.model.inner.cfg.vocab;
+            self.fwd.gpu.write(&self.fwd.history, 0, &self.tokens);
+            self.fwd
+                .write_sample_step(&sample_step(p, pos + 1, vocab, u));
+        }
+        Ok(Some(self.fwd.decode_step(pos + 1, true).collect()))
+    }
+
+    /// Counts the step [`Self::probe_decode_step`] prepared as run (its token, never read
+    /// back, holds the next position).
+    pub fn probe_step_done(&mut self) {
+        self.tokens.push(0);
+    }
+
+    /// Tooling hook: one full prefill chunk (the large one where the session has it) at the
+    /// start of the cache: writes its ids and step uniform and returns its dispatches (the LM
+    /// head excluded) and its token count, for the caller to record and submit. The session
+    /// is reset (the chunk leaves no usable conversation).
+    pub fn probe_prefill_chunk(&mut self) -> (Vec<&Dispatch>, usize) {
         let c = self
             .fwd
             .chunk
@@ -505,99 +527,14 @@ impl Session {
         self.reset();
         let vocab = self.model.inner.cfg.vocab.max(1) as u32;
         let ids: Vec<u32> = (0..c as u32).map(|i| i % vocab).collect();
-        gpu.write(&self.fwd.ids, 0, &ids);
+        self.fwd.gpu.write(&self.fwd.ids, 0, &ids);
         self.fwd.write_step(&StepParams {
             pos: 0,
             n_tokens: c as u32,
             kv_len: c as u32,
             ..Default::default()
         });
-        let mut prof = crate::gpu::GpuProfiler::new(&gpu, self.fwd.prefill_dispatches() as u32)?;
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
-        self.fwd.record_prefill_profiled(&mut enc, &mut prof, c);
-        prof.resolve(&mut enc);
-        gpu.queue.submit([enc.finish()]);
-        let samples = prof.read(&gpu)?;
-        self.reset();
-        gpu.check()?;
-        Ok((samples, c))
-    }
-
-    /// Runs `steps` greedy decode steps after the cached tokens, each with a GPU timestamp
-    /// around every dispatch, and returns (op, nanoseconds) per dispatch of every step plus
-    /// the whole steps' GPU time (pass timestamps). Blocking per step: for profiles only.
-    /// The session is reset afterwards (the profiled steps leave no usable conversation).
-    /// With `sampling` the steps pick tokens with the GPU sampling chain (when it supports
-    /// the settings; else argmax, as the CPU sampler's own time is not GPU time).
-    pub fn profile_decode(
-        &mut self,
-        steps: usize,
-        sampling: Option<&SamplingParams>,
-    ) -> Result<(Vec<ProfileSample>, f64)> {
-        let gpu = self.fwd.gpu.clone();
-        if !crate::gpu::GpuProfiler::inside_passes(&gpu) {
-            return Err(Error::Unsupported(
-                "timestamps inside compute passes (TIMESTAMP_QUERY_INSIDE_PASSES)".into(),
-            ));
-        }
-        if self.tokens.is_empty() {
-            return Err(Error::InvalidArgument(
-                "profile_decode needs a prefilled prompt".into(),
-            ));
-        }
-        let vocab = self.model.inner.cfg.vocab;
-        let sampling = sampling.filter(|p| !p.is_greedy() && sample::supports(p.top_k, vocab));
-        let k = self.model.inner.engine.kernels().clone();
-        let chain = sampling.map(|p| sample::chain_k(p.temperature, p.top_k));
-        self.fwd.set_sampler(&k, chain)?;
-        let mut rng = Rng::new(sampling.map_or(0, |p| p.seed));
-        let n = self
-            .fwd
-            .decode_dispatches(usize::MAX)
-            .max(self.fwd.decode_dispatches(1)) as u32;
-        let mut per_dispatch = crate::gpu::GpuProfiler::new(&gpu, n)?;
-        let mut whole = crate::gpu::GpuProfiler::new(&gpu, 1)?;
-        let mut samples = Vec::new();
-        let mut total_ns = 0.0;
-        for _ in 0..steps {
-            let pos = self.tokens.len();
-            if pos >= self.kv.capacity {
-                break;
-            }
-            self.fwd.write_decode_step(pos);
-            if let Some(p) = sampling {
-                let h = &self.tokens;
-                self.fwd.gpu.write(&self.fwd.history, 0, h);
-                self.fwd
-                    .write_sample_step(&sample_step(p, pos + 1, vocab, rng.next_f64()));
-            }
-            // Timed twice: per dispatch (for the split by op), and the step as a whole
-            // without inner timestamps (for the total).
-            let mut enc = gpu.device.create_command_encoder(&Default::default());
-            self.fwd
-                .record_decode_profiled(&mut enc, &mut per_dispatch, pos + 1);
-            per_dispatch.resolve(&mut enc);
-            gpu.queue.submit([enc.finish()]);
-            samples.extend(per_dispatch.read(&gpu)?);
-            let mut enc = gpu.device.create_command_encoder(&Default::default());
-            {
-                let tw = whole.pass_writes("decode step");
-                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("decode (timed)"),
-                    timestamp_writes: tw,
-                });
-                self.fwd.record_decode_into(&mut pass, pos + 1);
-            }
-            whole.resolve(&mut enc);
-            gpu.queue.submit([enc.finish()]);
-            total_ns += whole.read(&gpu)?.iter().map(|s| s.nanos).sum::<f64>();
-            // The step's token is not read back: the next step decodes whatever id the GPU
-            // chose (greedy), as generation would.
-            self.tokens.push(0);
-        }
-        self.reset();
-        gpu.check()?;
-        Ok((samples, total_ns))
+        (self.fwd.prefill_list(c).iter().collect(), c)
     }
 
     /// Submits the decode step that consumes the token at position `pos` (already in the GPU
@@ -625,12 +562,11 @@ impl Session {
         let slot = self.stats.decode_steps % RING;
         let greedy = token_in_gpu.is_none();
         if greedy {
-            enc.copy_buffer_to_buffer(&self.fwd.token, 0, &self.ring[slot].buf, 0, 8);
+            self.ring.copy_into(&mut enc, &self.fwd.token, slot);
         }
         let submission = gpu.queue.submit([enc.finish()]);
         if greedy {
-            self.ring[slot].submission = Some(submission);
-            self.map_slot(slot);
+            self.ring.map(&gpu, slot, submission);
         }
         self.stats.decode_steps += 1;
         self.stats.decode_submits += 1;
@@ -638,61 +574,19 @@ impl Session {
         Ok(slot)
     }
 
-    fn map_slot(&mut self, slot: usize) {
-        let (tx, rx) = mpsc::channel();
-        self.ring[slot]
-            .buf
-            .map_async(wgpu::MapMode::Read, .., move |r| {
-                let _ = tx.send(r);
-            });
-        self.ring[slot].rx = Some(rx);
-        self.fwd.gpu.memory.step_started();
-    }
-
     /// Reads a ring slot, blocking only if the GPU has not finished it yet. `queued_behind`
     /// says whether a later step is already submitted (then a wait keeps the GPU busy).
     fn read_slot(&mut self, slot: usize, queued_behind: Option<bool>) -> Result<[u32; 2]> {
         let gpu = self.fwd.gpu.clone();
-        // A failure here after the device was lost is reported as the loss.
-        let fail = |m: String| gpu.lost_or(Error::Gpu(m));
-        let rx = self.ring[slot]
-            .rx
-            .take()
-            .ok_or_else(|| Error::Gpu("token ring slot read twice".into()))?;
-        gpu.memory.step_finished();
-        let _ = gpu.device.poll(wgpu::PollType::Poll);
-        let res = match rx.try_recv() {
-            Ok(r) => r,
-            Err(_) => {
-                match queued_behind {
-                    Some(true) => self.stats.decode_gpu_bound_waits += 1,
-                    Some(false) => self.stats.decode_blocking_waits += 1,
-                    // Settling a discarded look-ahead step after generation ended.
-                    None => {}
-                }
-                let submission_index = self.ring[slot].submission.take();
-                gpu.device
-                    .poll(wgpu::PollType::Wait {
-                        submission_index,
-                        timeout: None,
-                    })
-                    .map_err(|e| fail(format!("waiting for the GPU: {e}")))?;
-                rx.recv_timeout(Duration::from_secs(60))
-                    .map_err(|_| fail("the GPU did not return a token".into()))?
+        let (pair, waited) = self.ring.read(&gpu, slot)?;
+        if waited {
+            match queued_behind {
+                Some(true) => self.stats.decode_gpu_bound_waits += 1,
+                Some(false) => self.stats.decode_blocking_waits += 1,
+                // Settling a discarded look-ahead step after generation ended.
+                None => {}
             }
-        };
-        res.map_err(|e| fail(format!("reading a token: {e}")))?;
-        let buf = &self.ring[slot].buf;
-        let pair = {
-            let view = buf
-                .get_mapped_range(..)
-                .map_err(|e| fail(format!("reading a token: {e}")))?;
-            let word =
-                |i: usize| u32::from_le_bytes([view[i], view[i + 1], view[i + 2], view[i + 3]]);
-            [word(0), word(4)]
-        };
-        buf.unmap();
-        gpu.check()?;
+        }
         Ok(pair)
     }
 }

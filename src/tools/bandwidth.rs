@@ -6,9 +6,9 @@ use std::time::Instant;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{Binding, KernelSpec, Kernels};
 use crate::error::{Error, Result};
 use crate::gpu::GpuProfiler;
+use crate::kernels::{Binding, KernelSpec, Kernels};
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]

@@ -1,16 +1,18 @@
 //! The op catalog: every op wick dispatches, with its portable WGSL kernel and its native
 //! variants per backend, and which of them this adapter can run (`wick kernels list`).
 //!
-//! The catalog is built from the families' pipelines ([`super::FAMILIES`]), merged by op
+//! The catalog is built from the families' pipelines ([`crate::kernels::FAMILIES`]), merged by op
 //! name, so a native variant a family attaches to its specs shows up here (and in `wick
 //! kernels check` / `bench`) without edits to this file. Whether a native runs here is
-//! [`super::native_unavailable`], the registry's own test.
+//! [`crate::kernels::native_unavailable`], the registry's own test.
 
 use serde::Serialize;
 
-pub use super::op_format;
-use super::{native_unavailable, wgsl_source, Family, KernelSpec, NativeKernel, Variant, FAMILIES};
 use crate::gpu::Capabilities;
+pub use crate::kernels::op_format;
+use crate::kernels::{
+    native_unavailable, wgsl_source, Family, KernelSpec, NativeKernel, Variant, FAMILIES,
+};
 use crate::quant::WeightFormat;
 
 /// One native shader backing (some pipelines of) an op.

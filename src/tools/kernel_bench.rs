@@ -2,9 +2,9 @@
 //! the real model shapes (GEMV of SmolLM2-135M, Qwen2.5-0.5B and Llama-3-8B, decode
 //! attention at a few KV lengths, GEMM at pp512 on the 8B shapes), as GB/s and a share of
 //! the measured read ceiling; the per-op winner can go into the tuning cache, which
-//! `--kernels auto` follows ([`super::Kernels::variant_for`]).
+//! `--kernels auto` follows ([`crate::kernels::Kernels::variant_for`]).
 //!
-//! Timing is [`crate::bench::time_dispatches`] (the method of `wick bench gemv`): warm-up,
+//! Timing is [`super::timing::time_dispatches`] (the method of `wick bench gemv`): warm-up,
 //! then the median of GPU timestamps around each run, or the wall clock of a synchronous
 //! batch where the adapter has no timestamps.
 
@@ -14,13 +14,13 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::catalog::{self, OpInfo};
-pub use super::family::{BenchCase, BenchShapes, ModelShape, Work};
-use super::family::{BuiltWork, PreparedWork};
-use super::tuning::{TuningTable, VariantEntry};
-use super::{Dispatch, KernelChoice, KernelPolicy, Kernels, Variant};
-use crate::bench::{time_dispatches, Timing};
+use super::timing::{time_dispatches, Timing};
 use crate::error::{Error, Result};
 use crate::gpu::{Capabilities, Gpu};
+pub use crate::kernels::family::{BenchCase, BenchShapes, ModelShape, Work};
+use crate::kernels::family::{BuiltWork, PreparedWork};
+use crate::kernels::tuning::{TuningTable, VariantEntry};
+use crate::kernels::{Dispatch, KernelChoice, KernelPolicy, Kernels, Variant};
 use crate::model::synthetic::Preset;
 
 /// What to benchmark.
@@ -100,7 +100,7 @@ fn selected_ops(o: &OpBenchOptions) -> Vec<OpInfo> {
 }
 
 /// The cases of the selected ops on the options' model shapes, from each op's family
-/// ([`super::Family::bench`]; ops their family does not time have none).
+/// ([`crate::kernels::Family::bench`]; ops their family does not time have none).
 pub fn cases(o: &OpBenchOptions) -> Result<Vec<BenchCase>> {
     let shapes = shapes(o)?;
     let mut out = Vec::new();

@@ -48,7 +48,14 @@ fn check(
         k.run(&[&d]).unwrap();
         let got: Vec<f32> = g.read_vec(&xb).unwrap();
         let live = n_tokens * row;
-        let want = reference::rope::rope(&x[..live], pos, n_heads, head_dim, &want_freq, style);
+        let want = reference::rope::rope(
+            &x[..live],
+            pos,
+            n_heads,
+            head_dim,
+            &want_freq,
+            style == RopeStyle::HalfSplit,
+        );
         // The kernel's angle is f32(pos) * f32(inv_freq) rounded to f32, as in HF: two
         // roundings of at most 2^-24 relative each, so |angle error| <= pos_max * 2^-23
         // (0.004 rad at 32768). A rotation off by d moves each component by at most
@@ -163,14 +170,22 @@ fn check_rope_kv(
     let wf = reference::rope::inv_freq_f64(theta as f64, head_dim);
     let what = format!("rope_kv {style:?} {n_heads}/{n_kv_heads} hd {head_dim} pos {pos}");
     let atol = std::f32::consts::SQRT_2 * ((pos + n_tokens) as f32 * 2f32.powi(-23) + 4e-6);
-    let want_q = reference::rope::rope(&q[..n_tokens * qrow], pos, n_heads, head_dim, &wf, style);
+    let half_split = style == RopeStyle::HalfSplit;
+    let want_q = reference::rope::rope(
+        &q[..n_tokens * qrow],
+        pos,
+        n_heads,
+        head_dim,
+        &wf,
+        half_split,
+    );
     let want_k = reference::rope::rope(
         &kn[..n_tokens * kvrow],
         pos,
         n_kv_heads,
         head_dim,
         &wf,
-        style,
+        half_split,
     );
     let got_q: Vec<f32> = g.read_vec(&qb).unwrap();
     let got_k: Vec<f32> = g.read_vec(&kb).unwrap();

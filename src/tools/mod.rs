@@ -1,0 +1,14 @@
+//! Tooling over the engine: the op catalog (`wick kernels list`), the reference checks
+//! (`wick kernels check`), the portable-vs-native bench (`wick kernels bench`), the model
+//! benchmark (`wick bench`), GEMV split sweeps (`wick bench gemv`, `wick tune`), the read
+//! bandwidth probe and per-dispatch session profiling. Everything here depends on the engine
+//! (kernels, runtime, model); nothing in the engine depends on it.
+
+pub mod bandwidth;
+pub mod catalog;
+pub mod check;
+pub mod kernel_bench;
+pub mod model_bench;
+pub mod profile;
+pub mod timing;
+pub mod tune;

@@ -1,0 +1,127 @@
+//! GEMV work-split sweeps (`wick bench gemv`, `wick tune`): every split the device and the
+//! shader accept, timed on one shape; `wick tune` writes the winners into the tuning table
+//! the registry consults ([`crate::kernels::tuning`]).
+
+use serde::{Deserialize, Serialize};
+
+use super::timing::time_dispatches;
+use crate::error::Result;
+use crate::gpu::Capabilities;
+use crate::kernels::gemv::{self, GemvConfig};
+use crate::kernels::{GpuMatrix, Kernels, Variant};
+use crate::quant::{self, WeightFormat};
+
+/// Every GEMV work split worth timing on this device: lanes per row 4..256, rows per group
+/// 1..8, workgroups of 32..256, those the device and shader accept.
+pub fn gemv_split_candidates(caps: &Capabilities, swiglu: bool) -> Vec<GemvConfig> {
+    let mut out = Vec::new();
+    for lpr in [4u32, 8, 16, 32, 64, 128, 256] {
+        for rpg in [1u32, 2, 4, 8] {
+            for wg in [32u32, 64, 128, 256] {
+                let c = GemvConfig {
+                    lanes_per_row: lpr,
+                    rows_per_group: rpg,
+                    workgroup_size: wg,
+                    subgroup_reduce: caps.subgroup && lpr <= caps.subgroup_min_size,
+                };
+                if c.validate(caps, swiglu).is_ok() {
+                    out.push(c);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// One timed GEMV variant (`wick bench gemv`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GemvTiming {
+    pub format: String,
+    pub n: usize,
+    pub k: usize,
+    pub swiglu: bool,
+    /// Which kernel ran: the WGSL one or a native shader (whose split is its own).
+    pub variant: Variant,
+    pub lanes_per_row: u32,
+    pub rows_per_group: u32,
+    pub workgroup_size: u32,
+    /// Median GPU time per dispatch (timestamps around each dispatch).
+    pub us: f64,
+    pub gb_s: f64,
+    /// Share of the measured read ceiling (when given).
+    pub ceiling_share: f64,
+    /// Whether this is the configuration `choose_config` picks.
+    pub default: bool,
+}
+
+/// Times GEMV (or gate+up SwiGLU) on an n x k matrix of random `format` weights for each of
+/// `configs` (plus the default choice), `reps` dispatches each after a warm-up.
+#[allow(clippy::too_many_arguments)]
+pub fn gemv_sweep(
+    k: &Kernels,
+    format: WeightFormat,
+    n: usize,
+    kdim: usize,
+    swiglu: bool,
+    configs: &[GemvConfig],
+    reps: usize,
+    ceiling_gb_s: f64,
+) -> Result<Vec<GemvTiming>> {
+    let gpu = &k.gpu;
+    let t = format.ggml();
+    let scale = 1.0 / (kdim as f32).sqrt();
+    let mk = |seed: u64| -> Result<GpuMatrix> {
+        let bytes = quant::random_weights(t, n * kdim, seed, scale)?;
+        let packed = quant::pack(format, &bytes, n, kdim)?;
+        GpuMatrix::upload(gpu, "bench w", &packed)
+    };
+    let w = mk(1)?;
+    let u = if swiglu { Some(mk(2)?) } else { None };
+    let x = gpu.upload("bench x", &vec![0.5f32; kdim])?;
+    let out = gpu.storage_buffer("bench out", (n * 4) as u64)?;
+    let op = if swiglu { "gemv_swiglu" } else { "gemv" };
+    let default = gemv::config_for(k, op, format, n, kdim);
+    let mut all = vec![default];
+    all.extend(configs.iter().copied().filter(|c| *c != default));
+    let bytes = (w.qs.size() + w.scales.size()) * if swiglu { 2 } else { 1 };
+    let mut out_rows = Vec::new();
+    for cfg in all {
+        let d = match &u {
+            Some(u) => gemv::gemv_swiglu_with_config(k, &w, u, &x, &out, &cfg),
+            None => gemv::gemv_with_config(k, &w, &x, &out, Default::default(), &cfg),
+        };
+        let Ok(d) = d else { continue };
+        // Warm-up: the first variant runs for half a second (GPU clocks ramp up under
+        // load), the others a few passes.
+        let warm = if out_rows.is_empty() { 0.5 } else { 0.0 };
+        let (med, _) = time_dispatches(gpu, &[&d], reps, warm)?;
+        let gb_s = bytes as f64 / med;
+        let native = d.pipeline.variant == Variant::Native;
+        let is_default = cfg == default;
+        let cfg = if native {
+            gemv::native_config(&cfg)
+        } else {
+            cfg
+        };
+        out_rows.push(GemvTiming {
+            format: format.name().to_string(),
+            n,
+            k: kdim,
+            swiglu,
+            variant: d.pipeline.variant,
+            lanes_per_row: cfg.lanes_per_row,
+            rows_per_group: cfg.rows_per_group,
+            workgroup_size: cfg.workgroup_size,
+            us: med / 1e3,
+            gb_s,
+            ceiling_share: if ceiling_gb_s > 0.0 {
+                gb_s / ceiling_gb_s
+            } else {
+                0.0
+            },
+            default: is_default,
+        });
+    }
+    gpu.check()?;
+    Ok(out_rows)
+}

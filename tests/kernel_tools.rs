@@ -89,7 +89,7 @@ fn list_availability_matches_the_registry() {
     let k = Kernels::new(gpu().clone());
     let caps = &gpu().caps;
     let list = catalog::list(caps);
-    assert_eq!(list.adapter.backend, caps.backend);
+    assert_eq!(list.adapter.backend, caps.backend.to_string());
     for spec in native_specs() {
         let registry = k.native_for(&spec).is_some();
         let defines = spec.pipeline_defines();
@@ -265,7 +265,7 @@ fn tuning_file_round_trip() {
     assert_eq!(back, t);
     let old = serde_json::json!({
         "adapter": caps.adapter_name,
-        "backend": caps.backend,
+        "backend": caps.backend.to_string(),
         "driver": caps.driver_info,
         "entries": [],
     });

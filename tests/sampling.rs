@@ -2,7 +2,7 @@
 //! logits and settings, and the same token for the same seed.
 
 use rand::{Rng, SeedableRng};
-use wick::reference::sampling::probabilities;
+use wick::reference::sampling::{probabilities, Filters};
 use wick::runtime::sampling::{distribution, draw, sample, Rng as WickRng, SamplingParams};
 
 #[test]
@@ -31,12 +31,14 @@ fn sampler_matches_reference_distribution() {
         let want = probabilities(
             &logits,
             &history,
-            p.temperature,
-            p.top_k,
-            p.top_p,
-            p.min_p,
-            p.repeat_penalty,
-            p.repeat_last_n,
+            &Filters {
+                temperature: p.temperature,
+                top_k: p.top_k,
+                top_p: p.top_p,
+                min_p: p.min_p,
+                repeat_penalty: p.repeat_penalty,
+                repeat_last_n: p.repeat_last_n,
+            },
         );
         let got = distribution(&logits, &history, &p);
         let mut dense = vec![0.0f64; n];

@@ -422,7 +422,7 @@ fn native_kernels_decode_like_portable() {
     })
     .unwrap();
     let caps = &native.gpu().caps;
-    if caps.backend == "vulkan" {
+    if caps.backend == wgpu::Backend::Vulkan {
         assert!(
             caps.passthrough_shaders,
             "the Vulkan test device must offer PASSTHROUGH_SHADERS"

@@ -375,7 +375,13 @@ fn bench_gemv(a: GemvArgs) -> Result<()> {
             n.parse().map_err(|_| bad())?,
             kd.parse().map_err(|_| bad())?,
         );
-        let mut r = tune::gemv_sweep(k, format, n, kd, a.swiglu, &configs, a.reps, ceiling)?;
+        let shape = tune::SweepShape {
+            format,
+            n,
+            k: kd,
+            swiglu: a.swiglu,
+        };
+        let mut r = tune::gemv_sweep(k, &shape, &configs, a.reps, ceiling)?;
         r.sort_by(|x, y| x.us.total_cmp(&y.us));
         rows.extend(r);
     }

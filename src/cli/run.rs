@@ -129,7 +129,7 @@ pub fn run(a: RunArgs) -> Result<()> {
                     "truncated_draws": st.truncated_draws,
                     "stop_reason": st.stop_reason,
                     "adapter": caps.adapter_name,
-                    "backend": caps.backend,
+                    "backend": caps.backend.to_string(),
                     // What the model and the session hold on the GPU, and the budget.
                     "gpu_memory": engine.gpu().memory_usage(),
                 }

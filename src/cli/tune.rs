@@ -98,7 +98,13 @@ pub fn run(a: TuneArgs) -> Result<()> {
     for (op, format, n, kd) in shapes {
         let swiglu = op == "gemv_swiglu";
         let candidates = tune::gemv_split_candidates(&gpu.caps, swiglu);
-        let rows = tune::gemv_sweep(&k, format, n, kd, swiglu, &candidates, a.reps, ceiling)?;
+        let shape = tune::SweepShape {
+            format,
+            n,
+            k: kd,
+            swiglu,
+        };
+        let rows = tune::gemv_sweep(&k, &shape, &candidates, a.reps, ceiling)?;
         let (Some(best), Some(default)) = (
             rows.iter().min_by(|x, y| x.us.total_cmp(&y.us)),
             rows.iter().find(|r| r.default),

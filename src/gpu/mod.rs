@@ -65,7 +65,9 @@ impl AdapterClass {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Capabilities {
     pub adapter_name: String,
-    pub backend: String,
+    /// Serialised (and printed) lowercase: `vulkan`, `metal`, `dx12`, `gl`.
+    #[serde(serialize_with = "serialize_display")]
+    pub backend: wgpu::Backend,
     pub device_type: String,
     pub driver: String,
     pub driver_info: String,
@@ -97,6 +99,13 @@ pub struct Capabilities {
     /// The device's memory (Vulkan: its largest device-local heap), when the backend reports
     /// it; models and sessions are checked against it before they allocate.
     pub device_memory: Option<u64>,
+}
+
+fn serialize_display<T: std::fmt::Display, S: serde::Serializer>(
+    v: &T,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }
 
 /// Features wick uses when the adapter offers them.
@@ -376,7 +385,7 @@ impl Gpu {
         }
         let caps = Capabilities {
             adapter_name: info.name.clone(),
-            backend: format!("{:?}", info.backend).to_lowercase(),
+            backend: info.backend,
             device_type: format!("{:?}", info.device_type),
             driver: info.driver.clone(),
             driver_info: info.driver_info.clone(),

@@ -8,6 +8,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::args::need_bytes;
 use super::family::Family;
 use super::{grid_1d, Binding, Dispatch, KernelSpec, Kernels};
 use crate::error::{Error, Result};
@@ -96,13 +97,10 @@ pub struct Argmax {
 }
 
 fn check_out(out_ids: &wgpu::Buffer, out_index: usize) -> Result<u32> {
-    let need = (out_index as u64 + 1) * 4;
-    if out_ids.size() < need || out_index >= u32::MAX as usize {
-        return Err(Error::Shape(format!(
-            "argmax: out_ids holds {} bytes, index {out_index} needs {need}",
-            out_ids.size()
-        )));
+    if out_index >= u32::MAX as usize {
+        return Err(Error::Shape(format!("argmax: out index {out_index}")));
     }
+    need_bytes("argmax", "out_ids", out_ids, (out_index as u64 + 1) * 4)?;
     Ok(out_index as u32)
 }
 
@@ -147,13 +145,7 @@ fn build(
     if n == 0 || n >= u32::MAX as usize {
         return Err(Error::Shape(format!("argmax of {n} elements")));
     }
-    if x.size() < n as u64 * 4 {
-        return Err(Error::Shape(format!(
-            "argmax: x holds {} bytes, {n} elements need {}",
-            x.size(),
-            n * 4
-        )));
-    }
+    need_bytes("argmax", "x", x, n as u64 * 4)?;
     let out_index = check_out(out_ids, out_index)?;
     let n_partials = n.div_ceil(CHUNK as usize);
     let max_dim = k.gpu.caps.max_compute_workgroups_per_dimension;
@@ -205,13 +197,7 @@ pub fn argmax_reduce(
             "argmax reduce of {n_partials} partials"
         )));
     }
-    if partials.size() < n_partials as u64 * 8 {
-        return Err(Error::Shape(format!(
-            "argmax: partials hold {} bytes, {n_partials} pairs need {}",
-            partials.size(),
-            n_partials * 8
-        )));
-    }
+    need_bytes("argmax", "partials", partials, n_partials as u64 * 8)?;
     let out_index = check_out(out_ids, out_index)?;
     let params = k.gpu.uniform(
         "argmax reduce params",

@@ -13,8 +13,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::args::need_bytes;
 use super::family::Family;
-use super::kv_cache::{check_cache, check_step};
+use super::kv_cache::{check_step, CacheShape, KvPair};
 use super::{Binding, Dispatch, KernelSpec, Kernels, NativeKernel, NativeNeeds};
 use crate::error::{Error, Result};
 use crate::gpu::{AdapterClass, Capabilities};
@@ -292,37 +293,62 @@ fn core_spec(
     spec
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The attention geometry of a layer, shared by decode and prefill.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionShape {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    /// Positions the cache holds.
+    pub capacity: usize,
+    /// Score scale (1 / sqrt(head_dim) unless the model says otherwise).
+    pub scale: f32,
+}
+
+impl AttentionShape {
+    /// The cache geometry this attention reads.
+    pub fn cache(&self) -> CacheShape {
+        CacheShape {
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+            capacity: self.capacity,
+        }
+    }
+
+    /// Query heads per KV head.
+    pub fn group(&self) -> usize {
+        self.n_heads / self.n_kv_heads
+    }
+}
+
+/// The buffers attention binds: q and out f32 `[tokens][n_heads * head_dim]`, the layer's
+/// cache, and the step uniform (positions and lengths).
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionBuffers<'a> {
+    pub q: &'a wgpu::Buffer,
+    pub cache: KvPair<'a>,
+    pub step: &'a wgpu::Buffer,
+    pub out: &'a wgpu::Buffer,
+}
+
 fn check_common(
     what: &str,
     k: &Kernels,
-    q: &wgpu::Buffer,
-    cache_k: &wgpu::Buffer,
-    cache_v: &wgpu::Buffer,
-    step: &wgpu::Buffer,
-    out: &wgpu::Buffer,
+    io: &AttentionBuffers,
+    s: &AttentionShape,
     rows: usize,
-    n_heads: usize,
-    n_kv_heads: usize,
-    head_dim: usize,
-    capacity: usize,
 ) -> Result<()> {
-    check_cache(what, n_kv_heads, head_dim, capacity, &[cache_k, cache_v])?;
-    check_step(what, step)?;
+    s.cache().check(what, io.cache)?;
+    check_step(what, io.step)?;
+    let (n_heads, n_kv_heads) = (s.n_heads, s.n_kv_heads);
     if n_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
         return Err(Error::Shape(format!(
             "{what}: {n_heads} query heads are not a multiple of {n_kv_heads} KV heads"
         )));
     }
-    let need = (rows * n_heads * head_dim * 4) as u64;
-    for (name, b) in [("q", q), ("out", out)] {
-        if b.size() < need {
-            return Err(Error::Shape(format!(
-                "{what}: {name} holds {} bytes, needs {need}",
-                b.size()
-            )));
-        }
-    }
+    let need = (rows * n_heads * s.head_dim * 4) as u64;
+    need_bytes(what, "q", io.q, need)?;
+    need_bytes(what, "out", io.out, need)?;
     let max_dim = k.gpu.caps.max_compute_workgroups_per_dimension as usize;
     if n_kv_heads > max_dim || n_heads > max_dim {
         return Err(Error::Shape(format!("{what}: too many heads for the grid")));
@@ -330,28 +356,25 @@ fn check_common(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The params uniform of one attention pipeline: `splits` KV splits, a grid of `max_tokens`
+/// queries.
 fn params(
     k: &Kernels,
     label: &str,
-    n_heads: usize,
-    n_kv_heads: usize,
-    n_splits: usize,
-    capacity: usize,
-    max_tokens: usize,
-    scale: f32,
+    s: &AttentionShape,
+    (n_splits, max_tokens): (usize, usize),
     flags: u32,
 ) -> Result<wgpu::Buffer> {
     k.gpu.uniform(
         label,
         &AttentionParams {
-            n_heads: n_heads as u32,
+            n_heads: s.n_heads as u32,
             n_splits: n_splits as u32,
-            capacity: capacity as u32,
+            capacity: s.capacity as u32,
             max_tokens: max_tokens as u32,
-            scale_log2e: scale * std::f32::consts::LOG2_E,
+            scale_log2e: s.scale * std::f32::consts::LOG2_E,
             flags,
-            group: (n_heads / n_kv_heads) as u32,
+            group: s.group() as u32,
             _pad: 0,
         },
     )
@@ -426,25 +449,15 @@ pub fn merge_spec(head_dim: usize) -> KernelSpec {
 /// query head `h` (q, out f32 `[n_heads * head_dim]`), where `kv(h) = h / (n_heads /
 /// n_kv_heads)` and `kv_len = step.kv_len` (clamped to `capacity`). The keys are split over
 /// `n_splits` workgroups per KV head, merged by a second pass when `n_splits > 1`.
-#[allow(clippy::too_many_arguments)]
 pub fn attention_decode(
     k: &Kernels,
-    q: &wgpu::Buffer,
-    cache_k: &wgpu::Buffer,
-    cache_v: &wgpu::Buffer,
-    step: &wgpu::Buffer,
-    out: &wgpu::Buffer,
-    n_heads: usize,
-    n_kv_heads: usize,
-    head_dim: usize,
-    capacity: usize,
-    scale: f32,
+    io: &AttentionBuffers,
+    shape: &AttentionShape,
     n_splits: usize,
 ) -> Result<DecodeAttention> {
     let what = "attention_decode";
-    check_common(
-        what, k, q, cache_k, cache_v, step, out, 1, n_heads, n_kv_heads, head_dim, capacity,
-    )?;
+    check_common(what, k, io, shape, 1)?;
+    let (n_heads, n_kv_heads, head_dim) = (shape.n_heads, shape.n_kv_heads, shape.head_dim);
     let caps = &k.gpu.caps;
     if n_splits == 0 || n_splits > caps.max_compute_workgroups_per_dimension as usize {
         return Err(Error::Shape(format!("{what}: {n_splits} splits")));
@@ -453,26 +466,18 @@ pub fn attention_decode(
     let spec = decode_spec(caps, n_heads, n_kv_heads, head_dim, direct).ok_or_else(|| {
         Error::Unsupported(format!(
             "{what}: a GQA group of {} heads x head_dim {head_dim} does not fit in {} bytes of workgroup memory",
-            n_heads / n_kv_heads,
+            shape.group(),
             caps.max_compute_workgroup_storage_size
         ))
     })?;
-    let params = params(
-        k,
-        "attention_decode params",
-        n_heads,
-        n_kv_heads,
-        n_splits,
-        capacity,
-        1,
-        scale,
-        if direct { FLAG_DIRECT } else { 0 },
-    )?;
+    let flags = if direct { FLAG_DIRECT } else { 0 };
+    let params = params(k, "attention_decode params", shape, (n_splits, 1), flags)?;
+    let (q, cache_k, cache_v, step) = (io.q, io.cache.k, io.cache.v, io.step);
     // One workgroup per (KV head, split) for the WGSL and the native kernels alike (the
     // native kernel's fixed 128-invocation split is inside the workgroup).
     let grid = [n_kv_heads as u32, n_splits as u32, 1];
     if direct {
-        let d = k.dispatch(&spec, &[&params, step, q, cache_k, cache_v, out], grid)?;
+        let d = k.dispatch(&spec, &[&params, step, q, cache_k, cache_v, io.out], grid)?;
         return Ok(DecodeAttention {
             dispatches: vec![d],
             scratch: None,
@@ -485,7 +490,7 @@ pub fn attention_decode(
     let pass1 = k.dispatch(&spec, &[&params, step, q, cache_k, cache_v, &scratch], grid)?;
     let merge = k.dispatch(
         &merge_spec(head_dim),
-        &[&params, &scratch, out],
+        &[&params, &scratch, io.out],
         [n_heads as u32, 1, 1],
     )?;
     Ok(DecodeAttention {
@@ -544,35 +549,24 @@ pub fn prefill_spec(
 /// Causal prefill attention: q, out f32 `[n_tokens][n_heads * head_dim]`; query `t` (absolute
 /// position `step.pos + t`) attends to cache keys `0 ..= step.pos + t` of its KV head. The
 /// grid covers `max_tokens` queries; `step.n_tokens` of them are live.
-#[allow(clippy::too_many_arguments)]
 pub fn attention_prefill(
     k: &Kernels,
-    q: &wgpu::Buffer,
-    cache_k: &wgpu::Buffer,
-    cache_v: &wgpu::Buffer,
-    step: &wgpu::Buffer,
-    out: &wgpu::Buffer,
+    io: &AttentionBuffers,
+    shape: &AttentionShape,
     max_tokens: usize,
-    n_heads: usize,
-    n_kv_heads: usize,
-    head_dim: usize,
-    capacity: usize,
-    scale: f32,
 ) -> Result<Dispatch> {
     let what = "attention_prefill";
     if max_tokens == 0 {
         return Err(Error::Shape(format!("{what}: max_tokens is 0")));
     }
-    check_common(
-        what, k, q, cache_k, cache_v, step, out, max_tokens, n_heads, n_kv_heads, head_dim,
-        capacity,
-    )?;
+    check_common(what, k, io, shape, max_tokens)?;
+    let (n_heads, n_kv_heads, head_dim) = (shape.n_heads, shape.n_kv_heads, shape.head_dim);
     let caps = &k.gpu.caps;
     let (spec, bq) =
         prefill_spec(caps, n_heads, n_kv_heads, head_dim, max_tokens).ok_or_else(|| {
             Error::Unsupported(format!(
                 "{what}: a GQA group of {} heads x head_dim {head_dim} does not fit in {} bytes of workgroup memory",
-                n_heads / n_kv_heads,
+                shape.group(),
                 caps.max_compute_workgroup_storage_size
             ))
         })?;
@@ -582,20 +576,10 @@ pub fn attention_prefill(
             "{what}: {max_tokens} tokens exceed the grid"
         )));
     }
-    let params = params(
-        k,
-        "attention_prefill params",
-        n_heads,
-        n_kv_heads,
-        1,
-        capacity,
-        max_tokens,
-        scale,
-        0,
-    )?;
+    let params = params(k, "attention_prefill params", shape, (1, max_tokens), 0)?;
     k.dispatch(
         &spec,
-        &[&params, step, q, cache_k, cache_v, out],
+        &[&params, io.step, io.q, io.cache.k, io.cache.v, io.out],
         [n_kv_heads as u32, blocks as u32, 1],
     )
 }

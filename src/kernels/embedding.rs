@@ -4,6 +4,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::args::need_bytes;
 use super::family::Family;
 use super::{Binding, Dispatch, GpuMatrix, KernelSpec, Kernels, WeightFormat};
 use crate::error::{Error, Result};
@@ -58,17 +59,6 @@ pub fn spec(format: WeightFormat) -> KernelSpec {
 
 fn shape(msg: String) -> Error {
     Error::Shape(format!("embedding: {msg}"))
-}
-
-fn need_bytes(name: &str, b: &wgpu::Buffer, words: usize) -> Result<()> {
-    let need = (words as u64).saturating_mul(4);
-    if b.size() < need {
-        return Err(shape(format!(
-            "buffer {name} holds {} bytes, needs {need}",
-            b.size()
-        )));
-    }
-    Ok(())
 }
 
 fn to_u32(what: &str, v: usize) -> Result<u32> {
@@ -128,10 +118,20 @@ pub fn embedding(
         .checked_add(n_tokens)
         .ok_or_else(|| shape("id range overflows".into()))?;
     to_u32("ids_offset + n_tokens", ids_end)?;
-    need_bytes("qs", &table.qs, wpr.saturating_mul(table.n))?;
-    need_bytes("scales", &table.scales, f.scale_words(table.n, table.k))?;
-    need_bytes("ids", ids, ids_end)?;
-    need_bytes("out", out, out_len)?;
+    need_bytes(
+        "embedding",
+        "qs",
+        &table.qs,
+        (wpr.saturating_mul(table.n) as u64).saturating_mul(4),
+    )?;
+    need_bytes(
+        "embedding",
+        "scales",
+        &table.scales,
+        (f.scale_words(table.n, table.k) as u64).saturating_mul(4),
+    )?;
+    need_bytes("embedding", "ids", ids, (ids_end as u64).saturating_mul(4))?;
+    need_bytes("embedding", "out", out, (out_len as u64).saturating_mul(4))?;
 
     let params = k.gpu.uniform(
         "embedding params",

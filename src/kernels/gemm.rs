@@ -6,6 +6,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::args::need_bytes;
 use super::family::Family;
 use super::{
     Binding, Dispatch, GpuMatrix, KernelSpec, Kernels, NativeKernel, NativeNeeds, Variant,
@@ -283,12 +284,7 @@ pub fn gemm_tiled(
         need.push(("bias", b, n * 4));
     }
     for (name, b, bytes) in need {
-        if (b.size() as usize) < bytes {
-            return Err(shape(format!(
-                "buffer {name} holds {} bytes, needs {bytes}",
-                b.size()
-            )));
-        }
+        need_bytes("gemm", name, b, bytes as u64)?;
     }
     // Indices in the shader are u32.
     if out_len > u32::MAX as usize || m * kd > u32::MAX as usize || n * kd > u32::MAX as usize {
@@ -308,7 +304,7 @@ pub fn gemm_tiled(
             "gemm tiling {tiling:?} does not fit this device"
         )));
     }
-    let metal = caps.backend == "metal";
+    let metal = caps.backend == wgpu::Backend::Metal;
     // The native kernel has its own fixed tile: dispatch for it.
     let (bm, bn) = if native && metal {
         METAL_TILE

@@ -7,6 +7,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::args::need_bytes;
 use super::family::Family;
 use super::{
     grid_1d, Binding, Dispatch, GpuMatrix, KernelSpec, Kernels, NativeKernel, NativeNeeds, Variant,
@@ -509,13 +510,13 @@ pub fn gemv_qkv(
     let upr = check_matrix("q", q)?;
     check_matrix("k", k)?;
     check_matrix("v", v)?;
-    need("x", x, q.k as u64 * 4)?;
+    need_bytes("gemv", "x", x, q.k as u64 * 4)?;
     for (name, m, o) in [("q", q, out[0]), ("k", k, out[1]), ("v", v, out[2])] {
-        need(&format!("out {name}"), o, m.n as u64 * 4)?;
+        need_bytes("gemv", &format!("out {name}"), o, m.n as u64 * 4)?;
     }
     if let Some(b) = bias {
         for (name, m, bb) in [("q", q, b[0]), ("k", k, b[1]), ("v", v, b[2])] {
-            need(&format!("bias {name}"), bb, m.n as u64 * 4)?;
+            need_bytes("gemv", &format!("bias {name}"), bb, m.n as u64 * 4)?;
         }
     }
     check_norm(norm, q.k, &cfg)?;
@@ -542,7 +543,7 @@ pub fn gemv_qkv(
 /// most 1024 lanes (its workgroup array).
 fn check_norm(norm: Option<(&wgpu::Buffer, f32)>, kdim: usize, cfg: &GemvConfig) -> Result<()> {
     let Some((w, eps)) = norm else { return Ok(()) };
-    need("norm weights", w, kdim as u64 * 4)?;
+    need_bytes("gemv", "norm weights", w, kdim as u64 * 4)?;
     if !cfg.workgroup_size.is_power_of_two() || cfg.workgroup_size > 1024 {
         return Err(Error::InvalidArgument(format!(
             "gemv norm prologue needs a power-of-two workgroup up to 1024, not {}",
@@ -551,16 +552,6 @@ fn check_norm(norm: Option<(&wgpu::Buffer, f32)>, kdim: usize, cfg: &GemvConfig)
     }
     if !(eps.is_finite() && eps >= 0.0) {
         return Err(Error::InvalidArgument(format!("rms epsilon {eps}")));
-    }
-    Ok(())
-}
-
-fn need(name: &str, b: &wgpu::Buffer, bytes: u64) -> Result<()> {
-    if b.size() < bytes {
-        return Err(Error::Shape(format!(
-            "gemv: buffer {name} holds {} bytes, needs {bytes}",
-            b.size()
-        )));
     }
     Ok(())
 }
@@ -582,8 +573,9 @@ fn check_matrix(name: &str, w: &GpuMatrix) -> Result<u32> {
         )));
     }
     let qs_bytes = (f.qs_words_per_row(w.k) as u64) * 4 * w.n as u64;
-    need(&format!("{name}.qs"), &w.qs, qs_bytes)?;
-    need(
+    need_bytes("gemv", &format!("{name}.qs"), &w.qs, qs_bytes)?;
+    need_bytes(
+        "gemv",
         &format!("{name}.scales"),
         &w.scales,
         (f.scale_words(w.n, w.k) as u64 * 4).max(4),
@@ -631,15 +623,15 @@ pub fn gemv_with_config(
 ) -> Result<Dispatch> {
     cfg.validate(&k.gpu.caps, false)?;
     let upr = check_matrix("w", w)?;
-    need("x", x, w.k as u64 * 4)?;
+    need_bytes("gemv", "x", x, w.k as u64 * 4)?;
     let end = epi
         .out_offset
         .checked_add(w.n)
         .filter(|e| *e <= u32::MAX as usize)
         .ok_or_else(|| Error::Shape("gemv: out_offset too large".into()))?;
-    need("out", out, end as u64 * 4)?;
+    need_bytes("gemv", "out", out, end as u64 * 4)?;
     if let Some(b) = epi.bias {
-        need("bias", b, w.n as u64 * 4)?;
+        need_bytes("gemv", "bias", b, w.n as u64 * 4)?;
     }
     check_norm(epi.norm, w.k, cfg)?;
     let sp = spec(
@@ -727,8 +719,8 @@ pub fn gemv_swiglu_with_config_norm(
     }
     let upr = check_matrix("gate", gate)?;
     check_matrix("up", up)?;
-    need("x", x, gate.k as u64 * 4)?;
-    need("out", out, gate.n as u64 * 4)?;
+    need_bytes("gemv", "x", x, gate.k as u64 * 4)?;
+    need_bytes("gemv", "out", out, gate.n as u64 * 4)?;
     check_norm(norm, gate.k, cfg)?;
     let sp = swiglu_spec(gate.format, cfg, norm.is_some());
     let cfg = dispatch_config(k, &sp, cfg)?;

@@ -5,6 +5,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::args::need_bytes;
 use super::family::Family;
 use super::{grid_1d, Binding, Dispatch, KernelSpec, Kernels, StepParams};
 use crate::error::{Error, Result};
@@ -53,89 +54,85 @@ pub fn cache_bytes(n_kv_heads: usize, head_dim: usize, capacity: usize) -> u64 {
     n_kv_heads as u64 * capacity as u64 * head_dim as u64 * 2
 }
 
-/// Checks a cache geometry: even head_dim, non-empty, and cache buffers large enough.
-pub(crate) fn check_cache(
-    what: &str,
-    n_kv_heads: usize,
-    head_dim: usize,
-    capacity: usize,
-    caches: &[&wgpu::Buffer],
-) -> Result<()> {
-    if n_kv_heads == 0 || head_dim == 0 || capacity == 0 {
-        return Err(Error::Shape(format!(
-            "{what}: cache of {n_kv_heads} heads x {capacity} x {head_dim}"
-        )));
+/// The geometry of one layer's cache: f16 `[n_kv_heads][capacity][head_dim]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheShape {
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    /// Positions it holds.
+    pub capacity: usize,
+}
+
+impl CacheShape {
+    /// Bytes of one layer's K (or V) cache.
+    pub fn bytes(&self) -> u64 {
+        cache_bytes(self.n_kv_heads, self.head_dim, self.capacity)
     }
-    if !head_dim.is_multiple_of(2) {
-        return Err(Error::Shape(format!(
-            "{what}: head_dim {head_dim} must be even (two f16 per cache word)"
-        )));
-    }
-    let need = cache_bytes(n_kv_heads, head_dim, capacity);
-    if need > u32::MAX as u64 * 4 {
-        return Err(Error::Shape(format!(
-            "{what}: a cache of {need} bytes exceeds 32-bit word indexing"
-        )));
-    }
-    for b in caches {
-        if b.size() < need {
+
+    /// Checks the geometry (non-empty, even head_dim, 32-bit word indexing) and that both
+    /// cache buffers hold it.
+    pub(crate) fn check(&self, what: &str, cache: KvPair) -> Result<()> {
+        let (n_kv_heads, head_dim, capacity) = (self.n_kv_heads, self.head_dim, self.capacity);
+        if n_kv_heads == 0 || head_dim == 0 || capacity == 0 {
             return Err(Error::Shape(format!(
-                "{what}: cache buffer holds {} bytes, needs {need}",
-                b.size()
+                "{what}: cache of {n_kv_heads} heads x {capacity} x {head_dim}"
             )));
         }
+        if !head_dim.is_multiple_of(2) {
+            return Err(Error::Shape(format!(
+                "{what}: head_dim {head_dim} must be even (two f16 per cache word)"
+            )));
+        }
+        let need = self.bytes();
+        if need > u32::MAX as u64 * 4 {
+            return Err(Error::Shape(format!(
+                "{what}: a cache of {need} bytes exceeds 32-bit word indexing"
+            )));
+        }
+        need_bytes(what, "cache k", cache.k, need)?;
+        need_bytes(what, "cache v", cache.v, need)
     }
-    Ok(())
 }
 
+/// A key buffer and a value buffer: one layer's cache, or one step's new K and V rows.
+#[derive(Debug, Clone, Copy)]
+pub struct KvPair<'a> {
+    pub k: &'a wgpu::Buffer,
+    pub v: &'a wgpu::Buffer,
+}
+
+/// Checks that `step` holds the per-step uniform.
 pub(crate) fn check_step(what: &str, step: &wgpu::Buffer) -> Result<()> {
-    if step.size() < std::mem::size_of::<StepParams>() as u64 {
-        return Err(Error::Shape(format!(
-            "{what}: step uniform holds {} bytes, needs {}",
-            step.size(),
-            std::mem::size_of::<StepParams>()
-        )));
-    }
-    Ok(())
+    need_bytes(
+        what,
+        "step uniform",
+        step,
+        std::mem::size_of::<StepParams>() as u64,
+    )
 }
 
-/// Writes `k_new`, `v_new` (f32 `[n_tokens][n_kv_heads * head_dim]`) into the caches at
+/// Writes `new.k`, `new.v` (f32 `[n_tokens][n_kv_heads * head_dim]`) into the caches at
 /// positions `step.pos .. step.pos + step.n_tokens`. Values are rounded to nearest f16 and
-/// clamped to the finite f16 range; positions at or past `capacity` are dropped.
-#[allow(clippy::too_many_arguments)]
+/// clamped to the finite f16 range; positions at or past `capacity` are dropped. The grid
+/// covers `max_tokens` rows.
 pub fn kv_write(
     k: &Kernels,
-    k_new: &wgpu::Buffer,
-    v_new: &wgpu::Buffer,
-    cache_k: &wgpu::Buffer,
-    cache_v: &wgpu::Buffer,
+    new: KvPair,
+    cache: KvPair,
     step: &wgpu::Buffer,
+    shape: &CacheShape,
     max_tokens: usize,
-    n_kv_heads: usize,
-    head_dim: usize,
-    capacity: usize,
 ) -> Result<Dispatch> {
-    check_cache(
-        "kv_write",
-        n_kv_heads,
-        head_dim,
-        capacity,
-        &[cache_k, cache_v],
-    )?;
-    check_step("kv_write", step)?;
+    let what = "kv_write";
+    shape.check(what, cache)?;
+    check_step(what, step)?;
     if max_tokens == 0 {
         return Err(Error::Shape("kv_write: max_tokens is 0".into()));
     }
-    let row = n_kv_heads * head_dim;
+    let row = shape.n_kv_heads * shape.head_dim;
     let need = (max_tokens * row * 4) as u64;
-    for (name, b) in [("k_new", k_new), ("v_new", v_new)] {
-        if b.size() < need {
-            return Err(Error::Shape(format!(
-                "kv_write: {name} holds {} bytes, needs {need}",
-                b.size()
-            )));
-        }
-    }
+    need_bytes(what, "k_new", new.k, need)?;
+    need_bytes(what, "v_new", new.v, need)?;
     let words = max_tokens as u64 * row as u64 / 2;
     let max_dim = k.gpu.caps.max_compute_workgroups_per_dimension;
     let groups = words.div_ceil(WG as u64);
@@ -147,15 +144,15 @@ pub fn kv_write(
     let params = k.gpu.uniform(
         "kv_write params",
         &KvWriteParams {
-            n_kv_heads: n_kv_heads as u32,
-            half_dim: (head_dim / 2) as u32,
-            capacity: capacity as u32,
+            n_kv_heads: shape.n_kv_heads as u32,
+            half_dim: (shape.head_dim / 2) as u32,
+            capacity: shape.capacity as u32,
             max_tokens: max_tokens as u32,
         },
     )?;
     k.dispatch(
         &spec(),
-        &[&params, step, k_new, v_new, cache_k, cache_v],
+        &[&params, step, new.k, new.v, cache.k, cache.v],
         grid_1d(groups as u32, max_dim),
     )
 }

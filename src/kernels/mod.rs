@@ -22,6 +22,7 @@
 //! one module per family.
 
 pub mod argmax;
+pub mod args;
 pub mod attention;
 pub mod embedding;
 pub mod family;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::policy::{KernelChoice, KernelPolicy};
-use super::spec::{backend_of, native_unavailable, Binding, KernelSpec, NativeKernel, Variant};
+use super::spec::{native_unavailable, Binding, KernelSpec, NativeKernel, Variant};
 use super::{msl_source, native_wgsl_checks, preprocess, shader_checks, spirv_source, tuning};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -130,9 +130,10 @@ impl Kernels {
     /// The native kernel usable for `spec` on this adapter, if any ([`native_unavailable`]).
     pub fn native_for(&self, spec: &KernelSpec) -> Option<NativeKernel> {
         let caps = &self.gpu.caps;
-        let backend = backend_of(caps)?;
-        let n = spec.native(backend)?;
-        native_unavailable(caps, backend, n).is_none().then_some(*n)
+        let n = spec.native(caps.backend)?;
+        native_unavailable(caps, caps.backend, n)
+            .is_none()
+            .then_some(*n)
     }
 
     /// Which variant the policy selects for `spec` here.
@@ -155,7 +156,9 @@ impl Kernels {
                     // The Metal ones have only had syntax checks and a CPU emulation, so on
                     // Metal auto waits for `wick kernels bench --save` (run after `wick
                     // kernels check`) to record them as faster.
-                    (true, None) if self.gpu.caps.backend == "metal" => Variant::Portable,
+                    (true, None) if self.gpu.caps.backend == wgpu::Backend::Metal => {
+                        Variant::Portable
+                    }
                     (true, None) => Variant::Native,
                 },
             ),
@@ -274,8 +277,8 @@ impl Kernels {
             ..Default::default()
         };
         let spirv_words;
-        match gpu.caps.backend.as_str() {
-            "vulkan" => {
+        match gpu.caps.backend {
+            wgpu::Backend::Vulkan => {
                 let bytes = spirv_source(native.family).ok_or_else(|| Error::Shader {
                     family: native.family.into(),
                     message: "no SPIR-V shipped".into(),
@@ -289,7 +292,7 @@ impl Kernels {
                 spirv_words = bytemuck::pod_collect_to_vec::<u8, u32>(bytes);
                 desc.spirv = Some(std::borrow::Cow::Borrowed(&spirv_words));
             }
-            "metal" => {
+            wgpu::Backend::Metal => {
                 let src = msl_source(native.family).ok_or_else(|| Error::Shader {
                     family: native.family.into(),
                     message: "no MSL shipped".into(),

@@ -2,6 +2,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::args::need_bytes;
 use super::family::Family;
 use super::{Binding, Dispatch, KernelSpec, Kernels};
 use crate::error::{Error, Result};
@@ -60,6 +61,9 @@ pub fn spec(fused_add: bool) -> KernelSpec {
     }
 }
 
+/// The weights (f32 `[n]`) and epsilon of an RMSNorm; GEMV's norm prologue takes the same.
+pub type NormWeights<'a> = (&'a wgpu::Buffer, f32);
+
 fn check(k: &Kernels, n: usize, rows: usize, bufs: &[(&str, &wgpu::Buffer, usize)]) -> Result<()> {
     if n == 0 || rows == 0 {
         return Err(Error::Shape(format!("rmsnorm of {rows} rows of {n}")));
@@ -70,13 +74,7 @@ fn check(k: &Kernels, n: usize, rows: usize, bufs: &[(&str, &wgpu::Buffer, usize
         )));
     }
     for (name, b, need) in bufs {
-        if (b.size() as usize) < need * 4 {
-            return Err(Error::Shape(format!(
-                "rmsnorm: buffer {name} holds {} bytes, needs {}",
-                b.size(),
-                need * 4
-            )));
-        }
+        need_bytes("rmsnorm", name, b, (need * 4) as u64)?;
     }
     Ok(())
 }
@@ -85,11 +83,10 @@ fn check(k: &Kernels, n: usize, rows: usize, bufs: &[(&str, &wgpu::Buffer, usize
 pub fn rmsnorm(
     k: &Kernels,
     x: &wgpu::Buffer,
-    weight: &wgpu::Buffer,
+    (weight, eps): NormWeights,
     out: &wgpu::Buffer,
     n: usize,
     rows: usize,
-    eps: f32,
 ) -> Result<Dispatch> {
     check(
         k,
@@ -118,16 +115,14 @@ pub fn rmsnorm(
 }
 
 /// `residual += x; out = rmsnorm(residual) * weight`, row by row.
-#[allow(clippy::too_many_arguments)]
 pub fn add_rmsnorm(
     k: &Kernels,
     x: &wgpu::Buffer,
-    weight: &wgpu::Buffer,
     residual: &wgpu::Buffer,
+    (weight, eps): NormWeights,
     out: &wgpu::Buffer,
     n: usize,
     rows: usize,
-    eps: f32,
 ) -> Result<Dispatch> {
     check(
         k,

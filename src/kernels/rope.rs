@@ -9,7 +9,10 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::args::need_bytes;
+use super::attention::AttentionShape;
 use super::family::Family;
+use super::kv_cache::{check_step, KvPair};
 use super::{grid_1d, Binding, Dispatch, KernelSpec, Kernels};
 use crate::error::{Error, Result};
 
@@ -23,14 +26,24 @@ pub static FAMILY: Family = Family {
     bench: None,
 };
 
-/// Which dimensions form a rotated pair.
+/// How a layer rotates its heads, shared by decode and prefill.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RopeStyle {
-    /// Pairs `(2i, 2i+1)`: llama.cpp's "norm" mode, used by GGUF llama (whose Q/K weights were
-    /// permuted at conversion).
-    Adjacent,
-    /// Pairs `(i, i + rot_dim/2)`: HF transformers' `rotate_half` ("neox" mode).
-    HalfSplit,
+pub struct RopeShape {
+    pub head_dim: usize,
+    /// Leading dimensions of each head that rotate (even, at most `head_dim`); the rest pass
+    /// through.
+    pub rot_dim: usize,
+    /// Rotated pairs are `(i, i + rot_dim/2)` (HF's `rotate_half`, llama.cpp's "neox"
+    /// mode), else `(2i, 2i+1)` (llama.cpp's "norm" mode).
+    pub half_split: bool,
+}
+
+/// Where each token sits and how fast each pair turns: the step uniform (token `t` of the
+/// step is at `step.pos + t`) and the f32 frequency table ([`inv_freq`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RopeTables<'a> {
+    pub step: &'a wgpu::Buffer,
+    pub inv_freq: &'a wgpu::Buffer,
 }
 
 #[repr(C)]
@@ -71,18 +84,16 @@ pub fn inv_freq(theta: f32, rot_dim: usize) -> Vec<f32> {
 
 /// Rotates `x` (f32 `[n_tokens][n_heads * head_dim]`) in place; token `t` has position
 /// `step.pos + t`. The first `rot_dim` dimensions of each head rotate, the rest pass through.
-#[allow(clippy::too_many_arguments)]
+/// The grid covers `max_tokens` rows.
 pub fn rope(
     k: &Kernels,
     x: &wgpu::Buffer,
-    step: &wgpu::Buffer,
-    inv_freq: &wgpu::Buffer,
-    max_tokens: usize,
     n_heads: usize,
-    head_dim: usize,
-    rot_dim: usize,
-    style: RopeStyle,
+    tables: RopeTables,
+    shape: &RopeShape,
+    max_tokens: usize,
 ) -> Result<Dispatch> {
+    let (head_dim, rot_dim) = (shape.head_dim, shape.rot_dim);
     if max_tokens == 0 || n_heads == 0 || head_dim == 0 {
         return Err(Error::Shape(format!(
             "rope of {max_tokens} tokens x {n_heads} heads x {head_dim}"
@@ -94,23 +105,9 @@ pub fn rope(
         )));
     }
     let half_rot = rot_dim / 2;
-    let need_x = (max_tokens * n_heads * head_dim * 4) as u64;
-    if x.size() < need_x {
-        return Err(Error::Shape(format!(
-            "rope: x holds {} bytes, needs {need_x}",
-            x.size()
-        )));
-    }
-    if inv_freq.size() < (half_rot * 4) as u64 {
-        return Err(Error::Shape(format!(
-            "rope: inv_freq holds {} bytes, needs {}",
-            inv_freq.size(),
-            half_rot * 4
-        )));
-    }
-    if step.size() < std::mem::size_of::<super::StepParams>() as u64 {
-        return Err(Error::Shape("rope: step uniform is too small".into()));
-    }
+    need_bytes("rope", "x", x, (max_tokens * n_heads * head_dim * 4) as u64)?;
+    need_bytes("rope", "inv_freq", tables.inv_freq, (half_rot * 4) as u64)?;
+    check_step("rope", tables.step)?;
     let pairs = max_tokens as u64 * n_heads as u64 * half_rot as u64;
     let caps = &k.gpu.caps;
     let max_dim = caps.max_compute_workgroups_per_dimension;
@@ -124,14 +121,14 @@ pub fn rope(
             n_heads: n_heads as u32,
             head_dim: head_dim as u32,
             half_rot: half_rot as u32,
-            half_split: (style == RopeStyle::HalfSplit) as u32,
+            half_split: shape.half_split as u32,
             max_tokens: max_tokens as u32,
             _pad: [0; 3],
         },
     )?;
     k.dispatch(
         &spec(),
-        &[&params, step, inv_freq, x],
+        &[&params, tables.step, tables.inv_freq, x],
         grid_1d(groups as u32, max_dim),
     )
 }
@@ -173,55 +170,49 @@ pub fn rope_kv_supported(head_dim: usize, rot_dim: usize) -> bool {
     rot_dim == head_dim && head_dim.is_multiple_of(4) && head_dim > 0
 }
 
-/// RoPE on `q` (f32 `[tokens][n_heads * head_dim]`, in place) and `k` (`[tokens][n_kv_heads *
-/// head_dim]`, in place), then the rotated k and `v` written to the f16 caches at positions
-/// `step.pos..` (as [`super::kv_cache::kv_write`]): one dispatch instead of three.
-#[allow(clippy::too_many_arguments)]
+/// The buffers [`rope_kv`] binds: q and the step's new K rows (rotated in place), its V rows,
+/// and the layer's cache.
+#[derive(Debug, Clone, Copy)]
+pub struct RopeKvBuffers<'a> {
+    pub q: &'a wgpu::Buffer,
+    pub new: KvPair<'a>,
+    pub cache: KvPair<'a>,
+}
+
+/// RoPE on `q` (f32 `[tokens][n_heads * head_dim]`, in place) and `new.k` (`[tokens][n_kv_heads
+/// * head_dim]`, in place), then the rotated k and `new.v` written to the f16 caches at
+/// positions `step.pos..` (as [`super::kv_cache::kv_write`]): one dispatch instead of three.
+/// The whole head must rotate ([`rope_kv_supported`]).
 pub fn rope_kv(
     k: &Kernels,
-    q: &wgpu::Buffer,
-    k_new: &wgpu::Buffer,
-    v_new: &wgpu::Buffer,
-    cache_k: &wgpu::Buffer,
-    cache_v: &wgpu::Buffer,
-    step: &wgpu::Buffer,
-    inv_freq: &wgpu::Buffer,
+    io: &RopeKvBuffers,
+    tables: RopeTables,
+    heads: &AttentionShape,
+    rope: &RopeShape,
     max_tokens: usize,
-    n_heads: usize,
-    n_kv_heads: usize,
-    head_dim: usize,
-    capacity: usize,
-    style: RopeStyle,
 ) -> Result<Dispatch> {
-    if !rope_kv_supported(head_dim, head_dim) || max_tokens == 0 || n_heads == 0 {
+    let what = "rope_kv";
+    let (n_heads, n_kv_heads, head_dim) = (heads.n_heads, heads.n_kv_heads, heads.head_dim);
+    if !rope_kv_supported(head_dim, rope.rot_dim)
+        || rope.head_dim != head_dim
+        || max_tokens == 0
+        || n_heads == 0
+    {
         return Err(Error::Shape(format!(
-            "rope_kv of {max_tokens} tokens x {n_heads} heads x {head_dim} (head_dim must be a multiple of 4)"
+            "rope_kv of {max_tokens} tokens x {n_heads} heads x {head_dim}, rot_dim {} (the whole head must rotate, head_dim a multiple of 4)",
+            rope.rot_dim
         )));
     }
-    super::kv_cache::check_cache(
-        "rope_kv",
-        n_kv_heads,
-        head_dim,
-        capacity,
-        &[cache_k, cache_v],
-    )?;
-    super::kv_cache::check_step("rope_kv", step)?;
-    for (name, b, heads) in [
-        ("q", q, n_heads),
-        ("k", k_new, n_kv_heads),
-        ("v", v_new, n_kv_heads),
+    heads.cache().check(what, io.cache)?;
+    check_step(what, tables.step)?;
+    for (name, b, n) in [
+        ("q", io.q, n_heads),
+        ("k", io.new.k, n_kv_heads),
+        ("v", io.new.v, n_kv_heads),
     ] {
-        let need = (max_tokens * heads * head_dim * 4) as u64;
-        if b.size() < need {
-            return Err(Error::Shape(format!(
-                "rope_kv: {name} holds {} bytes, needs {need}",
-                b.size()
-            )));
-        }
+        need_bytes(what, name, b, (max_tokens * n * head_dim * 4) as u64)?;
     }
-    if inv_freq.size() < (head_dim / 2 * 4) as u64 {
-        return Err(Error::Shape("rope_kv: inv_freq is too short".into()));
-    }
+    need_bytes(what, "inv_freq", tables.inv_freq, (head_dim / 2 * 4) as u64)?;
     let work = max_tokens as u64 * (n_heads + n_kv_heads) as u64 * (head_dim / 4) as u64;
     let max_dim = k.gpu.caps.max_compute_workgroups_per_dimension;
     let groups = work.div_ceil(WG as u64);
@@ -236,15 +227,25 @@ pub fn rope_kv(
             n_heads: n_heads as u32,
             n_kv_heads: n_kv_heads as u32,
             head_dim: head_dim as u32,
-            half_split: (style == RopeStyle::HalfSplit) as u32,
-            capacity: capacity as u32,
+            half_split: rope.half_split as u32,
+            capacity: heads.capacity as u32,
             max_tokens: max_tokens as u32,
             _pad: [0; 2],
         },
     )?;
+    let (q, kn, vn) = (io.q, io.new.k, io.new.v);
     k.dispatch(
         &rope_kv_spec(),
-        &[&params, step, inv_freq, q, k_new, v_new, cache_k, cache_v],
+        &[
+            &params,
+            tables.step,
+            tables.inv_freq,
+            q,
+            kn,
+            vn,
+            io.cache.k,
+            io.cache.v,
+        ],
         grid_1d(groups as u32, max_dim),
     )
 }

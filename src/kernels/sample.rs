@@ -8,6 +8,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::args::need_bytes;
 use super::family::Family;
 use super::{Binding, Dispatch, KernelSpec, Kernels};
 use crate::error::{Error, Result};
@@ -167,12 +168,7 @@ pub fn sample_chain(
         (b.history, 4, "history"),
     ];
     for (buf, bytes, what) in need {
-        if buf.size() < bytes {
-            return Err(Error::Shape(format!(
-                "sampling: {what} holds {} bytes, needs {bytes}",
-                buf.size()
-            )));
-        }
+        need_bytes("sampling", what, buf, bytes)?;
     }
     let gpu = &kernels.gpu;
     let max_dim = gpu.caps.max_compute_workgroups_per_dimension as usize;

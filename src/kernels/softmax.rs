@@ -2,6 +2,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::args::need_bytes;
 use super::family::Family;
 use super::{grid_1d, Binding, Dispatch, KernelSpec, Kernels};
 use crate::error::{Error, Result};
@@ -54,13 +55,7 @@ fn check(n: usize, rows: usize, bufs: &[(&str, &wgpu::Buffer)]) -> Result<Softma
         return Err(Error::Shape(format!("softmax of {rows} rows of {n}")));
     };
     for (name, b) in bufs {
-        if b.size() < len as u64 * 4 {
-            return Err(Error::Shape(format!(
-                "softmax: buffer {name} holds {} bytes, needs {}",
-                b.size(),
-                len * 4
-            )));
-        }
+        need_bytes("softmax", name, b, len as u64 * 4)?;
     }
     Ok(SoftmaxParams {
         n: n as u32,

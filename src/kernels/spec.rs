@@ -60,15 +60,6 @@ pub struct NativeNeeds {
     pub adapter: Option<AdapterClass>,
 }
 
-/// The wgpu backend of a capability record, for matching native variants.
-pub(crate) fn backend_of(caps: &Capabilities) -> Option<wgpu::Backend> {
-    match caps.backend.as_str() {
-        "vulkan" => Some(wgpu::Backend::Vulkan),
-        "metal" => Some(wgpu::Backend::Metal),
-        _ => None,
-    }
-}
-
 /// Why the native kernel `n` (a variant for `backend`) cannot run on this adapter, or None
 /// when it can. The one test behind both the registry's choice ([`Kernels::native_for`]) and
 /// `wick kernels list`.
@@ -77,7 +68,7 @@ pub fn native_unavailable(
     backend: wgpu::Backend,
     n: &NativeKernel,
 ) -> Option<String> {
-    if backend_of(caps) != Some(backend) {
+    if caps.backend != backend {
         return Some(format!("{backend} only (adapter is {})", caps.backend));
     }
     let needs = &n.needs;

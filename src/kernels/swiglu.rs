@@ -2,6 +2,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::args::need_bytes;
 use super::family::Family;
 use super::{grid_1d, Binding, Dispatch, KernelSpec, Kernels};
 use crate::error::{Error, Result};
@@ -53,15 +54,8 @@ pub fn swiglu(
         .checked_mul(n)
         .filter(|&t| t > 0 && t <= (u32::MAX / 2) as usize)
         .ok_or_else(|| Error::Shape(format!("swiglu of {rows} rows of {n}")))?;
-    for (name, b, need) in [("gu", gu, 2 * total), ("out", out, total)] {
-        if b.size() < need as u64 * 4 {
-            return Err(Error::Shape(format!(
-                "swiglu: buffer {name} holds {} bytes, needs {}",
-                b.size(),
-                need * 4
-            )));
-        }
-    }
+    need_bytes("swiglu", "gu", gu, 2 * total as u64 * 4)?;
+    need_bytes("swiglu", "out", out, total as u64 * 4)?;
     let params = k.gpu.uniform(
         "swiglu params",
         &SwigluParams {

@@ -94,7 +94,7 @@ impl TuningTable {
     pub fn for_device(caps: &Capabilities) -> TuningTable {
         TuningTable {
             adapter: caps.adapter_name.clone(),
-            backend: caps.backend.clone(),
+            backend: caps.backend.to_string(),
             driver: caps.driver_info.clone(),
             entries: Vec::new(),
             variants: Vec::new(),
@@ -113,7 +113,7 @@ impl TuningTable {
         base.join("tune").join(format!(
             "{}-{}.json",
             slug(&caps.adapter_name),
-            slug(&caps.backend)
+            slug(caps.backend.to_str())
         ))
     }
 
@@ -128,7 +128,7 @@ impl TuningTable {
             }
         };
         if t.adapter != caps.adapter_name
-            || t.backend != caps.backend
+            || t.backend != caps.backend.to_str()
             || t.driver != caps.driver_info
         {
             log::warn!(

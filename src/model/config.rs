@@ -3,7 +3,23 @@
 
 use crate::error::{Error, Result};
 use crate::formats::gguf::GgufFile;
-use crate::kernels::rope::RopeStyle;
+
+/// Which dimensions of a head form a rotated RoPE pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Pairs `(2i, 2i+1)`: llama.cpp's "norm" mode, used by GGUF llama (whose Q/K weights were
+    /// permuted at conversion).
+    Adjacent,
+    /// Pairs `(i, i + rot_dim/2)`: HF transformers' `rotate_half` ("neox" mode).
+    HalfSplit,
+}
+
+impl RopeStyle {
+    /// Whether pairs are `(i, i + rot_dim/2)` (what the kernels and the reference take).
+    pub fn half_split(self) -> bool {
+        self == RopeStyle::HalfSplit
+    }
+}
 
 /// Architectures wick runs; they share one decoder and differ only in [`ModelConfig`] options.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -9,7 +9,7 @@ pub mod weights;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use config::{Arch, ModelConfig};
+pub use config::{Arch, ModelConfig, RopeStyle};
 use weights::ModelWeights;
 
 use crate::engine::Engine;
@@ -64,6 +64,14 @@ pub(crate) struct ModelInner {
     pub ctx: usize,
 }
 
+/// What a checkpoint brings besides its tensors.
+struct TextParts {
+    tokenizer: Option<Tokenizer>,
+    /// End-of-sequence ids.
+    eos: Vec<u32>,
+    chat_template: Option<String>,
+}
+
 /// A loaded model. Cheap to clone; sessions share its weights.
 #[derive(Clone)]
 pub struct Model {
@@ -84,7 +92,7 @@ impl Model {
     pub fn load(engine: &Engine, path: impl AsRef<Path>, opts: LoadOptions) -> Result<Model> {
         let path = path.as_ref();
         let gpu = engine.gpu();
-        let (cfg, weights, tokenizer, eos, chat_template) = if path.is_dir() {
+        let (cfg, weights, text) = if path.is_dir() {
             let ck = crate::formats::hf::HfCheckpoint::open(path)?;
             let cfg = ModelConfig::from_hf(&ck.config)?;
             let tj = path.join("tokenizer.json");
@@ -113,12 +121,17 @@ impl Model {
                     .map(|t| t.eos_ids().to_vec())
                     .unwrap_or_default();
             }
-            let tmpl = ck.chat_template().or_else(|| {
+            let chat_template = ck.chat_template().or_else(|| {
                 tokenizer
                     .as_ref()
                     .and_then(|t| t.chat_template().map(str::to_string))
             });
-            (cfg, weights, tokenizer, eos, tmpl)
+            let text = TextParts {
+                tokenizer,
+                eos,
+                chat_template,
+            };
+            (cfg, weights, text)
         } else {
             let gguf = GgufFile::open(path)?;
             let cfg = ModelConfig::from_gguf(&gguf)?;
@@ -138,21 +151,17 @@ impl Model {
                 .as_ref()
                 .map(|t| t.eos_ids().to_vec())
                 .unwrap_or_default();
-            let tmpl = tokenizer
+            let chat_template = tokenizer
                 .as_ref()
                 .and_then(|t| t.chat_template().map(str::to_string));
-            (cfg, weights, tokenizer, eos, tmpl)
+            let text = TextParts {
+                tokenizer,
+                eos,
+                chat_template,
+            };
+            (cfg, weights, text)
         };
-        Self::assemble(
-            engine,
-            path,
-            cfg,
-            weights,
-            tokenizer,
-            eos,
-            chat_template,
-            &opts,
-        )
+        Self::assemble(engine, path, (cfg, weights), text, &opts)
     }
 
     /// A model from tensors already in memory (synthetic benchmark models): `cfg` must
@@ -171,29 +180,26 @@ impl Model {
             opts.quantize,
             opts.progress.as_ref(),
         )?;
-        Self::assemble(
-            engine,
-            Path::new(name),
-            cfg,
-            weights,
-            None,
-            Vec::new(),
-            None,
-            &opts,
-        )
+        let text = TextParts {
+            tokenizer: None,
+            eos: Vec::new(),
+            chat_template: None,
+        };
+        Self::assemble(engine, Path::new(name), (cfg, weights), text, &opts)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn assemble(
         engine: &Engine,
         path: &Path,
-        cfg: ModelConfig,
-        weights: ModelWeights,
-        tokenizer: Option<Tokenizer>,
-        eos: Vec<u32>,
-        chat_template: Option<String>,
+        (cfg, weights): (ModelConfig, ModelWeights),
+        text: TextParts,
         opts: &LoadOptions,
     ) -> Result<Model> {
+        let TextParts {
+            tokenizer,
+            eos,
+            chat_template,
+        } = text;
         let gpu = engine.gpu();
         let bos = tokenizer.as_ref().and_then(|t| t.bos());
         let ctx = match opts.ctx {

@@ -9,8 +9,7 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
-use crate::kernels::rope::RopeStyle;
-use crate::model::config::{Arch, ModelConfig};
+use crate::model::config::{Arch, ModelConfig, RopeStyle};
 use crate::model::weights::{tensor_manifest, TensorRef, TensorStore};
 use crate::quant::{self, GgmlType};
 

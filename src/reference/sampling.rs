@@ -1,18 +1,27 @@
 //! Sampling reference: the same filter chain as `runtime::sampling`, written the naive way
 //! (full softmax over the vocabulary in f64, then masks), to check the runtime sampler.
 
+/// The filter chain's settings (as `runtime::SamplingParams`, without the seed).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Filters {
+    pub temperature: f32,
+    pub top_k: usize,
+    pub top_p: f32,
+    pub min_p: f32,
+    pub repeat_penalty: f32,
+    pub repeat_last_n: usize,
+}
+
 /// Probability of every vocabulary entry after penalty, top-k, temperature, top-p, min-p.
-#[allow(clippy::too_many_arguments)]
-pub fn probabilities(
-    logits: &[f32],
-    history: &[u32],
-    temperature: f32,
-    top_k: usize,
-    top_p: f32,
-    min_p: f32,
-    repeat_penalty: f32,
-    repeat_last_n: usize,
-) -> Vec<f64> {
+pub fn probabilities(logits: &[f32], history: &[u32], f: &Filters) -> Vec<f64> {
+    let Filters {
+        temperature,
+        top_k,
+        top_p,
+        min_p,
+        repeat_penalty,
+        repeat_last_n,
+    } = *f;
     let n = logits.len();
     let mut l: Vec<f64> = logits.iter().map(|&v| v as f64).collect();
     let recent = &history[history.len().saturating_sub(repeat_last_n)..];

@@ -7,6 +7,10 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::kernels::attention::{AttentionBuffers, AttentionShape};
+use crate::kernels::kv_cache::KvPair;
+use crate::kernels::rmsnorm::NormWeights;
+use crate::kernels::rope::{RopeShape, RopeTables};
 use crate::kernels::sample::{SampleBuffers, SampleChain, SampleStep};
 use crate::kernels::{
     argmax, attention, embedding, gemm, gemv, kv_cache, rmsnorm, rope, sample, swiglu, Dispatch,
@@ -81,8 +85,8 @@ impl Default for DecodeFusion {
     }
 }
 
-/// The row a GEMV reads and the RMSNorm it applies on load, if any.
-type NormedInput<'a> = (&'a wgpu::Buffer, Option<(&'a wgpu::Buffer, f32)>);
+/// The row a matmul reads and the RMSNorm a GEMV applies on load, if any.
+type NormedInput<'a> = (&'a wgpu::Buffer, Option<NormWeights<'a>>);
 
 /// Recorded work of one session: decode step, prefill chunk and the LM head, all prebuilt.
 pub struct Forward {
@@ -105,6 +109,9 @@ pub struct Forward {
     /// The sampling chain's final candidates and probabilities.
     pub probs: wgpu::Buffer,
     act: Activations,
+    /// Every layer's attention and RoPE geometry.
+    heads: AttentionShape,
+    rope: RopeShape,
     decode: Vec<Dispatch>,
     /// The decode step with single-split attention (no merge pass), used while the cache
     /// holds at most [`SHORT_ATTENTION`] positions.
@@ -123,78 +130,216 @@ pub struct Forward {
     _attn: Vec<attention::DecodeAttention>,
 }
 
-/// The row chunks of `m`, refusing a bias on a split matrix (the epilogue adds the whole
-/// bias vector to each chunk's rows, so it would be misaligned).
-fn chunks_for<'a>(
-    m: &'a SplitMatrix,
-    bias: Option<&wgpu::Buffer>,
-) -> Result<&'a [(usize, crate::kernels::GpuMatrix)]> {
-    if bias.is_some() && m.chunks.len() > 1 {
-        return Err(Error::Unsupported(
-            "bias on a matrix split across bindings".into(),
-        ));
-    }
-    Ok(&m.chunks)
+/// How the layer graph ([`Forward::layers`]) is lowered to kernels.
+#[derive(Debug, Clone, Copy)]
+enum Lowering {
+    /// One token: matmuls are GEMVs, with the fusions of `fusion`; attention over `splits`
+    /// KV splits.
+    Decode { fusion: DecodeFusion, splits: usize },
+    /// A chunk of `rows` tokens: matmuls are GEMMs; RoPE and the cache write fused wherever
+    /// the head shape allows.
+    Prefill { rows: usize },
 }
 
-/// GEMVs of every row chunk of `m`; with `norm`, x is RMS-normalised on load.
-#[allow(clippy::too_many_arguments)]
-fn gemv_all(
-    k: &Kernels,
-    m: &SplitMatrix,
-    x: &wgpu::Buffer,
-    out: &wgpu::Buffer,
-    bias: Option<&wgpu::Buffer>,
-    accumulate: bool,
-    norm: Option<(&wgpu::Buffer, f32)>,
-    list: &mut Vec<Dispatch>,
-) -> Result<()> {
-    for (row0, chunk) in chunks_for(m, bias)? {
-        list.push(gemv::gemv(
-            k,
-            chunk,
-            x,
-            out,
-            gemv::GemvEpilogue {
-                bias,
-                accumulate,
-                out_offset: *row0,
-                norm,
-            },
-        )?);
+impl Lowering {
+    /// Activation rows of one pass.
+    fn rows(self) -> usize {
+        match self {
+            Lowering::Decode { .. } => 1,
+            Lowering::Prefill { rows } => rows,
+        }
     }
-    Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn gemm_all(
-    k: &Kernels,
-    m: &SplitMatrix,
-    x: &wgpu::Buffer,
-    out: &wgpu::Buffer,
-    rows: usize,
-    bias: Option<&wgpu::Buffer>,
+/// Where a matmul's result goes: columns from `col0` of output rows `stride` wide (0: as wide
+/// as the matrix has rows), plus `bias`, added to what is there with `accumulate`.
+#[derive(Clone, Copy, Default)]
+struct MatmulOut<'a> {
+    bias: Option<&'a wgpu::Buffer>,
     accumulate: bool,
     col0: usize,
     stride: usize,
-    list: &mut Vec<Dispatch>,
-) -> Result<()> {
-    for (row0, chunk) in chunks_for(m, bias)? {
-        list.push(gemm::gemm(
-            k,
-            chunk,
-            x,
-            out,
-            rows,
-            gemm::GemmEpilogue {
-                bias,
-                accumulate,
-                out_offset: col0 + row0,
-                out_stride: stride,
-            },
-        )?);
+}
+
+impl<'a> MatmulOut<'a> {
+    fn biased(bias: Option<&'a wgpu::Buffer>) -> Self {
+        MatmulOut {
+            bias,
+            ..Default::default()
+        }
     }
-    Ok(())
+
+    /// The residual add: `out += x W^T`.
+    fn residual() -> Self {
+        MatmulOut {
+            accumulate: true,
+            ..Default::default()
+        }
+    }
+
+    /// Columns `col0..` of rows `stride` wide.
+    fn columns(col0: usize, stride: usize) -> Self {
+        MatmulOut {
+            col0,
+            stride,
+            ..Default::default()
+        }
+    }
+}
+
+/// One dispatch list under construction: the layer graph's ops, lowered as `how` says.
+struct Lower<'a> {
+    k: &'a Kernels,
+    act: &'a Activations,
+    eps: f32,
+    how: Lowering,
+    list: Vec<Dispatch>,
+    /// Decode attentions built (their scratch buffers live as long as the session).
+    attn: Vec<attention::DecodeAttention>,
+}
+
+impl<'a> Lower<'a> {
+    /// The row a norm-consuming matmul reads: `h` normalised on load (decode with the norm
+    /// prologue), or an RMSNorm of `h` into `normed` first.
+    fn norm<'w>(&mut self, weight: &'w wgpu::Buffer, hidden: usize) -> Result<NormedInput<'w>>
+    where
+        'a: 'w,
+    {
+        let a = self.act;
+        if let Lowering::Decode { fusion, .. } = self.how {
+            if fusion.norm_prologue {
+                return Ok((&a.h, Some((weight, self.eps))));
+            }
+        }
+        let rows = self.how.rows();
+        self.list.push(rmsnorm::rmsnorm(
+            self.k,
+            &a.h,
+            (weight, self.eps),
+            &a.normed,
+            hidden,
+            rows,
+        )?);
+        Ok((&a.normed, None))
+    }
+
+    /// `out (+)= x W^T (+ bias)` over every row chunk of `m`: GEMVs in decode (with `x`'s
+    /// norm prologue), GEMMs in prefill.
+    fn matmul(
+        &mut self,
+        m: &SplitMatrix,
+        (x, norm): NormedInput,
+        out: &wgpu::Buffer,
+        o: MatmulOut,
+    ) -> Result<()> {
+        // The epilogue adds the whole bias vector to each chunk's rows: misaligned on a split.
+        if o.bias.is_some() && m.chunks.len() > 1 {
+            return Err(Error::Unsupported(
+                "bias on a matrix split across bindings".into(),
+            ));
+        }
+        for (row0, chunk) in &m.chunks {
+            let epi_offset = o.col0 + row0;
+            self.list.push(match self.how {
+                Lowering::Decode { .. } => gemv::gemv(
+                    self.k,
+                    chunk,
+                    x,
+                    out,
+                    gemv::GemvEpilogue {
+                        bias: o.bias,
+                        accumulate: o.accumulate,
+                        out_offset: epi_offset,
+                        norm,
+                    },
+                )?,
+                Lowering::Prefill { rows } => {
+                    if norm.is_some() {
+                        return Err(Error::Unsupported("a GEMM with a norm prologue".into()));
+                    }
+                    gemm::gemm(
+                        self.k,
+                        chunk,
+                        x,
+                        out,
+                        rows,
+                        gemm::GemmEpilogue {
+                            bias: o.bias,
+                            accumulate: o.accumulate,
+                            out_offset: epi_offset,
+                            out_stride: o.stride,
+                        },
+                    )?
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Decode with the QKV fusion: q, k and v in one GEMV where [`qkv_fusable`]. Returns
+    /// whether it did.
+    fn fused_qkv(&mut self, l: &LayerWeights, x: NormedInput) -> Result<bool> {
+        let Lowering::Decode { fusion, .. } = self.how else {
+            return Ok(false);
+        };
+        let Some(w) = qkv_fusable(self.k, l).filter(|_| fusion.qkv) else {
+            return Ok(false);
+        };
+        let bias = match (&l.bq, &l.bk, &l.bv) {
+            (Some(q), Some(kb), Some(v)) => Some([q, kb, v]),
+            _ => None,
+        };
+        let a = self.act;
+        let d = gemv::gemv_qkv(self.k, w, x.0, bias, [&a.q, &a.k, &a.v], x.1)?;
+        self.list.push(d);
+        Ok(true)
+    }
+
+    /// Decode with the SwiGLU fusion and the norm prologue: the FFN norm, gate, up and
+    /// SwiGLU in one GEMV (unsplit gate and up). Returns whether it did.
+    fn fused_ffn(&mut self, l: &LayerWeights) -> Result<bool> {
+        let Lowering::Decode { fusion, .. } = self.how else {
+            return Ok(false);
+        };
+        let single = l.w_gate.chunks.len() == 1 && l.w_up.chunks.len() == 1;
+        if !(fusion.swiglu && fusion.norm_prologue && single) {
+            return Ok(false);
+        }
+        let a = self.act;
+        self.list.push(gemv::gemv_swiglu_normed(
+            self.k,
+            &l.w_gate.chunks[0].1,
+            &l.w_up.chunks[0].1,
+            &a.h,
+            (&l.ffn_norm, self.eps),
+            &a.act,
+        )?);
+        Ok(true)
+    }
+
+    /// Whether RoPE and the cache write run as one dispatch (where the head shape allows).
+    fn fuse_rope_kv(&self) -> bool {
+        match self.how {
+            Lowering::Decode { fusion, .. } => fusion.rope_kv,
+            Lowering::Prefill { .. } => true,
+        }
+    }
+
+    /// Attention of the pass's rows over the layer's cache.
+    fn attention(&mut self, io: &AttentionBuffers, shape: &AttentionShape) -> Result<()> {
+        match self.how {
+            Lowering::Decode { splits, .. } => {
+                let att = attention::attention_decode(self.k, io, shape, splits)?;
+                self.list.extend(att.dispatches.iter().cloned());
+                self.attn.push(att);
+            }
+            Lowering::Prefill { rows } => {
+                let d = attention::attention_prefill(self.k, io, shape, rows)?;
+                self.list.push(d);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The q, k, v matrices of a layer when one fused GEMV can compute them: each in one
@@ -254,6 +399,18 @@ impl Forward {
             sample_step,
             probs,
             act,
+            heads: AttentionShape {
+                n_heads: cfg.n_heads,
+                n_kv_heads: cfg.n_kv_heads,
+                head_dim: cfg.head_dim,
+                capacity: kv.capacity,
+                scale: cfg.attn_scale(),
+            },
+            rope: RopeShape {
+                head_dim: cfg.head_dim,
+                rot_dim: cfg.rope_dim,
+                half_split: cfg.rope_style.half_split(),
+            },
             decode: Vec::new(),
             decode_short: Vec::new(),
             decode_lm: Vec::new(),
@@ -265,35 +422,110 @@ impl Forward {
             sampler: None,
             _attn: Vec::new(),
         };
-        fwd.build_decode(k, w, kv, inv_freq, fusion)?;
-        fwd.prefill = fwd.build_prefill(k, w, kv, inv_freq, small)?;
-        if large > 0 {
-            fwd.prefill_large = fwd.build_prefill(k, w, kv, inv_freq, large)?;
-        }
+        let splits = attention::choose_splits(&gpu.caps, cfg.n_kv_heads, kv.capacity);
+        let mut attn = Vec::new();
+        let mut lower = |how| -> Result<Vec<Dispatch>> {
+            let (list, a) = fwd.lower(k, w, kv, inv_freq, how)?;
+            attn.extend(a);
+            Ok(list)
+        };
+        let decode = lower(Lowering::Decode { fusion, splits })?;
+        let decode_short = if splits > 1 && fusion.short_attention {
+            lower(Lowering::Decode { fusion, splits: 1 })?
+        } else {
+            decode.clone()
+        };
+        let prefill = lower(Lowering::Prefill { rows: small })?;
+        let prefill_large = if large > 0 {
+            lower(Lowering::Prefill { rows: large })?
+        } else {
+            Vec::new()
+        };
+        fwd.decode_lm = fwd.lm_head(k, w, &fwd.act.h, fusion.norm_prologue)?;
         fwd.prefill_lm = fwd.lm_head(k, w, &fwd.act.h_last, true)?;
+        fwd.decode = decode;
+        fwd.decode_short = decode_short;
+        fwd.prefill = prefill;
+        fwd.prefill_large = prefill_large;
+        fwd._attn = attn;
         Ok(fwd)
     }
 
-    fn embed(
+    /// Every layer's ops in order, written once: decode and prefill are this graph lowered
+    /// two ways ([`Lowering`]).
+    fn layers(
+        &self,
+        low: &mut Lower<'_>,
+        w: &ModelWeights,
+        kv: &KvCache,
+        inv_freq: &wgpu::Buffer,
+    ) -> Result<()> {
+        let cfg = &self.cfg;
+        let (a, k, rows) = (&self.act, low.k, low.how.rows());
+        let (ids, n_ids) = match low.how {
+            Lowering::Decode { .. } => (&self.token, 1),
+            Lowering::Prefill { rows } => (&self.ids, rows),
+        };
+        for (row0, chunk) in &w.embed.chunks {
+            let d = embedding::embedding(k, chunk, ids, &a.h, n_ids, 0, *row0)?;
+            low.list.push(d);
+        }
+        let heads = &self.heads;
+        for (i, l) in w.layers.iter().enumerate() {
+            let cache = KvPair {
+                k: &kv.k[i],
+                v: &kv.v[i],
+            };
+            // Attention block: norm, q/k/v projections, q/k norm, RoPE and the cache write,
+            // attention, o projection into the residual.
+            let x = low.norm(&l.attn_norm, cfg.hidden)?;
+            if !low.fused_qkv(l, x)? {
+                low.matmul(&l.wq, x, &a.q, MatmulOut::biased(l.bq.as_ref()))?;
+                low.matmul(&l.wk, x, &a.k, MatmulOut::biased(l.bk.as_ref()))?;
+                low.matmul(&l.wv, x, &a.v, MatmulOut::biased(l.bv.as_ref()))?;
+            }
+            self.post_qkv(low, l, cache, inv_freq)?;
+            let io = AttentionBuffers {
+                q: self.qk().0,
+                cache,
+                step: &self.step,
+                out: &a.attn,
+            };
+            low.attention(&io, heads)?;
+            low.matmul(&l.wo, (&a.attn, None), &a.h, MatmulOut::residual())?;
+            // FFN block: norm, gate and up projections into one [gate | up] row, SwiGLU, down
+            // projection into the residual.
+            if !low.fused_ffn(l)? {
+                let x = low.norm(&l.ffn_norm, cfg.hidden)?;
+                let ffn = cfg.ffn;
+                low.matmul(&l.w_gate, x, &a.gu, MatmulOut::columns(0, 2 * ffn))?;
+                low.matmul(&l.w_up, x, &a.gu, MatmulOut::columns(ffn, 2 * ffn))?;
+                low.list.push(swiglu::swiglu(k, &a.gu, &a.act, rows, ffn)?);
+            }
+            low.matmul(&l.w_down, (&a.act, None), &a.h, MatmulOut::residual())?;
+        }
+        Ok(())
+    }
+
+    /// The dispatches of the layer graph lowered as `how`, and the decode attentions built.
+    fn lower(
         &self,
         k: &Kernels,
         w: &ModelWeights,
-        ids: &wgpu::Buffer,
-        n_tokens: usize,
-        list: &mut Vec<Dispatch>,
-    ) -> Result<()> {
-        for (row0, chunk) in &w.embed.chunks {
-            list.push(embedding::embedding(
-                k,
-                chunk,
-                ids,
-                &self.act.h,
-                n_tokens,
-                0,
-                *row0,
-            )?);
-        }
-        Ok(())
+        kv: &KvCache,
+        inv_freq: &wgpu::Buffer,
+        how: Lowering,
+    ) -> Result<(Vec<Dispatch>, Vec<attention::DecodeAttention>)> {
+        let mut low = Lower {
+            k,
+            act: &self.act,
+            eps: self.cfg.rms_eps,
+            how,
+            list: Vec::new(),
+            attn: Vec::new(),
+        };
+        self.layers(&mut low, w, kv, inv_freq)?;
+        Ok((low.list, low.attn))
     }
 
     /// The q and k buffers attention reads: normalised copies when the model has q/k norms.
@@ -305,22 +537,17 @@ impl Forward {
         }
     }
 
-    /// Q/K normalisation (Qwen3), RoPE and the KV-cache write for `tokens` rows (RoPE and
+    /// Q/K normalisation (Qwen3), RoPE and the KV-cache write for the pass's rows (RoPE and
     /// the cache write fused into one dispatch when the whole head rotates).
-    #[allow(clippy::too_many_arguments)]
     fn post_qkv(
         &self,
-        k: &Kernels,
+        low: &mut Lower<'_>,
         l: &LayerWeights,
-        kv: &KvCache,
-        layer: usize,
+        cache: KvPair,
         inv_freq: &wgpu::Buffer,
-        tokens: usize,
-        fuse_rope_kv: bool,
-        list: &mut Vec<Dispatch>,
     ) -> Result<()> {
-        let cfg = &self.cfg;
-        let a = &self.act;
+        let (cfg, a, k) = (&self.cfg, &self.act, low.k);
+        let tokens = low.how.rows();
         let (q, kk) = self.qk();
         if cfg.qk_norm {
             let (qw, kw) = l
@@ -328,313 +555,35 @@ impl Forward {
                 .as_ref()
                 .zip(l.k_norm.as_ref())
                 .ok_or_else(|| Error::Model("q/k norm weights missing".into()))?;
-            list.push(rmsnorm::rmsnorm(
-                k,
-                &a.q,
-                qw,
-                q,
-                cfg.head_dim,
-                tokens * cfg.n_heads,
-                cfg.rms_eps,
-            )?);
-            list.push(rmsnorm::rmsnorm(
-                k,
-                &a.k,
-                kw,
-                kk,
-                cfg.head_dim,
-                tokens * cfg.n_kv_heads,
-                cfg.rms_eps,
-            )?);
+            let eps = cfg.rms_eps;
+            let hd = cfg.head_dim;
+            let rows = |heads: usize| tokens * heads;
+            let qd = rmsnorm::rmsnorm(k, &a.q, (qw, eps), q, hd, rows(cfg.n_heads))?;
+            low.list.push(qd);
+            let kd = rmsnorm::rmsnorm(k, &a.k, (kw, eps), kk, hd, rows(cfg.n_kv_heads))?;
+            low.list.push(kd);
         }
-        if fuse_rope_kv && rope::rope_kv_supported(cfg.head_dim, cfg.rope_dim) {
-            list.push(rope::rope_kv(
-                k,
-                q,
-                kk,
-                &a.v,
-                &kv.k[layer],
-                &kv.v[layer],
-                &self.step,
-                inv_freq,
-                tokens,
-                cfg.n_heads,
-                cfg.n_kv_heads,
-                cfg.head_dim,
-                kv.capacity,
-                cfg.rope_style,
-            )?);
+        let tables = RopeTables {
+            step: &self.step,
+            inv_freq,
+        };
+        let new = KvPair { k: kk, v: &a.v };
+        if low.fuse_rope_kv() && rope::rope_kv_supported(cfg.head_dim, cfg.rope_dim) {
+            let io = rope::RopeKvBuffers { q, new, cache };
+            let d = rope::rope_kv(k, &io, tables, &self.heads, &self.rope, tokens)?;
+            low.list.push(d);
             return Ok(());
         }
-        list.push(rope::rope(
-            k,
-            q,
-            &self.step,
-            inv_freq,
-            tokens,
-            cfg.n_heads,
-            cfg.head_dim,
-            cfg.rope_dim,
-            cfg.rope_style,
-        )?);
-        list.push(rope::rope(
-            k,
-            kk,
-            &self.step,
-            inv_freq,
-            tokens,
-            cfg.n_kv_heads,
-            cfg.head_dim,
-            cfg.rope_dim,
-            cfg.rope_style,
-        )?);
-        list.push(kv_cache::kv_write(
-            k,
-            kk,
-            &a.v,
-            &kv.k[layer],
-            &kv.v[layer],
-            &self.step,
-            tokens,
-            cfg.n_kv_heads,
-            cfg.head_dim,
-            kv.capacity,
+        let rope = &self.rope;
+        low.list
+            .push(rope::rope(k, q, cfg.n_heads, tables, rope, tokens)?);
+        low.list
+            .push(rope::rope(k, kk, cfg.n_kv_heads, tables, rope, tokens)?);
+        let shape = self.heads.cache();
+        low.list.push(kv_cache::kv_write(
+            k, new, cache, &self.step, &shape, tokens,
         )?);
         Ok(())
-    }
-
-    fn build_decode(
-        &mut self,
-        k: &Kernels,
-        w: &ModelWeights,
-        kv: &KvCache,
-        inv_freq: &wgpu::Buffer,
-        fusion: DecodeFusion,
-    ) -> Result<()> {
-        let splits = attention::choose_splits(&self.gpu.caps, self.cfg.n_kv_heads, kv.capacity);
-        self.decode = self.decode_list(k, w, kv, inv_freq, splits, fusion)?;
-        self.decode_short = if splits > 1 && fusion.short_attention {
-            self.decode_list(k, w, kv, inv_freq, 1, fusion)?
-        } else {
-            self.decode.clone()
-        };
-        self.decode_lm = self.lm_head(k, w, &self.act.h, fusion.norm_prologue)?;
-        Ok(())
-    }
-
-    /// One decode step's dispatches with `splits`-way split attention.
-    fn decode_list(
-        &mut self,
-        k: &Kernels,
-        w: &ModelWeights,
-        kv: &KvCache,
-        inv_freq: &wgpu::Buffer,
-        splits: usize,
-        fusion: DecodeFusion,
-    ) -> Result<Vec<Dispatch>> {
-        let cfg = self.cfg.clone();
-        let mut list = Vec::new();
-        self.embed(k, w, &self.token, 1, &mut list)?;
-        let a = &self.act;
-        let eps = cfg.rms_eps;
-        // The row a norm-consuming GEMV reads, and its norm prologue: `h` normalised on
-        // load, or a separate RMSNorm into `normed` first.
-        fn normed<'a>(
-            k: &Kernels,
-            a: &'a Activations,
-            norm: &'a wgpu::Buffer,
-            hidden: usize,
-            eps: f32,
-            prologue: bool,
-            list: &mut Vec<Dispatch>,
-        ) -> Result<NormedInput<'a>> {
-            if prologue {
-                return Ok((&a.h, Some((norm, eps))));
-            }
-            list.push(rmsnorm::rmsnorm(k, &a.h, norm, &a.normed, hidden, 1, eps)?);
-            Ok((&a.normed, None))
-        }
-        let np = fusion.norm_prologue;
-        for (i, l) in w.layers.iter().enumerate() {
-            let (x, an) = normed(k, a, &l.attn_norm, cfg.hidden, eps, np, &mut list)?;
-            match qkv_fusable(k, l).filter(|_| fusion.qkv) {
-                // q, k and v projections in one dispatch.
-                Some(w) => {
-                    let bias = match (&l.bq, &l.bk, &l.bv) {
-                        (Some(q), Some(kb), Some(v)) => Some([q, kb, v]),
-                        _ => None,
-                    };
-                    list.push(gemv::gemv_qkv(k, w, x, bias, [&a.q, &a.k, &a.v], an)?);
-                }
-                None => {
-                    gemv_all(k, &l.wq, x, &a.q, l.bq.as_ref(), false, an, &mut list)?;
-                    gemv_all(k, &l.wk, x, &a.k, l.bk.as_ref(), false, an, &mut list)?;
-                    gemv_all(k, &l.wv, x, &a.v, l.bv.as_ref(), false, an, &mut list)?;
-                }
-            }
-            self.post_qkv(k, l, kv, i, inv_freq, 1, fusion.rope_kv, &mut list)?;
-            let att = attention::attention_decode(
-                k,
-                self.qk().0,
-                &kv.k[i],
-                &kv.v[i],
-                &self.step,
-                &a.attn,
-                cfg.n_heads,
-                cfg.n_kv_heads,
-                cfg.head_dim,
-                kv.capacity,
-                cfg.attn_scale(),
-                splits,
-            )?;
-            list.extend(att.dispatches.iter().cloned());
-            self._attn.push(att);
-            gemv_all(k, &l.wo, &a.attn, &a.h, None, true, None, &mut list)?;
-            let single = l.w_gate.chunks.len() == 1 && l.w_up.chunks.len() == 1;
-            if fusion.swiglu && fusion.norm_prologue && single {
-                // FFN norm + gate + up + SwiGLU in one dispatch.
-                list.push(gemv::gemv_swiglu_normed(
-                    k,
-                    &l.w_gate.chunks[0].1,
-                    &l.w_up.chunks[0].1,
-                    &a.h,
-                    (&l.ffn_norm, eps),
-                    &a.act,
-                )?);
-            } else {
-                // Gate and up into one [gate | up] row, then SwiGLU.
-                let (x, fnorm) = normed(k, a, &l.ffn_norm, cfg.hidden, eps, np, &mut list)?;
-                for (m, base) in [(&l.w_gate, 0), (&l.w_up, cfg.ffn)] {
-                    for (row0, chunk) in &m.chunks {
-                        let epi = gemv::GemvEpilogue {
-                            bias: None,
-                            accumulate: false,
-                            out_offset: base + row0,
-                            norm: fnorm,
-                        };
-                        list.push(gemv::gemv(k, chunk, x, &a.gu, epi)?);
-                    }
-                }
-                list.push(swiglu::swiglu(k, &a.gu, &a.act, 1, cfg.ffn)?);
-            }
-            gemv_all(k, &l.w_down, &a.act, &a.h, None, true, None, &mut list)?;
-        }
-        Ok(list)
-    }
-
-    /// The dispatches of one prefill chunk of up to `c` tokens (the GEMMs compute all `c`
-    /// rows; attention and the KV write take the step's token count).
-    fn build_prefill(
-        &self,
-        k: &Kernels,
-        w: &ModelWeights,
-        kv: &KvCache,
-        inv_freq: &wgpu::Buffer,
-        c: usize,
-    ) -> Result<Vec<Dispatch>> {
-        let cfg = self.cfg.clone();
-        let mut list = Vec::new();
-        self.embed(k, w, &self.ids, c, &mut list)?;
-        let a = &self.act;
-        for (i, l) in w.layers.iter().enumerate() {
-            list.push(rmsnorm::rmsnorm(
-                k,
-                &a.h,
-                &l.attn_norm,
-                &a.normed,
-                cfg.hidden,
-                c,
-                cfg.rms_eps,
-            )?);
-            gemm_all(
-                k,
-                &l.wq,
-                &a.normed,
-                &a.q,
-                c,
-                l.bq.as_ref(),
-                false,
-                0,
-                0,
-                &mut list,
-            )?;
-            gemm_all(
-                k,
-                &l.wk,
-                &a.normed,
-                &a.k,
-                c,
-                l.bk.as_ref(),
-                false,
-                0,
-                0,
-                &mut list,
-            )?;
-            gemm_all(
-                k,
-                &l.wv,
-                &a.normed,
-                &a.v,
-                c,
-                l.bv.as_ref(),
-                false,
-                0,
-                0,
-                &mut list,
-            )?;
-            self.post_qkv(k, l, kv, i, inv_freq, c, true, &mut list)?;
-            list.push(attention::attention_prefill(
-                k,
-                self.qk().0,
-                &kv.k[i],
-                &kv.v[i],
-                &self.step,
-                &a.attn,
-                c,
-                cfg.n_heads,
-                cfg.n_kv_heads,
-                cfg.head_dim,
-                kv.capacity,
-                cfg.attn_scale(),
-            )?);
-            gemm_all(k, &l.wo, &a.attn, &a.h, c, None, true, 0, 0, &mut list)?;
-            list.push(rmsnorm::rmsnorm(
-                k,
-                &a.h,
-                &l.ffn_norm,
-                &a.normed,
-                cfg.hidden,
-                c,
-                cfg.rms_eps,
-            )?);
-            gemm_all(
-                k,
-                &l.w_gate,
-                &a.normed,
-                &a.gu,
-                c,
-                None,
-                false,
-                0,
-                2 * cfg.ffn,
-                &mut list,
-            )?;
-            gemm_all(
-                k,
-                &l.w_up,
-                &a.normed,
-                &a.gu,
-                c,
-                None,
-                false,
-                cfg.ffn,
-                2 * cfg.ffn,
-                &mut list,
-            )?;
-            list.push(swiglu::swiglu(k, &a.gu, &a.act, c, cfg.ffn)?);
-            gemm_all(k, &l.w_down, &a.act, &a.h, c, None, true, 0, 0, &mut list)?;
-        }
-        Ok(list)
     }
 
     /// Final norm and LM head over the hidden row 0 of `h`, into the logits; the norm
@@ -647,26 +596,29 @@ impl Forward {
         norm_prologue: bool,
     ) -> Result<Vec<Dispatch>> {
         let cfg = &self.cfg;
-        let mut list = Vec::new();
-        let logits = &self.act.logits;
-        if norm_prologue {
-            let norm = Some((&w.output_norm, cfg.rms_eps));
-            gemv_all(k, w.lm_head(), h, logits, None, false, norm, &mut list)?;
+        // A decode pass whose only fusion is the norm prologue (or none).
+        let fusion = DecodeFusion {
+            norm_prologue,
+            ..DecodeFusion::NONE
+        };
+        let mut low = Lower {
+            k,
+            act: &self.act,
+            eps: cfg.rms_eps,
+            how: Lowering::Decode { fusion, splits: 1 },
+            list: Vec::new(),
+            attn: Vec::new(),
+        };
+        let x = if norm_prologue {
+            (h, Some((&w.output_norm, cfg.rms_eps)))
         } else {
             let normed = &self.act.normed;
-            let eps = cfg.rms_eps;
-            list.push(rmsnorm::rmsnorm(
-                k,
-                h,
-                &w.output_norm,
-                normed,
-                cfg.hidden,
-                1,
-                eps,
-            )?);
-            gemv_all(k, w.lm_head(), normed, logits, None, false, None, &mut list)?;
-        }
-        Ok(list)
+            let d = rmsnorm::rmsnorm(k, h, (&w.output_norm, cfg.rms_eps), normed, cfg.hidden, 1)?;
+            low.list.push(d);
+            (normed, None)
+        };
+        low.matmul(w.lm_head(), x, &self.act.logits, MatmulOut::default())?;
+        Ok(low.list)
     }
 
     /// Chooses how the token after each step is picked: `None` argmax (greedy), `Some(k)`

@@ -142,7 +142,7 @@ impl AdapterSupport {
     pub fn of(caps: &Capabilities) -> AdapterSupport {
         AdapterSupport {
             adapter: caps.adapter_name.clone(),
-            backend: caps.backend.clone(),
+            backend: caps.backend.to_string(),
             driver: caps.driver.clone(),
             driver_info: caps.driver_info.clone(),
             device_type: caps.device_type.clone(),

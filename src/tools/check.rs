@@ -165,7 +165,7 @@ pub fn check_specs(
     }
     Ok(CheckReport {
         adapter: caps.adapter_name.clone(),
-        backend: caps.backend.clone(),
+        backend: caps.backend.to_string(),
         seed,
         rows,
     })

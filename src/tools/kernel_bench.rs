@@ -302,7 +302,7 @@ pub fn run(gpu: &Arc<Gpu>, o: &OpBenchOptions) -> Result<OpBenchReport> {
     let winners = winners(&rows);
     Ok(OpBenchReport {
         adapter: caps.adapter_name.clone(),
-        backend: caps.backend.clone(),
+        backend: caps.backend.to_string(),
         driver: caps.driver_info.clone(),
         timing,
         read_ceiling_gb_s: ceiling / 1e9,

@@ -352,7 +352,7 @@ pub fn run(model: &Model, label: &str, quant: &str, o: &BenchOptions) -> Result<
         quant: quant.to_string(),
         sampler,
         adapter: caps.adapter_name.clone(),
-        backend: caps.backend.clone(),
+        backend: caps.backend.to_string(),
         prompt_tokens: o.prompt,
         gen_tokens: o.gen,
         prefill_tok_s: prefill.as_ref().map_or(0.0, |m| m.mean),

@@ -54,19 +54,32 @@ pub struct GemvTiming {
     pub default: bool,
 }
 
-/// Times GEMV (or gate+up SwiGLU) on an n x k matrix of random `format` weights for each of
-/// `configs` (plus the default choice), `reps` dispatches each after a warm-up.
-#[allow(clippy::too_many_arguments)]
+/// One GEMV shape a sweep times: an n x k matrix of `format` (two with `swiglu`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SweepShape {
+    pub format: WeightFormat,
+    pub n: usize,
+    pub k: usize,
+    /// Gate+up with the SwiGLU (`gemv_swiglu`) rather than one matrix.
+    pub swiglu: bool,
+}
+
+/// Times GEMV (or gate+up SwiGLU) on random weights of `shape` for each of `configs` (plus the
+/// default choice), `reps` dispatches each after a warm-up; `ceiling_gb_s` (when known) turns
+/// the rates into shares.
 pub fn gemv_sweep(
     k: &Kernels,
-    format: WeightFormat,
-    n: usize,
-    kdim: usize,
-    swiglu: bool,
+    shape: &SweepShape,
     configs: &[GemvConfig],
     reps: usize,
     ceiling_gb_s: f64,
 ) -> Result<Vec<GemvTiming>> {
+    let SweepShape {
+        format,
+        n,
+        k: kdim,
+        swiglu,
+    } = *shape;
     let gpu = &k.gpu;
     let t = format.ggml();
     let scale = 1.0 / (kdim as f32).sqrt();

@@ -3,6 +3,8 @@ use half::f16;
 use rand::Rng;
 /// The pattern `Gpu::poison` writes (wick::gpu keeps its constant private).
 const POISON: u32 = 0x7FC0_DEAD;
+use wick::kernels::attention::{AttentionBuffers, AttentionShape};
+use wick::kernels::kv_cache::KvPair;
 use wick::kernels::{attention, kv_cache, Kernels, StepParams, Variant};
 use wick::reference;
 use wick::reference::kv_cache::{pack, to_f16, unpack};
@@ -98,10 +100,20 @@ fn check_decode_variant(
     let stepb = g.uniform("step", &step(0, 1)).unwrap();
     let scale = 1.0 / (head_dim as f32).sqrt();
     for &ns in splits {
-        let att = attention::attention_decode(
-            k, &qb, &ckb, &cvb, &stepb, &out, n_heads, n_kv_heads, head_dim, capacity, scale, ns,
-        )
-        .unwrap();
+        let io = AttentionBuffers {
+            q: &qb,
+            cache: KvPair { k: &ckb, v: &cvb },
+            step: &stepb,
+            out: &out,
+        };
+        let shape = AttentionShape {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            capacity,
+            scale,
+        };
+        let att = attention::attention_decode(k, &io, &shape, ns).unwrap();
         assert_eq!(att.dispatches.len(), if ns == 1 { 1 } else { 2 });
         if let Some(v) = variant {
             assert_eq!(
@@ -115,9 +127,14 @@ fn check_decode_variant(
             g.write(&stepb, 0, &[step(kv_len - 1, 1)]);
             g.poison(&out);
             k.run(&att.dispatches.iter().collect::<Vec<_>>()).unwrap();
-            let want = reference::attention::attention_decode(
-                &q, &ck, &cv, kv_len, n_heads, n_kv_heads, head_dim, capacity, scale,
-            );
+            let cache = reference::attention::Cache {
+                k: &ck,
+                v: &cv,
+                n_kv_heads,
+                head_dim,
+                capacity,
+            };
+            let want = reference::attention::attention_decode(&q, &cache, kv_len, n_heads, scale);
             let what = format!(
                 "decode heads {n_heads}/{n_kv_heads} hd {head_dim} kv_len {kv_len} splits {ns}"
             );
@@ -174,7 +191,7 @@ fn decode_without_subgroups() {
 fn decode_native() {
     let k = kernels_native();
     let caps = &k.gpu.caps;
-    if caps.backend == "vulkan" {
+    if caps.backend == wgpu::Backend::Vulkan {
         assert!(
             caps.passthrough_shaders,
             "the Vulkan test device must offer PASSTHROUGH_SHADERS"
@@ -259,29 +276,39 @@ fn check_prefill(
     g.poison(&out);
     let stepb = g.uniform("step", &step(pos, n_tokens)).unwrap();
     let scale = 1.0 / (head_dim as f32).sqrt();
-    let write = kv_cache::kv_write(
-        k, &kn, &vn, &ckb, &cvb, &stepb, max_tokens, n_kv_heads, head_dim, capacity,
-    )
-    .unwrap();
-    let att = attention::attention_prefill(
-        k, &qb, &ckb, &cvb, &stepb, &out, max_tokens, n_heads, n_kv_heads, head_dim, capacity,
-        scale,
-    )
-    .unwrap();
-    k.run(&[&write, &att]).unwrap();
-    // The reference reads the cache the kernel read (prefix + what kv_write stored).
-    let ck = unpack(&g.read_vec::<u32>(&ckb).unwrap());
-    let cv = unpack(&g.read_vec::<u32>(&cvb).unwrap());
-    let want = reference::attention::attention_prefill(
-        &q[..n_tokens * row],
-        &ck,
-        &cv,
-        pos,
-        n_tokens,
+    let cache = KvPair { k: &ckb, v: &cvb };
+    let shape = AttentionShape {
         n_heads,
         n_kv_heads,
         head_dim,
         capacity,
+        scale,
+    };
+    let new = KvPair { k: &kn, v: &vn };
+    let write = kv_cache::kv_write(k, new, cache, &stepb, &shape.cache(), max_tokens).unwrap();
+    let io = AttentionBuffers {
+        q: &qb,
+        cache,
+        step: &stepb,
+        out: &out,
+    };
+    let att = attention::attention_prefill(k, &io, &shape, max_tokens).unwrap();
+    k.run(&[&write, &att]).unwrap();
+    // The reference reads the cache the kernel read (prefix + what kv_write stored).
+    let ck = unpack(&g.read_vec::<u32>(&ckb).unwrap());
+    let cv = unpack(&g.read_vec::<u32>(&cvb).unwrap());
+    let cache = reference::attention::Cache {
+        k: &ck,
+        v: &cv,
+        n_kv_heads,
+        head_dim,
+        capacity,
+    };
+    let want = reference::attention::attention_prefill(
+        &q[..n_tokens * row],
+        &cache,
+        (pos, n_tokens),
+        n_heads,
         scale,
     );
     let got: Vec<f32> = g.read_vec(&out).unwrap();
@@ -330,7 +357,20 @@ fn attention_rejects_bad_shapes() {
     let out = g.storage_buffer("out", 6 * 64 * 4).unwrap();
     let stepb = g.uniform("step", &step(0, 1)).unwrap();
     let dec = |q: &wgpu::Buffer, ck: &wgpu::Buffer, nh, nkv, hd, ns| {
-        attention::attention_decode(k, q, ck, &cache, &stepb, &out, nh, nkv, hd, 16, 0.1, ns)
+        let io = AttentionBuffers {
+            q,
+            cache: KvPair { k: ck, v: &cache },
+            step: &stepb,
+            out: &out,
+        };
+        let shape = AttentionShape {
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+            capacity: 16,
+            scale: 0.1,
+        };
+        attention::attention_decode(k, &io, &shape, ns)
     };
     assert!(
         is_shape(&dec(&q, &cache, 6, 4, 64, 1)),
@@ -342,9 +382,23 @@ fn attention_rejects_bad_shapes() {
     assert!(is_shape(&dec(&q, &cache, 6, 2, 64, 0)), "zero splits");
     assert!(dec(&q, &cache, 6, 2, 64, 3).is_ok());
     let pre = |max_tokens, nh, nkv| {
-        attention::attention_prefill(
-            k, &q, &cache, &cache, &stepb, &out, max_tokens, nh, nkv, 64, 16, 0.1,
-        )
+        let io = AttentionBuffers {
+            q: &q,
+            cache: KvPair {
+                k: &cache,
+                v: &cache,
+            },
+            step: &stepb,
+            out: &out,
+        };
+        let shape = AttentionShape {
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: 64,
+            capacity: 16,
+            scale: 0.1,
+        };
+        attention::attention_prefill(k, &io, &shape, max_tokens)
     };
     assert!(is_shape(&pre(2, 6, 2)), "q too short for two tokens");
     assert!(is_shape(&pre(1, 5, 2)), "5 heads over 2 KV heads");

@@ -662,7 +662,7 @@ fn lanes(lpr: u32) -> GemvConfig {
 fn gemv_native_kernels() {
     let k = kernels_native();
     let caps = &k.gpu.caps;
-    if !matches!(caps.backend.as_str(), "vulkan" | "metal") {
+    if !matches!(caps.backend, wgpu::Backend::Vulkan | wgpu::Backend::Metal) {
         eprintln!(
             "skipping: native GEMV kernels are SPIR-V or MSL (backend {})",
             caps.backend

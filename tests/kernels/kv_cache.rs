@@ -3,7 +3,7 @@ use half::f16;
 use rand::Rng;
 /// The pattern `Gpu::poison` writes (wick::gpu keeps its constant private).
 const POISON: u32 = 0x7FC0_DEAD;
-use wick::kernels::kv_cache;
+use wick::kernels::kv_cache::{self, CacheShape, KvPair};
 use wick::kernels::{Kernels, StepParams};
 use wick::reference;
 
@@ -47,7 +47,16 @@ fn check(
     g.poison(&cv);
     let stepb = g.uniform("step", &step(pos, n_tokens)).unwrap();
     let d = kv_cache::kv_write(
-        k, &kb, &vb, &ck, &cv, &stepb, max_tokens, n_kv_heads, head_dim, capacity,
+        k,
+        KvPair { k: &kb, v: &vb },
+        KvPair { k: &ck, v: &cv },
+        &stepb,
+        &CacheShape {
+            n_kv_heads,
+            head_dim,
+            capacity,
+        },
+        max_tokens,
     )
     .unwrap();
     k.run(&[&d]).unwrap();
@@ -116,15 +125,66 @@ fn kv_write_rejects_bad_shapes() {
     let shape = |r: wick::Result<_>| matches!(r, Err(wick::Error::Shape(_)));
     // Odd head_dim.
     assert!(shape(kv_cache::kv_write(
-        k, &new, &new, &cache, &cache, &stepb, 1, 2, 63, 8
+        k,
+        KvPair { k: &new, v: &new },
+        KvPair {
+            k: &cache,
+            v: &cache
+        },
+        &stepb,
+        &CacheShape {
+            n_kv_heads: 2,
+            head_dim: 63,
+            capacity: 8
+        },
+        1
     )));
     // Cache too small for the capacity.
     assert!(shape(kv_cache::kv_write(
-        k, &new, &new, &cache, &short, &stepb, 1, 2, 64, 8
+        k,
+        KvPair { k: &new, v: &new },
+        KvPair {
+            k: &cache,
+            v: &short
+        },
+        &stepb,
+        &CacheShape {
+            n_kv_heads: 2,
+            head_dim: 64,
+            capacity: 8
+        },
+        1
     )));
     // Input rows too short for max_tokens.
     assert!(shape(kv_cache::kv_write(
-        k, &new, &new, &cache, &cache, &stepb, 2, 2, 64, 8
+        k,
+        KvPair { k: &new, v: &new },
+        KvPair {
+            k: &cache,
+            v: &cache
+        },
+        &stepb,
+        &CacheShape {
+            n_kv_heads: 2,
+            head_dim: 64,
+            capacity: 8
+        },
+        2
     )));
-    assert!(kv_cache::kv_write(k, &new, &new, &cache, &cache, &stepb, 1, 2, 64, 8).is_ok());
+    assert!(kv_cache::kv_write(
+        k,
+        KvPair { k: &new, v: &new },
+        KvPair {
+            k: &cache,
+            v: &cache
+        },
+        &stepb,
+        &CacheShape {
+            n_kv_heads: 2,
+            head_dim: 64,
+            capacity: 8
+        },
+        1
+    )
+    .is_ok());
 }

@@ -15,14 +15,14 @@ fn check(k: &Kernels, n: usize, rows: usize, fused: bool) {
     let eps = 1e-5;
     if fused {
         let rb = g.upload("res", &res).unwrap();
-        let d = rmsnorm::add_rmsnorm(k, &xb, &wb, &rb, &out, n, rows, eps).unwrap();
+        let d = rmsnorm::add_rmsnorm(k, &xb, &rb, (&wb, eps), &out, n, rows).unwrap();
         k.run(&[&d]).unwrap();
         let (want_res, want) = reference::rmsnorm::add_rmsnorm(&x, &res, &w, n, eps);
         assert_close("residual", &g.read_vec(&rb).unwrap(), &want_res, 1e-6, 1e-5);
         // f32 accumulation over n terms vs the f64 reference: a few ulp per element.
         assert_close("add_rmsnorm", &g.read_vec(&out).unwrap(), &want, 1e-5, 1e-5);
     } else {
-        let d = rmsnorm::rmsnorm(k, &xb, &wb, &out, n, rows, eps).unwrap();
+        let d = rmsnorm::rmsnorm(k, &xb, (&wb, eps), &out, n, rows).unwrap();
         k.run(&[&d]).unwrap();
         let want = reference::rmsnorm::rmsnorm(&x, &w, n, eps);
         assert_close("rmsnorm", &g.read_vec(&out).unwrap(), &want, 1e-5, 1e-5);
@@ -56,5 +56,5 @@ fn rmsnorm_rejects_short_buffers() {
     let x = g.upload("x", &[1.0f32; 8]).unwrap();
     let w = g.upload("w", &[1.0f32; 8]).unwrap();
     let out = g.storage_buffer("o", 32).unwrap();
-    assert!(rmsnorm::rmsnorm(k, &x, &w, &out, 16, 1, 1e-5).is_err());
+    assert!(rmsnorm::rmsnorm(k, &x, (&w, 1e-5), &out, 16, 1).is_err());
 }

@@ -1,6 +1,7 @@
 use crate::common::*;
-use wick::kernels::rope::{self, RopeStyle};
+use wick::kernels::rope::{self, RopeShape, RopeTables};
 use wick::kernels::{Kernels, StepParams};
+use wick::model::RopeStyle;
 use wick::reference;
 
 fn step(pos: usize, n_tokens: usize) -> StepParams {
@@ -37,7 +38,19 @@ fn check(
         .upload("inv_freq", &rope::inv_freq(theta, rot_dim))
         .unwrap();
     let d = rope::rope(
-        k, &xb, &stepb, &freq, max_tokens, n_heads, head_dim, rot_dim, style,
+        k,
+        &xb,
+        n_heads,
+        RopeTables {
+            step: &stepb,
+            inv_freq: &freq,
+        },
+        &RopeShape {
+            head_dim,
+            rot_dim,
+            half_split: style.half_split(),
+        },
+        max_tokens,
     )
     .unwrap();
     let want_freq = reference::rope::inv_freq_f64(theta as f64, rot_dim);
@@ -116,11 +129,82 @@ fn rope_rejects_bad_shapes() {
     let freq = g.upload("f", &rope::inv_freq(1e4, 64)).unwrap();
     let s = RopeStyle::HalfSplit;
     let shape = |r: wick::Result<_>| matches!(r, Err(wick::Error::Shape(_)));
-    assert!(shape(rope::rope(k, &x, &stepb, &freq, 1, 2, 64, 63, s)));
-    assert!(shape(rope::rope(k, &x, &stepb, &freq, 1, 2, 64, 66, s)));
-    assert!(shape(rope::rope(k, &x, &stepb, &freq, 2, 2, 64, 64, s)));
-    assert!(shape(rope::rope(k, &x, &stepb, &freq, 1, 2, 128, 128, s)));
-    assert!(rope::rope(k, &x, &stepb, &freq, 1, 2, 64, 64, s).is_ok());
+    assert!(shape(rope::rope(
+        k,
+        &x,
+        2,
+        RopeTables {
+            step: &stepb,
+            inv_freq: &freq
+        },
+        &RopeShape {
+            head_dim: 64,
+            rot_dim: 63,
+            half_split: s.half_split()
+        },
+        1
+    )));
+    assert!(shape(rope::rope(
+        k,
+        &x,
+        2,
+        RopeTables {
+            step: &stepb,
+            inv_freq: &freq
+        },
+        &RopeShape {
+            head_dim: 64,
+            rot_dim: 66,
+            half_split: s.half_split()
+        },
+        1
+    )));
+    assert!(shape(rope::rope(
+        k,
+        &x,
+        2,
+        RopeTables {
+            step: &stepb,
+            inv_freq: &freq
+        },
+        &RopeShape {
+            head_dim: 64,
+            rot_dim: 64,
+            half_split: s.half_split()
+        },
+        2
+    )));
+    assert!(shape(rope::rope(
+        k,
+        &x,
+        2,
+        RopeTables {
+            step: &stepb,
+            inv_freq: &freq
+        },
+        &RopeShape {
+            head_dim: 128,
+            rot_dim: 128,
+            half_split: s.half_split()
+        },
+        1
+    )));
+    assert!(rope::rope(
+        k,
+        &x,
+        2,
+        RopeTables {
+            step: &stepb,
+            inv_freq: &freq
+        },
+        &RopeShape {
+            head_dim: 64,
+            rot_dim: 64,
+            half_split: s.half_split()
+        },
+        1
+    )
+    .is_ok());
 }
 
 /// The fused RoPE + KV-cache write against the reference rope and kv_write: q and k rotated
@@ -139,7 +223,9 @@ fn check_rope_kv(
     pos: usize,
 ) {
     use half::f16;
-    use wick::kernels::kv_cache;
+    use wick::kernels::attention::AttentionShape;
+    use wick::kernels::kv_cache::{self, KvPair};
+    use wick::kernels::rope::RopeKvBuffers;
     let mut r = rng();
     let g = &k.gpu;
     let (qrow, kvrow) = (n_heads * head_dim, n_kv_heads * head_dim);
@@ -162,8 +248,29 @@ fn check_rope_kv(
     let theta = 1e4;
     let freq = g.upload("f", &rope::inv_freq(theta, head_dim)).unwrap();
     let d = rope::rope_kv(
-        k, &qb, &kb, &vb, &ck, &cv, &stepb, &freq, max_tokens, n_heads, n_kv_heads, head_dim,
-        capacity, style,
+        k,
+        &RopeKvBuffers {
+            q: &qb,
+            new: KvPair { k: &kb, v: &vb },
+            cache: KvPair { k: &ck, v: &cv },
+        },
+        RopeTables {
+            step: &stepb,
+            inv_freq: &freq,
+        },
+        &AttentionShape {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            capacity,
+            scale: 1.0,
+        },
+        &RopeShape {
+            head_dim,
+            rot_dim: head_dim,
+            half_split: style.half_split(),
+        },
+        max_tokens,
     )
     .unwrap();
     k.run(&[&d]).unwrap();

@@ -3,13 +3,14 @@
 use std::any::Any;
 use std::sync::Arc;
 
-use super::{attention_decode, attention_prefill, choose_splits};
+use super::{attention_decode, attention_prefill, choose_splits, AttentionBuffers, AttentionShape};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::family::{
     bench_input, poisoned, random_cache, run_checked, BenchCase, BenchShapes, BuiltWork, CheckCase,
     PreparedWork, Rng, Work,
 };
+use crate::kernels::kv_cache::KvPair;
 use crate::kernels::{Dispatch, KernelSpec, Kernels, StepParams};
 use crate::reference;
 
@@ -73,6 +74,18 @@ struct Heads {
     cap: usize,
 }
 
+impl Heads {
+    fn shape(&self) -> AttentionShape {
+        AttentionShape {
+            n_heads: self.h,
+            n_kv_heads: self.kvh,
+            head_dim: self.hd,
+            capacity: self.cap,
+            scale: 1.0 / (self.hd as f32).sqrt(),
+        }
+    }
+}
+
 /// Random attention inputs on the GPU: K and V caches holding `pos + toks` positions, queries
 /// for `toks` tokens, the step uniform, and a poisoned output.
 struct AttentionInputs {
@@ -85,6 +98,31 @@ struct AttentionInputs {
     qb: wgpu::Buffer,
     step: wgpu::Buffer,
     out: wgpu::Buffer,
+}
+
+impl AttentionInputs {
+    /// The CPU copy of the cache, for the reference.
+    fn cache(&self, s: &Heads) -> reference::attention::Cache<'_> {
+        reference::attention::Cache {
+            k: &self.ck,
+            v: &self.cv,
+            n_kv_heads: s.kvh,
+            head_dim: s.hd,
+            capacity: s.cap,
+        }
+    }
+
+    fn buffers(&self) -> AttentionBuffers<'_> {
+        AttentionBuffers {
+            q: &self.qb,
+            cache: KvPair {
+                k: &self.ckb,
+                v: &self.cvb,
+            },
+            step: &self.step,
+            out: &self.out,
+        }
+    }
 }
 
 fn attention_inputs(
@@ -129,14 +167,10 @@ fn decode_case(
     splits: usize,
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let i = attention_inputs(&kr.gpu, seed, s, len - 1, 1)?;
-    let att = attention_decode(
-        kr, &i.qb, &i.ckb, &i.cvb, &i.step, &i.out, s.h, s.kvh, s.hd, s.cap, i.scale, splits,
-    )?;
+    let att = attention_decode(kr, &i.buffers(), &s.shape(), splits)?;
     let ds: Vec<&Dispatch> = att.dispatches.iter().collect();
     let got = run_checked(kr, &ds, &i.out, op)?;
-    let want = reference::attention::attention_decode(
-        &i.q, &i.ck, &i.cv, len, s.h, s.kvh, s.hd, s.cap, i.scale,
-    );
+    let want = reference::attention::attention_decode(&i.q, &i.cache(&s), len, s.h, i.scale);
     Ok((got, want))
 }
 
@@ -149,13 +183,10 @@ fn prefill_case(
     toks: usize,
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let i = attention_inputs(&kr.gpu, seed, s, pos, toks)?;
-    let d = attention_prefill(
-        kr, &i.qb, &i.ckb, &i.cvb, &i.step, &i.out, toks, s.h, s.kvh, s.hd, s.cap, i.scale,
-    )?;
+    let d = attention_prefill(kr, &i.buffers(), &s.shape(), toks)?;
     let got = run_checked(kr, &[&d], &i.out, op)?;
-    let want = reference::attention::attention_prefill(
-        &i.q, &i.ck, &i.cv, pos, toks, s.h, s.kvh, s.hd, s.cap, i.scale,
-    );
+    let want =
+        reference::attention::attention_prefill(&i.q, &i.cache(&s), (pos, toks), s.h, i.scale);
     Ok((got, want))
 }
 
@@ -248,20 +279,20 @@ impl PreparedWork for PreparedDecode {
     fn build(&self, k: &Kernels) -> Result<BuiltWork> {
         let (w, b) = (&self.work, &self.bufs);
         let splits = choose_splits(&k.gpu.caps, w.n_kv_heads, w.kv_len);
-        let a = attention_decode(
-            k,
-            &b[0],
-            &b[1],
-            &b[2],
-            &b[3],
-            &b[4],
-            w.n_heads,
-            w.n_kv_heads,
-            w.head_dim,
-            w.kv_len,
-            1.0 / (w.head_dim as f32).sqrt(),
-            splits,
-        )?;
+        let io = AttentionBuffers {
+            q: &b[0],
+            cache: KvPair { k: &b[1], v: &b[2] },
+            step: &b[3],
+            out: &b[4],
+        };
+        let shape = AttentionShape {
+            n_heads: w.n_heads,
+            n_kv_heads: w.n_kv_heads,
+            head_dim: w.head_dim,
+            capacity: w.kv_len,
+            scale: 1.0 / (w.head_dim as f32).sqrt(),
+        };
+        let a = attention_decode(k, &io, &shape, splits)?;
         Ok(BuiltWork {
             dispatches: a.dispatches,
             scratch: a.scratch,

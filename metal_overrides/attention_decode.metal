@@ -31,11 +31,7 @@ struct Step {
     uint pos;
     uint n_tokens;
     uint kv_len;
-    uint seed;
-    float temperature;
-    uint top_k;
-    float top_p;
-    float min_p;
+    uint pad;
 };
 
 // Threads per threadgroup, keys per tile (one per simdgroup lane), query heads per KV head.

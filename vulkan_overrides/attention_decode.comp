@@ -66,11 +66,7 @@ layout(set = 0, binding = 1) uniform Step {
     uint pos;
     uint n_tokens;
     uint kv_len;
-    uint seed;
-    float temperature;
-    uint top_k;
-    float top_p;
-    float min_p;
+    uint pad;
 } step;
 
 layout(set = 0, binding = 2) readonly buffer Q { vec4 q[]; };

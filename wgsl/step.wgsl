@@ -4,9 +4,5 @@ struct Step {
     pos: u32,
     n_tokens: u32,
     kv_len: u32,
-    seed: u32,
-    temperature: f32,
-    top_k: u32,
-    top_p: f32,
-    min_p: f32,
+    _pad: u32,
 }

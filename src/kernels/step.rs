@@ -9,8 +9,8 @@
 /// Per-step values shared by every position-dependent kernel of one forward step (a decoded
 /// token or a prefill chunk). One uniform buffer holds it; the runtime rewrites it with
 /// `queue.write_buffer` before each submit, so bind groups never change.
-/// WGSL mirror: `struct Step { pos: u32, n_tokens: u32, kv_len: u32, seed: u32,
-/// temperature: f32, top_k: u32, top_p: f32, min_p: f32 }`.
+/// Mirrors: `struct Step` in `wgsl/step.wgsl`, `metal_overrides/attention_decode.metal` and
+/// `vulkan_overrides/attention_decode.comp` (`pos, n_tokens, kv_len, pad`: 16 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct StepParams {
@@ -20,10 +20,6 @@ pub struct StepParams {
     pub n_tokens: u32,
     /// Cached length after this step's KV write: `pos + n_tokens`.
     pub kv_len: u32,
-    /// Per-token random seed for sampling.
-    pub seed: u32,
-    pub temperature: f32,
-    pub top_k: u32,
-    pub top_p: f32,
-    pub min_p: f32,
+    /// Keeps the uniform a multiple of 16 bytes.
+    pub _pad: u32,
 }

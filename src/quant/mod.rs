@@ -1,5 +1,5 @@
 //! GGML block formats: CPU dequantisation and quantisation (bit-exact with ggml), and
-//! repacking into the aligned GPU planes the kernels read (KERNELS.md §2).
+//! repacking into the aligned GPU planes the kernels read.
 //!
 //! GGUF blocks are only 2-byte aligned (18 B Q4_0, 34 B Q8_0, 210 B Q6_K) and WGSL has no
 //! 8/16-bit loads, so at load time each matrix is split into two planes of `u32` words,

@@ -22,6 +22,10 @@
 //!
 //! llama.cpp counts attn_v and ffn_down tensors in its tensor order (sorted by layer number)
 //! rather than reading the layer from the name; for a dense model the two are the same.
+//! When this was written, files from f32 GGUFs of llama (4, 32 and 80 layers, and the
+//! goldens' llama_gqa), qwen2 and qwen3 shapes were compared with llama.cpp's own
+//! `llama_model_quantize` (built outside this repository): same types, file type and tensor
+//! bytes for both mixes.
 
 use crate::error::{Error, Result};
 use crate::model::config::{Arch, ModelConfig};

@@ -278,6 +278,15 @@ fn download_trust_checksum_and_interruption() {
     assert_eq!(std::fs::read(&d).unwrap(), *body);
     assert!(!part_path(&d).exists());
 
+    // A verified file already in place is kept without a request; a wrong one is replaced.
+    server.clear();
+    download_verified(&server.url("/plain/a"), &d, &sha).unwrap();
+    assert!(server.seen().is_empty());
+    std::fs::write(&d, b"not the file").unwrap();
+    download_verified(&server.url("/plain/a"), &d, &sha).unwrap();
+    assert_eq!(std::fs::read(&d).unwrap(), *body);
+    assert_eq!(server.seen().len(), 1);
+
     // 3. The CA through SSL_CERT_DIR alone.
     trust(None, Some(&ca.dir));
     let d = dest("trusted-dir.bin");

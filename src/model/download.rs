@@ -16,7 +16,8 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 
 /// Downloads `url` to `dest`, which appears (by an atomic rename) only when complete and
-/// hashing to `sha256` (hex). Bytes go to `dest` + `.part` first. A `.part` left by an
+/// hashing to `sha256` (hex); a `dest` that already hashes so is kept without a request, one
+/// that does not is replaced. Bytes go to `dest` + `.part` first. A `.part` left by an
 /// interrupted run is resumed with a range request (restarted when the server ignores
 /// ranges); if the result then fails the checksum, it is fetched once more from the start. On
 /// a checksum failure nothing is left behind; on a network failure the `.part` stays for the
@@ -30,6 +31,12 @@ pub fn download_verified(url: &str, dest: &Path, sha256: &str) -> Result<()> {
     }
     if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    // Already there and whole (say, a crash came after the rename): nothing to fetch.
+    if let Ok(len) = std::fs::metadata(dest).map(|m| m.len()) {
+        if hash_existing(dest, len)?.digest == expected {
+            return Ok(());
+        }
     }
     let part = part_path(dest);
     let agent = http_agent()?;
@@ -268,9 +275,9 @@ fn hash_prefix(file: &mut File, path: &Path, len: u64) -> Result<Sha256> {
     Ok(hasher)
 }
 
-fn hash_existing(part: &Path, len: u64) -> Result<Fetched> {
-    let mut file = File::open(part).map_err(|e| Error::io(part, e))?;
-    let hasher = hash_prefix(&mut file, part, len)?;
+fn hash_existing(path: &Path, len: u64) -> Result<Fetched> {
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let hasher = hash_prefix(&mut file, path, len)?;
     Ok(Fetched {
         digest: hex(hasher),
         len,

@@ -1,6 +1,8 @@
 //! Models: configuration, validated weights on the GPU, tokenizer and chat template.
 
 pub mod config;
+#[cfg(feature = "download")]
+pub mod download;
 pub mod export;
 pub mod quant_mix;
 pub mod source;

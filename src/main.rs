@@ -29,7 +29,8 @@ enum Command {
     Logits(cli::logits::LogitsArgs),
     /// Sliding-window perplexity of a text file.
     Perplexity(cli::perplexity::PerplexityArgs),
-    /// Write a model (HF directory or GGUF) as a GGUF of one type (f16, q8_0, q4_k, ...).
+    /// Write a model (HF directory or GGUF) as a GGUF of one type (f16, q8_0, q4_k, ...) or of
+    /// a llama.cpp mix (q4_k_m, q5_k_m).
     Quantize(cli::quantize::QuantizeArgs),
     /// Write a synthetic preset (real shapes, random weights) as a GGUF llama.cpp can run.
     Synth(cli::synth::SynthArgs),

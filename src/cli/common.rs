@@ -21,7 +21,8 @@ pub struct ModelArgs {
     #[arg(long, default_value = "auto")]
     pub kernels: String,
     /// Quantise a float checkpoint's matrices while loading: q8_0, q4_0, q4_1, q5_0, q5_1,
-    /// q4_k (or f16/bf16). Already-quantised tensors are kept as stored.
+    /// q4_k, q5_k, q6_k (or f16/bf16), or a mix: q4_k_m, q5_k_m. Already-quantised tensors
+    /// are kept as stored.
     #[arg(long)]
     pub quantize: Option<String>,
     /// No progress bar while the weights load (it is drawn on stderr only when stderr is a
@@ -41,7 +42,7 @@ impl ModelArgs {
         let quantize = self
             .quantize
             .as_deref()
-            .map(wick::quant::parse_quant_type)
+            .map(str::parse::<wick::model::QuantTarget>)
             .transpose()?;
         let model = Model::load(
             &engine,

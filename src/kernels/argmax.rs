@@ -17,7 +17,14 @@ use crate::error::{Error, Result};
 pub static FAMILY: Family = Family {
     name: "argmax",
     wgsl: &["argmax"],
-    pipelines: || vec![spec_partial(), spec_reduce()],
+    pipelines: || {
+        vec![
+            spec_partial(),
+            spec_reduce(),
+            checked(spec_partial()),
+            checked(spec_reduce()),
+        ]
+    },
     native_coverage: None,
     checks: None,
     bench: None,
@@ -52,8 +59,8 @@ pub fn spec_partial() -> KernelSpec {
 /// bits hold the lowest such index.
 pub const NON_FINITE: u32 = 0x8000_0000;
 
-/// `spec` with the non-finite check and its status binding.
-fn checked(mut spec: KernelSpec) -> KernelSpec {
+/// `spec` with the non-finite check and its status binding (op `<op>_checked`).
+pub fn checked(mut spec: KernelSpec) -> KernelSpec {
     spec.op.push_str("_checked");
     spec.bindings.push(Binding::ReadWrite);
     spec.define("CHECKED")

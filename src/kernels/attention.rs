@@ -33,16 +33,12 @@ pub static FAMILY: Family = Family {
     bench: Some(cases::bench),
 };
 
-/// Decode pass 1 at each native head dim (natives attached), the merge pass and prefill.
+/// Decode pass 1 at each native head dim (natives attached), decode pass 1 and prefill with
+/// every define set the planner can choose ([`planned_specs`]), and the merge pass.
 fn pipelines() -> Vec<KernelSpec> {
     let mut v = native_specs();
+    v.extend(planned_specs());
     v.push(merge_spec(64));
-    v.push(KernelSpec::new(
-        "attention_prefill",
-        "attention_prefill",
-        "attention_prefill",
-        &[],
-    ));
     v
 }
 
@@ -65,6 +61,22 @@ pub fn native_specs() -> Vec<KernelSpec> {
             portable_decode_spec(&NATIVE_PLAN_CAPS, 8, 2, hd, false).map(|s| with_native(s, hd))
         })
         .collect()
+}
+
+/// A pass-1 decode and a prefill spec for each workgroup-memory size the planner can choose
+/// (with and without `SMALL_SMEM`), under the WebGPU default limits. Their op names and
+/// preprocessor defines are those of every attention pipeline the registry builds (the
+/// override constants depend on the device and the head shape).
+fn planned_specs() -> Vec<KernelSpec> {
+    let mut v = Vec::new();
+    for small in [false, true] {
+        let mut p = plan(NATIVE_PLAN_CAPS, 8, 64, 4).expect("8 rows of head dim 64 fit");
+        p.small = small;
+        for name in ["attention_decode", "attention_prefill"] {
+            v.push(core_spec(name, name, name, p, 8));
+        }
+    }
+    v
 }
 
 /// Head dims of the native decode kernels (`vulkan_overrides/attention_decode.comp` builds one

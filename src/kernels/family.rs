@@ -26,7 +26,8 @@ pub struct Family {
     /// The WGSL files (stems under `wgsl/`) whose pipelines belong to the family.
     pub wgsl: &'static [&'static str],
     /// One spec per pipeline of every op of the family, with the native variants that back it
-    /// attached (for every backend). Read for their op names, WGSL family and entry, defines,
+    /// attached (for every backend), covering every set of preprocessor defines the registry
+    /// builds the family's WGSL with. Read for their op names, WGSL family and entry, defines,
     /// bindings and natives; shape-dependent constants are those of a typical shape.
     pub pipelines: fn() -> Vec<KernelSpec>,
     /// What the native variants cover, shown by `wick kernels list`: requests outside it run

@@ -132,13 +132,20 @@ pub fn family_of(spec: &KernelSpec) -> Option<&'static Family> {
         .find(|f| f.wgsl.contains(&spec.family))
 }
 
+/// Every family's pipeline specs ([`Family::pipelines`]): one or more per op, covering every
+/// set of preprocessor defines the registry builds each op's WGSL with (beyond the device's
+/// `SUBGROUP` / `F16`); tests/translate.rs translates each. Override constants are those of a
+/// typical shape.
+pub fn pipeline_specs() -> Vec<KernelSpec> {
+    FAMILIES.iter().flat_map(|f| (f.pipelines)()).collect()
+}
+
 /// Every pipeline with a native variant on some backend, from every family: what `wick
 /// kernels check` checks, and what the binding-contract tests read (a native module must
 /// bind exactly its spec's layout).
 pub fn native_specs() -> Vec<KernelSpec> {
-    FAMILIES
-        .iter()
-        .flat_map(|f| (f.pipelines)())
+    pipeline_specs()
+        .into_iter()
         .filter(KernelSpec::has_native)
         .collect()
 }

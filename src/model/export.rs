@@ -1,6 +1,6 @@
 //! Writing a model as GGUF (`wick quantize`): from a Hugging Face directory or another GGUF,
-//! matrices converted to one type, in the layout llama.cpp's converter produces so that both
-//! wick and llama.cpp load the result:
+//! matrices converted to one type or one of llama.cpp's mixes ([`QuantTarget`]), in the
+//! layout llama.cpp's converter produces so that both wick and llama.cpp load the result:
 //! - llama.cpp tensor names, 1-D tensors (norms, biases) in F32;
 //! - for the llama architecture (Llama, Mistral) the rows of `attn_q` / `attn_k` permuted
 //!   from Hugging Face's half-split RoPE pairs to adjacent pairs (llama.cpp rope type NORM);
@@ -23,6 +23,7 @@ use crate::formats::gguf_writer::GgufWriter;
 use crate::formats::hf::HfCheckpoint;
 use crate::formats::tokenizer::GgufVocab;
 use crate::model::config::{Arch, ModelConfig};
+use crate::model::quant_mix::QuantTarget;
 use crate::model::weights::{tensor_manifest, TensorStore};
 use crate::quant::{self, GgmlType};
 
@@ -39,22 +40,6 @@ pub struct QuantizeReport {
     pub tokenizer: bool,
     /// Whether Q/K rows were permuted for adjacent-pair RoPE.
     pub permuted_qk: bool,
-}
-
-/// llama.cpp's `llama_ftype` for a file whose matrices are all `t`.
-fn file_type(t: GgmlType) -> u32 {
-    match t {
-        GgmlType::F32 => 0,
-        GgmlType::F16 => 1,
-        GgmlType::Q4_0 => 2,
-        GgmlType::Q4_1 => 3,
-        GgmlType::Q8_0 => 7,
-        GgmlType::Q5_0 => 8,
-        GgmlType::Q5_1 => 9,
-        GgmlType::Q4K => 14, // Q4_K_S: every matrix Q4_K
-        GgmlType::Bf16 => 32,
-        _ => 0,
-    }
 }
 
 /// Reorders the rows of a Q or K projection (or its bias, `row_len` 1) from Hugging Face's
@@ -99,14 +84,14 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 /// Converts the model at `input` (GGUF file or Hugging Face directory) into a GGUF at
-/// `output` whose matrices are `target` (see the module docs).
-pub fn quantize_to_gguf(input: &Path, output: &Path, target: GgmlType) -> Result<QuantizeReport> {
-    if !quant::QUANTIZE_TARGETS.contains(&target) {
-        return Err(Error::InvalidArgument(format!(
-            "cannot write {} tensors",
-            target.name()
-        )));
-    }
+/// `output` whose matrices are `target`, a type or a mix (see the module docs).
+pub fn quantize_to_gguf(
+    input: &Path,
+    output: &Path,
+    target: impl Into<QuantTarget>,
+) -> Result<QuantizeReport> {
+    let target = target.into();
+    target.check()?;
     if same_file(input, output) {
         return Err(Error::InvalidArgument(format!(
             "{}: the output would overwrite the input",
@@ -176,17 +161,19 @@ fn tokenizer_metadata(src: &Source, cfg: &ModelConfig) -> Result<Vec<(String, Me
 }
 
 /// Writes the tensors of `store` (a model of `cfg`) as a GGUF at `output` whose matrices are
-/// `target`, with `tokenizer` metadata (may be empty) and, when `permute_qk`, the Q/K rows
-/// permuted from half-split to adjacent-pair RoPE.
+/// `target` (a type, or a mix resolved per tensor), with `tokenizer` metadata (may be empty)
+/// and, when `permute_qk`, the Q/K rows permuted from half-split to adjacent-pair RoPE.
 pub fn write_model_gguf(
     store: &dyn TensorStore,
     cfg: &ModelConfig,
     name: &str,
     tokenizer: Vec<(String, MetaValue)>,
     permute_qk: bool,
-    target: GgmlType,
+    target: impl Into<QuantTarget>,
     output: &Path,
 ) -> Result<QuantizeReport> {
+    let target = target.into();
+    target.check()?;
     let arch = match cfg.arch {
         Arch::Llama | Arch::Mistral => "llama",
         Arch::Qwen2 => "qwen2",
@@ -217,7 +204,7 @@ pub fn write_model_gguf(
     let u32_of = |v: usize| MetaValue::U32(u32::try_from(v).unwrap_or(u32::MAX));
     w.add_meta("general.architecture", MetaValue::String(arch.into()));
     w.add_meta("general.name", MetaValue::String(name.into()));
-    w.add_meta("general.file_type", MetaValue::U32(file_type(target)));
+    w.add_meta("general.file_type", MetaValue::U32(target.file_type()));
     w.add_meta("general.quantization_version", MetaValue::U32(2));
     let k = |s: &str| format!("{arch}.{s}");
     w.add_meta(k("vocab_size"), u32_of(cfg.vocab));
@@ -268,7 +255,7 @@ pub fn write_model_gguf(
     for (name, dims, matrix) in &manifest {
         let dims64: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
         let t = if *matrix {
-            quant::storage_type_for_rows(target, dims[0])
+            target.matrix_type(cfg, name, dims[0])
         } else {
             GgmlType::F32
         };

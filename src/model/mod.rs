@@ -1,7 +1,10 @@
 //! Models: configuration, validated weights on the GPU, tokenizer and chat template.
 
 pub mod config;
+#[cfg(feature = "download")]
+pub mod download;
 pub mod export;
+pub mod quant_mix;
 pub mod source;
 pub mod synthetic;
 pub mod weights;
@@ -10,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use config::{Arch, ModelConfig, RopeStyle};
+pub use quant_mix::{QuantMix, QuantTarget};
 use weights::ModelWeights;
 
 use crate::engine::Engine;
@@ -24,9 +28,9 @@ pub struct LoadOptions {
     /// KV-cache capacity of sessions (default: the model's context length, capped at 8192
     /// to keep memory modest; pass the full context explicitly to get it).
     pub ctx: Option<usize>,
-    /// Quantise float matrices (f32/f16/bf16 checkpoints) to this type while loading, as
-    /// `wick quantize` would write them (`--quantize q8_0|q4_0|q4_1|q4_k|...`).
-    pub quantize: Option<crate::quant::GgmlType>,
+    /// Quantise float matrices (f32/f16/bf16 checkpoints) to this type or mix while loading,
+    /// as `wick quantize` would write them (`--quantize q8_0|q4_0|q4_k|q4_k_m|...`).
+    pub quantize: Option<QuantTarget>,
     /// Called as weights are read, converted and uploaded, with (bytes done, bytes in all)
     /// of the stored tensor data; the CLI draws its progress bar from it.
     pub progress: Option<LoadProgress>,

@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::GpuMatrix;
 use crate::model::config::ModelConfig;
+use crate::model::quant_mix::QuantTarget;
 use crate::quant::{self, GgmlType, WeightFormat};
 
 /// A weight matrix of `n` rows by `k` columns, possibly split by rows across bindings.
@@ -271,6 +272,16 @@ fn upload_vector(gpu: &Gpu, t: &TensorRef) -> Result<wgpu::Buffer> {
     gpu.upload(&t.name, &v)
 }
 
+/// The type `--quantize` gives matrix `t` of a model of `cfg` (its target resolved for this
+/// tensor), or None when it is kept as stored.
+fn quantize_type(
+    t: &TensorRef,
+    cfg: &ModelConfig,
+    quantize: Option<QuantTarget>,
+) -> Option<GgmlType> {
+    quantize.map(|q| q.matrix_type(cfg, &t.name, t.dims[0] as usize))
+}
+
 /// Uploads a matrix, quantising it first when `quantize` names a type and the stored data is
 /// float (quantised tensors are kept as they are: re-quantising only loses precision).
 fn upload_matrix(gpu: &Gpu, t: &TensorRef, quantize: Option<GgmlType>) -> Result<SplitMatrix> {
@@ -310,13 +321,13 @@ fn reserve_weights(
     gpu: &Gpu,
     cfg: &ModelConfig,
     tensors: &[&TensorRef],
-    quantize: Option<GgmlType>,
+    quantize: Option<QuantTarget>,
 ) -> Result<crate::gpu::MemoryReservation> {
     let mut sizes: Vec<(&str, String, u64)> = Vec::with_capacity(tensors.len());
     for t in tensors {
         if t.dims.len() == 2 {
             let (k, n) = (t.dims[0] as usize, t.dims[1] as usize);
-            let format = upload_format(t, quantize)?;
+            let format = upload_format(t, quantize_type(t, cfg, quantize))?;
             let (_, bytes) = SplitMatrix::plan(&gpu.caps, &t.name, format, n, k)?;
             let desc = format!("{n} x {k} {}", format.name());
             sizes.push((&t.name, desc, bytes));
@@ -354,14 +365,17 @@ fn reserve_weights(
 
 impl ModelWeights {
     /// Validates every expected tensor, then uploads them; float matrices are quantised to
-    /// `quantize` on the way when it is given.
+    /// `quantize` (a type, or a mix resolved per tensor) on the way when it is given.
     pub fn load<S: TensorStore + ?Sized>(
         gpu: &Gpu,
         f: &S,
         cfg: &ModelConfig,
-        quantize: Option<GgmlType>,
+        quantize: Option<QuantTarget>,
         progress: Option<&super::LoadProgress>,
     ) -> Result<ModelWeights> {
+        if let Some(q) = quantize {
+            q.check()?;
+        }
         let (h, qd, kvd, ffn, vocab) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn, cfg.vocab);
         let mut c = Checker {
             f,
@@ -456,7 +470,7 @@ impl ModelWeights {
         };
         let mat = |t: Option<TensorRef>| {
             let t = t.unwrap();
-            let m = upload_matrix(gpu, &t, quantize);
+            let m = upload_matrix(gpu, &t, quantize_type(&t, cfg, quantize));
             tick(&t);
             m
         };

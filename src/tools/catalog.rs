@@ -74,6 +74,17 @@ fn natives_of(spec: &KernelSpec) -> Vec<NativeInfo> {
         .collect()
 }
 
+/// An op name without its weight format (`gemv_swiglu_q4_0` -> `gemv_swiglu`).
+pub fn op_kind(op: &str) -> String {
+    match op_format(op) {
+        Some(f) => op
+            .strip_suffix(&format!("_{}", f.name()))
+            .unwrap_or(op)
+            .to_string(),
+        None => op.to_string(),
+    }
+}
+
 /// Every op with its variants, family by family ([`FAMILIES`]), GEMV and GEMM per format.
 pub fn catalog() -> Vec<OpInfo> {
     let mut ops: Vec<OpInfo> = Vec::new();
@@ -82,19 +93,10 @@ pub fn catalog() -> Vec<OpInfo> {
             let i = match ops.iter().position(|o| o.op == spec.op) {
                 Some(i) => i,
                 None => {
-                    let format = op_format(&spec.op);
-                    let kind = match format {
-                        Some(f) => spec
-                            .op
-                            .strip_suffix(&format!("_{}", f.name()))
-                            .unwrap_or(&spec.op)
-                            .to_string(),
-                        None => spec.op.clone(),
-                    };
                     ops.push(OpInfo {
                         op: spec.op.clone(),
-                        kind,
-                        format,
+                        kind: op_kind(&spec.op),
+                        format: op_format(&spec.op),
                         family,
                         wgsl_family: spec.family,
                         wgsl_entry: spec.entry,

@@ -23,7 +23,7 @@ use crate::reference;
 const TOL: f64 = 2e-4;
 const F16_TOL: f64 = 4e-3;
 
-/// The checks of one GEMM pipeline: two shapes, with and without accumulation, with the
+/// The checks of one GEMM pipeline: three shapes, with and without accumulation, with the
 /// pipeline's bias.
 pub fn checks(spec: &KernelSpec, seed: u64) -> Result<Vec<CheckCase>> {
     let op = spec.op.clone();
@@ -31,7 +31,14 @@ pub fn checks(spec: &KernelSpec, seed: u64) -> Result<Vec<CheckCase>> {
         .ok_or_else(|| Error::Unsupported(format!("GEMM op {op} names no weight format")))?;
     let bias = spec.defines.contains(&"BIAS");
     let mut v = Vec::new();
-    for (m, n, k, acc) in [(37, 96, 512, false), (64, 80, 256, true)] {
+    // One partial output tile of every kernel's, and 200 x 272: several tiles both ways for
+    // every tiling (the cooperative-matrix GEMM's are 128 x 128, the Metal one's 64 x 64),
+    // ragged in both.
+    for (m, n, k, acc) in [
+        (37, 96, 512, false),
+        (64, 80, 256, true),
+        (200, 272, 320, false),
+    ] {
         let epi = match (bias, acc) {
             (false, false) => "",
             (false, true) => " +acc",

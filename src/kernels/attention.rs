@@ -33,12 +33,16 @@ pub static FAMILY: Family = Family {
     bench: Some(cases::bench),
 };
 
-/// Decode pass 1 at each native head dim (natives attached), decode pass 1 and prefill with
-/// every define set the planner can choose ([`planned_specs`]), and the merge pass.
+/// Decode pass 1 at each native head dim (natives attached) and with every define set the
+/// planner can choose ([`planned_specs`]), the merge pass, then prefill likewise.
 fn pipelines() -> Vec<KernelSpec> {
+    let (decode, prefill): (Vec<_>, Vec<_>) = planned_specs()
+        .into_iter()
+        .partition(|s| s.op == "attention_decode");
     let mut v = native_specs();
-    v.extend(planned_specs());
+    v.extend(decode);
     v.push(merge_spec(64));
+    v.extend(prefill);
     v
 }
 

@@ -210,12 +210,13 @@ fn mix_type(mix: QuantMix, cfg: &ModelConfig, name: &str, row_len: usize) -> Ggm
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::synthetic::Preset;
+    use crate::model::config::RopeStyle;
 
+    /// A model of `arch` with these layers, width and heads (head dim 64, ffn 4 x hidden):
+    /// what the rules read of a configuration.
     fn config(arch: Arch, n_layers: usize, hidden: usize, heads: (usize, usize)) -> ModelConfig {
         let (n_heads, n_kv_heads) = heads;
-        Preset {
-            name: "test",
+        ModelConfig {
             arch,
             n_layers,
             hidden,
@@ -226,9 +227,19 @@ mod tests {
             vocab: 1000,
             context_len: 1024,
             rope_theta: 10000.0,
-            tied: false,
+            rope_dim: 64,
+            rope_style: match arch {
+                Arch::Llama | Arch::Mistral => RopeStyle::Adjacent,
+                Arch::Qwen2 | Arch::Qwen3 => RopeStyle::HalfSplit,
+            },
+            rope_inv_freq: Vec::new(),
+            rms_eps: 1e-5,
+            tied_output: false,
+            qkv_bias: arch == Arch::Qwen2,
+            qk_norm: arch == Arch::Qwen3,
+            sliding_window: None,
         }
-        .config()
+        .validated()
         .unwrap()
     }
 

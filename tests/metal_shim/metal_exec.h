@@ -1,4 +1,4 @@
-// Host execution of MSL kernels for tests (tests/metal.rs): with WICK_METAL_EXEC defined,
+// Host execution of MSL kernels for tests (tests/metal/emulator.rs): with WICK_METAL_EXEC defined,
 // metal_stdlib plus this header turn a kernel into C++ that runs one threadgroup at a time, one
 // host thread per Metal thread, threadgroup_barrier a real barrier over the threadgroup.
 //

@@ -1,4 +1,4 @@
-// Every construct of the MSL subset wick's kernels may use (see tests/metal.rs), written as
+// Every construct of the MSL subset wick's kernels may use (see tests/metal/), written as
 // Metal would take it: the shim must accept all of it. When a kernel needs something new, add
 // it to the shim and a use of it here.
 #include <metal_stdlib>

@@ -8,7 +8,10 @@
 //! - RoPE scaling as `rope.scaling.type = linear` or, for per-frequency scaling (Llama 3),
 //!   a `rope_freqs.weight` tensor of divisors;
 //! - the tokenizer (`tokenizer.*` metadata copied from a GGUF source, or converted from
-//!   `tokenizer.json`) and the chat template.
+//!   `tokenizer.json`) and the chat template;
+//! - every enum-like value (architecture, file type, RoPE scaling type, tokenizer model and
+//!   pre-tokenizer) under a name llama.cpp accepts (tests/llama_cpp.rs pins them against
+//!   llama.cpp b10587's lists).
 //!
 //! Rows whose length is not a multiple of the target's block fall back as llama.cpp does
 //! ([`quant::storage_type_for_rows`]). Tensors are produced one at a time while the file is
@@ -21,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::formats::gguf::{GgufFile, MetaValue};
 use crate::formats::gguf_writer::GgufWriter;
 use crate::formats::hf::HfCheckpoint;
-use crate::formats::tokenizer::GgufVocab;
+use crate::formats::tokenizer::{llama_cpp_pre_name, GgufVocab};
 use crate::model::config::{Arch, ModelConfig};
 use crate::model::weights::{tensor_manifest, TensorStore};
 use crate::quant::{self, GgmlType};
@@ -41,19 +44,30 @@ pub struct QuantizeReport {
     pub permuted_qk: bool,
 }
 
-/// llama.cpp's `llama_ftype` for a file whose matrices are all `t`.
-fn file_type(t: GgmlType) -> u32 {
-    match t {
-        GgmlType::F32 => 0,
-        GgmlType::F16 => 1,
-        GgmlType::Q4_0 => 2,
-        GgmlType::Q4_1 => 3,
-        GgmlType::Q8_0 => 7,
-        GgmlType::Q5_0 => 8,
-        GgmlType::Q5_1 => 9,
-        GgmlType::Q4K => 14, // Q4_K_S: every matrix Q4_K
-        GgmlType::Bf16 => 32,
-        _ => 0,
+/// llama.cpp's `llama_ftype` (include/llama.h) for a file whose matrices are all `t`; None
+/// for a type wick does not write.
+pub fn file_type(t: GgmlType) -> Option<u32> {
+    Some(match t {
+        GgmlType::F32 => 0,   // LLAMA_FTYPE_ALL_F32
+        GgmlType::F16 => 1,   // LLAMA_FTYPE_MOSTLY_F16
+        GgmlType::Q4_0 => 2,  // LLAMA_FTYPE_MOSTLY_Q4_0
+        GgmlType::Q4_1 => 3,  // LLAMA_FTYPE_MOSTLY_Q4_1
+        GgmlType::Q8_0 => 7,  // LLAMA_FTYPE_MOSTLY_Q8_0
+        GgmlType::Q5_0 => 8,  // LLAMA_FTYPE_MOSTLY_Q5_0
+        GgmlType::Q5_1 => 9,  // LLAMA_FTYPE_MOSTLY_Q5_1
+        GgmlType::Q4K => 14,  // LLAMA_FTYPE_MOSTLY_Q4_K_S: every matrix Q4_K
+        GgmlType::Bf16 => 32, // LLAMA_FTYPE_MOSTLY_BF16
+        _ => return None,
+    })
+}
+
+/// The `general.architecture` wick writes for `arch`: llama.cpp runs Mistral (without a
+/// sliding window) as `llama`.
+pub fn gguf_architecture(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Llama | Arch::Mistral => "llama",
+        Arch::Qwen2 => "qwen2",
+        Arch::Qwen3 => "qwen3",
     }
 }
 
@@ -141,9 +155,17 @@ fn tokenizer_metadata(src: &Source, cfg: &ModelConfig) -> Result<Vec<(String, Me
     match src {
         Source::Gguf(g) => {
             for (key, v) in &g.metadata {
-                if key.starts_with("tokenizer.") {
-                    out.push((key.clone(), v.clone()));
+                if !key.starts_with("tokenizer.") {
+                    continue;
                 }
+                // A file an older wick wrote may say `gpt2`; write the name llama.cpp knows.
+                let v = match (key.as_str(), v) {
+                    ("tokenizer.ggml.pre", MetaValue::String(pre)) => {
+                        MetaValue::String(llama_cpp_pre_name(pre).to_string())
+                    }
+                    _ => v.clone(),
+                };
+                out.push((key.clone(), v));
             }
         }
         Source::Hf(ck) => {
@@ -187,11 +209,9 @@ pub fn write_model_gguf(
     target: GgmlType,
     output: &Path,
 ) -> Result<QuantizeReport> {
-    let arch = match cfg.arch {
-        Arch::Llama | Arch::Mistral => "llama",
-        Arch::Qwen2 => "qwen2",
-        Arch::Qwen3 => "qwen3",
-    };
+    let arch = gguf_architecture(cfg.arch);
+    let ftype = file_type(target)
+        .ok_or_else(|| Error::InvalidArgument(format!("cannot write {} tensors", target.name())))?;
 
     // Every tensor must be present and well-shaped before anything is written.
     let manifest = tensor_manifest(cfg);
@@ -217,7 +237,7 @@ pub fn write_model_gguf(
     let u32_of = |v: usize| MetaValue::U32(u32::try_from(v).unwrap_or(u32::MAX));
     w.add_meta("general.architecture", MetaValue::String(arch.into()));
     w.add_meta("general.name", MetaValue::String(name.into()));
-    w.add_meta("general.file_type", MetaValue::U32(file_type(target)));
+    w.add_meta("general.file_type", MetaValue::U32(ftype));
     w.add_meta("general.quantization_version", MetaValue::U32(2));
     let k = |s: &str| format!("{arch}.{s}");
     w.add_meta(k("vocab_size"), u32_of(cfg.vocab));

@@ -38,6 +38,10 @@ pub enum Error {
     /// A problem with a model's configuration or tensors.
     #[error("model: {0}")]
     Model(String),
+    /// Fetching a model failed: the network, the server's certificate, a checksum, or a
+    /// build without the `download` feature.
+    #[error("download: {0}")]
+    Download(String),
     /// Tokenizer construction or use failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),

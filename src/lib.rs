@@ -18,6 +18,11 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! Cargo features: `download` (fetching the default model and `hf:` sources over HTTPS) and
+//! `onig` (tokenizers' Oniguruma regex engine) are on by default; `fancy-regex` is the pure-Rust
+//! regex engine for builds without a C toolchain for the target (macOS/Windows cross-checks);
+//! tokenizers refuses to build with neither.
 
 pub mod bench;
 pub mod engine;

@@ -29,7 +29,8 @@ enum Command {
     Logits(cli::logits::LogitsArgs),
     /// Perplexity of a text file: llama.cpp's chunked method (as llama-perplexity) or a sliding window.
     Perplexity(cli::perplexity::PerplexityArgs),
-    /// Write a model (HF directory or GGUF) as a GGUF of one type (f16, q8_0, q4_k, ...).
+    /// Write a model (HF directory or GGUF) as a GGUF of one type (f16, q8_0, q4_k, ...) or of
+    /// a llama.cpp mix (q4_k_m, q5_k_m).
     Quantize(cli::quantize::QuantizeArgs),
     /// Write a synthetic preset (real shapes, random weights) as a GGUF llama.cpp can run.
     Synth(cli::synth::SynthArgs),
@@ -43,7 +44,24 @@ enum Command {
     Kernels(cli::kernels::KernelsArgs),
 }
 
+/// Mesa's `VK_LAYER_MESA_device_select` implicit layer asks the Wayland compositor for the
+/// default GPU while adapters are enumerated; without `XDG_RUNTIME_DIR` (ssh sessions,
+/// containers, CI) libwayland prints `error: XDG_RUNTIME_DIR is invalid or not set` on every
+/// command. wick ranks adapters itself (`WICK_ADAPTER` picks one), so the layer adds nothing
+/// there: disable it, unless the user set `NODEVICE_SELECT` either way. Done first thing in
+/// `main`, before any thread exists, since it changes the process environment.
+#[cfg(target_os = "linux")]
+fn quiet_vulkan_device_select_layer() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none_or(|d| d.is_empty())
+        && std::env::var_os("NODEVICE_SELECT").is_none()
+    {
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
+}
+
 fn main() -> ExitCode {
+    #[cfg(target_os = "linux")]
+    quiet_vulkan_device_select_layer();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => cli::run::run(a),

@@ -169,10 +169,18 @@ fn smollm2_path() -> PathBuf {
         .unwrap_or_else(wick::model::source::default_model_path)
 }
 
+/// `$WICK_SHARED/goldens`, else `shared/goldens` beside the checkout or two levels up (helper
+/// worktrees), as the other tests find it.
 fn goldens() -> PathBuf {
-    std::env::var_os("WICK_GOLDENS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/work/shared/goldens"))
+    if let Some(p) = std::env::var_os("WICK_SHARED") {
+        return PathBuf::from(p).join("goldens");
+    }
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    [manifest.join("../shared"), manifest.join("../../shared")]
+        .into_iter()
+        .map(|p| p.join("goldens"))
+        .find(|p| p.is_dir())
+        .unwrap_or_else(|| panic!("shared/goldens not found (set WICK_SHARED)"))
 }
 
 fn write(target: &str, name: &str, bytes: &[u8]) {

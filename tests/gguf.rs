@@ -787,11 +787,26 @@ fn model_path() -> Option<PathBuf> {
     None
 }
 
-const GOLDENS: &str = "/work/shared/goldens/smollm2";
+/// `$WICK_SHARED`, else `shared/` beside the checkout (CI: `<dir>/main` + `<dir>/shared`), else
+/// two levels up (helper worktrees at `<dir>/wt/<name>`); as tests/tokenizer.rs.
+fn shared_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("WICK_SHARED") {
+        return PathBuf::from(p);
+    }
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    [manifest.join("../shared"), manifest.join("../../shared")]
+        .into_iter()
+        .find(|p| p.join("goldens").is_dir())
+        .unwrap_or_else(|| {
+            panic!(
+                "no shared/goldens beside {} or its parent (set WICK_SHARED)",
+                manifest.display()
+            )
+        })
+}
 
 fn golden(name: &str) -> Value {
-    let dir = std::env::var("WICK_GOLDENS").unwrap_or_else(|_| GOLDENS.into());
-    let path = PathBuf::from(dir).join(name);
+    let path = shared_dir().join("goldens/smollm2").join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
 }
@@ -1002,5 +1017,99 @@ fn smollm2_dequant_blocks_exact() {
                 "{name}"
             );
         }
+    }
+}
+
+/// Hand-built Q4_0 blocks against the values gguf-py's `dequantize` (and ggml's
+/// `dequantize_row_q4_0`) give them, worked out by hand from the format: an f16 `d`, then 16
+/// bytes whose low nibbles are elements 0..15 and high nibbles elements 16..31, each value
+/// `d * (q - 8)`. (The SmolLM2 file has no Q4_0 tensor for a golden; a quantise/dequantise
+/// round trip alone would pass a convention error shared by both.) Checked bit for bit through
+/// `dequantize` and through the GPU planes (`pack` / `unpack`) in two row layouts.
+#[test]
+fn q4_0_hand_built_blocks_dequantize_as_ggml() {
+    let blocks: [(u16, [u8; 16]); 4] = [
+        // d = 0.5; byte j = j | (15 - j) << 4.
+        (
+            0x3800,
+            [
+                0xF0, 0xE1, 0xD2, 0xC3, 0xB4, 0xA5, 0x96, 0x87, 0x78, 0x69, 0x5A, 0x4B, 0x3C, 0x2D,
+                0x1E, 0x0F,
+            ],
+        ),
+        // d = -5.0 (0 * d is -0.0).
+        (
+            0xC500,
+            [
+                0x08, 0x80, 0x00, 0xFF, 0x7F, 0xF7, 0x19, 0x91, 0x2E, 0xE2, 0x3C, 0xC3, 0x4A, 0xA4,
+                0x5B, 0xB5,
+            ],
+        ),
+        // d = 2^-24, the smallest subnormal f16.
+        (
+            0x0001,
+            [
+                0x0F, 0xF0, 0x0F, 0xF0, 0x0F, 0xF0, 0x0F, 0xF0, 0x0F, 0xF0, 0x0F, 0xF0, 0x0F, 0xF0,
+                0x0F, 0xF0,
+            ],
+        ),
+        // d = 0x3555 = 1365/4096 = 0.333251953125.
+        (
+            0x3555,
+            [
+                0x10, 0x32, 0x54, 0x76, 0x98, 0xBA, 0xDC, 0xFE, 0x10, 0x32, 0x54, 0x76, 0x98, 0xBA,
+                0xDC, 0xFE,
+            ],
+        ),
+    ];
+    // 7 d and -8 d for d = 2^-24.
+    let (s, t) = (7.0 / 16_777_216.0f32, -8.0 / 16_777_216.0f32);
+    // Block 3's d = 1365/4096 times q - 8 of its low nibbles 0 2 4 .. E and high 1 3 5 .. F.
+    let third = |qs: [i32; 8]| qs.map(|q| q as f32 * (1365.0 / 4096.0));
+    let (third, third_hi) = (
+        third([-8, -6, -4, -2, 0, 2, 4, 6]),
+        third([-7, -5, -3, -1, 1, 3, 5, 7]),
+    );
+    let want: Vec<f32> = [
+        // Block 0: low nibbles 0..15, high nibbles 15..0, times 0.5.
+        vec![
+            -4.0, -3.5, -3.0, -2.5, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5,
+            3.5, 3.0, 2.5, 2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -1.5, -2.0, -2.5, -3.0, -3.5, -4.0,
+        ],
+        // Block 1: q - 8 of the low nibbles 8 0 0 F F 7 9 1 E 2 C 3 A 4 B 5, then of the high
+        // nibbles 0 8 0 F 7 F 1 9 2 E 3 C 4 A 5 B, times -5.
+        vec![
+            -0.0, 40.0, 40.0, -35.0, -35.0, 5.0, -5.0, 35.0, -30.0, 30.0, -20.0, 25.0, -10.0, 20.0,
+            -15.0, 15.0, 40.0, -0.0, 40.0, -35.0, 5.0, -35.0, 35.0, -5.0, 30.0, -30.0, 25.0, -20.0,
+            20.0, -10.0, 15.0, -15.0,
+        ],
+        // Block 2: 7 d, -8 d alternating, then -8 d, 7 d.
+        [s, t]
+            .repeat(8)
+            .into_iter()
+            .chain([t, s].repeat(8))
+            .collect(),
+        // Block 3: low nibbles 0 2 4 .. E, high 1 3 5 .. F, twice each.
+        third
+            .repeat(2)
+            .into_iter()
+            .chain(third_hi.repeat(2))
+            .collect(),
+    ]
+    .concat();
+    let mut bytes = Vec::new();
+    for (d, qs) in &blocks {
+        bytes.extend(d.to_le_bytes());
+        bytes.extend(qs);
+    }
+    assert_eq!(bytes.len(), 4 * 18);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    let got = dequantize(GgmlType::Q4_0, &bytes, 128).unwrap();
+    assert_eq!(bits(&got), bits(&want), "dequantize: {got:?}");
+    // The GPU planes: d pairs per scales word, across rows.
+    for (n, k) in [(1, 128), (2, 64), (4, 32)] {
+        let packed = wick::quant::pack(wick::quant::WeightFormat::Q4_0, &bytes, n, k).unwrap();
+        let planes = wick::quant::unpack(&packed);
+        assert_eq!(bits(&planes), bits(&want), "pack/unpack {n} x {k}");
     }
 }

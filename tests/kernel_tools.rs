@@ -139,9 +139,21 @@ fn check_passes_on_this_adapter() {
             row.op, row.variant, row.pipeline, row.shape, row.max_rel_err, row.tolerance, row.error
         );
     }
+    eprintln!("{}", r.summary());
     assert!(!native_specs().is_empty(), "no native spec to check");
     assert!(!r.rows.is_empty(), "nothing checked");
     assert_eq!(r.failures(), 0, "failed checks (see above)");
+    // The cooperative-matrix GEMM (the default prefill path on NVIDIA) is checked numerically
+    // wherever the adapter can run it: four formats, with and without bias, three shapes.
+    let caps = &gpu().caps;
+    if caps.backend == "vulkan" && wick::kernels::cooperative_matrix_usable(caps) {
+        let coop = r
+            .rows
+            .iter()
+            .filter(|r| r.variant == Variant::Native && r.op.starts_with("gemm_"))
+            .count();
+        assert_eq!(coop, 24, "cooperative-matrix GEMM rows checked");
+    }
     let k = Kernels::new(gpu().clone());
     let natives_here = native_specs().iter().any(|s| k.native_for(s).is_some());
     let native_rows = r.rows.iter().any(|r| r.variant == Variant::Native);

@@ -15,14 +15,20 @@
 //!    threadgroup memory lengths), threadgroup arrays only inside kernel functions, known
 //!    built-in attributes with their allowed types, and a `max_total_threads_per_threadgroup`
 //!    that admits the threadgroup size the host dispatches.
-//! 4. Host emulation: gemm.metal is compiled for the CPU (metal_stdlib with WICK_METAL_EXEC,
-//!    plus tests/metal_shim/metal_exec.h: one host thread per Metal thread, real barriers,
-//!    SIMD-group matrices held whole by every lane) and checked against a CPU reference. This
-//!    tests the kernel's indexing, dequantisation and epilogue, not Metal's compiler or timing.
+//! 4. Host emulation: every `metal_overrides/*.metal` (gemm, gemv, attention_decode) is
+//!    compiled for the CPU (metal_stdlib with WICK_METAL_EXEC, plus
+//!    tests/metal_shim/metal_exec.h: one host thread per Metal thread, real barriers,
+//!    SIMD-group matrices held whole by every lane), and each of its entry points runs on
+//!    fresh random inputs into poisoned outputs against the CPU references in
+//!    `wick::reference`. This tests the kernels' indexing, dequantisation, reductions and
+//!    epilogues, not Metal's compiler or timing. The inputs' seed is printed
+//!    (`WICK_TEST_SEED=...`) and replays a run when set.
 //!
 //! Every check is also run against hand-written bad MSL, so that it is known to fail (the
 //! emulation was checked by hand with broken variants of gemm.metal: a wrong transpose flag,
-//! nibble offset, sub-tile mapping, bias index and row bound are each caught).
+//! nibble offset, sub-tile mapping, bias index and row bound are each caught; of gemv.metal:
+//! a wrong Q4_0 offset, scale word, norm epsilon and bias flag; of attention_decode.metal: a
+//! dropped rescale and a wrong split bound).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -1659,7 +1665,8 @@ fn gemm_metal_matches_the_reference_in_host_emulation() {
     };
     let src = read(&root().join("metal_overrides").join("gemm.metal"));
     let emu = Emulator::build(&clang, &src);
-    let mut rng = rand::rng();
+    let mut rng = emulation_rng();
+    let mut entries = std::collections::BTreeSet::new();
     // (m, n, k, out_stride - n - out_offset, out_offset): edges in every direction.
     let shapes = [(7, 100, 96, 0, 0), (70, 130, 64, 3, 5), (64, 64, 32, 0, 0)];
     let mut worst_f32 = 0.0f64;
@@ -1710,6 +1717,7 @@ fn gemm_metal_matches_the_reference_in_host_emulation() {
                 let entry = format!("gemm_{}{}", f.name(), if bias { "_bias" } else { "" });
                 let grid = [(n as u32).div_ceil(64), (m as u32).div_ceil(64), 1];
                 emu.run(&entry, grid, [128, 1, 1], &mut bufs);
+                entries.insert(entry.clone());
                 let got: Vec<f32> = bufs
                     .last()
                     .unwrap()
@@ -1754,10 +1762,489 @@ fn gemm_metal_matches_the_reference_in_host_emulation() {
             }
         }
     }
+    assert_runs_every_kernel(&src, &entries);
     eprintln!(
         "gemm.metal (host emulation): max |d| / max |want| against the f32 reference = \
          {worst_f32:.2e}"
     );
+}
+
+/// The emulation tests' random source: seeded from the clock, or from `WICK_TEST_SEED` to
+/// replay a run; the seed is printed either way.
+fn emulation_rng() -> rand::rngs::StdRng {
+    use rand::SeedableRng;
+    let seed = std::env::var("WICK_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("WICK_TEST_SEED={seed}");
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
+/// `len` values uniform in [-scale, scale].
+fn uniform(rng: &mut impl rand::Rng, len: usize, scale: f32) -> Vec<f32> {
+    (0..len).map(|_| rng.random_range(-scale..=scale)).collect()
+}
+
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+/// `len` f32 of `Gpu::poison`'s pattern (a NaN): an output never written reads back as it.
+fn poison_bytes(len: usize) -> Vec<u8> {
+    u32_bytes(&vec![wick::gpu::POISON; len])
+}
+
+/// Asserts `|got - want| <= bound` elementwise; a non-finite value on either side (the poison
+/// never overwritten) fails unless both sides hold the same bits. Returns max |got - want|.
+fn assert_within(what: &str, got: &[f32], want: &[f32], bound: f32) -> f32 {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut max_d = 0.0f32;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        if !g.is_finite() || !w.is_finite() {
+            assert_eq!(
+                g.to_bits(),
+                w.to_bits(),
+                "{what}: element {i}: got {g} want {w} (never written?)"
+            );
+            continue;
+        }
+        let d = (g - w).abs();
+        assert!(
+            d <= bound,
+            "{what}: element {i}: got {g} want {w} (|d| {d} > {bound})"
+        );
+        max_d = max_d.max(d);
+    }
+    max_d
+}
+
+/// Every kernel of `src` is among the entries a test ran, so none goes unchecked.
+fn assert_runs_every_kernel(src: &str, ran: &std::collections::BTreeSet<String>) {
+    let kernels: std::collections::BTreeSet<String> =
+        parse_msl(src).kernels.into_iter().map(|k| k.name).collect();
+    assert_eq!(&kernels, ran, "the kernels of the file vs the entries run");
+}
+
+/// The residual of a GEMV norm-prologue case: ordinary (|x| ~ 3, one channel at 250) or tiny
+/// (|x| <= 1e-3, a mean square below the epsilon, which then sets the scale).
+fn norm_input(rng: &mut impl rand::Rng, k: usize, tiny: bool) -> Vec<f32> {
+    if tiny {
+        return uniform(rng, k, 1e-3);
+    }
+    let mut x = uniform(rng, k, 3.0);
+    x[k / 3] = 250.0;
+    x
+}
+
+/// One GEMV case of the emulation: rows of each matrix (q, k, v for QKV; one for the others),
+/// k, lanes per row, the epilogue, whether a norm residual is tiny, and whether the
+/// workgroups are spread over grid y (rows continue there when x is full).
+struct GemvEmuCase {
+    rows: [usize; 3],
+    k: usize,
+    lpr: u32,
+    bias: bool,
+    accumulate: bool,
+    out_offset: usize,
+    tiny: bool,
+    grid_y: bool,
+}
+
+/// metal_overrides/gemv.metal on the host emulation: every entry point (format x plain /
+/// SwiGLU / QKV x with and without the RMSNorm prologue, read from `gemv::native_specs`) on
+/// fresh random weights and activations, against the CPU reference GEMV (and rmsnorm) on the
+/// same dequantised values, with lanes per row from one to the whole threadgroup (each
+/// reduction path), epilogues with bias, accumulate and an output offset, tiny norm residuals
+/// where the epsilon matters, and grids continued in y. Outputs start poisoned; rows around
+/// the written range must stay so. Bound as tests/kernels/gemv.rs: 1e-4 of max |want| plus
+/// 1e-6 of the largest sum of |w x| (f32 accumulation against f64; a wrong element, scale or
+/// nibble is off by order one of its row).
+#[test]
+fn gemv_metal_matches_the_reference_in_host_emulation() {
+    use wick::kernels::catalog::op_format;
+    use wick::kernels::gemv::{self as gemv_k, GemvParams};
+    use wick::reference;
+    let Some(clang) = clang_or_skip() else {
+        return;
+    };
+    let src = read(&root().join("metal_overrides").join("gemv.metal"));
+    let emu = Emulator::build(&clang, &src);
+    let mut rng = emulation_rng();
+    let eps = 1e-5f32;
+    let mut entries = std::collections::BTreeSet::new();
+    let max_abs_dot = |w: &[f32], k: usize, x: &[f32]| {
+        w.chunks_exact(k)
+            .map(|row| row.iter().zip(x).map(|(a, b)| (a * b).abs()).sum::<f32>())
+            .fold(0.0, f32::max)
+    };
+    let mut worst = 0.0f32;
+    for spec in gemv_k::native_specs() {
+        let entry = spec.native_metal.expect("a Metal entry").entry;
+        let f = op_format(&spec.op).expect("a format");
+        let has = |d: &str| spec.defines.contains(&d);
+        let (swiglu, qkv, norm) = (has("SWIGLU"), has("QKV"), has("NORM"));
+        let case = |rows, k, lpr, (bias, accumulate, out_offset), tiny, grid_y| GemvEmuCase {
+            rows,
+            k,
+            lpr,
+            bias,
+            accumulate,
+            out_offset,
+            tiny,
+            grid_y,
+        };
+        // k = 1088: 136 Q4 / 272 Q8 units per row (not a multiple of the four-unit step,
+        // k / 4 = 272 > 256 threads for the norm's sum of squares).
+        let cases = if qkv {
+            [
+                case([40, 12, 12], 576, 1, (true, false, 0), false, false),
+                case([10, 4, 4], 1088, 128, (false, false, 0), true, true),
+            ]
+        } else if swiglu {
+            [
+                case([37, 0, 0], 1088, 32, (false, false, 0), false, false),
+                case([5, 0, 0], 576, 256, (false, false, 0), true, true),
+            ]
+        } else {
+            [
+                case([37, 0, 0], 1088, 8, (false, false, 0), false, false),
+                case([13, 0, 0], 576, 64, (true, true, 5), true, true),
+            ]
+        };
+        for c in cases {
+            let k = c.k;
+            let mats: Vec<(wick::quant::PackedMatrix, Vec<f32>)> = c
+                .rows
+                .iter()
+                .filter(|&&n| n > 0)
+                .chain(if swiglu { Some(&c.rows[0]) } else { None })
+                .map(|&n| {
+                    let vals = uniform(&mut rng, n * k, 1.0);
+                    let packed = wick::quant::quantize_and_pack(f, &vals, n, k).unwrap();
+                    let w = wick::quant::unpack(&packed);
+                    (packed, w)
+                })
+                .collect();
+            let x = if norm {
+                norm_input(&mut rng, k, c.tiny)
+            } else {
+                uniform(&mut rng, k, 1.0)
+            };
+            let nw: Vec<f32> = uniform(&mut rng, k, 0.5).iter().map(|v| 1.0 + v).collect();
+            let xin = if norm {
+                reference::rmsnorm::rmsnorm(&x, &nw, k, eps)
+            } else {
+                x.clone()
+            };
+            let total: usize = c.rows.iter().sum();
+            let flags = (c.bias as u32) | (c.accumulate as u32) << 1;
+            let params = GemvParams {
+                n: c.rows[0] as u32,
+                upr: f.qs_words_per_row(k) as u32,
+                out_offset: c.out_offset as u32,
+                eps_bits: eps.to_bits(),
+                k4: (k / 4) as u32,
+                nk: c.rows[1] as u32,
+                nv: c.rows[2] as u32,
+                flags,
+                lanes_per_row: c.lpr,
+                _pad: [0; 3],
+            };
+            let what = format!(
+                "{entry} rows {:?} k={k} lanes/row {} bias={} acc={} offset {} tiny x={}",
+                c.rows, c.lpr, c.bias, c.accumulate, c.out_offset, c.tiny
+            );
+            let mut bufs = vec![bytemuck::bytes_of(&params).to_vec()];
+            for (p, _) in &mats {
+                bufs.push(u32_bytes(&p.qs));
+                bufs.push(u32_bytes(&p.scales));
+            }
+            bufs.push(f32_bytes(&x));
+            // The output slots, and per output its expected values and max sum |w x|.
+            let mut outs: Vec<usize> = Vec::new();
+            let mut wants: Vec<(Vec<f32>, f32)> = Vec::new();
+            if qkv {
+                let biases: Vec<Vec<f32>> =
+                    c.rows.iter().map(|&n| uniform(&mut rng, n, 1.0)).collect();
+                for b in &biases {
+                    // Unbound biases are x, as on the host.
+                    bufs.push(if c.bias { f32_bytes(b) } else { f32_bytes(&x) });
+                }
+                for (i, &n) in c.rows.iter().enumerate() {
+                    outs.push(bufs.len());
+                    bufs.push(poison_bytes(n));
+                    let mut want = reference::gemv::gemv(&mats[i].1, n, k, &xin);
+                    if c.bias {
+                        want.iter_mut().zip(&biases[i]).for_each(|(w, b)| *w += b);
+                    }
+                    let sum = max_abs_dot(&mats[i].1, k, &xin) + if c.bias { 1.0 } else { 0.0 };
+                    wants.push((want, sum));
+                }
+            } else if swiglu {
+                let n = c.rows[0];
+                outs.push(bufs.len());
+                bufs.push(poison_bytes(n));
+                let want = reference::gemv::gemv_swiglu(&mats[0].1, &mats[1].1, n, k, &xin);
+                wants.push((want, 0.0));
+            } else {
+                let n = c.rows[0];
+                let bias = uniform(&mut rng, n, 2.0);
+                let prev = uniform(&mut rng, n, 2.0);
+                bufs.push(if c.bias {
+                    f32_bytes(&bias)
+                } else {
+                    f32_bytes(&x)
+                });
+                let mut out = poison_bytes(c.out_offset + n + 3);
+                if c.accumulate {
+                    out[c.out_offset * 4..(c.out_offset + n) * 4]
+                        .copy_from_slice(&f32_bytes(&prev));
+                }
+                outs.push(bufs.len());
+                bufs.push(out);
+                let want = reference::gemv::gemv_epilogue(
+                    &mats[0].1,
+                    n,
+                    k,
+                    &xin,
+                    c.bias.then_some(&bias[..]),
+                    c.accumulate.then_some(&prev[..]),
+                );
+                wants.push((want, max_abs_dot(&mats[0].1, k, &xin)));
+            }
+            if norm {
+                bufs.push(f32_bytes(&nw));
+            }
+            let rows_per_group = (256 / c.lpr) as usize;
+            let groups = total.div_ceil(rows_per_group) as u32;
+            let grid = if c.grid_y {
+                [groups.div_ceil(2), 2, 1]
+            } else {
+                [groups, 1, 1]
+            };
+            emu.run(entry, grid, [256, 1, 1], &mut bufs);
+            entries.insert(entry.to_string());
+            for (i, (slot, (want, abs_sum))) in outs.iter().zip(&wants).enumerate() {
+                let got = f32s(&bufs[*slot]);
+                let off = if qkv || swiglu { 0 } else { c.out_offset };
+                let n = want.len();
+                let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let bound = 1e-4 * scale + 1e-6 * abs_sum;
+                let d = assert_within(
+                    &format!("{what} output {i}"),
+                    &got[off..off + n],
+                    want,
+                    bound,
+                );
+                worst = worst.max(d / scale.max(f32::MIN_POSITIVE));
+                for (j, v) in got.iter().enumerate() {
+                    if j < off || j >= off + n {
+                        assert_eq!(
+                            v.to_bits(),
+                            wick::gpu::POISON,
+                            "{what} output {i}: element {j} outside the output rows was written"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(entries.len(), 18, "{entries:?}");
+    assert_runs_every_kernel(&src, &entries);
+    eprintln!(
+        "gemv.metal (host emulation): {} entries, max |d| / max |want| = {worst:.2e}",
+        entries.len()
+    );
+}
+
+/// A cache `[n_kv_heads][capacity][head_dim]` of f16: random at positions below `len`, NaN
+/// after (a read past the live length shows as NaN).
+fn attention_cache(
+    rng: &mut impl rand::Rng,
+    n_kv_heads: usize,
+    head_dim: usize,
+    capacity: usize,
+    len: usize,
+) -> Vec<half::f16> {
+    let mut c = Vec::with_capacity(n_kv_heads * capacity * head_dim);
+    for _ in 0..n_kv_heads {
+        for p in 0..capacity {
+            for _ in 0..head_dim {
+                c.push(if p < len {
+                    wick::reference::kv_cache::to_f16(rng.random_range(-1.0..=1.0))
+                } else {
+                    half::f16::NAN
+                });
+            }
+        }
+    }
+    c
+}
+
+/// The WGSL merge pass on the host (f64): per head, the splits' unnormalised outputs `o` and
+/// their (running max m in the exp2 domain, sum l), rescaled to the largest m.
+fn merge_partials(partials: &[f32], n_heads: usize, n_splits: usize, head_dim: usize) -> Vec<f32> {
+    let ml = &partials[n_heads * n_splits * head_dim..];
+    let mut out = vec![0.0f32; n_heads * head_dim];
+    for h in 0..n_heads {
+        let ps = |s: usize| h * n_splits + s;
+        let m_max = (0..n_splits)
+            .map(|s| ml[2 * ps(s)] as f64)
+            .fold(f64::NEG_INFINITY, f64::max);
+        let mut l = 0.0f64;
+        let mut o = vec![0.0f64; head_dim];
+        for s in 0..n_splits {
+            let a = (ml[2 * ps(s)] as f64 - m_max).exp2();
+            l += a * ml[2 * ps(s) + 1] as f64;
+            for (d, od) in o.iter_mut().enumerate() {
+                *od += a * partials[ps(s) * head_dim + d] as f64;
+            }
+        }
+        for (d, od) in o.iter().enumerate() {
+            out[h * head_dim + d] = (od / l) as f32;
+        }
+    }
+    out
+}
+
+/// metal_overrides/attention_decode.metal on the host emulation: every entry (one per head
+/// dim, read from `attention::native_specs`), GQA groups from 1 to 8 (odd ones leave some
+/// threads of the p.V step idle), one key, a tile remainder (tiles hold 32 keys) and several
+/// tiles, one split (normalised rows, DIRECT) and three (the unnormalised partials and their
+/// (m, l), merged here as the WGSL merge pass does, including empty splits), a peaky softmax
+/// for the running-max rescale; against the CPU reference on the same f16 cache, whose slots
+/// past the live length are NaN. Bound as tests/kernels/attention.rs: 2e-5 absolute plus 2e-5
+/// relative (f32 dot products and exp2 against f64; one key dropped or a rescale skipped
+/// moves outputs by ~1e-3).
+#[test]
+fn attention_decode_metal_matches_the_reference_in_host_emulation() {
+    use wick::kernels::attention::{self, AttentionParams, FLAG_DIRECT};
+    use wick::kernels::StepParams;
+    use wick::reference;
+    let Some(clang) = clang_or_skip() else {
+        return;
+    };
+    let src = read(
+        &root()
+            .join("metal_overrides")
+            .join("attention_decode.metal"),
+    );
+    let emu = Emulator::build(&clang, &src);
+    let mut rng = emulation_rng();
+    let mut entries = std::collections::BTreeSet::new();
+    let mut worst = 0.0f32;
+    let capacity = 128;
+    for spec in attention::native_specs() {
+        let entry = spec.native_metal.expect("a Metal entry").entry;
+        let head_dim = spec
+            .constants
+            .iter()
+            .find(|(n, _)| *n == "HD")
+            .map(|(_, v)| *v as usize)
+            .expect("HD");
+        // (query heads, KV heads, q scale): two GQA groups per head dim, groups 1 to 8.
+        let configs: &[(usize, usize, f32)] = match head_dim {
+            32 => &[(6, 2, 2.0), (4, 4, 2.0)],
+            64 => &[(16, 2, 2.0), (5, 1, 12.0)],
+            _ => &[(8, 2, 2.0), (2, 2, 3.0)],
+        };
+        for &(n_heads, n_kv_heads, q_scale) in configs {
+            let max_len = 100;
+            let ck = attention_cache(&mut rng, n_kv_heads, head_dim, capacity, max_len);
+            let cv = attention_cache(&mut rng, n_kv_heads, head_dim, capacity, max_len);
+            let scale = 1.0 / (head_dim as f32).sqrt();
+            for n_splits in [1usize, 3] {
+                for kv_len in [1usize, 33, max_len] {
+                    let q = uniform(&mut rng, n_heads * head_dim, q_scale);
+                    let direct = n_splits == 1;
+                    let params = AttentionParams {
+                        n_heads: n_heads as u32,
+                        n_splits: n_splits as u32,
+                        capacity: capacity as u32,
+                        max_tokens: 1,
+                        scale_log2e: scale * std::f32::consts::LOG2_E,
+                        flags: if direct { FLAG_DIRECT } else { 0 },
+                        group: (n_heads / n_kv_heads) as u32,
+                        _pad: 0,
+                    };
+                    let step = StepParams {
+                        pos: (kv_len - 1) as u32,
+                        n_tokens: 1,
+                        kv_len: kv_len as u32,
+                        ..Default::default()
+                    };
+                    let out_len = if direct {
+                        n_heads * head_dim
+                    } else {
+                        n_heads * n_splits * (head_dim + 2)
+                    };
+                    let mut bufs = vec![
+                        bytemuck::bytes_of(&params).to_vec(),
+                        bytemuck::bytes_of(&step).to_vec(),
+                        f32_bytes(&q),
+                        u32_bytes(&reference::kv_cache::pack(&ck)),
+                        u32_bytes(&reference::kv_cache::pack(&cv)),
+                        poison_bytes(out_len),
+                    ];
+                    emu.run(
+                        entry,
+                        [n_kv_heads as u32, n_splits as u32, 1],
+                        [128, 1, 1],
+                        &mut bufs,
+                    );
+                    entries.insert(entry.to_string());
+                    let what = format!(
+                        "{entry} heads {n_heads}/{n_kv_heads} kv_len {kv_len} splits {n_splits}"
+                    );
+                    let raw = f32s(&bufs[5]);
+                    // Every partial (or row) is written, and nothing past the live length leaks.
+                    if let Some(i) = raw.iter().position(|v| !v.is_finite()) {
+                        panic!("{what}: output word {i} is {} (never written?)", raw[i]);
+                    }
+                    let got = if direct {
+                        raw
+                    } else {
+                        merge_partials(&raw, n_heads, n_splits, head_dim)
+                    };
+                    let want = reference::attention::attention_decode(
+                        &q, &ck, &cv, kv_len, n_heads, n_kv_heads, head_dim, capacity, scale,
+                    );
+                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                        let d = (g - w).abs();
+                        assert!(
+                            d <= 2e-5 + 2e-5 * w.abs(),
+                            "{what}: element {i}: got {g} want {w}"
+                        );
+                        worst = worst.max(d);
+                    }
+                }
+            }
+        }
+    }
+    assert_runs_every_kernel(&src, &entries);
+    eprintln!("attention_decode.metal (host emulation): max |d| = {worst:.2e}");
+}
+
+/// Every MSL file runs in the host emulation: a new one needs its emulation test here.
+#[test]
+fn every_metal_file_has_a_host_emulation_test() {
+    let emulated = ["attention_decode.metal", "gemm.metal", "gemv.metal"];
+    for f in metal_files() {
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            emulated.contains(&name.as_str()),
+            "metal_overrides/{name} has no host emulation test in tests/metal.rs"
+        );
+    }
 }
 
 /// Entry points generated by macros, as kernel files may write them.
@@ -1892,5 +2379,75 @@ kernel void collectives(device const float* x [[buffer(0)]], device float* out [
             group.iter().sum(),
         ];
         assert_eq!(got[g * 8..g * 8 + 8], want, "thread {g}");
+    }
+}
+
+/// The emulation's swizzles read and write the components they name (`.zw` of a uint4 is its
+/// z and w, not an alias of x and y), also through `as_type` and conversions.
+#[test]
+fn host_emulation_reads_swizzles() {
+    let Some(clang) = clang_or_skip() else {
+        return;
+    };
+    let src = r#"
+#include <metal_stdlib>
+using namespace metal;
+kernel void swizzles(device const uint4* x [[buffer(0)]], device float* out [[buffer(1)]],
+                     uint3 gid [[thread_position_in_grid]]) {
+    uint4 v = x[gid.x];
+    device float* o = out + gid.x * 12;
+    uint2 zw = v.zw;
+    o[0] = float(zw.x);
+    o[1] = float(zw.y);
+    uint3 wzy = v.wzy;
+    o[2] = float(wzy.x);
+    o[3] = float(wzy.z);
+    float2 yx = float2(v.yx);
+    o[4] = yx.x;
+    o[5] = yx.y;
+    half2 h = as_type<half2>(v.w);
+    o[6] = float(h.y);
+    uint2 g = gid.yz;
+    o[7] = float(g.x + g.y);
+    uint4 t = uint4(0u);
+    t.zw = v.xy;
+    o[8] = float(t.x);
+    o[9] = float(t.z);
+    o[10] = float(t.w);
+    float4 f = float4(as_type<half4>(v.zw));
+    o[11] = f.z;
+}
+"#;
+    let emu = Emulator::build(&clang, src);
+    // Small integers (exact in f32) and, in w, two halves: 1.5 low, -2.0 high.
+    let w = 0x3E00u32 | 0xC000u32 << 16;
+    let words: Vec<u32> = (0..4u32)
+        .flat_map(|i| [10 + i, 20 + i, 30 + i, if i == 0 { w } else { 40 + i }])
+        .collect();
+    let mut bufs = vec![u32_bytes(&words), f32_bytes(&[f32::NAN; 4 * 12])];
+    emu.run("swizzles", [1, 1, 1], [4, 1, 1], &mut bufs);
+    let got = f32s(&bufs[1]);
+    for i in 0..4usize {
+        let v = &words[4 * i..4 * i + 4];
+        let f = |u: u32| u as f32;
+        let mut want = [
+            f(v[2]),
+            f(v[3]),
+            f(v[3]),
+            f(v[1]),
+            f(v[1]),
+            f(v[0]),
+            half::f16::from_bits((v[3] >> 16) as u16).to_f32(),
+            0.0,
+            0.0,
+            f(v[0]),
+            f(v[1]),
+            half::f16::from_bits(v[3] as u16).to_f32(),
+        ];
+        if i == 0 {
+            assert_eq!((want[6], want[11]), (-2.0, 1.5));
+        }
+        want[7] = 0.0;
+        assert_eq!(got[12 * i..12 * i + 12], want, "thread {i}");
     }
 }

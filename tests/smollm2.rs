@@ -4,9 +4,8 @@
 //!
 //! Precision: activations and accumulation are f32, the KV cache is f16, weights are the
 //! file's Q4_1/Q8_0 values dequantised exactly as transformers did. The f16 KV cache puts
-//! wick between the goldens README's f32 and f16 columns; the tolerances below are the f16
-//! column's (logits max |d| 0.5, 0.3 on the golden top-10; hidden rel. L2 < 1e-2), and what
-//! was measured is printed by each test.
+//! wick between the goldens README's f32 and f16 columns. The bounds below are the errors
+//! measured on lavapipe with a stated margin, and each test prints what it measured.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -16,11 +15,36 @@ use wick::formats::chat_template::ChatMessage;
 use wick::runtime::{GenerateParams, Picker, SamplingParams, StopReason};
 use wick::{Engine, LoadOptions, Model, Session};
 
+/// `$WICK_SHARED`, else `shared/` beside the checkout (CI), else two levels up (helper
+/// worktrees at `<dir>/wt/<name>`).
 fn shared() -> PathBuf {
-    std::env::var_os("WICK_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"))
+    if let Some(p) = std::env::var_os("WICK_SHARED") {
+        return PathBuf::from(p);
+    }
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    [manifest.join("../shared"), manifest.join("../../shared")]
+        .into_iter()
+        .find(|p| p.join("goldens").is_dir())
+        .unwrap_or_else(|| manifest.join("../shared"))
 }
+
+// Bounds against the goldens (f32 transformers on the same dequantised weights). Measured on
+// lavapipe with the portable kernels (the default; the native ones are compared with these in
+// tests/synthetic.rs): the error is the f16 KV cache's rounding, the same on every GPU, while
+// the f32 kernels' summation order differs by GPU at ~1e-6 relative. The tightest of the three
+// is TOP10_BOUND (4.5x); a run with WICK_KERNELS=native on a GPU with cooperative matrices
+// rounds GEMM operands to f16 and may need the goldens README's f16 column instead.
+
+/// Max |logit - golden| on each prompt's golden top-10 ids: measured 0.0045 (english), 0.0053
+/// (code), 0.0024 (one_token), 0.0066 (the f16 re-export); bound 0.03, 4.5x the largest.
+const TOP10_BOUND: f32 = 0.03;
+/// Max |logit - golden| over the whole vocabulary (english, last position): measured 0.0075;
+/// bound 0.04, 5.3x.
+const VOCAB_BOUND: f32 = 0.04;
+/// Relative L2 error of the residual stream after the last layer (english, last position):
+/// measured 3.1e-4; bound 1.5e-3, 4.9x. Its cosine: measured 1 - 4e-7; bound 1 - 1e-5.
+const HIDDEN_REL_L2_BOUND: f32 = 1.5e-3;
+const HIDDEN_COSINE_BOUND: f32 = 1.0 - 1e-5;
 
 fn model() -> Option<&'static Model> {
     static M: OnceLock<Option<Model>> = OnceLock::new();
@@ -106,8 +130,10 @@ fn greedy_ids_and_top10_logits_match_goldens() {
         for (i, v) in gold_ids.iter().zip(&gold_vals) {
             worst = worst.max((logits[*i as usize] - v).abs());
         }
-        eprintln!("{key}: max |logit - golden| on the golden top-10: {worst}");
-        assert!(worst < 0.3, "{key}: top-10 logits off by {worst}");
+        eprintln!(
+            "{key}: max |logit - golden| on the golden top-10: {worst} (bound {TOP10_BOUND})"
+        );
+        assert!(worst < TOP10_BOUND, "{key}: top-10 logits off by {worst}");
         let mut ours: Vec<u32> = (0..logits.len() as u32).collect();
         ours.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
         let shared_ids = ours[..10].iter().filter(|i| gold_ids.contains(i)).count();
@@ -167,8 +193,8 @@ fn logits_and_hidden_states_match_debug_goldens() {
         .zip(&gold)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f32::max);
-    eprintln!("english: max |logit - golden| over the vocabulary: {max_d}");
-    assert!(max_d < 0.5, "logits off by {max_d}");
+    eprintln!("english: max |logit - golden| over the vocabulary: {max_d} (bound {VOCAB_BOUND})");
+    assert!(max_d < VOCAB_BOUND, "logits off by {max_d}");
 
     // Residual stream after the last layer, last position = row 30 of hidden_per_layer_last.
     let h = m.config().hidden;
@@ -185,11 +211,15 @@ fn logits_and_hidden_states_match_debug_goldens() {
     let den: f32 = want.iter().map(|b| b * b).sum::<f32>().sqrt();
     let dot: f32 = ours.iter().zip(want).map(|(a, b)| a * b).sum();
     let cos = dot / (den * ours.iter().map(|a| a * a).sum::<f32>().sqrt());
+    let rel = num / den;
     eprintln!(
-        "english: hidden after the last layer: rel. L2 {} cosine {cos}",
-        num / den
+        "english: hidden after the last layer: rel. L2 {rel} (bound {HIDDEN_REL_L2_BOUND}), \
+         cosine {cos} (bound {HIDDEN_COSINE_BOUND})"
     );
-    assert!(num / den < 1e-2 && cos > 0.9999);
+    assert!(
+        rel < HIDDEN_REL_L2_BOUND && cos > HIDDEN_COSINE_BOUND,
+        "hidden state off: rel. L2 {rel}, cosine {cos}"
+    );
 }
 
 #[test]
@@ -379,8 +409,8 @@ fn chat_session_reuses_its_kv_cache() {
 
 /// `wick quantize --type f16` of the real GGUF: tokenizer and chat template carried over
 /// verbatim, and the reloaded file's last-position top-10 logits still match the goldens
-/// (Q4_1/Q8_0 values re-rounded to f16: measured max |d| 0.0045 on lavapipe, the same as the
-/// original file; bound as for the original).
+/// (Q4_1/Q8_0 values re-rounded to f16: measured max |d| 0.0066 on lavapipe on the english
+/// prompt, against 0.0045 for the original file; bound as for the original).
 #[test]
 fn requantized_f16_gguf_matches_goldens() {
     let Some(m) = model() else { return };
@@ -424,8 +454,11 @@ fn requantized_f16_gguf_matches_goldens() {
     {
         worst = worst.max((logits[*i as usize] - v).abs());
     }
-    eprintln!("f16 GGUF: max |logit - golden| on the golden top-10: {worst}");
-    assert!(worst < 0.3, "f16 GGUF: top-10 logits off by {worst}");
+    eprintln!("f16 GGUF: max |logit - golden| on the golden top-10: {worst} (bound {TOP10_BOUND})");
+    assert!(
+        worst < TOP10_BOUND,
+        "f16 GGUF: top-10 logits off by {worst}"
+    );
 }
 
 /// The fused decode step against the plain kernel sequence on the real model (Q4_1): the

@@ -2,10 +2,12 @@
 //! Qwen2 with q/k/v bias and tied embeddings, Qwen3 with q/k norms and head_dim != hidden/heads)
 //! against transformers' float32 logits at every position of both prompts and its greedy ids.
 //!
-//! wick runs them with f32 weights, f32 activations and accumulation, and an f16 KV cache, so
-//! the f16 column of the goldens README applies: logits max |d| < 0.03. Greedy ids must match
-//! exactly up to the first step whose golden top-1/top-2 margin is below 0.03 (where an
-//! f16-cache rounding may legitimately flip the choice).
+//! wick runs them with f32 weights, f32 activations and accumulation, and an f16 KV cache. The
+//! logit bounds are the errors measured on lavapipe with 3-6x headroom (each test prints its
+//! value; other GPUs run the same f32 kernels in other summation orders, ~1e-6, while the f16
+//! cache rounding, the bulk of the error, is the same everywhere). Greedy ids must match exactly
+//! up to the first step whose golden top-1/top-2 margin is below the goldens README's
+//! tolerance for this precision (where a rounding may legitimately flip the choice).
 
 use std::path::{Path, PathBuf};
 
@@ -15,12 +17,19 @@ use wick::model::export::quantize_to_gguf;
 use wick::quant::GgmlType;
 use wick::{Engine, EngineOptions, GenerateParams, LoadOptions, Model, Session};
 
+/// `$WICK_SHARED`, else `shared/` beside the checkout (CI), else two levels up (helper
+/// worktrees at `<dir>/wt/<name>`).
 fn dir(name: &str) -> PathBuf {
-    std::env::var_os("WICK_SHARED")
+    let shared = std::env::var_os("WICK_SHARED")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"))
-        .join("goldens/synthetic")
-        .join(name)
+        .unwrap_or_else(|| {
+            let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+            [manifest.join("../shared"), manifest.join("../../shared")]
+                .into_iter()
+                .find(|p| p.join("goldens").is_dir())
+                .unwrap_or_else(|| manifest.join("../shared"))
+        });
+    shared.join("goldens/synthetic").join(name)
 }
 
 fn engine() -> &'static Engine {
@@ -29,9 +38,9 @@ fn engine() -> &'static Engine {
 }
 
 /// Checks `model` against the goldens of checkpoint `name`: logits at every position of both
-/// prompts within `tol` (max abs), greedy ids equal up to the first golden margin below `tol`.
-/// Returns the largest logit error.
-fn check_model(name: &str, label: &str, model: &Model, tol: f32) -> f32 {
+/// prompts within `tol` (max abs), greedy ids equal up to the first golden margin below
+/// `margin`. Returns the largest logit error.
+fn check_model(name: &str, label: &str, model: &Model, tol: f32, margin: f32) -> f32 {
     let goldens: Value =
         serde_json::from_str(&std::fs::read_to_string(dir(name).join("goldens.json")).unwrap())
             .unwrap();
@@ -92,7 +101,7 @@ fn check_model(name: &str, label: &str, model: &Model, tol: f32) -> f32 {
             .iter()
             .map(|v| v.as_f64().unwrap())
             .collect();
-        let exact = margins.iter().take_while(|&&m| m >= tol as f64).count();
+        let exact = margins.iter().take_while(|&&m| m >= margin as f64).count();
         s.reset();
         let params = GenerateParams {
             max_tokens: gold.len(),
@@ -112,7 +121,9 @@ fn check_model(name: &str, label: &str, model: &Model, tol: f32) -> f32 {
             p["name"]
         );
     }
-    eprintln!("{label}: max |logit - golden| over every position of both prompts: {worst}");
+    eprintln!(
+        "{label}: max |logit - golden| over every position of both prompts: {worst} (bound {tol})"
+    );
     worst
 }
 
@@ -143,15 +154,18 @@ fn load(path: &Path, ctx: usize) -> Model {
     .unwrap()
 }
 
-/// The checkpoint as stored (f32 weights): the f16 column of the goldens README applies
-/// (f16 KV cache), logits max |d| < 0.03.
+/// The checkpoint as stored (f32 weights). Measured max |d| on lavapipe: 0.0047 (llama_gqa),
+/// 0.0040 (qwen2_bias_tied), 0.0022 (qwen3_qknorm); bound 0.015, 3.2x the largest. Greedy
+/// margin: the goldens README's f16 tolerance, 0.03.
 fn check(name: &str) {
-    check_model(name, name, &load(&dir(name), 128), 0.03);
+    check_model(name, name, &load(&dir(name), 128), 0.015, 0.03);
 }
 
 /// The checkpoint written by `wick quantize --type f16|bf16` and reloaded as GGUF (for Llama
-/// that includes llama.cpp's Q/K row permutation and adjacent-pair RoPE). Tolerances from
-/// the goldens README: 0.03 for f16 weights, 0.2 for bf16.
+/// that includes llama.cpp's Q/K row permutation and adjacent-pair RoPE). Measured max |d| on
+/// lavapipe, largest of the three models: f16 weights 0.0082, bound 0.03 (3.6x); bf16 weights
+/// 0.077, bound 0.2 (2.6x: the goldens README's bf16 tolerance, whose own measurement of a
+/// bf16 engine on these models reached 0.13). Greedy margins: the same tolerances.
 fn check_converted(name: &str) {
     let tmp = tempfile::tempdir().unwrap();
     for (ty, tol) in [(GgmlType::F16, 0.03), (GgmlType::Bf16, 0.2)] {
@@ -171,6 +185,7 @@ fn check_converted(name: &str) {
             name,
             &format!("{name} as {} GGUF", ty.name()),
             &load(&out, 128),
+            tol,
             tol,
         );
     }
@@ -481,6 +496,12 @@ fn native_kernels_decode_like_portable() {
         .map(|s| s.op)
         .collect();
     if ops.is_empty() {
+        // Native kernels ship as SPIR-V and MSL: where the adapter takes them, some must run.
+        assert!(
+            !(caps.passthrough_shaders && matches!(caps.backend.as_str(), "vulkan" | "metal")),
+            "backend {} offers passthrough shaders but no native kernel is available",
+            caps.backend
+        );
         eprintln!("skipping: no native kernels on backend {}", caps.backend);
         return;
     }

@@ -1,21 +1,22 @@
 //! Every WGSL kernel through naga's Metal (MSL) and DX12 (HLSL) backends, the translation wgpu
 //! performs on those platforms, so a kernel that would not build there fails here, on a machine
-//! with neither. Each family is expanded with every combination of its preprocessor defines
-//! (weight formats one at a time, flags in every combination, with and without the device's
-//! SUBGROUP and F16); a combination naga's WGSL front end rejects is not a kernel wick builds
-//! (the Vulkan tests would fail first), every accepted one must translate to both.
+//! with neither. The variants translated are exactly the ones the registry builds: every
+//! portable spec of the catalog (`catalog::portable_specs`, one per define set of each op) with
+//! its override constants, under each combination of the defines the registry adds from the
+//! device (`SUBGROUP`, `F16`). Each must parse, validate and translate to both; any failure
+//! fails the test.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use naga::back::{hlsl, msl, pipeline_constants};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
-use wick::kernels::{preprocess, wgsl_families, wgsl_source};
+use wick::kernels::{bandwidth, catalog, preprocess, wgsl_families, wgsl_source, KernelSpec};
 
-/// The defines a family's source and its includes test, split into the one-of weight
-/// formats and independent flags.
-fn defines_of(family: &str) -> (Vec<&'static str>, Vec<&'static str>) {
-    let mut names = BTreeSet::new();
-    let mut todo = vec![family];
+/// The defines a family's source and its includes test (`#ifdef` / `#ifndef`), and the ones
+/// they set themselves (`#define`).
+fn defines_of(family: &str) -> (BTreeSet<&'static str>, BTreeSet<&'static str>) {
+    let (mut tested, mut set) = (BTreeSet::new(), BTreeSet::new());
+    let mut todo = vec![wgsl_families().find(|f| *f == family).expect("a family")];
     let mut seen = BTreeSet::new();
     while let Some(f) = todo.pop() {
         if !seen.insert(f) {
@@ -28,7 +29,10 @@ fn defines_of(family: &str) -> (Vec<&'static str>, Vec<&'static str>) {
                 .strip_prefix("#ifdef ")
                 .or_else(|| t.strip_prefix("#ifndef "))
             {
-                names.insert(name.trim());
+                tested.insert(name.trim());
+            }
+            if let Some(name) = t.strip_prefix("#define ") {
+                set.insert(name.trim());
             }
             if let Some(inc) = t.strip_prefix("#include ") {
                 let inc = inc.trim().trim_matches('"');
@@ -39,57 +43,76 @@ fn defines_of(family: &str) -> (Vec<&'static str>, Vec<&'static str>) {
             }
         }
     }
-    // The sources are 'static, so are the names.
-    let names: Vec<&'static str> = names
-        .into_iter()
-        .map(|n| -> &'static str { Box::leak(n.to_string().into_boxed_str()) })
-        .filter(|n| *n != "SUBGROUP" && *n != "F16")
-        // The cooperative-matrix GEMM is Vulkan-only (see
-        // `cooperative_matrix_gemm_builds_spirv`); naga's Metal backend has 8x8 matrices only.
-        .filter(|n| *n != "COOP")
-        .collect();
-    let (formats, flags) = names.into_iter().partition(|n| n.starts_with("FMT_"));
-    (formats, flags)
+    (tested, set)
 }
 
-fn combinations(formats: &[&'static str], flags: &[&'static str]) -> Vec<Vec<&'static str>> {
-    let fmts: Vec<Option<&'static str>> = if formats.is_empty() {
-        vec![None]
-    } else {
-        formats.iter().copied().map(Some).collect()
-    };
-    let all_flags: Vec<&'static str> = flags.iter().copied().chain(["SUBGROUP", "F16"]).collect();
-    assert!(
-        all_flags.len() <= 10,
-        "too many flags to enumerate: {all_flags:?}"
-    );
-    let mut out = Vec::new();
-    for f in &fmts {
-        for mask in 0..(1u32 << all_flags.len()) {
-            let mut d: Vec<&'static str> = f.iter().copied().collect();
-            d.extend(
-                all_flags
+/// The defines `Kernels::device_defines` may add, in every combination.
+const DEVICE_DEFINES: [&[&str]; 4] = [&[], &["SUBGROUP"], &["F16"], &["SUBGROUP", "F16"]];
+
+/// Every WGSL pipeline the registry builds: the catalog's portable specs, and the tooling's
+/// read-bandwidth probe (`wick bench`), which is no catalog op.
+fn registry_specs() -> Vec<KernelSpec> {
+    let mut v = catalog::portable_specs();
+    v.push(bandwidth::spec());
+    v
+}
+
+/// Override constants by name, values as f64 bits.
+type Constants = Vec<(&'static str, u64)>;
+
+/// One pipeline: its WGSL family, sorted defines (device ones included) and constants.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Variant {
+    family: &'static str,
+    defines: Vec<&'static str>,
+    constants: Constants,
+}
+
+fn variants() -> BTreeSet<Variant> {
+    let mut out = BTreeSet::new();
+    for spec in registry_specs() {
+        for device in DEVICE_DEFINES {
+            let mut defines: Vec<&'static str> = spec.defines.clone();
+            defines.extend(device.iter().copied());
+            defines.sort();
+            defines.dedup();
+            out.insert(Variant {
+                family: spec.family,
+                defines,
+                constants: spec
+                    .constants
                     .iter()
-                    .enumerate()
-                    .filter(|(i, _)| mask & (1 << i) != 0)
-                    .map(|(_, n)| *n),
-            );
-            out.push(d);
+                    .map(|(n, v)| (*n, v.to_bits()))
+                    .collect(),
+            });
         }
     }
     out
 }
 
-/// What one accepted variant translated to: (MSL bytes, HLSL bytes).
-fn translate(family: &str, defines: &[&str]) -> Option<(usize, usize)> {
-    let src = preprocess(family, defines).unwrap();
-    let module = naga::front::wgsl::parse_str(&src).ok()?;
+/// Parses and validates `src` (the preprocessed `v`) and applies its override constants;
+/// panics with naga's message on any error.
+fn module(v: &Variant, src: &str) -> (naga::Module, naga::valid::ModuleInfo) {
+    let what = format!("{} {:?}", v.family, v.defines);
+    let module = naga::front::wgsl::parse_str(src)
+        .unwrap_or_else(|e| panic!("{what}: WGSL parse: {}", e.emit_to_string(src)));
     let info = Validator::new(ValidationFlags::all(), Capabilities::all())
         .validate(&module)
-        .ok()?;
-    let (module, info) =
-        pipeline_constants::process_overrides(&module, &info, None, &Default::default())
-            .unwrap_or_else(|e| panic!("{family} {defines:?}: overrides: {e}"));
+        .unwrap_or_else(|e| panic!("{what}: validation: {e:?}"));
+    let constants = v
+        .constants
+        .iter()
+        .map(|(n, bits)| (n.to_string(), f64::from_bits(*bits)))
+        .collect();
+    let (module, info) = pipeline_constants::process_overrides(&module, &info, None, &constants)
+        .unwrap_or_else(|e| panic!("{what}: overrides {:?}: {e}", v.constants));
+    (module.into_owned(), info.into_owned())
+}
+
+/// What one variant translated to: (MSL bytes, HLSL bytes).
+fn translate(v: &Variant, src: &str) -> (usize, usize) {
+    let what = format!("{} {:?}", v.family, v.defines);
+    let (module, info) = module(v, src);
     let msl_opts = msl::Options {
         // Metal 2.4 (Apple7+, macOS 12): simdgroup functions and half.
         lang_version: (2, 4),
@@ -98,7 +121,7 @@ fn translate(family: &str, defines: &[&str]) -> Option<(usize, usize)> {
     };
     let (msl_src, _) =
         msl::write_string(&module, &info, &msl_opts, &msl::PipelineOptions::default())
-            .unwrap_or_else(|e| panic!("{family} {defines:?}: MSL: {e}"));
+            .unwrap_or_else(|e| panic!("{what}: MSL: {e}"));
     let hlsl_opts = hlsl::Options {
         // Shader model 6.2: wave intrinsics and 16-bit types.
         shader_model: hlsl::ShaderModel::V6_2,
@@ -108,74 +131,108 @@ fn translate(family: &str, defines: &[&str]) -> Option<(usize, usize)> {
     let mut hlsl_src = String::new();
     hlsl::Writer::new(&mut hlsl_src, &hlsl_opts, &hlsl::PipelineOptions::default())
         .write(&module, &info, None)
-        .unwrap_or_else(|e| panic!("{family} {defines:?}: HLSL: {e}"));
+        .unwrap_or_else(|e| panic!("{what}: HLSL: {e}"));
     assert!(
         msl_src.contains("kernel void"),
-        "{family} {defines:?}: MSL without a kernel"
+        "{what}: MSL without a kernel"
     );
     assert!(
         hlsl_src.contains("[numthreads("),
-        "{family} {defines:?}: HLSL without a compute entry point"
+        "{what}: HLSL without a compute entry point"
     );
-    Some((msl_src.len(), hlsl_src.len()))
+    (msl_src.len(), hlsl_src.len())
 }
 
 #[test]
 fn every_wgsl_kernel_translates_to_msl_and_hlsl() {
-    let mut total = 0;
+    let variants = variants();
+    // Variants whose preprocessed source and constants coincide (F16 selects nothing in
+    // some families) translate identically: translate each once.
+    let mut distinct: BTreeMap<(String, Constants), &Variant> = BTreeMap::new();
+    for v in &variants {
+        let src = preprocess(v.family, &v.defines)
+            .unwrap_or_else(|e| panic!("{} {:?}: preprocess: {e}", v.family, v.defines));
+        distinct.entry((src, v.constants.clone())).or_insert(v);
+    }
+    let mut per_family: BTreeMap<&str, usize> = BTreeMap::new();
+    for ((src, _), v) in &distinct {
+        translate(v, src);
+        *per_family.entry(v.family).or_default() += 1;
+    }
+    for (family, n) in &per_family {
+        eprintln!("{family}: {n} distinct variants translated");
+    }
+    eprintln!(
+        "{} registry variants, {} distinct sources, all translated to MSL and HLSL",
+        variants.len(),
+        distinct.len()
+    );
+    // Every kernel family is among them, and every define its source tests is one the
+    // registry sets (or the source itself), but for COOP, the Vulkan-only cooperative-matrix
+    // GEMM (`cooperative_matrix_gemm_builds_spirv`; naga's Metal backend has 8x8 matrices
+    // only): no kernel and no branch of one goes untranslated.
     for family in wgsl_families() {
-        let src = wgsl_source(family).unwrap();
-        if !src.contains("@compute") {
+        if !wgsl_source(family).unwrap().contains("@compute") {
             // An include (shared functions), translated as part of the kernels using it.
             continue;
         }
-        let (formats, flags) = defines_of(family);
-        let mut accepted = 0;
-        for d in combinations(&formats, &flags) {
-            if translate(family, &d).is_some() {
-                accepted += 1;
-            }
-        }
-        eprintln!("{family}: {accepted} variants translated");
-        // At least the plain form (or every weight format) builds: the check is never empty.
         assert!(
-            accepted >= formats.len().max(1),
-            "{family}: only {accepted} define combinations are valid WGSL"
+            per_family.contains_key(family),
+            "wgsl/{family}.wgsl: a kernel family no registry spec builds"
         );
-        total += accepted;
+        let (tested, set) = defines_of(family);
+        for name in tested {
+            let used = variants
+                .iter()
+                .any(|v| v.family == family && v.defines.contains(&name));
+            assert!(
+                used || set.contains(name) || name == "COOP",
+                "wgsl/{family}.wgsl tests {name}, which no registry spec defines"
+            );
+        }
     }
-    assert!(total > 100, "{total} variants");
 }
 
-/// The native Vulkan GEMM (`COOP` in wgsl/gemm.wgsl, cooperative matrices) for every weight
-/// format and with/without bias: naga accepts it, validates it with the cooperative-matrix
-/// capability, and writes SPIR-V with the cooperative-matrix instructions, as wgpu does on a
-/// device with EXPERIMENTAL_COOPERATIVE_MATRIX (lavapipe has none, so this is the check the
-/// kernel gets here; it runs on GPUs with tensor cores through tests/kernels/gemm.rs).
+/// The native Vulkan kernels written in WGSL (`NativeKernel::wgsl_defines`: the
+/// cooperative-matrix GEMM, `COOP` in wgsl/gemm.wgsl), as the registry builds them for every
+/// native spec that has one: the spec's defines plus the kernel's, with SUBGROUP (required
+/// with cooperative matrices) and with and without F16, and the spec's constants. naga must
+/// accept each, validate it with the cooperative-matrix capability, and write SPIR-V with the
+/// cooperative-matrix instructions, as wgpu does on a device with
+/// EXPERIMENTAL_COOPERATIVE_MATRIX (lavapipe has none, so this is the check the kernel gets
+/// here; it runs on GPUs with tensor cores through tests/kernels/gemm.rs and `wick kernels
+/// check`).
 #[test]
 fn cooperative_matrix_gemm_builds_spirv() {
     use naga::back::spv;
-    let (formats, _) = defines_of("gemm");
-    assert!(formats.len() >= 10, "{formats:?}");
-    for f in formats {
-        for bias in [false, true] {
-            let mut d = vec![f, "COOP", "SUBGROUP"];
-            if bias {
-                d.push("BIAS");
+    let mut built = 0;
+    for spec in wick::kernels::native_specs() {
+        let Some(native) = spec.native_vulkan.filter(|n| !n.wgsl_defines.is_empty()) else {
+            continue;
+        };
+        assert!(native.needs_cooperative_matrix, "{}", spec.op);
+        for f16 in [false, true] {
+            let mut d: Vec<&str> = spec.defines.clone();
+            d.extend(native.wgsl_defines);
+            d.push("SUBGROUP");
+            if f16 {
+                d.push("F16");
             }
-            let src = preprocess("gemm", &d).unwrap();
+            d.sort();
+            let src = preprocess(native.family, &d).unwrap();
             let module = naga::front::wgsl::parse_str(&src)
-                .unwrap_or_else(|e| panic!("gemm {d:?}: {}", e.emit_to_string(&src)));
+                .unwrap_or_else(|e| panic!("{} {d:?}: {}", spec.op, e.emit_to_string(&src)));
             let info = Validator::new(ValidationFlags::all(), Capabilities::all())
                 .validate(&module)
-                .unwrap_or_else(|e| panic!("gemm {d:?}: {e:?}"));
-            let constants = [("WG_M", 16.0), ("WG_N", 16.0), ("PAD", 1.0)]
-                .into_iter()
-                .map(|(n, v)| (n.to_string(), v))
+                .unwrap_or_else(|e| panic!("{} {d:?}: {e:?}", spec.op));
+            let constants = spec
+                .constants
+                .iter()
+                .map(|(n, v)| (n.to_string(), *v))
                 .collect();
             let (module, info) =
                 pipeline_constants::process_overrides(&module, &info, None, &constants)
-                    .unwrap_or_else(|e| panic!("gemm {d:?}: overrides: {e}"));
+                    .unwrap_or_else(|e| panic!("{} {d:?}: overrides: {e}", spec.op));
             let opts = spv::Options {
                 lang_version: (1, 3),
                 capabilities: None,
@@ -183,10 +240,10 @@ fn cooperative_matrix_gemm_builds_spirv() {
             };
             let pipeline = spv::PipelineOptions {
                 shader_stage: naga::ShaderStage::Compute,
-                entry_point: "gemm_coop".into(),
+                entry_point: native.entry.into(),
             };
             let words = spv::write_vec(&module, &info, &opts, Some(&pipeline))
-                .unwrap_or_else(|e| panic!("gemm {d:?}: SPIR-V: {e}"));
+                .unwrap_or_else(|e| panic!("{} {d:?}: SPIR-V: {e}", spec.op));
             // OpCooperativeMatrixMulAddKHR (4459) must be there: the products really run on
             // the matrix units.
             let has_mul_add = {
@@ -199,7 +256,14 @@ fn cooperative_matrix_gemm_builds_spirv() {
                 }
                 found
             };
-            assert!(has_mul_add, "gemm {d:?}: no OpCooperativeMatrixMulAddKHR");
+            assert!(
+                has_mul_add,
+                "{} {d:?}: no OpCooperativeMatrixMulAddKHR",
+                spec.op
+            );
+            built += 1;
         }
     }
+    // Four formats with and without bias, each with and without F16.
+    assert!(built >= 16, "only {built} cooperative-matrix variants");
 }

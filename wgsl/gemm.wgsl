@@ -19,7 +19,7 @@
 // of a 256-element K-quant super-block). BIAS adds an f32[n] bias binding. Accumulation is
 // always f32.
 //
-// COOP (the native Vulkan variant, KERNELS.md §5): the same loaders stage both tiles as f16 in
+// COOP (the native Vulkan variant, docs/kernels.md): the same loaders stage both tiles as f16 in
 // workgroup memory and cooperative matrices (tensor cores on NVIDIA) do the products, f16
 // operands with f32 accumulators. Entry `gemm_coop`: 256 invocations in 8 subgroups of 32,
 // a 128 x 128 output tile, each subgroup a 32 x 64 block as 2 x 4 16x16 accumulators, k in

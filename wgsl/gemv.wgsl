@@ -2,7 +2,7 @@
 // repacked planes of src/quant (module doc there). Decode's hot path: memory-bound, so
 // every weight byte is read once.
 //
-// Work split (KERNELS.md §2): a workgroup of WG lanes is cut into WG / LPR row groups of
+// Work split (host-chosen per device): a workgroup of WG lanes is cut into WG / LPR row groups of
 // LPR lanes. A row group owns RPG consecutive rows; its lanes stride over the row's "units"
 // (one qs load each: one word of a Q8_0/Q4_0/Q4_1 block, so that adjacent lanes also read
 // adjacent activations; a Q5 block; 4 floats; a 64-element K-quant pair), adjacent lanes on

@@ -10,7 +10,6 @@ use wick::engine::{Engine, EngineOptions};
 use wick::kernels::KernelChoice;
 use wick::model::synthetic::{Preset, SyntheticStore};
 use wick::model::{source, LoadOptions, Model};
-use wick::quant::parse_quant_type;
 use wick::runtime::SamplingParams;
 use wick::{Error, Result};
 
@@ -65,8 +64,8 @@ struct RunArgs {
     /// llama3.2-1b, llama3-8b.
     #[arg(long)]
     synthetic: Option<String>,
-    /// Matrix type of a synthetic model (q4_0, q4_1, q8_0, q4_k, f16, ...), or of a float
-    /// checkpoint quantised on load.
+    /// Matrix type of a synthetic model (q4_0, q4_1, q8_0, q4_k, f16, ...) or mix (q4_k_m,
+    /// q5_k_m), or that of a float checkpoint quantised on load.
     #[arg(long)]
     quant: Option<String>,
     /// Prompt tokens of the prefill test (0 skips it).
@@ -160,14 +159,18 @@ fn bench_model(a: RunArgs) -> Result<()> {
         sample_on_cpu: a.cpu_sampling,
         ..Default::default()
     };
-    let quant = a.quant.as_deref().map(parse_quant_type).transpose()?;
+    let quant = a
+        .quant
+        .as_deref()
+        .map(str::parse::<wick::model::QuantTarget>)
+        .transpose()?;
     let ctx = [a.prompt, a.gen + 1, opts.slope.map_or(0, |s| s.1 + 1), 64]
         .into_iter()
         .max();
     let (model, label, quant_name) = match &a.synthetic {
         Some(name) => {
             let preset = Preset::by_name(name)?;
-            let q = quant.unwrap_or(wick::quant::GgmlType::Q4_0);
+            let q = quant.unwrap_or(wick::quant::GgmlType::Q4_0.into());
             eprintln!("generating synthetic {} ({}) ...", preset.name, q.name());
             let store = SyntheticStore::new(&preset, q, 0x5EED)?;
             let cfg = store.config().clone();
@@ -179,6 +182,7 @@ fn bench_model(a: RunArgs) -> Result<()> {
                 LoadOptions {
                     ctx,
                     quantize: None,
+                    ..Default::default()
                 },
             )?;
             (model, preset.name.to_string(), q.name())
@@ -191,6 +195,7 @@ fn bench_model(a: RunArgs) -> Result<()> {
                 LoadOptions {
                     ctx,
                     quantize: quant,
+                    progress: super::common::load_progress_bar(false),
                 },
             )?;
             let label = path

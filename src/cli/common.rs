@@ -4,7 +4,7 @@ use clap::Args;
 
 use wick::engine::{Engine, EngineOptions};
 use wick::kernels::KernelChoice;
-use wick::model::{source, LoadOptions, Model};
+use wick::model::{source, LoadOptions, LoadProgress, Model};
 use wick::Result;
 
 #[derive(Args, Clone)]
@@ -21,9 +21,14 @@ pub struct ModelArgs {
     #[arg(long, default_value = "auto")]
     pub kernels: String,
     /// Quantise a float checkpoint's matrices while loading: q8_0, q4_0, q4_1, q5_0, q5_1,
-    /// q4_k (or f16/bf16). Already-quantised tensors are kept as stored.
+    /// q4_k, q5_k, q6_k (or f16/bf16), or a mix: q4_k_m, q5_k_m. Already-quantised tensors
+    /// are kept as stored.
     #[arg(long)]
     pub quantize: Option<String>,
+    /// No progress bar while the weights load (it is drawn on stderr only when stderr is a
+    /// terminal).
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 impl ModelArgs {
@@ -37,7 +42,7 @@ impl ModelArgs {
         let quantize = self
             .quantize
             .as_deref()
-            .map(wick::quant::parse_quant_type)
+            .map(str::parse::<wick::model::QuantTarget>)
             .transpose()?;
         let model = Model::load(
             &engine,
@@ -45,6 +50,7 @@ impl ModelArgs {
             LoadOptions {
                 ctx: self.ctx,
                 quantize,
+                progress: load_progress_bar(self.quiet),
             },
         )?;
         Ok((engine, model))
@@ -61,4 +67,26 @@ pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
                 .map_err(|_| wick::Error::InvalidArgument(format!("{t:?} is not a token id")))
         })
         .collect()
+}
+
+/// A progress bar on stderr for [`Model::load`]: bytes of weights read, converted and uploaded.
+/// indicatif draws nothing when stderr is not a terminal; `quiet` turns it off altogether.
+pub fn load_progress_bar(quiet: bool) -> Option<LoadProgress> {
+    if quiet {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "loading weights {bar:40} {bytes}/{total_bytes} {bytes_per_sec}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    Some(LoadProgress::new(move |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+        if done >= total {
+            bar.finish_and_clear();
+        }
+    }))
 }

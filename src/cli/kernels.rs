@@ -193,6 +193,8 @@ fn check(
     }
     if r.rows.is_empty() {
         eprintln!("no op with a native variant matches; nothing checked");
+    } else if !json {
+        println!("{}", r.summary());
     }
     match r.failures() {
         0 => Ok(()),

@@ -1,11 +1,12 @@
-//! `wick quantize`: write a model (Hugging Face directory or GGUF) as a GGUF of one type.
+//! `wick quantize`: write a model (Hugging Face directory or GGUF) as a GGUF of one type or
+//! of one of llama.cpp's K-quant mixes.
 
 use std::path::PathBuf;
 
 use clap::Args;
 
 use wick::model::export::quantize_to_gguf;
-use wick::quant::parse_quant_type;
+use wick::model::QuantTarget;
 use wick::Result;
 
 #[derive(Args)]
@@ -14,7 +15,8 @@ pub struct QuantizeArgs {
     input: PathBuf,
     /// Output GGUF file (replaced atomically; never the input).
     output: PathBuf,
-    /// Matrix type, llama.cpp naming: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k.
+    /// Matrix type, llama.cpp naming: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k,
+    /// q5_k, q6_k; or a mix with llama.cpp's per-tensor rules: q4_k_m, q5_k_m.
     #[arg(long = "type", short = 't')]
     ty: String,
     /// Print the report as JSON.
@@ -23,7 +25,7 @@ pub struct QuantizeArgs {
 }
 
 pub fn run(args: QuantizeArgs) -> Result<()> {
-    let target = parse_quant_type(&args.ty)?;
+    let target: QuantTarget = args.ty.parse()?;
     let report = quantize_to_gguf(&args.input, &args.output, target)?;
     if args.json {
         println!(

@@ -42,9 +42,17 @@ pub struct RunArgs {
     pub cpu_sampling: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Wrap the prompt in the model's chat template as a user message.
+    /// Plain completion: the prompt goes to the model as it is, without the chat template
+    /// (the default wraps it as a user message when the model has a template).
+    #[arg(long, conflicts_with_all = ["chat", "system"])]
+    pub raw: bool,
+    /// Always use a chat template, ChatML when the model has none (by default the prompt is
+    /// wrapped only when the model has a template).
     #[arg(long)]
     pub chat: bool,
+    /// System prompt, placed before the user's message in the chat template.
+    #[arg(long, conflicts_with = "ids")]
+    pub system: Option<String>,
     /// Keep generating past end-of-sequence tokens.
     #[arg(long)]
     pub ignore_eos: bool,
@@ -60,27 +68,7 @@ pub struct RunArgs {
 
 pub fn run(a: RunArgs) -> Result<()> {
     let (engine, model) = a.model.load()?;
-    let prompt_ids = if let Some(ids) = &a.ids {
-        parse_ids(ids)?
-    } else {
-        let text = match a.prompt.clone().or(a.text.clone()) {
-            Some(t) => t,
-            None => {
-                let mut s = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut s)
-                    .map_err(|e| Error::io("<stdin>", e))?;
-                s
-            }
-        };
-        let tok = model.tokenizer()?;
-        if a.chat {
-            let rendered = model.render_chat(&[ChatMessage::new("user", text)], true)?;
-            tok.encode(&rendered)?
-        } else {
-            tok.encode(&text)?
-        }
-    };
+    let (prompt_ids, prompt_mode) = prompt_ids(&a, &model)?;
     let mut session = Session::new(&model)?;
     let params = GenerateParams {
         max_tokens: a.n,
@@ -125,6 +113,7 @@ pub fn run(a: RunArgs) -> Result<()> {
             "{}",
             json!({
                 "prompt_ids": prompt_ids,
+                "prompt_mode": prompt_mode.name(),
                 "ids": ids,
                 "text": text,
                 "stats": {
@@ -166,4 +155,53 @@ pub fn run(a: RunArgs) -> Result<()> {
         caps.backend
     );
     Ok(())
+}
+
+/// How the prompt reached the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PromptMode {
+    /// Token ids or text as given (`--raw`, `--ids`, or a model without a chat template).
+    Raw,
+    /// Wrapped in the chat template as a user message (after `--system`, if given).
+    Chat,
+}
+
+impl PromptMode {
+    fn name(self) -> &'static str {
+        match self {
+            PromptMode::Raw => "raw",
+            PromptMode::Chat => "chat",
+        }
+    }
+}
+
+/// The prompt's token ids: `--ids` as given; text wrapped in the model's chat template unless
+/// `--raw` (instruct models answer a bare prompt with end-of-turn at once, so the template is
+/// the default, as in llama-cli and mlx_lm.generate), or plain when the model has none.
+fn prompt_ids(a: &RunArgs, model: &wick::Model) -> Result<(Vec<u32>, PromptMode)> {
+    if let Some(ids) = &a.ids {
+        return Ok((parse_ids(ids)?, PromptMode::Raw));
+    }
+    let text = match a.prompt.clone().or(a.text.clone()) {
+        Some(t) => t,
+        None => {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .map_err(|e| Error::io("<stdin>", e))?;
+            s
+        }
+    };
+    let tok = model.tokenizer()?;
+    let templated = !a.raw && (a.chat || a.system.is_some() || model.chat_template().is_some());
+    if !templated {
+        return Ok((tok.encode(&text)?, PromptMode::Raw));
+    }
+    let mut messages = Vec::new();
+    if let Some(s) = &a.system {
+        messages.push(ChatMessage::new("system", s.clone()));
+    }
+    messages.push(ChatMessage::new("user", text));
+    let rendered = model.render_chat(&messages, true)?;
+    Ok((tok.encode(&rendered)?, PromptMode::Chat))
 }

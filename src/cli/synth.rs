@@ -10,7 +10,7 @@ use wick::formats::tokenizer::GgufVocab;
 use wick::model::export::write_model_gguf;
 use wick::model::source;
 use wick::model::synthetic::{padded_vocab, Preset, SyntheticStore};
-use wick::quant::parse_quant_type;
+use wick::model::QuantTarget;
 use wick::{Error, Result};
 
 #[derive(Args)]
@@ -18,7 +18,7 @@ pub struct SynthArgs {
     /// smollm2-135m, qwen2.5-0.5b, qwen3-0.6b, llama3.2-1b, llama3-8b.
     #[arg(long)]
     preset: String,
-    /// Matrix type (q4_0, q4_1, q8_0, q4_k, f16, ...).
+    /// Matrix type (q4_0, q4_1, q8_0, q4_k, q6_k, f16, ...) or mix (q4_k_m, q5_k_m).
     #[arg(long, default_value = "q4_0")]
     quant: String,
     /// Output GGUF.
@@ -31,7 +31,7 @@ pub struct SynthArgs {
 
 pub fn run(a: SynthArgs) -> Result<()> {
     let preset = Preset::by_name(&a.preset)?;
-    let quant = parse_quant_type(&a.quant)?;
+    let quant: QuantTarget = a.quant.parse()?;
     let tok_path = source::resolve(a.tokenizer_from.as_deref())?;
     let vocab = GgufVocab::from_gguf(&GgufFile::open(&tok_path)?)?;
     if vocab.tokens.len() > preset.vocab {

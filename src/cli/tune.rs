@@ -12,7 +12,6 @@ use wick::kernels::tuning::{TuneEntry, TuningTable};
 use wick::kernels::{KernelPolicy, Kernels};
 use wick::model::synthetic::{Preset, SyntheticStore};
 use wick::model::{source, LoadOptions, Model};
-use wick::quant::parse_quant_type;
 use wick::Result;
 
 #[derive(Args)]
@@ -23,7 +22,7 @@ pub struct TuneArgs {
     /// A synthetic preset's shapes instead (see `wick bench --synthetic`).
     #[arg(long)]
     synthetic: Option<String>,
-    /// Matrix type of the synthetic preset.
+    /// Matrix type (or mix, q4_k_m) of the synthetic preset.
     #[arg(long, default_value = "q4_0")]
     quant: String,
     /// Timed dispatches per split.
@@ -40,7 +39,8 @@ pub fn run(a: TuneArgs) -> Result<()> {
     let model = match &a.synthetic {
         Some(name) => {
             let preset = Preset::by_name(name)?;
-            let store = SyntheticStore::new(&preset, parse_quant_type(&a.quant)?, 1)?;
+            let store =
+                SyntheticStore::new(&preset, a.quant.parse::<wick::model::QuantTarget>()?, 1)?;
             let cfg = store.config().clone();
             Model::from_store(
                 &engine,
@@ -50,6 +50,7 @@ pub fn run(a: TuneArgs) -> Result<()> {
                 LoadOptions {
                     ctx: Some(64),
                     quantize: None,
+                    ..Default::default()
                 },
             )?
         }
@@ -61,6 +62,7 @@ pub fn run(a: TuneArgs) -> Result<()> {
                 LoadOptions {
                     ctx: Some(64),
                     quantize: None,
+                    ..Default::default()
                 },
             )?
         }

@@ -40,8 +40,8 @@ pub fn spec_partial() -> KernelSpec {
 /// bits hold the lowest such index.
 pub const NON_FINITE: u32 = 0x8000_0000;
 
-/// `spec` with the non-finite check and its status binding.
-fn checked(mut spec: KernelSpec) -> KernelSpec {
+/// `spec` with the non-finite check and its status binding (op `<op>_checked`).
+pub fn checked(mut spec: KernelSpec) -> KernelSpec {
     spec.op.push_str("_checked");
     spec.bindings.push(Binding::ReadWrite);
     spec.define("CHECKED")

@@ -30,6 +30,22 @@ pub fn native_specs() -> Vec<KernelSpec> {
         .collect()
 }
 
+/// For the catalog: a pass-1 decode and a prefill spec for each workgroup-memory size the
+/// planner can choose (with and without `SMALL_SMEM`), under the WebGPU default limits. Their
+/// op names and preprocessor defines are those of every attention pipeline the registry
+/// builds (the override constants depend on the device and the head shape).
+pub fn catalog_specs() -> Vec<KernelSpec> {
+    let mut v = Vec::new();
+    for small in [false, true] {
+        let mut p = plan(NATIVE_PLAN_CAPS, 8, 64, 4).expect("8 rows of head dim 64 fit");
+        p.small = small;
+        for name in ["attention_decode", "attention_prefill"] {
+            v.push(core_spec(name, name, name, p, 8));
+        }
+    }
+    v
+}
+
 /// Head dims of the native decode kernels (`vulkan_overrides/attention_decode.comp` builds one
 /// SPIR-V module per head dim, `metal_overrides/attention_decode.metal` one entry per head dim):
 /// 32 for the synthetic test checkpoints, 64 (SmolLM2, Llama-3.2-1B, Qwen2.5-0.5B) and 128

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::{
     argmax, attention, embedding, gemm, gemv, kv_cache, msl_source, native_specs, rmsnorm, rope,
-    softmax, spirv_source, swiglu, wgsl_source, KernelSpec, NativeKernel, Variant,
+    sample, softmax, spirv_source, swiglu, wgsl_source, KernelSpec, NativeKernel, Variant,
 };
 use crate::gpu::Capabilities;
 use crate::quant::WeightFormat;
@@ -79,9 +79,11 @@ fn natives_of(spec: &KernelSpec) -> Vec<NativeInfo> {
         .collect()
 }
 
-/// Specs of the portable pipelines, one or more per op (the variant does not matter: only
-/// the op names, families and native variants are read).
-fn portable_specs() -> Vec<KernelSpec> {
+/// Specs of the portable pipelines, one or more per op, covering every set of preprocessor
+/// defines the registry builds each op's WGSL with (beyond the device's `SUBGROUP` / `F16`);
+/// the catalog reads their op names, families and native variants, tests/translate.rs their
+/// defines. Override constants are nominal (they depend on the device and shape).
+pub fn portable_specs() -> Vec<KernelSpec> {
     let any_split = gemv::native_config(&gemv::GemvConfig {
         lanes_per_row: 32,
         rows_per_group: 1,
@@ -99,21 +101,21 @@ fn portable_specs() -> Vec<KernelSpec> {
     }
     v.extend([rmsnorm::spec(false), rmsnorm::spec(true)]);
     v.extend([rope::spec(), rope::rope_kv_spec(), kv_cache::spec()]);
-    // Attention pipelines depend on the device and head shape; their ops are named here and
-    // their native variants come from `attention::native_specs`.
-    v.push(KernelSpec::new(
-        "attention_decode",
-        "attention_decode",
-        "attention_decode",
-        &[],
-    ));
+    // Attention pipelines depend on the device and head shape: one per define set here; their
+    // native variants come from `attention::native_specs`.
+    let attention = attention::catalog_specs();
+    v.extend(
+        attention
+            .iter()
+            .filter(|s| s.op == "attention_decode")
+            .cloned(),
+    );
     v.push(attention::merge_spec(64));
-    v.push(KernelSpec::new(
-        "attention_prefill",
-        "attention_prefill",
-        "attention_prefill",
-        &[],
-    ));
+    v.extend(
+        attention
+            .into_iter()
+            .filter(|s| s.op == "attention_prefill"),
+    );
     for f in WeightFormat::ALL {
         for norm in [false, true] {
             v.push(gemv::spec(f, &any_split, false, false, norm));
@@ -125,12 +127,9 @@ fn portable_specs() -> Vec<KernelSpec> {
         }
     }
     for f in WeightFormat::ALL {
-        v.push(KernelSpec::new(
-            format!("gemv_qkv_{}", f.name()),
-            "gemv",
-            "gemv",
-            &[],
-        ));
+        for norm in [false, true] {
+            v.push(gemv::qkv_spec(f, &any_split, false, norm));
+        }
     }
     for f in WeightFormat::ALL {
         for bias in [false, true] {
@@ -139,8 +138,12 @@ fn portable_specs() -> Vec<KernelSpec> {
     }
     v.extend([softmax::spec(false), softmax::spec(true), swiglu::spec()]);
     v.extend([argmax::spec_partial(), argmax::spec_reduce()]);
-    for op in ["sample_small", "sample_topk", "sample_merge", "sample_draw"] {
-        v.push(KernelSpec::new(op, "sample", "sample", &[]));
+    v.extend([
+        argmax::checked(argmax::spec_partial()),
+        argmax::checked(argmax::spec_reduce()),
+    ]);
+    for (from_logits, last) in [(true, true), (true, false), (false, false), (false, true)] {
+        v.push(sample::spec(from_logits, last));
     }
     v
 }

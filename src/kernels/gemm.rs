@@ -2,7 +2,7 @@
 //!
 //! `out[r][out_offset + j] (+)= sum_k x[r][k] * W[j][k] (+ bias[j])`. One WGSL kernel
 //! (`wgsl/gemm.wgsl`) with a dequantising loader per format; tiles of 64 x 64 outputs, 256
-//! invocations of 4 x 4 each, k in steps of 32, f32 accumulation (KERNELS.md §5).
+//! invocations of 4 x 4 each, k in steps of 32, f32 accumulation (docs/kernels.md, Prefill GEMM).
 
 use bytemuck::{Pod, Zeroable};
 

@@ -1,7 +1,7 @@
 //! GEMV: one f32 activation vector times a weight matrix in GPU planes (decode's hot path),
 //! with fused epilogues (bias, residual accumulate, output offset) and a fused
 //! gate+up+SwiGLU variant and a fused QKV variant. Kernel: `wgsl/gemv.wgsl`; design in
-//! KERNELS.md §2. Q4_0, Q4_1 and Q8_0 also have native kernels of every kind
+//! docs/kernels.md (GEMV). Q4_0, Q4_1 and Q8_0 also have native kernels of every kind
 //! (`vulkan_overrides/gemv.comp`, `metal_overrides/gemv.metal`), dispatched with
 //! [`native_config`].
 
@@ -245,7 +245,7 @@ pub fn unit_elems(format: WeightFormat) -> usize {
 ///   about 2^17 threads (n * lanes) and what keeps each lane at most ~32 units, capped by the
 ///   row's units. In the last sweep this was within 12% of the best split on 13 of 14 shapes;
 ///   the exception, 1536x576 Q4_1, ran at 2x the best (64 lanes, 2 rows per group).
-/// - Others (Apple first, then AMD, Intel, CPU): the KERNELS.md §2 starting point, not yet
+/// - Others (Apple first, then AMD, Intel, CPU): MLX's qmv_fast split (docs/kernels.md), not yet
 ///   measured on those devices: 32 (or fewer for short rows) lanes per row, 4 rows per group,
 ///   64-lane workgroups.
 pub fn choose_config(caps: &Capabilities, format: WeightFormat, n: usize, k: usize) -> GemvConfig {

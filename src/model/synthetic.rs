@@ -3,7 +3,8 @@
 //!
 //! Speed depends on shapes and formats, not on values, so the layers of a synthetic model
 //! share one set of random tensors per (role, shape, type): generating Llama-3-8B needs the
-//! host memory of one layer, not of the model. Values are scaled by 1/√k (norm weights 1) so
+//! host memory of one layer (two for a mix such as Q4_K_M, whose types differ by layer), not
+//! of the model. Values are scaled by 1/√k (norm weights 1) so
 //! activations stay of order one through every layer.
 
 use std::collections::HashMap;
@@ -11,6 +12,7 @@ use std::collections::HashMap;
 use crate::error::{Error, Result};
 use crate::kernels::rope::RopeStyle;
 use crate::model::config::{Arch, ModelConfig};
+use crate::model::quant_mix::QuantTarget;
 use crate::model::weights::{tensor_manifest, TensorRef, TensorStore};
 use crate::quant::{self, GgmlType};
 
@@ -166,21 +168,25 @@ fn role(name: &str) -> &str {
 }
 
 impl SyntheticStore {
-    /// Random weights for `preset`, matrices in `quant` (rows that do not fit its blocks fall
-    /// back as in [`quant::storage_type_for_rows`]), vectors in F32.
-    pub fn new(preset: &Preset, quant: GgmlType, seed: u64) -> Result<SyntheticStore> {
-        if !quant::QUANTIZE_TARGETS.contains(&quant) {
-            return Err(Error::InvalidArgument(format!(
-                "synthetic weights cannot be {}",
-                quant.name()
-            )));
-        }
+    /// Random weights for `preset`, matrices in `quant`: one type (rows that do not fit its
+    /// blocks fall back as in [`quant::storage_type_for_rows`]) or a mix, whose type is
+    /// resolved per tensor as `wick quantize` would ([`QuantTarget::matrix_type`]); vectors
+    /// in F32.
+    pub fn new(
+        preset: &Preset,
+        quant: impl Into<QuantTarget>,
+        seed: u64,
+    ) -> Result<SyntheticStore> {
+        let quant = quant.into();
+        quant.check().map_err(|_| {
+            Error::InvalidArgument(format!("synthetic weights cannot be {}", quant.name()))
+        })?;
         let cfg = preset.config()?;
         let mut tensors = HashMap::new();
         let mut data: HashMap<String, Vec<u8>> = HashMap::new();
         for (name, dims, matrix) in tensor_manifest(&cfg) {
             let ty = if matrix {
-                quant::storage_type_for_rows(quant, dims[0])
+                quant.matrix_type(&cfg, &name, dims[0])
             } else {
                 GgmlType::F32
             };
@@ -265,5 +271,36 @@ mod tests {
             );
         }
         assert!(Preset::by_name("gpt-5").is_err());
+    }
+
+    /// A mix resolves per tensor, and layers still share the data of equal (role, shape,
+    /// type): SmolLM2's ffn_down is Q6_K in layers 0 and 1 (the same data) and Q4_K in
+    /// layer 3; its rows of 576 fall back (attn_q Q4_K -> Q5_0, attn_v Q6_K -> Q8_0).
+    #[test]
+    fn mixes_resolve_per_tensor() {
+        let p = Preset::by_name("smollm2-135m").unwrap();
+        let s = SyntheticStore::new(&p, crate::model::QuantMix::Q4KM, 1).unwrap();
+        let t = |name: &str| s.tensor(name).unwrap();
+        let ty = |name: &str| t(name).ggml_type;
+        assert_eq!(ty("token_embd.weight"), GgmlType::Q8_0);
+        assert_eq!(ty("blk.0.attn_q.weight"), GgmlType::Q5_0);
+        assert_eq!(ty("blk.0.attn_v.weight"), GgmlType::Q8_0);
+        assert_eq!(ty("blk.3.attn_v.weight"), GgmlType::Q5_0);
+        assert_eq!(ty("blk.0.ffn_down.weight"), GgmlType::Q6K);
+        assert_eq!(ty("blk.3.ffn_down.weight"), GgmlType::Q4K);
+        let data = |name: &str| t(name).data.as_ptr();
+        assert_eq!(data("blk.0.ffn_down.weight"), data("blk.1.ffn_down.weight"));
+        assert_ne!(data("blk.0.ffn_down.weight"), data("blk.3.ffn_down.weight"));
+        for (name, dims, _) in tensor_manifest(s.config()) {
+            let t = t(&name);
+            let elems: u64 = dims.iter().map(|&d| d as u64).product();
+            assert_eq!(
+                t.ggml_type.bytes_for(elems),
+                Some(t.data.len() as u64),
+                "{name}"
+            );
+        }
+        // Types without a quantiser are refused.
+        assert!(SyntheticStore::new(&p, GgmlType::Q2K, 1).is_err());
     }
 }

@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::GpuMatrix;
 use crate::model::config::ModelConfig;
+use crate::model::quant_mix::QuantTarget;
 use crate::quant::{self, GgmlType, WeightFormat};
 
 /// A weight matrix of `n` rows by `k` columns, possibly split by rows across bindings.
@@ -310,6 +311,16 @@ fn upload_vector(gpu: &Gpu, t: &TensorRef) -> Result<wgpu::Buffer> {
     gpu.upload(&t.name, &v)
 }
 
+/// The type `--quantize` gives matrix `t` of a model of `cfg` (its target resolved for this
+/// tensor), or None when it is kept as stored.
+fn quantize_type(
+    t: &TensorRef,
+    cfg: &ModelConfig,
+    quantize: Option<QuantTarget>,
+) -> Option<GgmlType> {
+    quantize.map(|q| q.matrix_type(cfg, &t.name, t.dims[0] as usize))
+}
+
 /// Uploads a matrix, quantising it first when `quantize` names a type and the stored data is
 /// float (quantised tensors are kept as they are: re-quantising only loses precision).
 fn upload_matrix(gpu: &Gpu, t: &TensorRef, quantize: Option<GgmlType>) -> Result<SplitMatrix> {
@@ -349,13 +360,13 @@ fn reserve_weights(
     gpu: &Gpu,
     cfg: &ModelConfig,
     tensors: &[&TensorRef],
-    quantize: Option<GgmlType>,
+    quantize: Option<QuantTarget>,
 ) -> Result<crate::gpu::MemoryReservation> {
     let mut sizes: Vec<(&str, String, u64)> = Vec::with_capacity(tensors.len());
     for t in tensors {
         if t.dims.len() == 2 {
             let (k, n) = (t.dims[0] as usize, t.dims[1] as usize);
-            let format = upload_format(t, quantize)?;
+            let format = upload_format(t, quantize_type(t, cfg, quantize))?;
             let (_, bytes) = SplitMatrix::plan(&gpu.caps, &t.name, format, n, k)?;
             let desc = format!("{n} x {k} {}", format.name());
             sizes.push((&t.name, desc, bytes));
@@ -393,13 +404,17 @@ fn reserve_weights(
 
 impl ModelWeights {
     /// Validates every expected tensor, then uploads them; float matrices are quantised to
-    /// `quantize` on the way when it is given.
+    /// `quantize` (a type, or a mix resolved per tensor) on the way when it is given.
     pub fn load<S: TensorStore + ?Sized>(
         gpu: &Gpu,
         f: &S,
         cfg: &ModelConfig,
-        quantize: Option<GgmlType>,
+        quantize: Option<QuantTarget>,
+        progress: Option<&super::LoadProgress>,
     ) -> Result<ModelWeights> {
+        if let Some(q) = quantize {
+            q.check()?;
+        }
         let (h, qd, kvd, ffn, vocab) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn, cfg.vocab);
         let mut c = Checker {
             f,
@@ -475,16 +490,34 @@ impl ModelWeights {
             }
         }
         let reservation = reserve_weights(gpu, cfg, &all, quantize)?;
+        // Progress counts stored bytes: reading the mapped file, converting and uploading
+        // all happen inside each tensor's upload.
+        let total_bytes: u64 = all.iter().map(|t| t.data.len() as u64).sum();
         drop(all);
-        let embed = upload_matrix(gpu, &embed.unwrap(), quantize)?;
-        let output_norm = upload_vector(gpu, &out_norm.unwrap())?;
-        let output = output
-            .map(|t| upload_matrix(gpu, &t, quantize))
-            .transpose()?;
+        let done = std::cell::Cell::new(0u64);
+        let tick = |t: &TensorRef| {
+            done.set(done.get() + t.data.len() as u64);
+            if let Some(p) = progress {
+                (p.0)(done.get(), total_bytes);
+            }
+        };
+        let vec = |t: Option<TensorRef>| {
+            let t = t.unwrap();
+            let b = upload_vector(gpu, &t);
+            tick(&t);
+            b
+        };
+        let mat = |t: Option<TensorRef>| {
+            let t = t.unwrap();
+            let m = upload_matrix(gpu, &t, quantize_type(&t, cfg, quantize));
+            tick(&t);
+            m
+        };
+        let embed = mat(embed)?;
+        let output_norm = vec(out_norm)?;
+        let output = output.map(|t| mat(Some(t))).transpose()?;
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for ((an, q, k, v, o, fnorm, g, u, d), bias, qkn) in layer_infos {
-            let vec = |t: Option<TensorRef>| upload_vector(gpu, &t.unwrap());
-            let mat = |t: Option<TensorRef>| upload_matrix(gpu, &t.unwrap(), quantize);
             let (bq, bk, bv) = match bias {
                 Some((a, b, c)) => (Some(vec(a)?), Some(vec(b)?), Some(vec(c)?)),
                 None => (None, None, None),

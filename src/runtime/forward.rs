@@ -1,4 +1,4 @@
-//! The forward pass, recorded the fast way (KERNELS.md §6): every pipeline and bind group is
+//! The forward pass, recorded for the least CPU work per token: every pipeline and bind group is
 //! built once per session; per-token values live in one uniform ([`StepParams`]) written with
 //! `queue.write_buffer`; a decode step is ONE compute pass and ONE submit; the next token's
 //! id never leaves the GPU (argmax writes it where the next step's embedding gather reads it).

@@ -180,10 +180,25 @@ fn decode_native() {
             "the Vulkan test device must offer PASSTHROUGH_SHADERS"
         );
     }
+    // Where the kernel ships for this backend and the adapter takes passthrough shaders (on
+    // Metal: Apple GPUs only, whose simdgroups are 32 wide), it must run: no silent skip.
+    let offered = caps.passthrough_shaders
+        && match caps.backend.as_str() {
+            "vulkan" => true,
+            "metal" => caps.class == wick::gpu::AdapterClass::Apple,
+            _ => false,
+        };
     let probe = attention::decode_spec(caps, 8, 2, 128, true).unwrap();
-    if k.native_for(&probe).is_none() {
+    let available = k.native_for(&probe).is_some();
+    assert_eq!(
+        available, offered,
+        "native decode attention on {} ({}): the registry offers it: {available}, expected: \
+         {offered}",
+        caps.backend, caps.adapter_name
+    );
+    if !offered {
         eprintln!(
-            "skipping: no native decode attention on backend {} ({})",
+            "no native decode attention for backend {} ({}): nothing to check",
             caps.backend, caps.adapter_name
         );
         return;

@@ -71,29 +71,32 @@ pub fn poisoned(len: usize) -> wgpu::Buffer {
     b
 }
 
-/// Asserts `|got - want| <= atol + rtol * |want|` elementwise (NaN fails), and reports the
-/// worst element. Returns the max relative error over the vector (max |d| / max |want|).
+/// Asserts `|got - want| <= atol + rtol * |want|` elementwise and reports the worst element.
+/// A non-finite value on either side (a NaN never overwritten, an overflow, or a NaN/inf in
+/// a reference built from GPU output) fails unless both sides are bit-identical, so it can
+/// neither hide in a NaN comparison nor pass as a match. Returns the max relative error over
+/// the vector (max |d| / max |want|, both over finite elements).
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32, atol: f32) -> f32 {
     assert_eq!(got.len(), want.len(), "{what}: length");
     let mut worst = (0usize, 0.0f32);
     let mut max_d = 0.0f32;
     let mut max_w = 0.0f32;
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        if !g.is_finite() || !w.is_finite() {
+            assert!(
+                g.to_bits() == w.to_bits(),
+                "{what}: element {i}: got {g} want {w} (a non-finite value matches only a \
+                 bit-identical one; NaN output: never written?)"
+            );
+            continue;
+        }
         let d = (g - w).abs();
         let excess = d - (atol + rtol * w.abs());
-        // NaN `excess` (a NaN output) must count as a failure, hence the explicit check.
-        let fails = excess > 0.0 || excess.is_nan();
-        if fails && (excess > worst.1 || g.is_nan()) {
-            worst = (i, if g.is_nan() { f32::INFINITY } else { excess });
+        if excess > worst.1 {
+            worst = (i, excess);
         }
-        if d.is_finite() {
-            max_d = max_d.max(d);
-        }
+        max_d = max_d.max(d);
         max_w = max_w.max(w.abs());
-        assert!(
-            !g.is_nan() || w.is_nan(),
-            "{what}: element {i} is NaN (never written?), want {w}"
-        );
     }
     if worst.1 > 0.0 {
         let i = worst.0;
@@ -105,6 +108,42 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32, atol: f32)
         );
     }
     max_d / max_w.max(f32::MIN_POSITIVE)
+}
+
+/// The comparison's negative controls: a NaN or infinity on either side fails unless both
+/// sides hold the same bits, and an ordinary excess fails; matching values pass.
+#[test]
+fn assert_close_fails_on_non_finite_values() {
+    let fails = |got: &[f32], want: &[f32]| {
+        std::panic::catch_unwind(|| assert_close("control", got, want, 1e-5, 1e-5)).is_err()
+    };
+    let nan = f32::NAN;
+    let inf = f32::INFINITY;
+    // The issue's hole: NaN in the expected value, finite output.
+    assert!(fails(&[1.0, 2.0], &[1.0, nan]), "NaN expected, finite got");
+    assert!(fails(&[1.0, 2.0], &[inf, 2.0]), "inf expected, finite got");
+    assert!(
+        fails(&[nan, 2.0], &[1.0, 2.0]),
+        "NaN got (poison never overwritten)"
+    );
+    assert!(fails(&[-inf], &[inf]), "opposite infinities");
+    assert!(fails(&[inf], &[nan]), "inf vs NaN");
+    assert!(
+        fails(
+            &[f32::from_bits(0x7FC0_DEAD)],
+            &[f32::from_bits(0x7FC0_0000)]
+        ),
+        "NaNs of different payloads"
+    );
+    assert!(fails(&[1.0, 2.1], &[1.0, 2.0]), "finite excess");
+    // Positive controls: the same check passes matching values, including identical
+    // non-finite ones.
+    assert!(!fails(&[1.0, 2.0 + 1e-6], &[1.0, 2.0]), "within tolerance");
+    assert!(
+        !fails(&[inf, -inf, 3.0], &[inf, -inf, 3.0]),
+        "identical infinities"
+    );
+    assert!(!fails(&[nan], &[nan]), "bit-identical NaN");
 }
 
 /// A random n x k matrix in `format`'s GPU planes: quantised from uniform values in [-1, 1]

@@ -385,6 +385,18 @@ fn gemm_native_cooperative_matrix() {
     let available = k
         .native_for(&gemm::spec(WeightFormat::Q4_0, false, tiling))
         .is_some();
+    // Decided from the adapter, not from the registry under test: on Vulkan the native GEMM
+    // needs cooperative matrices, on Metal passthrough shaders (gemm.metal).
+    let offered = match g.caps.backend.as_str() {
+        "vulkan" => wick::kernels::cooperative_matrix_usable(&g.caps),
+        "metal" => g.caps.passthrough_shaders,
+        _ => false,
+    };
+    assert_eq!(
+        available, offered,
+        "native GEMM on {} ({}): the registry offers it: {available}, expected: {offered}",
+        g.caps.adapter_name, g.caps.backend
+    );
     if !available {
         eprintln!(
             "no cooperative matrices on {} ({}): checking the fallback to the portable GEMM",

@@ -405,22 +405,48 @@ fn gemv_default_configs_are_valid() {
     }
 }
 
+/// What the RMSNorm prologue reads as its residual x.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum NormInput {
+    /// No prologue (QKV only).
+    Off,
+    /// |x| ~ 3 with one channel at 250 (~100x the rest, as real models have), so a wrong
+    /// scale or a missing weight shows; the epsilon is ~1e-6 of the mean square here.
+    Spread,
+    /// |x| <= 1e-3: a mean square of ~3e-7, below the epsilon (1e-5; QKV: 1e-6), which then
+    /// sets the scale: a missing epsilon scales the outputs 2-6x, one 10% off moves them by
+    /// 4-5%, far above the bound.
+    Tiny,
+}
+
+impl NormInput {
+    fn residual(self, r: &mut impl Rng, kk: usize) -> Vec<f32> {
+        match self {
+            NormInput::Off => rand_vec(r, kk, 2.0),
+            NormInput::Spread => {
+                let mut x = rand_vec(r, kk, 3.0);
+                x[kk / 3] = 250.0;
+                x
+            }
+            NormInput::Tiny => rand_vec(r, kk, 1e-3),
+        }
+    }
+}
+
 /// The RMSNorm prologue: GEMV (and gate+up SwiGLU) of the raw residual x with the norm
-/// applied on load equals the reference rmsnorm followed by the reference GEMV. The residual
-/// is given a large spread (one channel ~100x the rest, as real models have) so a wrong
-/// scale or a missing weight shows.
+/// applied on load equals the reference rmsnorm followed by the reference GEMV.
 fn check_norm(
     k: &Kernels,
     format: WeightFormat,
-    n: usize,
-    kk: usize,
+    (n, kk): (usize, usize),
     swiglu: bool,
     cfg: Option<GemvConfig>,
+    input: NormInput,
 ) -> Variant {
+    assert_ne!(input, NormInput::Off, "check_norm checks the prologue");
     let mut r = rng();
     let g = &k.gpu;
-    let mut x = rand_vec(&mut r, kk, 3.0);
-    x[kk / 3] = 250.0;
+    let x = input.residual(&mut r, kk);
     let nw: Vec<f32> = rand_vec(&mut r, kk, 0.5).iter().map(|v| 1.0 + v).collect();
     let eps = 1e-5;
     let normed = reference::rmsnorm::rmsnorm(&x, &nw, kk, eps);
@@ -428,7 +454,7 @@ fn check_norm(
     let out = poisoned_on(k, n);
     let (w, wv) = matrix(&mut r, k, format, n, kk);
     let what = format!(
-        "gemv norm prologue {} n={n} k={kk} swiglu={swiglu} cfg={cfg:?}",
+        "gemv norm prologue {} n={n} k={kk} swiglu={swiglu} cfg={cfg:?} x {input:?}",
         format.name()
     );
     let norm = (&nwb, eps);
@@ -473,8 +499,10 @@ fn gemv_norm_prologue() {
             WeightFormat::Q4K,
         ] {
             for (n, kk) in [(100, 576), (33, 1536)] {
-                check_norm(k, f, n, fit(f, kk), false, None);
-                check_norm(k, f, n, fit(f, kk), true, None);
+                for input in [NormInput::Spread, NormInput::Tiny] {
+                    check_norm(k, f, (n, fit(f, kk)), false, None, input);
+                    check_norm(k, f, (n, fit(f, kk)), true, None, input);
+                }
             }
         }
     }
@@ -489,12 +517,14 @@ fn check_qkv(
     nkv: usize,
     kk: usize,
     bias: bool,
-    norm: bool,
+    input: NormInput,
 ) -> Variant {
     let mut r = rng();
     let g = &k.gpu;
-    let x = rand_vec(&mut r, kk, 2.0);
+    let norm = input != NormInput::Off;
+    let x = input.residual(&mut r, kk);
     let nw: Vec<f32> = rand_vec(&mut r, kk, 0.5).iter().map(|v| 1.0 + v).collect();
+    // Tiny x (mean square ~3e-7) against this epsilon: three quarters of the denominator.
     let eps = 1e-6;
     let xin = if norm {
         reference::rmsnorm::rmsnorm(&x, &nw, kk, eps)
@@ -511,7 +541,7 @@ fn check_qkv(
     let bbufs: Vec<wgpu::Buffer> = biases.iter().map(|b| g.upload("b", b).unwrap()).collect();
     let outs: Vec<wgpu::Buffer> = ns.iter().map(|&n| poisoned_on(k, n)).collect();
     let what = format!(
-        "gemv_qkv {} {nq}/{nkv} k={kk} bias={bias} norm={norm}",
+        "gemv_qkv {} {nq}/{nkv} k={kk} bias={bias} norm={input:?}",
         format.name()
     );
     if !gemv::qkv_supported(&g.caps, &mats[0].0, &mats[1].0, &mats[2].0) {
@@ -553,8 +583,9 @@ fn gemv_qkv_fused() {
             WeightFormat::Q4K,
         ] {
             let kk = fit(f, 576);
-            check_qkv(k, f, 576, 192, kk, false, true);
-            check_qkv(k, f, 128, 64, kk, true, false);
+            check_qkv(k, f, 576, 192, kk, false, NormInput::Spread);
+            check_qkv(k, f, 128, 64, kk, true, NormInput::Off);
+            check_qkv(k, f, 128, 64, kk, true, NormInput::Tiny);
         }
     }
 }
@@ -702,13 +733,20 @@ fn gemv_native_kernels() {
         assert_eq!(check_swiglu(k, f, 100, 576, None), native);
         // The norm prologue: k4 = 272 > 256 lanes, so some lanes sum two vec4s.
         for (n, kk, c) in [(100, 576, None), (33, 1088, Some(lanes(32)))] {
-            assert_eq!(check_norm(k, f, n, kk, false, c), native);
-            assert_eq!(check_norm(k, f, n, kk, true, c), native);
+            for input in [NormInput::Spread, NormInput::Tiny] {
+                assert_eq!(check_norm(k, f, (n, kk), false, c, input), native);
+                assert_eq!(check_norm(k, f, (n, kk), true, c, input), native);
+            }
         }
         // QKV: q/k/v boundaries inside workgroups, with and without biases and the norm.
         for (nq, nkv, kk) in [(100, 20, 1088), (128, 64, 576)] {
-            for (bias, norm) in [(false, false), (true, false), (false, true), (true, true)] {
-                assert_eq!(check_qkv(k, f, nq, nkv, kk, bias, norm), native);
+            for (bias, input) in [
+                (false, NormInput::Off),
+                (true, NormInput::Off),
+                (false, NormInput::Spread),
+                (true, NormInput::Tiny),
+            ] {
+                assert_eq!(check_qkv(k, f, nq, nkv, kk, bias, input), native);
             }
         }
     }
@@ -720,5 +758,8 @@ fn gemv_native_kernels() {
         Variant::Portable
     );
     assert_eq!(check_swiglu(ns, f, 37, 576, None), Variant::Portable);
-    assert_eq!(check_qkv(ns, f, 64, 32, 576, true, true), Variant::Portable);
+    assert_eq!(
+        check_qkv(ns, f, 64, 32, 576, true, NormInput::Spread),
+        Variant::Portable
+    );
 }

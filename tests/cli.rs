@@ -1,0 +1,134 @@
+//! The `wick` binary as a newcomer meets it: `wick run TEXT` answers through the model's chat
+//! template, `--raw` completes the text as given, `--system` adds a system turn, and no
+//! loader noise reaches stderr on a machine without `XDG_RUNTIME_DIR`.
+//!
+//! The prompt tests need the real SmolLM2-135M-Instruct (it has a chat template); without it
+//! they pass vacuously unless `WICK_REQUIRE_MODEL=1` (as in CI).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use wick::formats::gguf::GgufFile;
+use wick::formats::tokenizer::Tokenizer;
+
+fn model_path() -> Option<PathBuf> {
+    let path = std::env::var_os("WICK_MODEL_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(wick::model::source::default_model_path);
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var("WICK_REQUIRE_MODEL").as_deref() == Ok("1") {
+        panic!(
+            "WICK_REQUIRE_MODEL=1 but the model is missing at {}",
+            path.display()
+        );
+    }
+    eprintln!(
+        "skipping: no model at {} (run scripts/fetch-model.sh)",
+        path.display()
+    );
+    None
+}
+
+fn wick(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wick"))
+        .args(args)
+        .output()
+        .expect("run the wick binary")
+}
+
+/// `wick run --json` on the model: the JSON report, after checking the command succeeded.
+fn run_json(model: &str, n: &str, extra: &[&str]) -> Value {
+    let mut args = vec!["run", "-m", model, "--json", "--ctx", "256", "-n", n];
+    args.extend_from_slice(extra);
+    let out = wick(&args);
+    assert!(
+        out.status.success(),
+        "wick {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("--json prints one JSON object")
+}
+
+fn ids(v: &Value, key: &str) -> Vec<u32> {
+    v[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {key} in {v}"))
+        .iter()
+        .map(|i| i.as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[test]
+fn run_wraps_the_prompt_in_the_chat_template_unless_raw() {
+    let Some(path) = model_path() else { return };
+    let model = path.to_str().unwrap();
+    let tok = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
+    let prompt = "What is the capital of France?";
+
+    // Default: the model has a template, so the prompt is a user turn and the answer follows
+    // the assistant header. SmolLM2 answers a bare prompt with end-of-turn at once; through
+    // the template it answers.
+    let chat = run_json(model, "6", &[prompt]);
+    assert_eq!(chat["prompt_mode"], "chat");
+    let rendered = tok.decode(&ids(&chat, "prompt_ids")).unwrap();
+    println!("default prompt: {rendered:?}\nanswer: {:?}", chat["text"]);
+    assert!(
+        rendered.contains(&format!("<|im_start|>user\n{prompt}<|im_end|>")),
+        "{rendered:?}"
+    );
+    assert!(
+        rendered.ends_with("<|im_start|>assistant\n"),
+        "{rendered:?}"
+    );
+    assert!(
+        !chat["text"].as_str().unwrap().trim().is_empty(),
+        "the default path printed no answer: {chat}"
+    );
+
+    // --raw: exactly the tokens of the text.
+    let raw = run_json(model, "1", &["--raw", prompt]);
+    assert_eq!(raw["prompt_mode"], "raw");
+    assert_eq!(ids(&raw, "prompt_ids"), tok.encode(prompt).unwrap());
+
+    // --system: a system turn before the user's, in place of the template's default one.
+    let sys = run_json(model, "1", &["--system", "Answer in one word.", prompt]);
+    let rendered = tok.decode(&ids(&sys, "prompt_ids")).unwrap();
+    assert!(
+        rendered
+            .starts_with("<|im_start|>system\nAnswer in one word.<|im_end|>\n<|im_start|>user\n"),
+        "{rendered:?}"
+    );
+}
+
+#[test]
+fn raw_and_system_together_are_refused() {
+    let out = wick(&["run", "--raw", "--system", "x", "hello"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--raw") && err.contains("--system"),
+        "stderr: {err}"
+    );
+}
+
+/// Mesa's device-select layer prints a libwayland error on every Vulkan enumeration when
+/// `XDG_RUNTIME_DIR` is unset; wick's stderr must carry only its own lines.
+#[test]
+fn no_loader_noise_without_xdg_runtime_dir() {
+    let out = Command::new(env!("CARGO_BIN_EXE_wick"))
+        .arg("info")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("NODEVICE_SELECT")
+        .output()
+        .expect("run wick info");
+    assert!(out.status.success(), "wick info failed");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("XDG_RUNTIME_DIR"), "stderr: {err}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("adapter 0"),
+        "wick info listed no adapter"
+    );
+}

@@ -84,7 +84,9 @@ fn quoted_after(text: &str, marker: &str) -> Vec<String> {
             if !rest[..open].trim().is_empty() {
                 break;
             }
-            let Some(len) = rest[open + 1..].find('"') else { break };
+            let Some(len) = rest[open + 1..].find('"') else {
+                break;
+            };
             out.push(rest[open + 1..open + 1 + len].to_string());
             rest = &rest[open + 1 + len + 1..];
         }
@@ -127,11 +129,27 @@ impl LlamaCppNames {
                 .collect(),
         };
         // The parse found the lists (a changed source layout must fail loudly, not pass).
-        assert!(names.pre.len() > 50 && names.pre.contains(&"llama-bpe".into()), "{:?}", names.pre);
-        assert!(names.tokenizer_models.contains(&"gpt2".into()), "{:?}", names.tokenizer_models);
+        assert!(
+            names.pre.len() > 50 && names.pre.contains(&"llama-bpe".into()),
+            "{:?}",
+            names.pre
+        );
+        assert!(
+            names.tokenizer_models.contains(&"gpt2".into()),
+            "{:?}",
+            names.tokenizer_models
+        );
         assert!(names.architectures.len() > 50 && names.architectures.contains(&"qwen3".into()));
-        assert!(names.rope_scaling.contains(&"yarn".into()), "{:?}", names.rope_scaling);
-        assert!(names.ftypes.contains(&("MOSTLY_Q4_K_M".into(), 15)), "{:?}", names.ftypes);
+        assert!(
+            names.rope_scaling.contains(&"yarn".into()),
+            "{:?}",
+            names.rope_scaling
+        );
+        assert!(
+            names.ftypes.contains(&("MOSTLY_Q4_K_M".into(), 15)),
+            "{:?}",
+            names.ftypes
+        );
         names
     }
 
@@ -436,10 +454,7 @@ fn written_names_are_llama_cpp_names() {
     // Architectures and file types.
     for arch in [Arch::Llama, Arch::Mistral, Arch::Qwen2, Arch::Qwen3] {
         let name = gguf_architecture(arch);
-        assert!(
-            has(&names.architectures, name),
-            "{arch:?} -> {name}"
-        );
+        assert!(has(&names.architectures, name), "{arch:?} -> {name}");
     }
     // Every target `wick quantize --type` takes, single types and mixes, is written under
     // the llama.cpp file type of the same name (a single K-quant as its "_S" type: all its
@@ -455,7 +470,11 @@ fn written_names_are_llama_cpp_names() {
         if matches!(want.as_str(), "Q4_K" | "Q5_K") {
             want.push_str("_S");
         }
-        let want = if want == "F32" { "ALL_F32".to_string() } else { format!("MOSTLY_{want}") };
+        let want = if want == "F32" {
+            "ALL_F32".to_string()
+        } else {
+            format!("MOSTLY_{want}")
+        };
         assert_eq!(name, &want, "{} -> file type {ft}", target.name());
     }
 
@@ -506,7 +525,7 @@ fn written_names_are_llama_cpp_names() {
     write_tokenizer(&ck, &generated_text(7, 2000), 300, true);
     for t in all_targets() {
         let out = tmp.path().join(format!("m-{}.gguf", t.name()));
-        quantize_to_gguf(&ck, &out, t.clone()).unwrap();
+        quantize_to_gguf(&ck, &out, t).unwrap();
         let g = GgufFile::open(&out).unwrap();
         let arch = meta_str(&g, "general.architecture");
         assert!(has(&names.architectures, arch), "{arch}");

@@ -13,6 +13,8 @@
 //!   and wick's perplexity of the GGUF against that of the checkpoint itself. Without the
 //!   binary the test says why and passes, unless `WICK_REQUIRE_LLAMA=1` (CI): then it fails.
 
+pub mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -51,18 +53,8 @@ fn llama_cpp_tarball() -> Option<PathBuf> {
     let name = "peers/llama.cpp-b10587-src.tar.xz";
     let found = std::env::var_os("WICK_LLAMA_TARBALL")
         .map(PathBuf::from)
-        .into_iter()
-        .chain(
-            [
-                std::env::var_os("WICK_SHARED").map(PathBuf::from),
-                Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared")),
-                Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared")),
-            ]
-            .into_iter()
-            .flatten()
-            .map(|d| d.join(name)),
-        )
-        .find(|p| p.is_file());
+        .or_else(|| common::shared_dir().map(|d| d.join(name)))
+        .filter(|p| p.is_file());
     if found.is_none() {
         let msg = format!("no llama.cpp source tarball ({name} in WICK_SHARED or ../shared; or WICK_LLAMA_TARBALL)");
         if std::env::var("WICK_REQUIRE_LLAMA").is_ok_and(|v| v == "1") {
@@ -654,21 +646,6 @@ fn llama_cpp_perplexity(llama: &Path, gguf: &Path, text: &Path) -> (f64, usize) 
     )
 }
 
-/// A fresh seed per run, printed so a failure can be replayed (`WICK_TEST_SEED`).
-fn seed() -> u64 {
-    let s = std::env::var("WICK_TEST_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    eprintln!("checkpoint seed {s} (WICK_TEST_SEED={s} replays it)");
-    s
-}
-
 /// The cases run by default: each architecture to one quantised type (q4_0 and q8_0 both
 /// covered; `WICK_LLAMA_TYPES=f32,f16,q8_0,q4_0` runs every listed type on both).
 fn cases() -> Vec<(Arch, GgmlType)> {
@@ -699,7 +676,7 @@ fn llama_cpp_perplexity_matches_wick() {
     let Some(llama) = llama_perplexity() else {
         return;
     };
-    let seed = seed();
+    let seed = common::seed();
     let tmp = tempfile::tempdir().unwrap();
     let write = |name: &str, words: usize| {
         let path = tmp.path().join(name);

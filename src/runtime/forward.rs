@@ -669,7 +669,12 @@ impl Forward {
             let norm = (&w.output_norm, eps);
             let d = rmsnorm::rmsnorm(k, &a.h, norm, &a.normed, self.cfg.hidden, rows)?;
             low.list.push(d);
-            low.matmul(w.lm_head(), (&a.normed, None), &logits, MatmulOut::default())?;
+            low.matmul(
+                w.lm_head(),
+                (&a.normed, None),
+                &logits,
+                MatmulOut::default(),
+            )?;
             let dispatches = low.list;
             self.rows_head = Some(RowsHead {
                 rows,

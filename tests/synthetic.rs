@@ -587,3 +587,73 @@ fn native_kernels_decode_like_portable() {
         );
     }
 }
+
+/// The integer-dot decode step (`DecodeFusion::int_dot`: activations quantised to 8-bit
+/// blocks once per row, GEMVs on them) against the float decode step, on the checkpoints
+/// quantised to Q8_0 and Q4_0 (formats with integer-dot GEMVs; the dimensions of these
+/// checkpoints are multiples of 32, not of 256, so the K-quants are covered by the kernel
+/// tests). The activation rounding (at most 1/254 of each block's largest value per element,
+/// tests/kernels/gemv_dot.rs bounds one GEMV by it) compounds over the layers with no tight
+/// closed form, so the bound on the logits is empirical: max |dot - float| <= 10% of the
+/// largest float logit (observed up to 3% on lavapipe, on these small random-weight models
+/// whose rows are only 2-4 blocks long); a stale or wrong row, block, scale or epilogue moves
+/// logits by their own scale. The prompt's logits (prefill, no integer-dot) must be equal.
+/// Greedy ids agree up to a near-tie.
+#[test]
+fn int_dot_decode_matches_the_float_decode() {
+    use wick::runtime::DecodeFusion;
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["llama_gqa", "qwen2_bias_tied", "qwen3_qknorm"] {
+        for t in [GgmlType::Q8_0, GgmlType::Q4_0] {
+            let path = tmp.path().join(format!("{name}-{}.gguf", t.name()));
+            quantize_to_gguf(&dir(name), &path, t).unwrap();
+            let model = load(&path, 64);
+            let dot = DecodeFusion {
+                int_dot: true,
+                ..DecodeFusion::ALL
+            };
+            let mut fd = Session::with_decode_fusion(&model, 64, dot).unwrap();
+            let mut ff = Session::with_decode_fusion(&model, 64, DecodeFusion::ALL).unwrap();
+            let prompt: Vec<u32> = (0..9).map(|_| rand::random::<u32>() % 500).collect();
+            let a = fd.greedy_trace(&prompt, 6).unwrap();
+            let b = ff.greedy_trace(&prompt, 6).unwrap();
+            let label = format!("{name} as {}", t.name());
+            for (step, ((ia, la), (ib, lb))) in a.iter().zip(&b).enumerate() {
+                let d = max_abs_diff(la, lb);
+                let scale = lb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                eprintln!("{label} step {step}: max |dot - float| {d} (max |logit| {scale})");
+                if step == 0 {
+                    assert_eq!(d, 0.0, "{label}: the prompt's logits (prefill) differ");
+                }
+                assert!(
+                    d <= 0.1 * scale,
+                    "{label} step {step}: {d} vs scale {scale}"
+                );
+                if ia != ib {
+                    let mut top = lb.clone();
+                    top.sort_by(|x, y| y.total_cmp(x));
+                    assert!(
+                        top[0] - top[1] < 2.0 * d,
+                        "{label} step {step}: {ia} vs {ib}"
+                    );
+                    break;
+                }
+            }
+            // The integer-dot step really is another dispatch sequence: a quantisation
+            // before each group of GEMVs reading one row.
+            let n = |s: &mut Session| {
+                let p = GenerateParams {
+                    max_tokens: 2,
+                    ..Default::default()
+                };
+                let _: Vec<_> = s.generate(&prompt, p).unwrap().collect();
+                s.stats.dispatches_per_token()
+            };
+            let (nd, nf) = (n(&mut fd), n(&mut ff));
+            assert!(
+                nd > nf,
+                "{label}: {nd} integer-dot vs {nf} float dispatches per token"
+            );
+        }
+    }
+}

@@ -557,7 +557,7 @@ fn check_norm(norm: Option<(&wgpu::Buffer, f32)>, kdim: usize, cfg: &GemvConfig)
 }
 
 /// Checks a matrix's shape and planes; returns units per row.
-fn check_matrix(name: &str, w: &GpuMatrix) -> Result<u32> {
+pub(super) fn check_matrix(name: &str, w: &GpuMatrix) -> Result<u32> {
     let f = w.format;
     if w.n == 0
         || w.k == 0
@@ -591,7 +591,7 @@ fn check_matrix(name: &str, w: &GpuMatrix) -> Result<u32> {
     Ok((w.k / unit_elems(f)) as u32)
 }
 
-fn grid(k: &Kernels, n: usize, cfg: &GemvConfig) -> Result<[u32; 3]> {
+pub(super) fn grid(k: &Kernels, n: usize, cfg: &GemvConfig) -> Result<[u32; 3]> {
     let wgs = n.div_ceil(cfg.rows_per_workgroup() as usize);
     let max = k.gpu.caps.max_compute_workgroups_per_dimension;
     if wgs as u64 > max as u64 * max as u64 {

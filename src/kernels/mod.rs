@@ -28,6 +28,7 @@ pub mod embedding;
 pub mod family;
 pub mod gemm;
 pub mod gemv;
+pub mod gemv_dot;
 pub mod kv_cache;
 pub mod matrix;
 pub mod policy;
@@ -117,6 +118,7 @@ pub static FAMILIES: &[&Family] = &[
     &kv_cache::FAMILY,
     &attention::FAMILY,
     &gemv::FAMILY,
+    &gemv_dot::FAMILY,
     &gemm::FAMILY,
     &softmax::FAMILY,
     &swiglu::FAMILY,
@@ -148,6 +150,15 @@ pub fn native_specs() -> Vec<KernelSpec> {
         .into_iter()
         .filter(KernelSpec::has_native)
         .collect()
+}
+
+/// The pipelines `wick kernels check` checks: every one with a native variant (portable
+/// against native), and every pipeline of the integer-dot GEMV, which has no natives yet and
+/// is checked against its reference alone.
+pub fn checked_specs() -> Vec<KernelSpec> {
+    let mut v = native_specs();
+    v.extend((gemv_dot::FAMILY.pipelines)());
+    v
 }
 
 /// The checks naga adds to a native kernel written in WGSL ([`NativeKernel::wgsl_defines`]):

@@ -1,6 +1,7 @@
 //! CPU reference implementations of every kernel, in plain f32/f64 Rust. Tests compare the
 //! GPU kernels against these on fresh random inputs.
 
+pub mod act_q8;
 pub mod argmax;
 pub mod attention;
 pub mod embedding;

@@ -13,8 +13,8 @@ use crate::kernels::rmsnorm::NormWeights;
 use crate::kernels::rope::{RopeShape, RopeTables};
 use crate::kernels::sample::{SampleBuffers, SampleChain, SampleStep};
 use crate::kernels::{
-    argmax, attention, embedding, gemm, gemv, kv_cache, rmsnorm, rope, sample, swiglu, Dispatch,
-    Kernels, StepParams,
+    argmax, attention, embedding, gemm, gemv, gemv_dot, kv_cache, rmsnorm, rope, sample, swiglu,
+    Dispatch, Kernels, StepParams,
 };
 use crate::model::weights::{LayerWeights, ModelWeights, SplitMatrix};
 use crate::model::ModelConfig;
@@ -42,6 +42,9 @@ struct Activations {
     gu: wgpu::Buffer,
     act: wgpu::Buffer,
     logits: wgpu::Buffer,
+    /// The decode row quantised to 8-bit blocks for the integer-dot GEMVs
+    /// ([`DecodeFusion::int_dot`]); 4 bytes otherwise.
+    xq: wgpu::Buffer,
 }
 
 /// Which fusions the decode step uses. All on is the fast path; all off is the plain
@@ -60,6 +63,11 @@ pub struct DecodeFusion {
     pub swiglu: bool,
     /// Single-split attention without the merge pass while the cache is short.
     pub short_attention: bool,
+    /// GEMVs on 8-bit quantised activations (`kernels::gemv_dot`) for the formats that
+    /// have them: one quantisation (with the norm, where the GEMV would have had the norm
+    /// prologue) per activation row, shared by the GEMVs reading it. Off in [`Self::ALL`]
+    /// until measured; `WICK_INT_DOT=1` turns it on ([`Self::from_env`]).
+    pub int_dot: bool,
 }
 
 impl DecodeFusion {
@@ -69,6 +77,7 @@ impl DecodeFusion {
         rope_kv: true,
         swiglu: true,
         short_attention: true,
+        int_dot: false,
     };
     pub const NONE: DecodeFusion = DecodeFusion {
         qkv: false,
@@ -76,7 +85,25 @@ impl DecodeFusion {
         rope_kv: false,
         swiglu: false,
         short_attention: false,
+        int_dot: false,
     };
+
+    /// [`Self::ALL`], with `int_dot` from `WICK_INT_DOT` (`1` on, `0` or unset off).
+    pub fn from_env() -> Result<DecodeFusion> {
+        let int_dot = match std::env::var("WICK_INT_DOT").as_deref() {
+            Err(_) | Ok("") | Ok("0") => false,
+            Ok("1") => true,
+            Ok(o) => {
+                return Err(Error::InvalidArgument(format!(
+                    "WICK_INT_DOT={o:?} (expected 0 or 1)"
+                )))
+            }
+        };
+        Ok(DecodeFusion {
+            int_dot,
+            ..DecodeFusion::ALL
+        })
+    }
 }
 
 impl Default for DecodeFusion {
@@ -210,6 +237,10 @@ struct Lower<'a> {
     list: Vec<Dispatch>,
     /// Decode attentions built (their scratch buffers live as long as the session).
     attn: Vec<attention::DecodeAttention>,
+    /// What `act.xq` holds: the quantisation of (row buffer, norm weights), valid while
+    /// `list` is as long as it was after the last dispatch that wrote or read it (anything
+    /// else pushed in between may have changed the row).
+    xq_of: Option<(*const wgpu::Buffer, Option<*const wgpu::Buffer>, usize)>,
 }
 
 impl<'a> Lower<'a> {
@@ -254,6 +285,16 @@ impl<'a> Lower<'a> {
         }
         for (row0, chunk) in &m.chunks {
             let epi_offset = o.col0 + row0;
+            if let Some(xq) = self.quantised(chunk.format, (x, norm), m.k)? {
+                let epi = gemv_dot::DotEpilogue {
+                    bias: o.bias,
+                    accumulate: o.accumulate,
+                    out_offset: epi_offset,
+                };
+                let d = gemv_dot::gemv_dot(self.k, chunk, xq, out, epi)?;
+                self.push_dot(d);
+                continue;
+            }
             self.list.push(match self.how {
                 Lowering::Decode { .. } => gemv::gemv(
                     self.k,
@@ -304,6 +345,13 @@ impl<'a> Lower<'a> {
             _ => None,
         };
         let a = self.act;
+        if gemv_dot::qkv_dot_supported(&self.k.gpu.caps, w[0], w[1], w[2]) {
+            if let Some(xq) = self.quantised(w[0].format, x, w[0].k)? {
+                let d = gemv_dot::gemv_dot_qkv(self.k, w, xq, bias, [&a.q, &a.k, &a.v])?;
+                self.push_dot(d);
+                return Ok(true);
+            }
+        }
         let d = gemv::gemv_qkv(self.k, w, x.0, bias, [&a.q, &a.k, &a.v], x.1)?;
         self.list.push(d);
         Ok(true)
@@ -320,6 +368,13 @@ impl<'a> Lower<'a> {
             return Ok(false);
         }
         let a = self.act;
+        let (gate, up) = (&l.w_gate.chunks[0].1, &l.w_up.chunks[0].1);
+        let x = (&a.h, Some((&l.ffn_norm, self.eps)));
+        if let Some(xq) = self.quantised(gate.format, x, gate.k)? {
+            let d = gemv_dot::gemv_dot_swiglu(self.k, gate, up, xq, &a.act)?;
+            self.push_dot(d);
+            return Ok(true);
+        }
         self.list.push(gemv::gemv_swiglu_normed(
             self.k,
             &l.w_gate.chunks[0].1,
@@ -329,6 +384,43 @@ impl<'a> Lower<'a> {
             &a.act,
         )?);
         Ok(true)
+    }
+
+    /// Decode with [`DecodeFusion::int_dot`] and a `format` that has an integer-dot GEMV:
+    /// `act.xq` holding the quantised (normalised) row `x` of `k` elements, quantising it
+    /// first unless it already does. None: the float GEMV runs.
+    fn quantised(
+        &mut self,
+        format: crate::kernels::WeightFormat,
+        (x, norm): NormedInput,
+        k: usize,
+    ) -> Result<Option<&'a wgpu::Buffer>> {
+        let Lowering::Decode { fusion, .. } = self.how else {
+            return Ok(None);
+        };
+        if !fusion.int_dot || !gemv_dot::dot_supported(format) {
+            return Ok(None);
+        }
+        let key = (
+            x as *const wgpu::Buffer,
+            norm.map(|(w, _)| w as *const wgpu::Buffer),
+        );
+        let act: &'a Activations = self.act;
+        let xq = &act.xq;
+        if self.xq_of != Some((key.0, key.1, self.list.len())) {
+            let d = gemv_dot::act_q8(self.k, x, k, xq, norm)?;
+            self.list.push(d);
+            self.xq_of = Some((key.0, key.1, self.list.len()));
+        }
+        Ok(Some(xq))
+    }
+
+    /// Pushes an integer-dot GEMV, keeping `act.xq` valid for the next one.
+    fn push_dot(&mut self, d: Dispatch) {
+        self.list.push(d);
+        if let Some(of) = self.xq_of.as_mut() {
+            of.2 = self.list.len();
+        }
     }
 
     /// Whether RoPE and the cache write run as one dispatch (where the head shape allows).
@@ -392,6 +484,12 @@ impl Forward {
             gu: f32b("gate_up", c * 2 * cfg.ffn)?,
             act: f32b("ffn_act", c * cfg.ffn)?,
             logits: f32b("logits", cfg.vocab)?,
+            xq: if fusion.int_dot {
+                let k = cfg.hidden.max(cfg.ffn).max(cfg.q_dim());
+                gpu.storage_buffer("xq", gemv_dot::act_q8_bytes(k.next_multiple_of(32)))?
+            } else {
+                gpu.storage_buffer("xq", 4)?
+            },
         };
         let step = gpu.uniform("step", &StepParams::default())?;
         let ids = gpu.upload("prefill ids", &vec![0u32; c])?;
@@ -538,6 +636,7 @@ impl Forward {
             how,
             list: Vec::new(),
             attn: Vec::new(),
+            xq_of: None,
         };
         self.layers(&mut low, w, kv, inv_freq)?;
         Ok((low.list, low.attn))
@@ -623,6 +722,7 @@ impl Forward {
             how: Lowering::Decode { fusion, splits: 1 },
             list: Vec::new(),
             attn: Vec::new(),
+            xq_of: None,
         };
         let x = if norm_prologue {
             (h, Some((&w.output_norm, cfg.rms_eps)))

@@ -218,7 +218,7 @@ impl Session {
     }
 
     pub fn with_context(model: &Model, ctx: usize) -> Result<Session> {
-        Self::with_decode_fusion(model, ctx, DecodeFusion::ALL)
+        Self::with_decode_fusion(model, ctx, DecodeFusion::from_env()?)
     }
 
     /// A session whose decode step uses only the given fusions (tests and kernel authors

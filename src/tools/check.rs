@@ -2,7 +2,7 @@
 //! variant, and the portable kernel of the same pipeline on the same inputs, against the CPU
 //! reference ([`crate::reference`]) on fresh random inputs.
 //!
-//! Which pipelines are checked comes from [`crate::kernels::native_specs`]; the cases of each come
+//! Which pipelines are checked comes from [`crate::kernels::checked_specs`]; the cases of each come
 //! from its family ([`crate::kernels::Family::checks`]) and run through the public host functions, so
 //! the host's dispatch for a native kernel (its fixed work split) is checked too. A pipeline
 //! of a family without checks is reported as a failure, never skipped.
@@ -15,7 +15,7 @@ use super::catalog;
 use super::kernel_bench::registry;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::kernels::{family_of, native_specs, KernelSpec, Variant};
+use crate::kernels::{checked_specs, family_of, KernelSpec, Variant};
 
 /// What to check.
 #[derive(Debug, Clone, Default)]
@@ -122,10 +122,10 @@ fn rel_err(got: &[f32], want: &[f32], corrupt: bool) -> f64 {
     max_d / scale.max(f64::MIN_POSITIVE)
 }
 
-/// Checks every native pipeline ([`crate::kernels::native_specs`]) whose op matches the filter: the
+/// Checks every pipeline of [`crate::kernels::checked_specs`] whose op matches the filter: the
 /// portable kernel and each native variant this adapter can run, on the same inputs.
 pub fn check(gpu: &Arc<Gpu>, opts: &CheckOptions) -> Result<CheckReport> {
-    check_specs(gpu, &native_specs(), opts)
+    check_specs(gpu, &checked_specs(), opts)
 }
 
 /// [`check`] over the given pipeline specs (tests pass portable-only specs to exercise every

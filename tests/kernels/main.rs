@@ -9,6 +9,7 @@ mod attention;
 mod embedding;
 mod gemm;
 mod gemv;
+mod gemv_dot;
 mod kv_cache;
 mod rmsnorm;
 mod rope;

@@ -1,0 +1,457 @@
+//! Integer-dot GEMV: decode's GEMV on a quantised activation row. [`act_q8`] quantises the
+//! (optionally RMS-normalised) f32 row once per step into 8-bit blocks of 32 (GGML's Q8_1:
+//! int8, d, d * sum; `wgsl/act_q8.wgsl`); [`gemv_dot`], [`gemv_dot_swiglu`] and
+//! [`gemv_dot_qkv`] multiply weight blocks with it in packed 4-way int8 dot products
+//! (`wgsl/gemv_dot.wgsl`), so the f32 activation loads that bound the float GEMV
+//! ([`super::gemv`]) go away. The result differs from the float GEMV's by the activation
+//! rounding (at most d/2 per element; [`crate::reference::act_q8::rounding_bound`]).
+//!
+//! Formats: [`DOT_FORMATS`]. Work split: [`GemvConfig`], as the float GEMV's, over units of
+//! one 32-element block (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) or one 64-element K-quant
+//! pair (Q4_K, Q5_K, Q6_K).
+
+use super::args::need_bytes;
+use super::family::Family;
+use super::gemv::{check_matrix, grid, GemvConfig, GemvParams};
+use super::{grid_1d, Binding, Dispatch, GpuMatrix, KernelSpec, Kernels};
+use crate::error::{Error, Result};
+use crate::gpu::Capabilities;
+use crate::quant::WeightFormat;
+use crate::reference::act_q8::{packed_words, BLOCK};
+
+pub mod cases;
+
+/// The integer-dot GEMV family: the activation quantiser (with and without the norm
+/// prologue) and plain, gate+up+SwiGLU and QKV GEMVs per format of [`DOT_FORMATS`].
+pub static FAMILY: Family = Family {
+    name: "gemv_dot",
+    wgsl: &["gemv_dot", "act_q8"],
+    pipelines,
+    native_coverage: None,
+    checks: Some(cases::checks),
+    bench: Some(cases::bench),
+};
+
+/// Weight formats with an integer-dot GEMV.
+pub const DOT_FORMATS: [WeightFormat; 8] = [
+    WeightFormat::Q4K,
+    WeightFormat::Q6K,
+    WeightFormat::Q4_0,
+    WeightFormat::Q8_0,
+    WeightFormat::Q5K,
+    WeightFormat::Q4_1,
+    WeightFormat::Q5_0,
+    WeightFormat::Q5_1,
+];
+
+/// Whether `format` has an integer-dot GEMV.
+pub fn dot_supported(format: WeightFormat) -> bool {
+    DOT_FORMATS.contains(&format)
+}
+
+/// The op of the activation quantiser.
+pub const ACT_Q8_OP: &str = "act_q8";
+
+fn pipelines() -> Vec<KernelSpec> {
+    let cfg = GemvConfig {
+        lanes_per_row: 32,
+        rows_per_group: 2,
+        workgroup_size: 64,
+        subgroup_reduce: false,
+    };
+    let mut v = vec![act_q8_spec(false), act_q8_spec(true)];
+    for f in DOT_FORMATS {
+        v.push(spec(f, &cfg, false, false));
+    }
+    for f in DOT_FORMATS {
+        v.push(swiglu_spec(f, &cfg));
+    }
+    for f in DOT_FORMATS {
+        v.push(qkv_spec(f, &cfg, false));
+    }
+    v
+}
+
+/// WGSL mirror of act_q8's `struct Params { k, eps_bits, _pad }`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct ActParams {
+    k: u32,
+    eps_bits: u32,
+    _pad: [u32; 2],
+}
+
+/// Workgroup size of the quantiser (one lane per 32-element block).
+const ACT_WG: u32 = 64;
+
+fn act_q8_spec(norm: bool) -> KernelSpec {
+    let mut b = vec![Binding::Uniform, Binding::Read, Binding::ReadWrite];
+    if norm {
+        b.push(Binding::Read);
+    }
+    let s = KernelSpec::new(ACT_Q8_OP, "act_q8", "act_q8", &b);
+    let s = if norm { s.define("NORM") } else { s };
+    s.constant("WG", ACT_WG)
+}
+
+/// Bytes of the quantised activations of a row of `k` elements ([`act_q8`]'s output).
+pub fn act_q8_bytes(k: usize) -> u64 {
+    packed_words(k) as u64 * 4
+}
+
+/// A buffer for the quantised activations of a row of `k` elements.
+pub fn act_q8_buffer(gpu: &crate::gpu::Gpu, k: usize) -> Result<wgpu::Buffer> {
+    gpu.storage_buffer("act_q8", act_q8_bytes(k))
+}
+
+/// Quantises the f32 row `x[k]` (k a multiple of 32) into `xq` (see `wgsl/act_q8.wgsl` for
+/// the layout), RMS-normalising it first with `norm` = (weights f32[k], epsilon) when given.
+pub fn act_q8(
+    kern: &Kernels,
+    x: &wgpu::Buffer,
+    k: usize,
+    xq: &wgpu::Buffer,
+    norm: Option<(&wgpu::Buffer, f32)>,
+) -> Result<Dispatch> {
+    if k == 0 || !k.is_multiple_of(BLOCK) || k > u32::MAX as usize / 2 {
+        return Err(Error::Shape(format!(
+            "act_q8: k = {k} must be a non-zero multiple of {BLOCK}"
+        )));
+    }
+    need_bytes("act_q8", "x", x, k as u64 * 4)?;
+    need_bytes("act_q8", "xq", xq, act_q8_bytes(k))?;
+    if let Some((w, eps)) = norm {
+        need_bytes("act_q8", "norm weights", w, k as u64 * 4)?;
+        if !(eps.is_finite() && eps >= 0.0) {
+            return Err(Error::InvalidArgument(format!("rms epsilon {eps}")));
+        }
+    }
+    let params = ActParams {
+        k: k as u32,
+        eps_bits: norm.map_or(0, |(_, e)| e.to_bits()),
+        _pad: [0; 2],
+    };
+    let params = kern.gpu.uniform("act_q8 params", &params)?;
+    let sp = act_q8_spec(norm.is_some());
+    let wgs = (k / BLOCK).div_ceil(ACT_WG as usize) as u32;
+    let g = grid_1d(wgs, kern.gpu.caps.max_compute_workgroups_per_dimension);
+    match norm {
+        Some((w, _)) => kern.dispatch(&sp, &[&params, x, xq, w], g),
+        None => kern.dispatch(&sp, &[&params, x, xq], g),
+    }
+}
+
+/// Elements per unit of the integer-dot GEMV: a 32-element block, or a 64-element K-quant
+/// pair.
+pub fn dot_unit_elems(format: WeightFormat) -> usize {
+    match format {
+        WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q6K => 64,
+        _ => 32,
+    }
+}
+
+/// Accumulators per lane in the shader.
+const MAX_ACC: u32 = 16;
+
+/// The work split for an n x k matrix. NVIDIA: the float GEMV's rule (fill the GPU with about
+/// 2^17 threads, at most ~32 units per lane), not yet measured for this kernel. Others: the
+/// widest lanes per row up to 32 (or the subgroup) that keeps 3/4 of the lane-steps busy, two
+/// rows per group (each unit's activations serve both), 64-lane workgroups.
+pub fn dot_config(caps: &Capabilities, format: WeightFormat, n: usize, k: usize) -> GemvConfig {
+    let units = (k / dot_unit_elems(format)).max(1);
+    if caps.class == crate::gpu::AdapterClass::Nvidia {
+        let by_threads = (131_072 / n.max(1)).max(1).next_power_of_two();
+        let by_units = units.div_ceil(32).next_power_of_two();
+        let cap = units.next_power_of_two().min(256);
+        let lpr = by_threads.max(by_units).clamp(4, cap.max(4)) as u32;
+        return GemvConfig {
+            lanes_per_row: lpr,
+            rows_per_group: 1,
+            workgroup_size: 256,
+            subgroup_reduce: caps.subgroup && lpr <= caps.subgroup_min_size,
+        };
+    }
+    let mut lpr = 32u32;
+    while lpr > 1 {
+        let slots = units.div_ceil(lpr as usize) * lpr as usize;
+        if units * 4 >= slots * 3 {
+            break;
+        }
+        lpr /= 2;
+    }
+    let subgroup_reduce = caps.subgroup && caps.subgroup_min_size >= 1;
+    if subgroup_reduce {
+        lpr = lpr.min(caps.subgroup_min_size.max(1));
+    }
+    GemvConfig {
+        lanes_per_row: lpr,
+        rows_per_group: 2,
+        workgroup_size: 64u32.max(lpr),
+        subgroup_reduce,
+    }
+}
+
+fn dot_spec(
+    op: String,
+    entry: &'static str,
+    format: WeightFormat,
+    cfg: &GemvConfig,
+    variant: Option<&'static str>,
+    (reads, writes): (usize, usize),
+) -> KernelSpec {
+    let mut bindings = vec![Binding::Uniform];
+    bindings.extend(std::iter::repeat_n(Binding::Read, reads));
+    bindings.extend(std::iter::repeat_n(Binding::ReadWrite, writes));
+    let mut s = KernelSpec::new(op, "gemv_dot", entry, &bindings).define(format.define());
+    if let Some(d) = variant {
+        s = s.define(d);
+    }
+    s.constant("LPR", cfg.lanes_per_row)
+        .constant("RPG", cfg.rows_per_group)
+        .constant("WG", cfg.workgroup_size)
+        .constant("SG_REDUCE", cfg.subgroup_reduce as u32)
+}
+
+/// The plain integer-dot GEMV (op `gemv_dot_<format>`).
+pub fn spec(format: WeightFormat, cfg: &GemvConfig, bias: bool, accumulate: bool) -> KernelSpec {
+    let op = format!("gemv_dot_{}", format.name());
+    dot_spec(op, "gemv", format, cfg, None, (4, 1))
+        .constant("HAS_BIAS", bias as u32)
+        .constant("ACCUMULATE", accumulate as u32)
+}
+
+/// The fused gate+up+SwiGLU integer-dot GEMV (op `gemv_dot_swiglu_<format>`).
+pub fn swiglu_spec(format: WeightFormat, cfg: &GemvConfig) -> KernelSpec {
+    let op = format!("gemv_dot_swiglu_{}", format.name());
+    dot_spec(op, "gemv_swiglu", format, cfg, Some("SWIGLU"), (5, 1))
+}
+
+/// The fused QKV integer-dot GEMV (op `gemv_dot_qkv_<format>`).
+pub fn qkv_spec(format: WeightFormat, cfg: &GemvConfig, bias: bool) -> KernelSpec {
+    let op = format!("gemv_dot_qkv_{}", format.name());
+    dot_spec(op, "gemv", format, cfg, Some("QKV"), (10, 3))
+        .constant("HAS_BIAS", bias as u32)
+        .constant("ACCUMULATE", 0)
+}
+
+/// Validates the split for the shader's accumulator array and workgroup-memory slots.
+fn validate(cfg: &GemvConfig, caps: &Capabilities, nmat: u32) -> Result<()> {
+    cfg.validate(caps, nmat == 2)?;
+    if nmat * cfg.rows_per_group > MAX_ACC {
+        return Err(Error::InvalidArgument(format!(
+            "gemv_dot config {cfg:?}: too many rows per group"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the matrix is of a dot format and returns its units per row.
+fn check_dot_matrix(name: &str, w: &GpuMatrix) -> Result<u32> {
+    if !dot_supported(w.format) {
+        return Err(Error::Unsupported(format!(
+            "gemv_dot: {name} is {}, which has no integer-dot GEMV (formats: {})",
+            w.format.name(),
+            DOT_FORMATS.map(|f| f.name()).join(", ")
+        )));
+    }
+    check_matrix(name, w)?;
+    Ok((w.k / dot_unit_elems(w.format)) as u32)
+}
+
+fn params(w: &GpuMatrix, upr: u32, out_offset: usize, cfg: &GemvConfig) -> GemvParams {
+    GemvParams {
+        n: w.n as u32,
+        upr,
+        out_offset: out_offset as u32,
+        eps_bits: 0,
+        k4: (w.k / 4) as u32,
+        nk: 0,
+        nv: 0,
+        flags: 0,
+        lanes_per_row: cfg.lanes_per_row,
+        _pad: [0; 3],
+    }
+}
+
+/// The epilogue of [`gemv_dot`]: as the float GEMV's, without the norm prologue (the norm
+/// belongs to [`act_q8`]).
+#[derive(Clone, Copy, Default)]
+pub struct DotEpilogue<'a> {
+    /// f32[n], added to each output row.
+    pub bias: Option<&'a wgpu::Buffer>,
+    /// `out[i] += result` instead of `out[i] = result`.
+    pub accumulate: bool,
+    /// Row i is written to `out[out_offset + i]`.
+    pub out_offset: usize,
+}
+
+/// `out[epi.out_offset + i] (+)= w[i] · x (+ bias[i])` with x given as [`act_q8`]'s output
+/// `xq` for a row of w.k elements.
+pub fn gemv_dot(
+    k: &Kernels,
+    w: &GpuMatrix,
+    xq: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    epi: DotEpilogue,
+) -> Result<Dispatch> {
+    let cfg = dot_config(&k.gpu.caps, w.format, w.n, w.k);
+    gemv_dot_with_config(k, w, xq, out, epi, &cfg)
+}
+
+/// [`gemv_dot`] with an explicit work split.
+pub fn gemv_dot_with_config(
+    k: &Kernels,
+    w: &GpuMatrix,
+    xq: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    epi: DotEpilogue,
+    cfg: &GemvConfig,
+) -> Result<Dispatch> {
+    validate(cfg, &k.gpu.caps, 1)?;
+    let upr = check_dot_matrix("w", w)?;
+    need_bytes("gemv_dot", "xq", xq, act_q8_bytes(w.k))?;
+    let end = epi
+        .out_offset
+        .checked_add(w.n)
+        .filter(|e| *e <= u32::MAX as usize)
+        .ok_or_else(|| Error::Shape("gemv_dot: out_offset too large".into()))?;
+    need_bytes("gemv_dot", "out", out, end as u64 * 4)?;
+    if let Some(b) = epi.bias {
+        need_bytes("gemv_dot", "bias", b, w.n as u64 * 4)?;
+    }
+    let sp = spec(w.format, cfg, epi.bias.is_some(), epi.accumulate);
+    let params = k
+        .gpu
+        .uniform("gemv_dot params", &params(w, upr, epi.out_offset, cfg))?;
+    let bias = epi.bias.unwrap_or(xq);
+    k.dispatch(
+        &sp,
+        &[&params, &w.qs, &w.scales, xq, bias, out],
+        grid(k, w.n, cfg)?,
+    )
+}
+
+/// out[i] = silu(gate·x)_i * (up·x)_i on quantised activations (one format and shape).
+pub fn gemv_dot_swiglu(
+    k: &Kernels,
+    gate: &GpuMatrix,
+    up: &GpuMatrix,
+    xq: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+) -> Result<Dispatch> {
+    let mut cfg = dot_config(&k.gpu.caps, gate.format, gate.n, gate.k);
+    cfg.rows_per_group = cfg.rows_per_group.min(MAX_ACC / 2);
+    gemv_dot_swiglu_with_config(k, gate, up, xq, out, &cfg)
+}
+
+/// [`gemv_dot_swiglu`] with an explicit work split.
+pub fn gemv_dot_swiglu_with_config(
+    k: &Kernels,
+    gate: &GpuMatrix,
+    up: &GpuMatrix,
+    xq: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    cfg: &GemvConfig,
+) -> Result<Dispatch> {
+    validate(cfg, &k.gpu.caps, 2)?;
+    if gate.format != up.format || gate.n != up.n || gate.k != up.k {
+        return Err(Error::Shape(format!(
+            "gemv_dot_swiglu: gate is {} x {} {}, up is {} x {} {}",
+            gate.n,
+            gate.k,
+            gate.format.name(),
+            up.n,
+            up.k,
+            up.format.name()
+        )));
+    }
+    let upr = check_dot_matrix("gate", gate)?;
+    check_dot_matrix("up", up)?;
+    need_bytes("gemv_dot", "xq", xq, act_q8_bytes(gate.k))?;
+    need_bytes("gemv_dot", "out", out, gate.n as u64 * 4)?;
+    let sp = swiglu_spec(gate.format, cfg);
+    let params = k
+        .gpu
+        .uniform("gemv_dot_swiglu params", &params(gate, upr, 0, cfg))?;
+    k.dispatch(
+        &sp,
+        &[&params, &gate.qs, &gate.scales, &up.qs, &up.scales, xq, out],
+        grid(k, gate.n, cfg)?,
+    )
+}
+
+/// Storage buffers the fused QKV integer-dot GEMV binds.
+pub const QKV_STORAGE_BINDINGS: u32 = 13;
+
+fn qkv_config(caps: &Capabilities, q: &GpuMatrix, k: &GpuMatrix, v: &GpuMatrix) -> GemvConfig {
+    dot_config(caps, q.format, q.n + k.n + v.n, q.k)
+}
+
+/// Whether [`gemv_dot_qkv`] can run these three matrices here: one dot format and row
+/// length, row groups that never straddle two matrices, enough storage bindings.
+pub fn qkv_dot_supported(caps: &Capabilities, q: &GpuMatrix, k: &GpuMatrix, v: &GpuMatrix) -> bool {
+    let cfg = qkv_config(caps, q, k, v);
+    dot_supported(q.format)
+        && q.format == k.format
+        && q.format == v.format
+        && q.k == k.k
+        && q.k == v.k
+        && caps.max_storage_buffers_per_shader_stage >= QKV_STORAGE_BINDINGS
+        && q.n.is_multiple_of(cfg.rows_per_group as usize)
+        && k.n.is_multiple_of(cfg.rows_per_group as usize)
+}
+
+/// q, k and v projections of one quantised activation row in one dispatch, each matrix with
+/// its own planes, optional bias and output buffer. See [`qkv_dot_supported`].
+pub fn gemv_dot_qkv(
+    kern: &Kernels,
+    w: [&GpuMatrix; 3],
+    xq: &wgpu::Buffer,
+    bias: Option<[&wgpu::Buffer; 3]>,
+    out: [&wgpu::Buffer; 3],
+) -> Result<Dispatch> {
+    let [q, k, v] = w;
+    let caps = &kern.gpu.caps;
+    if !qkv_dot_supported(caps, q, k, v) {
+        return Err(Error::Unsupported(format!(
+            "fused QKV integer-dot GEMV of {}x{} {}, {}x{} {}, {}x{} {} on this device",
+            q.n,
+            q.k,
+            q.format.name(),
+            k.n,
+            k.k,
+            k.format.name(),
+            v.n,
+            v.k,
+            v.format.name()
+        )));
+    }
+    let cfg = qkv_config(caps, q, k, v);
+    validate(&cfg, caps, 1)?;
+    let upr = check_dot_matrix("q", q)?;
+    check_dot_matrix("k", k)?;
+    check_dot_matrix("v", v)?;
+    need_bytes("gemv_dot", "xq", xq, act_q8_bytes(q.k))?;
+    for (name, m, o) in [("q", q, out[0]), ("k", k, out[1]), ("v", v, out[2])] {
+        need_bytes("gemv_dot", &format!("out {name}"), o, m.n as u64 * 4)?;
+    }
+    if let Some(b) = bias {
+        for (name, m, bb) in [("q", q, b[0]), ("k", k, b[1]), ("v", v, b[2])] {
+            need_bytes("gemv_dot", &format!("bias {name}"), bb, m.n as u64 * 4)?;
+        }
+    }
+    let sp = qkv_spec(q.format, &cfg, bias.is_some());
+    let mut p = params(q, upr, 0, &cfg);
+    p.nk = k.n as u32;
+    p.nv = v.n as u32;
+    let p = kern.gpu.uniform("gemv_dot_qkv params", &p)?;
+    let b = bias.unwrap_or([xq, xq, xq]);
+    kern.dispatch(
+        &sp,
+        &[
+            &p, &q.qs, &q.scales, &k.qs, &k.scales, &v.qs, &v.scales, xq, b[0], b[1], b[2], out[0],
+            out[1], out[2],
+        ],
+        grid(kern, q.n + k.n + v.n, &cfg)?,
+    )
+}

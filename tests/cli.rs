@@ -5,32 +5,13 @@
 //! The prompt tests need the real SmolLM2-135M-Instruct (it has a chat template); without it
 //! they pass vacuously unless `WICK_REQUIRE_MODEL=1` (as in CI).
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use serde_json::Value;
 use wick::formats::gguf::GgufFile;
 use wick::formats::tokenizer::Tokenizer;
 
-fn model_path() -> Option<PathBuf> {
-    let path = std::env::var_os("WICK_MODEL_PATH")
-        .map(PathBuf::from)
-        .unwrap_or_else(wick::model::source::default_model_path);
-    if path.exists() {
-        return Some(path);
-    }
-    if std::env::var("WICK_REQUIRE_MODEL").as_deref() == Ok("1") {
-        panic!(
-            "WICK_REQUIRE_MODEL=1 but the model is missing at {}",
-            path.display()
-        );
-    }
-    eprintln!(
-        "skipping: no model at {} (run scripts/fetch-model.sh)",
-        path.display()
-    );
-    None
-}
+pub mod common;
 
 fn wick(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_wick"))
@@ -63,7 +44,9 @@ fn ids(v: &Value, key: &str) -> Vec<u32> {
 
 #[test]
 fn run_wraps_the_prompt_in_the_chat_template_unless_raw() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = common::model_or_skip() else {
+        return;
+    };
     let model = path.to_str().unwrap();
     let tok = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
     let prompt = "What is the capital of France?";

@@ -21,6 +21,8 @@ use wick::formats::tokenizer::{GgufVocab, Tokenizer};
 use wick::model::config::ModelConfig;
 use wick::quant::GgmlType;
 
+pub mod common;
+
 fn seeds(target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fuzz/seeds")
@@ -162,26 +164,6 @@ const QWEN_STYLE: &str = "{%- set ns = namespace(system=false) -%}\n{%- for mess
 
 /// A Mistral style template: roles must alternate, enforced with raise_exception.
 const MISTRAL_STYLE: &str = "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}{% endif %}{% endfor %}";
-
-fn smollm2_path() -> PathBuf {
-    std::env::var_os("WICK_MODEL_PATH")
-        .map(PathBuf::from)
-        .unwrap_or_else(wick::model::source::default_model_path)
-}
-
-/// `$WICK_SHARED/goldens`, else `shared/goldens` beside the checkout or two levels up (helper
-/// worktrees), as the other tests find it.
-fn goldens() -> PathBuf {
-    if let Some(p) = std::env::var_os("WICK_SHARED") {
-        return PathBuf::from(p).join("goldens");
-    }
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    [manifest.join("../shared"), manifest.join("../../shared")]
-        .into_iter()
-        .map(|p| p.join("goldens"))
-        .find(|p| p.is_dir())
-        .unwrap_or_else(|| panic!("shared/goldens not found (set WICK_SHARED)"))
-}
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
     let dir = seeds(target);
@@ -337,7 +319,8 @@ fn write_seeds() {
 
     // --- gguf: the real header without tensors (tokenizer cut to its first 256 tokens), and
     // tiny models of each architecture.
-    let real = GgufFile::open(&smollm2_path()).expect("the SmolLM2 GGUF (scripts/fetch-model.sh)");
+    let real =
+        GgufFile::open(&common::model_path()).expect("the SmolLM2 GGUF (scripts/fetch-model.sh)");
     let real_vocab = GgufVocab::from_gguf(&real).unwrap();
     let head = vocab_head(&real_vocab, 256);
     let mut w = GgufWriter::new();
@@ -408,7 +391,7 @@ fn write_seeds() {
 
     // --- hf: the synthetic checkpoints' config.json / generation_config.json, their
     // safetensors headers on shrunk tensors, and a shard index.
-    let synth = goldens().join("synthetic");
+    let synth = common::shared().join("goldens").join("synthetic");
     let mut names: Vec<String> = Vec::new();
     for model in ["llama_gqa", "qwen2_bias_tied", "qwen3_qknorm"] {
         let dir = synth.join(model);

@@ -1,13 +1,13 @@
 //! GGUF reader and writer: round trips, malformed files (each must give its named error), the
 //! real SmolLM2 file against the goldens, and Q4_1/Q8_0 dequantisation against gguf-py.
 
-use std::path::PathBuf;
-
 use rand::{Rng, RngCore, SeedableRng};
 use serde_json::Value;
 use wick::formats::gguf::{GgufError, GgufFile, MetaValue, MAX_ARRAY_DEPTH};
 use wick::formats::gguf_writer::GgufWriter;
 use wick::quant::{dequantize, quantize, GgmlType};
+
+pub mod common;
 
 fn rng() -> rand::rngs::StdRng {
     let seed: u64 = rand::rng().random();
@@ -767,46 +767,8 @@ fn random_corruption_never_panics() {
 
 // ---- the real model ----
 
-fn model_path() -> Option<PathBuf> {
-    let path = match std::env::var_os("WICK_MODEL_PATH") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-            .join(".cache/wick/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
-    };
-    if path.exists() {
-        return Some(path);
-    }
-    let msg = format!(
-        "SmolLM2 GGUF not found at {} (set WICK_MODEL_PATH)",
-        path.display()
-    );
-    if std::env::var("WICK_REQUIRE_MODEL").as_deref() == Ok("1") {
-        panic!("{msg} and WICK_REQUIRE_MODEL=1");
-    }
-    eprintln!("skipping: {msg}");
-    None
-}
-
-/// `$WICK_SHARED`, else `shared/` beside the checkout (CI: `<dir>/main` + `<dir>/shared`), else
-/// two levels up (helper worktrees at `<dir>/wt/<name>`); as tests/tokenizer.rs.
-fn shared_dir() -> PathBuf {
-    if let Some(p) = std::env::var_os("WICK_SHARED") {
-        return PathBuf::from(p);
-    }
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    [manifest.join("../shared"), manifest.join("../../shared")]
-        .into_iter()
-        .find(|p| p.join("goldens").is_dir())
-        .unwrap_or_else(|| {
-            panic!(
-                "no shared/goldens beside {} or its parent (set WICK_SHARED)",
-                manifest.display()
-            )
-        })
-}
-
 fn golden(name: &str) -> Value {
-    let path = shared_dir().join("goldens/smollm2").join(name);
+    let path = common::shared().join("goldens/smollm2").join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
 }
@@ -853,7 +815,9 @@ fn meta_matches_json(v: &MetaValue, j: &Value) -> bool {
 
 #[test]
 fn smollm2_matches_inspect_golden() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = common::model_or_skip() else {
+        return;
+    };
     let f = GgufFile::open(&path).unwrap();
     let g = golden("gguf_inspect.json");
     assert_eq!(f.file_len(), g["file_size"].as_u64().unwrap());
@@ -949,7 +913,9 @@ fn smollm2_matches_inspect_golden() {
 /// writer's layout is the one the llama.cpp converter produced.
 #[test]
 fn smollm2_rewrites_byte_identical() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = common::model_or_skip() else {
+        return;
+    };
     let f = GgufFile::open(&path).unwrap();
     let mut w = GgufWriter::new().version(f.version);
     for (k, v) in &f.metadata {
@@ -977,7 +943,7 @@ fn hex(s: &str) -> Vec<u8> {
 #[test]
 fn smollm2_dequant_blocks_exact() {
     let g = golden("dequant_blocks.json");
-    let model = model_path().map(|p| GgufFile::open(&p).unwrap());
+    let model = common::model_or_skip().map(|p| GgufFile::open(&p).unwrap());
     let samples = g["samples"].as_array().unwrap();
     assert!(samples.len() >= 4);
     for s in samples {

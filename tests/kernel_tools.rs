@@ -10,24 +10,11 @@ use wick::kernels::{native_specs, KernelChoice, KernelPolicy, Kernels, Variant};
 use wick::tools::catalog;
 use wick::tools::check::{self, CheckOptions};
 
+pub mod common;
+
 fn gpu() -> &'static Arc<Gpu> {
     static G: OnceLock<Arc<Gpu>> = OnceLock::new();
     G.get_or_init(|| Gpu::new().expect("a GPU adapter (in CI: mesa-vulkan-drivers' lavapipe)"))
-}
-
-/// The seed of this run's random inputs, printed so a failure can be replayed.
-fn seed() -> u64 {
-    let s = std::env::var("WICK_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    eprintln!("WICK_TEST_SEED={s}");
-    s
 }
 
 #[test]
@@ -118,7 +105,7 @@ fn check_passes_on_this_adapter() {
     let r = check::check(
         gpu(),
         &CheckOptions {
-            seed: Some(seed()),
+            seed: Some(common::seed()),
             ..Default::default()
         },
     )
@@ -166,7 +153,7 @@ fn check_fails_on_a_wrong_reference() {
     let r = check::check(
         gpu(),
         &CheckOptions {
-            seed: Some(seed()),
+            seed: Some(common::seed()),
             corrupt_reference: true,
             ..Default::default()
         },
@@ -384,7 +371,7 @@ fn every_family_specs() -> Vec<wick::kernels::KernelSpec> {
 fn check_covers_every_family() {
     let specs = every_family_specs();
     let opts = CheckOptions {
-        seed: Some(seed()),
+        seed: Some(common::seed()),
         ..Default::default()
     };
     let r = check::check_specs(gpu(), &specs, &opts).unwrap();

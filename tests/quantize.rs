@@ -18,6 +18,8 @@ use wick::model::{QuantMix, QuantTarget};
 use wick::quant::{GgmlType, QUANTIZE_TARGETS};
 use wick::{Engine, LoadOptions, Model, Session};
 
+pub mod common;
+
 const HIDDEN: usize = 256;
 const FFN: usize = 512;
 const VOCAB: usize = 256;
@@ -187,26 +189,11 @@ fn tolerance(t: GgmlType) -> f32 {
     }
 }
 
-/// A fresh seed per run, printed so a failure can be replayed (`WICK_TEST_SEED`).
-fn seed() -> u64 {
-    let s = std::env::var("WICK_TEST_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    eprintln!("checkpoint seed {s} (WICK_TEST_SEED={s} replays it)");
-    s
-}
-
 #[test]
 fn quantize_round_trips_every_type() {
     let tmp = tempfile::tempdir().unwrap();
     let ck = tmp.path().join("llama");
-    write_checkpoint(&ck, seed(), json!({}));
+    write_checkpoint(&ck, common::seed(), json!({}));
     let reference = logits(&load(&ck, 64, None).unwrap());
     let rms = (reference.iter().flatten().map(|v| v * v).sum::<f32>()
         / (reference.len() * VOCAB) as f32)
@@ -291,7 +278,7 @@ fn quantize_mixes_follow_llama_cpp_rules() {
         (32, &[QuantMix::Q4KM][..]),
     ] {
         let ck = tmp.path().join(format!("llama{layers}"));
-        write_checkpoint_layers(&ck, seed(), layers, json!({}));
+        write_checkpoint_layers(&ck, common::seed(), layers, json!({}));
         let reference = (layers == 4).then(|| logits(&load(&ck, 64, None).unwrap()));
         for &mix in mixes {
             let out = tmp
@@ -542,18 +529,10 @@ fn synthetic_preset_written_as_gguf() {
     use wick::formats::gguf::GgufFile;
     use wick::formats::tokenizer::{GgufVocab, Tokenizer};
     use wick::model::synthetic::{padded_vocab, Preset, SyntheticStore};
-    let model = std::env::var("WICK_MODEL_PATH")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| wick::model::source::default_model_path());
-    if !model.exists() {
-        assert!(
-            std::env::var("WICK_REQUIRE_MODEL").as_deref() != Ok("1"),
-            "WICK_REQUIRE_MODEL=1 but {} is missing",
-            model.display()
-        );
-        eprintln!("skipping: no SmolLM2 GGUF for the vocabulary");
+    // The SmolLM2 GGUF, for its vocabulary.
+    let Some(model) = common::model_or_skip() else {
         return;
-    }
+    };
     let vocab = GgufVocab::from_gguf(&GgufFile::open(&model).unwrap()).unwrap();
     let padded = padded_vocab(&vocab, vocab.tokens.len() + 3);
     assert_eq!(

@@ -7,7 +7,6 @@
 //! wick between the goldens README's f32 and f16 columns. The bounds below are the errors
 //! measured on lavapipe with a stated margin, and each test prints what it measured.
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use serde_json::Value;
@@ -15,18 +14,8 @@ use wick::formats::chat_template::ChatMessage;
 use wick::runtime::{GenerateParams, Picker, SamplingParams, StopReason};
 use wick::{Engine, LoadOptions, Model, Session};
 
-/// `$WICK_SHARED`, else `shared/` beside the checkout (CI), else two levels up (helper
-/// worktrees at `<dir>/wt/<name>`).
-fn shared() -> PathBuf {
-    if let Some(p) = std::env::var_os("WICK_SHARED") {
-        return PathBuf::from(p);
-    }
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    [manifest.join("../shared"), manifest.join("../../shared")]
-        .into_iter()
-        .find(|p| p.join("goldens").is_dir())
-        .unwrap_or_else(|| manifest.join("../shared"))
-}
+pub mod common;
+use common::shared;
 
 // Bounds against the goldens (f32 transformers on the same dequantised weights). Measured on
 // lavapipe with the portable kernels (the default; the native ones are compared with these in
@@ -49,22 +38,7 @@ const HIDDEN_COSINE_BOUND: f32 = 1.0 - 1e-5;
 fn model() -> Option<&'static Model> {
     static M: OnceLock<Option<Model>> = OnceLock::new();
     M.get_or_init(|| {
-        let path = std::env::var_os("WICK_MODEL_PATH")
-            .map(PathBuf::from)
-            .unwrap_or_else(wick::model::source::default_model_path);
-        if !path.exists() {
-            if std::env::var("WICK_REQUIRE_MODEL").as_deref() == Ok("1") {
-                panic!(
-                    "WICK_REQUIRE_MODEL=1 but the model is missing at {}",
-                    path.display()
-                );
-            }
-            eprintln!(
-                "skipping: no model at {} (run scripts/fetch-model.sh)",
-                path.display()
-            );
-            return None;
-        }
+        let path = common::model_or_skip()?;
         let engine = Engine::new().expect("GPU");
         Some(
             Model::load(

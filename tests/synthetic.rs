@@ -17,19 +17,11 @@ use wick::model::export::quantize_to_gguf;
 use wick::quant::GgmlType;
 use wick::{Engine, EngineOptions, GenerateParams, LoadOptions, Model, Session};
 
-/// `$WICK_SHARED`, else `shared/` beside the checkout (CI), else two levels up (helper
-/// worktrees at `<dir>/wt/<name>`).
+pub mod common;
+
+/// A synthetic golden checkpoint by name, in the shared material ([`common::shared`]).
 fn dir(name: &str) -> PathBuf {
-    let shared = std::env::var_os("WICK_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-            [manifest.join("../shared"), manifest.join("../../shared")]
-                .into_iter()
-                .find(|p| p.join("goldens").is_dir())
-                .unwrap_or_else(|| manifest.join("../shared"))
-        });
-    shared.join("goldens/synthetic").join(name)
+    common::shared().join("goldens/synthetic").join(name)
 }
 
 fn engine() -> &'static Engine {

@@ -7,33 +7,12 @@ use wick::formats::gguf::GgufFile;
 use wick::formats::tokenizer::{GgufVocab, PreTokenizerKind, Tokenizer};
 use wick::Error;
 
+pub mod common;
+use common::{model_path, require_model, shared_dir};
+
 // ---------------------------------------------------------------------------------------------
 // Real model goldens
 // ---------------------------------------------------------------------------------------------
-
-fn require_model() -> bool {
-    std::env::var("WICK_REQUIRE_MODEL").is_ok_and(|v| v == "1")
-}
-
-fn model_path() -> PathBuf {
-    if let Ok(p) = std::env::var("WICK_MODEL_PATH") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var("HOME").unwrap_or_default();
-    PathBuf::from(home).join(".cache/wick/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-}
-
-/// `$WICK_SHARED`, else `shared/` beside the checkout (CI: `<dir>/main` + `<dir>/shared`), else
-/// two levels up (helper worktrees at `<dir>/wt/<name>`).
-fn shared_dir() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("WICK_SHARED") {
-        return Some(PathBuf::from(p));
-    }
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    [manifest.join("../shared"), manifest.join("../../shared")]
-        .into_iter()
-        .find(|p| p.join("goldens").is_dir())
-}
 
 /// Returns `None` (after saying why) when the model or goldens are missing and not required.
 fn real_inputs() -> Option<(PathBuf, serde_json::Value)> {

@@ -33,9 +33,6 @@ pub const TOKEN_TYPE_CONTROL: i32 = 3;
 pub const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 pub const TOKEN_TYPE_UNUSED: i32 = 5;
 
-/// The GPT-2 split regex, as the `ByteLevel` pre-tokenizer applies it.
-pub const GPT2_REGEX: &str =
-    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 /// The Llama 3 split regex (numbers in groups of up to three digits).
 pub const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// The Qwen2 split regex (like Llama 3 but every digit on its own).

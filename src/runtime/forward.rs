@@ -913,12 +913,6 @@ impl Forward {
         }
     }
 
-    pub fn prefill_dispatches(&self) -> usize {
-        self.prefill.len().max(self.prefill_large.len())
-            + self.prefill_lm.len()
-            + self.picker().len()
-    }
-
     pub fn logits(&self) -> &wgpu::Buffer {
         &self.act.logits
     }

@@ -1,4 +1,4 @@
-use crate::common::*;
+use crate::support::*;
 use rand::Rng;
 use wick::kernels::{argmax, Kernels};
 use wick::reference;

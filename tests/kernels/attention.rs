@@ -1,8 +1,6 @@
-use crate::common::*;
+use crate::support::*;
 use half::f16;
 use rand::Rng;
-/// The pattern `Gpu::poison` writes (wick::gpu keeps its constant private).
-const POISON: u32 = 0x7FC0_DEAD;
 use wick::kernels::attention::{AttentionBuffers, AttentionShape};
 use wick::kernels::kv_cache::KvPair;
 use wick::kernels::{attention, kv_cache, Kernels, StepParams, Variant};

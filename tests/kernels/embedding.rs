@@ -1,4 +1,4 @@
-use crate::common::*;
+use crate::support::*;
 use rand::Rng;
 use wick::kernels::{embedding, GpuMatrix, Kernels, WeightFormat};
 use wick::quant::{quantize_and_pack, unpack};

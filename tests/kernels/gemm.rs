@@ -1,6 +1,6 @@
 use rand::Rng;
 
-use crate::common::*;
+use crate::support::*;
 use wick::kernels::gemm::{self, GemmEpilogue, GemmTiling};
 use wick::kernels::{GpuMatrix, Kernels, Variant, WeightFormat};
 use wick::quant;

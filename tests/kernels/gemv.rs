@@ -1,4 +1,4 @@
-use crate::common::*;
+use crate::support::*;
 use rand::Rng;
 use wick::kernels::gemv::{self, GemvConfig, GemvEpilogue};
 use wick::kernels::{GpuMatrix, Kernels, Variant};
@@ -15,16 +15,6 @@ const RTOL: f32 = 1e-4;
 /// sum_j |w_ij x_j|: f32 rounding stays near sqrt(k) * 6e-8 of that sum (< 5e-6 at k = 4864,
 /// observed ~1e-8), while one wrong weight moves a row by about 1/k of it (>= 2e-4).
 const ABS_RTOL: f32 = 1e-6;
-
-/// `Gpu::poison`'s pattern (wick::gpu::buffers::POISON, not re-exported).
-const POISON: u32 = 0x7FC0_DEAD;
-
-/// `common::poisoned` on the device of `k` (the no-subgroup registry has its own device).
-fn poisoned_on(k: &Kernels, len: usize) -> wgpu::Buffer {
-    let b = k.gpu.storage_buffer("test out", (len * 4) as u64).unwrap();
-    k.gpu.poison(&b);
-    b
-}
 
 /// `abs_sum`: max over rows of sum_j |w_ij x_j| (0 for the plain max|want| bound).
 fn check_vs(what: &str, got: &[f32], want: &[f32], abs_sum: f32) {

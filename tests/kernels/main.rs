@@ -2,7 +2,9 @@
 //! outputs poisoned before each run and relative-error bounds suited to the precision.
 //! One test binary for all families keeps link time down on the 2-core CI machine.
 
-mod common;
+#[path = "../common/mod.rs"]
+pub mod common;
+mod support;
 
 mod argmax;
 mod attention;

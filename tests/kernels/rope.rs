@@ -1,4 +1,4 @@
-use crate::common::*;
+use crate::support::*;
 use wick::kernels::rope::{self, RopeShape, RopeTables};
 use wick::kernels::{Kernels, StepParams};
 use wick::model::RopeStyle;
@@ -340,9 +340,6 @@ fn check_rope_kv(
         }
     }
 }
-
-/// The pattern `Gpu::poison` writes.
-const POISON: u32 = 0x7FC0_DEAD;
 
 #[test]
 fn rope_kv_fused_matches_rope_then_kv_write() {

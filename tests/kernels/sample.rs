@@ -2,7 +2,7 @@
 //! against the naive reference): the same candidate distribution and the same token for the
 //! same uniform number, over vocabularies that need one, two and three sort levels.
 
-use crate::common::*;
+use crate::support::*;
 use rand::Rng;
 use wick::kernels::sample::{self, SampleBuffers, SampleStep, FLAG_TRUNCATED, K_MAX, NON_FINITE};
 use wick::kernels::Kernels;

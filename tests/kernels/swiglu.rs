@@ -1,4 +1,4 @@
-use crate::common::*;
+use crate::support::*;
 use wick::kernels::{swiglu, Kernels};
 use wick::reference;
 

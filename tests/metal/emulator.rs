@@ -1,6 +1,6 @@
-//! 4. Host emulation: a .metal file's kernels built for the CPU against
-//! tests/metal_shim/metal_exec.h and run one host thread per Metal thread; the helpers the
-//! kernel emulation tests share; and the emulation's own tests.
+//! Host emulation (check 4 of the crate docs): a .metal file's kernels built for the CPU
+//! against tests/metal_shim/metal_exec.h and run one host thread per Metal thread; the helpers
+//! the kernel emulation tests share; and the emulation's own tests.
 
 use std::process::Command;
 

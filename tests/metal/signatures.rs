@@ -1,5 +1,6 @@
-//! 2 and 3. Binding slots and shape rules of passthrough MSL: every native Metal entry against
-//! its spec's layout, and the checks against hand-written bad kernels.
+//! Binding slots and shape rules of passthrough MSL (checks 2 and 3 of the crate docs): every
+//! native Metal entry against its spec's layout, and the checks against hand-written bad
+//! kernels.
 
 use wick::kernels::gemm::{self, GemmTiling};
 use wick::kernels::{self, Binding, WeightFormat};

@@ -1,5 +1,5 @@
-//! 1. The clang++ syntax and type check of every MSL file against the shim, and the proof
-//! that it rejects broken MSL.
+//! The clang++ syntax and type check of every MSL file against the shim (check 1 of the crate
+//! docs), and the proof that it rejects broken MSL.
 
 use std::path::Path;
 use std::process::Command;

@@ -243,11 +243,7 @@ fn stress_sessions_on_two_models_from_four_threads() {
         }
     }
     let refs = Arc::new(refs);
-    let seed: u64 = std::env::var("WICK_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::rng().random());
-    println!("seed {seed} (WICK_TEST_SEED replays it)");
+    let seed = crate::common::seed();
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs(SECS);
     let handles: Vec<_> = (0..THREADS)

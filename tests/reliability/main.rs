@@ -3,6 +3,8 @@
 //! `support` and the synthetic golden checkpoints. One test binary keeps link time down on
 //! the 2-core CI machine; run one part with `cargo test --release --test reliability hostile::`.
 
+#[path = "../common/mod.rs"]
+pub mod common;
 mod support;
 
 mod concurrency;

@@ -238,9 +238,5 @@ pub fn write_safetensors(
 /// A synthetic golden checkpoint (random-weight Hugging Face directory) by name:
 /// llama_gqa, qwen2_bias_tied, qwen3_qknorm.
 pub fn golden(name: &str) -> PathBuf {
-    std::env::var_os("WICK_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"))
-        .join("goldens/synthetic")
-        .join(name)
+    crate::common::shared().join("goldens/synthetic").join(name)
 }

@@ -1,11 +1,13 @@
-//! Shared test plumbing: one device per test binary, random data, comparisons.
-#![allow(dead_code)]
+//! The kernel tests' plumbing: one device per test binary, random data, comparisons.
 
 use std::sync::{Arc, OnceLock};
 
 use rand::{Rng, SeedableRng};
 use wick::gpu::Gpu;
 use wick::kernels::Kernels;
+
+/// The pattern `Gpu::poison` writes: an output element never written reads back as it.
+pub use wick::gpu::POISON;
 
 /// The test device (lavapipe in CI). Created once per test binary.
 pub fn kernels() -> &'static Kernels {
@@ -34,20 +36,10 @@ pub fn gpu() -> &'static Arc<Gpu> {
     &kernels().gpu
 }
 
-/// A fresh RNG per test: seeded from the clock so every run draws new inputs; the seed is
-/// printed so a failure can be reproduced with WICK_TEST_SEED.
+/// A fresh RNG per test, seeded by [`crate::common::seed`] (from the clock, printed, or
+/// `WICK_TEST_SEED` to replay a run).
 pub fn rng() -> rand::rngs::StdRng {
-    let seed = std::env::var("WICK_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    eprintln!("WICK_TEST_SEED={seed}");
-    rand::rngs::StdRng::seed_from_u64(seed)
+    rand::rngs::StdRng::seed_from_u64(crate::common::seed())
 }
 
 /// `len` values uniform in [-scale, scale].
@@ -55,7 +47,8 @@ pub fn rand_vec(rng: &mut impl Rng, len: usize, scale: f32) -> Vec<f32> {
     (0..len).map(|_| rng.random_range(-scale..=scale)).collect()
 }
 
-/// An output buffer of `len` f32 on `k`'s device, poisoned with NaN.
+/// An output buffer of `len` f32 on `k`'s device (the no-subgroup registry has its own),
+/// poisoned with NaN.
 pub fn poisoned_on(k: &Kernels, len: usize) -> wgpu::Buffer {
     let g = &k.gpu;
     let b = g.storage_buffer("test out", (len * 4) as u64).unwrap();

@@ -765,6 +765,7 @@ impl Forward {
                 how: Lowering::Prefill { rows },
                 list: Vec::new(),
                 attn: Vec::new(),
+                xq_of: None,
             };
             let norm = (&w.output_norm, eps);
             let d = rmsnorm::rmsnorm(k, &a.h, norm, &a.normed, self.cfg.hidden, rows)?;

@@ -27,7 +27,7 @@ enum Command {
     Bench(cli::bench::BenchArgs),
     /// Print logits for token ids as JSON.
     Logits(cli::logits::LogitsArgs),
-    /// Sliding-window perplexity of a text file.
+    /// Perplexity of a text file: llama.cpp's chunked method (as llama-perplexity) or a sliding window.
     Perplexity(cli::perplexity::PerplexityArgs),
     /// Write a model (HF directory or GGUF) as a GGUF of one type (f16, q8_0, q4_k, ...) or of
     /// a llama.cpp mix (q4_k_m, q5_k_m).

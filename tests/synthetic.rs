@@ -46,7 +46,26 @@ fn check_model(name: &str, label: &str, model: &Model, tol: f32, margin: f32) ->
             .map(|v| v.as_u64().unwrap() as u32)
             .collect();
         let rows = s.logits_all(&ids).unwrap();
-        for (pos, (ours, gold)) in rows.iter().zip(p["logits"].as_array().unwrap()).enumerate() {
+        // The same logits from one prefill with the LM head over every row (perplexity's
+        // path), poisoned first so a row it did not write cannot pass.
+        let mut prefilled = vec![vec![f32::NAN; rows[0].len()]; ids.len()];
+        s.prefill_with_logits(&ids, 0, |pos, l| {
+            prefilled[pos] = l.to_vec();
+            Ok(())
+        })
+        .unwrap();
+        for (i, (ours, gold)) in rows
+            .iter()
+            .chain(&prefilled)
+            .zip(p["logits"].as_array().unwrap().iter().cycle())
+            .enumerate()
+        {
+            let pos = i % ids.len();
+            let path = if i < ids.len() {
+                "decode steps"
+            } else {
+                "one prefill"
+            };
             let gold: Vec<f32> = gold
                 .as_array()
                 .unwrap()
@@ -57,7 +76,7 @@ fn check_model(name: &str, label: &str, model: &Model, tol: f32, margin: f32) ->
             let d = max_abs_diff(ours, &gold);
             assert!(
                 d < tol,
-                "{label} {} position {pos}: max |logit - golden| = {d} (tolerance {tol})",
+                "{label} {} position {pos} ({path}): max |logit - golden| = {d} (tolerance {tol})",
                 p["name"]
             );
             worst = worst.max(d);
@@ -297,6 +316,34 @@ fn decode_attention_forms_match_prefill() {
             "{end} positions: decode vs prefill logits differ by {d} (scale {scale})"
         );
     }
+}
+
+/// `Session::prefill_with_logits` (one prefill per chunk of 64, then one LM-head GEMM over
+/// the chunk's rows) gives at every position from `first` on the logits a decode step per
+/// position gives, across chunk boundaries and for a tail shorter than the decode-step
+/// threshold, and nothing before `first`.
+#[test]
+fn prefill_logits_of_every_position_match_decode_steps() {
+    let model = load(&dir("qwen2_bias_tied"), 256);
+    let ids: Vec<u32> = (0..64 * 2 + 5).map(|i| (i * 7919 + 3) % 512).collect();
+    let steps = Session::new(&model).unwrap().logits_all(&ids).unwrap();
+    let first = 50;
+    let mut s = Session::new(&model).unwrap();
+    let mut seen = Vec::new();
+    s.prefill_with_logits(&ids, first, |pos, l| {
+        let want = &steps[pos];
+        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let d = max_abs_diff(l, want);
+        assert!(
+            d <= 1e-4 * scale.max(1.0),
+            "position {pos}: prefill vs decode-step logits differ by {d} (scale {scale})"
+        );
+        seen.push(pos);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(seen, (first..ids.len()).collect::<Vec<_>>());
+    assert_eq!(s.tokens(), &ids[..]);
 }
 
 /// A copy of checkpoint `name` with the f32 tensor `tensor`'s element `index` set to `value`.

@@ -419,7 +419,7 @@ fn tokenizer_json_converts_to_gguf_vocab() {
     let n = bos as usize + 2;
     let v = GgufVocab::from_tokenizer_json(&path, Some(n + 3)).unwrap();
     assert_eq!(v.model, "gpt2");
-    assert_eq!(v.pre.as_deref(), Some("gpt2"));
+    assert_eq!(v.pre.as_deref(), Some("gpt-2"));
     assert_eq!(v.tokens.len(), n + 3);
     assert_eq!(v.tokens[n], format!("[PAD{n}]"));
     assert_eq!(v.token_types[n], 5);

@@ -123,14 +123,16 @@ impl GgufVocab {
     }
 
     /// The GGUF metadata entries (`tokenizer.*`) describing this vocabulary, as llama.cpp's
-    /// converter writes them.
+    /// converter writes them (the pre-tokenizer under the name llama.cpp knows,
+    /// [`llama_cpp_pre_name`]).
     pub fn to_metadata(&self) -> Vec<(String, MetaValue)> {
         let mut m = vec![(
             "tokenizer.ggml.model".to_string(),
             MetaValue::String(self.model.clone()),
         )];
         if let Some(pre) = &self.pre {
-            m.push(("tokenizer.ggml.pre".into(), MetaValue::String(pre.clone())));
+            let pre = llama_cpp_pre_name(pre).to_string();
+            m.push(("tokenizer.ggml.pre".into(), MetaValue::String(pre)));
         }
         let strings =
             |v: &[String]| MetaValue::Array(v.iter().cloned().map(MetaValue::String).collect());
@@ -256,7 +258,7 @@ impl GgufVocab {
             .ok_or_else(|| tok_err(&ctx, "a merge is neither \"a b\" nor [a, b]"))?;
         let pre = pre_tokenizer_name(&j).ok_or_else(|| {
             tok_err(&ctx, format!(
-                "pre-tokenizer {} is not one wick can name in GGUF (gpt2, smollm, llama-bpe, qwen2)",
+                "pre-tokenizer {} is not one wick can name in GGUF (gpt-2, smollm, llama-bpe, qwen2)",
                 j["pre_tokenizer"]
             ))
         })?;
@@ -301,6 +303,16 @@ impl GgufVocab {
     }
 }
 
+/// The `tokenizer.ggml.pre` name to write for a name wick reads: the same name, except the
+/// spelling `gpt2` (written by wick before, still read), which llama.cpp (b10587) does not
+/// know: its GPT-2 pre-tokenizer is `gpt-2`.
+pub fn llama_cpp_pre_name(pre: &str) -> &str {
+    match pre {
+        "gpt2" => "gpt-2",
+        other => other,
+    }
+}
+
 /// The llama.cpp `tokenizer.ggml.pre` name of a `tokenizer.json`'s pre-tokenizer, recognised
 /// from its definition (the split regexes wick implements).
 fn pre_tokenizer_name(j: &serde_json::Value) -> Option<&'static str> {
@@ -309,7 +321,7 @@ fn pre_tokenizer_name(j: &serde_json::Value) -> Option<&'static str> {
     let byte_level_regex =
         |v: &serde_json::Value| kind(v) == "ByteLevel" && v["use_regex"].as_bool() != Some(false);
     if byte_level_regex(pre) {
-        return Some("gpt2");
+        return Some("gpt-2");
     }
     if kind(pre) != "Sequence" {
         return None;
@@ -717,6 +729,21 @@ impl Tokenizer {
 
     pub fn bos(&self) -> Option<u32> {
         self.bos
+    }
+
+    /// Whether [`Self::encode`] starts the ids with BOS: the GGUF's `add_bos_token`, or what
+    /// the `tokenizer.json` post-processor does.
+    pub fn adds_bos(&self) -> bool {
+        let Some(bos) = self.bos else {
+            return false;
+        };
+        match self.manual_specials {
+            Some((add_bos, _)) => add_bos,
+            None => self
+                .inner
+                .encode_fast("a", true)
+                .is_ok_and(|e| e.get_ids().first() == Some(&bos)),
+        }
     }
 
     /// Ids that end generation (EOS, and end-of-turn where the model names one).

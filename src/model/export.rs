@@ -8,7 +8,10 @@
 //! - RoPE scaling as `rope.scaling.type = linear` or, for per-frequency scaling (Llama 3),
 //!   a `rope_freqs.weight` tensor of divisors;
 //! - the tokenizer (`tokenizer.*` metadata copied from a GGUF source, or converted from
-//!   `tokenizer.json`) and the chat template.
+//!   `tokenizer.json`) and the chat template;
+//! - every enum-like value (architecture, file type, RoPE scaling type, tokenizer model and
+//!   pre-tokenizer) under a name llama.cpp accepts (tests/llama_cpp.rs pins them against
+//!   llama.cpp b10587's lists).
 //!
 //! Rows whose length is not a multiple of the target's block fall back as llama.cpp does
 //! ([`quant::storage_type_for_rows`]). Tensors are produced one at a time while the file is
@@ -21,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::formats::gguf::{GgufFile, MetaValue};
 use crate::formats::gguf_writer::GgufWriter;
 use crate::formats::hf::HfCheckpoint;
-use crate::formats::tokenizer::GgufVocab;
+use crate::formats::tokenizer::{llama_cpp_pre_name, GgufVocab};
 use crate::model::config::{Arch, ModelConfig};
 use crate::model::quant_mix::QuantTarget;
 use crate::model::weights::{tensor_manifest, TensorStore};
@@ -40,6 +43,16 @@ pub struct QuantizeReport {
     pub tokenizer: bool,
     /// Whether Q/K rows were permuted for adjacent-pair RoPE.
     pub permuted_qk: bool,
+}
+
+/// The `general.architecture` wick writes for `arch`: llama.cpp runs Mistral (without a
+/// sliding window) as `llama`.
+pub fn gguf_architecture(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Llama | Arch::Mistral => "llama",
+        Arch::Qwen2 => "qwen2",
+        Arch::Qwen3 => "qwen3",
+    }
 }
 
 /// Reorders the rows of a Q or K projection (or its bias, `row_len` 1) from Hugging Face's
@@ -126,9 +139,17 @@ fn tokenizer_metadata(src: &Source, cfg: &ModelConfig) -> Result<Vec<(String, Me
     match src {
         Source::Gguf(g) => {
             for (key, v) in &g.metadata {
-                if key.starts_with("tokenizer.") {
-                    out.push((key.clone(), v.clone()));
+                if !key.starts_with("tokenizer.") {
+                    continue;
                 }
+                // A file an older wick wrote may say `gpt2`; write the name llama.cpp knows.
+                let v = match (key.as_str(), v) {
+                    ("tokenizer.ggml.pre", MetaValue::String(pre)) => {
+                        MetaValue::String(llama_cpp_pre_name(pre).to_string())
+                    }
+                    _ => v.clone(),
+                };
+                out.push((key.clone(), v));
             }
         }
         Source::Hf(ck) => {
@@ -174,11 +195,7 @@ pub fn write_model_gguf(
 ) -> Result<QuantizeReport> {
     let target = target.into();
     target.check()?;
-    let arch = match cfg.arch {
-        Arch::Llama | Arch::Mistral => "llama",
-        Arch::Qwen2 => "qwen2",
-        Arch::Qwen3 => "qwen3",
-    };
+    let arch = gguf_architecture(cfg.arch);
 
     // Every tensor must be present and well-shaped before anything is written.
     let manifest = tensor_manifest(cfg);

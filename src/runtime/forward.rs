@@ -127,7 +127,21 @@ pub struct Forward {
     _argmax_status: wgpu::Buffer,
     /// Sampled token choice, when the session samples on the GPU ([`Self::set_sampler`]).
     sampler: Option<SampleChain>,
+    /// The LM head over every row of a small prefill chunk, built on first use
+    /// ([`Self::rows_head`]).
+    rows_head: Option<RowsHead>,
     _attn: Vec<attention::DecodeAttention>,
+}
+
+/// Final norm and LM head over all rows of a prefill chunk of up to `rows` tokens, into
+/// `logits` (`rows x vocab`): one GEMM where the decode head would take one GEMV per token.
+/// Perplexity reads the logits of every position of a chunk this way.
+pub struct RowsHead {
+    pub rows: usize,
+    pub logits: wgpu::Buffer,
+    dispatches: Vec<Dispatch>,
+    /// Its buffer's share of the device memory, beside the session's own reservation.
+    _reservation: crate::gpu::MemoryReservation,
 }
 
 /// How the layer graph ([`Forward::layers`]) is lowered to kernels.
@@ -420,6 +434,7 @@ impl Forward {
             argmax,
             _argmax_status: argmax_status,
             sampler: None,
+            rows_head: None,
             _attn: Vec::new(),
         };
         let splits = attention::choose_splits(&gpu.caps, cfg.n_kv_heads, kv.capacity);
@@ -619,6 +634,62 @@ impl Forward {
         };
         low.matmul(w.lm_head(), x, &self.act.logits, MatmulOut::default())?;
         Ok(low.list)
+    }
+
+    /// The LM head over every row of a small prefill chunk ([`RowsHead`]), built (and its
+    /// `chunk x vocab` logits buffer reserved) on first use.
+    pub fn rows_head(&mut self, k: &Kernels, w: &ModelWeights) -> Result<&RowsHead> {
+        if self.rows_head.is_none() {
+            let (rows, vocab) = (self.chunk, self.cfg.vocab);
+            let bytes = (rows * vocab * 4) as u64;
+            if !self.gpu.fits_binding(bytes) {
+                return Err(Error::Unsupported(format!(
+                    "logits of {rows} positions need {bytes} bytes, more than the device's {}-byte binding limit",
+                    self.gpu.caps.max_storage_buffer_binding_size
+                )));
+            }
+            let reservation = self.gpu.reserve(
+                crate::gpu::MemoryKind::Session,
+                &format!("the logits of {rows} positions ({bytes} bytes)"),
+                bytes,
+            )?;
+            let logits = self
+                .gpu
+                .storage_buffer("logits of every chunk row", bytes)?;
+            let mut low = Lower {
+                k,
+                act: &self.act,
+                eps: self.cfg.rms_eps,
+                how: Lowering::Prefill { rows },
+                list: Vec::new(),
+                attn: Vec::new(),
+            };
+            let x = low.norm(&w.output_norm, self.cfg.hidden)?;
+            low.matmul(w.lm_head(), x, &logits, MatmulOut::default())?;
+            let dispatches = low.list;
+            self.rows_head = Some(RowsHead {
+                rows,
+                logits,
+                dispatches,
+                _reservation: reservation,
+            });
+        }
+        Ok(self.rows_head.as_ref().expect("built above"))
+    }
+
+    /// Records the [`RowsHead`] over the rows of the prefill chunk just recorded (built
+    /// with [`Self::rows_head`] first; a no-op otherwise).
+    pub fn record_rows_head(&self, enc: &mut wgpu::CommandEncoder) {
+        let Some(head) = &self.rows_head else {
+            return;
+        };
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("prefill head, every row"),
+            timestamp_writes: None,
+        });
+        for d in &head.dispatches {
+            d.record(&mut pass);
+        }
     }
 
     /// Chooses how the token after each step is picked: `None` argmax (greedy), `Some(k)`

@@ -1,7 +1,9 @@
-//! The runtime: KV cache, the recorded forward pass, sessions, generation and sampling.
+//! The runtime: KV cache, the recorded forward pass, sessions, generation, sampling and
+//! perplexity.
 
 pub mod forward;
 pub mod kv_cache;
+pub mod perplexity;
 pub mod plan;
 pub mod sampling;
 pub mod session;

@@ -387,6 +387,64 @@ impl Session {
         Ok(out)
     }
 
+    /// Runs `ids` through the model from an empty cache as prefill chunks and hands
+    /// `visit(pos, logits)` the logits at every position `pos >= first` (those predicting
+    /// token `pos + 1`), in order: one prefill and one LM-head GEMM per chunk, where
+    /// [`Self::logits_all`] runs a decode step per position. For perplexity. Afterwards
+    /// the cache holds `ids`.
+    pub fn prefill_with_logits(
+        &mut self,
+        ids: &[u32],
+        first: usize,
+        mut visit: impl FnMut(usize, &[f32]) -> Result<()>,
+    ) -> Result<()> {
+        self.check_prompt(ids)?;
+        let inner = self.model.inner.clone();
+        let k = inner.engine.kernels().clone();
+        let rows = self.fwd.rows_head(&k, &inner.weights)?.rows;
+        let vocab = inner.cfg.vocab;
+        let gpu = self.fwd.gpu.clone();
+        let t0 = Instant::now();
+        self.tokens.clear();
+        for (ci, chunk) in ids.chunks(rows).enumerate() {
+            let pos = ci * rows;
+            // Every chunk through the prefill GEMMs, even a short tail: the head reads the
+            // hidden rows of all its positions.
+            gpu.write(&self.fwd.ids, 0, chunk);
+            self.fwd.write_step(&StepParams {
+                pos: pos as u32,
+                n_tokens: chunk.len() as u32,
+                kv_len: (pos + chunk.len()) as u32,
+                ..Default::default()
+            });
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            self.fwd.record_prefill(&mut enc, chunk.len(), false);
+            let from = first.saturating_sub(pos).min(chunk.len());
+            if from < chunk.len() {
+                self.fwd.record_rows_head(&mut enc);
+            }
+            gpu.queue.submit([enc.finish()]);
+            self.tokens.extend_from_slice(chunk);
+            if from == chunk.len() {
+                continue;
+            }
+            let head = self.fwd.rows_head(&k, &inner.weights)?;
+            let logits: Vec<f32> =
+                gpu.read_range(&head.logits, from * vocab, (chunk.len() - from) * vocab)?;
+            for (i, row) in logits.chunks_exact(vocab).enumerate() {
+                visit(pos + from + i, row)?;
+            }
+        }
+        gpu.wait_idle()?;
+        self.stats = Stats {
+            prompt_tokens: ids.len(),
+            prefilled_tokens: ids.len(),
+            prefill_secs: t0.elapsed().as_secs_f64(),
+            ..Default::default()
+        };
+        Ok(())
+    }
+
     /// Greedy decode of `steps` tokens after `prompt`, one blocking decode step at a time,
     /// returning each chosen id with the logits it was chosen from (tests and debugging:
     /// compares decode-step variants on the same token sequence).

@@ -28,6 +28,8 @@ use wick::model::export::{gguf_architecture, quantize_to_gguf};
 use wick::model::quant_mix::{QuantMix, QuantTarget};
 use wick::quant::{GgmlType, QUANTIZE_TARGETS};
 
+pub mod common;
+
 // ---- llama.cpp b10587's accepted names, read from its source ----
 
 /// What llama.cpp b10587 accepts, read from the source tarball in the shared folder
@@ -53,8 +55,9 @@ fn llama_cpp_tarball() -> Option<PathBuf> {
     let name = "peers/llama.cpp-b10587-src.tar.xz";
     let found = std::env::var_os("WICK_LLAMA_TARBALL")
         .map(PathBuf::from)
-        .or_else(|| common::shared_dir().map(|d| d.join(name)))
-        .filter(|p| p.is_file());
+        .into_iter()
+        .chain(common::shared_dir().map(|d| d.join(name)))
+        .find(|p| p.is_file());
     if found.is_none() {
         let msg = format!("no llama.cpp source tarball ({name} in WICK_SHARED or ../shared; or WICK_LLAMA_TARBALL)");
         if std::env::var("WICK_REQUIRE_LLAMA").is_ok_and(|v| v == "1") {

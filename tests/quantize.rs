@@ -354,17 +354,7 @@ fn quantize_mixes_follow_llama_cpp_rules() {
 /// Bound 0.35; a broken format lands near 1.
 #[test]
 fn quantize_mix_fallbacks_on_small_rows() {
-    // `$WICK_SHARED`, else `shared/` beside the checkout (CI), else two levels up (helper
-    // worktrees at `<dir>/wt/<name>`).
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let shared = std::env::var_os("WICK_SHARED")
-        .map(std::path::PathBuf::from)
-        .or_else(|| {
-            [manifest.join("../shared"), manifest.join("../../shared")]
-                .into_iter()
-                .find(|p| p.join("goldens").is_dir())
-        })
-        .expect("../shared/goldens not found (set WICK_SHARED)");
+    let shared = common::shared();
     let tmp = tempfile::tempdir().unwrap();
     use GgmlType::{F16, Q5_0, Q8_0};
     let cases: [(&str, &[(&str, GgmlType)]); 2] = [

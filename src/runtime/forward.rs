@@ -756,26 +756,17 @@ impl Forward {
             let logits = self
                 .gpu
                 .storage_buffer("logits of every chunk row", bytes)?;
-            let a = &self.act;
-            let eps = self.cfg.rms_eps;
             let mut low = Lower {
                 k,
-                act: a,
-                eps,
+                act: &self.act,
+                eps: self.cfg.rms_eps,
                 how: Lowering::Prefill { rows },
                 list: Vec::new(),
                 attn: Vec::new(),
                 xq_of: None,
             };
-            let norm = (&w.output_norm, eps);
-            let d = rmsnorm::rmsnorm(k, &a.h, norm, &a.normed, self.cfg.hidden, rows)?;
-            low.list.push(d);
-            low.matmul(
-                w.lm_head(),
-                (&a.normed, None),
-                &logits,
-                MatmulOut::default(),
-            )?;
+            let x = low.norm(&w.output_norm, self.cfg.hidden)?;
+            low.matmul(w.lm_head(), x, &logits, MatmulOut::default())?;
             let dispatches = low.list;
             self.rows_head = Some(RowsHead {
                 rows,

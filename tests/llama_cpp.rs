@@ -28,8 +28,6 @@ use wick::model::export::{gguf_architecture, quantize_to_gguf};
 use wick::model::quant_mix::{QuantMix, QuantTarget};
 use wick::quant::{GgmlType, QUANTIZE_TARGETS};
 
-pub mod common;
-
 // ---- llama.cpp b10587's accepted names, read from its source ----
 
 /// What llama.cpp b10587 accepts, read from the source tarball in the shared folder

@@ -7,7 +7,7 @@
 //!   max|x| / 127 of its block of 32, so a row w moves by at most
 //!   sum over blocks of d_b / 2 * sum_{j in b} |w_j| (`reference::act_q8::rounding_bound`);
 //!   the bound adds the f32 accumulation allowance and nothing else.
-use crate::common::*;
+use crate::support::*;
 use rand::Rng;
 use wick::gpu::Gpu;
 use wick::kernels::gemv_dot::{self, DotEpilogue, DOT_FORMATS};

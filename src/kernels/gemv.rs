@@ -493,16 +493,8 @@ pub fn gemv_qkv(
     let caps = &kern.gpu.caps;
     if !qkv_supported(caps, q, k, v) {
         return Err(Error::Unsupported(format!(
-            "fused QKV GEMV of {}x{} {}, {}x{} {}, {}x{} {} on this device",
-            q.n,
-            q.k,
-            q.format.name(),
-            k.n,
-            k.k,
-            k.format.name(),
-            v.n,
-            v.k,
-            v.format.name()
+            "fused QKV GEMV of {} on this device",
+            qkv_shapes([q, k, v])
         )));
     }
     let cfg = qkv_config(caps, q, k, v);
@@ -749,4 +741,10 @@ pub fn gemv_swiglu_with_config_norm(
             g,
         ),
     }
+}
+
+/// `NxK FORMAT` of each of the three QKV matrices, for errors.
+pub(super) fn qkv_shapes(w: [&GpuMatrix; 3]) -> String {
+    w.map(|m| format!("{}x{} {}", m.n, m.k, m.format.name()))
+        .join(", ")
 }

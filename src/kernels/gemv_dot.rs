@@ -12,7 +12,7 @@
 
 use super::args::need_bytes;
 use super::family::Family;
-use super::gemv::{check_matrix, grid, GemvConfig, GemvParams};
+use super::gemv::{check_matrix, grid, qkv_shapes, GemvConfig, GemvParams};
 use super::{grid_1d, Binding, Dispatch, GpuMatrix, KernelSpec, Kernels};
 use crate::error::{Error, Result};
 use crate::gpu::Capabilities;
@@ -414,16 +414,8 @@ pub fn gemv_dot_qkv(
     let caps = &kern.gpu.caps;
     if !qkv_dot_supported(caps, q, k, v) {
         return Err(Error::Unsupported(format!(
-            "fused QKV integer-dot GEMV of {}x{} {}, {}x{} {}, {}x{} {} on this device",
-            q.n,
-            q.k,
-            q.format.name(),
-            k.n,
-            k.k,
-            k.format.name(),
-            v.n,
-            v.k,
-            v.format.name()
+            "fused QKV integer-dot GEMV of {} on this device",
+            qkv_shapes([q, k, v])
         )));
     }
     let cfg = qkv_config(caps, q, k, v);

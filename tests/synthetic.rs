@@ -649,3 +649,38 @@ fn int_dot_decode_matches_the_float_decode() {
         }
     }
 }
+
+/// `wick bench --depth`: decode and prefill are timed after the cached context, the report
+/// counts its KV bytes, and a context too short for the depth is refused naming both numbers.
+#[test]
+fn bench_at_depth_times_tests_after_the_cached_context() {
+    use wick::tools::model_bench::{self, BenchOptions};
+    let o = BenchOptions {
+        prompt: 8,
+        gen: 4,
+        depth: 60,
+        reps: 2,
+        discard: 0,
+        warmup_secs: 0.0,
+        slope: None,
+        profile: false,
+        ceiling_bytes: 1 << 20,
+        ..Default::default()
+    };
+    assert_eq!(o.context(), 60 + 64);
+    let model = load(&dir("llama_gqa"), o.context());
+    let r = model_bench::run(&model, "llama_gqa", "f32", &o).unwrap();
+    assert_eq!(r.depth, 60);
+    let (pp, tg) = (r.prefill.as_ref().unwrap(), r.decode.as_ref().unwrap());
+    assert_eq!((pp.runs.len(), tg.runs.len()), (2, 2));
+    assert!(pp.mean > 0.0 && tg.mean > 0.0, "{pp:?} {tg:?}");
+    let cfg = model.config();
+    let kv = 2 * cfg.n_layers as u64 * cfg.kv_dim() as u64 * 2 * (60 + 4 / 2 + 1);
+    assert_eq!(r.decode_bytes_per_token, r.weight_bytes + kv);
+
+    let short = load(&dir("llama_gqa"), 100);
+    let e = model_bench::run(&short, "llama_gqa", "f32", &o)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("124") && e.contains("100"), "{e}");
+}

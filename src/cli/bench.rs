@@ -75,6 +75,10 @@ struct RunArgs {
     /// Generated tokens of the decode test (0 skips it).
     #[arg(short = 'n', long, default_value_t = 128)]
     gen: usize,
+    /// Tokens of context cached before each test, as llama-bench's `-d`: prefill and decode
+    /// are timed after this many tokens (e.g. `-d 4096` for attention at depth).
+    #[arg(short = 'd', long, default_value_t = 0)]
+    depth: usize,
     /// Timed runs per test.
     #[arg(short = 'r', long, default_value_t = 15)]
     reps: usize,
@@ -144,6 +148,7 @@ fn bench_model(a: RunArgs) -> Result<()> {
     let opts = BenchOptions {
         prompt: a.prompt,
         gen: a.gen,
+        depth: a.depth,
         reps: a.reps,
         discard: a.discard,
         warmup_secs: a.warmup,
@@ -165,9 +170,7 @@ fn bench_model(a: RunArgs) -> Result<()> {
         .as_deref()
         .map(str::parse::<wick::model::QuantTarget>)
         .transpose()?;
-    let ctx = [a.prompt, a.gen + 1, opts.slope.map_or(0, |s| s.1 + 1), 64]
-        .into_iter()
-        .max();
+    let ctx = Some(opts.context());
     let (model, label, quant_name) = match &a.synthetic {
         Some(name) => {
             let preset = Preset::by_name(name)?;
@@ -226,13 +229,18 @@ fn bench_model(a: RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// Test names as llama-bench writes them (`pp512`, `tg128 @ d4096`).
 fn rows(r: &BenchReport) -> Vec<(String, &bench::Measurement)> {
+    let at = match r.depth {
+        0 => String::new(),
+        d => format!(" @ d{d}"),
+    };
     let mut v = Vec::new();
     if let Some(m) = &r.prefill {
-        v.push((format!("pp{}", r.prompt_tokens), m));
+        v.push((format!("pp{}{at}", r.prompt_tokens), m));
     }
     if let Some(m) = &r.decode {
-        v.push((format!("tg{}", r.gen_tokens), m));
+        v.push((format!("tg{}{at}", r.gen_tokens), m));
     }
     v
 }
@@ -340,6 +348,15 @@ fn read_report(path: &PathBuf) -> Result<BenchReport> {
 fn compare(before: &PathBuf, after: &PathBuf) -> Result<()> {
     let (b, a) = (read_report(before)?, read_report(after)?);
     println!("{} ({}) -> {} ({})", b.model, b.quant, a.model, a.quant);
+    for (what, vb, va) in [
+        ("prompt tokens", b.prompt_tokens, a.prompt_tokens),
+        ("generated tokens", b.gen_tokens, a.gen_tokens),
+        ("depth", b.depth, a.depth),
+    ] {
+        if vb != va {
+            println!("note: the runs differ in {what} ({vb} before, {va} after)");
+        }
+    }
     println!("| metric | before | after | after/before |\n| --- | ---: | ---: | ---: |");
     let after_rows = bench::comparable(&a);
     for (name, vb) in bench::comparable(&b) {

@@ -26,6 +26,9 @@ pub struct BenchOptions {
     pub prompt: usize,
     /// Generated tokens for the decode test (0: no decode test).
     pub gen: usize,
+    /// Tokens of context already in the cache when each test starts (llama-bench's `-d`):
+    /// prefill is timed for `prompt` tokens after them, decode for `gen` tokens after them.
+    pub depth: usize,
     pub reps: usize,
     /// Leading runs dropped from the statistics.
     pub discard: usize,
@@ -42,11 +45,28 @@ pub struct BenchOptions {
     pub sample_on_cpu: bool,
 }
 
+impl BenchOptions {
+    /// The context length the tests need: the depth plus the longest test.
+    pub fn context(&self) -> usize {
+        let longest = [
+            self.prompt,
+            self.gen + 1,
+            self.slope.map_or(0, |(_, n2)| n2 + 1),
+            64,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(1);
+        self.depth + longest
+    }
+}
+
 impl Default for BenchOptions {
     fn default() -> Self {
         BenchOptions {
             prompt: 512,
             gen: 128,
+            depth: 0,
             reps: 15,
             discard: 2,
             warmup_secs: 2.0,
@@ -141,6 +161,9 @@ pub struct BenchReport {
     pub backend: String,
     pub prompt_tokens: usize,
     pub gen_tokens: usize,
+    /// Context tokens cached before each test (`--depth`).
+    #[serde(default)]
+    pub depth: usize,
     pub prefill_tok_s: f64,
     pub prefill: Option<Measurement>,
     pub decode_tok_s: f64,
@@ -203,8 +226,9 @@ fn prompt_ids(n: usize, vocab: usize, salt: u64) -> Vec<u32> {
         .collect()
 }
 
-/// Decodes `n` tokens after a one-token prompt; returns the decode seconds and the session's
-/// dispatch/submit counts per token.
+/// Decodes `n` tokens after a prompt of `o.depth + 1` tokens (its first `o.depth` the same
+/// every run, so only the last is prefilled again); returns the decode seconds and the
+/// session's dispatch/submit counts per token.
 fn decode_run(s: &mut Session, o: &BenchOptions, n: usize, salt: u64) -> Result<(f64, f64, f64)> {
     let (secs, d, sub, _) = decode_run_picker(s, o, n, salt)?;
     Ok((secs, d, sub))
@@ -217,7 +241,6 @@ fn decode_run_picker(
     n: usize,
     salt: u64,
 ) -> Result<(f64, f64, f64, Option<Picker>)> {
-    s.reset();
     let vocab = s.model().config().vocab;
     let params = GenerateParams {
         max_tokens: n,
@@ -229,7 +252,13 @@ fn decode_run_picker(
         sample_on_cpu: o.sample_on_cpu,
         ..Default::default()
     };
-    let mut g = s.generate(&prompt_ids(1, vocab, salt), params)?;
+    let mut prompt = depth_prefix(o.depth, vocab);
+    prompt.extend(prompt_ids(1, vocab, salt));
+    if o.depth == 0 {
+        s.reset();
+    }
+    // `generate` prefills (reusing the cached depth prefix) and waits before returning.
+    let mut g = s.generate(&prompt, params)?;
     let t0 = Instant::now();
     let mut count = 0;
     for t in g.by_ref() {
@@ -249,9 +278,23 @@ fn decode_run_picker(
     ))
 }
 
-fn prefill_run(s: &mut Session, n: usize, salt: u64) -> Result<f64> {
-    s.reset();
-    let ids = prompt_ids(n, s.model().config().vocab, salt);
+/// The context every test at depth `depth` starts from (the same tokens each time, so a
+/// session keeps it cached between runs).
+fn depth_prefix(depth: usize, vocab: usize) -> Vec<u32> {
+    prompt_ids(depth, vocab, 0xDE97)
+}
+
+/// Seconds to prefill `n` fresh tokens after the depth prefix of `o` (prefilled before the
+/// clock starts, or still cached from the previous run).
+fn prefill_run(s: &mut Session, o: &BenchOptions, n: usize, salt: u64) -> Result<f64> {
+    let vocab = s.model().config().vocab;
+    let mut ids = depth_prefix(o.depth, vocab);
+    if o.depth == 0 {
+        s.reset();
+    } else {
+        s.prefill(&ids)?;
+    }
+    ids.extend(prompt_ids(n, vocab, salt));
     let t0 = Instant::now();
     s.prefill(&ids)?;
     Ok(t0.elapsed().as_secs_f64())
@@ -263,10 +306,7 @@ pub fn run(model: &Model, label: &str, quant: &str, o: &BenchOptions) -> Result<
         return Err(Error::InvalidArgument("-r must be at least 1".into()));
     }
     let cfg = model.config().clone();
-    let need_ctx = [o.prompt, o.gen + 1, o.slope.map_or(0, |(_, n2)| n2 + 1), 64]
-        .into_iter()
-        .max()
-        .unwrap_or(1);
+    let need_ctx = o.context();
     if need_ctx > model.context() {
         return Err(Error::InvalidArgument(format!(
             "the benchmark needs a context of {need_ctx} tokens; the model was loaded with {} (use --ctx)",
@@ -280,14 +320,14 @@ pub fn run(model: &Model, label: &str, quant: &str, o: &BenchOptions) -> Result<
     let t0 = Instant::now();
     let mut salt = 1;
     while t0.elapsed().as_secs_f64() < o.warmup_secs {
-        decode_run(&mut s, o, 32.min(need_ctx - 1), salt)?;
+        decode_run(&mut s, o, 32.min(need_ctx - 1 - o.depth), salt)?;
         salt += 1;
     }
 
     let mut prefill = None;
     if o.prompt > 0 {
         let runs = (0..o.reps)
-            .map(|i| prefill_run(&mut s, o.prompt, 1000 + i as u64).map(|t| o.prompt as f64 / t))
+            .map(|i| prefill_run(&mut s, o, o.prompt, 1000 + i as u64).map(|t| o.prompt as f64 / t))
             .collect::<Result<Vec<f64>>>()?;
         prefill = Some(Measurement::from_runs(runs, o.discard));
     }
@@ -326,7 +366,7 @@ pub fn run(model: &Model, label: &str, quant: &str, o: &BenchOptions) -> Result<
     let k = model.engine().kernels();
     let read_ceiling = super::bandwidth::read_ceiling(k, o.ceiling_bytes, 10)?;
     let weight_bytes = model.weight_bytes();
-    let mean_pos = (o.gen / 2 + 1) as u64;
+    let mean_pos = (o.depth + o.gen / 2 + 1) as u64;
     let kv_bytes = 2 * cfg.n_layers as u64 * cfg.kv_dim() as u64 * 2 * mean_pos;
     let bytes_per_token = weight_bytes + kv_bytes;
     let decode_tok_s = decode.as_ref().map_or(0.0, |m| m.mean);
@@ -336,8 +376,10 @@ pub fn run(model: &Model, label: &str, quant: &str, o: &BenchOptions) -> Result<
     let (mut prefill_profile, mut prefill_chunk) = (Vec::new(), 0);
     if o.profile && crate::gpu::GpuProfiler::inside_passes(&gpu) {
         let steps = 8.min(need_ctx - 1);
+        let mut prompt = depth_prefix(o.depth, cfg.vocab);
+        prompt.extend(prompt_ids(1, cfg.vocab, 9));
         s.reset();
-        s.prefill(&prompt_ids(1, cfg.vocab, 9))?;
+        s.prefill(&prompt)?;
         let sampling = (!o.sample_on_cpu).then_some(&o.sampling);
         let (samples, total_ns) = super::profile::profile_decode(&mut s, steps, sampling)?;
         profile = op_times(&samples, steps);
@@ -355,6 +397,7 @@ pub fn run(model: &Model, label: &str, quant: &str, o: &BenchOptions) -> Result<
         backend: caps.backend.to_string(),
         prompt_tokens: o.prompt,
         gen_tokens: o.gen,
+        depth: o.depth,
         prefill_tok_s: prefill.as_ref().map_or(0.0, |m| m.mean),
         prefill,
         decode_tok_s,

@@ -554,8 +554,14 @@ impl Forward {
         } else {
             Vec::new()
         };
-        fwd.decode_lm = fwd.lm_head(k, w, &fwd.act.h, fusion.norm_prologue)?;
-        fwd.prefill_lm = fwd.lm_head(k, w, &fwd.act.h_last, true)?;
+        fwd.decode_lm = fwd.lm_head(k, w, &fwd.act.h, fusion)?;
+        // The prompt's last row: float GEMV with the norm prologue, as prefill computes
+        // every other row in float.
+        let prefill_head = DecodeFusion {
+            norm_prologue: true,
+            ..DecodeFusion::NONE
+        };
+        fwd.prefill_lm = fwd.lm_head(k, w, &fwd.act.h_last, prefill_head)?;
         fwd.decode = decode;
         fwd.decode_short = decode_short;
         fwd.prefill = prefill;
@@ -701,18 +707,21 @@ impl Forward {
     }
 
     /// Final norm and LM head over the hidden row 0 of `h`, into the logits; the norm
-    /// inside the GEMV (`norm_prologue`) or as its own dispatch.
+    /// inside the GEMV (`fusion.norm_prologue`; with `fusion.int_dot` inside the activation
+    /// quantisation) or as its own dispatch.
     fn lm_head(
         &self,
         k: &Kernels,
         w: &ModelWeights,
         h: &wgpu::Buffer,
-        norm_prologue: bool,
+        fusion: DecodeFusion,
     ) -> Result<Vec<Dispatch>> {
         let cfg = &self.cfg;
-        // A decode pass whose only fusion is the norm prologue (or none).
+        let norm_prologue = fusion.norm_prologue;
+        // A decode pass with only the fusions the head uses.
         let fusion = DecodeFusion {
             norm_prologue,
+            int_dot: fusion.int_dot,
             ..DecodeFusion::NONE
         };
         let mut low = Lower {

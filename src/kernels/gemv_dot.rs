@@ -81,8 +81,8 @@ struct ActParams {
     _pad: [u32; 2],
 }
 
-/// Workgroup size of the quantiser (one lane per 32-element block).
-const ACT_WG: u32 = 64;
+/// Workgroup size of the quantiser (eight lanes per 32-element block).
+const ACT_WG: u32 = 256;
 
 fn act_q8_spec(norm: bool) -> KernelSpec {
     let mut b = vec![Binding::Uniform, Binding::Read, Binding::ReadWrite];
@@ -133,7 +133,7 @@ pub fn act_q8(
     };
     let params = kern.gpu.uniform("act_q8 params", &params)?;
     let sp = act_q8_spec(norm.is_some());
-    let wgs = (k / BLOCK).div_ceil(ACT_WG as usize) as u32;
+    let wgs = (k / 4).div_ceil(ACT_WG as usize) as u32;
     let g = grid_1d(wgs, kern.gpu.caps.max_compute_workgroups_per_dimension);
     match norm {
         Some((w, _)) => kern.dispatch(&sp, &[&params, x, xq, w], g),

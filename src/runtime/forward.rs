@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
+use crate::gpu::{AdapterClass, Capabilities, Gpu};
 use crate::kernels::attention::{AttentionBuffers, AttentionShape};
 use crate::kernels::kv_cache::KvPair;
 use crate::kernels::rmsnorm::NormWeights;
@@ -65,8 +65,8 @@ pub struct DecodeFusion {
     pub short_attention: bool,
     /// GEMVs on 8-bit quantised activations (`kernels::gemv_dot`) for the formats that
     /// have them: one quantisation (with the norm, where the GEMV would have had the norm
-    /// prologue) per activation row, shared by the GEMVs reading it. Off in [`Self::ALL`]
-    /// until measured; `WICK_INT_DOT=1` turns it on ([`Self::from_env`]).
+    /// prologue) per activation row, shared by the GEMVs reading it. Off in [`Self::ALL`];
+    /// sessions take it per adapter ([`Self::for_adapter`]).
     pub int_dot: bool,
 }
 
@@ -88,10 +88,12 @@ impl DecodeFusion {
         int_dot: false,
     };
 
-    /// [`Self::ALL`], with `int_dot` from `WICK_INT_DOT` (`1` on, `0` or unset off).
-    pub fn from_env() -> Result<DecodeFusion> {
+    /// [`Self::ALL`] with the integer-dot GEMVs where [`int_dot_default`] turns them on for
+    /// this adapter and model width, unless `WICK_INT_DOT` says otherwise (`1` on, `0` off).
+    pub fn for_adapter(caps: &Capabilities, hidden: usize) -> Result<DecodeFusion> {
         let int_dot = match std::env::var("WICK_INT_DOT").as_deref() {
-            Err(_) | Ok("") | Ok("0") => false,
+            Err(_) | Ok("") => int_dot_default(caps, hidden),
+            Ok("0") => false,
             Ok("1") => true,
             Ok(o) => {
                 return Err(Error::InvalidArgument(format!(
@@ -103,6 +105,32 @@ impl DecodeFusion {
             int_dot,
             ..DecodeFusion::ALL
         })
+    }
+}
+
+/// Hidden sizes from which decode runs on the integer-dot GEMVs where the adapter's entry
+/// below turns them on: the quantisation adds a dispatch before each group of GEMVs reading
+/// one row, which a wide model's GEMVs repay and a narrow one's do not.
+pub const INT_DOT_MIN_HIDDEN: usize = 2048;
+
+/// Whether decode quantises activations and runs the integer-dot GEMVs by default, per
+/// adapter class, from measurements (H100, Vulkan, `wick bench` decode tg128 with
+/// `WICK_INT_DOT=1` against `=0`, 2026-12-07):
+/// - NVIDIA: on from [`INT_DOT_MIN_HIDDEN`]. Llama-3-8B (hidden 4096) Q4_K_M 96.7 -> 292.0
+///   tok/s, Q4_0 223.0 -> 308.0, Q8_0 209.4 -> 224.5; SmolLM2-135M (hidden 576) Q4_1
+///   1024.6 -> 779.0 with the quantiser of that run.
+/// - Apple: off. Apple GPUs have no int8 dot-product instruction (`dot4I8Packed` becomes
+///   shifts and multiplies); not measured.
+/// - AMD, Intel, others: off until measured.
+/// - CPU (lavapipe): off; tests turn it on explicitly.
+pub fn int_dot_default(caps: &Capabilities, hidden: usize) -> bool {
+    match caps.class {
+        AdapterClass::Nvidia => hidden >= INT_DOT_MIN_HIDDEN,
+        AdapterClass::Apple
+        | AdapterClass::Amd
+        | AdapterClass::Intel
+        | AdapterClass::Cpu
+        | AdapterClass::Other => false,
     }
 }
 

@@ -218,7 +218,9 @@ impl Session {
     }
 
     pub fn with_context(model: &Model, ctx: usize) -> Result<Session> {
-        Self::with_decode_fusion(model, ctx, DecodeFusion::from_env()?)
+        let caps = &model.inner.engine.kernels().gpu.caps;
+        let fusion = DecodeFusion::for_adapter(caps, model.inner.cfg.hidden)?;
+        Self::with_decode_fusion(model, ctx, fusion)
     }
 
     /// A session whose decode step uses only the given fusions (tests and kernel authors

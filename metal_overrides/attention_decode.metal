@@ -260,73 +260,35 @@ inline void attention_decode_impl(
     }
 }
 
-// Threadgroup memory is declared in each kernel (MSL allows it nowhere else) and handed down.
+// The entry points, one per head dim, stamped by ATTENTION_DECODE_ENTRY (tests/metal expands it
+// as the compiler does and checks every entry against its spec). Threadgroup memory is declared
+// in each kernel (MSL allows it nowhere else) and handed down; its sizes are
+// attention::native_smem_bytes.
 
-kernel void attention_decode_hd32(
-    constant Params& p [[buffer(0)]],
-    constant Step& step [[buffer(1)]],
-    device const float4* q [[buffer(2)]],
-    device const uint4* cache_k [[buffer(3)]],
-    device const uint4* cache_v [[buffer(4)]],
-    device float* dst [[buffer(5)]],
-    uint3 wid [[threadgroup_position_in_grid]],
-    uint lid [[thread_index_in_threadgroup]],
-    uint lane [[thread_index_in_simdgroup]],
-    uint sg [[simdgroup_index_in_threadgroup]]) {
-    threadgroup uint4 k_s[32 * 5];
-    threadgroup uint4 v_s[32 * 4];
-    threadgroup float4 q_s[8 * 32 / 4];
-    threadgroup float p_s[8 * 32];
-    threadgroup float alpha_s[8];
-    threadgroup float m_s[8];
-    threadgroup float4 red_o[2 * 128];
-    threadgroup float red_l[128];
-    attention_decode_impl<32>(p, step, q, cache_k, cache_v, dst, k_s, v_s, q_s, p_s, alpha_s,
-                              m_s, red_o, red_l, wid.xy, lid, lane, sg);
+#define ATTENTION_DECODE_ENTRY(HD)                                                              \
+kernel void attention_decode_hd##HD(                                                            \
+    constant Params& p [[buffer(0)]],                                                           \
+    constant Step& step [[buffer(1)]],                                                          \
+    device const float4* q [[buffer(2)]],                                                       \
+    device const uint4* cache_k [[buffer(3)]],                                                  \
+    device const uint4* cache_v [[buffer(4)]],                                                  \
+    device float* dst [[buffer(5)]],                                                            \
+    uint3 wid [[threadgroup_position_in_grid]],                                                 \
+    uint lid [[thread_index_in_threadgroup]],                                                   \
+    uint lane [[thread_index_in_simdgroup]],                                                    \
+    uint sg [[simdgroup_index_in_threadgroup]]) {                                               \
+    threadgroup uint4 k_s[T * (HD / 8 + 1)];                                                    \
+    threadgroup uint4 v_s[T * (HD / 8)];                                                        \
+    threadgroup float4 q_s[MAX_G * HD / 4];                                                     \
+    threadgroup float p_s[MAX_G * T];                                                           \
+    threadgroup float alpha_s[MAX_G];                                                           \
+    threadgroup float m_s[MAX_G];                                                               \
+    threadgroup float4 red_o[2 * WG];                                                           \
+    threadgroup float red_l[WG];                                                                \
+    attention_decode_impl<HD>(p, step, q, cache_k, cache_v, dst, k_s, v_s, q_s, p_s, alpha_s,   \
+                              m_s, red_o, red_l, wid.xy, lid, lane, sg);                        \
 }
 
-kernel void attention_decode_hd64(
-    constant Params& p [[buffer(0)]],
-    constant Step& step [[buffer(1)]],
-    device const float4* q [[buffer(2)]],
-    device const uint4* cache_k [[buffer(3)]],
-    device const uint4* cache_v [[buffer(4)]],
-    device float* dst [[buffer(5)]],
-    uint3 wid [[threadgroup_position_in_grid]],
-    uint lid [[thread_index_in_threadgroup]],
-    uint lane [[thread_index_in_simdgroup]],
-    uint sg [[simdgroup_index_in_threadgroup]]) {
-    threadgroup uint4 k_s[32 * 9];
-    threadgroup uint4 v_s[32 * 8];
-    threadgroup float4 q_s[8 * 64 / 4];
-    threadgroup float p_s[8 * 32];
-    threadgroup float alpha_s[8];
-    threadgroup float m_s[8];
-    threadgroup float4 red_o[2 * 128];
-    threadgroup float red_l[128];
-    attention_decode_impl<64>(p, step, q, cache_k, cache_v, dst, k_s, v_s, q_s, p_s, alpha_s,
-                              m_s, red_o, red_l, wid.xy, lid, lane, sg);
-}
-
-kernel void attention_decode_hd128(
-    constant Params& p [[buffer(0)]],
-    constant Step& step [[buffer(1)]],
-    device const float4* q [[buffer(2)]],
-    device const uint4* cache_k [[buffer(3)]],
-    device const uint4* cache_v [[buffer(4)]],
-    device float* dst [[buffer(5)]],
-    uint3 wid [[threadgroup_position_in_grid]],
-    uint lid [[thread_index_in_threadgroup]],
-    uint lane [[thread_index_in_simdgroup]],
-    uint sg [[simdgroup_index_in_threadgroup]]) {
-    threadgroup uint4 k_s[32 * 17];
-    threadgroup uint4 v_s[32 * 16];
-    threadgroup float4 q_s[8 * 128 / 4];
-    threadgroup float p_s[8 * 32];
-    threadgroup float alpha_s[8];
-    threadgroup float m_s[8];
-    threadgroup float4 red_o[2 * 128];
-    threadgroup float red_l[128];
-    attention_decode_impl<128>(p, step, q, cache_k, cache_v, dst, k_s, v_s, q_s, p_s, alpha_s,
-                               m_s, red_o, red_l, wid.xy, lid, lane, sg);
-}
+ATTENTION_DECODE_ENTRY(32)
+ATTENTION_DECODE_ENTRY(64)
+ATTENTION_DECODE_ENTRY(128)

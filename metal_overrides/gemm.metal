@@ -238,136 +238,38 @@ inline void gemm_tile(constant GemmParams& p, device const uint* qs, device cons
     }
 }
 
-// The entry points: one per (format, bias) pair, each binding gemm::spec's layout.
+// The entry points: one per (format, bias) pair, each binding gemm::spec's layout, stamped by
+// GEMM_ENTRY (tests/metal expands it as the compiler does and checks every entry against its
+// spec). BIAS is true or false: the bias entries bind the bias between x and out; the others
+// never read it, and x stands in for the pointer.
 
-[[max_total_threads_per_threadgroup(128)]]
-kernel void gemm_q4_0(
-    constant GemmParams& p [[buffer(0)]],
-    device const uint* qs [[buffer(1)]],
-    device const uint* scales [[buffer(2)]],
-    device const float4* x [[buffer(3)]],
-    device float* out [[buffer(4)]],
-    uint3 tg [[threadgroup_position_in_grid]],
-    uint tid [[thread_index_in_threadgroup]],
-    uint sg [[simdgroup_index_in_threadgroup]],
-    uint lane [[thread_index_in_simdgroup]]) {
-    threadgroup float shmem[SHMEM_FLOATS];
-    // No bias binding: x stands in for the pointer, which is never read.
-    gemm_tile<FMT_Q4_0, false>(p, qs, scales, x, (device const float*)x, out, shmem, tg.xy,
-                               tid, sg, lane);
+#define BIAS_AND_OUT_false device float* out [[buffer(4)]]
+#define BIAS_AND_OUT_true device const float* bias [[buffer(4)]], device float* out [[buffer(5)]]
+#define BIAS_POINTER_false (device const float*)x
+#define BIAS_POINTER_true bias
+
+#define GEMM_ENTRY(NAME, FMT, BIAS)                                                             \
+[[max_total_threads_per_threadgroup(128)]]                                                      \
+kernel void NAME(constant GemmParams& p [[buffer(0)]],                                          \
+                 device const uint* qs [[buffer(1)]],                                           \
+                 device const uint* scales [[buffer(2)]],                                       \
+                 device const float4* x [[buffer(3)]],                                          \
+                 BIAS_AND_OUT_##BIAS,                                                           \
+                 uint3 tg [[threadgroup_position_in_grid]],                                     \
+                 uint tid [[thread_index_in_threadgroup]],                                      \
+                 uint sg [[simdgroup_index_in_threadgroup]],                                    \
+                 uint lane [[thread_index_in_simdgroup]]) {                                     \
+    threadgroup float shmem[SHMEM_FLOATS];                                                      \
+    gemm_tile<FMT, BIAS>(p, qs, scales, x, BIAS_POINTER_##BIAS, out, shmem, tg.xy, tid, sg,     \
+                         lane);                                                                 \
 }
 
-[[max_total_threads_per_threadgroup(128)]]
-kernel void gemm_q4_0_bias(
-    constant GemmParams& p [[buffer(0)]],
-    device const uint* qs [[buffer(1)]],
-    device const uint* scales [[buffer(2)]],
-    device const float4* x [[buffer(3)]],
-    device const float* bias [[buffer(4)]],
-    device float* out [[buffer(5)]],
-    uint3 tg [[threadgroup_position_in_grid]],
-    uint tid [[thread_index_in_threadgroup]],
-    uint sg [[simdgroup_index_in_threadgroup]],
-    uint lane [[thread_index_in_simdgroup]]) {
-    threadgroup float shmem[SHMEM_FLOATS];
-    gemm_tile<FMT_Q4_0, true>(p, qs, scales, x, bias, out, shmem, tg.xy, tid, sg, lane);
-}
+// A format's two entries: gemm_<fmt> and gemm_<fmt>_bias.
+#define GEMM_ENTRIES(fmt, FMT)                                                                  \
+    GEMM_ENTRY(gemm_##fmt, FMT, false)                                                          \
+    GEMM_ENTRY(gemm_##fmt##_bias, FMT, true)
 
-[[max_total_threads_per_threadgroup(128)]]
-kernel void gemm_q4_1(
-    constant GemmParams& p [[buffer(0)]],
-    device const uint* qs [[buffer(1)]],
-    device const uint* scales [[buffer(2)]],
-    device const float4* x [[buffer(3)]],
-    device float* out [[buffer(4)]],
-    uint3 tg [[threadgroup_position_in_grid]],
-    uint tid [[thread_index_in_threadgroup]],
-    uint sg [[simdgroup_index_in_threadgroup]],
-    uint lane [[thread_index_in_simdgroup]]) {
-    threadgroup float shmem[SHMEM_FLOATS];
-    // No bias binding: x stands in for the pointer, which is never read.
-    gemm_tile<FMT_Q4_1, false>(p, qs, scales, x, (device const float*)x, out, shmem, tg.xy,
-                               tid, sg, lane);
-}
-
-[[max_total_threads_per_threadgroup(128)]]
-kernel void gemm_q4_1_bias(
-    constant GemmParams& p [[buffer(0)]],
-    device const uint* qs [[buffer(1)]],
-    device const uint* scales [[buffer(2)]],
-    device const float4* x [[buffer(3)]],
-    device const float* bias [[buffer(4)]],
-    device float* out [[buffer(5)]],
-    uint3 tg [[threadgroup_position_in_grid]],
-    uint tid [[thread_index_in_threadgroup]],
-    uint sg [[simdgroup_index_in_threadgroup]],
-    uint lane [[thread_index_in_simdgroup]]) {
-    threadgroup float shmem[SHMEM_FLOATS];
-    gemm_tile<FMT_Q4_1, true>(p, qs, scales, x, bias, out, shmem, tg.xy, tid, sg, lane);
-}
-
-[[max_total_threads_per_threadgroup(128)]]
-kernel void gemm_q8_0(
-    constant GemmParams& p [[buffer(0)]],
-    device const uint* qs [[buffer(1)]],
-    device const uint* scales [[buffer(2)]],
-    device const float4* x [[buffer(3)]],
-    device float* out [[buffer(4)]],
-    uint3 tg [[threadgroup_position_in_grid]],
-    uint tid [[thread_index_in_threadgroup]],
-    uint sg [[simdgroup_index_in_threadgroup]],
-    uint lane [[thread_index_in_simdgroup]]) {
-    threadgroup float shmem[SHMEM_FLOATS];
-    // No bias binding: x stands in for the pointer, which is never read.
-    gemm_tile<FMT_Q8_0, false>(p, qs, scales, x, (device const float*)x, out, shmem, tg.xy,
-                               tid, sg, lane);
-}
-
-[[max_total_threads_per_threadgroup(128)]]
-kernel void gemm_q8_0_bias(
-    constant GemmParams& p [[buffer(0)]],
-    device const uint* qs [[buffer(1)]],
-    device const uint* scales [[buffer(2)]],
-    device const float4* x [[buffer(3)]],
-    device const float* bias [[buffer(4)]],
-    device float* out [[buffer(5)]],
-    uint3 tg [[threadgroup_position_in_grid]],
-    uint tid [[thread_index_in_threadgroup]],
-    uint sg [[simdgroup_index_in_threadgroup]],
-    uint lane [[thread_index_in_simdgroup]]) {
-    threadgroup float shmem[SHMEM_FLOATS];
-    gemm_tile<FMT_Q8_0, true>(p, qs, scales, x, bias, out, shmem, tg.xy, tid, sg, lane);
-}
-
-[[max_total_threads_per_threadgroup(128)]]
-kernel void gemm_f16(
-    constant GemmParams& p [[buffer(0)]],
-    device const uint* qs [[buffer(1)]],
-    device const uint* scales [[buffer(2)]],
-    device const float4* x [[buffer(3)]],
-    device float* out [[buffer(4)]],
-    uint3 tg [[threadgroup_position_in_grid]],
-    uint tid [[thread_index_in_threadgroup]],
-    uint sg [[simdgroup_index_in_threadgroup]],
-    uint lane [[thread_index_in_simdgroup]]) {
-    threadgroup float shmem[SHMEM_FLOATS];
-    // No bias binding: x stands in for the pointer, which is never read.
-    gemm_tile<FMT_F16, false>(p, qs, scales, x, (device const float*)x, out, shmem, tg.xy,
-                              tid, sg, lane);
-}
-
-[[max_total_threads_per_threadgroup(128)]]
-kernel void gemm_f16_bias(
-    constant GemmParams& p [[buffer(0)]],
-    device const uint* qs [[buffer(1)]],
-    device const uint* scales [[buffer(2)]],
-    device const float4* x [[buffer(3)]],
-    device const float* bias [[buffer(4)]],
-    device float* out [[buffer(5)]],
-    uint3 tg [[threadgroup_position_in_grid]],
-    uint tid [[thread_index_in_threadgroup]],
-    uint sg [[simdgroup_index_in_threadgroup]],
-    uint lane [[thread_index_in_simdgroup]]) {
-    threadgroup float shmem[SHMEM_FLOATS];
-    gemm_tile<FMT_F16, true>(p, qs, scales, x, bias, out, shmem, tg.xy, tid, sg, lane);
-}
+GEMM_ENTRIES(q4_0, FMT_Q4_0)
+GEMM_ENTRIES(q4_1, FMT_Q4_1)
+GEMM_ENTRIES(q8_0, FMT_Q8_0)
+GEMM_ENTRIES(f16, FMT_F16)

@@ -4,7 +4,9 @@
 // planes (src/quant).
 //
 // One kernel per (format, kind): gemv_<fmt>, gemv_swiglu_<fmt>, gemv_qkv_<fmt>, each also
-// with _norm (the RMSNorm prologue), for fmt q4_0, q4_1, q8_0. Bindings:
+// with _norm (the RMSNorm prologue), for fmt q4_0, q4_1, q8_0. The bodies are templates over
+// the format and the prologue; the entry points are stamped from one macro per kind (at the
+// end of the file). Bindings:
 //   gemv:        0 Params, 1 qs, 2 scales, 3 x, 4 bias, 5 out, [6 norm weights]
 //   gemv_swiglu: 0 Params, 1 gate qs, 2 gate scales, 3 up qs, 4 up scales, 5 x, 6 out, [7 norm]
 //   gemv_qkv:    0 Params, 1..6 q/k/v qs and scales, 7 x, 8..10 q/k/v bias, 11..13 q/k/v out,
@@ -267,14 +269,29 @@ RowLane row_lane(uint lpr, Lane ln) {
 
 // ---- kernels ----------------------------------------------------------------------------
 
-template <typename F, bool NORM>
-void gemv_impl(constant Params& p, Mat w, device const float4* x, device const float* bias,
-               device float* out, device const float4* norm_w, Lane ln,
-               threadgroup float* norm_sums, threadgroup float* group_sums) {
+// Where this thread is; rows continue in grid y when x is full (gemv::grid).
+Lane lane_of(uint3 tg, uint3 ntg, uint lid, uint sg, uint sl) {
+    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
+    return ln;
+}
+
+// The activations x, with the RMSNorm scale under NORM (every thread must call it: the
+// prologue's sum has a barrier). Without the prologue norm_w is never read.
+template <bool NORM>
+Acts<NORM> acts_of(constant Params& p, device const float4* x, device const float4* norm_w,
+                   Lane ln, threadgroup float* norm_sums) {
     Acts<NORM> a;
     a.x = x;
     a.norm_w = norm_w;
     a.scale = NORM ? norm_scale(p, x, ln, norm_sums) : 1.0f;
+    return a;
+}
+
+template <typename F, bool NORM>
+void gemv_impl(constant Params& p, Mat w, device const float4* x, device const float* bias,
+               device float* out, device const float4* norm_w, Lane ln,
+               threadgroup float* norm_sums, threadgroup float* group_sums) {
+    Acts<NORM> a = acts_of<NORM>(p, x, norm_w, ln, norm_sums);
     uint lpr = p.lanes_per_row;
     RowLane rl = row_lane(lpr, ln);
     float acc = 0.0f;
@@ -298,10 +315,7 @@ template <typename F, bool NORM>
 void swiglu_impl(constant Params& p, Mat gate, Mat up, device const float4* x, device float* out,
                  device const float4* norm_w, Lane ln, threadgroup float* norm_sums,
                  threadgroup float2* group_sums) {
-    Acts<NORM> a;
-    a.x = x;
-    a.norm_w = norm_w;
-    a.scale = NORM ? norm_scale(p, x, ln, norm_sums) : 1.0f;
+    Acts<NORM> a = acts_of<NORM>(p, x, norm_w, ln, norm_sums);
     uint lpr = p.lanes_per_row;
     RowLane rl = row_lane(lpr, ln);
     float2 acc = float2(0.0f);
@@ -320,10 +334,7 @@ void qkv_impl(constant Params& p, Mat q, Mat k, Mat v, device const float4* x,
               device float* q_out, device float* k_out, device float* v_out,
               device const float4* norm_w, Lane ln, threadgroup float* norm_sums,
               threadgroup float* group_sums) {
-    Acts<NORM> a;
-    a.x = x;
-    a.norm_w = norm_w;
-    a.scale = NORM ? norm_scale(p, x, ln, norm_sums) : 1.0f;
+    Acts<NORM> a = acts_of<NORM>(p, x, norm_w, ln, norm_sums);
     uint lpr = p.lanes_per_row;
     RowLane rl = row_lane(lpr, ln);
     // Rows are numbered q, then k, then v; a row group has one row, so it never straddles.
@@ -369,410 +380,90 @@ void qkv_impl(constant Params& p, Mat q, Mat k, Mat v, device const float4* x,
 }
 
 // ---- entry points -----------------------------------------------------------------------
-// Written out (no macros) so each signature can be read, and checked, as it is. Without the
-// prologue the norm weights are never read; x stands in for them.
+// Each kind's signature and body are written once, in its *_ENTRY macro; GEMV_ENTRIES stamps a
+// format's six entries from them. tests/metal expands these macros as the compiler does, checks
+// every entry's slots and address spaces against its spec and runs each in the host emulation.
+//
+// NORM is true or false. The norm entries take the RMSNorm weights as their last buffer, after
+// the kind's own (NORM_BUFFER_true(slot)); the others never read them, and x stands in.
 
-kernel void gemv_q4_0(constant Params& p [[buffer(0)]],
-                    device const uint* qs [[buffer(1)]],
-                    device const uint* sc [[buffer(2)]],
-                    device const float4* x [[buffer(3)]],
-                    device const float* bias [[buffer(4)]],
-                    device float* out [[buffer(5)]],
-                    uint3 tg [[threadgroup_position_in_grid]],
-                    uint3 ntg [[threadgroups_per_grid]],
-                    uint lid [[thread_index_in_threadgroup]],
-                    uint sg [[simdgroup_index_in_threadgroup]],
-                    uint sl [[thread_index_in_simdgroup]]) {
-    // Rows continue in grid y when x is full (gemv::grid).
-    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
-    threadgroup float norm_sums[NSIMD];
-    threadgroup float group_sums[NSIMD];
-    gemv_impl<Q4_0, false>(p, Mat{qs, sc}, x, bias, out, x, ln, norm_sums, group_sums);
+#define NORM_BUFFER_false(SLOT)
+#define NORM_BUFFER_true(SLOT) , device const float4* norm_w [[buffer(SLOT)]]
+#define NORM_WEIGHTS_false x
+#define NORM_WEIGHTS_true norm_w
+
+// The built-in inputs of every entry.
+#define GEMV_BUILTINS                                                                           \
+    uint3 tg [[threadgroup_position_in_grid]],                                                  \
+    uint3 ntg [[threadgroups_per_grid]],                                                        \
+    uint lid [[thread_index_in_threadgroup]],                                                   \
+    uint sg [[simdgroup_index_in_threadgroup]],                                                 \
+    uint sl [[thread_index_in_simdgroup]]
+
+// gemv_<fmt>[_norm].
+#define GEMV_ENTRY(NAME, F, NORM)                                                               \
+kernel void NAME(constant Params& p [[buffer(0)]],                                              \
+                 device const uint* qs [[buffer(1)]],                                           \
+                 device const uint* sc [[buffer(2)]],                                           \
+                 device const float4* x [[buffer(3)]],                                          \
+                 device const float* bias [[buffer(4)]],                                        \
+                 device float* out [[buffer(5)]] NORM_BUFFER_##NORM(6),                         \
+                 GEMV_BUILTINS) {                                                               \
+    threadgroup float norm_sums[NSIMD];                                                         \
+    threadgroup float group_sums[NSIMD];                                                        \
+    gemv_impl<F, NORM>(p, Mat{qs, sc}, x, bias, out, NORM_WEIGHTS_##NORM,                       \
+                       lane_of(tg, ntg, lid, sg, sl), norm_sums, group_sums);                   \
 }
 
-kernel void gemv_swiglu_q4_0(constant Params& p [[buffer(0)]],
-                    device const uint* g_qs [[buffer(1)]],
-                    device const uint* g_sc [[buffer(2)]],
-                    device const uint* u_qs [[buffer(3)]],
-                    device const uint* u_sc [[buffer(4)]],
-                    device const float4* x [[buffer(5)]],
-                    device float* out [[buffer(6)]],
-                    uint3 tg [[threadgroup_position_in_grid]],
-                    uint3 ntg [[threadgroups_per_grid]],
-                    uint lid [[thread_index_in_threadgroup]],
-                    uint sg [[simdgroup_index_in_threadgroup]],
-                    uint sl [[thread_index_in_simdgroup]]) {
-    // Rows continue in grid y when x is full (gemv::grid).
-    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
-    threadgroup float norm_sums[NSIMD];
-    threadgroup float2 group_sums[NSIMD];
-    swiglu_impl<Q4_0, false>(p, Mat{g_qs, g_sc}, Mat{u_qs, u_sc}, x, out, x, ln, norm_sums,
-                          group_sums);
+// gemv_swiglu_<fmt>[_norm].
+#define SWIGLU_ENTRY(NAME, F, NORM)                                                             \
+kernel void NAME(constant Params& p [[buffer(0)]],                                              \
+                 device const uint* g_qs [[buffer(1)]],                                         \
+                 device const uint* g_sc [[buffer(2)]],                                         \
+                 device const uint* u_qs [[buffer(3)]],                                         \
+                 device const uint* u_sc [[buffer(4)]],                                         \
+                 device const float4* x [[buffer(5)]],                                          \
+                 device float* out [[buffer(6)]] NORM_BUFFER_##NORM(7),                         \
+                 GEMV_BUILTINS) {                                                               \
+    threadgroup float norm_sums[NSIMD];                                                         \
+    threadgroup float2 group_sums[NSIMD];                                                       \
+    swiglu_impl<F, NORM>(p, Mat{g_qs, g_sc}, Mat{u_qs, u_sc}, x, out, NORM_WEIGHTS_##NORM,      \
+                         lane_of(tg, ntg, lid, sg, sl), norm_sums, group_sums);                 \
 }
 
-kernel void gemv_qkv_q4_0(constant Params& p [[buffer(0)]],
-                    device const uint* q_qs [[buffer(1)]],
-                    device const uint* q_sc [[buffer(2)]],
-                    device const uint* k_qs [[buffer(3)]],
-                    device const uint* k_sc [[buffer(4)]],
-                    device const uint* v_qs [[buffer(5)]],
-                    device const uint* v_sc [[buffer(6)]],
-                    device const float4* x [[buffer(7)]],
-                    device const float* q_bias [[buffer(8)]],
-                    device const float* k_bias [[buffer(9)]],
-                    device const float* v_bias [[buffer(10)]],
-                    device float* q_out [[buffer(11)]],
-                    device float* k_out [[buffer(12)]],
-                    device float* v_out [[buffer(13)]],
-                    uint3 tg [[threadgroup_position_in_grid]],
-                    uint3 ntg [[threadgroups_per_grid]],
-                    uint lid [[thread_index_in_threadgroup]],
-                    uint sg [[simdgroup_index_in_threadgroup]],
-                    uint sl [[thread_index_in_simdgroup]]) {
-    // Rows continue in grid y when x is full (gemv::grid).
-    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
-    threadgroup float norm_sums[NSIMD];
-    threadgroup float group_sums[NSIMD];
-    qkv_impl<Q4_0, false>(p, Mat{q_qs, q_sc}, Mat{k_qs, k_sc}, Mat{v_qs, v_sc}, x,
-                       q_bias, k_bias, v_bias, q_out, k_out, v_out, x, ln, norm_sums, group_sums);
+// gemv_qkv_<fmt>[_norm].
+#define QKV_ENTRY(NAME, F, NORM)                                                                \
+kernel void NAME(constant Params& p [[buffer(0)]],                                              \
+                 device const uint* q_qs [[buffer(1)]],                                         \
+                 device const uint* q_sc [[buffer(2)]],                                         \
+                 device const uint* k_qs [[buffer(3)]],                                         \
+                 device const uint* k_sc [[buffer(4)]],                                         \
+                 device const uint* v_qs [[buffer(5)]],                                         \
+                 device const uint* v_sc [[buffer(6)]],                                         \
+                 device const float4* x [[buffer(7)]],                                          \
+                 device const float* q_bias [[buffer(8)]],                                      \
+                 device const float* k_bias [[buffer(9)]],                                      \
+                 device const float* v_bias [[buffer(10)]],                                     \
+                 device float* q_out [[buffer(11)]],                                            \
+                 device float* k_out [[buffer(12)]],                                            \
+                 device float* v_out [[buffer(13)]] NORM_BUFFER_##NORM(14),                     \
+                 GEMV_BUILTINS) {                                                               \
+    threadgroup float norm_sums[NSIMD];                                                         \
+    threadgroup float group_sums[NSIMD];                                                        \
+    qkv_impl<F, NORM>(p, Mat{q_qs, q_sc}, Mat{k_qs, k_sc}, Mat{v_qs, v_sc}, x, q_bias, k_bias,  \
+                      v_bias, q_out, k_out, v_out, NORM_WEIGHTS_##NORM,                         \
+                      lane_of(tg, ntg, lid, sg, sl), norm_sums, group_sums);                    \
 }
 
-kernel void gemv_q4_0_norm(constant Params& p [[buffer(0)]],
-                    device const uint* qs [[buffer(1)]],
-                    device const uint* sc [[buffer(2)]],
-                    device const float4* x [[buffer(3)]],
-                    device const float* bias [[buffer(4)]],
-                    device float* out [[buffer(5)]],
-                    device const float4* norm_w [[buffer(6)]],
-                    uint3 tg [[threadgroup_position_in_grid]],
-                    uint3 ntg [[threadgroups_per_grid]],
-                    uint lid [[thread_index_in_threadgroup]],
-                    uint sg [[simdgroup_index_in_threadgroup]],
-                    uint sl [[thread_index_in_simdgroup]]) {
-    // Rows continue in grid y when x is full (gemv::grid).
-    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
-    threadgroup float norm_sums[NSIMD];
-    threadgroup float group_sums[NSIMD];
-    gemv_impl<Q4_0, true>(p, Mat{qs, sc}, x, bias, out, norm_w, ln, norm_sums,
-                          group_sums);
-}
+// A format's six entries: gemv_<fmt>, gemv_swiglu_<fmt>, gemv_qkv_<fmt>, each with _norm.
+#define GEMV_ENTRIES(fmt, F)                                                                    \
+    GEMV_ENTRY(gemv_##fmt, F, false)                                                            \
+    GEMV_ENTRY(gemv_##fmt##_norm, F, true)                                                      \
+    SWIGLU_ENTRY(gemv_swiglu_##fmt, F, false)                                                   \
+    SWIGLU_ENTRY(gemv_swiglu_##fmt##_norm, F, true)                                             \
+    QKV_ENTRY(gemv_qkv_##fmt, F, false)                                                         \
+    QKV_ENTRY(gemv_qkv_##fmt##_norm, F, true)
 
-kernel void gemv_swiglu_q4_0_norm(constant Params& p [[buffer(0)]],
-                    device const uint* g_qs [[buffer(1)]],
-                    device const uint* g_sc [[buffer(2)]],
-                    device const uint* u_qs [[buffer(3)]],
-                    device const uint* u_sc [[buffer(4)]],
-                    device const float4* x [[buffer(5)]],
-                    device float* out [[buffer(6)]],
-                    device const float4* norm_w [[buffer(7)]],
-                    uint3 tg [[threadgroup_position_in_grid]],
-                    uint3 ntg [[threadgroups_per_grid]],
-                    uint lid [[thread_index_in_threadgroup]],
-                    uint sg [[simdgroup_index_in_threadgroup]],
-                    uint sl [[thread_index_in_simdgroup]]) {
-    // Rows continue in grid y when x is full (gemv::grid).
-    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
-    threadgroup float norm_sums[NSIMD];
-    threadgroup float2 group_sums[NSIMD];
-    swiglu_impl<Q4_0, true>(p, Mat{g_qs, g_sc}, Mat{u_qs, u_sc}, x, out, norm_w, ln,
-                          norm_sums, group_sums);
-}
-
-kernel void gemv_qkv_q4_0_norm(constant Params& p [[buffer(0)]],
-                    device const uint* q_qs [[buffer(1)]],
-                    device const uint* q_sc [[buffer(2)]],
-                    device const uint* k_qs [[buffer(3)]],
-                    device const uint* k_sc [[buffer(4)]],
-                    device const uint* v_qs [[buffer(5)]],
-                    device const uint* v_sc [[buffer(6)]],
-                    device const float4* x [[buffer(7)]],
-                    device const float* q_bias [[buffer(8)]],
-                    device const float* k_bias [[buffer(9)]],
-                    device const float* v_bias [[buffer(10)]],
-                    device float* q_out [[buffer(11)]],
-                    device float* k_out [[buffer(12)]],
-                    device float* v_out [[buffer(13)]],
-                    device const float4* norm_w [[buffer(14)]],
-                    uint3 tg [[threadgroup_position_in_grid]],
-                    uint3 ntg [[threadgroups_per_grid]],
-                    uint lid [[thread_index_in_threadgroup]],
-                    uint sg [[simdgroup_index_in_threadgroup]],
-                    uint sl [[thread_index_in_simdgroup]]) {
-    // Rows continue in grid y when x is full (gemv::grid).
-    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
-    threadgroup float norm_sums[NSIMD];
-    threadgroup float group_sums[NSIMD];
-    qkv_impl<Q4_0, true>(p, Mat{q_qs, q_sc}, Mat{k_qs, k_sc}, Mat{v_qs, v_sc}, x,
-                       q_bias, k_bias, v_bias, q_out, k_out, v_out, norm_w, ln, norm_sums,
-                       group_sums);
-}
-
-kernel void gemv_q4_1(constant Params& p [[buffer(0)]],
-                    device const uint* qs [[buffer(1)]],
-                    device const uint* sc [[buffer(2)]],
-                    device const float4* x [[buffer(3)]],
-                    device const float* bias [[buffer(4)]],
-                    device float* out [[buffer(5)]],
-                    uint3 tg [[threadgroup_position_in_grid]],
-                    uint3 ntg [[threadgroups_per_grid]],
-                    uint lid [[thread_index_in_threadgroup]],
-                    uint sg [[simdgroup_index_in_threadgroup]],
-                    uint sl [[thread_index_in_simdgroup]]) {
-    // Rows continue in grid y when x is full (gemv::grid).
-    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
-    threadgroup float norm_sums[NSIMD];
-    threadgroup float group_sums[NSIMD];
-    gemv_impl<Q4_1, false>(p, Mat{qs, sc}, x, bias, out, x, ln, norm_sums, group_sums);
-}
-
-kernel void gemv_swiglu_q4_1(constant Params& p [[buffer(0)]],
-                    device const uint* g_qs [[buffer(1)]],
-                    device const uint* g_sc [[buffer(2)]],
-                    device const uint* u_qs [[buffer(3)]],
-                    device const uint* u_sc [[buffer(4)]],
-                    device const float4* x [[buffer(5)]],
-                    device float* out [[buffer(6)]],
-                    uint3 tg [[threadgroup_position_in_grid]],
-                    uint3 ntg [[threadgroups_per_grid]],
-                    uint lid [[thread_index_in_threadgroup]],
-                    uint sg [[simdgroup_index_in_threadgroup]],
-                    uint sl [[thread_index_in_simdgroup]]) {
-    // Rows continue in grid y when x is full (gemv::grid).
-    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
-    threadgroup float norm_sums[NSIMD];
-    threadgroup float2 group_sums[NSIMD];
-    swiglu_impl<Q4_1, false>(p, Mat{g_qs, g_sc}, Mat{u_qs, u_sc}, x, out, x, ln, norm_sums,
-                          group_sums);
-}
-
-kernel void gemv_qkv_q4_1(constant Params& p [[buffer(0)]],
-                    device const uint* q_qs [[buffer(1)]],
-                    device const uint* q_sc [[buffer(2)]],
-                    device const uint* k_qs [[buffer(3)]],
-                    device const uint* k_sc [[buffer(4)]],
-                    device const uint* v_qs [[buffer(5)]],
-                    device const uint* v_sc [[buffer(6)]],
-                    device const float4* x [[buffer(7)]],
-                    device const float* q_bias [[buffer(8)]],
-                    device const float* k_bias [[buffer(9)]],
-                    device const float* v_bias [[buffer(10)]],
-                    device float* q_out [[buffer(11)]],
-                    device float* k_out [[buffer(12)]],
-                    device float* v_out [[buffer(13)]],
-                    uint3 tg [[threadgroup_position_in_grid]],
-                    uint3 ntg [[threadgroups_per_grid]],
-                    uint lid [[thread_index_in_threadgroup]],
-                    uint sg [[simdgroup_index_in_threadgroup]],
-                    uint sl [[thread_index_in_simdgroup]]) {
-    // Rows continue in grid y when x is full (gemv::grid).
-    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
-    threadgroup float norm_sums[NSIMD];
-    threadgroup float group_sums[NSIMD];
-    qkv_impl<Q4_1, false>(p, Mat{q_qs, q_sc}, Mat{k_qs, k_sc}, Mat{v_qs, v_sc}, x,
-                       q_bias, k_bias, v_bias, q_out, k_out, v_out, x, ln, norm_sums, group_sums);
-}
-
-kernel void gemv_q4_1_norm(constant Params& p [[buffer(0)]],
-                    device const uint* qs [[buffer(1)]],
-                    device const uint* sc [[buffer(2)]],
-                    device const float4* x [[buffer(3)]],
-                    device const float* bias [[buffer(4)]],
-                    device float* out [[buffer(5)]],
-                    device const float4* norm_w [[buffer(6)]],
-                    uint3 tg [[threadgroup_position_in_grid]],
-                    uint3 ntg [[threadgroups_per_grid]],
-                    uint lid [[thread_index_in_threadgroup]],
-                    uint sg [[simdgroup_index_in_threadgroup]],
-                    uint sl [[thread_index_in_simdgroup]]) {
-    // Rows continue in grid y when x is full (gemv::grid).
-    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
-    threadgroup float norm_sums[NSIMD];
-    threadgroup float group_sums[NSIMD];
-    gemv_impl<Q4_1, true>(p, Mat{qs, sc}, x, bias, out, norm_w, ln, norm_sums,
-                          group_sums);
-}
-
-kernel void gemv_swiglu_q4_1_norm(constant Params& p [[buffer(0)]],
-                    device const uint* g_qs [[buffer(1)]],
-                    device const uint* g_sc [[buffer(2)]],
-                    device const uint* u_qs [[buffer(3)]],
-                    device const uint* u_sc [[buffer(4)]],
-                    device const float4* x [[buffer(5)]],
-                    device float* out [[buffer(6)]],
-                    device const float4* norm_w [[buffer(7)]],
-                    uint3 tg [[threadgroup_position_in_grid]],
-                    uint3 ntg [[threadgroups_per_grid]],
-                    uint lid [[thread_index_in_threadgroup]],
-                    uint sg [[simdgroup_index_in_threadgroup]],
-                    uint sl [[thread_index_in_simdgroup]]) {
-    // Rows continue in grid y when x is full (gemv::grid).
-    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
-    threadgroup float norm_sums[NSIMD];
-    threadgroup float2 group_sums[NSIMD];
-    swiglu_impl<Q4_1, true>(p, Mat{g_qs, g_sc}, Mat{u_qs, u_sc}, x, out, norm_w, ln,
-                          norm_sums, group_sums);
-}
-
-kernel void gemv_qkv_q4_1_norm(constant Params& p [[buffer(0)]],
-                    device const uint* q_qs [[buffer(1)]],
-                    device const uint* q_sc [[buffer(2)]],
-                    device const uint* k_qs [[buffer(3)]],
-                    device const uint* k_sc [[buffer(4)]],
-                    device const uint* v_qs [[buffer(5)]],
-                    device const uint* v_sc [[buffer(6)]],
-                    device const float4* x [[buffer(7)]],
-                    device const float* q_bias [[buffer(8)]],
-                    device const float* k_bias [[buffer(9)]],
-                    device const float* v_bias [[buffer(10)]],
-                    device float* q_out [[buffer(11)]],
-                    device float* k_out [[buffer(12)]],
-                    device float* v_out [[buffer(13)]],
-                    device const float4* norm_w [[buffer(14)]],
-                    uint3 tg [[threadgroup_position_in_grid]],
-                    uint3 ntg [[threadgroups_per_grid]],
-                    uint lid [[thread_index_in_threadgroup]],
-                    uint sg [[simdgroup_index_in_threadgroup]],
-                    uint sl [[thread_index_in_simdgroup]]) {
-    // Rows continue in grid y when x is full (gemv::grid).
-    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
-    threadgroup float norm_sums[NSIMD];
-    threadgroup float group_sums[NSIMD];
-    qkv_impl<Q4_1, true>(p, Mat{q_qs, q_sc}, Mat{k_qs, k_sc}, Mat{v_qs, v_sc}, x,
-                       q_bias, k_bias, v_bias, q_out, k_out, v_out, norm_w, ln, norm_sums,
-                       group_sums);
-}
-
-kernel void gemv_q8_0(constant Params& p [[buffer(0)]],
-                    device const uint* qs [[buffer(1)]],
-                    device const uint* sc [[buffer(2)]],
-                    device const float4* x [[buffer(3)]],
-                    device const float* bias [[buffer(4)]],
-                    device float* out [[buffer(5)]],
-                    uint3 tg [[threadgroup_position_in_grid]],
-                    uint3 ntg [[threadgroups_per_grid]],
-                    uint lid [[thread_index_in_threadgroup]],
-                    uint sg [[simdgroup_index_in_threadgroup]],
-                    uint sl [[thread_index_in_simdgroup]]) {
-    // Rows continue in grid y when x is full (gemv::grid).
-    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
-    threadgroup float norm_sums[NSIMD];
-    threadgroup float group_sums[NSIMD];
-    gemv_impl<Q8_0, false>(p, Mat{qs, sc}, x, bias, out, x, ln, norm_sums, group_sums);
-}
-
-kernel void gemv_swiglu_q8_0(constant Params& p [[buffer(0)]],
-                    device const uint* g_qs [[buffer(1)]],
-                    device const uint* g_sc [[buffer(2)]],
-                    device const uint* u_qs [[buffer(3)]],
-                    device const uint* u_sc [[buffer(4)]],
-                    device const float4* x [[buffer(5)]],
-                    device float* out [[buffer(6)]],
-                    uint3 tg [[threadgroup_position_in_grid]],
-                    uint3 ntg [[threadgroups_per_grid]],
-                    uint lid [[thread_index_in_threadgroup]],
-                    uint sg [[simdgroup_index_in_threadgroup]],
-                    uint sl [[thread_index_in_simdgroup]]) {
-    // Rows continue in grid y when x is full (gemv::grid).
-    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
-    threadgroup float norm_sums[NSIMD];
-    threadgroup float2 group_sums[NSIMD];
-    swiglu_impl<Q8_0, false>(p, Mat{g_qs, g_sc}, Mat{u_qs, u_sc}, x, out, x, ln, norm_sums,
-                          group_sums);
-}
-
-kernel void gemv_qkv_q8_0(constant Params& p [[buffer(0)]],
-                    device const uint* q_qs [[buffer(1)]],
-                    device const uint* q_sc [[buffer(2)]],
-                    device const uint* k_qs [[buffer(3)]],
-                    device const uint* k_sc [[buffer(4)]],
-                    device const uint* v_qs [[buffer(5)]],
-                    device const uint* v_sc [[buffer(6)]],
-                    device const float4* x [[buffer(7)]],
-                    device const float* q_bias [[buffer(8)]],
-                    device const float* k_bias [[buffer(9)]],
-                    device const float* v_bias [[buffer(10)]],
-                    device float* q_out [[buffer(11)]],
-                    device float* k_out [[buffer(12)]],
-                    device float* v_out [[buffer(13)]],
-                    uint3 tg [[threadgroup_position_in_grid]],
-                    uint3 ntg [[threadgroups_per_grid]],
-                    uint lid [[thread_index_in_threadgroup]],
-                    uint sg [[simdgroup_index_in_threadgroup]],
-                    uint sl [[thread_index_in_simdgroup]]) {
-    // Rows continue in grid y when x is full (gemv::grid).
-    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
-    threadgroup float norm_sums[NSIMD];
-    threadgroup float group_sums[NSIMD];
-    qkv_impl<Q8_0, false>(p, Mat{q_qs, q_sc}, Mat{k_qs, k_sc}, Mat{v_qs, v_sc}, x,
-                       q_bias, k_bias, v_bias, q_out, k_out, v_out, x, ln, norm_sums, group_sums);
-}
-
-kernel void gemv_q8_0_norm(constant Params& p [[buffer(0)]],
-                    device const uint* qs [[buffer(1)]],
-                    device const uint* sc [[buffer(2)]],
-                    device const float4* x [[buffer(3)]],
-                    device const float* bias [[buffer(4)]],
-                    device float* out [[buffer(5)]],
-                    device const float4* norm_w [[buffer(6)]],
-                    uint3 tg [[threadgroup_position_in_grid]],
-                    uint3 ntg [[threadgroups_per_grid]],
-                    uint lid [[thread_index_in_threadgroup]],
-                    uint sg [[simdgroup_index_in_threadgroup]],
-                    uint sl [[thread_index_in_simdgroup]]) {
-    // Rows continue in grid y when x is full (gemv::grid).
-    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
-    threadgroup float norm_sums[NSIMD];
-    threadgroup float group_sums[NSIMD];
-    gemv_impl<Q8_0, true>(p, Mat{qs, sc}, x, bias, out, norm_w, ln, norm_sums,
-                          group_sums);
-}
-
-kernel void gemv_swiglu_q8_0_norm(constant Params& p [[buffer(0)]],
-                    device const uint* g_qs [[buffer(1)]],
-                    device const uint* g_sc [[buffer(2)]],
-                    device const uint* u_qs [[buffer(3)]],
-                    device const uint* u_sc [[buffer(4)]],
-                    device const float4* x [[buffer(5)]],
-                    device float* out [[buffer(6)]],
-                    device const float4* norm_w [[buffer(7)]],
-                    uint3 tg [[threadgroup_position_in_grid]],
-                    uint3 ntg [[threadgroups_per_grid]],
-                    uint lid [[thread_index_in_threadgroup]],
-                    uint sg [[simdgroup_index_in_threadgroup]],
-                    uint sl [[thread_index_in_simdgroup]]) {
-    // Rows continue in grid y when x is full (gemv::grid).
-    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
-    threadgroup float norm_sums[NSIMD];
-    threadgroup float2 group_sums[NSIMD];
-    swiglu_impl<Q8_0, true>(p, Mat{g_qs, g_sc}, Mat{u_qs, u_sc}, x, out, norm_w, ln,
-                          norm_sums, group_sums);
-}
-
-kernel void gemv_qkv_q8_0_norm(constant Params& p [[buffer(0)]],
-                    device const uint* q_qs [[buffer(1)]],
-                    device const uint* q_sc [[buffer(2)]],
-                    device const uint* k_qs [[buffer(3)]],
-                    device const uint* k_sc [[buffer(4)]],
-                    device const uint* v_qs [[buffer(5)]],
-                    device const uint* v_sc [[buffer(6)]],
-                    device const float4* x [[buffer(7)]],
-                    device const float* q_bias [[buffer(8)]],
-                    device const float* k_bias [[buffer(9)]],
-                    device const float* v_bias [[buffer(10)]],
-                    device float* q_out [[buffer(11)]],
-                    device float* k_out [[buffer(12)]],
-                    device float* v_out [[buffer(13)]],
-                    device const float4* norm_w [[buffer(14)]],
-                    uint3 tg [[threadgroup_position_in_grid]],
-                    uint3 ntg [[threadgroups_per_grid]],
-                    uint lid [[thread_index_in_threadgroup]],
-                    uint sg [[simdgroup_index_in_threadgroup]],
-                    uint sl [[thread_index_in_simdgroup]]) {
-    // Rows continue in grid y when x is full (gemv::grid).
-    Lane ln = {tg.x + tg.y * ntg.x, lid, sg, sl};
-    threadgroup float norm_sums[NSIMD];
-    threadgroup float group_sums[NSIMD];
-    qkv_impl<Q8_0, true>(p, Mat{q_qs, q_sc}, Mat{k_qs, k_sc}, Mat{v_qs, v_sc}, x,
-                       q_bias, k_bias, v_bias, q_out, k_out, v_out, norm_w, ln, norm_sums,
-                       group_sums);
-}
+GEMV_ENTRIES(q4_0, Q4_0)
+GEMV_ENTRIES(q4_1, Q4_1)
+GEMV_ENTRIES(q8_0, Q8_0)

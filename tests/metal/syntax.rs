@@ -36,6 +36,27 @@ pub(crate) fn syntax_check(clang: &str, src: &Path) -> Result<(), String> {
     }
 }
 
+/// `src` after clang's preprocessor (`-E -P`), with `<metal_stdlib>` an empty file so that the
+/// MSL keywords the shim defines away (`kernel`, `device`, ...) stay as written.
+pub(crate) fn clang_preprocess(clang: &str, src: &str) -> Result<String, String> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("metal_stdlib"), "").unwrap();
+    let path = dir.path().join("source.metal");
+    std::fs::write(&path, src).unwrap();
+    let out = Command::new(clang)
+        .args(["-x", "c++", "-std=c++17", "-E", "-P", "-nostdinc"])
+        .arg("-I")
+        .arg(dir.path())
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| panic!("running {clang}: {e}"));
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 #[test]
 pub(crate) fn metal_sources_pass_the_clang_syntax_check() {
     let Some(clang) = clang_or_skip() else {

@@ -114,11 +114,12 @@ impl DecodeFusion {
 pub const INT_DOT_MIN_HIDDEN: usize = 2048;
 
 /// Whether decode quantises activations and runs the integer-dot GEMVs by default, per
-/// adapter class, from measurements (H100, Vulkan, `wick bench` decode tg128 with
-/// `WICK_INT_DOT=1` against `=0`, 2026-12-07):
-/// - NVIDIA: on from [`INT_DOT_MIN_HIDDEN`]. Llama-3-8B (hidden 4096) Q4_K_M 96.7 -> 292.0
-///   tok/s, Q4_0 223.0 -> 308.0, Q8_0 209.4 -> 224.5; SmolLM2-135M (hidden 576) Q4_1
-///   1024.6 -> 779.0 with the quantiser of that run.
+/// adapter class, from measurements (`wick bench -p 0 -n 128 -r 5` decode tok/s with
+/// `WICK_INT_DOT=0` -> `=1`, Vulkan, one call on an NVIDIA H200, 2026-12-07):
+/// - NVIDIA: on from [`INT_DOT_MIN_HIDDEN`]. Llama-3-8B (hidden 4096) Q4_K_M 96.7 -> 331.6,
+///   Q4_0 225.1 -> 371.4, Q8_0 217.4 -> 269.3; Llama-3.2-1B (2048) Q4_0 935.0 -> 1189.8;
+///   below it the quantiser's dispatches cost more than the GEMVs save: Qwen2.5-0.5B (896)
+///   Q8_0 985.7 -> 870.3, SmolLM2-135M (576) Q4_1 1020.2 -> 809.8.
 /// - Apple: off. Apple GPUs have no int8 dot-product instruction (`dot4I8Packed` becomes
 ///   shifts and multiplies); not measured.
 /// - AMD, Intel, others: off until measured.

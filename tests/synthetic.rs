@@ -288,18 +288,18 @@ fn matrices_split_across_small_bindings_give_the_same_logits() {
     }
 }
 
-/// Decode attention has two recorded forms: one split per KV head up to
-/// `SHORT_ATTENTION` cached positions, split-KV plus a merge pass beyond. Both must give the
+/// Decode attention has two recorded forms: one split per KV head below
+/// `2 * SPLIT_KEYS` cached positions, split-KV plus a merge pass from there. Both must give the
 /// logits the prefill path (GEMM + causal prefill attention) gives at the same position:
 /// the last few prompt tokens are run through decode steps when fewer than 8 remain.
 #[test]
 fn decode_attention_forms_match_prefill() {
-    use wick::runtime::forward::SHORT_ATTENTION;
-    let model = load(&dir("llama_gqa"), 512);
-    let ids: Vec<u32> = (0..SHORT_ATTENTION as u32 + 40)
+    let multi = 2 * wick::kernels::attention::SPLIT_KEYS;
+    let model = load(&dir("llama_gqa"), 512.max(multi + 64));
+    let ids: Vec<u32> = (0..multi as u32 + 40)
         .map(|i| (i * 7919 + 13) % 512)
         .collect();
-    for end in [SHORT_ATTENTION - 30, SHORT_ATTENTION + 20] {
+    for end in [multi - 30, multi + 20] {
         // Decode steps for the last 4 positions.
         let mut a = Session::new(&model).unwrap();
         a.prefill(&ids[..end - 4]).unwrap();
@@ -456,19 +456,17 @@ fn fused_decode_step_matches_the_unfused_sequence() {
 /// policy (`--kernels native`, [`KernelChoice::Native`]) against the portable kernels on the
 /// same tokens, for each synthetic checkpoint and for each weight format a native op is
 /// specific to (a native op named after a format, e.g. `gemv_q8_0`, gets the checkpoints
-/// quantised to it). The prompt fills past [`SHORT_ATTENTION`] during the trace, so decode
-/// attention runs both its single-split and split + merge forms, and the prompt itself goes
+/// quantised to it). The prompt fills past `2 * SPLIT_KEYS` positions during the trace, so
+/// decode attention runs both its single-split and split + merge forms, and the prompt itself goes
 /// through prefill. Every native op must really have been built as native; logits within
 /// f32 rounding of each other, the same greedy ids up to a near-tie. Bound: 1e-3 (observed
 /// <= 2e-5 on lavapipe, stored and Q8_0; attention that skips one output rescale moves the
 /// logits by ~2).
-///
-/// [`SHORT_ATTENTION`]: wick::runtime::forward::SHORT_ATTENTION
 #[test]
 fn native_kernels_decode_like_portable() {
     use std::collections::BTreeSet;
     use wick::kernels::{KernelChoice, Variant};
-    use wick::runtime::forward::SHORT_ATTENTION;
+    let multi = 2 * wick::kernels::attention::SPLIT_KEYS;
 
     let native = Engine::with_options(EngineOptions {
         kernels: KernelChoice::Native,
@@ -506,7 +504,7 @@ fn native_kernels_decode_like_portable() {
             formats.push(Some(t));
         }
     }
-    let ctx = SHORT_ATTENTION + 64;
+    let ctx = multi + 64;
     let tmp = tempfile::tempdir().unwrap();
     for name in ["llama_gqa", "qwen2_bias_tied", "qwen3_qknorm"] {
         for ty in &formats {
@@ -531,7 +529,7 @@ fn native_kernels_decode_like_portable() {
                 .unwrap()
             };
             let (mn, mp) = (load_on(&native), load_on(engine()));
-            let prompt: Vec<u32> = (0..SHORT_ATTENTION - 6)
+            let prompt: Vec<u32> = (0..multi - 6)
                 .map(|_| rand::random::<u32>() % 500)
                 .collect();
             let a = Session::new(&mn)

@@ -464,12 +464,15 @@ pub fn merge_spec(head_dim: usize) -> KernelSpec {
 /// Decode attention: `out[h] = softmax(q[h] . K[kv(h)][0..kv_len] * scale) V[kv(h)]` for each
 /// query head `h` (q, out f32 `[n_heads * head_dim]`), where `kv(h) = h / (n_heads /
 /// n_kv_heads)` and `kv_len = step.kv_len` (clamped to `capacity`). The keys are split over
-/// `n_splits` workgroups per KV head, merged by a second pass when `n_splits > 1`.
+/// `n_splits` workgroups per KV head, merged by a second pass when `n_splits > 1`, through
+/// `partials` (at least [`partials_bytes`]; allocated here when None; one buffer serves every
+/// layer and split count of a decode step, which run one after another).
 pub fn attention_decode(
     k: &Kernels,
     io: &AttentionBuffers,
     shape: &AttentionShape,
     n_splits: usize,
+    partials: Option<&wgpu::Buffer>,
 ) -> Result<DecodeAttention> {
     let what = "attention_decode";
     check_common(what, k, io, shape, 1)?;
@@ -500,20 +503,77 @@ pub fn attention_decode(
             n_splits,
         });
     }
-    // o (head_dim f32) plus (m, l) per (head, split).
-    let scratch_bytes = (n_heads * n_splits * (head_dim + 2) * 4) as u64;
-    let scratch = k.gpu.storage_buffer("attention partials", scratch_bytes)?;
-    let pass1 = k.dispatch(&spec, &[&params, step, q, cache_k, cache_v, &scratch], grid)?;
+    let bytes = partials_bytes(n_heads, head_dim, n_splits);
+    let mut own = None;
+    let scratch: &wgpu::Buffer = match partials {
+        Some(b) => {
+            need_bytes(what, "partials", b, bytes)?;
+            b
+        }
+        None => own.insert(k.gpu.storage_buffer("attention partials", bytes)?),
+    };
+    let pass1 = k.dispatch(&spec, &[&params, step, q, cache_k, cache_v, scratch], grid)?;
     let merge = k.dispatch(
         &merge_spec(head_dim),
-        &[&params, &scratch, io.out],
+        &[&params, scratch, io.out],
         [n_heads as u32, 1, 1],
     )?;
     Ok(DecodeAttention {
         dispatches: vec![pass1, merge],
-        scratch: Some(scratch),
+        scratch: own,
         n_splits,
     })
+}
+
+/// Bytes of the split partials of decode attention: o (head_dim f32) plus (m, l) per (query
+/// head, split).
+pub fn partials_bytes(n_heads: usize, head_dim: usize, n_splits: usize) -> u64 {
+    (n_heads * n_splits * (head_dim + 2) * 4) as u64
+}
+
+/// Keys per split from which decode attention splits the cache further
+/// ([`decode_splits`]); `WICK_ATTN_SPLIT_KEYS` overrides it (for measuring).
+pub const SPLIT_KEYS: usize = 128;
+
+/// [`SPLIT_KEYS`], or `WICK_ATTN_SPLIT_KEYS` when set (a positive integer).
+pub fn split_keys() -> Result<usize> {
+    match std::env::var("WICK_ATTN_SPLIT_KEYS") {
+        Err(_) => Ok(SPLIT_KEYS),
+        Ok(v) => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "WICK_ATTN_SPLIT_KEYS={v:?} (expected a positive number of keys)"
+                ))
+            }),
+    }
+}
+
+/// The split counts a decode step is built for, up to `max_splits` ([`choose_splits`] at
+/// the session's capacity): 1 and the powers of two below `max_splits`, then `max_splits`.
+pub fn split_counts(max_splits: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..usize::BITS)
+        .map(|i| 1usize << i)
+        .take_while(|&s| s < max_splits)
+        .collect();
+    v.push(max_splits.max(1));
+    v.dedup();
+    v
+}
+
+/// The split count for a step over `kv_len` cached keys: as many splits as give each at
+/// least `split_keys` keys, rounded down to one of `counts` (those a step was built for, 1
+/// among them). Short caches run one split and no merge pass; long ones spread over the GPU.
+pub fn decode_splits(
+    counts: impl IntoIterator<Item = usize>,
+    kv_len: usize,
+    split_keys: usize,
+) -> usize {
+    let want = (kv_len / split_keys.max(1)).max(1);
+    counts.into_iter().filter(|&s| s <= want).max().unwrap_or(1)
 }
 
 /// Splits so that `n_kv_heads x n_splits` workgroups cover the GPU a few times over, with at

@@ -22,11 +22,6 @@ use crate::runtime::kv_cache::KvCache;
 
 pub use super::plan::{prefill_chunks, PREFILL_CHUNK, PREFILL_CHUNK_LARGE};
 
-/// Cached positions up to which decode attention runs as one split per KV head, without the
-/// merge pass: one dispatch fewer per layer, and a single workgroup per head still covers
-/// this many positions quickly.
-pub const SHORT_ATTENTION: usize = 256;
-
 /// Activation buffers of one session, sized for a prefill chunk (decode uses row 0).
 struct Activations {
     h: wgpu::Buffer,
@@ -45,6 +40,8 @@ struct Activations {
     /// The decode row quantised to 8-bit blocks for the integer-dot GEMVs
     /// ([`DecodeFusion::int_dot`]); 4 bytes otherwise.
     xq: wgpu::Buffer,
+    /// Split partials of decode attention, shared by every layer and split count.
+    partials: wgpu::Buffer,
 }
 
 /// Which fusions the decode step uses. All on is the fast path; all off is the plain
@@ -61,7 +58,9 @@ pub struct DecodeFusion {
     pub rope_kv: bool,
     /// Gate and up GEMVs with the SwiGLU in one dispatch.
     pub swiglu: bool,
-    /// Single-split attention without the merge pass while the cache is short.
+    /// Attention split count per step from the cached length (one split and no merge pass
+    /// while the cache is short; [`attention::decode_splits`]) instead of the session's
+    /// largest count every step.
     pub short_attention: bool,
     /// GEMVs on 8-bit quantised activations (`kernels::gemv_dot`) for the formats that
     /// have them: one quantisation (with the norm, where the GEMV would have had the norm
@@ -168,10 +167,12 @@ pub struct Forward {
     /// Every layer's attention and RoPE geometry.
     heads: AttentionShape,
     rope: RopeShape,
-    decode: Vec<Dispatch>,
-    /// The decode step with single-split attention (no merge pass), used while the cache
-    /// holds at most [`SHORT_ATTENTION`] positions.
-    decode_short: Vec<Dispatch>,
+    /// The decode step per attention split count (ascending, the first with one split and
+    /// no merge pass); each step takes the one [`attention::decode_splits`] picks for its
+    /// cached length.
+    decode: Vec<(usize, Vec<Dispatch>)>,
+    /// Keys per split from which attention splits further ([`attention::split_keys`]).
+    split_keys: usize,
     /// Final norm + LM head over the decoded row (`h`) and over the prefill's last row.
     decode_lm: Vec<Dispatch>,
     prefill: Vec<Dispatch>,
@@ -464,7 +465,8 @@ impl<'a> Lower<'a> {
     fn attention(&mut self, io: &AttentionBuffers, shape: &AttentionShape) -> Result<()> {
         match self.how {
             Lowering::Decode { splits, .. } => {
-                let att = attention::attention_decode(self.k, io, shape, splits)?;
+                let partials = (splits > 1).then_some(&self.act.partials);
+                let att = attention::attention_decode(self.k, io, shape, splits, partials)?;
                 self.list.extend(att.dispatches.iter().cloned());
                 self.attn.push(att);
             }
@@ -500,7 +502,12 @@ impl Forward {
         let (small, large) = prefill_chunks(kv.capacity);
         let c = small.max(large);
         let f32b = |label: &str, n: usize| gpu.storage_buffer(label, (n * 4) as u64);
+        let max_splits = attention::choose_splits(&gpu.caps, cfg.n_kv_heads, kv.capacity);
         let act = Activations {
+            partials: gpu.storage_buffer(
+                "attention partials",
+                attention::partials_bytes(cfg.n_heads, cfg.head_dim, max_splits),
+            )?,
             h: f32b("h", c * cfg.hidden)?,
             h_last: f32b("h_last", cfg.hidden)?,
             normed: f32b("normed", c * cfg.hidden)?,
@@ -553,7 +560,7 @@ impl Forward {
                 half_split: cfg.rope_style.half_split(),
             },
             decode: Vec::new(),
-            decode_short: Vec::new(),
+            split_keys: attention::split_keys()?,
             decode_lm: Vec::new(),
             prefill: Vec::new(),
             prefill_large: Vec::new(),
@@ -564,19 +571,22 @@ impl Forward {
             rows_head: None,
             _attn: Vec::new(),
         };
-        let splits = attention::choose_splits(&gpu.caps, cfg.n_kv_heads, kv.capacity);
+        let max_splits = attention::choose_splits(&gpu.caps, cfg.n_kv_heads, kv.capacity);
         let mut attn = Vec::new();
         let mut lower = |how| -> Result<Vec<Dispatch>> {
             let (list, a) = fwd.lower(k, w, kv, inv_freq, how)?;
             attn.extend(a);
             Ok(list)
         };
-        let decode = lower(Lowering::Decode { fusion, splits })?;
-        let decode_short = if splits > 1 && fusion.short_attention {
-            lower(Lowering::Decode { fusion, splits: 1 })?
-        } else {
-            decode.clone()
+        // Without `short_attention` every step runs the largest split count.
+        let counts = match fusion.short_attention {
+            true => attention::split_counts(max_splits),
+            false => vec![max_splits],
         };
+        let mut decode = Vec::with_capacity(counts.len());
+        for splits in counts {
+            decode.push((splits, lower(Lowering::Decode { fusion, splits })?));
+        }
         let prefill = lower(Lowering::Prefill { rows: small })?;
         let prefill_large = if large > 0 {
             lower(Lowering::Prefill { rows: large })?
@@ -592,7 +602,6 @@ impl Forward {
         };
         fwd.prefill_lm = fwd.lm_head(k, w, &fwd.act.h_last, prefill_head)?;
         fwd.decode = decode;
-        fwd.decode_short = decode_short;
         fwd.prefill = prefill;
         fwd.prefill_large = prefill_large;
         fwd._attn = attn;
@@ -880,11 +889,12 @@ impl Forward {
 
     /// The decode list for a step that leaves `kv_len` positions in the cache.
     fn decode_for(&self, kv_len: usize) -> &[Dispatch] {
-        if kv_len <= SHORT_ATTENTION {
-            &self.decode_short
-        } else {
-            &self.decode
-        }
+        let counts = self.decode.iter().map(|(s, _)| *s);
+        let want = attention::decode_splits(counts, kv_len, self.split_keys);
+        self.decode
+            .iter()
+            .find(|(s, _)| *s == want)
+            .map_or(&[][..], |(_, list)| list)
     }
 
     /// Dispatches of the decode step that leaves `kv_len` positions in the cache (with the

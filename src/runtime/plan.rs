@@ -66,11 +66,9 @@ pub fn session_memory(caps: &Capabilities, cfg: &ModelConfig, ctx: usize) -> Ses
     let k = crate::kernels::sample::K_MAX as u64;
     let groups = vocab.div_ceil(crate::kernels::sample::SORT as u64);
     act += (ctx as u64).max(1) * 4 + k * 8 + groups * 8 * (1 + k);
-    // Split-KV decode attention: per layer, (head_dim + 2) f32 per (head, split).
-    let splits = crate::kernels::attention::choose_splits(caps, cfg.n_kv_heads, ctx) as u64;
-    if splits > 1 {
-        act += cfg.n_layers as u64 * cfg.n_heads as u64 * splits * (cfg.head_dim as u64 + 2) * 4;
-    }
+    // Split-KV decode attention: one partials buffer for every layer and split count.
+    let attention = crate::kernels::attention::choose_splits(caps, cfg.n_kv_heads, ctx);
+    act += crate::kernels::attention::partials_bytes(cfg.n_heads, cfg.head_dim, attention);
     SessionMemory {
         kv: 2 * cfg.n_layers as u64 * cache_bytes(cfg.n_kv_heads, cfg.head_dim, ctx),
         activations: act,

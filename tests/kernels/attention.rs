@@ -97,7 +97,18 @@ fn check_decode_variant(
         .unwrap();
     let stepb = g.uniform("step", &step(0, 1)).unwrap();
     let scale = 1.0 / (head_dim as f32).sqrt();
-    for &ns in splits {
+    // Every other split count merges through a partials buffer shared with the others (as a
+    // decode step shares one across layers and split counts), sized for the largest and
+    // poisoned by the previous runs.
+    let max_ns = *splits.iter().max().unwrap();
+    let shared = g
+        .storage_buffer(
+            "shared partials",
+            attention::partials_bytes(n_heads, head_dim, max_ns),
+        )
+        .unwrap();
+    for (i, &ns) in splits.iter().enumerate() {
+        let partials = (i % 2 == 1).then_some(&shared);
         let io = AttentionBuffers {
             q: &qb,
             cache: KvPair { k: &ckb, v: &cvb },
@@ -111,7 +122,7 @@ fn check_decode_variant(
             capacity,
             scale,
         };
-        let att = attention::attention_decode(k, &io, &shape, ns).unwrap();
+        let att = attention::attention_decode(k, &io, &shape, ns, partials).unwrap();
         assert_eq!(att.dispatches.len(), if ns == 1 { 1 } else { 2 });
         if let Some(v) = variant {
             assert_eq!(
@@ -153,6 +164,31 @@ fn decode_gqa_head_dims_splits() {
     check_decode(k, 8, 2, 128, 400, &[1, 7], &[1, 33, 390], 3.0);
     // Peaky softmax (large q): exercises the running-max rescaling.
     check_decode(k, 3, 1, 64, 200, &[3], &[150], 12.0);
+}
+
+#[test]
+fn decode_split_count_follows_the_cached_length() {
+    assert_eq!(attention::split_counts(64), [1, 2, 4, 8, 16, 32, 64]);
+    assert_eq!(attention::split_counts(48), [1, 2, 4, 8, 16, 32, 48]);
+    assert_eq!(attention::split_counts(1), [1]);
+    let c = attention::split_counts(64);
+    // Fewer keys than one split's share: one split (no merge pass).
+    assert_eq!(attention::decode_splits(c.iter().copied(), 1, 256), 1);
+    assert_eq!(attention::decode_splits(c.iter().copied(), 511, 256), 1);
+    assert_eq!(attention::decode_splits(c.iter().copied(), 512, 256), 2);
+    assert_eq!(attention::decode_splits(c.iter().copied(), 4096, 256), 16);
+    assert_eq!(
+        attention::decode_splits(c.iter().copied(), 4096 + 255, 256),
+        16
+    );
+    // Capped by the session's largest count.
+    assert_eq!(
+        attention::decode_splits(c.iter().copied(), 1 << 20, 256),
+        64
+    );
+    let c = attention::split_counts(48);
+    assert_eq!(attention::decode_splits(c.iter().copied(), 47 * 64, 64), 32);
+    assert_eq!(attention::decode_splits(c.iter().copied(), 48 * 64, 64), 48);
 }
 
 #[test]
@@ -383,7 +419,7 @@ fn attention_rejects_bad_shapes() {
             capacity: 16,
             scale: 0.1,
         };
-        attention::attention_decode(k, &io, &shape, ns)
+        attention::attention_decode(k, &io, &shape, ns, None)
     };
     assert!(
         is_shape(&dec(&q, &cache, 6, 4, 64, 1)),

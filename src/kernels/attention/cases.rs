@@ -167,7 +167,7 @@ fn decode_case(
     splits: usize,
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let i = attention_inputs(&kr.gpu, seed, s, len - 1, 1)?;
-    let att = attention_decode(kr, &i.buffers(), &s.shape(), splits)?;
+    let att = attention_decode(kr, &i.buffers(), &s.shape(), splits, None)?;
     let ds: Vec<&Dispatch> = att.dispatches.iter().collect();
     let got = run_checked(kr, &ds, &i.out, op)?;
     let want = reference::attention::attention_decode(&i.q, &i.cache(&s), len, s.h, i.scale);
@@ -292,7 +292,7 @@ impl PreparedWork for PreparedDecode {
             capacity: w.kv_len,
             scale: 1.0 / (w.head_dim as f32).sqrt(),
         };
-        let a = attention_decode(k, &io, &shape, splits)?;
+        let a = attention_decode(k, &io, &shape, splits, None)?;
         Ok(BuiltWork {
             dispatches: a.dispatches,
             scratch: a.scratch,

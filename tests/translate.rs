@@ -32,11 +32,13 @@ fn defines_of(family: &str) -> (BTreeSet<&'static str>, BTreeSet<&'static str>) 
             {
                 tested.insert(name.trim());
             }
-            if let Some(name) = t.strip_prefix("#define ") {
-                set.insert(name.trim());
+            if let Some(rest) = t.strip_prefix("#define ") {
+                // `#define NAME` or `#define NAME VALUE`.
+                set.extend(rest.split_whitespace().next());
             }
             if let Some(inc) = t.strip_prefix("#include ") {
-                let inc = inc.trim().trim_matches('"');
+                // `#include "file"`, or a template's `#include "file" A=x ...`.
+                let inc = inc.trim().split('"').nth(1).expect("#include \"file\"");
                 let fam = wgsl_families()
                     .find(|x| *x == inc)
                     .expect("included family");

@@ -352,29 +352,23 @@ const NMAT: u32 = 1u;
 #endif
 
 #ifdef NORM
+// The sum of squares over the workgroup (up to 1024 lanes, more than reduce.wgsl's wg_sum).
 var<workgroup> norm_partial: array<f32, 1024>;
+#include "wg_reduce" NAME=norm_sum T=f32 SG_OP=subgroupAdd OP=add_f32 SCRATCH=norm_partial
 #endif
 // x * the RMSNorm scale of x (NORM), else 1.
 var<private> x_scale: f32 = 1.0;
 
 // NORM: every invocation of the workgroup computes rsqrt(mean(x^2) + eps) into x_scale.
 // Called from uniform control flow at the top of the entry points.
-fn norm_prologue(lid: u32) {
+fn norm_prologue(lane: Lane) {
 #ifdef NORM
     var s = 0.0;
-    for (var i = lid; i < p.k4; i += WG) {
+    for (var i = lane.lid; i < p.k4; i += WG) {
         let v = x[i];
         s += dot(v, v);
     }
-    norm_partial[lid] = s;
-    workgroupBarrier();
-    for (var o = WG >> 1u; o > 0u; o >>= 1u) {
-        if (lid < o) {
-            norm_partial[lid] += norm_partial[lid + o];
-        }
-        workgroupBarrier();
-    }
-    x_scale = inverseSqrt(norm_partial[0] / f32(4u * p.k4) + bitcast<f32>(p.eps_bits));
+    x_scale = inverseSqrt(norm_sum(s, lane) / f32(4u * p.k4) + bitcast<f32>(p.eps_bits));
 #endif
 }
 
@@ -524,7 +518,7 @@ fn row_group(lane: Lane) -> vec2<u32> {
 #ifdef SWIGLU
 @compute @workgroup_size(WG)
 fn gemv_swiglu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, lane: Lane) {
-    norm_prologue(lane.lid);
+    norm_prologue(lane);
     let gl = row_group(lane);
     let row0 = ((wid.x + wid.y * nwg.x) * (WG / LPR) + gl.x) * RPG;
     cur_n = p.n;
@@ -543,7 +537,7 @@ fn gemv_swiglu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 #else
 @compute @workgroup_size(WG)
 fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, lane: Lane) {
-    norm_prologue(lane.lid);
+    norm_prologue(lane);
     let gl = row_group(lane);
     var row0 = ((wid.x + wid.y * nwg.x) * (WG / LPR) + gl.x) * RPG;
     cur_n = p.n;

@@ -22,7 +22,7 @@
 // dispatch; NORM the RMSNorm prologue (both described below).
 
 #include "reduce"
-#include "kquant"
+#include "dequant"
 
 struct Params {
     // Rows of the matrix.
@@ -103,20 +103,10 @@ const XV: u32 = 1u;
 const SUM_X: bool = false;
 fn unit_value(m: u32, g: u32, xs: array<vec4<f32>, XV>, st: vec4<f32>) -> f32 {
     let q = qs_at(m, g);
-    // bf16 is the high half of an f32: element 2i sits in the low half of word i.
-    let w = bitcast<vec4<f32>>(vec4<u32>(q.x << 16u, q.x & 0xFFFF0000u, q.y << 16u, q.y & 0xFFFF0000u));
+    let w = vec4<f32>(bf16x2(q.x), bf16x2(q.y));
     return dot(w, xs[0]);
 }
 #endif
-
-// Four signed / unsigned bytes of a word as floats.
-fn i8x4(w: u32) -> vec4<f32> {
-    // Move each byte to the top, then an arithmetic shift sign-extends it.
-    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(w) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
-}
-fn u8x4(w: u32) -> vec4<f32> {
-    return vec4<f32>((vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(0xFFu));
-}
 
 #ifdef FMT_Q8_0
 // A unit is one word: 4 int8, contiguous elements; 8 units per block, so unit g belongs to
@@ -126,23 +116,12 @@ alias SElem = u32;
 const XV: u32 = 1u;
 const SUM_X: bool = false;
 fn unit_value(m: u32, g: u32, xs: array<vec4<f32>, XV>, st: vec4<f32>) -> f32 {
-    let d = unpack2x16float(sc_at(m, g >> 4u))[(g >> 3u) & 1u];
+    let b = g >> 3u;
+    let d = f16_of(sc_at(m, q8_d_word(b)), b);
     return d * dot(i8x4(qs_at(m, g)), xs[0]);
 }
 #endif
 
-// Nibbles: a 16-byte word group holds, in byte b of word w, element 4w+b in its low nibble
-// and 4w+b+16 (32-element blocks) or 4w+b+32 (K-quant pairs) in its high nibble.
-fn nib_lo(w: u32) -> vec4<f32> {
-    return vec4<f32>((vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(15u));
-}
-fn nib_hi(w: u32) -> vec4<f32> {
-    return vec4<f32>((vec4<u32>(w) >> vec4<u32>(4u, 12u, 20u, 28u)) & vec4<u32>(15u));
-}
-// Bits s..s+3 of h as floats (the fifth bits of four consecutive elements).
-fn bits4(h: u32, s: u32) -> vec4<f32> {
-    return vec4<f32>((vec4<u32>(h) >> (vec4<u32>(s) + vec4<u32>(0u, 1u, 2u, 3u))) & vec4<u32>(1u));
-}
 // sum(q*x) over the 32 nibbles of one 32-element block (x in 8 vec4).
 fn q4_dot(q: vec4<u32>, xs: array<vec4<f32>, 8>) -> f32 {
     return dot(nib_lo(q.x), xs[0]) + dot(nib_lo(q.y), xs[1]) + dot(nib_lo(q.z), xs[2]) + dot(nib_lo(q.w), xs[3])
@@ -169,7 +148,8 @@ const SUM_X: bool = true;
 // One f16 d per block, two blocks per word.
 fn unit_value(m: u32, g: u32, xs: array<vec4<f32>, XV>, st: vec4<f32>) -> f32 {
     let q = qs_at(m, g);
-    let d = unpack2x16float(sc_at(m, g >> 3u))[(g >> 2u) & 1u];
+    let b = g >> 2u;
+    let d = f16_of(sc_at(m, q8_d_word(b)), b);
     return d * (dot(nib_lo(q), xs[0]) + dot(nib_hi(q), xs[1]) - 8.0 * (st.x + st.y));
 }
 #endif
@@ -194,11 +174,10 @@ alias WUnit = vec4<u32>;
 alias SElem = u32;
 const XV: u32 = 8u;
 const SUM_X: bool = true;
-// Per pair of blocks: qh(2i), qh(2i+1), d(2i) | d(2i+1) << 16. x = d * (q - 16).
+// A unit is a block. x = d * (q - 16).
 fn unit_value(m: u32, g: u32, xs: array<vec4<f32>, XV>, st: vec4<f32>) -> f32 {
-    let base = 3u * (g >> 1u);
-    let qh = sc_at(m, base + (g & 1u));
-    let d = unpack2x16float(sc_at(m, base + 2u))[g & 1u];
+    let qh = sc_at(m, q5_0_qh_word(g));
+    let d = f16_of(sc_at(m, q5_0_d_word(g)), g);
     let qx = q4_dot(qs_at(m, g), xs) + 16.0 * qh_dot(qh, xs, 0u);
     return d * (qx - 16.0 * dot(st, vec4<f32>(1.0)));
 }
@@ -209,10 +188,10 @@ alias WUnit = vec4<u32>;
 alias SElem = u32;
 const XV: u32 = 8u;
 const SUM_X: bool = true;
-// Two words per block: qh, then d | m << 16. x = d * q + m.
+// A unit is a block. x = d * q + m.
 fn unit_value(m: u32, g: u32, xs: array<vec4<f32>, XV>, st: vec4<f32>) -> f32 {
-    let qh = sc_at(m, 2u * g);
-    let dm = unpack2x16float(sc_at(m, 2u * g + 1u));
+    let qh = sc_at(m, q5_1_qh_word(g));
+    let dm = unpack2x16float(sc_at(m, q5_1_dm_word(g)));
     let qx = q4_dot(qs_at(m, g), xs) + 16.0 * qh_dot(qh, xs, 0u);
     return dm.x * qx + dm.y * dot(st, vec4<f32>(1.0));
 }
@@ -277,31 +256,22 @@ alias WUnit = array<vec4<u32>, 3>;
 alias SElem = u32;
 const XV: u32 = 16u;
 const SUM_X: bool = true;
-// The 6-bit values of the low and high nibbles of word qw with top bits v (aligned to qw's
-// low nibbles in bits 0-1 of each byte and to its high nibbles in bits 4-5), as bytes.
-fn q6_lo(qw: u32, v: u32) -> vec4<f32> {
-    return u8x4((qw & 0x0F0F0F0Fu) | ((v & 0x03030303u) << 4u));
-}
-fn q6_hi(qw: u32, v: u32) -> vec4<f32> {
-    return u8x4(((qw >> 4u) & 0x0F0F0F0Fu) | (v & 0x30303030u));
-}
 fn unit_value(m: u32, g: u32, xs: array<vec4<f32>, XV>, st: vec4<f32>) -> f32 {
     let b = g >> 2u;
-    let base = 9u * (b >> 1u);
-    let sc = i8x4(sc_at(m, base + 4u * (b & 1u) + (g & 3u)));
-    let d = unpack2x16float(sc_at(m, base + 8u))[b & 1u];
+    let sc = i8x4(sc_at(m, q6k_scales_word(b, g & 3u)));
+    let d = f16_of(sc_at(m, q6k_d_word(b)), b);
     let q = qs_at(m, g);
     // Sixteen elements per scale: 0..16 (low nibbles of q[0]), 16..32 (low of q[1]),
     // 32..48 (high of q[0]), 48..64 (high of q[1]).
     var qx = vec4<f32>(0.0);
     for (var w = 0u; w < 4u; w++) {
-        let v0 = q[2][w] & 0x33333333u;
-        let v1 = (q[2][w] >> 2u) & 0x33333333u;
+        let v0 = q6_top(q[2][w], 0u);
+        let v1 = q6_top(q[2][w], 1u);
         qx += vec4<f32>(
-            dot(q6_lo(q[0][w], v0), xs[w]),
-            dot(q6_lo(q[1][w], v1), xs[4u + w]),
-            dot(q6_hi(q[0][w], v0), xs[8u + w]),
-            dot(q6_hi(q[1][w], v1), xs[12u + w]),
+            dot(u8x4(q6_lo(q[0][w], v0)), xs[w]),
+            dot(u8x4(q6_lo(q[1][w], v1)), xs[4u + w]),
+            dot(u8x4(q6_hi(q[0][w], v0)), xs[8u + w]),
+            dot(u8x4(q6_hi(q[1][w], v1)), xs[12u + w]),
         );
     }
     return d * dot(sc, qx - 32.0 * st);

@@ -22,7 +22,7 @@
 // norm is act_q8's).
 
 #include "reduce"
-#include "kquant"
+#include "dequant"
 
 struct Params {
     n: u32,
@@ -56,13 +56,6 @@ struct Act {
     ds: vec4<f32>,
 }
 
-// Four signed bytes of a word as floats.
-fn i8x4(w: u32) -> vec4<f32> {
-    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(w) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
-}
-
-const NIB: u32 = 0x0F0F0F0Fu;
-
 // ---- per-format units -------------------------------------------------------------------
 // XB: activation blocks per unit; SElem: the scales plane's element type.
 // unit_value(m, g, a): the dot product of unit g (global: row * upr + unit) of matrix m.
@@ -78,7 +71,7 @@ fn unit_value(m: u32, g: u32, a: Act) -> f32 {
     for (var i = 0u; i < 4u; i++) {
         s += dot4I8Packed(w0[i], a.q[0][i]) + dot4I8Packed(w1[i], a.q[1][i]);
     }
-    let d = unpack2x16float(sc_at(m, g >> 1u))[g & 1u];
+    let d = f16_of(sc_at(m, q8_d_word(g)), g);
     return d * a.ds.x * f32(s);
 }
 #endif
@@ -96,9 +89,9 @@ fn unit_value(m: u32, g: u32, a: Act) -> f32 {
     let q = qs_at(m, g);
     var s = 0;
     for (var w = 0u; w < 4u; w++) {
-        s += dot4I8Packed(q4_minus8(q[w] & NIB), a.q[0][w]) + dot4I8Packed(q4_minus8((q[w] >> 4u) & NIB), a.q[1][w]);
+        s += dot4I8Packed(q4_minus8(lo_nibbles(q[w])), a.q[0][w]) + dot4I8Packed(q4_minus8(hi_nibbles(q[w])), a.q[1][w]);
     }
-    let d = unpack2x16float(sc_at(m, g >> 1u))[g & 1u];
+    let d = f16_of(sc_at(m, q8_d_word(g)), g);
     return d * a.ds.x * f32(s);
 }
 #endif
@@ -116,8 +109,8 @@ fn unit_value(m: u32, g: u32, a: Act) -> f32 {
     var lo = 0;
     var hi = 0;
     for (var w = 0u; w < 4u; w++) {
-        lo += dot4I8Packed(q0[w] & NIB, a.q[0][w]) + dot4I8Packed(q1[w] & NIB, a.q[1][w]);
-        hi += dot4I8Packed((q0[w] >> 4u) & NIB, a.q[2][w]) + dot4I8Packed((q1[w] >> 4u) & NIB, a.q[3][w]);
+        lo += dot4I8Packed(lo_nibbles(q0[w]), a.q[0][w]) + dot4I8Packed(lo_nibbles(q1[w]), a.q[1][w]);
+        hi += dot4I8Packed(hi_nibbles(q0[w]), a.q[2][w]) + dot4I8Packed(hi_nibbles(q1[w]), a.q[3][w]);
     }
     let hdr = sc_at(m, g >> 2u);
     let j = g & 3u;
@@ -142,20 +135,19 @@ fn q6_minus32(v: u32) -> u32 {
 // q0), 48..64 (high of q1); so activation block 0 is q0/q1's low nibbles, block 1 their high.
 fn unit_value(m: u32, g: u32, a: Act) -> f32 {
     let b = g >> 2u;
-    let base = 9u * (b >> 1u);
-    let sc = i8x4(sc_at(m, base + 4u * (b & 1u) + (g & 3u)));
-    let d = unpack2x16float(sc_at(m, base + 8u))[b & 1u];
+    let sc = i8x4(sc_at(m, q6k_scales_word(b, g & 3u)));
+    let d = f16_of(sc_at(m, q6k_d_word(b)), b);
     let q0 = qs_at(m, 3u * g);
     let q1 = qs_at(m, 3u * g + 1u);
     let qh = qs_at(m, 3u * g + 2u);
     var s = vec4<i32>(0);
     for (var w = 0u; w < 4u; w++) {
-        let v0 = qh[w] & 0x33333333u;
-        let v1 = (qh[w] >> 2u) & 0x33333333u;
-        s.x += dot4I8Packed(q6_minus32((q0[w] & NIB) | ((v0 & 0x03030303u) << 4u)), a.q[0][w]);
-        s.y += dot4I8Packed(q6_minus32((q1[w] & NIB) | ((v1 & 0x03030303u) << 4u)), a.q[1][w]);
-        s.z += dot4I8Packed(q6_minus32(((q0[w] >> 4u) & NIB) | (v0 & 0x30303030u)), a.q[2][w]);
-        s.w += dot4I8Packed(q6_minus32(((q1[w] >> 4u) & NIB) | (v1 & 0x30303030u)), a.q[3][w]);
+        let v0 = q6_top(qh[w], 0u);
+        let v1 = q6_top(qh[w], 1u);
+        s.x += dot4I8Packed(q6_minus32(q6_lo(q0[w], v0)), a.q[0][w]);
+        s.y += dot4I8Packed(q6_minus32(q6_lo(q1[w], v1)), a.q[1][w]);
+        s.z += dot4I8Packed(q6_minus32(q6_hi(q0[w], v0)), a.q[2][w]);
+        s.w += dot4I8Packed(q6_minus32(q6_hi(q1[w], v1)), a.q[3][w]);
     }
     return d * dot(sc * vec4<f32>(s), a.ds.xxzz);
 }
@@ -169,28 +161,16 @@ fn unit_value(m: u32, g: u32, a: Act) -> f32 {
     let q = qs_at(m, g);
     var s = 0;
     for (var w = 0u; w < 4u; w++) {
-        s += dot4I8Packed(q[w] & NIB, a.q[0][w]) + dot4I8Packed((q[w] >> 4u) & NIB, a.q[1][w]);
+        s += dot4I8Packed(lo_nibbles(q[w]), a.q[0][w]) + dot4I8Packed(hi_nibbles(q[w]), a.q[1][w]);
     }
     let dm = unpack2x16float(sc_at(m, g));
     return dm.x * a.ds.x * f32(s) + dm.y * a.ds.y;
 }
 #endif
 
-// Four fifth bits (bits 0..3 of h) moved to bit 4 of bytes 0..3.
-fn fifth_bits(h: u32) -> u32 {
-    return ((h & 1u) << 4u) | ((h & 2u) << 11u) | ((h & 4u) << 18u) | ((h & 8u) << 25u);
-}
 // Five-bit values v (bytes 0..31) to the int8 bytes v - 16.
 fn q5_minus16(v: u32) -> u32 {
     return (v & 0x0F0F0F0Fu) | ((~v & 0x10101010u) * 0x0Fu);
-}
-// The 5-bit bytes of one nibble word of a 32-element block: word w's low nibbles are
-// elements 4w.., its high nibbles 16 + 4w..; qh bit e is element e's fifth bit.
-fn q5_lo(q: u32, qh: u32, w: u32) -> u32 {
-    return (q & NIB) | fifth_bits(qh >> (4u * w));
-}
-fn q5_hi(q: u32, qh: u32, w: u32) -> u32 {
-    return ((q >> 4u) & NIB) | fifth_bits(qh >> (16u + 4u * w));
 }
 
 #ifdef FMT_Q5_0
@@ -198,9 +178,8 @@ const XB: u32 = 1u;
 alias SElem = u32;
 // Scales per pair of blocks: qh(2i), qh(2i+1), d(2i) | d(2i+1) << 16. x = d * (q - 16).
 fn unit_value(m: u32, g: u32, a: Act) -> f32 {
-    let base = 3u * (g >> 1u);
-    let qh = sc_at(m, base + (g & 1u));
-    let d = unpack2x16float(sc_at(m, base + 2u))[g & 1u];
+    let qh = sc_at(m, q5_0_qh_word(g));
+    let d = f16_of(sc_at(m, q5_0_d_word(g)), g);
     let q = qs_at(m, g);
     var s = 0;
     for (var w = 0u; w < 4u; w++) {
@@ -215,8 +194,8 @@ const XB: u32 = 1u;
 alias SElem = u32;
 // Two words per block: qh, then d | m << 16. x = d * q + m.
 fn unit_value(m: u32, g: u32, a: Act) -> f32 {
-    let qh = sc_at(m, 2u * g);
-    let dm = unpack2x16float(sc_at(m, 2u * g + 1u));
+    let qh = sc_at(m, q5_1_qh_word(g));
+    let dm = unpack2x16float(sc_at(m, q5_1_dm_word(g)));
     let q = qs_at(m, g);
     var s = 0;
     for (var w = 0u; w < 4u; w++) {
@@ -244,10 +223,10 @@ fn unit_value(m: u32, g: u32, a: Act) -> f32 {
     var lo = 0;
     var hi = 0;
     for (var w = 0u; w < 4u; w++) {
-        lo += dot4I8Packed((q0[w] & NIB) | fifth_bits(h0 >> (4u * w)), a.q[0][w])
-            + dot4I8Packed((q1[w] & NIB) | fifth_bits(h0 >> (16u + 4u * w)), a.q[1][w]);
-        hi += dot4I8Packed(((q0[w] >> 4u) & NIB) | fifth_bits(h1 >> (4u * w)), a.q[2][w])
-            + dot4I8Packed(((q1[w] >> 4u) & NIB) | fifth_bits(h1 >> (16u + 4u * w)), a.q[3][w]);
+        lo += dot4I8Packed(with_fifth(lo_nibbles(q0[w]), h0, 4u * w), a.q[0][w])
+            + dot4I8Packed(with_fifth(lo_nibbles(q1[w]), h0, 16u + 4u * w), a.q[1][w]);
+        hi += dot4I8Packed(with_fifth(hi_nibbles(q0[w]), h1, 4u * w), a.q[2][w])
+            + dot4I8Packed(with_fifth(hi_nibbles(q1[w]), h1, 16u + 4u * w), a.q[3][w]);
     }
     let hdr = sc_at(m, 3u * b);
     let dd = unpack2x16float(hdr.x);

@@ -108,6 +108,10 @@ fn q5_1_dm_word(b: u32) -> u32 {
 // sub-block s (bit l: element 32s + l).
 const Q4K_SCALE_WORDS: u32 = 4u;
 const Q5K_SCALE_WORDS: u32 = 12u;
+// K-quant qs words per super-block: Q4_K/Q5_K 8 nibble words per pair; Q6_K 12 per pair,
+// 8 nibble words then 4 words of top bits.
+const Q4K_QS_WORDS: u32 = 32u;
+const Q6K_QS_WORDS: u32 = 48u;
 // Q6_K: per pair of super-blocks nine words: the 16 i8 scales of each (scale s in byte s % 4
 // of its word s / 4, covering elements 16s..16s+16), then d(2i) | d(2i+1) << 16.
 fn q6k_scales_word(bb: u32, w: u32) -> u32 {

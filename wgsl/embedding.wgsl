@@ -109,8 +109,8 @@ fn embedding(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
 #endif
 #ifdef FMT_Q6_K
     // 48 words per super-block, 12 per pair: 8 nibble words, then 4 words of top bits.
-    let bb = w / 48u;
-    let pw = w % 48u;
+    let bb = w / Q6K_QS_WORDS;
+    let pw = w % Q6K_QS_WORDS;
     let j = pw / 12u;
     let r = pw % 12u;
     if (r >= 8u) { return; }
@@ -130,13 +130,15 @@ fn embedding(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
 // row is byte group l0 of pair j of super-block w / 32: elements 64j + l0 + i (sub-block 2j,
 // low nibbles) and +32 (sub-block 2j + 1, high nibbles).
 fn embed_k45(q: u32, row: u32, w: u32, o: u32, swpb: u32, fifth: bool) {
-    let bb = w / 32u;
-    let j = (w % 32u) / 8u;
+    let bb = w / Q4K_QS_WORDS;
+    let j = (w % Q4K_QS_WORDS) / 8u;
     let l0 = 4u * (w % 8u);
     let hb = (row * p.blocks_per_row + bb) * swpb;
     let hdr = vec4<u32>(scales[hb], scales[hb + 1u], scales[hb + 2u], scales[hb + 3u]);
     var qh = vec2<u32>(0u);
-    if (fifth) { qh = vec2<u32>(scales[hb + 4u + 2u * j], scales[hb + 5u + 2u * j]); }
+    // Q5_K: the fifth bits of sub-blocks 2j and 2j + 1, after the header.
+    let qw = hb + Q4K_SCALE_WORDS + 2u * j;
+    if (fifth) { qh = vec2<u32>(scales[qw], scales[qw + 1u]); }
     let e0 = o + 256u * bb + 64u * j + l0;
     put4(e0, dq_kquant(with_fifth(lo_nibbles(q), qh.x, l0), k4_sub_affine(hdr, 2u * j)));
     put4(e0 + 32u, dq_kquant(with_fifth(hi_nibbles(q), qh.y, l0), k4_sub_affine(hdr, 2u * j + 1u)));

@@ -131,11 +131,12 @@ fn load_k45(wrow: u32, col: u32, k0: u32, part: u32, swpb: u32, fifth: bool) {
     var ab = vec2<f32>(0.0);
     if (wrow < p.n) {
         let bb = wrow * (p.k / 256u) + sb / 8u;
-        let pw = bb * 32u + 8u * (s / 2u) + 2u * part;
+        let pw = bb * Q4K_QS_WORDS + 8u * (s / 2u) + 2u * part;
         q = vec2<u32>(qs[pw], qs[pw + 1u]);
         let hb = bb * swpb;
         let hdr = vec4<u32>(scales[hb], scales[hb + 1u], scales[hb + 2u], scales[hb + 3u]);
-        if (fifth) { qh = scales[hb + 4u + s]; }
+        // Q5_K: the fifth bits of sub-block s, after the header.
+        if (fifth) { qh = scales[hb + Q4K_SCALE_WORDS + s]; }
         ab = k4_sub_affine(hdr, s);
     }
     let shift = 4u * (s % 2u);
@@ -265,7 +266,7 @@ fn load_w(wrow: u32, col: u32, k0: u32, part: u32) {
     let s = sb % 8u;
     if (inside) {
         let bb = wrow * (p.k / 256u) + sb / 8u;
-        let pw = bb * 48u + 12u * (s / 2u);
+        let pw = bb * Q6K_QS_WORDS + 12u * (s / 2u);
         q = vec2<u32>(qs[pw + 2u * part], qs[pw + 2u * part + 1u]);
         // Nibble words w = 2*part + h; their top bits: word 8 + w % 4.
         top = vec2<u32>(qs[pw + 8u + (2u * part) % 4u], qs[pw + 8u + (2u * part + 1u) % 4u]);

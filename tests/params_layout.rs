@@ -291,7 +291,7 @@ fn compare(wgsl: &Layout, host: &Layout) -> Vec<String> {
     }
     for f in host.fields.iter().filter(|f| !f.name.starts_with('_')) {
         let here = wgsl.fields.iter().find(|m| m.offset == f.offset);
-        if !here.is_some_and(|m| m.size == f.size) {
+        if here.is_none_or(|m| m.size != f.size) {
             problems.push(format!(
                 "{h}.{} (offset {}, {} bytes) has no WGSL member of its size there",
                 f.name, f.offset, f.size

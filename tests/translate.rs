@@ -32,11 +32,13 @@ fn defines_of(family: &str) -> (BTreeSet<&'static str>, BTreeSet<&'static str>) 
             {
                 tested.insert(name.trim());
             }
-            if let Some(name) = t.strip_prefix("#define ") {
-                set.insert(name.trim());
+            if let Some(rest) = t.strip_prefix("#define ") {
+                // `#define NAME` or `#define NAME VALUE`.
+                set.extend(rest.split_whitespace().next());
             }
             if let Some(inc) = t.strip_prefix("#include ") {
-                let inc = inc.trim().trim_matches('"');
+                // `#include "file"`, or a template's `#include "file" A=x ...`.
+                let inc = inc.trim().split('"').nth(1).expect("#include \"file\"");
                 let fam = wgsl_families()
                     .find(|x| *x == inc)
                     .expect("included family");
@@ -172,9 +174,13 @@ fn every_wgsl_kernel_translates_to_msl_and_hlsl() {
     // registry sets (or the source itself), but for COOP, the Vulkan-only cooperative-matrix
     // GEMM (`cooperative_matrix_gemm_builds_spirv`; naga's Metal backend has 8x8 matrices
     // only): no kernel and no branch of one goes untranslated.
+    let included: BTreeSet<&str> = wgsl_families()
+        .flat_map(|f| wgsl_source(f).unwrap().lines())
+        .filter_map(|l| l.trim().strip_prefix("#include ")?.split('"').nth(1))
+        .collect();
     for family in wgsl_families() {
-        if !wgsl_source(family).unwrap().contains("@compute") {
-            // An include (shared functions), translated as part of the kernels using it.
+        if included.contains(family) {
+            // An include (shared pieces), translated as part of the kernels using it.
             continue;
         }
         assert!(

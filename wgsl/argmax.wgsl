@@ -42,59 +42,13 @@ override WG: u32 = 256u;
 const NO_INDEX: u32 = 0xffffffffu;
 
 var<workgroup> am_scratch: array<u32, 256>;
+#include "wg_reduce" NAME=wg_max_u32 T=u32 SG_OP=subgroupMax OP=max SCRATCH=am_scratch
+#include "wg_reduce" NAME=wg_min_u32 T=u32 SG_OP=subgroupMin OP=min SCRATCH=am_scratch
 
 
 // Whether (ka, ia) beats (kb, ib).
 fn better(ka: u32, ia: u32, kb: u32, ib: u32) -> bool {
     return ka > kb || (ka == kb && ia < ib);
-}
-
-fn wg_max_u32(v: u32, lane: Lane) -> u32 {
-#ifdef SUBGROUP
-    let s = subgroupMax(v);
-    if (lane.sg_lane == 0u) { am_scratch[lane.sg_id] = s; }
-    workgroupBarrier();
-    var t = am_scratch[0];
-    let nsg = (WG + lane.sg_size - 1u) / lane.sg_size;
-    for (var i = 1u; i < nsg; i++) { t = max(t, am_scratch[i]); }
-    workgroupBarrier();
-    return t;
-#else
-    let lid = lane.lid;
-    am_scratch[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) { am_scratch[lid] = max(am_scratch[lid], am_scratch[lid + s]); }
-        workgroupBarrier();
-    }
-    let t = am_scratch[0];
-    workgroupBarrier();
-    return t;
-#endif
-}
-
-fn wg_min_u32(v: u32, lane: Lane) -> u32 {
-#ifdef SUBGROUP
-    let s = subgroupMin(v);
-    if (lane.sg_lane == 0u) { am_scratch[lane.sg_id] = s; }
-    workgroupBarrier();
-    var t = am_scratch[0];
-    let nsg = (WG + lane.sg_size - 1u) / lane.sg_size;
-    for (var i = 1u; i < nsg; i++) { t = min(t, am_scratch[i]); }
-    workgroupBarrier();
-    return t;
-#else
-    let lid = lane.lid;
-    am_scratch[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) { am_scratch[lid] = min(am_scratch[lid], am_scratch[lid + s]); }
-        workgroupBarrier();
-    }
-    let t = am_scratch[0];
-    workgroupBarrier();
-    return t;
-#endif
 }
 
 // The workgroup's best pair: the largest key, then the smallest index holding it.

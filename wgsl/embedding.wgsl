@@ -24,7 +24,7 @@ struct Params {
 
 override WG: u32 = 64u;
 
-#include "kquant"
+#include "dequant"
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> qs: array<u32>;
@@ -32,10 +32,12 @@ override WG: u32 = 64u;
 @group(0) @binding(3) var<storage, read> ids: array<u32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
-// The f16 scale `d` of block b (Q8_0/Q4_0: two blocks per word, block 2i in the low half).
-fn scale_d(b: u32) -> f32 {
-    let pair = unpack2x16float(scales[b >> 1u]);
-    return select(pair.x, pair.y, (b & 1u) == 1u);
+// out[e..e+4] = v.
+fn put4(e: u32, v: vec4<f32>) {
+    out[e] = v.x;
+    out[e + 1u] = v.y;
+    out[e + 2u] = v.z;
+    out[e + 3u] = v.w;
 }
 
 @compute @workgroup_size(WG)
@@ -58,122 +60,86 @@ fn embedding(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     out[o + 2u * w + 1u] = v.y;
 #endif
 #ifdef FMT_BF16
-    out[o + 2u * w] = bitcast<f32>(q << 16u);
-    out[o + 2u * w + 1u] = bitcast<f32>(q & 0xffff0000u);
+    let v = bf16x2(q);
+    out[o + 2u * w] = v.x;
+    out[o + 2u * w + 1u] = v.y;
 #endif
 #ifdef FMT_Q8_0
     // 8 words per block; word w holds elements 4w..4w+3 of the row.
-    let d = scale_d(row * p.blocks_per_row + w / 8u);
-    let qi = bitcast<i32>(q);
-    for (var j = 0u; j < 4u; j++) {
-        out[o + 4u * w + j] = d * f32(extractBits(qi, 8u * j, 8u));
-    }
+    let b = row * p.blocks_per_row + w / 8u;
+    put4(o + 4u * w, f16_of(scales[q8_d_word(b)], b) * i8x4(q));
 #endif
 #ifdef FMT_Q4_0
-    // 4 words per block; byte j of word w holds element e0+j in its low nibble, e0+j+16 in its high.
-    let b = w / 4u;
-    let d = scale_d(row * p.blocks_per_row + b);
-    let e0 = o + 32u * b + 4u * (w % 4u);
-    for (var j = 0u; j < 4u; j++) {
-        let lo = i32(extractBits(q, 8u * j, 4u));
-        let hi = i32(extractBits(q, 8u * j + 4u, 4u));
-        out[e0 + j] = d * f32(lo - 8);
-        out[e0 + j + 16u] = d * f32(hi - 8);
-    }
+    // 4 words per block; word w % 4 holds elements e0.. in its low nibbles, e0 + 16.. in its high.
+    let b = row * p.blocks_per_row + w / 4u;
+    let d = f16_of(scales[q8_d_word(b)], b);
+    let e0 = o + 32u * (w / 4u) + 4u * (w % 4u);
+    put4(e0, dq_offset(lo_nibbles(q), d, 8));
+    put4(e0 + 16u, dq_offset(hi_nibbles(q), d, 8));
 #endif
 #ifdef FMT_Q4_1
-    // As Q4_0, with one word per block of scales: d in the low half, m in the high half.
-    let b = w / 4u;
-    let dm = unpack2x16float(scales[row * p.blocks_per_row + b]);
-    let e0 = o + 32u * b + 4u * (w % 4u);
-    for (var j = 0u; j < 4u; j++) {
-        out[e0 + j] = dm.x * f32(extractBits(q, 8u * j, 4u)) + dm.y;
-        out[e0 + j + 16u] = dm.x * f32(extractBits(q, 8u * j + 4u, 4u)) + dm.y;
-    }
+    // As Q4_0, with one word d | m << 16 per block.
+    let dm = unpack2x16float(scales[row * p.blocks_per_row + w / 4u]);
+    let e0 = o + 32u * (w / 4u) + 4u * (w % 4u);
+    put4(e0, dq_affine(lo_nibbles(q), dm));
+    put4(e0 + 16u, dq_affine(hi_nibbles(q), dm));
 #endif
 #ifdef FMT_Q5_0
-    // As Q4_0 plus fifth bits; scales per pair of blocks: qh(2i), qh(2i+1), d(2i) | d(2i+1) << 16.
-    let b = w / 4u;
-    let bi = row * p.blocks_per_row + b;
-    let base = 3u * (bi / 2u);
-    let qh = scales[base + bi % 2u];
-    let d = unpack2x16float(scales[base + 2u])[bi % 2u];
-    let l0 = 4u * (w % 4u);
-    let e0 = o + 32u * b + l0;
-    for (var j = 0u; j < 4u; j++) {
-        let lo = extractBits(q, 8u * j, 4u) | (extractBits(qh, l0 + j, 1u) << 4u);
-        let hi = extractBits(q, 8u * j + 4u, 4u) | (extractBits(qh, l0 + 16u + j, 1u) << 4u);
-        out[e0 + j] = d * f32(i32(lo) - 16);
-        out[e0 + j + 16u] = d * f32(i32(hi) - 16);
-    }
+    // As Q4_0 plus fifth bits.
+    let b = row * p.blocks_per_row + w / 4u;
+    let qh = scales[q5_0_qh_word(b)];
+    let d = f16_of(scales[q5_0_d_word(b)], b);
+    let e0 = o + 32u * (w / 4u) + 4u * (w % 4u);
+    put4(e0, dq_offset(q5_lo(q, qh, w % 4u), d, 16));
+    put4(e0 + 16u, dq_offset(q5_hi(q, qh, w % 4u), d, 16));
 #endif
 #ifdef FMT_Q5_1
-    // Two scale words per block: qh, then d | m << 16.
-    let b = w / 4u;
-    let bi = row * p.blocks_per_row + b;
-    let qh = scales[2u * bi];
-    let dm = unpack2x16float(scales[2u * bi + 1u]);
-    let l0 = 4u * (w % 4u);
-    let e0 = o + 32u * b + l0;
-    for (var j = 0u; j < 4u; j++) {
-        let lo = extractBits(q, 8u * j, 4u) | (extractBits(qh, l0 + j, 1u) << 4u);
-        let hi = extractBits(q, 8u * j + 4u, 4u) | (extractBits(qh, l0 + 16u + j, 1u) << 4u);
-        out[e0 + j] = dm.x * f32(lo) + dm.y;
-        out[e0 + j + 16u] = dm.x * f32(hi) + dm.y;
-    }
+    let b = row * p.blocks_per_row + w / 4u;
+    let qh = scales[q5_1_qh_word(b)];
+    let dm = unpack2x16float(scales[q5_1_dm_word(b)]);
+    let e0 = o + 32u * (w / 4u) + 4u * (w % 4u);
+    put4(e0, dq_affine(q5_lo(q, qh, w % 4u), dm));
+    put4(e0 + 16u, dq_affine(q5_hi(q, qh, w % 4u), dm));
 #endif
 #ifdef FMT_Q4_K
-    embed_k45(q, row, w, o, 4u, false);
+    embed_k45(q, row, w, o, Q4K_SCALE_WORDS, false);
 #endif
 #ifdef FMT_Q5_K
-    embed_k45(q, row, w, o, 12u, true);
+    embed_k45(q, row, w, o, Q5K_SCALE_WORDS, true);
 #endif
 #ifdef FMT_Q6_K
     // 48 words per super-block, 12 per pair: 8 nibble words, then 4 words of top bits.
-    let bb = w / 48u;
-    let pw = w % 48u;
+    let bb = w / Q6K_QS_WORDS;
+    let pw = w % Q6K_QS_WORDS;
     let j = pw / 12u;
     let r = pw % 12u;
     if (r >= 8u) { return; }
-    let top = qs[row * p.words_per_row + w - r + 8u + r % 4u];
+    let v = q6_top(qs[row * p.words_per_row + w - r + 8u + r % 4u], r / 4u);
     let bi = row * p.blocks_per_row + bb;
-    let base = 9u * (bi / 2u);
-    let d = unpack2x16float(scales[base + 8u])[bi % 2u];
+    let d = f16_of(scales[q6k_d_word(bi)], bi);
     let l0 = 4u * r;
     let e0 = o + 256u * bb + 64u * j + l0;
     // Elements 64j + l0 + i (low nibbles) and +32 (high): scales (64j + l0) / 16 and +2.
-    let sw = scales[base + 4u * (bi % 2u) + j];
-    let s_lo = d * q6_scale(sw, l0 / 16u);
-    let s_hi = d * q6_scale(sw, l0 / 16u + 2u);
-    let tshift = 2u * (r / 4u);
-    for (var i = 0u; i < 4u; i++) {
-        let lo = extractBits(q, 8u * i, 4u) | (extractBits(top, 8u * i + tshift, 2u) << 4u);
-        let hi = extractBits(q, 8u * i + 4u, 4u) | (extractBits(top, 8u * i + tshift + 4u, 2u) << 4u);
-        out[e0 + i] = s_lo * f32(i32(lo) - 32);
-        out[e0 + i + 32u] = s_hi * f32(i32(hi) - 32);
-    }
+    let sw = scales[q6k_scales_word(bi, j)];
+    put4(e0, dq_offset(q6_lo(q, v), d * q6_scale(sw, l0 / 16u), 32));
+    put4(e0 + 32u, dq_offset(q6_hi(q, v), d * q6_scale(sw, l0 / 16u + 2u), 32));
 #endif
 }
 
-// Q4_K (swpb 4) / Q5_K (swpb 12, with fifth bits): qs word w of a row is byte group l0 of pair
-// j of super-block w / 32: elements 64j + l0 + i (sub-block 2j, low nibbles) and +32
-// (sub-block 2j + 1, high nibbles); x = d*sc*q - dmin*m.
+// Q4_K / Q5_K (swpb: scale words per super-block; fifth: Q5_K's fifth bits): qs word w of a
+// row is byte group l0 of pair j of super-block w / 32: elements 64j + l0 + i (sub-block 2j,
+// low nibbles) and +32 (sub-block 2j + 1, high nibbles).
 fn embed_k45(q: u32, row: u32, w: u32, o: u32, swpb: u32, fifth: bool) {
-    let bb = w / 32u;
-    let j = (w % 32u) / 8u;
+    let bb = w / Q4K_QS_WORDS;
+    let j = (w % Q4K_QS_WORDS) / 8u;
     let l0 = 4u * (w % 8u);
     let hb = (row * p.blocks_per_row + bb) * swpb;
     let hdr = vec4<u32>(scales[hb], scales[hb + 1u], scales[hb + 2u], scales[hb + 3u]);
     var qh = vec2<u32>(0u);
-    if (fifth) { qh = vec2<u32>(scales[hb + 4u + 2u * j], scales[hb + 5u + 2u * j]); }
-    let d = unpack2x16float(hdr.x);
-    let a = k4_scale_min(hdr, 2u * j);
-    let b = k4_scale_min(hdr, 2u * j + 1u);
+    // Q5_K: the fifth bits of sub-blocks 2j and 2j + 1, after the header.
+    let qw = hb + Q4K_SCALE_WORDS + 2u * j;
+    if (fifth) { qh = vec2<u32>(scales[qw], scales[qw + 1u]); }
     let e0 = o + 256u * bb + 64u * j + l0;
-    for (var i = 0u; i < 4u; i++) {
-        let lo = extractBits(q, 8u * i, 4u) | (extractBits(qh.x, l0 + i, 1u) << 4u);
-        let hi = extractBits(q, 8u * i + 4u, 4u) | (extractBits(qh.y, l0 + i, 1u) << 4u);
-        out[e0 + i] = (d.x * a.x) * f32(lo) - d.y * a.y;
-        out[e0 + i + 32u] = (d.x * b.x) * f32(hi) - d.y * b.y;
-    }
+    put4(e0, dq_kquant(with_fifth(lo_nibbles(q), qh.x, l0), k4_sub_affine(hdr, 2u * j)));
+    put4(e0 + 32u, dq_kquant(with_fifth(hi_nibbles(q), qh.y, l0), k4_sub_affine(hdr, 2u * j + 1u)));
 }

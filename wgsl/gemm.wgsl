@@ -32,7 +32,7 @@ enable f16;
 enable wgpu_cooperative_matrix;
 #endif
 
-#include "kquant"
+#include "dequant"
 
 struct Params {
     m: u32,
@@ -113,32 +113,36 @@ fn put_w(kk: u32, col: u32, v: f32) {
 }
 #endif
 
+// Four consecutive weights of tile column `col`, from row kk on.
+fn put_w4(kk: u32, col: u32, v: vec4<f32>) {
+    put_w(kk, col, v.x);
+    put_w(kk + 1u, col, v.y);
+    put_w(kk + 2u, col, v.z);
+    put_w(kk + 3u, col, v.w);
+}
+
 // load_w for Q4_K (swpb 4) and Q5_K (swpb 12, fifth bits): sub-block s = (k0 / 32) % 8 of its
-// super-block takes the low (even s) or high nibbles of pair s / 2; x = d*sc*q - dmin*m.
+// super-block takes the low (even s) or high nibbles of pair s / 2.
 fn load_k45(wrow: u32, col: u32, k0: u32, part: u32, swpb: u32, fifth: bool) {
     let sb = k0 / 32u;
     let s = sb % 8u;
     var q = vec2<u32>(0u);
     var qh = 0u;
-    var dm = vec2<f32>(0.0);
+    var ab = vec2<f32>(0.0);
     if (wrow < p.n) {
         let bb = wrow * (p.k / 256u) + sb / 8u;
-        let pw = bb * 32u + 8u * (s / 2u) + 2u * part;
+        let pw = bb * Q4K_QS_WORDS + 8u * (s / 2u) + 2u * part;
         q = vec2<u32>(qs[pw], qs[pw + 1u]);
         let hb = bb * swpb;
         let hdr = vec4<u32>(scales[hb], scales[hb + 1u], scales[hb + 2u], scales[hb + 3u]);
-        if (fifth) { qh = scales[hb + 4u + s]; }
-        let d = unpack2x16float(hdr.x);
-        let sm = k4_scale_min(hdr, s);
-        dm = vec2<f32>(d.x * sm.x, d.y * sm.y);
+        // Q5_K: the fifth bits of sub-block s, after the header.
+        if (fifth) { qh = scales[hb + Q4K_SCALE_WORDS + s]; }
+        ab = k4_sub_affine(hdr, s);
     }
     let shift = 4u * (s % 2u);
     for (var h = 0u; h < 2u; h++) {
-        for (var e = 0u; e < 4u; e++) {
-            let l = 8u * part + 4u * h + e;
-            let v = extractBits(q[h], 8u * e + shift, 4u) | (extractBits(qh, l, 1u) << 4u);
-            put_w(l, col, dm.x * f32(v) - dm.y);
-        }
+        let l = 8u * part + 4u * h;
+        put_w4(l, col, dq_kquant(with_fifth(lo_nibbles(q[h] >> shift), qh, l), ab));
     }
 }
 
@@ -170,10 +174,7 @@ fn load_w(wrow: u32, col: u32, k0: u32, part: u32) {
             lo = unpack2x16float(qs[base]);
             hi = unpack2x16float(qs[base + 1u]);
         }
-        put_w(kk, col, lo.x);
-        put_w(kk + 1u, col, lo.y);
-        put_w(kk + 2u, col, hi.x);
-        put_w(kk + 3u, col, hi.y);
+        put_w4(kk, col, vec4<f32>(lo, hi));
     }
 #endif
 #ifdef FMT_BF16
@@ -186,11 +187,7 @@ fn load_w(wrow: u32, col: u32, k0: u32, part: u32) {
             w0 = qs[base];
             w1 = qs[base + 1u];
         }
-        // bf16 is the high half of an f32.
-        put_w(kk, col, bitcast<f32>(w0 << 16u));
-        put_w(kk + 1u, col, bitcast<f32>(w0 & 0xFFFF0000u));
-        put_w(kk + 2u, col, bitcast<f32>(w1 << 16u));
-        put_w(kk + 3u, col, bitcast<f32>(w1 & 0xFFFF0000u));
+        put_w4(kk, col, vec4<f32>(bf16x2(w0), bf16x2(w1)));
     }
 #endif
 #ifdef FMT_Q8_0
@@ -201,12 +198,10 @@ fn load_w(wrow: u32, col: u32, k0: u32, part: u32) {
         let b = wrow * (p.k / 32u) + k0 / 32u;
         w0 = qs[b * 8u + 2u * part];
         w1 = qs[b * 8u + 2u * part + 1u];
-        d = unpack2x16float(scales[b / 2u])[b % 2u];
+        d = f16_of(scales[q8_d_word(b)], b);
     }
-    for (var e = 0u; e < 4u; e++) {
-        put_w(8u * part + e, col, d * f32(extractBits(bitcast<i32>(w0), 8u * e, 8u)));
-        put_w(8u * part + 4u + e, col, d * f32(extractBits(bitcast<i32>(w1), 8u * e, 8u)));
-    }
+    put_w4(8u * part, col, d * i8x4(w0));
+    put_w4(8u * part + 4u, col, d * i8x4(w1));
 #endif
 #ifdef FMT_Q4_0
     var w = 0u;
@@ -214,12 +209,10 @@ fn load_w(wrow: u32, col: u32, k0: u32, part: u32) {
     if (inside) {
         let b = wrow * (p.k / 32u) + k0 / 32u;
         w = qs[b * 4u + part];
-        d = unpack2x16float(scales[b / 2u])[b % 2u];
+        d = f16_of(scales[q8_d_word(b)], b);
     }
-    for (var e = 0u; e < 4u; e++) {
-        put_w(4u * part + e, col, d * (f32(extractBits(w, 8u * e, 4u)) - 8.0));
-        put_w(4u * part + 16u + e, col, d * (f32(extractBits(w, 8u * e + 4u, 4u)) - 8.0));
-    }
+    put_w4(4u * part, col, dq_offset(lo_nibbles(w), d, 8));
+    put_w4(4u * part + 16u, col, dq_offset(hi_nibbles(w), d, 8));
 #endif
 #ifdef FMT_Q4_1
     var w = 0u;
@@ -229,10 +222,8 @@ fn load_w(wrow: u32, col: u32, k0: u32, part: u32) {
         w = qs[b * 4u + part];
         dm = unpack2x16float(scales[b]);
     }
-    for (var e = 0u; e < 4u; e++) {
-        put_w(4u * part + e, col, dm.x * f32(extractBits(w, 8u * e, 4u)) + dm.y);
-        put_w(4u * part + 16u + e, col, dm.x * f32(extractBits(w, 8u * e + 4u, 4u)) + dm.y);
-    }
+    put_w4(4u * part, col, dq_affine(lo_nibbles(w), dm));
+    put_w4(4u * part + 16u, col, dq_affine(hi_nibbles(w), dm));
 #endif
 #ifdef FMT_Q5_0
     var w = 0u;
@@ -241,17 +232,11 @@ fn load_w(wrow: u32, col: u32, k0: u32, part: u32) {
     if (inside) {
         let b = wrow * (p.k / 32u) + k0 / 32u;
         w = qs[b * 4u + part];
-        // Per pair of blocks: qh(2i), qh(2i+1), d(2i) | d(2i+1) << 16.
-        let base = 3u * (b / 2u);
-        qh = scales[base + b % 2u];
-        d = unpack2x16float(scales[base + 2u])[b % 2u];
+        qh = scales[q5_0_qh_word(b)];
+        d = f16_of(scales[q5_0_d_word(b)], b);
     }
-    for (var e = 0u; e < 4u; e++) {
-        let lo = extractBits(w, 8u * e, 4u) | (extractBits(qh, 4u * part + e, 1u) << 4u);
-        let hi = extractBits(w, 8u * e + 4u, 4u) | (extractBits(qh, 4u * part + 16u + e, 1u) << 4u);
-        put_w(4u * part + e, col, d * f32(i32(lo) - 16));
-        put_w(4u * part + 16u + e, col, d * f32(i32(hi) - 16));
-    }
+    put_w4(4u * part, col, dq_offset(q5_lo(w, qh, part), d, 16));
+    put_w4(4u * part + 16u, col, dq_offset(q5_hi(w, qh, part), d, 16));
 #endif
 #ifdef FMT_Q5_1
     var w = 0u;
@@ -260,23 +245,17 @@ fn load_w(wrow: u32, col: u32, k0: u32, part: u32) {
     if (inside) {
         let b = wrow * (p.k / 32u) + k0 / 32u;
         w = qs[b * 4u + part];
-        qh = scales[2u * b];
-        dm = unpack2x16float(scales[2u * b + 1u]);
+        qh = scales[q5_1_qh_word(b)];
+        dm = unpack2x16float(scales[q5_1_dm_word(b)]);
     }
-    for (var e = 0u; e < 4u; e++) {
-        let lo = extractBits(w, 8u * e, 4u) | (extractBits(qh, 4u * part + e, 1u) << 4u);
-        let hi = extractBits(w, 8u * e + 4u, 4u) | (extractBits(qh, 4u * part + 16u + e, 1u) << 4u);
-        put_w(4u * part + e, col, dm.x * f32(lo) + dm.y);
-        put_w(4u * part + 16u + e, col, dm.x * f32(hi) + dm.y);
-    }
+    put_w4(4u * part, col, dq_affine(q5_lo(w, qh, part), dm));
+    put_w4(4u * part + 16u, col, dq_affine(q5_hi(w, qh, part), dm));
 #endif
 #ifdef FMT_Q4_K
-    // Scales plane: 4 words per super-block.
-    load_k45(wrow, col, k0, part, 4u, false);
+    load_k45(wrow, col, k0, part, Q4K_SCALE_WORDS, false);
 #endif
 #ifdef FMT_Q5_K
-    // Scales plane: 4 header words, then 8 words of fifth bits (word s: sub-block s).
-    load_k45(wrow, col, k0, part, 12u, true);
+    load_k45(wrow, col, k0, part, Q5K_SCALE_WORDS, true);
 #endif
 #ifdef FMT_Q6_K
     // Sub-block s of super-block bb: pair s / 2 (12 qs words), low (even s) or high nibbles.
@@ -285,26 +264,21 @@ fn load_w(wrow: u32, col: u32, k0: u32, part: u32) {
     var sd = 0.0;
     let sb = k0 / 32u;
     let s = sb % 8u;
-    let upper = s % 2u;
     if (inside) {
         let bb = wrow * (p.k / 256u) + sb / 8u;
-        let pw = bb * 48u + 12u * (s / 2u);
+        let pw = bb * Q6K_QS_WORDS + 12u * (s / 2u);
         q = vec2<u32>(qs[pw + 2u * part], qs[pw + 2u * part + 1u]);
-        // Nibble words w = 2*part + h; their top bits: word 8 + w % 4, bits 2 * (w / 4) on.
+        // Nibble words w = 2*part + h; their top bits: word 8 + w % 4.
         top = vec2<u32>(qs[pw + 8u + (2u * part) % 4u], qs[pw + 8u + (2u * part + 1u) % 4u]);
-        let base = 9u * (bb / 2u);
         // Scale of elements 16*(2s + part/2) .. +16 of the super-block.
         let si = 2u * s + part / 2u;
-        let d = unpack2x16float(scales[base + 8u])[bb % 2u];
-        sd = d * q6_scale(scales[base + 4u * (bb % 2u) + si / 4u], si);
+        sd = f16_of(scales[q6k_d_word(bb)], bb) * q6_scale(scales[q6k_scales_word(bb, si / 4u)], si);
     }
+    // The high nibbles (odd s) are the low ones shifted down by 4, in both words.
+    let shift = 4u * (s % 2u);
     for (var h = 0u; h < 2u; h++) {
-        let w = 2u * part + h;
-        let tshift = 2u * (w / 4u) + 4u * upper;
-        for (var e = 0u; e < 4u; e++) {
-            let v = extractBits(q[h], 8u * e + 4u * upper, 4u) | (extractBits(top[h], 8u * e + tshift, 2u) << 4u);
-            put_w(8u * part + 4u * h + e, col, sd * f32(i32(v) - 32));
-        }
+        let v = q6_top(top[h], (2u * part + h) / 4u);
+        put_w4(8u * part + 4u * h, col, dq_offset(q6_lo(q[h] >> shift, v >> shift), sd, 32));
     }
 #endif
 }

@@ -17,56 +17,18 @@
 // once per unit and shared by its RPG rows).
 //
 // Defines: one of FMT_F32 / FMT_F16 / FMT_BF16 / FMT_Q8_0 / FMT_Q4_0 / FMT_Q4_1 / FMT_Q5_0 /
-// FMT_Q5_1 / FMT_Q4_K / FMT_Q5_K / FMT_Q6_K; SWIGLU selects the entry `gemv_swiglu`
-// (out = silu(gate x) * (up x), two matrices of one shape); QKV three projections in one
-// dispatch; NORM the RMSNorm prologue (both described below).
+// FMT_Q5_1 / FMT_Q4_K / FMT_Q5_K / FMT_Q6_K; SWIGLU (entry `gemv_swiglu`: out = silu(gate x) *
+// (up x)) and QKV (three projections in one dispatch), as gemv_rows.wgsl describes, which
+// holds the params, bindings, reduction and entry points this kernel shares with gemv_dot.wgsl;
+// NORM the RMSNorm prologue: x is the residual stream and the kernel applies RMSNorm to it on
+// load (x * rsqrt(mean(x^2) + eps) * norm_w), each workgroup computing the mean itself from
+// all of x, so the norm needs no dispatch of its own. WG must be a power of two.
 
 #include "reduce"
-#include "kquant"
+#include "dequant"
+#include "gemv_rows"
 
-struct Params {
-    // Rows of the matrix.
-    n: u32,
-    // Units (qs loads) per row: k / UNIT.
-    upr: u32,
-    // Row i is written to out[out_offset + i].
-    out_offset: u32,
-    // NORM: the RMSNorm epsilon (f32 bits).
-    eps_bits: u32,
-    // k / 4: vec4s of x.
-    k4: u32,
-    // QKV: rows of the k and v matrices (n is the q matrix's).
-    nk: u32,
-    nv: u32,
-    // Native kernels only (epilogue flags, lanes per row); the WGSL reads overrides instead.
-    flags: u32,
-    lanes_per_row: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
-// Lanes per row group (a power of two; with SG_REDUCE at most the subgroup size).
-override LPR: u32 = 32u;
-// Rows per row group (at most MAX_RPG).
-override RPG: u32 = 4u;
-// Workgroup size, a multiple of LPR.
-override WG: u32 = 64u;
-// Reduce with subgroup shuffles (only meaningful under SUBGROUP).
-override SG_REDUCE: bool = true;
-// Epilogue: add bias[row]; add into out instead of overwriting.
-override HAS_BIAS: bool = false;
-override ACCUMULATE: bool = false;
-
-// Accumulators per lane: NMAT * RPG <= 16, so RPG <= 8 (16 for plain gemv).
-//
-// QKV (define): three matrices of one format and row length (q: n rows, k: nk, v: nv) in
-// one dispatch, each with its own bias and output buffer: rows are numbered q, then k, then
-// v, and each row group (RPG dividing n and nk) reads the matrix its rows belong to.
-//
-// NORM (define): x is the residual stream and the kernel applies RMSNorm to it on load
-// (x * rsqrt(mean(x^2) + eps) * norm_w), each workgroup computing the mean itself from all
-// of x, so the norm needs no dispatch of its own. WG must be a power of two.
+alias XElem = vec4<f32>;
 
 // ---- per-format units -------------------------------------------------------------------
 // WUnit: the type of one qs load; SElem: the element type of the scales plane; XV: vec4<f32>
@@ -103,20 +65,10 @@ const XV: u32 = 1u;
 const SUM_X: bool = false;
 fn unit_value(m: u32, g: u32, xs: array<vec4<f32>, XV>, st: vec4<f32>) -> f32 {
     let q = qs_at(m, g);
-    // bf16 is the high half of an f32: element 2i sits in the low half of word i.
-    let w = bitcast<vec4<f32>>(vec4<u32>(q.x << 16u, q.x & 0xFFFF0000u, q.y << 16u, q.y & 0xFFFF0000u));
+    let w = vec4<f32>(bf16x2(q.x), bf16x2(q.y));
     return dot(w, xs[0]);
 }
 #endif
-
-// Four signed / unsigned bytes of a word as floats.
-fn i8x4(w: u32) -> vec4<f32> {
-    // Move each byte to the top, then an arithmetic shift sign-extends it.
-    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(w) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
-}
-fn u8x4(w: u32) -> vec4<f32> {
-    return vec4<f32>((vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(0xFFu));
-}
 
 #ifdef FMT_Q8_0
 // A unit is one word: 4 int8, contiguous elements; 8 units per block, so unit g belongs to
@@ -126,23 +78,12 @@ alias SElem = u32;
 const XV: u32 = 1u;
 const SUM_X: bool = false;
 fn unit_value(m: u32, g: u32, xs: array<vec4<f32>, XV>, st: vec4<f32>) -> f32 {
-    let d = unpack2x16float(sc_at(m, g >> 4u))[(g >> 3u) & 1u];
+    let b = g >> 3u;
+    let d = f16_of(sc_at(m, q8_d_word(b)), b);
     return d * dot(i8x4(qs_at(m, g)), xs[0]);
 }
 #endif
 
-// Nibbles: a 16-byte word group holds, in byte b of word w, element 4w+b in its low nibble
-// and 4w+b+16 (32-element blocks) or 4w+b+32 (K-quant pairs) in its high nibble.
-fn nib_lo(w: u32) -> vec4<f32> {
-    return vec4<f32>((vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(15u));
-}
-fn nib_hi(w: u32) -> vec4<f32> {
-    return vec4<f32>((vec4<u32>(w) >> vec4<u32>(4u, 12u, 20u, 28u)) & vec4<u32>(15u));
-}
-// Bits s..s+3 of h as floats (the fifth bits of four consecutive elements).
-fn bits4(h: u32, s: u32) -> vec4<f32> {
-    return vec4<f32>((vec4<u32>(h) >> (vec4<u32>(s) + vec4<u32>(0u, 1u, 2u, 3u))) & vec4<u32>(1u));
-}
 // sum(q*x) over the 32 nibbles of one 32-element block (x in 8 vec4).
 fn q4_dot(q: vec4<u32>, xs: array<vec4<f32>, 8>) -> f32 {
     return dot(nib_lo(q.x), xs[0]) + dot(nib_lo(q.y), xs[1]) + dot(nib_lo(q.z), xs[2]) + dot(nib_lo(q.w), xs[3])
@@ -169,7 +110,8 @@ const SUM_X: bool = true;
 // One f16 d per block, two blocks per word.
 fn unit_value(m: u32, g: u32, xs: array<vec4<f32>, XV>, st: vec4<f32>) -> f32 {
     let q = qs_at(m, g);
-    let d = unpack2x16float(sc_at(m, g >> 3u))[(g >> 2u) & 1u];
+    let b = g >> 2u;
+    let d = f16_of(sc_at(m, q8_d_word(b)), b);
     return d * (dot(nib_lo(q), xs[0]) + dot(nib_hi(q), xs[1]) - 8.0 * (st.x + st.y));
 }
 #endif
@@ -194,11 +136,10 @@ alias WUnit = vec4<u32>;
 alias SElem = u32;
 const XV: u32 = 8u;
 const SUM_X: bool = true;
-// Per pair of blocks: qh(2i), qh(2i+1), d(2i) | d(2i+1) << 16. x = d * (q - 16).
+// A unit is a block. x = d * (q - 16).
 fn unit_value(m: u32, g: u32, xs: array<vec4<f32>, XV>, st: vec4<f32>) -> f32 {
-    let base = 3u * (g >> 1u);
-    let qh = sc_at(m, base + (g & 1u));
-    let d = unpack2x16float(sc_at(m, base + 2u))[g & 1u];
+    let qh = sc_at(m, q5_0_qh_word(g));
+    let d = f16_of(sc_at(m, q5_0_d_word(g)), g);
     let qx = q4_dot(qs_at(m, g), xs) + 16.0 * qh_dot(qh, xs, 0u);
     return d * (qx - 16.0 * dot(st, vec4<f32>(1.0)));
 }
@@ -209,10 +150,10 @@ alias WUnit = vec4<u32>;
 alias SElem = u32;
 const XV: u32 = 8u;
 const SUM_X: bool = true;
-// Two words per block: qh, then d | m << 16. x = d * q + m.
+// A unit is a block. x = d * q + m.
 fn unit_value(m: u32, g: u32, xs: array<vec4<f32>, XV>, st: vec4<f32>) -> f32 {
-    let qh = sc_at(m, 2u * g);
-    let dm = unpack2x16float(sc_at(m, 2u * g + 1u));
+    let qh = sc_at(m, q5_1_qh_word(g));
+    let dm = unpack2x16float(sc_at(m, q5_1_dm_word(g)));
     let qx = q4_dot(qs_at(m, g), xs) + 16.0 * qh_dot(qh, xs, 0u);
     return dm.x * qx + dm.y * dot(st, vec4<f32>(1.0));
 }
@@ -277,104 +218,50 @@ alias WUnit = array<vec4<u32>, 3>;
 alias SElem = u32;
 const XV: u32 = 16u;
 const SUM_X: bool = true;
-// The 6-bit values of the low and high nibbles of word qw with top bits v (aligned to qw's
-// low nibbles in bits 0-1 of each byte and to its high nibbles in bits 4-5), as bytes.
-fn q6_lo(qw: u32, v: u32) -> vec4<f32> {
-    return u8x4((qw & 0x0F0F0F0Fu) | ((v & 0x03030303u) << 4u));
-}
-fn q6_hi(qw: u32, v: u32) -> vec4<f32> {
-    return u8x4(((qw >> 4u) & 0x0F0F0F0Fu) | (v & 0x30303030u));
-}
 fn unit_value(m: u32, g: u32, xs: array<vec4<f32>, XV>, st: vec4<f32>) -> f32 {
     let b = g >> 2u;
-    let base = 9u * (b >> 1u);
-    let sc = i8x4(sc_at(m, base + 4u * (b & 1u) + (g & 3u)));
-    let d = unpack2x16float(sc_at(m, base + 8u))[b & 1u];
+    let sc = i8x4(sc_at(m, q6k_scales_word(b, g & 3u)));
+    let d = f16_of(sc_at(m, q6k_d_word(b)), b);
     let q = qs_at(m, g);
     // Sixteen elements per scale: 0..16 (low nibbles of q[0]), 16..32 (low of q[1]),
     // 32..48 (high of q[0]), 48..64 (high of q[1]).
     var qx = vec4<f32>(0.0);
     for (var w = 0u; w < 4u; w++) {
-        let v0 = q[2][w] & 0x33333333u;
-        let v1 = (q[2][w] >> 2u) & 0x33333333u;
+        let v0 = q6_top(q[2][w], 0u);
+        let v1 = q6_top(q[2][w], 1u);
         qx += vec4<f32>(
-            dot(q6_lo(q[0][w], v0), xs[w]),
-            dot(q6_lo(q[1][w], v1), xs[4u + w]),
-            dot(q6_hi(q[0][w], v0), xs[8u + w]),
-            dot(q6_hi(q[1][w], v1), xs[12u + w]),
+            dot(u8x4(q6_lo(q[0][w], v0)), xs[w]),
+            dot(u8x4(q6_lo(q[1][w], v1)), xs[4u + w]),
+            dot(u8x4(q6_hi(q[0][w], v0)), xs[8u + w]),
+            dot(u8x4(q6_hi(q[1][w], v1)), xs[12u + w]),
         );
     }
     return d * dot(sc, qx - 32.0 * st);
 }
 #endif
 
-// ---- bindings ---------------------------------------------------------------------------
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> w_qs: array<WUnit>;
-@group(0) @binding(2) var<storage, read> w_scales: array<SElem>;
-#ifdef SWIGLU
-@group(0) @binding(3) var<storage, read> u_qs: array<WUnit>;
-@group(0) @binding(4) var<storage, read> u_scales: array<SElem>;
-@group(0) @binding(5) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read_write> out: array<f32>;
-const NMAT: u32 = 2u;
-#ifdef NORM
-@group(0) @binding(7) var<storage, read> norm_w: array<vec4<f32>>;
-#endif
-#else
-#ifdef QKV
-@group(0) @binding(3) var<storage, read> k_qs: array<WUnit>;
-@group(0) @binding(4) var<storage, read> k_scales: array<SElem>;
-@group(0) @binding(5) var<storage, read> v_qs: array<WUnit>;
-@group(0) @binding(6) var<storage, read> v_scales: array<SElem>;
-@group(0) @binding(7) var<storage, read> x: array<vec4<f32>>;
-// Biases: placeholders when HAS_BIAS is false.
-@group(0) @binding(8) var<storage, read> bias: array<f32>;
-@group(0) @binding(9) var<storage, read> k_bias: array<f32>;
-@group(0) @binding(10) var<storage, read> v_bias: array<f32>;
-@group(0) @binding(11) var<storage, read_write> out: array<f32>;
-@group(0) @binding(12) var<storage, read_write> k_out: array<f32>;
-@group(0) @binding(13) var<storage, read_write> v_out: array<f32>;
-#ifdef NORM
-@group(0) @binding(14) var<storage, read> norm_w: array<vec4<f32>>;
-#endif
-#else
-@group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
-// f32[n]; a placeholder when HAS_BIAS is false, so the layout never changes.
-@group(0) @binding(4) var<storage, read> bias: array<f32>;
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
-#ifdef NORM
-@group(0) @binding(6) var<storage, read> norm_w: array<vec4<f32>>;
-#endif
-#endif
-const NMAT: u32 = 1u;
-#endif
+// ---- norm prologue ------------------------------------------------------------------------
 
 #ifdef NORM
+// The RMSNorm weights, bound after gemv_rows.wgsl's bindings.
+@group(0) @binding(EXTRA_BINDING) var<storage, read> norm_w: array<vec4<f32>>;
+// The sum of squares over the workgroup (up to 1024 lanes, more than reduce.wgsl's wg_sum).
 var<workgroup> norm_partial: array<f32, 1024>;
+#include "wg_reduce" NAME=norm_sum T=f32 SG_OP=subgroupAdd OP=add_f32 SCRATCH=norm_partial
 #endif
 // x * the RMSNorm scale of x (NORM), else 1.
 var<private> x_scale: f32 = 1.0;
 
 // NORM: every invocation of the workgroup computes rsqrt(mean(x^2) + eps) into x_scale.
 // Called from uniform control flow at the top of the entry points.
-fn norm_prologue(lid: u32) {
+fn prologue(lane: Lane) {
 #ifdef NORM
     var s = 0.0;
-    for (var i = lid; i < p.k4; i += WG) {
+    for (var i = lane.lid; i < p.k4; i += WG) {
         let v = x[i];
         s += dot(v, v);
     }
-    norm_partial[lid] = s;
-    workgroupBarrier();
-    for (var o = WG >> 1u; o > 0u; o >>= 1u) {
-        if (lid < o) {
-            norm_partial[lid] += norm_partial[lid + o];
-        }
-        workgroupBarrier();
-    }
-    x_scale = inverseSqrt(norm_partial[0] / f32(4u * p.k4) + bitcast<f32>(p.eps_bits));
+    x_scale = inverseSqrt(norm_sum(s, lane) / f32(4u * p.k4) + bitcast<f32>(p.eps_bits));
 #endif
 }
 
@@ -387,68 +274,7 @@ fn x_at(i: u32) -> vec4<f32> {
 #endif
 }
 
-// QKV: the matrix (0 q, 1 k, 2 v) of this invocation's row group, and its row count.
-var<private> cur_mat: u32 = 0u;
-var<private> cur_n: u32 = 0u;
-
-fn qs_at(m: u32, g: u32) -> WUnit {
-#ifdef SWIGLU
-    if (m == 1u) { return u_qs[g]; }
-#endif
-#ifdef QKV
-    if (cur_mat == 1u) { return k_qs[g]; }
-    if (cur_mat == 2u) { return v_qs[g]; }
-#endif
-    return w_qs[g];
-}
-
-fn sc_at(m: u32, i: u32) -> SElem {
-#ifdef SWIGLU
-    if (m == 1u) { return u_scales[i]; }
-#endif
-#ifdef QKV
-    if (cur_mat == 1u) { return k_scales[i]; }
-    if (cur_mat == 2u) { return v_scales[i]; }
-#endif
-    return w_scales[i];
-}
-
-// Partial sums of the workgroup-memory reduction: [matrix][row in group][lane].
-// The host keeps NMAT * RPG * WG <= 2048.
-var<workgroup> gemv_partial: array<f32, 2048>;
-
 // ---- kernel -----------------------------------------------------------------------------
-
-// Sums each accumulator over the LPR lanes of a row group; lane 0 of the group gets the total.
-fn reduce_rows(acc: ptr<function, array<f32, 16>>, lane: Lane, l: u32) {
-    let nacc = NMAT * RPG;
-#ifdef SUBGROUP
-    if (SG_REDUCE) {
-        for (var off = LPR >> 1u; off > 0u; off >>= 1u) {
-            for (var a = 0u; a < nacc; a++) {
-                (*acc)[a] += subgroupShuffleXor((*acc)[a], off);
-            }
-        }
-        return;
-    }
-#endif
-    let lid = lane.lid;
-    for (var a = 0u; a < nacc; a++) {
-        gemv_partial[a * WG + lid] = (*acc)[a];
-    }
-    workgroupBarrier();
-    for (var s = LPR >> 1u; s > 0u; s >>= 1u) {
-        if (l < s) {
-            for (var a = 0u; a < nacc; a++) {
-                gemv_partial[a * WG + lid] += gemv_partial[a * WG + lid + s];
-            }
-        }
-        workgroupBarrier();
-    }
-    for (var a = 0u; a < nacc; a++) {
-        (*acc)[a] = gemv_partial[a * WG + lid];
-    }
-}
 
 fn load_x(u: u32) -> array<vec4<f32>, XV> {
     var xs: array<vec4<f32>, XV>;
@@ -508,84 +334,3 @@ fn accumulate_rows(acc: ptr<function, array<f32, 16>>, row0: u32, lane: Lane, l:
     }
     reduce_rows(acc, lane, l);
 }
-
-// The row group of this lane and its index within the group.
-fn row_group(lane: Lane) -> vec2<u32> {
-#ifdef SUBGROUP
-    if (SG_REDUCE) {
-        // Groups inside subgroups, whatever the mapping of subgroups to local indices.
-        let t = lane.sg_id * lane.sg_size + lane.sg_lane;
-        return vec2<u32>(t / LPR, t % LPR);
-    }
-#endif
-    return vec2<u32>(lane.lid / LPR, lane.lid % LPR);
-}
-
-#ifdef SWIGLU
-@compute @workgroup_size(WG)
-fn gemv_swiglu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, lane: Lane) {
-    norm_prologue(lane.lid);
-    let gl = row_group(lane);
-    let row0 = ((wid.x + wid.y * nwg.x) * (WG / LPR) + gl.x) * RPG;
-    cur_n = p.n;
-    var acc: array<f32, 16>;
-    accumulate_rows(&acc, row0, lane, gl.y);
-    if (gl.y == 0u) {
-        for (var r = 0u; r < RPG; r++) {
-            let row = row0 + r;
-            if (row < p.n) {
-                let g = acc[r];
-                out[p.out_offset + row] = g / (1.0 + exp(-g)) * acc[RPG + r];
-            }
-        }
-    }
-}
-#else
-@compute @workgroup_size(WG)
-fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, lane: Lane) {
-    norm_prologue(lane.lid);
-    let gl = row_group(lane);
-    var row0 = ((wid.x + wid.y * nwg.x) * (WG / LPR) + gl.x) * RPG;
-    cur_n = p.n;
-#ifdef QKV
-    // Past q's rows: k's, then v's (row groups never straddle: RPG divides n and nk).
-    if (row0 >= p.n) {
-        row0 -= p.n;
-        cur_mat = 1u;
-        cur_n = p.nk;
-        if (row0 >= p.nk) {
-            row0 -= p.nk;
-            cur_mat = 2u;
-            cur_n = p.nv;
-        }
-    }
-#endif
-    var acc: array<f32, 16>;
-    accumulate_rows(&acc, row0, lane, gl.y);
-    if (gl.y == 0u) {
-        for (var r = 0u; r < RPG; r++) {
-            let row = row0 + r;
-            if (row < cur_n) {
-                var y = acc[r];
-#ifdef QKV
-                if (cur_mat == 0u) {
-                    if (HAS_BIAS) { y += bias[row]; }
-                    out[row] = y;
-                } else if (cur_mat == 1u) {
-                    if (HAS_BIAS) { y += k_bias[row]; }
-                    k_out[row] = y;
-                } else {
-                    if (HAS_BIAS) { y += v_bias[row]; }
-                    v_out[row] = y;
-                }
-#else
-                if (HAS_BIAS) { y += bias[row]; }
-                let o = p.out_offset + row;
-                if (ACCUMULATE) { y += out[o]; }
-                out[o] = y;
-#endif
-            }
-        }
-    }
-}
-#endif

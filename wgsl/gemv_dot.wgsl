@@ -16,38 +16,18 @@
 // the affine formats (Q4_1, Q5_1, Q4_K, Q5_K) keep their unsigned values (< 32, so valid int8)
 // and multiply their minimums by the activation block's d * sum(q).
 //
-// Defines: FMT_Q8_0 / FMT_Q4_0 / FMT_Q4_1 / FMT_Q5_0 / FMT_Q5_1 / FMT_Q4_K / FMT_Q5_K / FMT_Q6_K; SWIGLU (entry gemv_swiglu:
-// out = silu(gate x) * (up x)); QKV (three projections in one dispatch). Bindings as
-// gemv.wgsl's, with the quantised activations `xq` in place of x and no norm prologue (the
+// Defines: FMT_Q8_0 / FMT_Q4_0 / FMT_Q4_1 / FMT_Q5_0 / FMT_Q5_1 / FMT_Q4_K / FMT_Q5_K /
+// FMT_Q6_K; SWIGLU and QKV as gemv.wgsl's. Params, bindings, reduction and entry points are
+// gemv.wgsl's (gemv_rows.wgsl), with the quantised activations as x and no norm prologue (the
 // norm is act_q8's).
 
 #include "reduce"
-#include "kquant"
+#include "dequant"
+#include "gemv_rows"
 
-struct Params {
-    n: u32,
-    // Units per row.
-    upr: u32,
-    out_offset: u32,
-    // Unused (gemv.wgsl's norm epsilon; the same struct on the host).
-    eps_bits: u32,
-    // k / 4: the packed int8 words of xq; its (d, d * sum) pairs start at vec4 k4 / 4.
-    k4: u32,
-    nk: u32,
-    nv: u32,
-    flags: u32,
-    lanes_per_row: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
-override LPR: u32 = 32u;
-override RPG: u32 = 2u;
-override WG: u32 = 64u;
-override SG_REDUCE: bool = true;
-override HAS_BIAS: bool = false;
-override ACCUMULATE: bool = false;
+// One qs load: a vec4 of a block's (or a K-quant pair's) words; x: act_q8's words as vec4s.
+alias WUnit = vec4<u32>;
+alias XElem = vec4<u32>;
 
 // The activations of one unit: XQ vec4s of packed int8 (8 words per block) and, per block,
 // (d, d * sum(q)) in ds.xy (first block) and ds.zw (second).
@@ -55,13 +35,6 @@ struct Act {
     q: array<vec4<u32>, 4>,
     ds: vec4<f32>,
 }
-
-// Four signed bytes of a word as floats.
-fn i8x4(w: u32) -> vec4<f32> {
-    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(w) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
-}
-
-const NIB: u32 = 0x0F0F0F0Fu;
 
 // ---- per-format units -------------------------------------------------------------------
 // XB: activation blocks per unit; SElem: the scales plane's element type.
@@ -78,7 +51,7 @@ fn unit_value(m: u32, g: u32, a: Act) -> f32 {
     for (var i = 0u; i < 4u; i++) {
         s += dot4I8Packed(w0[i], a.q[0][i]) + dot4I8Packed(w1[i], a.q[1][i]);
     }
-    let d = unpack2x16float(sc_at(m, g >> 1u))[g & 1u];
+    let d = f16_of(sc_at(m, q8_d_word(g)), g);
     return d * a.ds.x * f32(s);
 }
 #endif
@@ -96,9 +69,9 @@ fn unit_value(m: u32, g: u32, a: Act) -> f32 {
     let q = qs_at(m, g);
     var s = 0;
     for (var w = 0u; w < 4u; w++) {
-        s += dot4I8Packed(q4_minus8(q[w] & NIB), a.q[0][w]) + dot4I8Packed(q4_minus8((q[w] >> 4u) & NIB), a.q[1][w]);
+        s += dot4I8Packed(q4_minus8(lo_nibbles(q[w])), a.q[0][w]) + dot4I8Packed(q4_minus8(hi_nibbles(q[w])), a.q[1][w]);
     }
-    let d = unpack2x16float(sc_at(m, g >> 1u))[g & 1u];
+    let d = f16_of(sc_at(m, q8_d_word(g)), g);
     return d * a.ds.x * f32(s);
 }
 #endif
@@ -116,8 +89,8 @@ fn unit_value(m: u32, g: u32, a: Act) -> f32 {
     var lo = 0;
     var hi = 0;
     for (var w = 0u; w < 4u; w++) {
-        lo += dot4I8Packed(q0[w] & NIB, a.q[0][w]) + dot4I8Packed(q1[w] & NIB, a.q[1][w]);
-        hi += dot4I8Packed((q0[w] >> 4u) & NIB, a.q[2][w]) + dot4I8Packed((q1[w] >> 4u) & NIB, a.q[3][w]);
+        lo += dot4I8Packed(lo_nibbles(q0[w]), a.q[0][w]) + dot4I8Packed(lo_nibbles(q1[w]), a.q[1][w]);
+        hi += dot4I8Packed(hi_nibbles(q0[w]), a.q[2][w]) + dot4I8Packed(hi_nibbles(q1[w]), a.q[3][w]);
     }
     let hdr = sc_at(m, g >> 2u);
     let j = g & 3u;
@@ -142,20 +115,19 @@ fn q6_minus32(v: u32) -> u32 {
 // q0), 48..64 (high of q1); so activation block 0 is q0/q1's low nibbles, block 1 their high.
 fn unit_value(m: u32, g: u32, a: Act) -> f32 {
     let b = g >> 2u;
-    let base = 9u * (b >> 1u);
-    let sc = i8x4(sc_at(m, base + 4u * (b & 1u) + (g & 3u)));
-    let d = unpack2x16float(sc_at(m, base + 8u))[b & 1u];
+    let sc = i8x4(sc_at(m, q6k_scales_word(b, g & 3u)));
+    let d = f16_of(sc_at(m, q6k_d_word(b)), b);
     let q0 = qs_at(m, 3u * g);
     let q1 = qs_at(m, 3u * g + 1u);
     let qh = qs_at(m, 3u * g + 2u);
     var s = vec4<i32>(0);
     for (var w = 0u; w < 4u; w++) {
-        let v0 = qh[w] & 0x33333333u;
-        let v1 = (qh[w] >> 2u) & 0x33333333u;
-        s.x += dot4I8Packed(q6_minus32((q0[w] & NIB) | ((v0 & 0x03030303u) << 4u)), a.q[0][w]);
-        s.y += dot4I8Packed(q6_minus32((q1[w] & NIB) | ((v1 & 0x03030303u) << 4u)), a.q[1][w]);
-        s.z += dot4I8Packed(q6_minus32(((q0[w] >> 4u) & NIB) | (v0 & 0x30303030u)), a.q[2][w]);
-        s.w += dot4I8Packed(q6_minus32(((q1[w] >> 4u) & NIB) | (v1 & 0x30303030u)), a.q[3][w]);
+        let v0 = q6_top(qh[w], 0u);
+        let v1 = q6_top(qh[w], 1u);
+        s.x += dot4I8Packed(q6_minus32(q6_lo(q0[w], v0)), a.q[0][w]);
+        s.y += dot4I8Packed(q6_minus32(q6_lo(q1[w], v1)), a.q[1][w]);
+        s.z += dot4I8Packed(q6_minus32(q6_hi(q0[w], v0)), a.q[2][w]);
+        s.w += dot4I8Packed(q6_minus32(q6_hi(q1[w], v1)), a.q[3][w]);
     }
     return d * dot(sc * vec4<f32>(s), a.ds.xxzz);
 }
@@ -169,28 +141,16 @@ fn unit_value(m: u32, g: u32, a: Act) -> f32 {
     let q = qs_at(m, g);
     var s = 0;
     for (var w = 0u; w < 4u; w++) {
-        s += dot4I8Packed(q[w] & NIB, a.q[0][w]) + dot4I8Packed((q[w] >> 4u) & NIB, a.q[1][w]);
+        s += dot4I8Packed(lo_nibbles(q[w]), a.q[0][w]) + dot4I8Packed(hi_nibbles(q[w]), a.q[1][w]);
     }
     let dm = unpack2x16float(sc_at(m, g));
     return dm.x * a.ds.x * f32(s) + dm.y * a.ds.y;
 }
 #endif
 
-// Four fifth bits (bits 0..3 of h) moved to bit 4 of bytes 0..3.
-fn fifth_bits(h: u32) -> u32 {
-    return ((h & 1u) << 4u) | ((h & 2u) << 11u) | ((h & 4u) << 18u) | ((h & 8u) << 25u);
-}
 // Five-bit values v (bytes 0..31) to the int8 bytes v - 16.
 fn q5_minus16(v: u32) -> u32 {
     return (v & 0x0F0F0F0Fu) | ((~v & 0x10101010u) * 0x0Fu);
-}
-// The 5-bit bytes of one nibble word of a 32-element block: word w's low nibbles are
-// elements 4w.., its high nibbles 16 + 4w..; qh bit e is element e's fifth bit.
-fn q5_lo(q: u32, qh: u32, w: u32) -> u32 {
-    return (q & NIB) | fifth_bits(qh >> (4u * w));
-}
-fn q5_hi(q: u32, qh: u32, w: u32) -> u32 {
-    return ((q >> 4u) & NIB) | fifth_bits(qh >> (16u + 4u * w));
 }
 
 #ifdef FMT_Q5_0
@@ -198,9 +158,8 @@ const XB: u32 = 1u;
 alias SElem = u32;
 // Scales per pair of blocks: qh(2i), qh(2i+1), d(2i) | d(2i+1) << 16. x = d * (q - 16).
 fn unit_value(m: u32, g: u32, a: Act) -> f32 {
-    let base = 3u * (g >> 1u);
-    let qh = sc_at(m, base + (g & 1u));
-    let d = unpack2x16float(sc_at(m, base + 2u))[g & 1u];
+    let qh = sc_at(m, q5_0_qh_word(g));
+    let d = f16_of(sc_at(m, q5_0_d_word(g)), g);
     let q = qs_at(m, g);
     var s = 0;
     for (var w = 0u; w < 4u; w++) {
@@ -215,8 +174,8 @@ const XB: u32 = 1u;
 alias SElem = u32;
 // Two words per block: qh, then d | m << 16. x = d * q + m.
 fn unit_value(m: u32, g: u32, a: Act) -> f32 {
-    let qh = sc_at(m, 2u * g);
-    let dm = unpack2x16float(sc_at(m, 2u * g + 1u));
+    let qh = sc_at(m, q5_1_qh_word(g));
+    let dm = unpack2x16float(sc_at(m, q5_1_dm_word(g)));
     let q = qs_at(m, g);
     var s = 0;
     for (var w = 0u; w < 4u; w++) {
@@ -244,10 +203,10 @@ fn unit_value(m: u32, g: u32, a: Act) -> f32 {
     var lo = 0;
     var hi = 0;
     for (var w = 0u; w < 4u; w++) {
-        lo += dot4I8Packed((q0[w] & NIB) | fifth_bits(h0 >> (4u * w)), a.q[0][w])
-            + dot4I8Packed((q1[w] & NIB) | fifth_bits(h0 >> (16u + 4u * w)), a.q[1][w]);
-        hi += dot4I8Packed(((q0[w] >> 4u) & NIB) | fifth_bits(h1 >> (4u * w)), a.q[2][w])
-            + dot4I8Packed(((q1[w] >> 4u) & NIB) | fifth_bits(h1 >> (16u + 4u * w)), a.q[3][w]);
+        lo += dot4I8Packed(with_fifth(lo_nibbles(q0[w]), h0, 4u * w), a.q[0][w])
+            + dot4I8Packed(with_fifth(lo_nibbles(q1[w]), h0, 16u + 4u * w), a.q[1][w]);
+        hi += dot4I8Packed(with_fifth(hi_nibbles(q0[w]), h1, 4u * w), a.q[2][w])
+            + dot4I8Packed(with_fifth(hi_nibbles(q1[w]), h1, 16u + 4u * w), a.q[3][w]);
     }
     let hdr = sc_at(m, 3u * b);
     let dd = unpack2x16float(hdr.x);
@@ -257,74 +216,14 @@ fn unit_value(m: u32, g: u32, a: Act) -> f32 {
 }
 #endif
 
-// ---- bindings ---------------------------------------------------------------------------
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> w_qs: array<vec4<u32>>;
-@group(0) @binding(2) var<storage, read> w_scales: array<SElem>;
-#ifdef SWIGLU
-@group(0) @binding(3) var<storage, read> u_qs: array<vec4<u32>>;
-@group(0) @binding(4) var<storage, read> u_scales: array<SElem>;
-@group(0) @binding(5) var<storage, read> xq: array<vec4<u32>>;
-@group(0) @binding(6) var<storage, read_write> out: array<f32>;
-const NMAT: u32 = 2u;
-#else
-#ifdef QKV
-@group(0) @binding(3) var<storage, read> k_qs: array<vec4<u32>>;
-@group(0) @binding(4) var<storage, read> k_scales: array<SElem>;
-@group(0) @binding(5) var<storage, read> v_qs: array<vec4<u32>>;
-@group(0) @binding(6) var<storage, read> v_scales: array<SElem>;
-@group(0) @binding(7) var<storage, read> xq: array<vec4<u32>>;
-// Biases: placeholders when HAS_BIAS is false.
-@group(0) @binding(8) var<storage, read> bias: array<f32>;
-@group(0) @binding(9) var<storage, read> k_bias: array<f32>;
-@group(0) @binding(10) var<storage, read> v_bias: array<f32>;
-@group(0) @binding(11) var<storage, read_write> out: array<f32>;
-@group(0) @binding(12) var<storage, read_write> k_out: array<f32>;
-@group(0) @binding(13) var<storage, read_write> v_out: array<f32>;
-#else
-@group(0) @binding(3) var<storage, read> xq: array<vec4<u32>>;
-// f32[n]; a placeholder when HAS_BIAS is false.
-@group(0) @binding(4) var<storage, read> bias: array<f32>;
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
-#endif
-const NMAT: u32 = 1u;
-#endif
-
-// QKV: the matrix (0 q, 1 k, 2 v) of this invocation's row group, and its row count.
-var<private> cur_mat: u32 = 0u;
-var<private> cur_n: u32 = 0u;
-
-fn qs_at(m: u32, i: u32) -> vec4<u32> {
-#ifdef SWIGLU
-    if (m == 1u) { return u_qs[i]; }
-#endif
-#ifdef QKV
-    if (cur_mat == 1u) { return k_qs[i]; }
-    if (cur_mat == 2u) { return v_qs[i]; }
-#endif
-    return w_qs[i];
-}
-
-fn sc_at(m: u32, i: u32) -> SElem {
-#ifdef SWIGLU
-    if (m == 1u) { return u_scales[i]; }
-#endif
-#ifdef QKV
-    if (cur_mat == 1u) { return k_scales[i]; }
-    if (cur_mat == 2u) { return v_scales[i]; }
-#endif
-    return w_scales[i];
-}
-
 // The activations of row-local unit u: blocks XB*u .. XB*u + XB.
 fn load_act(u: u32) -> Act {
     var a: Act;
     let b0 = XB * u;
     for (var i = 0u; i < 2u * XB; i++) {
-        a.q[i] = xq[2u * b0 + i];
+        a.q[i] = x[2u * b0 + i];
     }
-    let ds = bitcast<vec4<f32>>(xq[p.k4 / 4u + (b0 >> 1u)]);
+    let ds = bitcast<vec4<f32>>(x[p.k4 / 4u + (b0 >> 1u)]);
     if (XB == 2u) {
         a.ds = ds;
     } else if ((b0 & 1u) == 0u) {
@@ -335,40 +234,10 @@ fn load_act(u: u32) -> Act {
     return a;
 }
 
-// Partial sums of the workgroup-memory reduction: [matrix][row in group][lane].
-var<workgroup> gemv_partial: array<f32, 2048>;
-
 // ---- kernel -----------------------------------------------------------------------------
 
-fn reduce_rows(acc: ptr<function, array<f32, 16>>, lane: Lane, l: u32) {
-    let nacc = NMAT * RPG;
-#ifdef SUBGROUP
-    if (SG_REDUCE) {
-        for (var off = LPR >> 1u; off > 0u; off >>= 1u) {
-            for (var a = 0u; a < nacc; a++) {
-                (*acc)[a] += subgroupShuffleXor((*acc)[a], off);
-            }
-        }
-        return;
-    }
-#endif
-    let lid = lane.lid;
-    for (var a = 0u; a < nacc; a++) {
-        gemv_partial[a * WG + lid] = (*acc)[a];
-    }
-    workgroupBarrier();
-    for (var s = LPR >> 1u; s > 0u; s >>= 1u) {
-        if (l < s) {
-            for (var a = 0u; a < nacc; a++) {
-                gemv_partial[a * WG + lid] += gemv_partial[a * WG + lid + s];
-            }
-        }
-        workgroupBarrier();
-    }
-    for (var a = 0u; a < nacc; a++) {
-        (*acc)[a] = gemv_partial[a * WG + lid];
-    }
-}
+// No prologue: act_q8 normalises.
+fn prologue(lane: Lane) {}
 
 fn accumulate_unit(acc: ptr<function, array<f32, 16>>, row0: u32, u: u32) {
     let a = load_act(u);
@@ -396,79 +265,3 @@ fn accumulate_rows(acc: ptr<function, array<f32, 16>>, row0: u32, lane: Lane, l:
     }
     reduce_rows(acc, lane, l);
 }
-
-fn row_group(lane: Lane) -> vec2<u32> {
-#ifdef SUBGROUP
-    if (SG_REDUCE) {
-        let t = lane.sg_id * lane.sg_size + lane.sg_lane;
-        return vec2<u32>(t / LPR, t % LPR);
-    }
-#endif
-    return vec2<u32>(lane.lid / LPR, lane.lid % LPR);
-}
-
-#ifdef SWIGLU
-@compute @workgroup_size(WG)
-fn gemv_swiglu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, lane: Lane) {
-    let gl = row_group(lane);
-    let row0 = ((wid.x + wid.y * nwg.x) * (WG / LPR) + gl.x) * RPG;
-    cur_n = p.n;
-    var acc: array<f32, 16>;
-    accumulate_rows(&acc, row0, lane, gl.y);
-    if (gl.y == 0u) {
-        for (var r = 0u; r < RPG; r++) {
-            let row = row0 + r;
-            if (row < p.n) {
-                let g = acc[r];
-                out[p.out_offset + row] = g / (1.0 + exp(-g)) * acc[RPG + r];
-            }
-        }
-    }
-}
-#else
-@compute @workgroup_size(WG)
-fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, lane: Lane) {
-    let gl = row_group(lane);
-    var row0 = ((wid.x + wid.y * nwg.x) * (WG / LPR) + gl.x) * RPG;
-    cur_n = p.n;
-#ifdef QKV
-    if (row0 >= p.n) {
-        row0 -= p.n;
-        cur_mat = 1u;
-        cur_n = p.nk;
-        if (row0 >= p.nk) {
-            row0 -= p.nk;
-            cur_mat = 2u;
-            cur_n = p.nv;
-        }
-    }
-#endif
-    var acc: array<f32, 16>;
-    accumulate_rows(&acc, row0, lane, gl.y);
-    if (gl.y == 0u) {
-        for (var r = 0u; r < RPG; r++) {
-            let row = row0 + r;
-            if (row < cur_n) {
-                var y = acc[r];
-#ifdef QKV
-                if (cur_mat == 0u) {
-                    if (HAS_BIAS) { y += bias[row]; }
-                    out[row] = y;
-                } else if (cur_mat == 1u) {
-                    if (HAS_BIAS) { y += k_bias[row]; }
-                    k_out[row] = y;
-                } else {
-                    if (HAS_BIAS) { y += v_bias[row]; }
-                    v_out[row] = y;
-                }
-#else
-                if (HAS_BIAS) { y += bias[row]; }
-                let o = p.out_offset + row;
-                if (ACCUMULATE) { y += out[o]; }
-                out[o] = y;
-#endif
-            }
-        }
-    }
-}
-#endif

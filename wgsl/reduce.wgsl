@@ -1,8 +1,8 @@
-// Workgroup-wide reductions, shared by kernels through `#include "reduce"`.
-// The including kernel declares `override WG: u32` (its 1-D workgroup size, at most 256)
-// and calls these from uniform control flow with every invocation participating.
-// With SUBGROUP the subgroup does the first level and one slot per subgroup is combined;
-// without it a shared-memory tree does the whole reduction.
+// Workgroup-wide reductions, shared by kernels through `#include "reduce"`: the `Lane` struct
+// entry points take their invocation ids in, and wg_sum / wg_max over f32 (wg_reduce.wgsl
+// instances; a kernel instantiates the template for other types or scratch sizes itself).
+// The including kernel declares `override WG: u32` (its 1-D workgroup size, at most 256 for
+// these two) and calls them from uniform control flow with every invocation participating.
 
 var<workgroup> wg_scratch: array<f32, 256>;
 
@@ -21,50 +21,10 @@ struct Lane {
 }
 #endif
 
-fn wg_sum(v: f32, lane: Lane) -> f32 {
-#ifdef SUBGROUP
-    let s = subgroupAdd(v);
-    if (lane.sg_lane == 0u) { wg_scratch[lane.sg_id] = s; }
-    workgroupBarrier();
-    var t = 0.0;
-    let nsg = (WG + lane.sg_size - 1u) / lane.sg_size;
-    for (var i = 0u; i < nsg; i++) { t += wg_scratch[i]; }
-    workgroupBarrier();
-    return t;
-#else
-    let lid = lane.lid;
-    wg_scratch[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) { wg_scratch[lid] += wg_scratch[lid + s]; }
-        workgroupBarrier();
-    }
-    let t = wg_scratch[0];
-    workgroupBarrier();
-    return t;
-#endif
+// `+` as a function, for wg_reduce's OP.
+fn add_f32(a: f32, b: f32) -> f32 {
+    return a + b;
 }
 
-fn wg_max(v: f32, lane: Lane) -> f32 {
-#ifdef SUBGROUP
-    let s = subgroupMax(v);
-    if (lane.sg_lane == 0u) { wg_scratch[lane.sg_id] = s; }
-    workgroupBarrier();
-    var t = wg_scratch[0];
-    let nsg = (WG + lane.sg_size - 1u) / lane.sg_size;
-    for (var i = 1u; i < nsg; i++) { t = max(t, wg_scratch[i]); }
-    workgroupBarrier();
-    return t;
-#else
-    let lid = lane.lid;
-    wg_scratch[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) { wg_scratch[lid] = max(wg_scratch[lid], wg_scratch[lid + s]); }
-        workgroupBarrier();
-    }
-    let t = wg_scratch[0];
-    workgroupBarrier();
-    return t;
-#endif
-}
+#include "wg_reduce" NAME=wg_sum T=f32 SG_OP=subgroupAdd OP=add_f32 SCRATCH=wg_scratch
+#include "wg_reduce" NAME=wg_max T=f32 SG_OP=subgroupMax OP=max SCRATCH=wg_scratch

@@ -75,10 +75,10 @@ fn pipelines() -> Vec<KernelSpec> {
 /// WGSL mirror of act_q8's `struct Params { k, eps_bits, _pad }`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct ActParams {
-    k: u32,
-    eps_bits: u32,
-    _pad: [u32; 2],
+pub struct ActParams {
+    pub k: u32,
+    pub eps_bits: u32,
+    pub _pad: [u32; 2],
 }
 
 /// Workgroup size of the quantiser (eight lanes per 32-element block).

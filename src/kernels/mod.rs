@@ -6,7 +6,8 @@
 //! buffers in the same layout. Callers describe what they want with a [`KernelSpec`] and get a
 //! cached [`Pipeline`]; which variant backs it is the registry's choice ([`KernelPolicy`]).
 //!
-//! WGSL sources go through a small preprocessor ([`preprocess`]): `#include "name"`,
+//! WGSL sources go through a small preprocessor ([`preprocess`]): `#include "name"` (and
+//! parameterised `#include "template" A=x` instantiations), `#define` flags and values,
 //! `#ifdef` / `#ifndef` / `#else` / `#endif`. The registry defines `SUBGROUP` when the
 //! device has subgroup operations and `F16` when it has `SHADER_F16`, so one source carries
 //! both the subgroup path and its workgroup-memory fallback. Numeric specialisation (tile
@@ -32,6 +33,7 @@ pub mod gemv_dot;
 pub mod kv_cache;
 pub mod matrix;
 pub mod policy;
+mod preprocess;
 pub mod registry;
 pub mod rmsnorm;
 pub mod rope;
@@ -45,13 +47,13 @@ pub mod tuning;
 pub use family::Family;
 pub use matrix::GpuMatrix;
 pub use policy::{KernelChoice, KernelPolicy};
+pub use preprocess::preprocess;
 pub use registry::{grid_1d, Dispatch, Kernels, Pipeline};
 pub use spec::{
     native_unavailable, op_format, Binding, KernelSpec, NativeKernel, NativeNeeds, Variant,
 };
 pub use step::StepParams;
 
-use crate::error::{Error, Result};
 use crate::gpu::Capabilities;
 pub use crate::quant::WeightFormat;
 
@@ -181,87 +183,4 @@ pub fn cooperative_matrix_usable(caps: &Capabilities) -> bool {
         && caps.subgroup
         && caps.subgroup_min_size == 32
         && caps.subgroup_max_size == 32
-}
-
-/// Expands `#include`, `#ifdef`, `#ifndef`, `#else`, `#endif` with the given defines.
-pub fn preprocess(family: &str, defines: &[&str]) -> Result<String> {
-    let src = wgsl_source(family).ok_or_else(|| Error::Shader {
-        family: family.into(),
-        message: "no such WGSL family".into(),
-    })?;
-    let mut out = String::with_capacity(src.len() + 1024);
-    let mut included = Vec::new();
-    let mut defines: Vec<String> = defines.iter().map(|d| d.to_string()).collect();
-    expand(family, src, &mut defines, &mut out, &mut included, 0)?;
-    Ok(out)
-}
-
-fn expand(
-    family: &str,
-    src: &str,
-    defines: &mut Vec<String>,
-    out: &mut String,
-    included: &mut Vec<String>,
-    depth: u32,
-) -> Result<()> {
-    let err = |line: usize, msg: String| Error::Shader {
-        family: family.into(),
-        message: format!("line {}: {msg}", line + 1),
-    };
-    if depth > 8 {
-        return Err(err(0, "#include nested too deeply".into()));
-    }
-    // Stack of (this branch active, some branch of this #if taken, parent active).
-    let mut stack: Vec<(bool, bool)> = Vec::new();
-    let active = |stack: &Vec<(bool, bool)>| stack.iter().all(|(a, _)| *a);
-    for (ln, line) in src.lines().enumerate() {
-        let t = line.trim_start();
-        let defined = |d: &Vec<String>, name: &str| d.iter().any(|x| x == name.trim());
-        if let Some(rest) = t.strip_prefix("#ifdef ") {
-            let on = defined(defines, rest);
-            stack.push((on, on));
-        } else if let Some(rest) = t.strip_prefix("#ifndef ") {
-            let on = !defined(defines, rest);
-            stack.push((on, on));
-        } else if let Some(rest) = t.strip_prefix("#define ") {
-            // A flag for the rest of the expansion (no values, no macros).
-            if active(&stack) && !defined(defines, rest) {
-                defines.push(rest.trim().to_string());
-            }
-            out.push('\n');
-        } else if t.starts_with("#else") {
-            let top = stack
-                .last_mut()
-                .ok_or_else(|| err(ln, "#else without #ifdef".into()))?;
-            *top = (!top.1, true);
-        } else if t.starts_with("#endif") {
-            stack
-                .pop()
-                .ok_or_else(|| err(ln, "#endif without #ifdef".into()))?;
-        } else if let Some(rest) = t.strip_prefix("#include ") {
-            if !active(&stack) {
-                continue;
-            }
-            let name = rest.trim().trim_matches('"');
-            if included.iter().any(|n| n == name) {
-                continue;
-            }
-            included.push(name.to_string());
-            let inc = wgsl_source(name)
-                .ok_or_else(|| err(ln, format!("#include of unknown file {name:?}")))?;
-            expand(family, inc, defines, out, included, depth + 1)?;
-        } else if t.starts_with('#') {
-            return Err(err(ln, format!("unknown directive {t:?}")));
-        } else if active(&stack) {
-            out.push_str(line);
-            out.push('\n');
-        } else {
-            // Keep line numbers stable for error messages.
-            out.push('\n');
-        }
-    }
-    if !stack.is_empty() {
-        return Err(err(0, "unterminated #ifdef".into()));
-    }
-    Ok(())
 }

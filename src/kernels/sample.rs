@@ -40,13 +40,14 @@ pub use super::argmax::NON_FINITE;
 
 const WG: u32 = 256;
 
+/// One level of the top-k tree (WGSL `Level` in sample.wgsl).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
-struct Level {
-    n: u32,
-    n_groups: u32,
-    k: u32,
-    n0: u32,
+pub struct Level {
+    pub n: u32,
+    pub n_groups: u32,
+    pub k: u32,
+    pub n0: u32,
 }
 
 /// Per-token settings of the chain (WGSL `Step` in sample.wgsl).

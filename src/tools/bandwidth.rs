@@ -10,12 +10,13 @@ use crate::error::{Error, Result};
 use crate::gpu::GpuProfiler;
 use crate::kernels::{Binding, KernelSpec, Kernels};
 
+/// WGSL mirror of bandwidth.wgsl's `struct Params`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
-struct Params {
-    n: u32,
-    magic: u32,
-    _pad: [u32; 2],
+pub struct Params {
+    pub n: u32,
+    pub magic: u32,
+    pub _pad: [u32; 2],
 }
 
 const WG: u32 = 256;

@@ -2,7 +2,7 @@ use crate::support::*;
 use half::f16;
 use rand::Rng;
 use wick::kernels::attention::{AttentionBuffers, AttentionShape};
-use wick::kernels::kv_cache::KvPair;
+use wick::kernels::kv_cache::{KvPair, KvType};
 use wick::kernels::{attention, kv_cache, Kernels, StepParams, Variant};
 use wick::reference;
 use wick::reference::kv_cache::{pack, to_f16, unpack};
@@ -110,6 +110,7 @@ fn check_decode_variant(
             head_dim,
             capacity,
             scale,
+            kv_type: KvType::F16,
         };
         let att = attention::attention_decode(k, &io, &shape, ns).unwrap();
         assert_eq!(att.dispatches.len(), if ns == 1 { 1 } else { 2 });
@@ -203,7 +204,7 @@ fn decode_native() {
             wgpu::Backend::Metal => caps.class == wick::gpu::AdapterClass::Apple,
             _ => false,
         };
-    let probe = attention::decode_spec(caps, 8, 2, 128, true).unwrap();
+    let probe = attention::decode_spec(caps, 8, 2, 128, true, KvType::F16).unwrap();
     let available = k.native_for(&probe).is_some();
     assert_eq!(
         available, offered,
@@ -296,6 +297,7 @@ fn check_prefill(
         head_dim,
         capacity,
         scale,
+        kv_type: KvType::F16,
     };
     let new = KvPair { k: &kn, v: &vn };
     let write = kv_cache::kv_write(k, new, cache, &stepb, &shape.cache(), max_tokens).unwrap();
@@ -361,10 +363,10 @@ fn attention_rejects_bad_shapes() {
     let k = kernels();
     let g = &k.gpu;
     let cache = g
-        .storage_buffer("cache", kv_cache::cache_bytes(2, 64, 16))
+        .storage_buffer("cache", kv_cache::cache_bytes(KvType::F16, 2, 64, 16))
         .unwrap();
     let short = g
-        .storage_buffer("short", kv_cache::cache_bytes(2, 64, 15))
+        .storage_buffer("short", kv_cache::cache_bytes(KvType::F16, 2, 64, 15))
         .unwrap();
     let q = g.storage_buffer("q", 6 * 64 * 4).unwrap();
     let out = g.storage_buffer("out", 6 * 64 * 4).unwrap();
@@ -382,6 +384,7 @@ fn attention_rejects_bad_shapes() {
             head_dim: hd,
             capacity: 16,
             scale: 0.1,
+            kv_type: KvType::F16,
         };
         attention::attention_decode(k, &io, &shape, ns)
     };
@@ -410,6 +413,7 @@ fn attention_rejects_bad_shapes() {
             head_dim: 64,
             capacity: 16,
             scale: 0.1,
+            kv_type: KvType::F16,
         };
         attention::attention_prefill(k, &io, &shape, max_tokens)
     };

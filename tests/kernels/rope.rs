@@ -224,7 +224,7 @@ fn check_rope_kv(
 ) {
     use half::f16;
     use wick::kernels::attention::AttentionShape;
-    use wick::kernels::kv_cache::{self, KvPair};
+    use wick::kernels::kv_cache::{self, KvPair, KvType};
     use wick::kernels::rope::RopeKvBuffers;
     let mut r = rng();
     let g = &k.gpu;
@@ -237,7 +237,7 @@ fn check_rope_kv(
         g.upload("k", &kn).unwrap(),
         g.upload("v", &vn).unwrap(),
     );
-    let bytes = kv_cache::cache_bytes(n_kv_heads, head_dim, capacity);
+    let bytes = kv_cache::cache_bytes(KvType::F16, n_kv_heads, head_dim, capacity);
     let (ck, cv) = (
         g.storage_buffer("ck", bytes).unwrap(),
         g.storage_buffer("cv", bytes).unwrap(),
@@ -264,6 +264,7 @@ fn check_rope_kv(
             head_dim,
             capacity,
             scale: 1.0,
+            kv_type: KvType::F16,
         },
         &RopeShape {
             head_dim,

@@ -691,6 +691,13 @@ fn q8_kv_cache_matches_goldens() {
         let label = format!("{name} q8_0 KV");
         check_model(name, &label, &model, Q8_KV_GOLDEN_TOL, Q8_KV_GOLDEN_TOL);
     }
+    // A head_dim that is not whole 32-value blocks is refused before anything is allocated.
+    let mut cfg = load(&dir("llama_gqa"), 16).config().clone();
+    cfg.head_dim = 48;
+    let e = wick::runtime::kv_cache::KvCache::new(engine().gpu(), &cfg, 16, KvType::Q8_0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("multiple of 32") && e.contains("48"), "{e}");
 }
 
 /// A q8_0 KV cache against the f16 one on the same weights and tokens: a random prompt and 40

@@ -37,9 +37,10 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn load(&self) -> Result<(Engine, Model)> {
-        let path = source::resolve(self.model.as_deref())?;
-        let kernels: KernelChoice = self.kernels.parse()?;
+        // Flags first: a bad value is reported before any download or GPU work.
         let kv_type = parse_kv_type(&self.kv_type)?;
+        let kernels: KernelChoice = self.kernels.parse()?;
+        let path = source::resolve(self.model.as_deref())?;
         let engine = Engine::with_options(EngineOptions {
             kernels,
             ..Default::default()
@@ -65,8 +66,10 @@ impl ModelArgs {
 
 /// `--kv-type`'s value, with an error naming the flag.
 pub fn parse_kv_type(s: &str) -> Result<wick::KvType> {
-    s.parse()
-        .map_err(|e| wick::Error::InvalidArgument(format!("--kv-type: {e}")))
+    s.parse().map_err(|e| match e {
+        wick::Error::InvalidArgument(m) => wick::Error::InvalidArgument(format!("--kv-type: {m}")),
+        e => e,
+    })
 }
 
 /// Parses `1,2,3` (spaces allowed).

@@ -69,20 +69,19 @@ impl KvType {
         }
     }
 
-    /// Errors unless a cache of this type can hold heads of `head_dim` (f16: even; q8_0: a
-    /// multiple of its 32-value block).
-    pub fn check_head_dim(self, head_dim: usize) -> Result<()> {
+    /// Why a cache of this type cannot hold heads of `head_dim` (f16: it must be even;
+    /// q8_0: a multiple of its 32-value block), or None when it can.
+    pub fn head_dim_problem(self, head_dim: usize) -> Option<String> {
         let (multiple, why) = match self {
             KvType::F16 => (2, "two f16 per cache word"),
             KvType::Q8_0 => (Q8_BLOCK, "whole 32-value blocks"),
         };
-        if head_dim == 0 || !head_dim.is_multiple_of(multiple) {
-            return Err(Error::Unsupported(format!(
+        (head_dim == 0 || !head_dim.is_multiple_of(multiple)).then(|| {
+            format!(
                 "a {} KV cache needs head_dim a multiple of {multiple} ({why}); this one is {head_dim}",
                 self.name()
-            )));
-        }
-        Ok(())
+            )
+        })
     }
 }
 
@@ -175,9 +174,9 @@ impl CacheShape {
                 "{what}: cache of {n_kv_heads} heads x {capacity} x {head_dim}"
             )));
         }
-        self.kv_type
-            .check_head_dim(head_dim)
-            .map_err(|e| Error::Shape(format!("{what}: {e}")))?;
+        if let Some(p) = self.kv_type.head_dim_problem(head_dim) {
+            return Err(Error::Shape(format!("{what}: {p}")));
+        }
         let need = self.bytes();
         if need > u32::MAX as u64 * 4 {
             return Err(Error::Shape(format!(

@@ -221,9 +221,12 @@ impl Model {
             Some(c) => c,
             None => cfg.context_len.min(DEFAULT_CTX_CAP),
         };
-        opts.kv_type
-            .check_head_dim(cfg.head_dim)
-            .map_err(|e| Error::InvalidArgument(format!("--kv-type {}: {e}", opts.kv_type)))?;
+        if let Some(p) = opts.kv_type.head_dim_problem(cfg.head_dim) {
+            return Err(Error::InvalidArgument(format!(
+                "--kv-type {}: {p}",
+                opts.kv_type
+            )));
+        }
         if let Some(w) = cfg.sliding_window {
             if ctx > w {
                 return Err(Error::InvalidArgument(format!(

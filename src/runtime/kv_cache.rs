@@ -35,7 +35,9 @@ impl KvCache {
                 cfg.context_len
             )));
         }
-        kv_type.check_head_dim(cfg.head_dim)?;
+        if let Some(p) = kv_type.head_dim_problem(cfg.head_dim) {
+            return Err(Error::InvalidArgument(p));
+        }
         let bytes = CacheShape {
             n_kv_heads: cfg.n_kv_heads,
             head_dim: cfg.head_dim,

@@ -55,7 +55,7 @@ impl KvCache {
         let reservation = gpu.reserve(
             MemoryKind::Session,
             &format!(
-                "a session with a context of {capacity} tokens ({} bytes of {kv_type} KV cache, {} of activations)",
+                "a session with a context of {capacity} tokens ({} bytes of KV cache in {kv_type}, {} of activations)",
                 mem.kv, mem.activations
             ),
             mem.total(),

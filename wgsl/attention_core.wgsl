@@ -14,7 +14,8 @@
 // holds the key's HD / 4 code words followed by its HD / 32 f32 scales (fewer words than an
 // f16 row, so the f16 plan's tiles fit), and the dot products dequantise from them in f32:
 // scores sum code x q per 32-value block, then scale; output words take scale x code. The
-// kernel calls kv_q8_head before attend (it reads p.capacity and the group size).
+// kernel calls kv_q8_head(KV head, capacity, KV heads) before attend, whose kv_base (an f16
+// word offset) it then ignores.
 //
 // Sizes are override constants chosen on the host from the device limits: HD (head_dim, even),
 // HW = HD / 2, ROWS, T (keys per tile), WG (invocations) and ACC (output words per

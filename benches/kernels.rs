@@ -15,6 +15,7 @@ use wick::kernels::attention::cases::DecodeWork;
 use wick::kernels::family::Work;
 use wick::kernels::gemm::cases::GemmWork;
 use wick::kernels::gemv::cases::GemvWork;
+use wick::kernels::kv_cache::KvType;
 use wick::kernels::Variant;
 use wick::quant::WeightFormat;
 use wick::tools::kernel_bench::{self, BenchCase};
@@ -49,16 +50,22 @@ fn cases() -> Vec<BenchCase> {
             }),
         ));
     }
-    v.push(case(
-        "attention_decode",
-        "attention",
-        Arc::new(DecodeWork {
-            n_heads: 9,
-            n_kv_heads: 3,
-            head_dim: 64,
-            kv_len: 256,
-        }),
-    ));
+    for (op, kv_type) in [
+        ("attention_decode", KvType::F16),
+        ("attention_decode_kv_q8", KvType::Q8_0),
+    ] {
+        v.push(case(
+            op,
+            "attention",
+            Arc::new(DecodeWork {
+                n_heads: 9,
+                n_kv_heads: 3,
+                head_dim: 64,
+                kv_len: 256,
+                kv_type,
+            }),
+        ));
+    }
     v.push(case(
         "gemm_q8_0",
         "q",

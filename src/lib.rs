@@ -40,4 +40,4 @@ pub mod tools;
 pub use engine::{Engine, EngineOptions};
 pub use error::{Error, Result};
 pub use model::{LoadOptions, Model};
-pub use runtime::{GenerateParams, SamplingParams, Session, Token};
+pub use runtime::{GenerateParams, KvType, SamplingParams, Session, SessionOptions, Token};

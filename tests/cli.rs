@@ -1,6 +1,7 @@
 //! The `wick` binary as a newcomer meets it: `wick run TEXT` answers through the model's chat
-//! template, `--raw` completes the text as given, `--system` adds a system turn, and no
-//! loader noise reaches stderr on a machine without `XDG_RUNTIME_DIR`.
+//! template, `--raw` completes the text as given, `--system` adds a system turn, `--kv-type`
+//! picks the KV cache (and names itself when given a bad value), and no loader noise reaches
+//! stderr on a machine without `XDG_RUNTIME_DIR`.
 //!
 //! The prompt tests need the real SmolLM2-135M-Instruct (it has a chat template); without it
 //! they pass vacuously unless `WICK_REQUIRE_MODEL=1` (as in CI).
@@ -113,5 +114,71 @@ fn no_loader_noise_without_xdg_runtime_dir() {
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("adapter 0"),
         "wick info listed no adapter"
+    );
+}
+
+/// `--kv-type` takes f16 or q8_0 on `run`, `chat` and `bench`; anything else is refused
+/// before any model is loaded, with the flag, the value and the accepted ones named.
+#[test]
+fn unknown_kv_type_is_refused_naming_the_flag() {
+    let llama = common::shared().join("goldens/synthetic/llama_gqa");
+    let llama = llama.to_str().unwrap();
+    for args in [
+        &["run", "-m", llama, "--ids", "1,2", "--kv-type", "q4_0"][..],
+        &["chat", "-m", llama, "--kv-type", "int8"],
+        &["bench", "--synthetic", "smollm2-135m", "--kv-type", "fp8"],
+    ] {
+        let out = wick(args);
+        assert!(!out.status.success(), "wick {args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let value = args.last().unwrap();
+        assert!(
+            err.contains("--kv-type")
+                && err.contains(&format!("\"{value}\""))
+                && err.contains("f16 or q8_0"),
+            "wick {args:?}: stderr: {err}"
+        );
+    }
+}
+
+/// `wick run --kv-type q8_0` decodes with the q8_0 cache and says so (JSON and the summary).
+#[test]
+fn run_with_a_q8_0_kv_cache() {
+    let llama = common::shared().join("goldens/synthetic/llama_gqa");
+    let args = [
+        "run",
+        "-m",
+        llama.to_str().unwrap(),
+        "--ids",
+        "1,2,3",
+        "-n",
+        "4",
+        "--ignore-eos",
+        "--ctx",
+        "64",
+        "--json",
+    ];
+    let mut kv = Vec::new();
+    for kv_type in ["f16", "q8_0"] {
+        let mut a = args.to_vec();
+        a.extend(["--kv-type", kv_type]);
+        let out = wick(&a);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "wick {a:?} failed: {err}");
+        assert!(err.contains(&format!("{kv_type} KV cache")), "{err}");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["stats"]["kv_type"], kv_type);
+        assert_eq!(ids(&v, "ids").len(), 4);
+        kv.push(v["stats"]["gpu_memory"].clone());
+    }
+    // The session reserves the cache it holds: llama_gqa has 4 layers of 2 KV heads of 32,
+    // so K and V at 64 positions take 64 bytes a row as f16, 32 codes + one f32 scale as q8_0.
+    let session = |v: &Value| v["session_bytes"].as_u64().unwrap();
+    assert_eq!(
+        session(&kv[0]) - session(&kv[1]),
+        2 * 4 * 2 * 64 * (64 - 36),
+        "gpu_memory f16: {}, q8_0: {}",
+        kv[0],
+        kv[1]
     );
 }

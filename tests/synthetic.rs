@@ -15,7 +15,7 @@ use serde_json::Value;
 use wick::gpu::GpuOptions;
 use wick::model::export::quantize_to_gguf;
 use wick::quant::GgmlType;
-use wick::{Engine, EngineOptions, GenerateParams, LoadOptions, Model, Session};
+use wick::{Engine, EngineOptions, GenerateParams, KvType, LoadOptions, Model, Session};
 
 pub mod common;
 
@@ -648,6 +648,125 @@ fn int_dot_decode_matches_the_float_decode() {
     }
 }
 
+// A q8_0 KV cache rounds each value to 1/254 of its block's max|x| (rms ~0.5% of a row of
+// normal values, against ~0.03% for f16: ~17x), and on these 4-layer models whose head_dim 32
+// is one block that error reaches the logits nearly whole: the f16 engine's 0.0047 distance
+// to the goldens (mostly its f16 cache rounding) becomes ~0.08 at a logit scale of ~5. A
+// stale, missing or mis-scaled block moves logits by O(1).
+
+/// Bound on max |logit - golden| with a q8_0 KV cache: measured on lavapipe 0.081 (llama_gqa),
+/// 0.082 (qwen2_bias_tied), 0.065 (qwen3_qknorm); bound 3x the largest. Also the greedy
+/// margin: ids must match the goldens' up to the first step whose margin is below it.
+const Q8_KV_GOLDEN_TOL: f32 = 0.25;
+
+/// Bound on max |logit(q8_0 KV cache) - logit(f16 KV cache)| over 60 positions of a random
+/// prompt and its greedy continuation: measured on lavapipe up to 0.155 (8 runs of the 3
+/// models; max |logit| ~5); bound 2.6x that.
+const Q8_KV_TOL: f32 = 0.4;
+
+fn load_kv(path: &Path, ctx: usize, kv_type: KvType) -> Model {
+    Model::load(
+        engine(),
+        path,
+        LoadOptions {
+            ctx: Some(ctx),
+            kv_type,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+/// The checkpoints with a q8_0 KV cache (`--kv-type q8_0`) against the goldens at every
+/// position of both prompts, by decode steps and by one prefill (so the fused RoPE + q8_0
+/// write and attention over the cache in both forms), and greedy ids up to the first golden
+/// margin below the bound.
+#[test]
+fn q8_kv_cache_matches_goldens() {
+    for name in ["llama_gqa", "qwen2_bias_tied", "qwen3_qknorm"] {
+        let model = load_kv(&dir(name), 128, KvType::Q8_0);
+        assert_eq!(Session::new(&model).unwrap().kv_type(), KvType::Q8_0);
+        let label = format!("{name} q8_0 KV");
+        check_model(name, &label, &model, Q8_KV_GOLDEN_TOL, Q8_KV_GOLDEN_TOL);
+    }
+    // A head_dim that is not whole 32-value blocks is refused before anything is allocated.
+    let mut cfg = load(&dir("llama_gqa"), 16).config().clone();
+    cfg.head_dim = 48;
+    let e = wick::runtime::kv_cache::KvCache::new(engine().gpu(), &cfg, 16, KvType::Q8_0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("multiple of 32") && e.contains("48"), "{e}");
+}
+
+/// A q8_0 KV cache against the f16 one on the same weights and tokens: a random prompt and 40
+/// greedy steps, teacher-forced (the f16 run's ids fed to both), logits within
+/// [`Q8_KV_TOL`] at every position, for the fused decode step (RoPE + q8_0 write in one
+/// dispatch) and the plain one (RoPE, then the q8_0 kv_write). Then free-running greedy
+/// decode: the same ids up to the first step whose top-1/top-2 margin is within twice the
+/// measured logit difference (where rounding may legitimately flip the choice).
+#[test]
+fn q8_kv_cache_decodes_like_f16() {
+    use wick::runtime::DecodeFusion;
+    use wick::SessionOptions;
+    let steps = 40;
+    for name in ["llama_gqa", "qwen2_bias_tied", "qwen3_qknorm"] {
+        let model = load(&dir(name), 128);
+        let session = |kv_type, fusion| {
+            Session::with_options(
+                &model,
+                SessionOptions {
+                    ctx: 128,
+                    kv_type,
+                    fusion,
+                },
+            )
+            .unwrap()
+        };
+        let mut f16 = session(KvType::F16, DecodeFusion::ALL);
+        let prompt: Vec<u32> = (0..20).map(|_| rand::random::<u32>() % 512).collect();
+        let trace = f16.greedy_trace(&prompt, steps).unwrap();
+        let mut ids = prompt.clone();
+        ids.extend(trace.iter().map(|(id, _)| id));
+        let want = f16.logits_all(&ids).unwrap();
+        let mut worst = 0.0f32;
+        for (label, fusion) in [("fused", DecodeFusion::ALL), ("plain", DecodeFusion::NONE)] {
+            let got = session(KvType::Q8_0, fusion).logits_all(&ids).unwrap();
+            for (pos, (g, w)) in got.iter().zip(&want).enumerate() {
+                let d = max_abs_diff(g, w);
+                assert!(
+                    d < Q8_KV_TOL,
+                    "{name} {label} position {pos}: max |q8_0 - f16 KV logit| = {d} (bound {Q8_KV_TOL})"
+                );
+                worst = worst.max(d);
+            }
+        }
+        let q8 = session(KvType::Q8_0, DecodeFusion::ALL)
+            .greedy_trace(&prompt, steps)
+            .unwrap();
+        let mut same = 0;
+        for (step, ((iq, lq), (i16, l16))) in q8.iter().zip(&trace).enumerate() {
+            let d = max_abs_diff(lq, l16);
+            if iq != i16 {
+                let mut top = l16.clone();
+                top.sort_by(|x, y| y.total_cmp(x));
+                assert!(
+                    top[0] - top[1] < 2.0 * d,
+                    "{name} step {step}: greedy {iq} (q8_0) vs {i16} (f16), margin {} > 2 x {d}",
+                    top[0] - top[1]
+                );
+                break;
+            }
+            same += 1;
+        }
+        let scale = want.iter().flatten().fold(0.0f32, |m, v| m.max(v.abs()));
+        eprintln!(
+            "{name}: max |q8_0 - f16 KV logit| over {} positions: {worst} (bound {Q8_KV_TOL}, \
+             max |logit| {scale}); greedy ids equal for {same} of {steps} steps",
+            ids.len()
+        );
+    }
+}
+
 /// `wick bench --depth`: decode and prefill are timed after the cached context, the report
 /// counts its KV bytes, and a context too short for the depth is refused naming both numbers.
 #[test]
@@ -675,6 +794,23 @@ fn bench_at_depth_times_tests_after_the_cached_context() {
     let cfg = model.config();
     let kv = 2 * cfg.n_layers as u64 * cfg.kv_dim() as u64 * 2 * (60 + 4 / 2 + 1);
     assert_eq!(r.decode_bytes_per_token, r.weight_bytes + kv);
+    assert_eq!(r.kv_type, KvType::F16);
+    // With a q8_0 cache (`--kv-type q8_0`): head_dim 32 is one block, so a row of 32 values
+    // is 32 code bytes and one f32 scale, 36 bytes instead of 64.
+    let q8 = load_kv(&dir("llama_gqa"), o.context(), KvType::Q8_0);
+    let r8 = model_bench::run(&q8, "llama_gqa", "f32", &o).unwrap();
+    assert_eq!(r8.kv_type, KvType::Q8_0);
+    assert_eq!(
+        r8.decode_bytes_per_token - r8.weight_bytes,
+        kv / 64 * 36,
+        "q8_0 KV bytes per token"
+    );
+    // The report says so in JSON; a report from before the field reads as f16.
+    let mut j = serde_json::to_value(&r8).unwrap();
+    assert_eq!(j["kv_type"], "q8_0");
+    j.as_object_mut().unwrap().remove("kv_type");
+    let old: model_bench::BenchReport = serde_json::from_value(j).unwrap();
+    assert_eq!(old.kv_type, KvType::F16);
 
     let short = load(&dir("llama_gqa"), 100);
     let e = model_bench::run(&short, "llama_gqa", "f32", &o)

@@ -10,6 +10,12 @@
 // The cache is f16 [n_kv_heads][capacity][head_dim] packed two halves per u32 word. Per-row key
 // limits (exclusive key ends) give causal masking; keys at or past the workgroup's key_end are
 // never read, so stale or poisoned cache words beyond the live length cannot leak in.
+// KV_Q8 (define): the cache is q8_0 instead (layout: kv_q8.wgsl). A staged K or V row then
+// holds the key's HD / 4 code words followed by its HD / 32 f32 scales (fewer words than an
+// f16 row, so the f16 plan's tiles fit), and the dot products dequantise from them in f32:
+// scores sum code x q per 32-value block, then scale; output words take scale x code. The
+// kernel calls kv_q8_head(KV head, capacity, KV heads) before attend, whose kv_base (an f16
+// word offset) it then ignores.
 //
 // Sizes are override constants chosen on the host from the device limits: HD (head_dim, even),
 // HW = HD / 2, ROWS, T (keys per tile), WG (invocations) and ACC (output words per
@@ -57,6 +63,39 @@ var<workgroup> smem: array<u32, 4096>;
 
 var<private> acc: array<vec2<f32>, MAX_ACC>;
 
+#ifdef KV_Q8
+// The KV head's first cache row and the first word of the scales plane.
+var<private> kvq_row0: u32;
+var<private> kvq_scales: u32;
+
+fn kv_q8_head(kvh: u32, capacity: u32, n_kv_heads: u32) {
+    kvq_row0 = kvh * capacity;
+    kvq_scales = n_kv_heads * capacity * (HD / 4u);
+}
+
+// Score of query row words qb.. against the staged key row at kb (codes, then scales).
+fn kv_q8_dot(qb: u32, kb: u32) -> f32 {
+    var d = 0.0;
+    for (var b = 0u; b < HD / 32u; b++) {
+        var db = 0.0;
+        for (var u = 0u; u < 8u; u++) {
+            let c = vec4<f32>(unpack4xI8(smem[kb + 8u * b + u]));
+            let qi = qb + 16u * b + 2u * u;
+            db += dot(vec4(q_get(qi), q_get(qi + 1u)), c);
+        }
+        d += db * bitcast<f32>(smem[kb + HD / 4u + b]);
+    }
+    return d;
+}
+
+// Output word w (values 2w, 2w + 1) of the staged value row at vb.
+fn kv_q8_pair(vb: u32, w: u32) -> vec2<f32> {
+    let c = vec4<f32>(unpack4xI8(smem[vb + w / 2u]));
+    let pair = select(c.xy, c.zw, (w & 1u) != 0u);
+    return pair * bitcast<f32>(smem[vb + HD / 4u + w / 16u]);
+}
+#endif
+
 fn q_get(i: u32) -> vec2<f32> {
     return vec2(bitcast<f32>(smem[Q_OFF + 2u * i]), bitcast<f32>(smem[Q_OFF + 2u * i + 1u]));
 }
@@ -86,6 +125,25 @@ fn attend(kv_base: u32, key_start: u32, key_end: u32, lid: u32) {
     workgroupBarrier();
     for (var t0 = key_start; t0 < key_end; t0 += T) {
         let n = min(T, key_end - t0);
+#ifdef KV_Q8
+        // Codes then scales of each key, into the K and V rows.
+        let qw = HD / 4u;
+        let rw = qw + HD / 32u;
+        for (var f = lid; f < T * rw; f += WG) {
+            let j = f / rw;
+            let w = f - j * rw;
+            var kw = 0u;
+            var vw = 0u;
+            if (j < n) {
+                let row = kvq_row0 + t0 + j;
+                let src = select(kvq_scales + row * (HD / 32u) + w - qw, row * qw + w, w < qw);
+                kw = cache_k[src];
+                vw = cache_v[src];
+            }
+            smem[K_OFF + j * KSTRIDE + w] = kw;
+            smem[V_OFF + j * HW + w] = vw;
+        }
+#else
         for (var f = lid; f < T * HW; f += WG) {
             let j = f / HW;
             let w = f - j * HW;
@@ -99,6 +157,7 @@ fn attend(kv_base: u32, key_start: u32, key_end: u32, lid: u32) {
             smem[K_OFF + j * KSTRIDE + w] = kw;
             smem[V_OFF + f] = vw;
         }
+#endif
         workgroupBarrier();
 
         for (var e = lid; e < ROWS * T; e += WG) {
@@ -106,6 +165,9 @@ fn attend(kv_base: u32, key_start: u32, key_end: u32, lid: u32) {
             let j = e - r * T;
             var s = NEG;
             if (j < n && t0 + j < smem[E_OFF + r]) {
+#ifdef KV_Q8
+                s = kv_q8_dot(r * HW, K_OFF + j * KSTRIDE);
+#else
                 var d = 0.0;
                 let qb = r * HW;
                 let kb = K_OFF + j * KSTRIDE;
@@ -113,6 +175,7 @@ fn attend(kv_base: u32, key_start: u32, key_end: u32, lid: u32) {
                     d += dot(q_get(qb + w), unpack2x16float(smem[kb + w]));
                 }
                 s = d;
+#endif
             }
             f_set(S_OFF + e, s);
         }
@@ -147,7 +210,11 @@ fn attend(kv_base: u32, key_start: u32, key_end: u32, lid: u32) {
                 let w = f - r * HW;
                 var o = acc[a] * f_get(A_OFF + r);
                 for (var j = 0u; j < n; j++) {
+#ifdef KV_Q8
+                    o += f_get(S_OFF + r * T + j) * kv_q8_pair(V_OFF + j * HW, w);
+#else
                     o += f_get(S_OFF + r * T + j) * unpack2x16float(smem[V_OFF + j * HW + w]);
+#endif
                 }
                 acc[a] = o;
             }

@@ -88,6 +88,9 @@ fn attention_decode(
     for (var r = lid; r < ROWS; r += WG) {
         smem[E_OFF + r] = key_end;
     }
+#ifdef KV_Q8
+    kv_q8_head(kvh, p.capacity, p.n_heads / G);
+#endif
     attend(kvh * p.capacity * HW, key_start, key_end, lid);
 
     for (var a = 0u; a < ACC; a++) {

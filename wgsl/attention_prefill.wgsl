@@ -62,6 +62,9 @@ fn attention_prefill(
         let t = t_first + r / G;
         smem[E_OFF + r] = select(0u, step.pos + t + 1u, t < n_tokens);
     }
+#ifdef KV_Q8
+    kv_q8_head(kvh, p.capacity, p.n_heads / G);
+#endif
     attend(kvh * p.capacity * HW, 0u, key_end, lid);
 
     for (var a = 0u; a < ACC; a++) {

@@ -97,6 +97,9 @@ struct RunArgs {
     /// Kernel variants: portable, native, auto.
     #[arg(long, default_value = "auto")]
     kernels: String,
+    /// KV-cache type: f16 or q8_0 (as for `wick run`).
+    #[arg(long, default_value = "f16")]
+    kv_type: String,
     /// Decode with sampling at this temperature (0: greedy argmax).
     #[arg(long, default_value_t = 0.0)]
     temp: f32,
@@ -141,6 +144,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
 fn bench_model(a: RunArgs) -> Result<()> {
     let kernels: KernelChoice = a.kernels.parse()?;
+    let kv_type = super::common::parse_kv_type(&a.kv_type)?;
     let engine = Engine::with_options(EngineOptions {
         kernels,
         ..Default::default()
@@ -186,6 +190,7 @@ fn bench_model(a: RunArgs) -> Result<()> {
                 LoadOptions {
                     ctx,
                     quantize: None,
+                    kv_type,
                     ..Default::default()
                 },
             )?;
@@ -199,6 +204,7 @@ fn bench_model(a: RunArgs) -> Result<()> {
                 LoadOptions {
                     ctx,
                     quantize: quant,
+                    kv_type,
                     progress: super::common::load_progress_bar(false),
                 },
             )?;
@@ -246,12 +252,13 @@ fn rows(r: &BenchReport) -> Vec<(String, &bench::Measurement)> {
 }
 
 fn print_csv(r: &BenchReport) {
-    println!("model,quant,adapter,backend,test,tok_s,ci95,spread_pct,runs,dispatches_per_token,submits_per_token,read_ceiling_gb_s,decode_roofline_share,decode_slope_tok_s");
+    println!("model,quant,kv_type,adapter,backend,test,tok_s,ci95,spread_pct,runs,dispatches_per_token,submits_per_token,read_ceiling_gb_s,decode_roofline_share,decode_slope_tok_s");
     for (test, m) in rows(r) {
         println!(
-            "{},{},\"{}\",{},{},{:.2},{:.2},{:.2},{},{:.1},{:.2},{:.1},{:.4},{}",
+            "{},{},{},\"{}\",{},{},{:.2},{:.2},{:.2},{},{:.1},{:.2},{:.1},{:.4},{}",
             r.model,
             r.quant,
+            r.kv_type,
             r.adapter,
             r.backend,
             test,
@@ -288,6 +295,7 @@ fn print_table(r: &BenchReport) {
     }
     println!();
     println!("adapter: {} ({})", r.adapter, r.backend);
+    println!("KV cache: {}", r.kv_type);
     if let Some(p) = r.sampler {
         println!("decode token choice: {p:?}");
     }
@@ -356,6 +364,12 @@ fn compare(before: &PathBuf, after: &PathBuf) -> Result<()> {
         if vb != va {
             println!("note: the runs differ in {what} ({vb} before, {va} after)");
         }
+    }
+    if b.kv_type != a.kv_type {
+        println!(
+            "note: the runs differ in KV-cache type ({} before, {} after)",
+            b.kv_type, a.kv_type
+        );
     }
     println!("| metric | before | after | after/before |\n| --- | ---: | ---: | ---: |");
     let after_rows = bench::comparable(&a);

@@ -25,6 +25,10 @@ pub struct ModelArgs {
     /// are kept as stored.
     #[arg(long)]
     pub quantize: Option<String>,
+    /// KV-cache type: f16, or q8_0 (int8 with a scale per 32 values: 0.56x the bytes, for
+    /// long contexts; head_dim must be a multiple of 32).
+    #[arg(long, default_value = "f16")]
+    pub kv_type: String,
     /// No progress bar while the weights load (it is drawn on stderr only when stderr is a
     /// terminal).
     #[arg(short, long)]
@@ -33,8 +37,10 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn load(&self) -> Result<(Engine, Model)> {
-        let path = source::resolve(self.model.as_deref())?;
+        // Flags first: a bad value is reported before any download or GPU work.
+        let kv_type = parse_kv_type(&self.kv_type)?;
         let kernels: KernelChoice = self.kernels.parse()?;
+        let path = source::resolve(self.model.as_deref())?;
         let engine = Engine::with_options(EngineOptions {
             kernels,
             ..Default::default()
@@ -50,11 +56,20 @@ impl ModelArgs {
             LoadOptions {
                 ctx: self.ctx,
                 quantize,
+                kv_type,
                 progress: load_progress_bar(self.quiet),
             },
         )?;
         Ok((engine, model))
     }
+}
+
+/// `--kv-type`'s value, with an error naming the flag.
+pub fn parse_kv_type(s: &str) -> Result<wick::KvType> {
+    s.parse().map_err(|e| match e {
+        wick::Error::InvalidArgument(m) => wick::Error::InvalidArgument(format!("--kv-type: {m}")),
+        e => e,
+    })
 }
 
 /// Parses `1,2,3` (spaces allowed).

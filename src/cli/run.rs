@@ -126,6 +126,7 @@ pub fn run(a: RunArgs) -> Result<()> {
                     "blocking_waits_per_token": st.blocking_waits_per_token(),
                     "gpu_bound_waits_per_token": st.gpu_bound_waits_per_token(),
                     "sampler": st.sampler,
+                    "kv_type": session.kv_type(),
                     "truncated_draws": st.truncated_draws,
                     "stop_reason": st.stop_reason,
                     "adapter": caps.adapter_name,
@@ -137,7 +138,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         );
     }
     eprintln!(
-        "wick: prompt {} tokens, prefill {:.1} tok/s | generated {} tokens, decode {:.1} tok/s | {:.2} submits, {:.0} dispatches, {:.2} blocking waits, {:.2} GPU-bound waits per token | sampler {} | {} ({})",
+        "wick: prompt {} tokens, prefill {:.1} tok/s | generated {} tokens, decode {:.1} tok/s | {:.2} submits, {:.0} dispatches, {:.2} blocking waits, {:.2} GPU-bound waits per token | sampler {} | {} KV cache | {} ({})",
         st.prompt_tokens,
         st.prefill_tok_s(),
         st.generated_tokens,
@@ -151,6 +152,7 @@ pub fn run(a: RunArgs) -> Result<()> {
             Some(wick::runtime::Picker::Cpu) => "cpu",
             _ => "greedy",
         },
+        session.kv_type(),
         caps.adapter_name,
         caps.backend
     );

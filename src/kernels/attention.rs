@@ -1,4 +1,5 @@
-//! Attention over the f16 KV cache: split-KV decode (flash-decoding) and causal prefill.
+//! Attention over the KV cache (f16 or q8_0, [`KvType`]): split-KV decode (flash-decoding) and
+//! causal prefill.
 //!
 //! Both kernels share `wgsl/attention_core.wgsl`: a workgroup owns one KV head and the query
 //! rows that read it (the GQA group for decode; a block of tokens x the group for prefill),
@@ -10,20 +11,24 @@
 //! Decode pass 1 has native variants (`vulkan_overrides/attention_decode.comp`,
 //! `metal_overrides/attention_decode.metal`) for the head dims and GQA groups the models use;
 //! they bind the same layout and write the same partials, so the WGSL merge pass serves both.
+//! They read an f16 cache only: over a q8_0 cache decode and prefill are the ops
+//! `attention_decode_kv_q8` and `attention_prefill_kv_q8` (the WGSL with `KV_Q8`), which have
+//! no native variant.
 
 use bytemuck::{Pod, Zeroable};
 
 use super::args::need_bytes;
 use super::family::Family;
-use super::kv_cache::{check_step, CacheShape, KvPair};
+use super::kv_cache::{check_step, CacheShape, KvPair, KvType};
 use super::{Binding, Dispatch, KernelSpec, Kernels, NativeKernel, NativeNeeds};
 use crate::error::{Error, Result};
 use crate::gpu::{AdapterClass, Capabilities};
 
 pub mod cases;
 
-/// The attention family: split-KV decode (pass 1 and the merge pass) and causal prefill;
-/// native decode pass 1 for [`NATIVE_HEAD_DIMS`] and GQA groups up to [`NATIVE_MAX_GROUP`].
+/// The attention family: split-KV decode (pass 1 and the merge pass) and causal prefill, over
+/// an f16 or a q8_0 cache; native decode pass 1 for [`NATIVE_HEAD_DIMS`] and GQA groups up to
+/// [`NATIVE_MAX_GROUP`] over an f16 cache.
 pub static FAMILY: Family = Family {
     name: "attention",
     wgsl: &["attention_decode", "attention_prefill"],
@@ -50,7 +55,9 @@ fn native_coverage() -> String {
     let dims: Vec<String> = NATIVE_HEAD_DIMS.iter().map(|d| d.to_string()).collect();
     format!(
         "decode pass 1 at head_dim {} with up to {NATIVE_MAX_GROUP} query heads per KV head \
-         (Metal: Apple GPUs); other shapes, the merge pass and prefill run the portable kernel",
+         over an f16 KV cache (Metal: Apple GPUs); other shapes, a q8_0 KV cache \
+         (attention_decode_kv_q8, attention_prefill_kv_q8), the merge pass and prefill run \
+         the portable kernel",
         dims.join(", ")
     )
 }
@@ -62,25 +69,37 @@ pub fn native_specs() -> Vec<KernelSpec> {
     NATIVE_HEAD_DIMS
         .iter()
         .filter_map(|&hd| {
-            portable_decode_spec(&NATIVE_PLAN_CAPS, 8, 2, hd, false).map(|s| with_native(s, hd))
+            portable_decode_spec(&NATIVE_PLAN_CAPS, 8, 2, hd, false, KvType::F16)
+                .map(|s| with_native(s, hd))
         })
         .collect()
 }
 
 /// A pass-1 decode and a prefill spec for each workgroup-memory size the planner can choose
-/// (with and without `SMALL_SMEM`), under the WebGPU default limits. Their op names and
-/// preprocessor defines are those of every attention pipeline the registry builds (the
-/// override constants depend on the device and the head shape).
+/// (with and without `SMALL_SMEM`) and each cache type, under the WebGPU default limits. Their
+/// op names and preprocessor defines are those of every attention pipeline the registry builds
+/// (the override constants depend on the device and the head shape).
 fn planned_specs() -> Vec<KernelSpec> {
     let mut v = Vec::new();
-    for small in [false, true] {
-        let mut p = plan(NATIVE_PLAN_CAPS, 8, 64, 4).expect("8 rows of head dim 64 fit");
-        p.small = small;
-        for name in ["attention_decode", "attention_prefill"] {
-            v.push(core_spec(name, name, name, p, 8));
+    for kv_type in KvType::ALL {
+        for small in [false, true] {
+            let mut p = plan(NATIVE_PLAN_CAPS, 8, 64, 4).expect("8 rows of head dim 64 fit");
+            p.small = small;
+            for name in ["attention_decode", "attention_prefill"] {
+                v.push(core_spec(name, name, p, 8, kv_type));
+            }
         }
     }
     v
+}
+
+/// The op of attention pass `family` (`attention_decode`, `attention_prefill`) over a cache of
+/// `kv_type`: the family's name, with `_kv_q8` for a q8_0 cache (no native variant).
+pub fn op_name(family: &str, kv_type: KvType) -> String {
+    match kv_type {
+        KvType::F16 => family.to_string(),
+        KvType::Q8_0 => format!("{family}_kv_q8"),
+    }
 }
 
 /// Head dims of the native decode kernels (`vulkan_overrides/attention_decode.comp` builds one
@@ -265,17 +284,18 @@ fn plan(caps: PlanLimits, rows: usize, head_dim: usize, min_tile: usize) -> Opti
     Some(p)
 }
 
+/// The spec of pass `family` (entry of the same name) over a cache of `kv_type`.
 fn core_spec(
-    op: &str,
     family: &'static str,
     entry: &'static str,
     p: Plan,
     group: usize,
+    kv_type: KvType,
 ) -> KernelSpec {
     let hw = p.head_dim / 2;
     let off = p.offsets();
     let mut spec = KernelSpec::new(
-        op,
+        op_name(family, kv_type),
         family,
         entry,
         &[
@@ -306,6 +326,9 @@ fn core_spec(
     if p.small {
         spec = spec.define("SMALL_SMEM");
     }
+    if kv_type == KvType::Q8_0 {
+        spec = spec.define("KV_Q8");
+    }
     spec
 }
 
@@ -319,6 +342,8 @@ pub struct AttentionShape {
     pub capacity: usize,
     /// Score scale (1 / sqrt(head_dim) unless the model says otherwise).
     pub scale: f32,
+    /// How the cache stores keys and values.
+    pub kv_type: KvType,
 }
 
 impl AttentionShape {
@@ -328,6 +353,7 @@ impl AttentionShape {
             n_kv_heads: self.n_kv_heads,
             head_dim: self.head_dim,
             capacity: self.capacity,
+            kv_type: self.kv_type,
         }
     }
 
@@ -406,19 +432,21 @@ pub struct DecodeAttention {
     pub n_splits: usize,
 }
 
-/// Pass-1 spec for a decode attention geometry (`None` if the group does not fit the portable
-/// kernel). It carries the native kernels when they cover the shape: head_dim in
-/// [`NATIVE_HEAD_DIMS`] and at most [`NATIVE_MAX_GROUP`] heads per KV head; whether this
-/// device runs them is the registry's choice ([`super::native_unavailable`]).
+/// Pass-1 spec for a decode attention geometry over a cache of `kv_type` (`None` if the group
+/// does not fit the portable kernel). Over an f16 cache it carries the native kernels when
+/// they cover the shape: head_dim in [`NATIVE_HEAD_DIMS`] and at most [`NATIVE_MAX_GROUP`]
+/// heads per KV head; whether this device runs them is the registry's choice
+/// ([`super::native_unavailable`]). Over a q8_0 cache it has none: the WGSL kernel runs.
 pub fn decode_spec(
     caps: &Capabilities,
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
     direct: bool,
+    kv_type: KvType,
 ) -> Option<KernelSpec> {
-    let spec = portable_decode_spec(&caps.into(), n_heads, n_kv_heads, head_dim, direct)?;
-    if n_heads / n_kv_heads <= NATIVE_MAX_GROUP {
+    let spec = portable_decode_spec(&caps.into(), n_heads, n_kv_heads, head_dim, direct, kv_type)?;
+    if kv_type == KvType::F16 && n_heads / n_kv_heads <= NATIVE_MAX_GROUP {
         return Some(with_native(spec, head_dim));
     }
     Some(spec)
@@ -430,18 +458,13 @@ fn portable_decode_spec(
     n_kv_heads: usize,
     head_dim: usize,
     direct: bool,
+    kv_type: KvType,
 ) -> Option<KernelSpec> {
     let group = n_heads / n_kv_heads;
     let p = plan(*caps, group, head_dim, 4)?;
     Some(
-        core_spec(
-            "attention_decode",
-            "attention_decode",
-            "attention_decode",
-            p,
-            group,
-        )
-        .constant("DIRECT", direct as u32),
+        core_spec("attention_decode", "attention_decode", p, group, kv_type)
+            .constant("DIRECT", direct as u32),
     )
 }
 
@@ -482,7 +505,7 @@ pub fn attention_decode(
         return Err(Error::Shape(format!("{what}: {n_splits} splits")));
     }
     let direct = n_splits == 1;
-    let spec = decode_spec(caps, n_heads, n_kv_heads, head_dim, direct).ok_or_else(|| {
+    let spec = decode_spec(caps, n_heads, n_kv_heads, head_dim, direct, shape.kv_type).ok_or_else(|| {
         Error::Unsupported(format!(
             "{what}: a GQA group of {} heads x head_dim {head_dim} does not fit in {} bytes of workgroup memory",
             shape.group(),
@@ -595,13 +618,15 @@ pub fn choose_splits(caps: &Capabilities, n_kv_heads: usize, capacity: usize) ->
         .max(1)
 }
 
-/// Pass spec and tokens per workgroup for prefill attention (`None` if nothing fits).
+/// Pass spec and tokens per workgroup for prefill attention over a cache of `kv_type` (`None`
+/// if nothing fits).
 pub fn prefill_spec(
     caps: &Capabilities,
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
     max_tokens: usize,
+    kv_type: KvType,
 ) -> Option<(KernelSpec, usize)> {
     let group = n_heads / n_kv_heads;
     let max_bq = (MAX_PREFILL_ROWS / group).clamp(1, max_tokens.max(1));
@@ -611,14 +636,8 @@ pub fn prefill_spec(
         .rev()
         .find_map(|bq| plan(caps.into(), bq * group, head_dim, 16).map(|p| (bq, p)))
         .or_else(|| plan(caps.into(), group, head_dim, 4).map(|p| (1, p)))?;
-    let spec = core_spec(
-        "attention_prefill",
-        "attention_prefill",
-        "attention_prefill",
-        p,
-        group,
-    )
-    .constant("BQ", bq as u32);
+    let spec = core_spec("attention_prefill", "attention_prefill", p, group, kv_type)
+        .constant("BQ", bq as u32);
     Some((spec, bq))
 }
 
@@ -639,7 +658,7 @@ pub fn attention_prefill(
     let (n_heads, n_kv_heads, head_dim) = (shape.n_heads, shape.n_kv_heads, shape.head_dim);
     let caps = &k.gpu.caps;
     let (spec, bq) =
-        prefill_spec(caps, n_heads, n_kv_heads, head_dim, max_tokens).ok_or_else(|| {
+        prefill_spec(caps, n_heads, n_kv_heads, head_dim, max_tokens, shape.kv_type).ok_or_else(|| {
             Error::Unsupported(format!(
                 "{what}: a GQA group of {} heads x head_dim {head_dim} does not fit in {} bytes of workgroup memory",
                 shape.group(),

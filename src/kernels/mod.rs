@@ -155,11 +155,17 @@ pub fn native_specs() -> Vec<KernelSpec> {
 }
 
 /// The pipelines `wick kernels check` checks: every one with a native variant (portable
-/// against native), and every pipeline of the integer-dot GEMV, which has no natives yet and
-/// is checked against its reference alone.
+/// against native), and every pipeline of the integer-dot GEMV and of attention over a q8_0
+/// KV cache (`KV_Q8`), which have no natives yet and are checked against their reference
+/// alone.
 pub fn checked_specs() -> Vec<KernelSpec> {
     let mut v = native_specs();
     v.extend((gemv_dot::FAMILY.pipelines)());
+    v.extend(
+        (attention::FAMILY.pipelines)()
+            .into_iter()
+            .filter(|s| s.defines.contains(&"KV_Q8")),
+    );
     v
 }
 

@@ -12,15 +12,21 @@ use bytemuck::{Pod, Zeroable};
 use super::args::need_bytes;
 use super::attention::AttentionShape;
 use super::family::Family;
-use super::kv_cache::{check_step, KvPair};
+use super::kv_cache::{check_step, KvPair, KvType};
 use super::{grid_1d, Binding, Dispatch, KernelSpec, Kernels};
 use crate::error::{Error, Result};
 
 /// RoPE in place, and RoPE fused with the KV-cache write.
 pub static FAMILY: Family = Family {
     name: "rope",
-    wgsl: &["rope", "rope_kv"],
-    pipelines: || vec![spec(), rope_kv_spec()],
+    wgsl: &["rope", "rope_kv", "rope_kv_q8"],
+    pipelines: || {
+        vec![
+            spec(),
+            rope_kv_spec(KvType::F16),
+            rope_kv_spec(KvType::Q8_0),
+        ]
+    },
     native_coverage: None,
     checks: None,
     bench: None,
@@ -146,10 +152,16 @@ pub struct RopeKvParams {
     pub _pad: [u32; 2],
 }
 
-pub fn rope_kv_spec() -> KernelSpec {
+/// The fused RoPE and write into a cache of `kv_type` (op `rope_kv`, or `rope_kv_q8` from
+/// `wgsl/rope_kv_q8.wgsl`).
+pub fn rope_kv_spec(kv_type: KvType) -> KernelSpec {
+    let (op, family) = match kv_type {
+        KvType::F16 => ("rope_kv", "rope_kv"),
+        KvType::Q8_0 => ("rope_kv_q8", "rope_kv_q8"),
+    };
     KernelSpec::new(
-        "rope_kv",
-        "rope_kv",
+        op,
+        family,
         "rope_kv",
         &[
             Binding::Uniform,
@@ -179,10 +191,13 @@ pub struct RopeKvBuffers<'a> {
     pub cache: KvPair<'a>,
 }
 
-/// RoPE on `q` (f32 `[tokens][n_heads * head_dim]`, in place) and `new.k` (`[tokens][n_kv_heads
-/// * head_dim]`, in place), then the rotated k and `new.v` written to the f16 caches at
-/// positions `step.pos..` (as [`super::kv_cache::kv_write`]): one dispatch instead of three.
-/// The whole head must rotate ([`rope_kv_supported`]).
+/// RoPE on `q` (f32 `[tokens][n_heads * head_dim]`, in place) and `new.k`
+/// (`[tokens][n_kv_heads * head_dim]`), then the rotated k and `new.v` written to the caches
+/// (of `heads.kv_type`) at positions `step.pos..` (as [`super::kv_cache::kv_write`]): one
+/// dispatch instead of three. The whole head must rotate ([`rope_kv_supported`]). With an f16
+/// cache `new.k` is rotated in place too; with a q8_0 cache it is left as it was (each
+/// block's invocation reads its values' RoPE partners from other blocks, so none may
+/// overwrite them), and the cache holds the only rotated keys.
 pub fn rope_kv(
     k: &Kernels,
     io: &RopeKvBuffers,
@@ -235,7 +250,7 @@ pub fn rope_kv(
     )?;
     let (q, kn, vn) = (io.q, io.new.k, io.new.v);
     k.dispatch(
-        &rope_kv_spec(),
+        &rope_kv_spec(heads.kv_type),
         &[
             &params,
             tables.step,

@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::formats::chat_template::{ChatMessage, ChatTemplate};
 use crate::formats::gguf::GgufFile;
 use crate::formats::tokenizer::Tokenizer;
+use crate::kernels::kv_cache::KvType;
 
 /// Options for [`Model::load`].
 #[derive(Debug, Clone, Default)]
@@ -31,6 +32,8 @@ pub struct LoadOptions {
     /// Quantise float matrices (f32/f16/bf16 checkpoints) to this type or mix while loading,
     /// as `wick quantize` would write them (`--quantize q8_0|q4_0|q4_k|q4_k_m|...`).
     pub quantize: Option<QuantTarget>,
+    /// How sessions' KV caches store keys and values (`--kv-type f16|q8_0`; default f16).
+    pub kv_type: KvType,
     /// Called as weights are read, converted and uploaded, with (bytes done, bytes in all)
     /// of the stored tensor data; the CLI draws its progress bar from it.
     pub progress: Option<LoadProgress>,
@@ -66,6 +69,7 @@ pub(crate) struct ModelInner {
     pub bos: Option<u32>,
     pub chat_template: Option<String>,
     pub ctx: usize,
+    pub kv_type: KvType,
 }
 
 /// What a checkpoint brings besides its tensors.
@@ -217,6 +221,12 @@ impl Model {
             Some(c) => c,
             None => cfg.context_len.min(DEFAULT_CTX_CAP),
         };
+        if let Some(p) = opts.kv_type.head_dim_problem(cfg.head_dim) {
+            return Err(Error::InvalidArgument(format!(
+                "--kv-type {}: {p}",
+                opts.kv_type
+            )));
+        }
         if let Some(w) = cfg.sliding_window {
             if ctx > w {
                 return Err(Error::InvalidArgument(format!(
@@ -237,6 +247,7 @@ impl Model {
                 bos,
                 chat_template,
                 ctx,
+                kv_type: opts.kv_type,
             }),
         })
     }
@@ -287,6 +298,11 @@ impl Model {
     /// Context capacity of new sessions.
     pub fn context(&self) -> usize {
         self.inner.ctx
+    }
+
+    /// How new sessions' KV caches store keys and values.
+    pub fn kv_type(&self) -> KvType {
+        self.inner.kv_type
     }
 
     pub fn engine(&self) -> &Engine {

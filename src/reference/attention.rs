@@ -1,28 +1,35 @@
-//! Attention reference over the f16 cache: scores, softmax and the weighted sum in f64, with
-//! K/V taken exactly as the cache stores them (f16).
+//! Attention reference over the cache: scores, softmax and the weighted sum in f64, with K/V
+//! taken exactly as the cache stores them (f16, or a q8_0 cache's dequantised f32 values), or
+//! as f32 values before any cache rounding.
 
 use half::f16;
 
-/// An f16 cache `[n_kv_heads][capacity][head_dim]` of keys and values, as the kernels store
-/// it.
+/// A cache `[n_kv_heads][capacity][head_dim]` of keys and values: f16 as the f16 cache stores
+/// them, or f32 (a q8_0 cache dequantised, or the unrounded values).
 #[derive(Debug, Clone, Copy)]
-pub struct Cache<'a> {
-    pub k: &'a [f16],
-    pub v: &'a [f16],
+pub struct Cache<'a, T = f16> {
+    pub k: &'a [T],
+    pub v: &'a [T],
     pub n_kv_heads: usize,
     pub head_dim: usize,
     pub capacity: usize,
 }
 
 /// One query row `q` (head_dim) against keys `0..n_keys` of KV head `kvh`, into `out`.
-fn attend_row(q: &[f32], c: &Cache, (kvh, n_keys): (usize, usize), scale: f32, out: &mut [f32]) {
+fn attend_row<T: Copy + Into<f64>>(
+    q: &[f32],
+    c: &Cache<T>,
+    (kvh, n_keys): (usize, usize),
+    scale: f32,
+    out: &mut [f32],
+) {
     let head_dim = c.head_dim;
-    let row = |c_: &[f16], j: usize| {
+    let row = |c_: &[T], j: usize| {
         let b = (kvh * c.capacity + j) * head_dim;
         c_[b..b + head_dim]
             .iter()
-            .map(|v| v.to_f64())
-            .collect::<Vec<_>>()
+            .map(|&v| v.into())
+            .collect::<Vec<f64>>()
     };
     let scores: Vec<f64> = (0..n_keys)
         .map(|j| {
@@ -46,9 +53,9 @@ fn attend_row(q: &[f32], c: &Cache, (kvh, n_keys): (usize, usize), scale: f32, o
 
 /// Decode: `q` f32 `[n_heads * head_dim]` against keys `0..kv_len`; GQA maps query head `h`
 /// to KV head `h / (n_heads / n_kv_heads)`.
-pub fn attention_decode(
+pub fn attention_decode<T: Copy + Into<f64>>(
     q: &[f32],
-    cache: &Cache,
+    cache: &Cache<T>,
     kv_len: usize,
     n_heads: usize,
     scale: f32,
@@ -58,9 +65,9 @@ pub fn attention_decode(
 
 /// Causal prefill: `q` f32 `[n_tokens][n_heads * head_dim]`, query `t` at position `pos + t`
 /// attends to keys `0..=pos + t`.
-pub fn attention_prefill(
+pub fn attention_prefill<T: Copy + Into<f64>>(
     q: &[f32],
-    cache: &Cache,
+    cache: &Cache<T>,
     (pos, n_tokens): (usize, usize),
     n_heads: usize,
     scale: f32,

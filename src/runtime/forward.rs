@@ -553,6 +553,7 @@ impl Forward {
                 head_dim: cfg.head_dim,
                 capacity: kv.capacity,
                 scale: cfg.attn_scale(),
+                kv_type: kv.kv_type,
             },
             rope: RopeShape {
                 head_dim: cfg.head_dim,

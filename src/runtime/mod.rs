@@ -10,7 +10,10 @@ pub mod session;
 pub mod stream;
 pub mod token_ring;
 
+pub use crate::kernels::kv_cache::KvType;
 pub use crate::kernels::StepParams;
 pub use forward::DecodeFusion;
 pub use sampling::SamplingParams;
-pub use session::{GenerateParams, Generation, Picker, Session, Stats, StopReason, Token};
+pub use session::{
+    GenerateParams, Generation, Picker, Session, SessionOptions, Stats, StopReason, Token,
+};

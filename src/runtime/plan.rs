@@ -3,7 +3,7 @@
 //! forward pass allocates to the same plan).
 
 use crate::gpu::Capabilities;
-use crate::kernels::kv_cache::cache_bytes;
+use crate::kernels::kv_cache::{cache_bytes, KvType};
 use crate::model::ModelConfig;
 
 /// Tokens per prefill chunk for short prompts and prompt tails: every chunk's GEMMs compute
@@ -30,7 +30,8 @@ pub fn prefill_chunks(ctx: usize) -> (usize, usize) {
 /// GPU memory of one session, by part (see [`session_memory`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct SessionMemory {
-    /// Keys and values of every layer: 2 x layers x kv_heads x head_dim x ctx x 2 bytes (f16).
+    /// Keys and values of every layer: 2 x layers x kv_heads x ctx x the bytes of a row of
+    /// head_dim values (f16: 2 x head_dim; q8_0: head_dim codes + head_dim / 32 f32 scales).
     pub kv: u64,
     /// f32 activations of one prefill chunk, the logits, decode attention's split-KV
     /// partials, and the sampling buffers.
@@ -43,9 +44,15 @@ impl SessionMemory {
     }
 }
 
-/// What a session of `ctx` tokens on a model of `cfg` allocates on the GPU (the buffers
-/// `Forward::new` and the KV cache create; uniforms and the 32-byte token ring aside).
-pub fn session_memory(caps: &Capabilities, cfg: &ModelConfig, ctx: usize) -> SessionMemory {
+/// What a session of `ctx` tokens with a `kv_type` cache on a model of `cfg` allocates on the
+/// GPU (the buffers `Forward::new` and the KV cache create; uniforms and the 32-byte token ring
+/// aside).
+pub fn session_memory(
+    caps: &Capabilities,
+    cfg: &ModelConfig,
+    ctx: usize,
+    kv_type: KvType,
+) -> SessionMemory {
     let (small, large) = prefill_chunks(ctx);
     let c = small.max(large) as u64;
     let (h, qd, kvd, ffn, vocab) = (
@@ -70,7 +77,7 @@ pub fn session_memory(caps: &Capabilities, cfg: &ModelConfig, ctx: usize) -> Ses
     let attention = crate::kernels::attention::choose_splits(caps, cfg.n_kv_heads, ctx);
     act += crate::kernels::attention::partials_bytes(cfg.n_heads, cfg.head_dim, attention);
     SessionMemory {
-        kv: 2 * cfg.n_layers as u64 * cache_bytes(cfg.n_kv_heads, cfg.head_dim, ctx),
+        kv: 2 * cfg.n_layers as u64 * cache_bytes(kv_type, cfg.n_kv_heads, cfg.head_dim, ctx),
         activations: act,
     }
 }

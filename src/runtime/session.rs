@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::kernels::kv_cache::KvType;
 use crate::kernels::sample::{self, SampleStep};
 use crate::kernels::{Dispatch, StepParams};
 use crate::model::Model;
@@ -211,25 +212,67 @@ pub struct Session {
     pub stats: Stats,
 }
 
+/// How a session is built ([`Session::with_options`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// KV-cache capacity in tokens.
+    pub ctx: usize,
+    /// How the KV cache stores keys and values.
+    pub kv_type: KvType,
+    /// The decode step's fusions.
+    pub fusion: DecodeFusion,
+}
+
+impl SessionOptions {
+    /// The model's defaults: its context and KV type ([`crate::LoadOptions`]), the fusions of
+    /// [`DecodeFusion::for_adapter`].
+    pub fn of(model: &Model) -> Result<SessionOptions> {
+        let caps = &model.inner.engine.kernels().gpu.caps;
+        Ok(SessionOptions {
+            ctx: model.context(),
+            kv_type: model.kv_type(),
+            fusion: DecodeFusion::for_adapter(caps, model.inner.cfg.hidden)?,
+        })
+    }
+}
+
 impl Session {
-    /// A fresh session with the model's default context.
+    /// A fresh session with the model's default context and KV type.
     pub fn new(model: &Model) -> Result<Session> {
-        Self::with_context(model, model.context())
+        Self::with_options(model, SessionOptions::of(model)?)
     }
 
     pub fn with_context(model: &Model, ctx: usize) -> Result<Session> {
-        let caps = &model.inner.engine.kernels().gpu.caps;
-        let fusion = DecodeFusion::for_adapter(caps, model.inner.cfg.hidden)?;
-        Self::with_decode_fusion(model, ctx, fusion)
+        Self::with_options(
+            model,
+            SessionOptions {
+                ctx,
+                ..SessionOptions::of(model)?
+            },
+        )
     }
 
     /// A session whose decode step uses only the given fusions (tests and kernel authors
     /// compare the fused step against the plain sequence with it).
     pub fn with_decode_fusion(model: &Model, ctx: usize, fusion: DecodeFusion) -> Result<Session> {
+        Self::with_options(
+            model,
+            SessionOptions {
+                ctx,
+                kv_type: model.kv_type(),
+                fusion,
+            },
+        )
+    }
+
+    /// A session of `o.ctx` tokens with a cache of `o.kv_type` (whatever the model's default)
+    /// and the decode fusions `o.fusion`.
+    pub fn with_options(model: &Model, o: SessionOptions) -> Result<Session> {
+        let (ctx, fusion) = (o.ctx, o.fusion);
         let m = &model.inner;
         let k = m.engine.kernels();
         let gpu = &k.gpu;
-        let kv = KvCache::new(gpu, &m.cfg, ctx)?;
+        let kv = KvCache::new(gpu, &m.cfg, ctx, o.kv_type)?;
         let fwd = Forward::new(k, &m.cfg, &m.weights, &kv, &m.inv_freq, fusion)?;
         let ring = TokenRing::new(gpu)?;
         Ok(Session {
@@ -249,6 +292,11 @@ impl Session {
     /// KV-cache capacity in tokens.
     pub fn capacity(&self) -> usize {
         self.kv.capacity
+    }
+
+    /// How the KV cache stores keys and values.
+    pub fn kv_type(&self) -> KvType {
+        self.kv.kv_type
     }
 
     /// Tokens currently held in the KV cache.

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::runtime::{GenerateParams, Picker, SamplingParams, Session};
+use crate::runtime::{GenerateParams, KvType, Picker, SamplingParams, Session};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -154,6 +154,9 @@ pub struct OpTime {
 pub struct BenchReport {
     pub model: String,
     pub quant: String,
+    /// How the KV cache stored keys and values (reports from before the option: f16).
+    #[serde(default)]
+    pub kv_type: KvType,
     /// How decode picked tokens (greedy, GPU sampling chain, CPU sampler).
     #[serde(default)]
     pub sampler: Option<Picker>,
@@ -173,8 +176,8 @@ pub struct BenchReport {
     pub slope_lengths: Option<(usize, usize)>,
     pub dispatches_per_token: f64,
     pub submits_per_token: f64,
-    /// Bytes the GPU reads per decoded token: every weight once plus the KV cache at the
-    /// decode test's mean position.
+    /// Bytes the GPU reads per decoded token: every weight once plus the KV cache (of
+    /// `kv_type`) at the decode test's mean position.
     pub decode_bytes_per_token: u64,
     pub weight_bytes: u64,
     pub read_ceiling_gb_s: f64,
@@ -367,7 +370,9 @@ pub fn run(model: &Model, label: &str, quant: &str, o: &BenchOptions) -> Result<
     let read_ceiling = super::bandwidth::read_ceiling(k, o.ceiling_bytes, 10)?;
     let weight_bytes = model.weight_bytes();
     let mean_pos = (o.depth + o.gen / 2 + 1) as u64;
-    let kv_bytes = 2 * cfg.n_layers as u64 * cfg.kv_dim() as u64 * 2 * mean_pos;
+    let kv_type = s.kv_type();
+    let kv_row = cfg.n_kv_heads as u64 * kv_type.row_bytes(cfg.head_dim);
+    let kv_bytes = 2 * cfg.n_layers as u64 * kv_row * mean_pos;
     let bytes_per_token = weight_bytes + kv_bytes;
     let decode_tok_s = decode.as_ref().map_or(0.0, |m| m.mean);
     let decode_gb_s = bytes_per_token as f64 * decode_tok_s / 1e9;
@@ -392,6 +397,7 @@ pub fn run(model: &Model, label: &str, quant: &str, o: &BenchOptions) -> Result<
     Ok(BenchReport {
         model: label.to_string(),
         quant: quant.to_string(),
+        kv_type,
         sampler,
         adapter: caps.adapter_name.clone(),
         backend: caps.backend.to_string(),

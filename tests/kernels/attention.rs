@@ -2,10 +2,10 @@ use crate::support::*;
 use half::f16;
 use rand::Rng;
 use wick::kernels::attention::{AttentionBuffers, AttentionShape};
-use wick::kernels::kv_cache::KvPair;
+use wick::kernels::kv_cache::{KvPair, KvType};
 use wick::kernels::{attention, kv_cache, Kernels, StepParams, Variant};
 use wick::reference;
-use wick::reference::kv_cache::{pack, to_f16, unpack};
+use wick::reference::kv_cache::{pack, to_f16, unpack, Q8Cache};
 
 fn step(pos: usize, n_tokens: usize) -> StepParams {
     StepParams {
@@ -121,6 +121,7 @@ fn check_decode_variant(
             head_dim,
             capacity,
             scale,
+            kv_type: KvType::F16,
         };
         let att = attention::attention_decode(k, &io, &shape, ns, partials).unwrap();
         assert_eq!(att.dispatches.len(), if ns == 1 { 1 } else { 2 });
@@ -239,7 +240,7 @@ fn decode_native() {
             wgpu::Backend::Metal => caps.class == wick::gpu::AdapterClass::Apple,
             _ => false,
         };
-    let probe = attention::decode_spec(caps, 8, 2, 128, true).unwrap();
+    let probe = attention::decode_spec(caps, 8, 2, 128, true, KvType::F16).unwrap();
     let available = k.native_for(&probe).is_some();
     assert_eq!(
         available, offered,
@@ -332,6 +333,7 @@ fn check_prefill(
         head_dim,
         capacity,
         scale,
+        kv_type: KvType::F16,
     };
     let new = KvPair { k: &kn, v: &vn };
     let write = kv_cache::kv_write(k, new, cache, &stepb, &shape.cache(), max_tokens).unwrap();
@@ -397,10 +399,10 @@ fn attention_rejects_bad_shapes() {
     let k = kernels();
     let g = &k.gpu;
     let cache = g
-        .storage_buffer("cache", kv_cache::cache_bytes(2, 64, 16))
+        .storage_buffer("cache", kv_cache::cache_bytes(KvType::F16, 2, 64, 16))
         .unwrap();
     let short = g
-        .storage_buffer("short", kv_cache::cache_bytes(2, 64, 15))
+        .storage_buffer("short", kv_cache::cache_bytes(KvType::F16, 2, 64, 15))
         .unwrap();
     let q = g.storage_buffer("q", 6 * 64 * 4).unwrap();
     let out = g.storage_buffer("out", 6 * 64 * 4).unwrap();
@@ -418,6 +420,7 @@ fn attention_rejects_bad_shapes() {
             head_dim: hd,
             capacity: 16,
             scale: 0.1,
+            kv_type: KvType::F16,
         };
         attention::attention_decode(k, &io, &shape, ns, None)
     };
@@ -446,10 +449,422 @@ fn attention_rejects_bad_shapes() {
             head_dim: 64,
             capacity: 16,
             scale: 0.1,
+            kv_type: KvType::F16,
         };
         attention::attention_prefill(k, &io, &shape, max_tokens)
     };
     assert!(is_shape(&pre(2, 6, 2)), "q too short for two tokens");
     assert!(is_shape(&pre(1, 5, 2)), "5 heads over 2 KV heads");
     assert!(pre(1, 6, 2).is_ok());
+}
+
+/// A q8_0 test cache: K and V values drawn as f32 rows `[len][n_kv_heads * head_dim]`
+/// (uniform in [-1, 1]), written by the q8_0 `kv_write` into poisoned caches (so a read past
+/// the live length meets a NaN scale), and read back.
+struct Q8Inputs {
+    /// The values written, `[n_kv_heads][capacity][head_dim]` (NaN past the written length).
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// The f32 rows as written, `[len][n_kv_heads * head_dim]`.
+    k_rows: Vec<f32>,
+    v_rows: Vec<f32>,
+    ckb: wgpu::Buffer,
+    cvb: wgpu::Buffer,
+    shape: AttentionShape,
+}
+
+impl Q8Inputs {
+    fn new(k: &Kernels, r: &mut impl Rng, shape: AttentionShape, len: usize) -> Q8Inputs {
+        let g = &k.gpu;
+        let (n_kv, hd, cap) = (shape.n_kv_heads, shape.head_dim, shape.capacity);
+        let row = n_kv * hd;
+        let k_rows = rand_vec(r, len * row, 1.0);
+        let v_rows = rand_vec(r, len * row, 1.0);
+        let bytes = shape.cache().bytes();
+        let ckb = g.storage_buffer("cache_k", bytes).unwrap();
+        let cvb = g.storage_buffer("cache_v", bytes).unwrap();
+        g.poison(&ckb);
+        g.poison(&cvb);
+        let mut i = Q8Inputs {
+            k: Vec::new(),
+            v: Vec::new(),
+            k_rows: Vec::new(),
+            v_rows: Vec::new(),
+            ckb,
+            cvb,
+            shape,
+        };
+        i.write(k, &k_rows, &v_rows, 0);
+        let by_head = |rows: &[f32]| {
+            let mut c = vec![f32::NAN; n_kv * cap * hd];
+            reference_rows(&mut c, rows, 0, n_kv, hd, cap);
+            c
+        };
+        i.k = by_head(&k_rows);
+        i.v = by_head(&v_rows);
+        i.k_rows = k_rows;
+        i.v_rows = v_rows;
+        i
+    }
+
+    /// Writes rows `[n][n_kv_heads * head_dim]` at position `pos` with the q8_0 kv_write.
+    fn write(&self, k: &Kernels, k_rows: &[f32], v_rows: &[f32], pos: usize) {
+        let n = k_rows.len() / (self.shape.n_kv_heads * self.shape.head_dim);
+        if n == 0 {
+            return;
+        }
+        let g = &k.gpu;
+        let (kn, vn) = (
+            g.upload("k", k_rows).unwrap(),
+            g.upload("v", v_rows).unwrap(),
+        );
+        let stepb = g.uniform("step", &step(pos, n)).unwrap();
+        let new = KvPair { k: &kn, v: &vn };
+        let cache = KvPair {
+            k: &self.ckb,
+            v: &self.cvb,
+        };
+        let d = kv_cache::kv_write(k, new, cache, &stepb, &self.shape.cache(), n).unwrap();
+        k.run(&[&d]).unwrap();
+    }
+
+    /// The caches as the GPU holds them.
+    fn read(&self, k: &Kernels) -> (Q8Cache, Q8Cache) {
+        let s = &self.shape;
+        let read = |b: &wgpu::Buffer| {
+            let words: Vec<u32> = k.gpu.read_vec(b).unwrap();
+            Q8Cache::from_words(&words, s.n_kv_heads, s.head_dim, s.capacity)
+        };
+        (read(&self.ckb), read(&self.cvb))
+    }
+}
+
+/// `rows` (`[n][n_kv_heads * head_dim]`) into `c` (`[n_kv_heads][capacity][head_dim]`) at
+/// position `pos`.
+fn reference_rows(c: &mut [f32], rows: &[f32], pos: usize, n_kv: usize, hd: usize, cap: usize) {
+    for (t, row) in rows.chunks(n_kv * hd).enumerate() {
+        for (h, src) in row.chunks(hd).enumerate() {
+            let at = (h * cap + pos + t) * hd;
+            c[at..at + hd].copy_from_slice(src);
+        }
+    }
+}
+
+// Over a q8_0 cache the kernels are checked twice:
+// - against the reference over the dequantised cache (codes x scales read back from the GPU):
+//   the same values in both, so the same f32-arithmetic bounds as the f16 cache (RTOL, ATOL);
+// - against the f32 reference over the values before quantisation, within a bound derived
+//   per query row from the cache's own scales ([`q8_bound`]).
+
+/// The bound on |attention over the q8_0 cache - attention over the f32 values it holds| for
+/// one query row `q` (unscaled) of KV head `kvh` over keys `0..n_keys`. Every cached value is
+/// within half its block's scale of the value written, so a score moves by at most
+/// eps = scale x max_j sum_b (k_scale(j, b) / 2) x sum_{i in b} |q_i|; the softmax weights then
+/// move by a factor within [e^-2eps, e^2eps], which moves the output by at most
+/// (e^2eps - 1) x max |v|; the values' own rounding adds at most max v_scale / 2. Plus 2e-5 for
+/// the kernel's f32 arithmetic (ATOL).
+fn q8_bound(
+    q: &[f32],
+    scale: f32,
+    (kvh, n_keys): (usize, usize),
+    kc: &Q8Cache,
+    vc: &Q8Cache,
+    v: &[f32],
+) -> f32 {
+    let (hd, cap) = (kc.head_dim, kc.capacity);
+    let nb = hd / 32;
+    let q_abs: Vec<f64> = q
+        .chunks(32)
+        .map(|b| b.iter().map(|x| x.abs() as f64).sum())
+        .collect();
+    let (mut eps, mut v_max, mut dv) = (0.0f64, 0.0f64, 0.0f64);
+    for j in 0..n_keys {
+        let r = kvh * cap + j;
+        let e: f64 = (0..nb)
+            .map(|b| kc.scales[r * nb + b] as f64 / 2.0 * q_abs[b])
+            .sum();
+        eps = eps.max(e * scale as f64);
+        for b in 0..nb {
+            dv = dv.max(vc.scales[r * nb + b] as f64 / 2.0);
+        }
+        for x in &v[r * hd..(r + 1) * hd] {
+            v_max = v_max.max(x.abs() as f64);
+        }
+    }
+    (((2.0 * eps).exp() - 1.0) * v_max + dv * (1.0 + 1e-5)) as f32 + ATOL
+}
+
+/// Checks `got` (rows of `n_heads * head_dim` for tokens `pos..pos + n_tokens`) against both
+/// references over the q8_0 cache and returns (max error against the dequantised-cache
+/// reference, max error against the f32 reference, the largest per-row bound, the largest
+/// error / bound).
+fn check_q8_output(
+    what: &str,
+    got: &[f32],
+    q: &[f32],
+    (pos, n_tokens): (usize, usize),
+    i: &Q8Inputs,
+    (kc, vc): (&Q8Cache, &Q8Cache),
+) -> (f32, f32, f32, f32) {
+    let s = &i.shape;
+    let (n_heads, hd) = (s.n_heads, s.head_dim);
+    let (kd, vd) = (kc.dequantize(), vc.dequantize());
+    let cache = |k, v| reference::attention::Cache {
+        k,
+        v,
+        n_kv_heads: s.n_kv_heads,
+        head_dim: hd,
+        capacity: s.capacity,
+    };
+    let q = &q[..n_tokens * n_heads * hd];
+    let want_deq = reference::attention::attention_prefill(
+        q,
+        &cache(&kd, &vd),
+        (pos, n_tokens),
+        n_heads,
+        s.scale,
+    );
+    let e_deq = assert_close(
+        &format!("{what} vs the dequantised cache"),
+        got,
+        &want_deq,
+        RTOL,
+        ATOL,
+    );
+    let want_f32 = reference::attention::attention_prefill(
+        q,
+        &cache(&i.k, &i.v),
+        (pos, n_tokens),
+        n_heads,
+        s.scale,
+    );
+    let (mut e_f32, mut max_bound, mut ratio) = (0.0f32, 0.0f32, 0.0f32);
+    for t in 0..n_tokens {
+        for h in 0..n_heads {
+            let at = (t * n_heads + h) * hd;
+            let kvh = h / s.group();
+            let bound = q8_bound(&q[at..at + hd], s.scale, (kvh, pos + t + 1), kc, vc, &i.v);
+            let e = (0..hd)
+                .map(|d| (got[at + d] - want_f32[at + d]).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                e <= bound,
+                "{what}: token {t} head {h}: max |got - f32 reference| = {e} > bound {bound}"
+            );
+            e_f32 = e_f32.max(e);
+            max_bound = max_bound.max(bound);
+            ratio = ratio.max(e / bound);
+        }
+    }
+    (e_deq, e_f32, max_bound, ratio)
+}
+
+fn q8_shape(n_heads: usize, n_kv_heads: usize, head_dim: usize, capacity: usize) -> AttentionShape {
+    AttentionShape {
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        capacity,
+        scale: 1.0 / (head_dim as f32).sqrt(),
+        kv_type: KvType::Q8_0,
+    }
+}
+
+/// Decode attention over a q8_0 cache written by the q8_0 kv_write, at each of `kv_lens`, for
+/// each split count, on registry `k` (pass 1 must run the WGSL kernel: there is no native one
+/// over a q8_0 cache).
+#[allow(clippy::too_many_arguments)]
+fn check_decode_q8(
+    k: &Kernels,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    capacity: usize,
+    splits: &[usize],
+    kv_lens: &[usize],
+    q_scale: f32,
+) {
+    let mut r = rng();
+    let g = &k.gpu;
+    let shape = q8_shape(n_heads, n_kv_heads, head_dim, capacity);
+    let max_len = *kv_lens.iter().max().unwrap();
+    let i = Q8Inputs::new(k, &mut r, shape, max_len);
+    let caches = i.read(k);
+    let qb = g
+        .storage_buffer("q", (n_heads * head_dim * 4) as u64)
+        .unwrap();
+    let out = g
+        .storage_buffer("out", (n_heads * head_dim * 4) as u64)
+        .unwrap();
+    let stepb = g.uniform("step", &step(0, 1)).unwrap();
+    for &ns in splits {
+        let io = AttentionBuffers {
+            q: &qb,
+            cache: KvPair {
+                k: &i.ckb,
+                v: &i.cvb,
+            },
+            step: &stepb,
+            out: &out,
+        };
+        let att = attention::attention_decode(k, &io, &shape, ns, None).unwrap();
+        let p1 = &att.dispatches[0].pipeline;
+        assert_eq!(
+            (p1.op.as_str(), p1.variant),
+            ("attention_decode_kv_q8", Variant::Portable)
+        );
+        for &kv_len in kv_lens {
+            let q = rand_vec(&mut r, n_heads * head_dim, q_scale);
+            g.write(&qb, 0, &q);
+            g.write(&stepb, 0, &[step(kv_len - 1, 1)]);
+            g.poison(&out);
+            k.run(&att.dispatches.iter().collect::<Vec<_>>()).unwrap();
+            let what = format!(
+                "decode q8_0 heads {n_heads}/{n_kv_heads} hd {head_dim} kv_len {kv_len} splits {ns}"
+            );
+            let got: Vec<f32> = g.read_vec(&out).unwrap();
+            let (e_deq, e_f32, bound, ratio) =
+                check_q8_output(&what, &got, &q, (kv_len - 1, 1), &i, (&caches.0, &caches.1));
+            eprintln!(
+                "{what}: vs dequantised cache {e_deq:.1e} of max |want|; vs f32 K/V max |d| \
+                 {e_f32:.2e}, bound up to {bound:.2e} (at most {ratio:.2} of it)"
+            );
+        }
+    }
+}
+
+#[test]
+fn decode_q8_gqa_head_dims_splits() {
+    let k = kernels();
+    check_decode_q8(k, 4, 4, 32, 320, &[1, 4], &[1, 9, 300], 1.0);
+    check_decode_q8(k, 6, 2, 64, 320, &[1, 16], &[1, 9, 257], 2.0);
+    check_decode_q8(k, 8, 2, 128, 400, &[1, 7], &[1, 33, 390], 3.0);
+    // Peaky softmax (large q): the running-max rescaling, and the largest score errors.
+    check_decode_q8(k, 3, 1, 64, 200, &[3], &[150], 12.0);
+}
+
+/// Over a q8_0 cache decode attention runs the WGSL kernel even where the policy asks for
+/// native kernels (the natives read an f16 cache only), and without subgroups.
+#[test]
+fn decode_q8_runs_portable_under_the_native_policy() {
+    check_decode_q8(kernels_native(), 8, 2, 64, 128, &[1, 3], &[1, 100], 2.0);
+    check_decode_q8(
+        kernels_no_subgroup(),
+        6,
+        2,
+        96,
+        128,
+        &[1, 5],
+        &[1, 100],
+        2.0,
+    );
+    let caps = &kernels().gpu.caps;
+    let q8 = attention::decode_spec(caps, 8, 2, 128, true, KvType::Q8_0).unwrap();
+    assert!(!q8.has_native() && q8.defines.contains(&"KV_Q8"));
+    let f16 = attention::decode_spec(caps, 8, 2, 128, true, KvType::F16).unwrap();
+    assert!(f16.has_native() && !f16.defines.contains(&"KV_Q8"));
+}
+
+/// Prefill over a q8_0 cache: a prefix of `pos` positions written by one q8_0 kv_write, then
+/// the chunk's K/V written by kv_write in the same pass as attention_prefill.
+#[allow(clippy::too_many_arguments)]
+fn check_prefill_q8(
+    k: &Kernels,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    capacity: usize,
+    max_tokens: usize,
+    n_tokens: usize,
+    pos: usize,
+) {
+    let mut r = rng();
+    let g = &k.gpu;
+    let shape = q8_shape(n_heads, n_kv_heads, head_dim, capacity);
+    let (row, kv_row) = (n_heads * head_dim, n_kv_heads * head_dim);
+    let mut i = Q8Inputs::new(k, &mut r, shape, pos);
+    if pos == 0 {
+        i.k = vec![f32::NAN; n_kv_heads * capacity * head_dim];
+        i.v = i.k.clone();
+    }
+    let (kr, vr) = (
+        rand_vec(&mut r, max_tokens * kv_row, 1.0),
+        rand_vec(&mut r, max_tokens * kv_row, 1.0),
+    );
+    let live = n_tokens.min(capacity - pos);
+    reference_rows(
+        &mut i.k,
+        &kr[..live * kv_row],
+        pos,
+        n_kv_heads,
+        head_dim,
+        capacity,
+    );
+    reference_rows(
+        &mut i.v,
+        &vr[..live * kv_row],
+        pos,
+        n_kv_heads,
+        head_dim,
+        capacity,
+    );
+    let (kn, vn) = (
+        g.upload("k_new", &kr).unwrap(),
+        g.upload("v_new", &vr).unwrap(),
+    );
+    let q = rand_vec(&mut r, max_tokens * row, 2.0);
+    let qb = g.upload("q", &q).unwrap();
+    let out = g
+        .storage_buffer("out", (max_tokens * row * 4) as u64)
+        .unwrap();
+    g.poison(&out);
+    let stepb = g.uniform("step", &step(pos, n_tokens)).unwrap();
+    let cache = KvPair {
+        k: &i.ckb,
+        v: &i.cvb,
+    };
+    let new = KvPair { k: &kn, v: &vn };
+    let write = kv_cache::kv_write(k, new, cache, &stepb, &shape.cache(), max_tokens).unwrap();
+    let io = AttentionBuffers {
+        q: &qb,
+        cache,
+        step: &stepb,
+        out: &out,
+    };
+    let att = attention::attention_prefill(k, &io, &shape, max_tokens).unwrap();
+    assert_eq!(att.pipeline.op, "attention_prefill_kv_q8");
+    k.run(&[&write, &att]).unwrap();
+    let caches = i.read(k);
+    let got: Vec<f32> = g.read_vec(&out).unwrap();
+    let what = format!(
+        "prefill q8_0 heads {n_heads}/{n_kv_heads} hd {head_dim} pos {pos} tokens {n_tokens}/{max_tokens}"
+    );
+    let (e_deq, e_f32, bound, ratio) = check_q8_output(
+        &what,
+        &got[..n_tokens * row],
+        &q,
+        (pos, n_tokens),
+        &i,
+        (&caches.0, &caches.1),
+    );
+    eprintln!(
+        "{what}: vs dequantised cache {e_deq:.1e} of max |want|; vs f32 K/V max |d| \
+         {e_f32:.2e}, bound up to {bound:.2e} (at most {ratio:.2} of it)"
+    );
+    assert!(
+        bytemuck::cast_slice::<f32, u32>(&got[n_tokens * row..])
+            .iter()
+            .all(|&w| w == POISON),
+        "{what}: rows past n_tokens were written"
+    );
+}
+
+#[test]
+fn prefill_q8_causal_with_prefix() {
+    let k = kernels();
+    check_prefill_q8(k, 4, 4, 32, 64, 6, 6, 0);
+    check_prefill_q8(k, 6, 2, 64, 128, 12, 9, 37);
+    check_prefill_q8(k, 8, 2, 128, 320, 24, 20, 250);
+    check_prefill_q8(k, 3, 1, 64, 64, 5, 1, 20);
+    check_prefill_q8(kernels_no_subgroup(), 8, 2, 96, 96, 10, 7, 41);
 }

@@ -1,4 +1,5 @@
 use crate::support::*;
+use wick::kernels::kv_cache::KvType;
 use wick::kernels::rope::{self, RopeShape, RopeTables};
 use wick::kernels::{Kernels, StepParams};
 use wick::model::RopeStyle;
@@ -209,10 +210,14 @@ fn rope_rejects_bad_shapes() {
 
 /// The fused RoPE + KV-cache write against the reference rope and kv_write: q and k rotated
 /// in place (rope tolerance), the k cache within one f16 rounding of the reference-rotated
-/// k, the v cache exact, every other cache word still poison.
+/// k, the v cache exact, every other cache word still poison. With a q8_0 cache: q rotated in
+/// place, k left as it was, and both caches checked block by block against the reference
+/// quantisation of the reference-rotated k (within the rope tolerance) and of v
+/// ([`crate::kv_cache::check_q8_cache`]).
 #[allow(clippy::too_many_arguments)]
 fn check_rope_kv(
     k: &Kernels,
+    kv_type: KvType,
     style: RopeStyle,
     n_heads: usize,
     n_kv_heads: usize,
@@ -237,7 +242,7 @@ fn check_rope_kv(
         g.upload("k", &kn).unwrap(),
         g.upload("v", &vn).unwrap(),
     );
-    let bytes = kv_cache::cache_bytes(n_kv_heads, head_dim, capacity);
+    let bytes = kv_cache::cache_bytes(kv_type, n_kv_heads, head_dim, capacity);
     let (ck, cv) = (
         g.storage_buffer("ck", bytes).unwrap(),
         g.storage_buffer("cv", bytes).unwrap(),
@@ -264,6 +269,7 @@ fn check_rope_kv(
             head_dim,
             capacity,
             scale: 1.0,
+            kv_type,
         },
         &RopeShape {
             head_dim,
@@ -275,7 +281,8 @@ fn check_rope_kv(
     .unwrap();
     k.run(&[&d]).unwrap();
     let wf = reference::rope::inv_freq_f64(theta as f64, head_dim);
-    let what = format!("rope_kv {style:?} {n_heads}/{n_kv_heads} hd {head_dim} pos {pos}");
+    let what =
+        format!("rope_kv {kv_type} {style:?} {n_heads}/{n_kv_heads} hd {head_dim} pos {pos}");
     let atol = std::f32::consts::SQRT_2 * ((pos + n_tokens) as f32 * 2f32.powi(-23) + 4e-6);
     let half_split = style == RopeStyle::HalfSplit;
     let want_q = reference::rope::rope(
@@ -303,6 +310,28 @@ fn check_rope_kv(
         0.0,
         atol,
     );
+    if kv_type == KvType::Q8_0 {
+        assert!(
+            got_k == kn,
+            "{what}: k changed (the q8_0 kernel leaves it unrotated)"
+        );
+        let geo = (pos, n_kv_heads, head_dim, capacity);
+        for (name, cache, new, tol) in [
+            ("k", &ck, &want_k, atol),
+            ("v", &cv, &vn[..n_tokens * kvrow].to_vec(), 0.0),
+        ] {
+            let got: Vec<u32> = g.read_vec(cache).unwrap();
+            let e = crate::kv_cache::check_q8_cache(
+                &format!("{what} cache_{name}"),
+                &got,
+                new,
+                geo,
+                tol,
+            );
+            eprintln!("{what} cache_{name}: max |dequantised - x| = {e:.3} scale");
+        }
+        return;
+    }
     assert_close(
         &format!("{what} k"),
         &got_k[..n_tokens * kvrow],
@@ -344,15 +373,17 @@ fn check_rope_kv(
 #[test]
 fn rope_kv_fused_matches_rope_then_kv_write() {
     let k = kernels();
+    let f16 = KvType::F16;
     for style in [RopeStyle::Adjacent, RopeStyle::HalfSplit] {
-        check_rope_kv(k, style, 9, 3, 64, 48, 1, 1, 17);
-        check_rope_kv(k, style, 4, 4, 32, 20, 8, 5, 3);
-        check_rope_kv(k, style, 8, 2, 128, 70, 16, 11, 60);
+        check_rope_kv(k, f16, style, 9, 3, 64, 48, 1, 1, 17);
+        check_rope_kv(k, f16, style, 4, 4, 32, 20, 8, 5, 3);
+        check_rope_kv(k, f16, style, 8, 2, 128, 70, 16, 11, 60);
         // A chunk running past the end of the cache: q, k rotated, overflow not written.
-        check_rope_kv(k, style, 2, 1, 64, 10, 8, 8, 6);
+        check_rope_kv(k, f16, style, 2, 1, 64, 10, 8, 8, 6);
     }
     check_rope_kv(
         kernels_no_subgroup(),
+        f16,
         RopeStyle::HalfSplit,
         4,
         2,
@@ -365,4 +396,31 @@ fn rope_kv_fused_matches_rope_then_kv_write() {
     // Unsupported head shapes are refused (the forward pass falls back to rope + kv_write).
     assert!(!rope::rope_kv_supported(64, 32));
     assert!(!rope::rope_kv_supported(66, 66));
+}
+
+/// The fused RoPE + write into a q8_0 cache: both pair styles, head dims of one to four
+/// blocks (under the half split a block's RoPE partners lie in other blocks), decode and
+/// prefill chunks, a chunk running past the cache.
+#[test]
+fn rope_kv_q8_matches_rope_then_q8_write() {
+    let k = kernels();
+    let q8 = KvType::Q8_0;
+    for style in [RopeStyle::Adjacent, RopeStyle::HalfSplit] {
+        check_rope_kv(k, q8, style, 9, 3, 64, 48, 1, 1, 17);
+        check_rope_kv(k, q8, style, 4, 4, 32, 20, 8, 5, 3);
+        check_rope_kv(k, q8, style, 8, 2, 128, 70, 16, 11, 60);
+        check_rope_kv(k, q8, style, 2, 1, 64, 10, 8, 8, 6);
+    }
+    check_rope_kv(
+        kernels_no_subgroup(),
+        q8,
+        RopeStyle::HalfSplit,
+        4,
+        2,
+        96,
+        16,
+        2,
+        2,
+        1,
+    );
 }

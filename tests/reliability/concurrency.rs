@@ -177,7 +177,12 @@ fn dropping_a_generation_mid_stream_releases_its_resources() {
 
     let mut s = Session::new(&llama).unwrap();
     let usage = engine.gpu().memory_usage();
-    let want = wick::runtime::kv_cache::session_memory(&engine.gpu().caps, llama.config(), 128);
+    let want = wick::runtime::kv_cache::session_memory(
+        &engine.gpu().caps,
+        llama.config(),
+        128,
+        wick::KvType::F16,
+    );
     assert_eq!(usage.sessions, 1);
     assert_eq!(usage.session_bytes, want.total());
 

@@ -111,7 +111,12 @@ fn session_larger_than_the_memory_budget() {
     );
     let mut s = Session::with_context(&model, 64).unwrap();
     let usage = engine.gpu().memory_usage();
-    let want = wick::runtime::kv_cache::session_memory(&engine.gpu().caps, model.config(), 64);
+    let want = wick::runtime::kv_cache::session_memory(
+        &engine.gpu().caps,
+        model.config(),
+        64,
+        wick::KvType::F16,
+    );
     assert_eq!(usage.sessions, 1);
     assert_eq!(usage.session_bytes, want.total());
     assert_eq!(want.kv, s.kv_bytes());

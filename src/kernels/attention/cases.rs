@@ -10,18 +10,24 @@ use crate::kernels::family::{
     bench_input, poisoned, random_cache, run_checked, BenchCase, BenchShapes, BuiltWork, CheckCase,
     PreparedWork, Rng, Work,
 };
-use crate::kernels::kv_cache::KvPair;
+use crate::kernels::kv_cache::{KvPair, KvType};
 use crate::kernels::{Dispatch, KernelSpec, Kernels, StepParams};
 use crate::reference;
 
-/// Bound on max |d| / max |want|: f16 K/V in both, f32 exp2 and sums over a few hundred
-/// keys, ~1e-6; a dropped key moves outputs ~1e-3.
+/// Bound on max |d| / max |want|: the cache's own values (f16, or q8_0 dequantised) in both,
+/// f32 exp2 and sums over a few hundred keys, ~1e-6; a dropped key moves outputs ~1e-3.
 const TOL: f64 = 1e-4;
 
 /// The checks of one attention pipeline: decode (pass 1, or the merge pass of its split
-/// cases) or prefill, each at a few head shapes and lengths.
+/// cases) or prefill, each at a few head shapes and lengths, over the cache type the pipeline
+/// reads (`KV_Q8`: q8_0).
 pub fn checks(spec: &KernelSpec, seed: u64) -> Result<Vec<CheckCase>> {
     let op = spec.op.clone();
+    let kv_type = if spec.defines.contains(&"KV_Q8") {
+        KvType::Q8_0
+    } else {
+        KvType::F16
+    };
     let mut v = Vec::new();
     match spec.family {
         "attention_decode" => {
@@ -37,7 +43,13 @@ pub fn checks(spec: &KernelSpec, seed: u64) -> Result<Vec<CheckCase>> {
                     continue;
                 }
                 let op = op.clone();
-                let heads = Heads { h, kvh, hd, cap };
+                let heads = Heads {
+                    h,
+                    kvh,
+                    hd,
+                    cap,
+                    kv_type,
+                };
                 v.push(CheckCase::new(
                     format!("{h}/{kvh} heads x {hd}, kv {len}, {splits} splits"),
                     TOL,
@@ -48,7 +60,13 @@ pub fn checks(spec: &KernelSpec, seed: u64) -> Result<Vec<CheckCase>> {
         "attention_prefill" => {
             for (h, kvh, hd, pos, toks, cap) in [(8, 2, 64, 0, 19, 32), (4, 2, 128, 40, 9, 64)] {
                 let op = op.clone();
-                let heads = Heads { h, kvh, hd, cap };
+                let heads = Heads {
+                    h,
+                    kvh,
+                    hd,
+                    cap,
+                    kv_type,
+                };
                 v.push(CheckCase::new(
                     format!("{h}/{kvh} heads x {hd}, pos {pos}, {toks} tokens"),
                     TOL,
@@ -72,6 +90,7 @@ struct Heads {
     kvh: usize,
     hd: usize,
     cap: usize,
+    kv_type: KvType,
 }
 
 impl Heads {
@@ -82,15 +101,25 @@ impl Heads {
             head_dim: self.hd,
             capacity: self.cap,
             scale: 1.0 / (self.hd as f32).sqrt(),
+            kv_type: self.kv_type,
         }
     }
+}
+
+/// The CPU copy of a cache's values, as the kernels read them.
+enum CacheValues {
+    F16 {
+        k: Vec<half::f16>,
+        v: Vec<half::f16>,
+    },
+    /// A q8_0 cache dequantised.
+    F32 { k: Vec<f32>, v: Vec<f32> },
 }
 
 /// Random attention inputs on the GPU: K and V caches holding `pos + toks` positions, queries
 /// for `toks` tokens, the step uniform, and a poisoned output.
 struct AttentionInputs {
-    ck: Vec<half::f16>,
-    cv: Vec<half::f16>,
+    cache: CacheValues,
     q: Vec<f32>,
     scale: f32,
     ckb: wgpu::Buffer,
@@ -101,14 +130,32 @@ struct AttentionInputs {
 }
 
 impl AttentionInputs {
-    /// The CPU copy of the cache, for the reference.
-    fn cache(&self, s: &Heads) -> reference::attention::Cache<'_> {
-        reference::attention::Cache {
-            k: &self.ck,
-            v: &self.cv,
-            n_kv_heads: s.kvh,
-            head_dim: s.hd,
-            capacity: s.cap,
+    /// The reference's output for query rows of tokens `pos..pos + toks` over the CPU copy of
+    /// the cache.
+    fn want(&self, s: &Heads, (pos, toks): (usize, usize)) -> Vec<f32> {
+        use reference::attention::{attention_prefill, Cache};
+        let (n_kv_heads, head_dim, capacity) = (s.kvh, s.hd, s.cap);
+        match &self.cache {
+            CacheValues::F16 { k, v } => {
+                let c = Cache {
+                    k,
+                    v,
+                    n_kv_heads,
+                    head_dim,
+                    capacity,
+                };
+                attention_prefill(&self.q, &c, (pos, toks), s.h, self.scale)
+            }
+            CacheValues::F32 { k, v } => {
+                let c = Cache {
+                    k,
+                    v,
+                    n_kv_heads,
+                    head_dim,
+                    capacity,
+                };
+                attention_prefill(&self.q, &c, (pos, toks), s.h, self.scale)
+            }
         }
     }
 
@@ -134,13 +181,26 @@ fn attention_inputs(
 ) -> Result<AttentionInputs> {
     let mut rng = Rng(seed);
     let len = pos + toks;
-    let ck = random_cache(&mut rng, s.kvh, s.hd, s.cap, len);
-    let cv = random_cache(&mut rng, s.kvh, s.hd, s.cap, len);
+    let (cache, kw, vw) = match s.kv_type {
+        KvType::F16 => {
+            let k = random_cache(&mut rng, s.kvh, s.hd, s.cap, len);
+            let v = random_cache(&mut rng, s.kvh, s.hd, s.cap, len);
+            let (kw, vw) = (reference::kv_cache::pack(&k), reference::kv_cache::pack(&v));
+            (CacheValues::F16 { k, v }, kw, vw)
+        }
+        KvType::Q8_0 => {
+            let k = random_q8_cache(&mut rng, s, len);
+            let v = random_q8_cache(&mut rng, s, len);
+            let (kw, vw) = (k.to_words(), v.to_words());
+            let (k, v) = (k.dequantize(), v.dequantize());
+            (CacheValues::F32 { k, v }, kw, vw)
+        }
+    };
     let q = rng.vec(toks * s.h * s.hd, 1.0);
     Ok(AttentionInputs {
         scale: 1.0 / (s.hd as f32).sqrt(),
-        ckb: g.upload("cache k", &reference::kv_cache::pack(&ck))?,
-        cvb: g.upload("cache v", &reference::kv_cache::pack(&cv))?,
+        ckb: g.upload("cache k", &kw)?,
+        cvb: g.upload("cache v", &vw)?,
         qb: g.upload("q", &q)?,
         step: g.uniform(
             "step",
@@ -152,10 +212,19 @@ fn attention_inputs(
             },
         )?,
         out: poisoned(g, toks * s.h * s.hd)?,
-        ck,
-        cv,
+        cache,
         q,
     })
+}
+
+/// A q8_0 cache holding random values quantised at positions below `len`, and NaN scales
+/// after, so a read past the live length shows.
+fn random_q8_cache(rng: &mut Rng, s: Heads, len: usize) -> reference::kv_cache::Q8Cache {
+    let mut c = reference::kv_cache::Q8Cache::filled(s.kvh, s.hd, s.cap, f32::NAN);
+    for p in 0..len.min(s.cap) {
+        c.write(&rng.vec(s.kvh * s.hd, 1.0), p);
+    }
+    c
 }
 
 fn decode_case(
@@ -170,8 +239,7 @@ fn decode_case(
     let att = attention_decode(kr, &i.buffers(), &s.shape(), splits, None)?;
     let ds: Vec<&Dispatch> = att.dispatches.iter().collect();
     let got = run_checked(kr, &ds, &i.out, op)?;
-    let want = reference::attention::attention_decode(&i.q, &i.cache(&s), len, s.h, i.scale);
-    Ok((got, want))
+    Ok((got, i.want(&s, (len - 1, 1))))
 }
 
 fn prefill_case(
@@ -185,9 +253,7 @@ fn prefill_case(
     let i = attention_inputs(&kr.gpu, seed, s, pos, toks)?;
     let d = attention_prefill(kr, &i.buffers(), &s.shape(), toks)?;
     let got = run_checked(kr, &[&d], &i.out, op)?;
-    let want =
-        reference::attention::attention_prefill(&i.q, &i.cache(&s), (pos, toks), s.h, i.scale);
-    Ok((got, want))
+    Ok((got, i.want(&s, (pos, toks))))
 }
 
 /// The work of one decode attention bench case (pass 1 and, with several splits, the merge).
@@ -197,14 +263,17 @@ pub struct DecodeWork {
     pub n_kv_heads: usize,
     pub head_dim: usize,
     pub kv_len: usize,
+    pub kv_type: KvType,
 }
 
-/// The bench cases of decode attention (pass 1 or the merge): each model's heads at each KV
-/// length. Prefill attention is not benchmarked here.
+/// The bench cases of decode attention (pass 1 over either cache type, or the merge): each
+/// model's heads at each KV length. Prefill attention is not benchmarked here.
 pub fn bench(op: &str, shapes: &BenchShapes) -> Vec<BenchCase> {
-    if !matches!(op, "attention_decode" | "attention_merge") {
-        return Vec::new();
-    }
+    let kv_type = match op {
+        "attention_decode" | "attention_merge" => KvType::F16,
+        "attention_decode_kv_q8" => KvType::Q8_0,
+        _ => return Vec::new(),
+    };
     let mut out = Vec::new();
     for p in &shapes.decode {
         for &kv_len in &shapes.kv_lens {
@@ -217,6 +286,7 @@ pub fn bench(op: &str, shapes: &BenchShapes) -> Vec<BenchCase> {
                     n_kv_heads: p.n_kv_heads,
                     head_dim: p.head_dim,
                     kv_len,
+                    kv_type,
                 }),
             });
         }
@@ -227,7 +297,8 @@ pub fn bench(op: &str, shapes: &BenchShapes) -> Vec<BenchCase> {
 impl Work for DecodeWork {
     fn bytes(&self) -> u64 {
         let w = self;
-        (2 * w.n_kv_heads * w.kv_len * w.head_dim * 2 + 2 * w.n_heads * w.head_dim * 4) as u64
+        2 * w.n_kv_heads as u64 * w.kv_len as u64 * w.kv_type.row_bytes(w.head_dim)
+            + (2 * w.n_heads * w.head_dim * 4) as u64
     }
 
     fn flops(&self) -> f64 {
@@ -236,16 +307,23 @@ impl Work for DecodeWork {
 
     fn shape(&self) -> String {
         let w = self;
+        let ty = match w.kv_type {
+            KvType::F16 => String::new(),
+            t => format!(" {t}"),
+        };
         format!(
-            "{}/{}x{} kv{}",
+            "{}/{}x{} kv{}{ty}",
             w.n_heads, w.n_kv_heads, w.head_dim, w.kv_len
         )
     }
 
     fn prepare(&self, gpu: &Gpu) -> Result<Box<dyn PreparedWork>> {
         let w = *self;
-        let words = crate::kernels::kv_cache::cache_bytes(w.n_kv_heads, w.head_dim, w.kv_len) / 4;
-        // Small f16 values (0x2c00 = 0.0625 in both halves): content does not change speed.
+        let words =
+            crate::kernels::kv_cache::cache_bytes(w.kv_type, w.n_kv_heads, w.head_dim, w.kv_len)
+                / 4;
+        // Small values (f16: 0x2c00 = 0.0625 in both halves; q8_0: codes 0x2c and scales
+        // 0x2c002c00, ~1.8e-12): content does not change speed.
         let cache = vec![0x2c00_2c00u32; words as usize];
         let bufs = vec![
             bench_input(gpu, "q", w.n_heads * w.head_dim)?,
@@ -291,6 +369,7 @@ impl PreparedWork for PreparedDecode {
             head_dim: w.head_dim,
             capacity: w.kv_len,
             scale: 1.0 / (w.head_dim as f32).sqrt(),
+            kv_type: w.kv_type,
         };
         let a = attention_decode(k, &io, &shape, splits, None)?;
         Ok(BuiltWork {

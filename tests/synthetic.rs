@@ -334,8 +334,11 @@ fn prefill_logits_of_every_position_match_decode_steps() {
         let want = &steps[pos];
         let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let d = max_abs_diff(l, want);
+        // f32 summation orders differ (GEMM vs GEMV, and the GEMV's norm prologue sums x^2
+        // per subgroup first): measured up to 1.02e-4 x scale on lavapipe; a wrong row or
+        // position moves logits by their own scale.
         assert!(
-            d <= 1e-4 * scale.max(1.0),
+            d <= 3e-4 * scale.max(1.0),
             "position {pos}: prefill vs decode-step logits differ by {d} (scale {scale})"
         );
         seen.push(pos);

@@ -554,19 +554,24 @@ pub fn partials_bytes(n_heads: usize, head_dim: usize, n_splits: usize) -> u64 {
     (n_heads * n_splits * (head_dim + 2) * 4) as u64
 }
 
-/// Keys per split from which decode attention splits the cache further
-/// ([`decode_splits`]); `WICK_ATTN_SPLIT_KEYS` overrides it (for measuring).
+/// Keys per split of decode attention: a step over `kv_len` cached keys wants
+/// `kv_len / SPLIT_KEYS` splits ([`decode_splits`]).
 pub const SPLIT_KEYS: usize = 128;
 
-/// [`SPLIT_KEYS`], or `WICK_ATTN_SPLIT_KEYS` when set (a positive integer).
-pub fn split_keys() -> Result<usize> {
+/// `WICK_ATTN_SPLIT_KEYS` (a positive number of keys): when set, decode steps are recorded for
+/// every power-of-two split count and each step takes about this many keys per split; when
+/// unset, None: two forms, one split below `2 * SPLIT_KEYS` cached keys and the session's
+/// [`choose_splits`] count from there (the policy measured so far; the per-length counts
+/// are there to be measured against it).
+pub fn split_keys() -> Result<Option<usize>> {
     match std::env::var("WICK_ATTN_SPLIT_KEYS") {
-        Err(_) => Ok(SPLIT_KEYS),
+        Err(_) => Ok(None),
         Ok(v) => v
             .trim()
             .parse::<usize>()
             .ok()
             .filter(|&n| n > 0)
+            .map(Some)
             .ok_or_else(|| {
                 Error::InvalidArgument(format!(
                     "WICK_ATTN_SPLIT_KEYS={v:?} (expected a positive number of keys)"
@@ -587,16 +592,17 @@ pub fn split_counts(max_splits: usize) -> Vec<usize> {
     v
 }
 
-/// The split count for a step over `kv_len` cached keys: as many splits as give each at
-/// least `split_keys` keys, rounded down to one of `counts` (those a step was built for, 1
-/// among them). Short caches run one split and no merge pass; long ones spread over the GPU.
+/// The split count for a step over `kv_len` cached keys: `kv_len / split_keys` splits (at
+/// least 1), rounded up to one of `counts` (those the step was built for), or the largest of
+/// them. Short caches run one split and no merge pass where 1 is among the counts.
 pub fn decode_splits(
-    counts: impl IntoIterator<Item = usize>,
+    counts: impl IntoIterator<Item = usize> + Clone,
     kv_len: usize,
     split_keys: usize,
 ) -> usize {
     let want = (kv_len / split_keys.max(1)).max(1);
-    counts.into_iter().filter(|&s| s <= want).max().unwrap_or(1)
+    let up = counts.clone().into_iter().filter(|&s| s >= want).min();
+    up.or_else(|| counts.into_iter().max()).unwrap_or(1)
 }
 
 /// Splits so that `n_kv_heads x n_splits` workgroups cover the GPU a few times over, with at

@@ -167,11 +167,11 @@ pub struct Forward {
     /// Every layer's attention and RoPE geometry.
     heads: AttentionShape,
     rope: RopeShape,
-    /// The decode step per attention split count (ascending, the first with one split and
-    /// no merge pass); each step takes the one [`attention::decode_splits`] picks for its
-    /// cached length.
+    /// The decode step per attention split count (ascending); each step takes the one
+    /// [`attention::decode_splits`] picks for its cached length.
     decode: Vec<(usize, Vec<Dispatch>)>,
-    /// Keys per split from which attention splits further ([`attention::split_keys`]).
+    /// Keys per split of the step's attention ([`attention::SPLIT_KEYS`], or
+    /// `WICK_ATTN_SPLIT_KEYS`).
     split_keys: usize,
     /// Final norm + LM head over the decoded row (`h`) and over the prefill's last row.
     decode_lm: Vec<Dispatch>,
@@ -561,7 +561,7 @@ impl Forward {
                 half_split: cfg.rope_style.half_split(),
             },
             decode: Vec::new(),
-            split_keys: attention::split_keys()?,
+            split_keys: attention::split_keys()?.unwrap_or(attention::SPLIT_KEYS),
             decode_lm: Vec::new(),
             prefill: Vec::new(),
             prefill_large: Vec::new(),
@@ -579,10 +579,13 @@ impl Forward {
             attn.extend(a);
             Ok(list)
         };
-        // Without `short_attention` every step runs the largest split count.
-        let counts = match fusion.short_attention {
-            true => attention::split_counts(max_splits),
-            false => vec![max_splits],
+        // Without `short_attention` every step runs the largest split count; by default one
+        // split or the largest; every power of two with WICK_ATTN_SPLIT_KEYS.
+        let counts = match (fusion.short_attention, attention::split_keys()?) {
+            (false, _) => vec![max_splits],
+            (true, None) if max_splits > 1 => vec![1, max_splits],
+            (true, None) => vec![1],
+            (true, Some(_)) => attention::split_counts(max_splits),
         };
         let mut decode = Vec::with_capacity(counts.len());
         for splits in counts {

@@ -173,23 +173,22 @@ fn decode_split_count_follows_the_cached_length() {
     assert_eq!(attention::split_counts(48), [1, 2, 4, 8, 16, 32, 48]);
     assert_eq!(attention::split_counts(1), [1]);
     let c = attention::split_counts(64);
-    // Fewer keys than one split's share: one split (no merge pass).
-    assert_eq!(attention::decode_splits(c.iter().copied(), 1, 256), 1);
-    assert_eq!(attention::decode_splits(c.iter().copied(), 511, 256), 1);
-    assert_eq!(attention::decode_splits(c.iter().copied(), 512, 256), 2);
-    assert_eq!(attention::decode_splits(c.iter().copied(), 4096, 256), 16);
-    assert_eq!(
-        attention::decode_splits(c.iter().copied(), 4096 + 255, 256),
-        16
-    );
-    // Capped by the session's largest count.
-    assert_eq!(
-        attention::decode_splits(c.iter().copied(), 1 << 20, 256),
-        64
-    );
+    let at =
+        |counts: &[usize], kv_len| attention::decode_splits(counts.iter().copied(), kv_len, 128);
+    // Fewer keys than two splits' worth: one split (no merge pass).
+    assert_eq!(at(&c, 1), 1);
+    assert_eq!(at(&c, 255), 1);
+    assert_eq!(at(&c, 256), 2);
+    assert_eq!(at(&c, 4096), 32);
+    // Rounded up to a recorded count, capped by the largest.
+    assert_eq!(at(&c, 3 * 128), 4);
+    assert_eq!(at(&c, 1 << 20), 64);
     let c = attention::split_counts(48);
-    assert_eq!(attention::decode_splits(c.iter().copied(), 47 * 64, 64), 32);
-    assert_eq!(attention::decode_splits(c.iter().copied(), 48 * 64, 64), 48);
+    assert_eq!(at(&c, 40 * 128), 48);
+    // The default two forms, and a step built for one count only.
+    assert_eq!(at(&[1, 64], 255), 1);
+    assert_eq!(at(&[1, 64], 256), 64);
+    assert_eq!(at(&[8], 1), 8);
 }
 
 #[test]

@@ -89,6 +89,26 @@ fn host_layouts() -> BTreeMap<(&'static str, &'static str), Layout> {
             _pad,
         })
     };
+    // The q8_0-cache kernels share the f16 ones' parameter structs.
+    let kv_write = || {
+        host!(kv_cache::KvWriteParams {
+            n_kv_heads,
+            half_dim,
+            capacity,
+            max_tokens,
+        })
+    };
+    let rope_kv = || {
+        host!(rope::RopeKvParams {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            half_split,
+            capacity,
+            max_tokens,
+            _pad,
+        })
+    };
     BTreeMap::from([
         (
             ("argmax", "Params"),
@@ -134,16 +154,10 @@ fn host_layouts() -> BTreeMap<(&'static str, &'static str), Layout> {
             ("act_q8", "Params"),
             host!(gemv_dot::ActParams { k, eps_bits, _pad }),
         ),
-        (
-            ("kv_cache", "Params"),
-            host!(kv_cache::KvWriteParams {
-                n_kv_heads,
-                half_dim,
-                capacity,
-                max_tokens,
-            }),
-        ),
+        (("kv_cache", "Params"), kv_write()),
         (("kv_cache", "Step"), step()),
+        (("kv_cache_q8", "Params"), kv_write()),
+        (("kv_cache_q8", "Step"), step()),
         (
             ("rmsnorm", "Params"),
             host!(rmsnorm::RmsNormParams { n, rows, eps, _pad }),
@@ -160,19 +174,10 @@ fn host_layouts() -> BTreeMap<(&'static str, &'static str), Layout> {
             }),
         ),
         (("rope", "Step"), step()),
-        (
-            ("rope_kv", "Params"),
-            host!(rope::RopeKvParams {
-                n_heads,
-                n_kv_heads,
-                head_dim,
-                half_split,
-                capacity,
-                max_tokens,
-                _pad,
-            }),
-        ),
+        (("rope_kv", "Params"), rope_kv()),
         (("rope_kv", "Step"), step()),
+        (("rope_kv_q8", "Params"), rope_kv()),
+        (("rope_kv_q8", "Step"), step()),
         (
             ("sample", "Level"),
             host!(sample::Level { n, n_groups, k, n0 }),

@@ -69,7 +69,8 @@ fn attention_merge(
 // lane's own output words. The softmax state (running max m, sum l per head) is identical in
 // every lane of a subgroup. Subgroups take KB consecutive keys per step (their loads are in
 // flight together) and interleave over the workgroup's key chunk; at the end the workgroup's
-// subgroups (at most MAX_SG) are merged through workgroup memory.
+// subgroups (at most MAX_SG) are merged through workgroup memory. KV_Q8: the cache is q8_0
+// (kv_q8.wgsl's layout); lanes own code words (four values) and their block scales.
 override WG: u32 = 128u;
 override HW: u32 = 64u;
 override G: u32 = 4u;
@@ -87,6 +88,12 @@ const MAX_KB: u32 = 4u;
 const MAX_SG: u32 = 4u;
 const NEG: f32 = -3.0e38;
 const NEG_HALF: f32 = -1.0e38;
+// Output words per loaded cache word: 1 (f16 pair), 2 (q8_0 code word of four values).
+#ifdef KV_Q8
+const OUT_W: u32 = 2u;
+#else
+const OUT_W: u32 = 1u;
+#endif
 
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read> q: array<vec2<f32>>;
@@ -111,7 +118,16 @@ fn attention_decode_lanes(
     @builtin(num_subgroups) n_sg: u32,
 ) {
     let S = select(sg_size, SGS, SGS != 0u);
+#ifdef KV_Q8
+    // q8_0 cache: a row is HW / 2 code words (4 values each), then HD / 32 f32 scales in
+    // the scales plane after all codes; a lane's code word w feeds output words 2w, 2w + 1.
+    let QW = HW / 2u;
+    let nw = QW / S;
+    let scales0 = p.n_heads / G * p.capacity * QW;
+    let row0 = kvh * p.capacity;
+#else
     let nw = HW / S;
+#endif
     let kvh = wid.x;
     let split = wid.y;
     let kv_len = min(step.kv_len, p.capacity);
@@ -119,7 +135,9 @@ fn attention_decode_lanes(
     let key_start = min(split * chunk, kv_len);
     let key_end = min(key_start + chunk, kv_len);
     let h0 = kvh * G;
+#ifndef KV_Q8
     let kv_base = kvh * p.capacity * HW;
+#endif
 
     for (var f = lid; f < G * HW; f += WG) {
         wsm[f] = q[h0 * HW + f] * p.scale_log2e;
@@ -132,7 +150,7 @@ fn attention_decode_lanes(
     for (var r = 0u; r < G; r++) {
         m[r] = NEG;
         l[r] = 0.0;
-        for (var i = 0u; i < nw; i++) {
+        for (var i = 0u; i < MAX_NW; i++) {
             acc[r * MAX_NW + i] = vec2(0.0);
         }
     }
@@ -145,20 +163,41 @@ fn attention_decode_lanes(
         let k0 = key_start + (it * n_sg + sg) * KB;
         var kw: array<u32, 32>;
         var vw: array<u32, 32>;
+#ifdef KV_Q8
+        // Scales of the K and V blocks of each loaded code word.
+        var ksc: array<f32, 32>;
+        var vsc: array<f32, 32>;
+#endif
         for (var b = 0u; b < KB; b++) {
             let key = k0 + b;
             // Keys past the chunk are never read: stale or poisoned words must not reach the
             // output (0 x NaN is NaN).
             if (key < key_end) {
+#ifdef KV_Q8
+                let row = row0 + key;
+                for (var i = 0u; i < nw; i++) {
+                    let w = lane + i * S;
+                    let sc = scales0 + row * (HW / 16u) + w / 8u;
+                    kw[b * MAX_NW + i] = cache_k[row * QW + w];
+                    vw[b * MAX_NW + i] = cache_v[row * QW + w];
+                    ksc[b * MAX_NW + i] = bitcast<f32>(cache_k[sc]);
+                    vsc[b * MAX_NW + i] = bitcast<f32>(cache_v[sc]);
+                }
+#else
                 let src = kv_base + key * HW + lane;
                 for (var i = 0u; i < nw; i++) {
                     kw[b * MAX_NW + i] = cache_k[src + i * S];
                     vw[b * MAX_NW + i] = cache_v[src + i * S];
                 }
+#endif
             } else {
                 for (var i = 0u; i < nw; i++) {
                     kw[b * MAX_NW + i] = 0u;
                     vw[b * MAX_NW + i] = 0u;
+#ifdef KV_Q8
+                    ksc[b * MAX_NW + i] = 0.0;
+                    vsc[b * MAX_NW + i] = 0.0;
+#endif
                 }
             }
         }
@@ -168,7 +207,14 @@ fn attention_decode_lanes(
             for (var b = 0u; b < KB; b++) {
                 var d = 0.0;
                 for (var i = 0u; i < nw; i++) {
+#ifdef KV_Q8
+                    let w = lane + i * S;
+                    let qv = vec4(wsm[r * HW + 2u * w], wsm[r * HW + 2u * w + 1u]);
+                    let c = vec4<f32>(unpack4xI8(kw[b * MAX_NW + i]));
+                    d += dot(qv, c) * ksc[b * MAX_NW + i];
+#else
                     d += dot(wsm[r * HW + lane + i * S], unpack2x16float(kw[b * MAX_NW + i]));
+#endif
                 }
                 let sum = subgroupAdd(d);
                 s[b] = select(NEG, sum, k0 + b < key_end);
@@ -178,14 +224,20 @@ fn attention_decode_lanes(
             // m and alpha = 1.
             let alpha = exp2(m[r] - m_new);
             var sum_p = 0.0;
-            for (var i = 0u; i < nw; i++) {
+            for (var i = 0u; i < OUT_W * nw; i++) {
                 acc[r * MAX_NW + i] *= alpha;
             }
             for (var b = 0u; b < KB; b++) {
                 let pb = select(0.0, exp2(s[b] - m_new), s[b] > NEG_HALF);
                 sum_p += pb;
                 for (var i = 0u; i < nw; i++) {
+#ifdef KV_Q8
+                    let c = vec4<f32>(unpack4xI8(vw[b * MAX_NW + i])) * (pb * vsc[b * MAX_NW + i]);
+                    acc[r * MAX_NW + 2u * i] += c.xy;
+                    acc[r * MAX_NW + 2u * i + 1u] += c.zw;
+#else
                     acc[r * MAX_NW + i] += pb * unpack2x16float(vw[b * MAX_NW + i]);
+#endif
                 }
             }
             l[r] = l[r] * alpha + sum_p;
@@ -209,7 +261,13 @@ fn attention_decode_lanes(
         }
         let w = exp2(m[r] - mx);
         for (var i = 0u; i < nw; i++) {
+#ifdef KV_Q8
+            let o = (sg * G + r) * HW + 2u * (lane + i * S);
+            wsm[o] = acc[r * MAX_NW + 2u * i] * w;
+            wsm[o + 1u] = acc[r * MAX_NW + 2u * i + 1u] * w;
+#else
             wsm[(sg * G + r) * HW + lane + i * S] = acc[r * MAX_NW + i] * w;
+#endif
         }
     }
     workgroupBarrier();

@@ -46,7 +46,7 @@ fn pipelines() -> Vec<KernelSpec> {
         .partition(|s| s.op == "attention_decode");
     let mut v = native_specs();
     v.extend(decode);
-    v.push(lanes_listing());
+    v.extend(lanes_listing());
     v.push(merge_spec(64));
     v.extend(prefill);
     v
@@ -435,8 +435,11 @@ pub struct DecodeAttention {
 
 /// The lanes form's pass 1 as listed for the catalog and `kernels check` (subgroups of 32, a
 /// group of 4 at head_dim 128; the registry builds it for the device's subgroup sizes).
-pub fn lanes_listing() -> KernelSpec {
-    lanes_spec(32, 32, 4, 128, false)
+pub fn lanes_listing() -> Vec<KernelSpec> {
+    KvType::ALL
+        .into_iter()
+        .map(|kv| lanes_spec((32, 32), 4, 128, false, kv))
+        .collect()
 }
 
 /// How decode pass 1 is written.
@@ -444,11 +447,11 @@ pub fn lanes_listing() -> KernelSpec {
 pub enum DecodeForm {
     /// K/V tiles staged in workgroup memory for the whole GQA group, barriers between the
     /// score, softmax and output steps of each tile (`attention_core.wgsl`); no subgroup
-    /// operations. Has the native variants and the q8_0-cache form.
+    /// operations. Has the native variants (f16 cache).
     Tiled,
     /// Each subgroup streams its own keys from the cache, scores with `subgroupAdd`, and
     /// keeps its own softmax state; no barrier inside the key loop (entry
-    /// `attention_decode_lanes`). f16 cache only; where [`lanes_unfit`] is None.
+    /// `attention_decode_lanes`), over either cache type; where [`lanes_unfit`] is None.
     Lanes,
 }
 
@@ -462,19 +465,22 @@ const LANES_MAX_G: usize = 8;
 const LANES_SMEM_WORDS: usize = 2016;
 
 /// Why the lanes form of decode pass 1 cannot serve this head shape on `caps` (None: it can).
-/// Lanes split a head's `head_dim / 2` cache words evenly at every subgroup size the adapter
-/// may use, at most [`LANES_MAX_WORDS`] each.
+/// Lanes split a cache row's words (`head_dim / 2` f16 pairs, or `head_dim / 4` q8_0 code
+/// words) evenly at every subgroup size the adapter may use, with at most
+/// [`LANES_MAX_WORDS`] output words each.
 pub fn lanes_unfit(caps: &Capabilities, shape: &AttentionShape) -> Option<String> {
     let hw = shape.head_dim / 2;
     let (lo, hi) = (caps.subgroup_min_size as usize, caps.subgroup_max_size as usize);
     let g = shape.group();
-    if shape.kv_type != KvType::F16 {
-        return Some("reads an f16 cache only".into());
-    }
     if !caps.subgroup || lo == 0 || hi < lo {
         return Some("needs subgroup operations".into());
     }
-    if shape.head_dim % 2 != 0 || hw % hi != 0 || hw / lo > LANES_MAX_WORDS {
+    // Cache words per row a lane's loads cover, and output words per cache word.
+    let (words, out) = match shape.kv_type {
+        KvType::F16 => (hw, 1),
+        KvType::Q8_0 => (shape.head_dim / 4, 2),
+    };
+    if shape.head_dim % 32 != 0 || words % hi != 0 || out * words / lo > LANES_MAX_WORDS {
         return Some(format!(
             "head_dim {} does not split over subgroups of {lo}-{hi} lanes",
             shape.head_dim
@@ -494,9 +500,15 @@ pub fn lanes_unfit(caps: &Capabilities, shape: &AttentionShape) -> Option<String
 
 /// The lanes form's pass-1 spec ([`DecodeForm::Lanes`]): `LANES_MAX_SG` subgroups of the
 /// smallest size per workgroup; the subgroup size is baked in where the adapter has one.
-fn lanes_spec(sg_min: u32, sg_max: u32, group: usize, head_dim: usize, direct: bool) -> KernelSpec {
-    KernelSpec::new(
-        "attention_decode_lanes",
+fn lanes_spec(
+    (sg_min, sg_max): (u32, u32),
+    group: usize,
+    head_dim: usize,
+    direct: bool,
+    kv_type: KvType,
+) -> KernelSpec {
+    let spec = KernelSpec::new(
+        op_name("attention_decode_lanes", kv_type),
         "attention_decode",
         "attention_decode_lanes",
         &[
@@ -514,7 +526,11 @@ fn lanes_spec(sg_min: u32, sg_max: u32, group: usize, head_dim: usize, direct: b
     .constant("G", group as u32)
     .constant("KB", LANES_KEYS)
     .constant("DIRECT", direct as u32)
-    .constant("SGS", if sg_min == sg_max { sg_min } else { 0 })
+    .constant("SGS", if sg_min == sg_max { sg_min } else { 0 });
+    match kv_type {
+        KvType::F16 => spec,
+        KvType::Q8_0 => spec.define("KV_Q8"),
+    }
 }
 
 /// Pass-1 spec for a decode attention geometry over a cache of `kv_type` (`None` if the group
@@ -596,8 +612,8 @@ pub fn attention_decode(
             if let Some(why) = lanes_unfit(caps, shape) {
                 return Err(Error::Unsupported(format!("{what} (lanes form): {why}")));
             }
-            let (lo, hi) = (caps.subgroup_min_size, caps.subgroup_max_size);
-            lanes_spec(lo, hi, shape.group(), head_dim, direct)
+            let sizes = (caps.subgroup_min_size, caps.subgroup_max_size);
+            lanes_spec(sizes, shape.group(), head_dim, direct, shape.kv_type)
         }
         DecodeForm::Tiled => decode_spec(caps, n_heads, n_kv_heads, head_dim, direct, shape.kv_type).ok_or_else(|| {
             Error::Unsupported(format!(

@@ -124,12 +124,18 @@ impl DecodeFusion {
     }
 }
 
-/// Whether decode attention takes the lanes form by default, per adapter class:
+/// Whether decode attention takes the lanes form by default, per adapter class, from
+/// measurements (`wick bench -p 0 -n 128 -d D -r 3`, `WICK_ATTN_LANES=0` -> `=1`, Vulkan, one
+/// call on an NVIDIA H100, 2026-12-07):
+/// - NVIDIA: off. The tiled native SPIR-V kernel is faster at every depth measured:
+///   Llama-3-8B Q4_0 d0 317.3 -> 280.0 tok/s, d1024 284.3 -> 259.0, d4096 223.2 -> 187.0
+///   (pass 1 1460 -> 2144 us per token); Llama-3.2-1B Q4_0 d4096 811.2 -> 542.2; SmolLM2
+///   d0 1062.5 -> 843.4.
 /// - Apple: off; the native MSL kernel (tiled form, simdgroup softmax) serves the shapes the
 ///   models use, and the lanes form has not run on an Apple GPU.
-/// - Others: on (where the shape fits).
-pub fn lanes_attention_default(caps: &Capabilities) -> bool {
-    !matches!(caps.class, AdapterClass::Apple)
+/// - AMD, Intel, others: off until measured.
+pub fn lanes_attention_default(_caps: &Capabilities) -> bool {
+    false
 }
 
 /// Hidden sizes from which decode runs on the integer-dot GEMVs where the adapter's entry

@@ -718,7 +718,18 @@ fn check_decode_q8(
         .storage_buffer("out", (n_heads * head_dim * 4) as u64)
         .unwrap();
     let stepb = g.uniform("step", &step(0, 1)).unwrap();
-    for &ns in splits {
+    // Both forms of pass 1; the lanes form wherever the adapter has subgroups.
+    let lanes = attention::lanes_unfit(&k.gpu.caps, &shape);
+    assert_eq!(lanes.is_none(), g.caps.subgroup, "lanes form: {lanes:?}");
+    let forms = [
+        (DecodeForm::Tiled, "attention_decode_kv_q8"),
+        (DecodeForm::Lanes, "attention_decode_lanes_kv_q8"),
+    ];
+    for ((form, op), &ns) in forms
+        .into_iter()
+        .filter(|(f, _)| *f == DecodeForm::Tiled || lanes.is_none())
+        .flat_map(|f| splits.iter().map(move |ns| (f, ns)))
+    {
         let io = AttentionBuffers {
             q: &qb,
             cache: KvPair {
@@ -728,12 +739,9 @@ fn check_decode_q8(
             step: &stepb,
             out: &out,
         };
-        let att = attention::attention_decode(k, &io, &shape, DecodeForm::Tiled, ns, None).unwrap();
+        let att = attention::attention_decode(k, &io, &shape, form, ns, None).unwrap();
         let p1 = &att.dispatches[0].pipeline;
-        assert_eq!(
-            (p1.op.as_str(), p1.variant),
-            ("attention_decode_kv_q8", Variant::Portable)
-        );
+        assert_eq!((p1.op.as_str(), p1.variant), (op, Variant::Portable));
         for &kv_len in kv_lens {
             let q = rand_vec(&mut r, n_heads * head_dim, q_scale);
             g.write(&qb, 0, &q);
@@ -741,7 +749,7 @@ fn check_decode_q8(
             g.poison(&out);
             k.run(&att.dispatches.iter().collect::<Vec<_>>()).unwrap();
             let what = format!(
-                "decode q8_0 heads {n_heads}/{n_kv_heads} hd {head_dim} kv_len {kv_len} splits {ns}"
+                "decode {form:?} q8_0 heads {n_heads}/{n_kv_heads} hd {head_dim} kv_len {kv_len} splits {ns}"
             );
             let got: Vec<f32> = g.read_vec(&out).unwrap();
             let (e_deq, e_f32, bound, ratio) =

@@ -46,6 +46,7 @@ fn pipelines() -> Vec<KernelSpec> {
         .partition(|s| s.op == "attention_decode");
     let mut v = native_specs();
     v.extend(decode);
+    v.extend(lanes_listing());
     v.push(merge_spec(64));
     v.extend(prefill);
     v
@@ -432,6 +433,106 @@ pub struct DecodeAttention {
     pub n_splits: usize,
 }
 
+/// The lanes form's pass 1 as listed for the catalog and `kernels check` (subgroups of 32, a
+/// group of 4 at head_dim 128; the registry builds it for the device's subgroup sizes).
+pub fn lanes_listing() -> Vec<KernelSpec> {
+    KvType::ALL
+        .into_iter()
+        .map(|kv| lanes_spec((32, 32), 4, 128, false, kv))
+        .collect()
+}
+
+/// How decode pass 1 is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeForm {
+    /// K/V tiles staged in workgroup memory for the whole GQA group, barriers between the
+    /// score, softmax and output steps of each tile (`attention_core.wgsl`); no subgroup
+    /// operations. Has the native variants (f16 cache).
+    Tiled,
+    /// Each subgroup streams its own keys from the cache, scores with `subgroupAdd`, and
+    /// keeps its own softmax state; no barrier inside the key loop (entry
+    /// `attention_decode_lanes`), over either cache type; where [`lanes_unfit`] is None.
+    Lanes,
+}
+
+/// Keys each subgroup of the lanes form loads per step (`KB` in the WGSL).
+const LANES_KEYS: u32 = 4;
+/// Limits of the lanes form's WGSL arrays: cache words per lane, subgroups per workgroup,
+/// GQA group, and the `vec2` words of its workgroup array.
+const LANES_MAX_WORDS: usize = 8;
+const LANES_MAX_SG: usize = 4;
+const LANES_MAX_G: usize = 8;
+const LANES_SMEM_WORDS: usize = 2016;
+
+/// Why the lanes form of decode pass 1 cannot serve this head shape on `caps` (None: it can).
+/// Lanes split a cache row's words (`head_dim / 2` f16 pairs, or `head_dim / 4` q8_0 code
+/// words) evenly at every subgroup size the adapter may use, with at most
+/// [`LANES_MAX_WORDS`] output words each.
+pub fn lanes_unfit(caps: &Capabilities, shape: &AttentionShape) -> Option<String> {
+    let hw = shape.head_dim / 2;
+    let (lo, hi) = (caps.subgroup_min_size as usize, caps.subgroup_max_size as usize);
+    let g = shape.group();
+    if !caps.subgroup || lo == 0 || hi < lo {
+        return Some("needs subgroup operations".into());
+    }
+    // Cache words per row a lane's loads cover, and output words per cache word.
+    let (words, out) = match shape.kv_type {
+        KvType::F16 => (hw, 1),
+        KvType::Q8_0 => (shape.head_dim / 4, 2),
+    };
+    if shape.head_dim % 32 != 0 || words % hi != 0 || out * words / lo > LANES_MAX_WORDS {
+        return Some(format!(
+            "head_dim {} does not split over subgroups of {lo}-{hi} lanes",
+            shape.head_dim
+        ));
+    }
+    if g == 0 || g > LANES_MAX_G || LANES_MAX_SG * g * hw > LANES_SMEM_WORDS {
+        return Some(format!("a GQA group of {g} x head_dim {} is too large", shape.head_dim));
+    }
+    let wg = LANES_MAX_SG * lo;
+    if wg > caps.max_compute_invocations_per_workgroup as usize
+        || (LANES_SMEM_WORDS + 32) * 8 > caps.max_compute_workgroup_storage_size as usize
+    {
+        return Some("exceeds the workgroup limits".into());
+    }
+    None
+}
+
+/// The lanes form's pass-1 spec ([`DecodeForm::Lanes`]): `LANES_MAX_SG` subgroups of the
+/// smallest size per workgroup; the subgroup size is baked in where the adapter has one.
+fn lanes_spec(
+    (sg_min, sg_max): (u32, u32),
+    group: usize,
+    head_dim: usize,
+    direct: bool,
+    kv_type: KvType,
+) -> KernelSpec {
+    let spec = KernelSpec::new(
+        op_name("attention_decode_lanes", kv_type),
+        "attention_decode",
+        "attention_decode_lanes",
+        &[
+            Binding::Uniform,
+            Binding::Uniform,
+            Binding::Read,
+            Binding::Read,
+            Binding::Read,
+            Binding::ReadWrite,
+        ],
+    )
+    .define("LANES")
+    .constant("WG", LANES_MAX_SG as u32 * sg_min)
+    .constant("HW", (head_dim / 2) as u32)
+    .constant("G", group as u32)
+    .constant("KB", LANES_KEYS)
+    .constant("DIRECT", direct as u32)
+    .constant("SGS", if sg_min == sg_max { sg_min } else { 0 });
+    match kv_type {
+        KvType::F16 => spec,
+        KvType::Q8_0 => spec.define("KV_Q8"),
+    }
+}
+
 /// Pass-1 spec for a decode attention geometry over a cache of `kv_type` (`None` if the group
 /// does not fit the portable kernel). Over an f16 cache it carries the native kernels when
 /// they cover the shape: head_dim in [`NATIVE_HEAD_DIMS`] and at most [`NATIVE_MAX_GROUP`]
@@ -484,7 +585,7 @@ pub fn merge_spec(head_dim: usize) -> KernelSpec {
     .constant("HW", (head_dim / 2) as u32)
 }
 
-/// Decode attention: `out[h] = softmax(q[h] . K[kv(h)][0..kv_len] * scale) V[kv(h)]` for each
+/// Decode attention, pass 1 in `form`: `out[h] = softmax(q[h] . K[kv(h)][0..kv_len] * scale) V[kv(h)]` for each
 /// query head `h` (q, out f32 `[n_heads * head_dim]`), where `kv(h) = h / (n_heads /
 /// n_kv_heads)` and `kv_len = step.kv_len` (clamped to `capacity`). The keys are split over
 /// `n_splits` workgroups per KV head, merged by a second pass when `n_splits > 1`, through
@@ -494,6 +595,7 @@ pub fn attention_decode(
     k: &Kernels,
     io: &AttentionBuffers,
     shape: &AttentionShape,
+    form: DecodeForm,
     n_splits: usize,
     partials: Option<&wgpu::Buffer>,
 ) -> Result<DecodeAttention> {
@@ -505,13 +607,22 @@ pub fn attention_decode(
         return Err(Error::Shape(format!("{what}: {n_splits} splits")));
     }
     let direct = n_splits == 1;
-    let spec = decode_spec(caps, n_heads, n_kv_heads, head_dim, direct, shape.kv_type).ok_or_else(|| {
-        Error::Unsupported(format!(
-            "{what}: a GQA group of {} heads x head_dim {head_dim} does not fit in {} bytes of workgroup memory",
-            shape.group(),
-            caps.max_compute_workgroup_storage_size
-        ))
-    })?;
+    let spec = match form {
+        DecodeForm::Lanes => {
+            if let Some(why) = lanes_unfit(caps, shape) {
+                return Err(Error::Unsupported(format!("{what} (lanes form): {why}")));
+            }
+            let sizes = (caps.subgroup_min_size, caps.subgroup_max_size);
+            lanes_spec(sizes, shape.group(), head_dim, direct, shape.kv_type)
+        }
+        DecodeForm::Tiled => decode_spec(caps, n_heads, n_kv_heads, head_dim, direct, shape.kv_type).ok_or_else(|| {
+            Error::Unsupported(format!(
+                "{what}: a GQA group of {} heads x head_dim {head_dim} does not fit in {} bytes of workgroup memory",
+                shape.group(),
+                caps.max_compute_workgroup_storage_size
+            ))
+        })?,
+    };
     let flags = if direct { FLAG_DIRECT } else { 0 };
     let params = params(k, "attention_decode params", shape, (n_splits, 1), flags)?;
     let (q, cache_k, cache_v, step) = (io.q, io.cache.k, io.cache.v, io.step);

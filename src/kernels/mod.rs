@@ -166,6 +166,7 @@ pub fn checked_specs() -> Vec<KernelSpec> {
             .into_iter()
             .filter(|s| s.defines.contains(&"KV_Q8")),
     );
+    v.extend(attention::lanes_listing());
     v
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gpu::{AdapterClass, Capabilities, Gpu};
-use crate::kernels::attention::{AttentionBuffers, AttentionShape};
+use crate::kernels::attention::{AttentionBuffers, AttentionShape, DecodeForm};
 use crate::kernels::kv_cache::KvPair;
 use crate::kernels::rmsnorm::NormWeights;
 use crate::kernels::rope::{RopeShape, RopeTables};
@@ -67,6 +67,10 @@ pub struct DecodeFusion {
     /// prologue) per activation row, shared by the GEMVs reading it. Off in [`Self::ALL`];
     /// sessions take it per adapter ([`Self::for_adapter`]).
     pub int_dot: bool,
+    /// Decode attention in the lanes form ([`attention::DecodeForm::Lanes`]) where the head
+    /// shape and adapter allow ([`attention::lanes_unfit`]); else the tiled form. Sessions
+    /// take it per adapter ([`lanes_attention_default`]).
+    pub lanes_attention: bool,
 }
 
 impl DecodeFusion {
@@ -77,6 +81,7 @@ impl DecodeFusion {
         swiglu: true,
         short_attention: true,
         int_dot: false,
+        lanes_attention: true,
     };
     pub const NONE: DecodeFusion = DecodeFusion {
         qkv: false,
@@ -85,6 +90,7 @@ impl DecodeFusion {
         swiglu: false,
         short_attention: false,
         int_dot: false,
+        lanes_attention: false,
     };
 
     /// [`Self::ALL`] with the integer-dot GEMVs where [`int_dot_default`] turns them on for
@@ -100,11 +106,36 @@ impl DecodeFusion {
                 )))
             }
         };
+        let lanes_attention = match std::env::var("WICK_ATTN_LANES").as_deref() {
+            Err(_) | Ok("") => lanes_attention_default(caps),
+            Ok("0") => false,
+            Ok("1") => true,
+            Ok(o) => {
+                return Err(Error::InvalidArgument(format!(
+                    "WICK_ATTN_LANES={o:?} (expected 0 or 1)"
+                )))
+            }
+        };
         Ok(DecodeFusion {
             int_dot,
+            lanes_attention,
             ..DecodeFusion::ALL
         })
     }
+}
+
+/// Whether decode attention takes the lanes form by default, per adapter class, from
+/// measurements (`wick bench -p 0 -n 128 -d D -r 3`, `WICK_ATTN_LANES=0` -> `=1`, Vulkan, one
+/// call on an NVIDIA H100, 2026-12-07):
+/// - NVIDIA: off. The tiled native SPIR-V kernel is faster at every depth measured:
+///   Llama-3-8B Q4_0 d0 317.3 -> 280.0 tok/s, d1024 284.3 -> 259.0, d4096 223.2 -> 187.0
+///   (pass 1 1460 -> 2144 us per token); Llama-3.2-1B Q4_0 d4096 811.2 -> 542.2; SmolLM2
+///   d0 1062.5 -> 843.4.
+/// - Apple: off; the native MSL kernel (tiled form, simdgroup softmax) serves the shapes the
+///   models use, and the lanes form has not run on an Apple GPU.
+/// - AMD, Intel, others: off until measured.
+pub fn lanes_attention_default(_caps: &Capabilities) -> bool {
+    false
 }
 
 /// Hidden sizes from which decode runs on the integer-dot GEMVs where the adapter's entry
@@ -464,9 +495,16 @@ impl<'a> Lower<'a> {
     /// Attention of the pass's rows over the layer's cache.
     fn attention(&mut self, io: &AttentionBuffers, shape: &AttentionShape) -> Result<()> {
         match self.how {
-            Lowering::Decode { splits, .. } => {
+            Lowering::Decode { splits, fusion } => {
                 let partials = (splits > 1).then_some(&self.act.partials);
-                let att = attention::attention_decode(self.k, io, shape, splits, partials)?;
+                let lanes = fusion.lanes_attention
+                    && attention::lanes_unfit(&self.k.gpu.caps, shape).is_none();
+                let form = if lanes {
+                    DecodeForm::Lanes
+                } else {
+                    DecodeForm::Tiled
+                };
+                let att = attention::attention_decode(self.k, io, shape, form, splits, partials)?;
                 self.list.extend(att.dispatches.iter().cloned());
                 self.attn.push(att);
             }

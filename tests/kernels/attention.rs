@@ -1,7 +1,7 @@
 use crate::support::*;
 use half::f16;
 use rand::Rng;
-use wick::kernels::attention::{AttentionBuffers, AttentionShape};
+use wick::kernels::attention::{AttentionBuffers, AttentionShape, DecodeForm};
 use wick::kernels::kv_cache::{KvPair, KvType};
 use wick::kernels::{attention, kv_cache, Kernels, StepParams, Variant};
 use wick::reference;
@@ -64,9 +64,30 @@ fn check_decode(
     kv_lens: &[usize],
     q_scale: f32,
 ) {
-    check_decode_variant(
-        k, None, n_heads, n_kv_heads, head_dim, capacity, splits, kv_lens, q_scale,
+    // Both forms of pass 1; the lanes form wherever the adapter has subgroups (these head
+    // shapes split over subgroups of 8 to 32), so it cannot be skipped silently.
+    let shape = AttentionShape {
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        capacity,
+        scale: 1.0,
+        kv_type: KvType::F16,
+    };
+    let lanes = attention::lanes_unfit(&k.gpu.caps, &shape);
+    assert_eq!(
+        lanes.is_none(),
+        k.gpu.caps.subgroup,
+        "lanes form at heads {n_heads}/{n_kv_heads} hd {head_dim}: {lanes:?}"
     );
+    for form in [DecodeForm::Tiled, DecodeForm::Lanes] {
+        if form == DecodeForm::Lanes && lanes.is_some() {
+            continue;
+        }
+        check_decode_variant(
+            k, None, form, n_heads, n_kv_heads, head_dim, capacity, splits, kv_lens, q_scale,
+        );
+    }
 }
 
 /// [`check_decode`], asserting that pass 1 runs `variant` (the merge pass is always WGSL).
@@ -74,6 +95,7 @@ fn check_decode(
 fn check_decode_variant(
     k: &Kernels,
     variant: Option<Variant>,
+    form: DecodeForm,
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
@@ -123,7 +145,7 @@ fn check_decode_variant(
             scale,
             kv_type: KvType::F16,
         };
-        let att = attention::attention_decode(k, &io, &shape, ns, partials).unwrap();
+        let att = attention::attention_decode(k, &io, &shape, form, ns, partials).unwrap();
         assert_eq!(att.dispatches.len(), if ns == 1 { 1 } else { 2 });
         if let Some(v) = variant {
             assert_eq!(
@@ -146,7 +168,7 @@ fn check_decode_variant(
             };
             let want = reference::attention::attention_decode(&q, &cache, kv_len, n_heads, scale);
             let what = format!(
-                "decode heads {n_heads}/{n_kv_heads} hd {head_dim} kv_len {kv_len} splits {ns}"
+                "decode {form:?} heads {n_heads}/{n_kv_heads} hd {head_dim} kv_len {kv_len} splits {ns}"
             );
             let e = assert_close(&what, &g.read_vec(&out).unwrap(), &want, RTOL, ATOL);
             eprintln!("{what}: max error {e:.1e} of max |want|");
@@ -256,20 +278,20 @@ fn decode_native() {
     }
     let native = Some(Variant::Native);
     // head_dim 64: GQA 1 (8 keys per value-step invocation), several splits.
-    check_decode_variant(k, native, 4, 4, 64, 320, &[1, 5], &[1, 31, 33, 300], 2.0);
+    check_decode_variant(k, native, DecodeForm::Tiled, 4, 4, 64, 320, &[1, 5], &[1, 31, 33, 300], 2.0);
     // head_dim 128: GQA 4, a split count that does not divide the length.
-    check_decode_variant(k, native, 8, 2, 128, 400, &[1, 7], &[1, 33, 390], 3.0);
+    check_decode_variant(k, native, DecodeForm::Tiled, 8, 2, 128, 400, &[1, 7], &[1, 33, 390], 3.0);
     // head_dim 128: GQA 8 (every invocation busy, rows in both halves of the row sets) and 1.
-    check_decode_variant(k, native, 8, 1, 128, 160, &[1, 3], &[1, 65, 160], 2.0);
-    check_decode_variant(k, native, 2, 2, 128, 160, &[1, 4], &[1, 97], 2.0);
+    check_decode_variant(k, native, DecodeForm::Tiled, 8, 1, 128, 160, &[1, 3], &[1, 65, 160], 2.0);
+    check_decode_variant(k, native, DecodeForm::Tiled, 2, 2, 128, 160, &[1, 4], &[1, 97], 2.0);
     // head_dim 64: GQA 8 and an odd group (40 row words: 3 key slices, 8 invocations idle).
-    check_decode_variant(k, native, 16, 2, 64, 200, &[1, 6], &[1, 47, 200], 2.0);
-    check_decode_variant(k, native, 5, 1, 64, 200, &[1, 2], &[1, 70, 199], 2.0);
+    check_decode_variant(k, native, DecodeForm::Tiled, 16, 2, 64, 200, &[1, 6], &[1, 47, 200], 2.0);
+    check_decode_variant(k, native, DecodeForm::Tiled, 5, 1, 64, 200, &[1, 2], &[1, 70, 199], 2.0);
     // head_dim 32 (the synthetic checkpoints): GQA 2 and 3; more splits than keys.
-    check_decode_variant(k, native, 4, 2, 32, 128, &[1, 16], &[1, 9, 128], 2.0);
-    check_decode_variant(k, native, 6, 2, 32, 128, &[1, 3], &[1, 100], 2.0);
+    check_decode_variant(k, native, DecodeForm::Tiled, 4, 2, 32, 128, &[1, 16], &[1, 9, 128], 2.0);
+    check_decode_variant(k, native, DecodeForm::Tiled, 6, 2, 32, 128, &[1, 3], &[1, 100], 2.0);
     // Peaky softmax (large q): exercises the running-max rescaling across tiles.
-    check_decode_variant(k, native, 4, 1, 64, 200, &[1, 3], &[150], 12.0);
+    check_decode_variant(k, native, DecodeForm::Tiled, 4, 1, 64, 200, &[1, 3], &[150], 12.0);
 }
 
 /// Shapes the native decode kernel does not cover run the WGSL kernel under the global native
@@ -278,8 +300,8 @@ fn decode_native() {
 fn decode_native_falls_back_to_portable() {
     let k = kernels_native();
     let portable = Some(Variant::Portable);
-    check_decode_variant(k, portable, 4, 2, 96, 64, &[1, 2], &[1, 50], 2.0);
-    check_decode_variant(k, portable, 16, 1, 64, 64, &[1, 2], &[1, 40], 2.0);
+    check_decode_variant(k, portable, DecodeForm::Tiled, 4, 2, 96, 64, &[1, 2], &[1, 50], 2.0);
+    check_decode_variant(k, portable, DecodeForm::Tiled, 16, 1, 64, 64, &[1, 2], &[1, 40], 2.0);
 }
 
 /// Prefill of `n_tokens` (of a `max_tokens` grid) after a cached prefix of `pos` positions:
@@ -421,7 +443,7 @@ fn attention_rejects_bad_shapes() {
             scale: 0.1,
             kv_type: KvType::F16,
         };
-        attention::attention_decode(k, &io, &shape, ns, None)
+        attention::attention_decode(k, &io, &shape, DecodeForm::Tiled, ns, None)
     };
     assert!(
         is_shape(&dec(&q, &cache, 6, 4, 64, 1)),
@@ -696,7 +718,18 @@ fn check_decode_q8(
         .storage_buffer("out", (n_heads * head_dim * 4) as u64)
         .unwrap();
     let stepb = g.uniform("step", &step(0, 1)).unwrap();
-    for &ns in splits {
+    // Both forms of pass 1; the lanes form wherever the adapter has subgroups.
+    let lanes = attention::lanes_unfit(&k.gpu.caps, &shape);
+    assert_eq!(lanes.is_none(), g.caps.subgroup, "lanes form: {lanes:?}");
+    let forms = [
+        (DecodeForm::Tiled, "attention_decode_kv_q8"),
+        (DecodeForm::Lanes, "attention_decode_lanes_kv_q8"),
+    ];
+    for ((form, op), &ns) in forms
+        .into_iter()
+        .filter(|(f, _)| *f == DecodeForm::Tiled || lanes.is_none())
+        .flat_map(|f| splits.iter().map(move |ns| (f, ns)))
+    {
         let io = AttentionBuffers {
             q: &qb,
             cache: KvPair {
@@ -706,12 +739,9 @@ fn check_decode_q8(
             step: &stepb,
             out: &out,
         };
-        let att = attention::attention_decode(k, &io, &shape, ns, None).unwrap();
+        let att = attention::attention_decode(k, &io, &shape, form, ns, None).unwrap();
         let p1 = &att.dispatches[0].pipeline;
-        assert_eq!(
-            (p1.op.as_str(), p1.variant),
-            ("attention_decode_kv_q8", Variant::Portable)
-        );
+        assert_eq!((p1.op.as_str(), p1.variant), (op, Variant::Portable));
         for &kv_len in kv_lens {
             let q = rand_vec(&mut r, n_heads * head_dim, q_scale);
             g.write(&qb, 0, &q);
@@ -719,7 +749,7 @@ fn check_decode_q8(
             g.poison(&out);
             k.run(&att.dispatches.iter().collect::<Vec<_>>()).unwrap();
             let what = format!(
-                "decode q8_0 heads {n_heads}/{n_kv_heads} hd {head_dim} kv_len {kv_len} splits {ns}"
+                "decode {form:?} q8_0 heads {n_heads}/{n_kv_heads} hd {head_dim} kv_len {kv_len} splits {ns}"
             );
             let got: Vec<f32> = g.read_vec(&out).unwrap();
             let (e_deq, e_f32, bound, ratio) =

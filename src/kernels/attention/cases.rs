@@ -3,7 +3,9 @@
 use std::any::Any;
 use std::sync::Arc;
 
-use super::{attention_decode, attention_prefill, choose_splits, AttentionBuffers, AttentionShape};
+use super::{
+    attention_decode, attention_prefill, choose_splits, AttentionBuffers, AttentionShape, DecodeForm,
+};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::family::{
@@ -42,6 +44,11 @@ pub fn checks(spec: &KernelSpec, seed: u64) -> Result<Vec<CheckCase>> {
                 if spec.entry == "attention_merge" && splits == 1 {
                     continue;
                 }
+                let form = if spec.entry == "attention_decode_lanes" {
+                    DecodeForm::Lanes
+                } else {
+                    DecodeForm::Tiled
+                };
                 let op = op.clone();
                 let heads = Heads {
                     h,
@@ -53,7 +60,7 @@ pub fn checks(spec: &KernelSpec, seed: u64) -> Result<Vec<CheckCase>> {
                 v.push(CheckCase::new(
                     format!("{h}/{kvh} heads x {hd}, kv {len}, {splits} splits"),
                     TOL,
-                    Box::new(move |kr| decode_case(kr, &op, seed, heads, len, splits)),
+                    Box::new(move |kr| decode_case(kr, &op, seed, heads, len, (form, splits))),
                 ));
             }
         }
@@ -233,10 +240,10 @@ fn decode_case(
     seed: u64,
     s: Heads,
     len: usize,
-    splits: usize,
+    (form, splits): (DecodeForm, usize),
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let i = attention_inputs(&kr.gpu, seed, s, len - 1, 1)?;
-    let att = attention_decode(kr, &i.buffers(), &s.shape(), splits, None)?;
+    let att = attention_decode(kr, &i.buffers(), &s.shape(), form, splits, None)?;
     let ds: Vec<&Dispatch> = att.dispatches.iter().collect();
     let got = run_checked(kr, &ds, &i.out, op)?;
     Ok((got, i.want(&s, (len - 1, 1))))
@@ -371,7 +378,7 @@ impl PreparedWork for PreparedDecode {
             scale: 1.0 / (w.head_dim as f32).sqrt(),
             kv_type: w.kv_type,
         };
-        let a = attention_decode(k, &io, &shape, splits, None)?;
+        let a = attention_decode(k, &io, &shape, DecodeForm::Tiled, splits, None)?;
         Ok(BuiltWork {
             dispatches: a.dispatches,
             scratch: a.scratch,

@@ -4,7 +4,8 @@
 //! Ops without a native variant on this adapter time their portable kernel only.
 //!
 //! Each sample records `iters` runs of the case into one compute pass and times the submit to
-//! completion on the wall clock (criterion's model); `wick kernels bench` has GPU timestamps.
+//! completion on the wall clock (criterion's model), on one copy of the weights; `wick
+//! kernels bench` has GPU timestamps and rotates runs over weight copies past the L2.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -131,7 +132,7 @@ fn kernels(c: &mut Criterion) {
                     {
                         let mut pass = enc.begin_compute_pass(&Default::default());
                         for _ in 0..iters {
-                            for d in &built.dispatches {
+                            for d in &built.runs[0] {
                                 d.record(&mut pass);
                             }
                         }

@@ -317,6 +317,177 @@ fn bench_cases_and_winners() {
     )));
 }
 
+/// Tiny batching for lavapipe: a few runs per sample, a few weight copies; no cut by
+/// sample time, so the runs per sample are the plan's whatever the machine's load.
+fn tiny_batch() -> wick::tools::timing::BatchOptions {
+    wick::tools::timing::BatchOptions {
+        sample_bytes: 1 << 20,
+        max_runs: 4,
+        rotate_bytes: 1 << 20,
+        max_copy_bytes: 2 << 20,
+        max_copies: 4,
+        max_sample_secs: f64::INFINITY,
+    }
+}
+
+/// `wick kernels bench` end to end on small shapes with tiny batching: every row ran batched
+/// samples over weight copies as planned, and its rates follow from its time (nothing timed
+/// is asserted against a bound).
+#[test]
+fn bench_runs_batched_over_weight_copies() {
+    use wick::tools::kernel_bench::{self, OpBenchOptions};
+    let g = gpu();
+    let batch = tiny_batch();
+    for (filter, kv_lens) in [("gemv_q8_0", vec![]), ("attention_decode", vec![512])] {
+        let o = OpBenchOptions {
+            filter: Some(filter.into()),
+            all: true,
+            models: vec!["smollm2-135m".into()],
+            kv_lens,
+            reps: 2,
+            warmup_secs: 0.0,
+            ceiling_bytes: 1 << 20,
+            batch,
+            ..Default::default()
+        };
+        let cases = kernel_bench::cases(&o).unwrap();
+        let r = kernel_bench::run(g, &o).unwrap();
+        assert!(r.skipped.is_empty(), "{filter}: skipped {:?}", r.skipped);
+        assert!(!r.rows.is_empty(), "{filter}: nothing timed");
+        for row in &r.rows {
+            let case = &cases[row.index];
+            let plan = batch.plan(&g.caps, case.work.bytes(), case.work.weight_bytes());
+            assert_eq!(row.runs_per_sample, plan.runs_per_sample, "{row:?}");
+            assert_eq!(row.weight_copies, plan.weight_copies, "{row:?}");
+            assert!(
+                (1..=batch.max_runs).contains(&row.runs_per_sample),
+                "{row:?}"
+            );
+            assert!(
+                (1..=batch.max_copies).contains(&row.weight_copies),
+                "{row:?}"
+            );
+            assert!(row.us > 0.0 && row.us.is_finite(), "{row:?}");
+            let gb_s = row.bytes as f64 / (row.us * 1e3);
+            assert!((row.gb_s - gb_s).abs() <= 1e-9 * gb_s.max(1.0), "{row:?}");
+        }
+        // The small matrices and caches rotate over several copies in batches of several
+        // runs; the SmolLM2 LM head (30 MB) is past the 1 MiB targets alone.
+        assert!(
+            r.rows
+                .iter()
+                .any(|x| x.weight_copies > 1 && x.runs_per_sample > 1),
+            "{filter}: no row was batched and rotated: {:?}",
+            r.rows
+        );
+        if filter == "gemv_q8_0" {
+            let head = r.rows.iter().find(|x| x.role == "lm_head").unwrap();
+            assert_eq!((head.runs_per_sample, head.weight_copies), (1, 1));
+        }
+    }
+    // A zero bound is refused by name rather than planned around.
+    let o = OpBenchOptions {
+        filter: Some("gemv_q8_0".into()),
+        batch: wick::tools::timing::BatchOptions {
+            max_runs: 0,
+            ..batch
+        },
+        ..Default::default()
+    };
+    let e = kernel_bench::run(g, &o).expect_err("max_runs 0 refused");
+    assert!(e.to_string().contains("max_runs"), "{e}");
+}
+
+/// The planner: runs per sample from bytes per run, copies from the rotation target, both
+/// within their caps and at least 1.
+#[test]
+fn batch_plan_bounds() {
+    let batch = wick::tools::timing::BatchOptions::default();
+    let mut caps = gpu().caps.clone();
+    caps.device_memory = Some(80 << 30);
+    let mib = 1u64 << 20;
+    // k/v of an 8B model in q4_0 (1024 x 4096): ~2.25 MiB.
+    let p = batch.plan(&caps, 2 * mib + mib / 4, 2 * mib + mib / 4);
+    assert_eq!(p.runs_per_sample, 114);
+    assert_eq!(p.weight_copies, 114);
+    // A 300 MiB LM head: one run and one copy already exceed both targets.
+    let p = batch.plan(&caps, 300 * mib, 300 * mib);
+    assert_eq!((p.runs_per_sample, p.weight_copies), (1, 1));
+    // No weights (the activation quantiser): one copy; a few bytes: capped runs.
+    let p = batch.plan(&caps, 4096, 0);
+    assert_eq!((p.runs_per_sample, p.weight_copies), (batch.max_runs, 1));
+    // Tiny weights: the copy count cap; little device memory: the memory cap.
+    assert_eq!(
+        batch.plan(&caps, 4096, 4096).weight_copies,
+        batch.max_copies
+    );
+    caps.device_memory = Some(64 * mib);
+    assert_eq!(batch.plan(&caps, 4 * mib, 4 * mib).weight_copies, 4);
+}
+
+/// `time_runs` on each timing path this adapter can take (timestamps inside passes, around
+/// passes, the wall clock), batched over two weight copies; and a run without dispatches is
+/// an error, not a panic.
+#[test]
+fn time_runs_on_every_timing_path() {
+    use wick::kernels::gemv::cases::GemvWork;
+    use wick::quant::WeightFormat;
+    use wick::tools::kernel_bench::{self, BenchCase};
+    use wick::tools::timing::{time_runs, Timing};
+    let case = BenchCase {
+        op: "gemv_q8_0".into(),
+        model: "tiny".into(),
+        role: "q".into(),
+        work: Arc::new(GemvWork::Plain {
+            format: WeightFormat::Q8_0,
+            n: 64,
+            k: 256,
+        }),
+    };
+    let ts = wgpu::Features::TIMESTAMP_QUERY
+        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
+        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+    let inside = wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+    for disable in [None, Some(inside), Some(ts)] {
+        let g = if disable.is_none() {
+            gpu().clone()
+        } else {
+            Gpu::with_options(wick::gpu::GpuOptions {
+                disable_features: disable,
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        let want = if !g.caps.timestamps {
+            Timing::Wall
+        } else if !g.caps.timestamps_inside_passes {
+            Timing::PassTimestamps
+        } else {
+            Timing::Timestamps
+        };
+        if disable == Some(ts) {
+            assert_eq!(want, Timing::Wall);
+        }
+        let prepared = kernel_bench::prepare_copies(&g, &case, 2).unwrap();
+        assert_eq!(prepared.copies(), 2);
+        let k = kernel_bench::registry(&g, &case.op, Variant::Portable);
+        let built = prepared.build(&k).unwrap();
+        assert_eq!(built.runs.len(), 2);
+        let runs: Vec<Vec<&wick::kernels::Dispatch>> =
+            built.runs.iter().map(|r| r.iter().collect()).collect();
+        let t = time_runs(&g, &runs, 3, f64::INFINITY, 2, 0.0).unwrap();
+        assert_eq!(t.timing, want);
+        assert_eq!(t.runs_per_sample, 3);
+        assert!(t.ns > 0.0 && t.ns.is_finite(), "{t:?}");
+        // A sample cap far below one run cuts the sample to one run.
+        let t = time_runs(&g, &runs, 3, 1e-9, 2, 0.0).unwrap();
+        assert_eq!(t.runs_per_sample, 1);
+        assert!(time_runs(&g, &[], 3, 1.0, 2, 0.0).is_err());
+        assert!(time_runs(&g, &[Vec::new()], 3, 1.0, 2, 0.0).is_err());
+        assert!(time_runs(&g, &runs, 3, 0.0, 2, 0.0).is_err());
+    }
+}
+
 /// Pipelines of every family the check knows, whether or not a native variant exists yet, so
 /// each family's check is known to pass (and to fail on a wrong reference) before a native
 /// kernel depends on it.

@@ -46,7 +46,7 @@ struct GemvArgs {
     /// Try every work split, not only the default.
     #[arg(long)]
     sweep: bool,
-    /// Timed dispatches per variant.
+    /// Timed samples per variant (each a batch of dispatches; the median is reported).
     #[arg(short = 'r', long, default_value_t = 20)]
     reps: usize,
     /// Kernel variants: portable (WGSL), native (SPIR-V/MSL where the op has one), auto.
@@ -430,10 +430,10 @@ fn bench_gemv(a: GemvArgs) -> Result<()> {
         "{} ({}), read ceiling {ceiling:.1} GB/s",
         caps.adapter_name, caps.backend
     );
-    println!("| format | n x k | swiglu | variant | lpr | rpg | wg | us | GB/s | % ceiling | |\n| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    println!("| format | n x k | swiglu | variant | lpr | rpg | wg | us | runs/sample | copies | GB/s | % ceiling | |\n| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
     for r in rows {
         println!(
-            "| {} | {}x{} | {} | {:?} | {} | {} | {} | {:.2} | {:.1} | {:.1}% | {} |",
+            "| {} | {}x{} | {} | {:?} | {} | {} | {} | {:.2} | {} | {} | {:.1} | {:.1}% | {} |",
             r.format,
             r.n,
             r.k,
@@ -443,6 +443,8 @@ fn bench_gemv(a: GemvArgs) -> Result<()> {
             r.rows_per_group,
             r.workgroup_size,
             r.us,
+            r.runs_per_sample,
+            r.weight_copies,
             r.gb_s,
             r.ceiling_share * 100.0,
             if r.default { "default" } else { "" }

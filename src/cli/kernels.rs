@@ -63,7 +63,7 @@ struct BenchArgs {
     /// Activation rows of the GEMM cases (the llama3-8b shapes).
     #[arg(long, default_value_t = 512)]
     gemm_rows: usize,
-    /// Timed runs per case and variant.
+    /// Timed samples per case and variant (each a batch of runs; the median is reported).
     #[arg(short = 'r', long, default_value_t = 20)]
     reps: usize,
     /// Seconds of GPU warm-up before the first timed case.
@@ -252,10 +252,10 @@ fn bench(gpu: &std::sync::Arc<Gpu>, a: BenchArgs) -> Result<()> {
             num(r.read_ceiling_gb_s),
             r.timing
         );
-        println!("| # | op | model | role | shape | variant | us | GB/s | % ceiling | GFLOP/s | native speedup |\n| ---: | --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |");
+        println!("| # | op | model | role | shape | variant | us | runs/sample | copies | GB/s | % ceiling | GFLOP/s | native speedup |\n| ---: | --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         for row in &r.rows {
             println!(
-                "| {} | {} | {} | {} | {} | {:?} | {:.2} | {} | {:.1}% | {} | {} |",
+                "| {} | {} | {} | {} | {} | {:?} | {:.2} | {} | {} | {} | {:.1}% | {} | {} |",
                 row.index,
                 row.op,
                 row.model,
@@ -263,6 +263,8 @@ fn bench(gpu: &std::sync::Arc<Gpu>, a: BenchArgs) -> Result<()> {
                 row.shape,
                 row.variant,
                 row.us,
+                row.runs_per_sample,
+                row.weight_copies,
                 num(row.gb_s),
                 row.ceiling_share * 100.0,
                 num(row.gflop_s),

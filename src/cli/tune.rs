@@ -25,7 +25,7 @@ pub struct TuneArgs {
     /// Matrix type (or mix, q4_k_m) of the synthetic preset.
     #[arg(long, default_value = "q4_0")]
     quant: String,
-    /// Timed dispatches per split.
+    /// Timed samples per split (each a batch of dispatches; the median is reported).
     #[arg(short = 'r', long, default_value_t = 20)]
     reps: usize,
     /// Output file (default: this device's tuning file, see the README).

@@ -470,7 +470,10 @@ const LANES_SMEM_WORDS: usize = 2016;
 /// [`LANES_MAX_WORDS`] output words each.
 pub fn lanes_unfit(caps: &Capabilities, shape: &AttentionShape) -> Option<String> {
     let hw = shape.head_dim / 2;
-    let (lo, hi) = (caps.subgroup_min_size as usize, caps.subgroup_max_size as usize);
+    let (lo, hi) = (
+        caps.subgroup_min_size as usize,
+        caps.subgroup_max_size as usize,
+    );
     let g = shape.group();
     if !caps.subgroup || lo == 0 || hi < lo {
         return Some("needs subgroup operations".into());
@@ -487,7 +490,10 @@ pub fn lanes_unfit(caps: &Capabilities, shape: &AttentionShape) -> Option<String
         ));
     }
     if g == 0 || g > LANES_MAX_G || LANES_MAX_SG * g * hw > LANES_SMEM_WORDS {
-        return Some(format!("a GQA group of {g} x head_dim {} is too large", shape.head_dim));
+        return Some(format!(
+            "a GQA group of {g} x head_dim {} is too large",
+            shape.head_dim
+        ));
     }
     let wg = LANES_MAX_SG * lo;
     if wg > caps.max_compute_invocations_per_workgroup as usize

@@ -136,12 +136,17 @@ pub trait Work: std::fmt::Debug + Send + Sync + 'static {
     /// Bytes the kernel must move at least: weights (or K and V) read once, activations
     /// read, outputs written.
     fn bytes(&self) -> u64;
+    /// Bytes of the large read-only inputs of one run (the weights, or the K and V cache):
+    /// what the bench copies and rotates over so that consecutive runs read DRAM rather
+    /// than the L2, as a decode step's layers do. 0: nothing worth rotating.
+    fn weight_bytes(&self) -> u64;
     /// Floating-point operations (a multiply-add is two).
     fn flops(&self) -> f64;
     /// A short label of the shape, e.g. `4096x4096`.
     fn shape(&self) -> String;
-    /// Uploads random inputs, bound by every variant's dispatches.
-    fn prepare(&self, gpu: &Gpu) -> Result<Box<dyn PreparedWork>>;
+    /// Uploads random inputs with `copies` (at least 1) copies of the weights; the
+    /// activations, outputs and scratch are shared by every copy and every variant.
+    fn prepare(&self, gpu: &Gpu, copies: usize) -> Result<Box<dyn PreparedWork>>;
     fn as_any(&self) -> &dyn Any;
 }
 
@@ -154,8 +159,11 @@ impl dyn Work {
 
 /// A bench case's inputs on the GPU.
 pub trait PreparedWork {
-    /// The case's dispatches on `k` (whose policy picks the variant).
-    fn build(&self, k: &Kernels) -> Result<BuiltWork>;
+    /// The weight copies prepared (at least 1).
+    fn copies(&self) -> usize;
+    /// The case's dispatches on `k` (whose policy picks the variant), reading weight copy
+    /// `copy` (errors unless below [`PreparedWork::copies`]).
+    fn build(&self, k: &Kernels, copy: usize) -> Result<BuiltWork>;
 }
 
 /// Dispatches of one run of a case, and scratch buffers they bind.
@@ -191,6 +199,60 @@ pub fn bench_matrix(
 ) -> Result<GpuMatrix> {
     let bytes = quant::random_weights(f.ggml(), n * k, seed, 1.0 / (k as f32).sqrt())?;
     GpuMatrix::upload(gpu, "bench w", &quant::pack(f, &bytes, n, k)?)
+}
+
+/// `copies` (at least 1) GPU copies of random n x k `f` weights: one packing, uploaded once
+/// and copied on the GPU (content does not change speed; distinct buffers are what count).
+pub fn bench_matrices(
+    gpu: &Gpu,
+    f: WeightFormat,
+    n: usize,
+    k: usize,
+    seed: u64,
+    copies: usize,
+) -> Result<Vec<GpuMatrix>> {
+    let first = bench_matrix(gpu, f, n, k, seed)?;
+    let mut qs = bench_copies(gpu, first.qs, copies)?.into_iter();
+    let mut scales = bench_copies(gpu, first.scales, copies)?.into_iter();
+    let mut out = Vec::with_capacity(copies.max(1));
+    while let (Some(qs), Some(scales)) = (qs.next(), scales.next()) {
+        out.push(GpuMatrix {
+            format: f,
+            n,
+            k,
+            qs,
+            scales,
+        });
+    }
+    Ok(out)
+}
+
+/// `first` and `copies - 1` more buffers of its size and usage holding its content (copied
+/// on the GPU; queue order makes the copies land before any later submit reads them).
+pub fn bench_copies(gpu: &Gpu, first: wgpu::Buffer, copies: usize) -> Result<Vec<wgpu::Buffer>> {
+    let mut out = Vec::with_capacity(copies.max(1));
+    if copies > 1 {
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        for i in 1..copies {
+            let label = format!("bench copy {i}");
+            let b = gpu.storage_buffer(&label, first.size())?;
+            enc.copy_buffer_to_buffer(&first, 0, &b, 0, first.size());
+            out.push(b);
+        }
+        gpu.scoped(|| gpu.queue.submit([enc.finish()]))?;
+    }
+    out.insert(0, first);
+    Ok(out)
+}
+
+/// Errors unless `copy` is one of the `copies` a bench case prepared.
+pub fn check_copy(copy: usize, copies: usize) -> Result<()> {
+    if copy >= copies {
+        return Err(Error::InvalidArgument(format!(
+            "weight copy {copy} asked of a bench case prepared with {copies}"
+        )));
+    }
+    Ok(())
 }
 
 /// A bench activation buffer of `len` f32 (content does not change speed).

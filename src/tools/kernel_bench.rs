@@ -4,9 +4,13 @@
 //! the measured read ceiling; the per-op winner can go into the tuning cache, which
 //! `--kernels auto` follows ([`crate::kernels::Kernels::variant_for`]).
 //!
-//! Timing is [`super::timing::time_dispatches`] (the method of `wick bench gemv`): warm-up,
-//! then the median of GPU timestamps around each run, or the wall clock of a synchronous
-//! batch where the adapter has no timestamps.
+//! Timing is [`super::timing::time_runs`] (the method of `wick bench gemv` too): each timed
+//! sample is a batch of runs of the case between one pair of GPU timestamps, sized so its
+//! bytes read dwarf the fixed cost of a sample; consecutive runs rotate over copies of the
+//! weights (or K/V cache) totalling well over the L2, so they read DRAM as decode does; the
+//! time of one run is the median sample over its runs, and includes the barrier before the
+//! next run (the runs write the same outputs). Where the adapter has no timestamps, the wall
+//! clock of a synchronous batch of samples. Each row reports its runs per sample and copies.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,7 +18,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::catalog::{self, OpInfo};
-use super::timing::{time_dispatches, Timing};
+use super::timing::{time_runs, BatchOptions, Timing};
 use crate::error::{Error, Result};
 use crate::gpu::{Capabilities, Gpu};
 pub use crate::kernels::family::{BenchCase, BenchShapes, ModelShape, Work};
@@ -37,12 +41,14 @@ pub struct OpBenchOptions {
     /// The preset and activation rows of the GEMM cases.
     pub gemm_model: String,
     pub gemm_rows: usize,
-    /// Timed runs per case and variant.
+    /// Timed samples per case and variant (each a batch of runs; the median is reported).
     pub reps: usize,
     /// Seconds of warm-up before the first timed case.
     pub warmup_secs: f64,
     /// Bytes read by the ceiling kernel (capped by the binding limit).
     pub ceiling_bytes: u64,
+    /// How each case's samples and weight copies are sized.
+    pub batch: BatchOptions,
 }
 
 impl Default for OpBenchOptions {
@@ -59,6 +65,7 @@ impl Default for OpBenchOptions {
             reps: 20,
             warmup_secs: 1.0,
             ceiling_bytes: 1 << 30,
+            batch: BatchOptions::default(),
         }
     }
 }
@@ -118,38 +125,67 @@ pub struct Prepared {
     work: Box<dyn PreparedWork>,
 }
 
-/// A case's dispatches on one registry.
+/// A case's dispatches on one registry, one run per weight copy.
 pub struct Built {
-    pub dispatches: Vec<Dispatch>,
+    /// `runs[c]`: the dispatches of one run reading weight copy `c`.
+    pub runs: Vec<Vec<Dispatch>>,
     /// The variant the case's op ran as.
     pub variant: Variant,
-    _scratch: Option<wgpu::Buffer>,
+    _scratch: Vec<wgpu::Buffer>,
 }
 
-/// Uploads random inputs for `case`.
+/// Uploads random inputs for `case` with one copy of its weights.
 pub fn prepare(gpu: &Gpu, case: &BenchCase) -> Result<Prepared> {
+    prepare_copies(gpu, case, 1)
+}
+
+/// Uploads random inputs for `case` with `copies` (at least 1) copies of its weights.
+pub fn prepare_copies(gpu: &Gpu, case: &BenchCase, copies: usize) -> Result<Prepared> {
     Ok(Prepared {
         case: case.clone(),
-        work: case.work.prepare(gpu)?,
+        work: case.work.prepare(gpu, copies.max(1))?,
     })
 }
 
 impl Prepared {
-    /// The case's dispatches on `k` (whose policy picks the variant).
+    /// The weight copies prepared.
+    pub fn copies(&self) -> usize {
+        self.work.copies()
+    }
+
+    /// The case's dispatches on `k` (whose policy picks the variant), for every copy.
     pub fn build(&self, k: &Kernels) -> Result<Built> {
-        let BuiltWork {
-            dispatches,
-            scratch,
-        } = self.work.build(k)?;
-        let variant = dispatches
-            .iter()
-            .find(|d| d.pipeline.op == self.case.op)
-            .map(|d| d.pipeline.variant)
-            .ok_or_else(|| {
-                Error::Unsupported(format!("no dispatch of {} was built", self.case.op))
-            })?;
+        let mut runs = Vec::with_capacity(self.copies());
+        let mut scratch = Vec::new();
+        let mut variant = None;
+        for copy in 0..self.copies() {
+            let BuiltWork {
+                dispatches,
+                scratch: s,
+            } = self.work.build(k, copy)?;
+            let v = dispatches
+                .iter()
+                .find(|d| d.pipeline.op == self.case.op)
+                .map(|d| d.pipeline.variant)
+                .ok_or_else(|| {
+                    Error::Unsupported(format!("no dispatch of {} was built", self.case.op))
+                })?;
+            // Copies differ only in buffers, so they pick the same pipelines.
+            if variant.is_some_and(|w| w != v) {
+                return Err(Error::Unsupported(format!(
+                    "{}: weight copies built different variants",
+                    self.case.op
+                )));
+            }
+            variant = Some(v);
+            runs.push(dispatches);
+            scratch.extend(s);
+        }
+        let variant = variant.ok_or_else(|| {
+            Error::Unsupported(format!("{}: no weight copy to build", self.case.op))
+        })?;
         Ok(Built {
-            dispatches,
+            runs,
             variant,
             _scratch: scratch,
         })
@@ -184,8 +220,14 @@ pub struct OpBenchRow {
     pub role: String,
     pub shape: String,
     pub variant: Variant,
-    /// Median time of one run (all dispatches of the op: attention includes its merge).
+    /// Median time of one run (all dispatches of the op: attention includes its merge), from
+    /// samples of `runs_per_sample` runs over `weight_copies` copies; includes the barrier
+    /// between consecutive runs, as in a decode step.
     pub us: f64,
+    /// Runs of the case between one pair of timestamps.
+    pub runs_per_sample: usize,
+    /// Copies of the weights (or K/V cache) consecutive runs rotate over.
+    pub weight_copies: usize,
     pub bytes: u64,
     pub flops: f64,
     /// flops / bytes.
@@ -218,6 +260,7 @@ pub fn run(gpu: &Arc<Gpu>, o: &OpBenchOptions) -> Result<OpBenchReport> {
     if o.reps == 0 {
         return Err(Error::InvalidArgument("reps must be at least 1".into()));
     }
+    o.batch.validate()?;
     let caps = &gpu.caps;
     let portable = registry(gpu, "", Variant::Portable);
     // The first pass over the buffer warms the GPU clocks up; the second is the ceiling.
@@ -235,7 +278,10 @@ pub fn run(gpu: &Arc<Gpu>, o: &OpBenchOptions) -> Result<OpBenchReport> {
             case.role,
             case.work.shape()
         );
-        let prepared = match prepare(gpu, &case) {
+        let plan = o
+            .batch
+            .plan(caps, case.work.bytes(), case.work.weight_bytes());
+        let prepared = match prepare_copies(gpu, &case, plan.weight_copies) {
             Ok(p) => p,
             Err(e) => {
                 skipped.push(format!("{label}: {e}"));
@@ -263,8 +309,16 @@ pub fn run(gpu: &Arc<Gpu>, o: &OpBenchOptions) -> Result<OpBenchReport> {
                     continue;
                 }
             };
-            let ds: Vec<&Dispatch> = built.dispatches.iter().collect();
-            let (ns, t) = time_dispatches(gpu, &ds, o.reps, warm)?;
+            let runs: Vec<Vec<&Dispatch>> = built.runs.iter().map(|r| r.iter().collect()).collect();
+            let timed = time_runs(
+                gpu,
+                &runs,
+                plan.runs_per_sample,
+                o.batch.max_sample_secs,
+                o.reps,
+                warm,
+            )?;
+            let (ns, t) = (timed.ns, timed.timing);
             // Only the first case needs the long warm-up: the GPU stays busy afterwards.
             warm = 0.0;
             timing = t;
@@ -282,6 +336,8 @@ pub fn run(gpu: &Arc<Gpu>, o: &OpBenchOptions) -> Result<OpBenchReport> {
                 shape: case.work.shape(),
                 variant,
                 us,
+                runs_per_sample: timed.runs_per_sample,
+                weight_copies: prepared.copies(),
                 bytes,
                 flops,
                 intensity: flops / bytes as f64,

@@ -4,12 +4,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::timing::time_dispatches;
+use super::timing::{time_runs, BatchOptions};
 use crate::error::Result;
 use crate::gpu::Capabilities;
+use crate::kernels::family::{bench_matrices, matrix_bytes};
 use crate::kernels::gemv::{self, GemvConfig};
-use crate::kernels::{GpuMatrix, Kernels, Variant};
-use crate::quant::{self, WeightFormat};
+use crate::kernels::{Dispatch, Kernels, Variant};
+use crate::quant::WeightFormat;
 
 /// Every GEMV work split worth timing on this device: lanes per row 4..256, rows per group
 /// 1..8, workgroups of 32..256, those the device and shader accept.
@@ -45,8 +46,16 @@ pub struct GemvTiming {
     pub lanes_per_row: u32,
     pub rows_per_group: u32,
     pub workgroup_size: u32,
-    /// Median GPU time per dispatch (timestamps around each dispatch).
+    /// Median GPU time per dispatch: timestamps around samples of `runs_per_sample`
+    /// dispatches rotating over `weight_copies` copies of the weights (see
+    /// [`super::timing`]), including the barrier between consecutive dispatches.
     pub us: f64,
+    /// Dispatches between one pair of timestamps (0 in reports from before batching).
+    #[serde(default)]
+    pub runs_per_sample: usize,
+    /// Weight copies the dispatches rotate over (0 in reports from before batching).
+    #[serde(default)]
+    pub weight_copies: usize,
     pub gb_s: f64,
     /// Share of the measured read ceiling (when given).
     pub ceiling_share: f64,
@@ -65,8 +74,9 @@ pub struct SweepShape {
 }
 
 /// Times GEMV (or gate+up SwiGLU) on random weights of `shape` for each of `configs` (plus the
-/// default choice), `reps` dispatches each after a warm-up; `ceiling_gb_s` (when known) turns
-/// the rates into shares.
+/// default choice), `reps` samples each after a warm-up, batched and rotated over weight
+/// copies as [`BatchOptions::default`] plans; `ceiling_gb_s` (when known) turns the rates
+/// into shares.
 pub fn gemv_sweep(
     k: &Kernels,
     shape: &SweepShape,
@@ -81,34 +91,47 @@ pub fn gemv_sweep(
         swiglu,
     } = *shape;
     let gpu = &k.gpu;
-    let t = format.ggml();
-    let scale = 1.0 / (kdim as f32).sqrt();
-    let mk = |seed: u64| -> Result<GpuMatrix> {
-        let bytes = quant::random_weights(t, n * kdim, seed, scale)?;
-        let packed = quant::pack(format, &bytes, n, kdim)?;
-        GpuMatrix::upload(gpu, "bench w", &packed)
+    let weight_bytes = matrix_bytes(format, n, kdim) * if swiglu { 2 } else { 1 };
+    let batch = BatchOptions::default();
+    let plan = batch.plan(&gpu.caps, weight_bytes, weight_bytes);
+    let w = bench_matrices(gpu, format, n, kdim, 1, plan.weight_copies)?;
+    let u = if swiglu {
+        Some(bench_matrices(gpu, format, n, kdim, 2, plan.weight_copies)?)
+    } else {
+        None
     };
-    let w = mk(1)?;
-    let u = if swiglu { Some(mk(2)?) } else { None };
     let x = gpu.upload("bench x", &vec![0.5f32; kdim])?;
     let out = gpu.storage_buffer("bench out", (n * 4) as u64)?;
     let op = if swiglu { "gemv_swiglu" } else { "gemv" };
     let default = gemv::config_for(k, op, format, n, kdim);
     let mut all = vec![default];
     all.extend(configs.iter().copied().filter(|c| *c != default));
-    let bytes = (w.qs.size() + w.scales.size()) * if swiglu { 2 } else { 1 };
+    let bytes = (w[0].qs.size() + w[0].scales.size()) * if swiglu { 2 } else { 1 };
     let mut out_rows = Vec::new();
     for cfg in all {
-        let d = match &u {
-            Some(u) => gemv::gemv_swiglu_with_config(k, &w, u, &x, &out, &cfg),
-            None => gemv::gemv_with_config(k, &w, &x, &out, Default::default(), &cfg),
-        };
-        let Ok(d) = d else { continue };
+        // One dispatch per weight copy; a split the shader or device refuses is skipped.
+        let ds: Result<Vec<Dispatch>> = (0..w.len())
+            .map(|c| match &u {
+                Some(u) => gemv::gemv_swiglu_with_config(k, &w[c], &u[c], &x, &out, &cfg),
+                None => gemv::gemv_with_config(k, &w[c], &x, &out, Default::default(), &cfg),
+            })
+            .collect();
+        let Ok(ds) = ds else { continue };
+        let runs: Vec<Vec<&Dispatch>> = ds.iter().map(|d| vec![d]).collect();
         // Warm-up: the first variant runs for half a second (GPU clocks ramp up under
         // load), the others a few passes.
         let warm = if out_rows.is_empty() { 0.5 } else { 0.0 };
-        let (med, _) = time_dispatches(gpu, &[&d], reps, warm)?;
+        let timed = time_runs(
+            gpu,
+            &runs,
+            plan.runs_per_sample,
+            batch.max_sample_secs,
+            reps,
+            warm,
+        )?;
+        let med = timed.ns;
         let gb_s = bytes as f64 / med;
+        let d = &ds[0];
         let native = d.pipeline.variant == Variant::Native;
         let is_default = cfg == default;
         let cfg = if native {
@@ -126,6 +149,8 @@ pub fn gemv_sweep(
             rows_per_group: cfg.rows_per_group,
             workgroup_size: cfg.workgroup_size,
             us: med / 1e3,
+            runs_per_sample: timed.runs_per_sample,
+            weight_copies: w.len(),
             gb_s,
             ceiling_share: if ceiling_gb_s > 0.0 {
                 gb_s / ceiling_gb_s

@@ -278,20 +278,119 @@ fn decode_native() {
     }
     let native = Some(Variant::Native);
     // head_dim 64: GQA 1 (8 keys per value-step invocation), several splits.
-    check_decode_variant(k, native, DecodeForm::Tiled, 4, 4, 64, 320, &[1, 5], &[1, 31, 33, 300], 2.0);
+    check_decode_variant(
+        k,
+        native,
+        DecodeForm::Tiled,
+        4,
+        4,
+        64,
+        320,
+        &[1, 5],
+        &[1, 31, 33, 300],
+        2.0,
+    );
     // head_dim 128: GQA 4, a split count that does not divide the length.
-    check_decode_variant(k, native, DecodeForm::Tiled, 8, 2, 128, 400, &[1, 7], &[1, 33, 390], 3.0);
+    check_decode_variant(
+        k,
+        native,
+        DecodeForm::Tiled,
+        8,
+        2,
+        128,
+        400,
+        &[1, 7],
+        &[1, 33, 390],
+        3.0,
+    );
     // head_dim 128: GQA 8 (every invocation busy, rows in both halves of the row sets) and 1.
-    check_decode_variant(k, native, DecodeForm::Tiled, 8, 1, 128, 160, &[1, 3], &[1, 65, 160], 2.0);
-    check_decode_variant(k, native, DecodeForm::Tiled, 2, 2, 128, 160, &[1, 4], &[1, 97], 2.0);
+    check_decode_variant(
+        k,
+        native,
+        DecodeForm::Tiled,
+        8,
+        1,
+        128,
+        160,
+        &[1, 3],
+        &[1, 65, 160],
+        2.0,
+    );
+    check_decode_variant(
+        k,
+        native,
+        DecodeForm::Tiled,
+        2,
+        2,
+        128,
+        160,
+        &[1, 4],
+        &[1, 97],
+        2.0,
+    );
     // head_dim 64: GQA 8 and an odd group (40 row words: 3 key slices, 8 invocations idle).
-    check_decode_variant(k, native, DecodeForm::Tiled, 16, 2, 64, 200, &[1, 6], &[1, 47, 200], 2.0);
-    check_decode_variant(k, native, DecodeForm::Tiled, 5, 1, 64, 200, &[1, 2], &[1, 70, 199], 2.0);
+    check_decode_variant(
+        k,
+        native,
+        DecodeForm::Tiled,
+        16,
+        2,
+        64,
+        200,
+        &[1, 6],
+        &[1, 47, 200],
+        2.0,
+    );
+    check_decode_variant(
+        k,
+        native,
+        DecodeForm::Tiled,
+        5,
+        1,
+        64,
+        200,
+        &[1, 2],
+        &[1, 70, 199],
+        2.0,
+    );
     // head_dim 32 (the synthetic checkpoints): GQA 2 and 3; more splits than keys.
-    check_decode_variant(k, native, DecodeForm::Tiled, 4, 2, 32, 128, &[1, 16], &[1, 9, 128], 2.0);
-    check_decode_variant(k, native, DecodeForm::Tiled, 6, 2, 32, 128, &[1, 3], &[1, 100], 2.0);
+    check_decode_variant(
+        k,
+        native,
+        DecodeForm::Tiled,
+        4,
+        2,
+        32,
+        128,
+        &[1, 16],
+        &[1, 9, 128],
+        2.0,
+    );
+    check_decode_variant(
+        k,
+        native,
+        DecodeForm::Tiled,
+        6,
+        2,
+        32,
+        128,
+        &[1, 3],
+        &[1, 100],
+        2.0,
+    );
     // Peaky softmax (large q): exercises the running-max rescaling across tiles.
-    check_decode_variant(k, native, DecodeForm::Tiled, 4, 1, 64, 200, &[1, 3], &[150], 12.0);
+    check_decode_variant(
+        k,
+        native,
+        DecodeForm::Tiled,
+        4,
+        1,
+        64,
+        200,
+        &[1, 3],
+        &[150],
+        12.0,
+    );
 }
 
 /// Shapes the native decode kernel does not cover run the WGSL kernel under the global native
@@ -300,8 +399,30 @@ fn decode_native() {
 fn decode_native_falls_back_to_portable() {
     let k = kernels_native();
     let portable = Some(Variant::Portable);
-    check_decode_variant(k, portable, DecodeForm::Tiled, 4, 2, 96, 64, &[1, 2], &[1, 50], 2.0);
-    check_decode_variant(k, portable, DecodeForm::Tiled, 16, 1, 64, 64, &[1, 2], &[1, 40], 2.0);
+    check_decode_variant(
+        k,
+        portable,
+        DecodeForm::Tiled,
+        4,
+        2,
+        96,
+        64,
+        &[1, 2],
+        &[1, 50],
+        2.0,
+    );
+    check_decode_variant(
+        k,
+        portable,
+        DecodeForm::Tiled,
+        16,
+        1,
+        64,
+        64,
+        &[1, 2],
+        &[1, 40],
+        2.0,
+    );
 }
 
 /// Prefill of `n_tokens` (of a `max_tokens` grid) after a cached prefix of `pos` positions:

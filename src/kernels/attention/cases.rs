@@ -4,13 +4,14 @@ use std::any::Any;
 use std::sync::Arc;
 
 use super::{
-    attention_decode, attention_prefill, choose_splits, AttentionBuffers, AttentionShape, DecodeForm,
+    attention_decode, attention_prefill, choose_splits, partials_bytes, AttentionBuffers,
+    AttentionShape, DecodeForm,
 };
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::family::{
-    bench_input, poisoned, random_cache, run_checked, BenchCase, BenchShapes, BuiltWork, CheckCase,
-    PreparedWork, Rng, Work,
+    bench_copies, bench_input, check_copy, poisoned, random_cache, run_checked, BenchCase,
+    BenchShapes, BuiltWork, CheckCase, PreparedWork, Rng, Work,
 };
 use crate::kernels::kv_cache::{KvPair, KvType};
 use crate::kernels::{Dispatch, KernelSpec, Kernels, StepParams};
@@ -308,6 +309,11 @@ impl Work for DecodeWork {
             + (2 * w.n_heads * w.head_dim * 4) as u64
     }
 
+    fn weight_bytes(&self) -> u64 {
+        let w = self;
+        2 * crate::kernels::kv_cache::cache_bytes(w.kv_type, w.n_kv_heads, w.head_dim, w.kv_len)
+    }
+
     fn flops(&self) -> f64 {
         4.0 * (self.n_heads * self.kv_len * self.head_dim) as f64
     }
@@ -324,18 +330,29 @@ impl Work for DecodeWork {
         )
     }
 
-    fn prepare(&self, gpu: &Gpu) -> Result<Box<dyn PreparedWork>> {
+    fn prepare(&self, gpu: &Gpu, copies: usize) -> Result<Box<dyn PreparedWork>> {
         let w = *self;
+        let copies = copies.max(1);
         let words =
             crate::kernels::kv_cache::cache_bytes(w.kv_type, w.n_kv_heads, w.head_dim, w.kv_len)
                 / 4;
         // Small values (f16: 0x2c00 = 0.0625 in both halves; q8_0: codes 0x2c and scales
         // 0x2c002c00, ~1.8e-12): content does not change speed.
         let cache = vec![0x2c00_2c00u32; words as usize];
+        let cache_k = bench_copies(gpu, gpu.upload("cache k", &cache)?, copies)?;
+        let cache_v = bench_copies(gpu, gpu.upload("cache v", &cache)?, copies)?;
+        // One partials buffer for every copy and variant, as a session has one.
+        let splits = choose_splits(&gpu.caps, w.n_kv_heads, w.kv_len);
+        let partials = if splits > 1 {
+            Some(gpu.storage_buffer(
+                "attention partials",
+                partials_bytes(w.n_heads, w.head_dim, splits),
+            )?)
+        } else {
+            None
+        };
         let bufs = vec![
             bench_input(gpu, "q", w.n_heads * w.head_dim)?,
-            gpu.upload("cache k", &cache)?,
-            gpu.upload("cache v", &cache)?,
             gpu.uniform(
                 "step",
                 &StepParams {
@@ -347,7 +364,14 @@ impl Work for DecodeWork {
             )?,
             gpu.storage_buffer("out", (w.n_heads * w.head_dim * 4) as u64)?,
         ];
-        Ok(Box::new(PreparedDecode { work: w, bufs }))
+        Ok(Box::new(PreparedDecode {
+            work: w,
+            splits,
+            cache_k,
+            cache_v,
+            partials,
+            bufs,
+        }))
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -357,18 +381,31 @@ impl Work for DecodeWork {
 
 struct PreparedDecode {
     work: DecodeWork,
+    splits: usize,
+    /// The K and V cache copies.
+    cache_k: Vec<wgpu::Buffer>,
+    cache_v: Vec<wgpu::Buffer>,
+    partials: Option<wgpu::Buffer>,
+    /// q, step, out.
     bufs: Vec<wgpu::Buffer>,
 }
 
 impl PreparedWork for PreparedDecode {
-    fn build(&self, k: &Kernels) -> Result<BuiltWork> {
+    fn copies(&self) -> usize {
+        self.cache_k.len()
+    }
+
+    fn build(&self, k: &Kernels, copy: usize) -> Result<BuiltWork> {
+        check_copy(copy, self.cache_k.len())?;
         let (w, b) = (&self.work, &self.bufs);
-        let splits = choose_splits(&k.gpu.caps, w.n_kv_heads, w.kv_len);
         let io = AttentionBuffers {
             q: &b[0],
-            cache: KvPair { k: &b[1], v: &b[2] },
-            step: &b[3],
-            out: &b[4],
+            cache: KvPair {
+                k: &self.cache_k[copy],
+                v: &self.cache_v[copy],
+            },
+            step: &b[1],
+            out: &b[2],
         };
         let shape = AttentionShape {
             n_heads: w.n_heads,
@@ -378,7 +415,14 @@ impl PreparedWork for PreparedDecode {
             scale: 1.0 / (w.head_dim as f32).sqrt(),
             kv_type: w.kv_type,
         };
-        let a = attention_decode(k, &io, &shape, DecodeForm::Tiled, splits, None)?;
+        let a = attention_decode(
+            k,
+            &io,
+            &shape,
+            DecodeForm::Tiled,
+            self.splits,
+            self.partials.as_ref(),
+        )?;
         Ok(BuiltWork {
             dispatches: a.dispatches,
             scratch: a.scratch,

@@ -7,8 +7,8 @@ use super::{gemm, GemmEpilogue};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::family::{
-    bench_input, bench_matrix, check_k, matrix_bytes, poisoned, random_matrix, run_checked,
-    BenchCase, BenchShapes, BuiltWork, CheckCase, PreparedWork, Rng, Work,
+    bench_input, bench_matrices, check_copy, check_k, matrix_bytes, poisoned, random_matrix,
+    run_checked, BenchCase, BenchShapes, BuiltWork, CheckCase, PreparedWork, Rng, Work,
 };
 use crate::kernels::{op_format, GpuMatrix, KernelSpec, Kernels};
 use crate::quant::WeightFormat;
@@ -129,6 +129,12 @@ impl Work for GemmWork {
         matrix_bytes(w.format, w.n, w.k) + (w.m * w.k + w.m * w.n) as u64 * 4
     }
 
+    fn weight_bytes(&self) -> u64 {
+        // The activations are rows the previous kernel just wrote (L2-resident in prefill
+        // too): only the weights rotate.
+        matrix_bytes(self.format, self.n, self.k)
+    }
+
     fn flops(&self) -> f64 {
         2.0 * (self.m * self.n * self.k) as f64
     }
@@ -137,12 +143,12 @@ impl Work for GemmWork {
         format!("{}x{}x{}", self.m, self.n, self.k)
     }
 
-    fn prepare(&self, gpu: &Gpu) -> Result<Box<dyn PreparedWork>> {
+    fn prepare(&self, gpu: &Gpu, copies: usize) -> Result<Box<dyn PreparedWork>> {
         let w = *self;
         check_k(w.format, w.k)?;
         Ok(Box::new(PreparedGemm {
             work: w,
-            matrix: bench_matrix(gpu, w.format, w.n, w.k, 1)?,
+            matrices: bench_matrices(gpu, w.format, w.n, w.k, 1, copies.max(1))?,
             x: bench_input(gpu, "x", w.m * w.k)?,
             out: gpu.storage_buffer("out", (w.m * w.n * 4) as u64)?,
         }))
@@ -155,16 +161,22 @@ impl Work for GemmWork {
 
 struct PreparedGemm {
     work: GemmWork,
-    matrix: GpuMatrix,
+    /// The weight copies.
+    matrices: Vec<GpuMatrix>,
     x: wgpu::Buffer,
     out: wgpu::Buffer,
 }
 
 impl PreparedWork for PreparedGemm {
-    fn build(&self, k: &Kernels) -> Result<BuiltWork> {
+    fn copies(&self) -> usize {
+        self.matrices.len()
+    }
+
+    fn build(&self, k: &Kernels, copy: usize) -> Result<BuiltWork> {
+        check_copy(copy, self.matrices.len())?;
         let d = gemm(
             k,
-            &self.matrix,
+            &self.matrices[copy],
             &self.x,
             &self.out,
             self.work.m,

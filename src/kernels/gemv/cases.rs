@@ -10,8 +10,8 @@ use super::{gemv, gemv_qkv, gemv_swiglu, gemv_swiglu_normed, qkv_supported, Gemv
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::family::{
-    bench_input, bench_matrix, check_k, matrix_bytes, poisoned, random_matrix, run_checked,
-    BenchCase, BenchShapes, BuiltWork, CheckCase, PreparedWork, Rng, Work,
+    bench_input, bench_matrices, check_copy, check_k, matrix_bytes, poisoned, random_matrix,
+    run_checked, BenchCase, BenchShapes, BuiltWork, CheckCase, PreparedWork, Rng, Work,
 };
 use crate::kernels::{op_format, GpuMatrix, KernelSpec, Kernels};
 use crate::quant::WeightFormat;
@@ -334,6 +334,14 @@ impl Work for GemvWork {
         }
     }
 
+    fn weight_bytes(&self) -> u64 {
+        match *self {
+            GemvWork::Plain { format, n, k } => matrix_bytes(format, n, k),
+            GemvWork::Swiglu { format, n, k } => 2 * matrix_bytes(format, n, k),
+            GemvWork::Qkv { format, n, k } => n.iter().map(|&r| matrix_bytes(format, r, k)).sum(),
+        }
+    }
+
     fn flops(&self) -> f64 {
         match *self {
             GemvWork::Plain { n, k, .. } => 2.0 * (n * k) as f64,
@@ -350,13 +358,14 @@ impl Work for GemvWork {
         }
     }
 
-    fn prepare(&self, gpu: &Gpu) -> Result<Box<dyn PreparedWork>> {
+    fn prepare(&self, gpu: &Gpu, copies: usize) -> Result<Box<dyn PreparedWork>> {
+        let copies = copies.max(1);
         let mut mats = Vec::new();
         let mut bufs = Vec::new();
         match *self {
             GemvWork::Plain { format, n, k } => {
                 check_k(format, k)?;
-                mats.push(bench_matrix(gpu, format, n, k, 1)?);
+                mats.push(bench_matrices(gpu, format, n, k, 1, copies)?);
                 bufs.extend([
                     bench_input(gpu, "x", k)?,
                     gpu.storage_buffer("out", (n * 4) as u64)?,
@@ -364,8 +373,8 @@ impl Work for GemvWork {
             }
             GemvWork::Swiglu { format, n, k } => {
                 check_k(format, k)?;
-                mats.push(bench_matrix(gpu, format, n, k, 1)?);
-                mats.push(bench_matrix(gpu, format, n, k, 2)?);
+                mats.push(bench_matrices(gpu, format, n, k, 1, copies)?);
+                mats.push(bench_matrices(gpu, format, n, k, 2, copies)?);
                 bufs.extend([
                     bench_input(gpu, "x", k)?,
                     gpu.storage_buffer("out", (n * 4) as u64)?,
@@ -374,7 +383,7 @@ impl Work for GemvWork {
             GemvWork::Qkv { format, n, k } => {
                 check_k(format, k)?;
                 for (i, &r) in n.iter().enumerate() {
-                    mats.push(bench_matrix(gpu, format, r, k, i as u64 + 1)?);
+                    mats.push(bench_matrices(gpu, format, r, k, i as u64 + 1, copies)?);
                 }
                 bufs.push(bench_input(gpu, "x", k)?);
                 for r in n {
@@ -384,6 +393,7 @@ impl Work for GemvWork {
         }
         Ok(Box::new(PreparedGemv {
             work: *self,
+            copies,
             mats,
             bufs,
         }))
@@ -396,19 +406,27 @@ impl Work for GemvWork {
 
 struct PreparedGemv {
     work: GemvWork,
-    mats: Vec<GpuMatrix>,
+    copies: usize,
+    /// Per matrix of the case, its weight copies.
+    mats: Vec<Vec<GpuMatrix>>,
     bufs: Vec<wgpu::Buffer>,
 }
 
 impl PreparedWork for PreparedGemv {
-    fn build(&self, k: &Kernels) -> Result<BuiltWork> {
-        let (m, b) = (&self.mats, &self.bufs);
+    fn copies(&self) -> usize {
+        self.copies
+    }
+
+    fn build(&self, k: &Kernels, copy: usize) -> Result<BuiltWork> {
+        check_copy(copy, self.copies)?;
+        let b = &self.bufs;
+        let m = |i: usize| &self.mats[i][copy];
         let d = match self.work {
-            GemvWork::Plain { .. } => gemv(k, &m[0], &b[0], &b[1], Default::default())?,
-            GemvWork::Swiglu { .. } => gemv_swiglu(k, &m[0], &m[1], &b[0], &b[1])?,
+            GemvWork::Plain { .. } => gemv(k, m(0), &b[0], &b[1], Default::default())?,
+            GemvWork::Swiglu { .. } => gemv_swiglu(k, m(0), m(1), &b[0], &b[1])?,
             GemvWork::Qkv { .. } => gemv_qkv(
                 k,
-                [&m[0], &m[1], &m[2]],
+                [m(0), m(1), m(2)],
                 &b[0],
                 None,
                 [&b[1], &b[2], &b[3]],

@@ -17,8 +17,8 @@ use super::{
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::family::{
-    bench_matrix, check_k, matrix_bytes, poisoned, random_matrix, run_checked, BenchCase,
-    BenchShapes, BuiltWork, CheckCase, PreparedWork, Rng, Work,
+    bench_matrices, check_copy, check_k, matrix_bytes, poisoned, random_matrix, run_checked,
+    BenchCase, BenchShapes, BuiltWork, CheckCase, PreparedWork, Rng, Work,
 };
 use crate::kernels::{op_format, Dispatch, GpuMatrix, KernelSpec, Kernels};
 use crate::quant::WeightFormat;
@@ -372,6 +372,16 @@ impl Work for DotWork {
         }
     }
 
+    fn weight_bytes(&self) -> u64 {
+        match *self {
+            // The quantiser reads only the activation row.
+            DotWork::Act { .. } => 0,
+            DotWork::Plain { format, n, k } => matrix_bytes(format, n, k),
+            DotWork::Swiglu { format, n, k } => 2 * matrix_bytes(format, n, k),
+            DotWork::Qkv { format, n, k } => n.iter().map(|&r| matrix_bytes(format, r, k)).sum(),
+        }
+    }
+
     fn flops(&self) -> f64 {
         match *self {
             DotWork::Act { k } => 3.0 * k as f64,
@@ -390,8 +400,13 @@ impl Work for DotWork {
         }
     }
 
-    fn prepare(&self, gpu: &Gpu) -> Result<Box<dyn PreparedWork>> {
+    fn prepare(&self, gpu: &Gpu, copies: usize) -> Result<Box<dyn PreparedWork>> {
         let k = self.k();
+        // Nothing to rotate for the quantiser: one copy, whatever was asked.
+        let copies = match self {
+            DotWork::Act { .. } => 1,
+            _ => copies.max(1),
+        };
         check_k(WeightFormat::Q8_0, k)?;
         // Activations like a normalised row: quantised once on the CPU.
         let x: Vec<f32> = (0..k).map(|i| ((i % 17) as f32 - 8.0) / 8.0).collect();
@@ -402,19 +417,19 @@ impl Work for DotWork {
             DotWork::Act { .. } => {}
             DotWork::Plain { format, n, k } => {
                 check_k(format, k)?;
-                mats.push(bench_matrix(gpu, format, n, k, 1)?);
+                mats.push(bench_matrices(gpu, format, n, k, 1, copies)?);
                 bufs.push(gpu.storage_buffer("out", (n * 4) as u64)?);
             }
             DotWork::Swiglu { format, n, k } => {
                 check_k(format, k)?;
-                mats.push(bench_matrix(gpu, format, n, k, 1)?);
-                mats.push(bench_matrix(gpu, format, n, k, 2)?);
+                mats.push(bench_matrices(gpu, format, n, k, 1, copies)?);
+                mats.push(bench_matrices(gpu, format, n, k, 2, copies)?);
                 bufs.push(gpu.storage_buffer("out", (n * 4) as u64)?);
             }
             DotWork::Qkv { format, n, k } => {
                 check_k(format, k)?;
                 for (i, &r) in n.iter().enumerate() {
-                    mats.push(bench_matrix(gpu, format, r, k, i as u64 + 1)?);
+                    mats.push(bench_matrices(gpu, format, r, k, i as u64 + 1, copies)?);
                 }
                 for r in n {
                     bufs.push(gpu.storage_buffer("out", (r * 4) as u64)?);
@@ -423,6 +438,7 @@ impl Work for DotWork {
         }
         Ok(Box::new(PreparedDot {
             work: *self,
+            copies,
             mats,
             bufs,
         }))
@@ -435,20 +451,28 @@ impl Work for DotWork {
 
 struct PreparedDot {
     work: DotWork,
-    mats: Vec<GpuMatrix>,
+    copies: usize,
+    /// Per matrix of the case, its weight copies.
+    mats: Vec<Vec<GpuMatrix>>,
     /// x, xq, then the outputs.
     bufs: Vec<wgpu::Buffer>,
 }
 
 impl PreparedWork for PreparedDot {
-    fn build(&self, k: &Kernels) -> Result<BuiltWork> {
-        let (m, b) = (&self.mats, &self.bufs);
+    fn copies(&self) -> usize {
+        self.copies
+    }
+
+    fn build(&self, k: &Kernels, copy: usize) -> Result<BuiltWork> {
+        check_copy(copy, self.copies)?;
+        let b = &self.bufs;
+        let m = |i: usize| &self.mats[i][copy];
         let d = match self.work {
             DotWork::Act { k: len } => act_q8(k, &b[0], len, &b[1], None)?,
-            DotWork::Plain { .. } => gemv_dot(k, &m[0], &b[1], &b[2], Default::default())?,
-            DotWork::Swiglu { .. } => gemv_dot_swiglu(k, &m[0], &m[1], &b[1], &b[2])?,
+            DotWork::Plain { .. } => gemv_dot(k, m(0), &b[1], &b[2], Default::default())?,
+            DotWork::Swiglu { .. } => gemv_dot_swiglu(k, m(0), m(1), &b[1], &b[2])?,
             DotWork::Qkv { .. } => {
-                gemv_dot_qkv(k, [&m[0], &m[1], &m[2]], &b[1], None, [&b[2], &b[3], &b[4]])?
+                gemv_dot_qkv(k, [m(0), m(1), m(2)], &b[1], None, [&b[2], &b[3], &b[4]])?
             }
         };
         Ok(BuiltWork {

@@ -197,7 +197,12 @@ impl<'a> DotInput<'a> {
 
     /// Checks the buffers for a row of `k` and returns the prologue's defines (QPRO with
     /// its array size, NORM) and the epsilon bits.
-    fn prepare(&self, what: &str, caps: &Capabilities, k: usize) -> Result<(Vec<&'static str>, u32)> {
+    fn prepare(
+        &self,
+        what: &str,
+        caps: &Capabilities,
+        k: usize,
+    ) -> Result<(Vec<&'static str>, u32)> {
         match *self {
             DotInput::Quantised(xq) => {
                 need_bytes(what, "xq", xq, act_q8_bytes(k))?;
@@ -337,7 +342,15 @@ pub fn spec(
 /// The fused gate+up+SwiGLU integer-dot GEMV (op `gemv_dot_swiglu_<format>`).
 pub fn swiglu_spec(format: WeightFormat, cfg: &GemvConfig, input: &[&'static str]) -> KernelSpec {
     let op = format!("gemv_dot_swiglu_{}", format.name());
-    dot_spec(op, "gemv_swiglu", format, cfg, Some("SWIGLU"), (5, 1), input)
+    dot_spec(
+        op,
+        "gemv_swiglu",
+        format,
+        cfg,
+        Some("SWIGLU"),
+        (5, 1),
+        input,
+    )
 }
 
 /// The fused QKV integer-dot GEMV (op `gemv_dot_qkv_<format>`).
@@ -377,7 +390,13 @@ fn check_dot_matrix(name: &str, w: &GpuMatrix) -> Result<u32> {
     Ok((w.k / dot_unit_elems(w.format)) as u32)
 }
 
-fn params(w: &GpuMatrix, upr: u32, out_offset: usize, cfg: &GemvConfig, eps_bits: u32) -> GemvParams {
+fn params(
+    w: &GpuMatrix,
+    upr: u32,
+    out_offset: usize,
+    cfg: &GemvConfig,
+    eps_bits: u32,
+) -> GemvParams {
     GemvParams {
         n: w.n as u32,
         upr,
@@ -495,7 +514,15 @@ pub fn gemv_dot_swiglu_with_config<'a>(
         "gemv_dot_swiglu params",
         &params(gate, upr, 0, cfg, eps_bits),
     )?;
-    let mut b = vec![&params, &gate.qs, &gate.scales, &up.qs, &up.scales, x.buffer(), out];
+    let mut b = vec![
+        &params,
+        &gate.qs,
+        &gate.scales,
+        &up.qs,
+        &up.scales,
+        x.buffer(),
+        out,
+    ];
     b.extend(x.norm().map(|(nw, _)| nw));
     k.dispatch(&sp, &b, grid(k, gate.n, cfg)?)
 }
@@ -545,8 +572,7 @@ pub fn gemv_dot_qkv<'a>(
     check_dot_matrix("k", k)?;
     check_dot_matrix("v", v)?;
     let (input, eps_bits) = x.prepare("gemv_dot", caps, q.k)?;
-    if x.norm().is_some() && caps.max_storage_buffers_per_shader_stage < QKV_STORAGE_BINDINGS + 1
-    {
+    if x.norm().is_some() && caps.max_storage_buffers_per_shader_stage < QKV_STORAGE_BINDINGS + 1 {
         return Err(Error::Unsupported(
             "fused QKV integer-dot GEMV with the norm prologue: too few storage bindings".into(),
         ));

@@ -830,6 +830,7 @@ impl Forward {
         let fusion = DecodeFusion {
             norm_prologue,
             int_dot: fusion.int_dot,
+            dot_prologue: fusion.dot_prologue,
             ..DecodeFusion::NONE
         };
         let mut low = Lower {

@@ -242,36 +242,11 @@ fn unit_value(m: u32, g: u32, xs: array<vec4<f32>, XV>, st: vec4<f32>) -> f32 {
 
 // ---- norm prologue ------------------------------------------------------------------------
 
-#ifdef NORM
-// The RMSNorm weights, bound after gemv_rows.wgsl's bindings.
-@group(0) @binding(EXTRA_BINDING) var<storage, read> norm_w: array<vec4<f32>>;
-// The sum of squares over the workgroup (up to 1024 lanes, more than reduce.wgsl's wg_sum).
-var<workgroup> norm_partial: array<f32, 1024>;
-#include "wg_reduce" NAME=norm_sum T=f32 SG_OP=subgroupAdd OP=add_f32 SCRATCH=norm_partial
-#endif
-// x * the RMSNorm scale of x (NORM), else 1.
-var<private> x_scale: f32 = 1.0;
+#include "x_norm"
 
-// NORM: every invocation of the workgroup computes rsqrt(mean(x^2) + eps) into x_scale.
-// Called from uniform control flow at the top of the entry points.
+// NORM: the RMSNorm scale (x_norm.wgsl).
 fn prologue(lane: Lane) {
-#ifdef NORM
-    var s = 0.0;
-    for (var i = lane.lid; i < p.k4; i += WG) {
-        let v = x[i];
-        s += dot(v, v);
-    }
-    x_scale = inverseSqrt(norm_sum(s, lane) / f32(4u * p.k4) + bitcast<f32>(p.eps_bits));
-#endif
-}
-
-// Activation vec4 i, normalised under NORM.
-fn x_at(i: u32) -> vec4<f32> {
-#ifdef NORM
-    return x[i] * x_scale * norm_w[i];
-#else
-    return x[i];
-#endif
+    norm_prologue(lane);
 }
 
 // ---- kernel -----------------------------------------------------------------------------

@@ -18,16 +18,42 @@
 //
 // Defines: FMT_Q8_0 / FMT_Q4_0 / FMT_Q4_1 / FMT_Q5_0 / FMT_Q5_1 / FMT_Q4_K / FMT_Q5_K /
 // FMT_Q6_K; SWIGLU and QKV as gemv.wgsl's. Params, bindings, reduction and entry points are
-// gemv.wgsl's (gemv_rows.wgsl), with the quantised activations as x and no norm prologue (the
-// norm is act_q8's).
+// gemv.wgsl's (gemv_rows.wgsl), with act_q8's quantised activations as x.
+// QPRO (with the value define XQ_VEC4): x is the f32 row itself, as for the float GEMV, and
+// every workgroup quantises it into workgroup memory in its prologue (act_q8's arithmetic and
+// layout, XQ_VEC4 vec4s: k / 16 of packed int8, then k / 64 of (d, d * sum) pairs), with
+// gemv.wgsl's NORM prologue (x_norm.wgsl) before it where the row is the residual stream. The
+// row is then read from global memory once per workgroup (a few KB, from L2) instead of
+// costing a dispatch of its own, whose fixed cost on a wide GPU exceeds the quantisation.
 
 #include "reduce"
 #include "dequant"
+
+// One qs load: a vec4 of a block's (or a K-quant pair's) words; x: act_q8's words as vec4s,
+// or (QPRO) the f32 row.
+alias WUnit = vec4<u32>;
+#ifdef QPRO
+alias XElem = vec4<f32>;
+#else
+alias XElem = vec4<u32>;
+#endif
+
 #include "gemv_rows"
 
-// One qs load: a vec4 of a block's (or a K-quant pair's) words; x: act_q8's words as vec4s.
-alias WUnit = vec4<u32>;
-alias XElem = vec4<u32>;
+#ifdef QPRO
+#include "x_norm"
+// The row quantised as act_q8 writes it (vec4 i = its words 4i .. 4i + 3).
+var<workgroup> xs: array<vec4<u32>, XQ_VEC4>;
+#endif
+
+// Vec4 i of the quantised row.
+fn xq_at(i: u32) -> vec4<u32> {
+#ifdef QPRO
+    return xs[i];
+#else
+    return x[i];
+#endif
+}
 
 // The activations of one unit: XQ vec4s of packed int8 (8 words per block) and, per block,
 // (d, d * sum(q)) in ds.xy (first block) and ds.zw (second).
@@ -221,9 +247,9 @@ fn load_act(u: u32) -> Act {
     var a: Act;
     let b0 = XB * u;
     for (var i = 0u; i < 2u * XB; i++) {
-        a.q[i] = x[2u * b0 + i];
+        a.q[i] = xq_at(2u * b0 + i);
     }
-    let ds = bitcast<vec4<f32>>(x[p.k4 / 4u + (b0 >> 1u)]);
+    let ds = bitcast<vec4<f32>>(xq_at(p.k4 / 4u + (b0 >> 1u)));
     if (XB == 2u) {
         a.ds = ds;
     } else if ((b0 & 1u) == 0u) {
@@ -236,8 +262,46 @@ fn load_act(u: u32) -> Act {
 
 // ---- kernel -----------------------------------------------------------------------------
 
-// No prologue: act_q8 normalises.
-fn prologue(lane: Lane) {}
+// QPRO: quantises the (normalised) row into xs, one lane per 32-element block, exactly as
+// act_q8 does (d = max|x| / 127, q = round(x / d) clamped to +-127, d * sum(q)); without
+// QPRO act_q8 has done it.
+fn prologue(lane: Lane) {
+#ifdef QPRO
+    norm_prologue(lane);
+    let n_blocks = p.k4 / 8u;
+    for (var b = lane.lid; b < n_blocks; b += WG) {
+        var v: array<vec4<f32>, 8>;
+        var amax = 0.0;
+        for (var j = 0u; j < 8u; j++) {
+            v[j] = x_at(8u * b + j);
+            let a = abs(v[j]);
+            amax = max(amax, max(max(a.x, a.y), max(a.z, a.w)));
+        }
+        let d = amax / 127.0;
+        let id = select(0.0, 1.0 / d, d > 0.0);
+        var words: array<u32, 8>;
+        var qsum = 0;
+        for (var j = 0u; j < 8u; j++) {
+            let q = clamp(vec4<i32>(round(v[j] * id)), vec4<i32>(-127), vec4<i32>(127));
+            qsum += q.x + q.y + q.z + q.w;
+            words[j] = pack4xI8(q);
+        }
+        xs[2u * b] = vec4(words[0], words[1], words[2], words[3]);
+        xs[2u * b + 1u] = vec4(words[4], words[5], words[6], words[7]);
+        // Blocks 2i and 2i + 1 share vec4 i of the pairs: each writes its half.
+        let ds = p.k4 / 4u + b / 2u;
+        let pair = vec2(bitcast<u32>(d), bitcast<u32>(d * f32(qsum)));
+        if ((b & 1u) == 0u) {
+            xs[ds].x = pair.x;
+            xs[ds].y = pair.y;
+        } else {
+            xs[ds].z = pair.x;
+            xs[ds].w = pair.y;
+        }
+    }
+    workgroupBarrier();
+#endif
+}
 
 fn accumulate_unit(acc: ptr<function, array<f32, 16>>, row0: u32, u: u32) {
     let a = load_act(u);

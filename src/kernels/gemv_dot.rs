@@ -60,14 +60,22 @@ fn pipelines() -> Vec<KernelSpec> {
         subgroup_reduce: false,
     };
     let mut v = vec![act_q8_spec(false), act_q8_spec(true)];
-    for f in DOT_FORMATS {
-        v.push(spec(f, &cfg, false, false));
+    // Each kind on act_q8's row, and with the quantising prologue (the runtime's plain
+    // GEMVs read a row without the norm, the fused ones the residual stream with it).
+    let pro: &[&'static str] = &["QPRO", PROLOGUE_SIZES[0].1];
+    let pro_norm: &[&'static str] = &["QPRO", PROLOGUE_SIZES[0].1, "NORM"];
+    for input in [&[][..], pro] {
+        for f in DOT_FORMATS {
+            v.push(spec(f, &cfg, (false, false), input));
+        }
     }
-    for f in DOT_FORMATS {
-        v.push(swiglu_spec(f, &cfg));
-    }
-    for f in DOT_FORMATS {
-        v.push(qkv_spec(f, &cfg, false));
+    for input in [&[][..], pro_norm] {
+        for f in DOT_FORMATS {
+            v.push(swiglu_spec(f, &cfg, input));
+        }
+        for f in DOT_FORMATS {
+            v.push(qkv_spec(f, &cfg, false, input));
+        }
     }
     v
 }
@@ -150,6 +158,102 @@ pub fn dot_unit_elems(format: WeightFormat) -> usize {
     }
 }
 
+/// The activation row an integer-dot GEMV reads.
+#[derive(Clone, Copy, Debug)]
+pub enum DotInput<'a> {
+    /// [`act_q8`]'s output for the row.
+    Quantised(&'a wgpu::Buffer),
+    /// The f32 row itself, quantised by every workgroup in its prologue (RMS-normalised
+    /// first with `norm` = (weights f32[k], epsilon) when given), so the row costs no
+    /// dispatch of its own; where [`prologue_fits`] says so.
+    Row {
+        x: &'a wgpu::Buffer,
+        norm: Option<(&'a wgpu::Buffer, f32)>,
+    },
+}
+
+impl<'a> From<&'a wgpu::Buffer> for DotInput<'a> {
+    fn from(xq: &'a wgpu::Buffer) -> Self {
+        DotInput::Quantised(xq)
+    }
+}
+
+impl<'a> DotInput<'a> {
+    /// The bound x buffer.
+    fn buffer(&self) -> &'a wgpu::Buffer {
+        match *self {
+            DotInput::Quantised(b) => b,
+            DotInput::Row { x, .. } => x,
+        }
+    }
+
+    /// The norm weights, bound last.
+    fn norm(&self) -> Option<(&'a wgpu::Buffer, f32)> {
+        match *self {
+            DotInput::Quantised(_) => None,
+            DotInput::Row { norm, .. } => norm,
+        }
+    }
+
+    /// Checks the buffers for a row of `k` and returns the prologue's defines (QPRO with
+    /// its array size, NORM) and the epsilon bits.
+    fn prepare(
+        &self,
+        what: &str,
+        caps: &Capabilities,
+        k: usize,
+    ) -> Result<(Vec<&'static str>, u32)> {
+        match *self {
+            DotInput::Quantised(xq) => {
+                need_bytes(what, "xq", xq, act_q8_bytes(k))?;
+                Ok((Vec::new(), 0))
+            }
+            DotInput::Row { x, norm } => {
+                let size = prologue_fits(caps, k).ok_or_else(|| {
+                    Error::Unsupported(format!(
+                        "{what}: a row of {k} does not fit the quantising prologue's workgroup memory here"
+                    ))
+                })?;
+                need_bytes(what, "x", x, k as u64 * 4)?;
+                let mut d = vec!["QPRO", size];
+                let mut eps_bits = 0;
+                if let Some((w, eps)) = norm {
+                    need_bytes(what, "norm weights", w, k as u64 * 4)?;
+                    if !(eps.is_finite() && eps >= 0.0) {
+                        return Err(Error::InvalidArgument(format!("rms epsilon {eps}")));
+                    }
+                    d.push("NORM");
+                    eps_bits = eps.to_bits();
+                }
+                Ok((d, eps_bits))
+            }
+        }
+    }
+}
+
+/// Row lengths the quantising prologue's workgroup array is compiled for (its `XQ_VEC4`
+/// define: 5k / 64 vec4s, the packed int8 then the (d, d * sum) pairs).
+const PROLOGUE_SIZES: [(usize, &str); 5] = [
+    (2048, "XQ_VEC4=160"),
+    (4096, "XQ_VEC4=320"),
+    (8192, "XQ_VEC4=640"),
+    (16384, "XQ_VEC4=1280"),
+    (24576, "XQ_VEC4=1920"),
+];
+
+/// Workgroup bytes of the GEMV beside the prologue's array: the reduction partials, the norm
+/// partials and the reduce scratch.
+const PROLOGUE_OTHER_BYTES: usize = 2048 * 4 + 1024 * 4 + 1024;
+
+/// The `XQ_VEC4` define of the quantising prologue for a row of `k` (a multiple of 32) when
+/// its array fits this device's workgroup memory ([`DotInput::Row`]).
+pub fn prologue_fits(caps: &Capabilities, k: usize) -> Option<&'static str> {
+    let (cap, d) = PROLOGUE_SIZES.into_iter().find(|(cap, _)| *cap >= k)?;
+    let bytes = cap * 5 / 64 * 16 + PROLOGUE_OTHER_BYTES;
+    (k.is_multiple_of(BLOCK) && bytes <= caps.max_compute_workgroup_storage_size as usize)
+        .then_some(d)
+}
+
 /// Accumulators per lane in the shader.
 const MAX_ACC: u32 = 16;
 
@@ -191,6 +295,8 @@ pub fn dot_config(caps: &Capabilities, format: WeightFormat, n: usize, k: usize)
     }
 }
 
+/// A GEMV spec of `reads` + `writes` storage bindings, with `input`'s prologue defines
+/// (QPRO, its size, NORM: the norm weights bound last).
 fn dot_spec(
     op: String,
     entry: &'static str,
@@ -198,12 +304,19 @@ fn dot_spec(
     cfg: &GemvConfig,
     variant: Option<&'static str>,
     (reads, writes): (usize, usize),
+    input: &[&'static str],
 ) -> KernelSpec {
     let mut bindings = vec![Binding::Uniform];
     bindings.extend(std::iter::repeat_n(Binding::Read, reads));
     bindings.extend(std::iter::repeat_n(Binding::ReadWrite, writes));
+    if input.contains(&"NORM") {
+        bindings.push(Binding::Read);
+    }
     let mut s = KernelSpec::new(op, "gemv_dot", entry, &bindings).define(format.define());
     if let Some(d) = variant {
+        s = s.define(d);
+    }
+    for d in input {
         s = s.define(d);
     }
     s.constant("LPR", cfg.lanes_per_row)
@@ -212,24 +325,43 @@ fn dot_spec(
         .constant("SG_REDUCE", cfg.subgroup_reduce as u32)
 }
 
-/// The plain integer-dot GEMV (op `gemv_dot_<format>`).
-pub fn spec(format: WeightFormat, cfg: &GemvConfig, bias: bool, accumulate: bool) -> KernelSpec {
+/// The plain integer-dot GEMV (op `gemv_dot_<format>`); `input`: the prologue's defines
+/// ([`DotInput`]).
+pub fn spec(
+    format: WeightFormat,
+    cfg: &GemvConfig,
+    (bias, accumulate): (bool, bool),
+    input: &[&'static str],
+) -> KernelSpec {
     let op = format!("gemv_dot_{}", format.name());
-    dot_spec(op, "gemv", format, cfg, None, (4, 1))
+    dot_spec(op, "gemv", format, cfg, None, (4, 1), input)
         .constant("HAS_BIAS", bias as u32)
         .constant("ACCUMULATE", accumulate as u32)
 }
 
 /// The fused gate+up+SwiGLU integer-dot GEMV (op `gemv_dot_swiglu_<format>`).
-pub fn swiglu_spec(format: WeightFormat, cfg: &GemvConfig) -> KernelSpec {
+pub fn swiglu_spec(format: WeightFormat, cfg: &GemvConfig, input: &[&'static str]) -> KernelSpec {
     let op = format!("gemv_dot_swiglu_{}", format.name());
-    dot_spec(op, "gemv_swiglu", format, cfg, Some("SWIGLU"), (5, 1))
+    dot_spec(
+        op,
+        "gemv_swiglu",
+        format,
+        cfg,
+        Some("SWIGLU"),
+        (5, 1),
+        input,
+    )
 }
 
 /// The fused QKV integer-dot GEMV (op `gemv_dot_qkv_<format>`).
-pub fn qkv_spec(format: WeightFormat, cfg: &GemvConfig, bias: bool) -> KernelSpec {
+pub fn qkv_spec(
+    format: WeightFormat,
+    cfg: &GemvConfig,
+    bias: bool,
+    input: &[&'static str],
+) -> KernelSpec {
     let op = format!("gemv_dot_qkv_{}", format.name());
-    dot_spec(op, "gemv", format, cfg, Some("QKV"), (10, 3))
+    dot_spec(op, "gemv", format, cfg, Some("QKV"), (10, 3), input)
         .constant("HAS_BIAS", bias as u32)
         .constant("ACCUMULATE", 0)
 }
@@ -258,12 +390,18 @@ fn check_dot_matrix(name: &str, w: &GpuMatrix) -> Result<u32> {
     Ok((w.k / dot_unit_elems(w.format)) as u32)
 }
 
-fn params(w: &GpuMatrix, upr: u32, out_offset: usize, cfg: &GemvConfig) -> GemvParams {
+fn params(
+    w: &GpuMatrix,
+    upr: u32,
+    out_offset: usize,
+    cfg: &GemvConfig,
+    eps_bits: u32,
+) -> GemvParams {
     GemvParams {
         n: w.n as u32,
         upr,
         out_offset: out_offset as u32,
-        eps_bits: 0,
+        eps_bits,
         k4: (w.k / 4) as u32,
         nk: 0,
         nv: 0,
@@ -285,31 +423,33 @@ pub struct DotEpilogue<'a> {
     pub out_offset: usize,
 }
 
-/// `out[epi.out_offset + i] (+)= w[i] · x (+ bias[i])` with x given as [`act_q8`]'s output
-/// `xq` for a row of w.k elements.
-pub fn gemv_dot(
+/// `out[epi.out_offset + i] (+)= w[i] · x (+ bias[i])` for a row x of w.k elements, given as
+/// [`act_q8`]'s output (a `&wgpu::Buffer`) or as the f32 row ([`DotInput::Row`]).
+pub fn gemv_dot<'a>(
     k: &Kernels,
     w: &GpuMatrix,
-    xq: &wgpu::Buffer,
+    x: impl Into<DotInput<'a>>,
     out: &wgpu::Buffer,
     epi: DotEpilogue,
 ) -> Result<Dispatch> {
     let cfg = dot_config(&k.gpu.caps, w.format, w.n, w.k);
-    gemv_dot_with_config(k, w, xq, out, epi, &cfg)
+    gemv_dot_with_config(k, w, x, out, epi, &cfg)
 }
 
 /// [`gemv_dot`] with an explicit work split.
-pub fn gemv_dot_with_config(
+pub fn gemv_dot_with_config<'a>(
     k: &Kernels,
     w: &GpuMatrix,
-    xq: &wgpu::Buffer,
+    x: impl Into<DotInput<'a>>,
     out: &wgpu::Buffer,
     epi: DotEpilogue,
     cfg: &GemvConfig,
 ) -> Result<Dispatch> {
+    let x: DotInput = x.into();
     validate(cfg, &k.gpu.caps, 1)?;
     let upr = check_dot_matrix("w", w)?;
-    need_bytes("gemv_dot", "xq", xq, act_q8_bytes(w.k))?;
+    let (input, eps_bits) = x.prepare("gemv_dot", &k.gpu.caps, w.k)?;
+    let xq = x.buffer();
     let end = epi
         .out_offset
         .checked_add(w.n)
@@ -319,40 +459,40 @@ pub fn gemv_dot_with_config(
     if let Some(b) = epi.bias {
         need_bytes("gemv_dot", "bias", b, w.n as u64 * 4)?;
     }
-    let sp = spec(w.format, cfg, epi.bias.is_some(), epi.accumulate);
-    let params = k
-        .gpu
-        .uniform("gemv_dot params", &params(w, upr, epi.out_offset, cfg))?;
+    let sp = spec(w.format, cfg, (epi.bias.is_some(), epi.accumulate), &input);
+    let params = k.gpu.uniform(
+        "gemv_dot params",
+        &params(w, upr, epi.out_offset, cfg, eps_bits),
+    )?;
     let bias = epi.bias.unwrap_or(xq);
-    k.dispatch(
-        &sp,
-        &[&params, &w.qs, &w.scales, xq, bias, out],
-        grid(k, w.n, cfg)?,
-    )
+    let mut b = vec![&params, &w.qs, &w.scales, xq, bias, out];
+    b.extend(x.norm().map(|(nw, _)| nw));
+    k.dispatch(&sp, &b, grid(k, w.n, cfg)?)
 }
 
 /// out[i] = silu(gate·x)_i * (up·x)_i on quantised activations (one format and shape).
-pub fn gemv_dot_swiglu(
+pub fn gemv_dot_swiglu<'a>(
     k: &Kernels,
     gate: &GpuMatrix,
     up: &GpuMatrix,
-    xq: &wgpu::Buffer,
+    x: impl Into<DotInput<'a>>,
     out: &wgpu::Buffer,
 ) -> Result<Dispatch> {
     let mut cfg = dot_config(&k.gpu.caps, gate.format, gate.n, gate.k);
     cfg.rows_per_group = cfg.rows_per_group.min(MAX_ACC / 2);
-    gemv_dot_swiglu_with_config(k, gate, up, xq, out, &cfg)
+    gemv_dot_swiglu_with_config(k, gate, up, x, out, &cfg)
 }
 
 /// [`gemv_dot_swiglu`] with an explicit work split.
-pub fn gemv_dot_swiglu_with_config(
+pub fn gemv_dot_swiglu_with_config<'a>(
     k: &Kernels,
     gate: &GpuMatrix,
     up: &GpuMatrix,
-    xq: &wgpu::Buffer,
+    x: impl Into<DotInput<'a>>,
     out: &wgpu::Buffer,
     cfg: &GemvConfig,
 ) -> Result<Dispatch> {
+    let x: DotInput = x.into();
     validate(cfg, &k.gpu.caps, 2)?;
     if gate.format != up.format || gate.n != up.n || gate.k != up.k {
         return Err(Error::Shape(format!(
@@ -367,17 +507,24 @@ pub fn gemv_dot_swiglu_with_config(
     }
     let upr = check_dot_matrix("gate", gate)?;
     check_dot_matrix("up", up)?;
-    need_bytes("gemv_dot", "xq", xq, act_q8_bytes(gate.k))?;
+    let (input, eps_bits) = x.prepare("gemv_dot", &k.gpu.caps, gate.k)?;
     need_bytes("gemv_dot", "out", out, gate.n as u64 * 4)?;
-    let sp = swiglu_spec(gate.format, cfg);
-    let params = k
-        .gpu
-        .uniform("gemv_dot_swiglu params", &params(gate, upr, 0, cfg))?;
-    k.dispatch(
-        &sp,
-        &[&params, &gate.qs, &gate.scales, &up.qs, &up.scales, xq, out],
-        grid(k, gate.n, cfg)?,
-    )
+    let sp = swiglu_spec(gate.format, cfg, &input);
+    let params = k.gpu.uniform(
+        "gemv_dot_swiglu params",
+        &params(gate, upr, 0, cfg, eps_bits),
+    )?;
+    let mut b = vec![
+        &params,
+        &gate.qs,
+        &gate.scales,
+        &up.qs,
+        &up.scales,
+        x.buffer(),
+        out,
+    ];
+    b.extend(x.norm().map(|(nw, _)| nw));
+    k.dispatch(&sp, &b, grid(k, gate.n, cfg)?)
 }
 
 /// Storage buffers the fused QKV integer-dot GEMV binds.
@@ -403,13 +550,14 @@ pub fn qkv_dot_supported(caps: &Capabilities, q: &GpuMatrix, k: &GpuMatrix, v: &
 
 /// q, k and v projections of one quantised activation row in one dispatch, each matrix with
 /// its own planes, optional bias and output buffer. See [`qkv_dot_supported`].
-pub fn gemv_dot_qkv(
+pub fn gemv_dot_qkv<'a>(
     kern: &Kernels,
     w: [&GpuMatrix; 3],
-    xq: &wgpu::Buffer,
+    x: impl Into<DotInput<'a>>,
     bias: Option<[&wgpu::Buffer; 3]>,
     out: [&wgpu::Buffer; 3],
 ) -> Result<Dispatch> {
+    let x: DotInput = x.into();
     let [q, k, v] = w;
     let caps = &kern.gpu.caps;
     if !qkv_dot_supported(caps, q, k, v) {
@@ -423,7 +571,13 @@ pub fn gemv_dot_qkv(
     let upr = check_dot_matrix("q", q)?;
     check_dot_matrix("k", k)?;
     check_dot_matrix("v", v)?;
-    need_bytes("gemv_dot", "xq", xq, act_q8_bytes(q.k))?;
+    let (input, eps_bits) = x.prepare("gemv_dot", caps, q.k)?;
+    if x.norm().is_some() && caps.max_storage_buffers_per_shader_stage < QKV_STORAGE_BINDINGS + 1 {
+        return Err(Error::Unsupported(
+            "fused QKV integer-dot GEMV with the norm prologue: too few storage bindings".into(),
+        ));
+    }
+    let xq = x.buffer();
     for (name, m, o) in [("q", q, out[0]), ("k", k, out[1]), ("v", v, out[2])] {
         need_bytes("gemv_dot", &format!("out {name}"), o, m.n as u64 * 4)?;
     }
@@ -432,18 +586,16 @@ pub fn gemv_dot_qkv(
             need_bytes("gemv_dot", &format!("bias {name}"), bb, m.n as u64 * 4)?;
         }
     }
-    let sp = qkv_spec(q.format, &cfg, bias.is_some());
-    let mut p = params(q, upr, 0, &cfg);
+    let sp = qkv_spec(q.format, &cfg, bias.is_some(), &input);
+    let mut p = params(q, upr, 0, &cfg, eps_bits);
     p.nk = k.n as u32;
     p.nv = v.n as u32;
     let p = kern.gpu.uniform("gemv_dot_qkv params", &p)?;
     let b = bias.unwrap_or([xq, xq, xq]);
-    kern.dispatch(
-        &sp,
-        &[
-            &p, &q.qs, &q.scales, &k.qs, &k.scales, &v.qs, &v.scales, xq, b[0], b[1], b[2], out[0],
-            out[1], out[2],
-        ],
-        grid(kern, q.n + k.n + v.n, &cfg)?,
-    )
+    let mut bind = vec![
+        &p, &q.qs, &q.scales, &k.qs, &k.scales, &v.qs, &v.scales, xq, b[0], b[1], b[2], out[0],
+        out[1], out[2],
+    ];
+    bind.extend(x.norm().map(|(nw, _)| nw));
+    kern.dispatch(&sp, &bind, grid(kern, q.n + k.n + v.n, &cfg)?)
 }

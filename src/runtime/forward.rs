@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::gpu::{AdapterClass, Capabilities, Gpu};
 use crate::kernels::attention::{AttentionBuffers, AttentionShape, DecodeForm};
+use crate::kernels::gemv_dot::DotInput;
 use crate::kernels::kv_cache::KvPair;
 use crate::kernels::rmsnorm::NormWeights;
 use crate::kernels::rope::{RopeShape, RopeTables};
@@ -71,6 +72,10 @@ pub struct DecodeFusion {
     /// shape and adapter allow ([`attention::lanes_unfit`]); else the tiled form. Sessions
     /// take it per adapter ([`lanes_attention_default`]).
     pub lanes_attention: bool,
+    /// With `int_dot`: each integer-dot GEMV quantises its (normalised) row in its own
+    /// prologue where the row fits ([`gemv_dot::prologue_fits`]) instead of a quantiser
+    /// dispatch before it (`WICK_DOT_PROLOGUE=0|1`).
+    pub dot_prologue: bool,
 }
 
 impl DecodeFusion {
@@ -82,6 +87,7 @@ impl DecodeFusion {
         short_attention: true,
         int_dot: false,
         lanes_attention: true,
+        dot_prologue: true,
     };
     pub const NONE: DecodeFusion = DecodeFusion {
         qkv: false,
@@ -91,6 +97,7 @@ impl DecodeFusion {
         short_attention: false,
         int_dot: false,
         lanes_attention: false,
+        dot_prologue: false,
     };
 
     /// [`Self::ALL`] with the integer-dot GEMVs where [`int_dot_default`] turns them on for
@@ -116,9 +123,19 @@ impl DecodeFusion {
                 )))
             }
         };
+        let dot_prologue = match std::env::var("WICK_DOT_PROLOGUE").as_deref() {
+            Err(_) | Ok("") | Ok("1") => true,
+            Ok("0") => false,
+            Ok(o) => {
+                return Err(Error::InvalidArgument(format!(
+                    "WICK_DOT_PROLOGUE={o:?} (expected 0 or 1)"
+                )))
+            }
+        };
         Ok(DecodeFusion {
             int_dot,
             lanes_attention,
+            dot_prologue,
             ..DecodeFusion::ALL
         })
     }
@@ -450,17 +467,28 @@ impl<'a> Lower<'a> {
     /// Decode with [`DecodeFusion::int_dot`] and a `format` that has an integer-dot GEMV:
     /// `act.xq` holding the quantised (normalised) row `x` of `k` elements, quantising it
     /// first unless it already does. None: the float GEMV runs.
-    fn quantised(
+    /// With [`DecodeFusion::dot_prologue`] the GEMV quantises the row itself instead
+    /// ([`gemv_dot::DotInput::Row`]) where the row fits its workgroup memory.
+    fn quantised<'x>(
         &mut self,
         format: crate::kernels::WeightFormat,
-        (x, norm): NormedInput,
+        (x, norm): NormedInput<'x>,
         k: usize,
-    ) -> Result<Option<&'a wgpu::Buffer>> {
+    ) -> Result<Option<DotInput<'x>>>
+    where
+        'a: 'x,
+    {
         let Lowering::Decode { fusion, .. } = self.how else {
             return Ok(None);
         };
         if !fusion.int_dot || !gemv_dot::dot_supported(format) {
             return Ok(None);
+        }
+        let caps = &self.k.gpu.caps;
+        // The fused QKV GEMV with the norm binds one more buffer than the plain one.
+        let bindings = caps.max_storage_buffers_per_shader_stage >= gemv::QKV_STORAGE_BINDINGS;
+        if fusion.dot_prologue && bindings && gemv_dot::prologue_fits(caps, k).is_some() {
+            return Ok(Some(DotInput::Row { x, norm }));
         }
         let key = (
             x as *const wgpu::Buffer,
@@ -473,7 +501,7 @@ impl<'a> Lower<'a> {
             self.list.push(d);
             self.xq_of = Some((key.0, key.1, self.list.len()));
         }
-        Ok(Some(xq))
+        Ok(Some(DotInput::Quantised(xq)))
     }
 
     /// Pushes an integer-dot GEMV, keeping `act.xq` valid for the next one.
@@ -802,6 +830,7 @@ impl Forward {
         let fusion = DecodeFusion {
             norm_prologue,
             int_dot: fusion.int_dot,
+            dot_prologue: fusion.dot_prologue,
             ..DecodeFusion::NONE
         };
         let mut low = Lower {

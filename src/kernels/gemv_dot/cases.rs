@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::{
     act_q8, act_q8_buffer, gemv_dot, gemv_dot_qkv, gemv_dot_swiglu, qkv_dot_supported, DotEpilogue,
-    ACT_Q8_OP,
+    DotInput, ACT_Q8_OP,
 };
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -27,6 +27,13 @@ use crate::reference::act_q8::{dequantize, packed_words};
 
 /// As the float GEMV's bound (f32 accumulation against an f64 reference of the same values).
 const TOL: f64 = 2e-4;
+
+/// With the quantising prologue and the norm (QPRO + NORM) the reference row is act_q8's
+/// with the same norm, whose sum of squares may differ from the GEMV's in its last bit (other
+/// workgroup size) and so move an element across a rounding boundary: one step, ~1/127 of its
+/// block's largest value, ~3e-3 of these outputs. A wrong layout, scale or block moves them by
+/// O(1). (Without the norm the two quantisations are the same arithmetic: [`TOL`].)
+const PRO_NORM_TOL: f64 = 1e-2;
 
 /// act_q8: every element moves by at most d/2 = max|x of its block| / 254 <= max|x| / 254;
 /// the slack covers the f32 norm and reciprocal. One wrong byte or scale moves an element
@@ -53,13 +60,23 @@ pub fn checks(spec: &KernelSpec, seed: u64) -> Result<Vec<CheckCase>> {
     let format = op_format(&op)
         .ok_or_else(|| Error::Unsupported(format!("gemv_dot op {op} names no weight format")))?;
     let k = if format.k_multiple() > 32 { 512 } else { 352 };
+    let input = InputKind {
+        pro: has("QPRO"),
+        norm: has("NORM"),
+    };
+    let tol = if input.pro && input.norm {
+        PRO_NORM_TOL
+    } else {
+        TOL
+    };
+    let how = input.label();
     if has("SWIGLU") {
         for n in [96, 37] {
             let op = op.clone();
             v.push(CheckCase::new(
-                format!("{n}x{k} gate+up"),
-                TOL,
-                Box::new(move |kr| swiglu_case(kr, &op, seed, format, (n, k))),
+                format!("{n}x{k} gate+up{how}"),
+                tol,
+                Box::new(move |kr| swiglu_case(kr, &op, seed, format, (n, k), input)),
             ));
         }
     } else if has("QKV") {
@@ -67,9 +84,9 @@ pub fn checks(spec: &KernelSpec, seed: u64) -> Result<Vec<CheckCase>> {
             let b = if bias { " +bias" } else { "" };
             let op = op.clone();
             v.push(CheckCase::new(
-                format!("q 128, k/v 32 x {k}{b}"),
-                TOL,
-                Box::new(move |kr| qkv_case(kr, &op, seed, format, k, bias)),
+                format!("q 128, k/v 32 x {k}{b}{how}"),
+                tol,
+                Box::new(move |kr| qkv_case(kr, &op, seed, format, (k, bias), input)),
             ));
         }
     } else {
@@ -88,9 +105,9 @@ pub fn checks(spec: &KernelSpec, seed: u64) -> Result<Vec<CheckCase>> {
                 off,
             };
             v.push(CheckCase::new(
-                format!("{n}x{k}{epi}"),
-                TOL,
-                Box::new(move |kr| plain_case(kr, &op, seed, format, case)),
+                format!("{n}x{k}{epi}{how}"),
+                tol,
+                Box::new(move |kr| plain_case(kr, &op, seed, format, case, input)),
             ));
         }
     }
@@ -115,23 +132,75 @@ fn act_case(kr: &Kernels, seed: u64, k: usize, norm: bool) -> Result<(Vec<f32>, 
     Ok((dequantize(&words, k), want))
 }
 
-/// Uploads x, quantises it on the GPU: (the dispatch, the buffer, x).
-fn quantised_x(
-    kr: &Kernels,
-    rng: &mut Rng,
-    k: usize,
-) -> Result<(Dispatch, wgpu::Buffer, wgpu::Buffer)> {
-    let g = &kr.gpu;
-    let x = rng.vec(k, 1.0);
-    let xb = g.upload("x", &x)?;
-    let xq = act_q8_buffer(g, k)?;
-    let d = act_q8(kr, &xb, k, &xq, None)?;
-    Ok((d, xq, xb))
+/// How a check's GEMV gets its row: act_q8's output, or the f32 row it quantises itself
+/// (QPRO), normalised first (NORM).
+#[derive(Clone, Copy)]
+struct InputKind {
+    pro: bool,
+    norm: bool,
 }
 
-/// The activations the GPU quantised (read after the run).
-fn read_x(kr: &Kernels, xq: &wgpu::Buffer, k: usize) -> Result<Vec<f32>> {
-    Ok(dequantize(&kr.gpu.read_vec::<u32>(xq)?, k))
+impl InputKind {
+    fn label(&self) -> &'static str {
+        match (self.pro, self.norm) {
+            (false, _) => "",
+            (true, false) => ", prologue",
+            (true, true) => ", prologue +norm",
+        }
+    }
+}
+
+/// A check's activation row: x (and norm weights) uploaded, and act_q8's quantisation of
+/// it, which the GEMV reads (act_q8 runs first) or, with the prologue, the reference reads.
+struct CheckInput {
+    kind: InputKind,
+    quantise: Dispatch,
+    xq: wgpu::Buffer,
+    xb: wgpu::Buffer,
+    nw: wgpu::Buffer,
+    k: usize,
+}
+
+const EPS: f32 = 1e-5;
+
+impl CheckInput {
+    fn new(kr: &Kernels, rng: &mut Rng, k: usize, kind: InputKind) -> Result<Self> {
+        let g = &kr.gpu;
+        let x = rng.vec(k, 1.0);
+        let nw = rng.norm_weights(k);
+        let (xb, nw) = (g.upload("x", &x)?, g.upload("norm", &nw)?);
+        let xq = act_q8_buffer(g, k)?;
+        let quantise = act_q8(kr, &xb, k, &xq, kind.norm.then_some((&nw, EPS)))?;
+        Ok(CheckInput {
+            kind,
+            quantise,
+            xq,
+            xb,
+            nw,
+            k,
+        })
+    }
+
+    /// What the GEMV binds.
+    fn input(&self) -> DotInput<'_> {
+        match self.kind.pro {
+            false => DotInput::Quantised(&self.xq),
+            true => DotInput::Row {
+                x: &self.xb,
+                norm: self.kind.norm.then_some((&self.nw, EPS)),
+            },
+        }
+    }
+
+    /// The quantiser, then the GEMV: act_q8 writes the reference row either way.
+    fn run<'d>(&'d self, gemv: &'d Dispatch) -> [&'d Dispatch; 2] {
+        [&self.quantise, gemv]
+    }
+
+    /// The quantised activations (read after the run).
+    fn values(&self, kr: &Kernels) -> Result<Vec<f32>> {
+        Ok(dequantize(&kr.gpu.read_vec::<u32>(&self.xq)?, self.k))
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -149,12 +218,13 @@ fn plain_case(
     seed: u64,
     format: WeightFormat,
     c: PlainCase,
+    kind: InputKind,
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let g = &kr.gpu;
     let (n, k, off) = (c.n, c.k, c.off);
     let mut rng = Rng(seed);
     let (w, wv) = random_matrix(g, &mut rng, format, n, k)?;
-    let (dq, xq, _x) = quantised_x(kr, &mut rng, k)?;
+    let x = CheckInput::new(kr, &mut rng, k, kind)?;
     let b = rng.vec(n, 2.0);
     let prev = rng.vec(n, 2.0);
     let bb = g.upload("bias", &b)?;
@@ -167,9 +237,9 @@ fn plain_case(
         accumulate: c.acc,
         out_offset: off,
     };
-    let d = gemv_dot(kr, &w, &xq, &out, epi)?;
-    let got = run_checked(kr, &[&dq, &d], &out, op)?;
-    let xr = read_x(kr, &xq, k)?;
+    let d = gemv_dot(kr, &w, x.input(), &out, epi)?;
+    let got = run_checked(kr, &x.run(&d), &out, op)?;
+    let xr = x.values(kr)?;
     let want = reference::gemv::gemv_epilogue(
         &wv,
         n,
@@ -187,16 +257,17 @@ fn swiglu_case(
     seed: u64,
     format: WeightFormat,
     (n, k): (usize, usize),
+    kind: InputKind,
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let g = &kr.gpu;
     let mut rng = Rng(seed);
     let (gate, gv) = random_matrix(g, &mut rng, format, n, k)?;
     let (up, uv) = random_matrix(g, &mut rng, format, n, k)?;
-    let (dq, xq, _x) = quantised_x(kr, &mut rng, k)?;
+    let x = CheckInput::new(kr, &mut rng, k, kind)?;
     let out = poisoned(g, n)?;
-    let d = gemv_dot_swiglu(kr, &gate, &up, &xq, &out)?;
-    let got = run_checked(kr, &[&dq, &d], &out, op)?;
-    let xr = read_x(kr, &xq, k)?;
+    let d = gemv_dot_swiglu(kr, &gate, &up, x.input(), &out)?;
+    let got = run_checked(kr, &x.run(&d), &out, op)?;
+    let xr = x.values(kr)?;
     Ok((got, reference::gemv::gemv_swiglu(&gv, &uv, n, k, &xr)))
 }
 
@@ -205,8 +276,8 @@ fn qkv_case(
     op: &str,
     seed: u64,
     format: WeightFormat,
-    k: usize,
-    bias: bool,
+    (k, bias): (usize, bool),
+    kind: InputKind,
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let g = &kr.gpu;
     let ns = [128, 32, 32];
@@ -220,7 +291,7 @@ fn qkv_case(
             "the fused QKV integer-dot GEMV does not support this shape on this device".into(),
         ));
     }
-    let (dq, xq, _x) = quantised_x(kr, &mut rng, k)?;
+    let x = CheckInput::new(kr, &mut rng, k, kind)?;
     let biases: Vec<Vec<f32>> = ns.iter().map(|&n| rng.vec(n, 2.0)).collect();
     let bb = biases
         .iter()
@@ -233,14 +304,14 @@ fn qkv_case(
     let d = gemv_dot_qkv(
         kr,
         [&mats[0].0, &mats[1].0, &mats[2].0],
-        &xq,
+        x.input(),
         bias.then(|| [&bb[0], &bb[1], &bb[2]]),
         [&outs[0], &outs[1], &outs[2]],
     )?;
-    let mut got = run_checked(kr, &[&dq, &d], &outs[0], op)?;
+    let mut got = run_checked(kr, &x.run(&d), &outs[0], op)?;
     got.extend(g.read_vec::<f32>(&outs[1])?);
     got.extend(g.read_vec::<f32>(&outs[2])?);
-    let xr = read_x(kr, &xq, k)?;
+    let xr = x.values(kr)?;
     let mut want = Vec::new();
     for (i, (_, wv)) in mats.iter().enumerate() {
         want.extend(reference::gemv::gemv_epilogue(

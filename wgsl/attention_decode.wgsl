@@ -117,6 +117,16 @@ fn attention_decode_lanes(
     @builtin(subgroup_size) sg_size: u32,
     @builtin(num_subgroups) n_sg: u32,
 ) {
+    let kvh = wid.x;
+    let split = wid.y;
+    let kv_len = min(step.kv_len, p.capacity);
+    let chunk = (kv_len + p.n_splits - 1u) / p.n_splits;
+    let key_start = min(split * chunk, kv_len);
+    let key_end = min(key_start + chunk, kv_len);
+    let h0 = kvh * G;
+#ifndef KV_Q8
+    let kv_base = kvh * p.capacity * HW;
+#endif
     let S = select(sg_size, SGS, SGS != 0u);
 #ifdef KV_Q8
     // q8_0 cache: a row is HW / 2 code words (4 values each), then HD / 32 f32 scales in
@@ -127,16 +137,6 @@ fn attention_decode_lanes(
     let row0 = kvh * p.capacity;
 #else
     let nw = HW / S;
-#endif
-    let kvh = wid.x;
-    let split = wid.y;
-    let kv_len = min(step.kv_len, p.capacity);
-    let chunk = (kv_len + p.n_splits - 1u) / p.n_splits;
-    let key_start = min(split * chunk, kv_len);
-    let key_end = min(key_start + chunk, kv_len);
-    let h0 = kvh * G;
-#ifndef KV_Q8
-    let kv_base = kvh * p.capacity * HW;
 #endif
 
     for (var f = lid; f < G * HW; f += WG) {

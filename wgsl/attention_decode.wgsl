@@ -27,34 +27,55 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 
 #ifdef MERGE
-override WG: u32 = 64u;
+#include "reduce"
+
+override WG: u32 = 256u;
 override HW: u32 = 32u;
 
 @group(0) @binding(1) var<storage, read> part: array<vec2<f32>>;
 @group(0) @binding(2) var<storage, read_write> out: array<vec2<f32>>;
 
+// Split s's weight exp2(m_s - M); then the split groups' partial output words.
+var<workgroup> split_w: array<f32, 256>;
+var<workgroup> group_o: array<vec2<f32>, 256>;
+
+// Every invocation takes part: the max and the weighted sum of l over the splits are
+// workgroup reductions, and each output word is summed by WG / HW split groups (each over
+// every (WG / HW)-th split, their loads independent) whose sums meet in workgroup memory.
+// The host keeps n_splits <= 256 and HW a power of two <= WG.
 @compute @workgroup_size(WG)
-fn attention_merge(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
+fn attention_merge(@builtin(workgroup_id) wid: vec3<u32>, lane: Lane) {
+    let lid = lane.lid;
     let h = wid.x;
     let ns = p.n_splits;
     let ml_base = p.n_heads * ns * HW + h * ns;
     var m = -3.0e38;
-    for (var s = 0u; s < ns; s++) {
+    for (var s = lid; s < ns; s += WG) {
         m = max(m, part[ml_base + s].x);
     }
+    let mx = wg_max(m, lane);
     var l = 0.0;
-    for (var s = 0u; s < ns; s++) {
+    for (var s = lid; s < ns; s += WG) {
         let ml = part[ml_base + s];
-        l += ml.y * exp2(ml.x - m);
+        let e = exp2(ml.x - mx);
+        split_w[s] = e;
+        l += ml.y * e;
     }
-    let inv_l = select(0.0, 1.0 / l, l > 0.0);
-    for (var w = lid; w < HW; w += WG) {
-        var o = vec2(0.0);
-        for (var s = 0u; s < ns; s++) {
-            o += part[(h * ns + s) * HW + w] * exp2(part[ml_base + s].x - m);
+    let lt = wg_sum(l, lane);
+    let inv_l = select(0.0, 1.0 / lt, lt > 0.0);
+    workgroupBarrier();
+    let groups = WG / HW;
+    let g = lid / HW;
+    let w = lid - g * HW;
+    var o = vec2(0.0);
+    for (var s = g; s < ns; s += groups) {
+        o += part[(h * ns + s) * HW + w] * split_w[s];
+    }
+    group_o[lid] = o;
+    workgroupBarrier();
+    if (g == 0u) {
+        for (var t = 1u; t < groups; t++) {
+            o += group_o[t * HW + w];
         }
         out[h * HW + w] = o * inv_l;
     }

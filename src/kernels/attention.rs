@@ -212,8 +212,10 @@ const MAX_ACC: usize = 8;
 const MAX_TILE: usize = 32;
 /// Rows of a prefill workgroup at most (tokens x heads of a group).
 const MAX_PREFILL_ROWS: usize = 64;
-/// Invocations of the merge pass (loops over head_dim / 2 words).
-const MERGE_WG: u32 = 64;
+/// Invocations of the merge pass: WG / (head_dim / 2) groups of splits per output word.
+const MERGE_WG: u32 = 256;
+/// Splits the merge pass takes at most (its weight array).
+pub const MERGE_MAX_SPLITS: usize = 256;
 
 /// Words of the kernels' workgroup array (`smem` in attention_core.wgsl): 16 KiB, the WebGPU
 /// minimum, or half of it with `SMALL_SMEM`.
@@ -613,6 +615,12 @@ pub fn attention_decode(
         return Err(Error::Shape(format!("{what}: {n_splits} splits")));
     }
     let direct = n_splits == 1;
+    if !direct && (n_splits > MERGE_MAX_SPLITS || head_dim / 2 > MERGE_WG as usize) {
+        return Err(Error::Shape(format!(
+            "{what}: the merge pass takes at most {MERGE_MAX_SPLITS} splits and head_dim {} (got {n_splits} splits of head_dim {head_dim})",
+            2 * MERGE_WG
+        )));
+    }
     let spec = match form {
         DecodeForm::Lanes => {
             if let Some(why) = lanes_unfit(caps, shape) {
@@ -736,7 +744,7 @@ pub fn choose_splits(caps: &Capabilities, n_kv_heads: usize, capacity: usize) ->
     let by_length = (capacity / 64).max(1);
     by_occupancy
         .min(by_length)
-        .min(256)
+        .min(MERGE_MAX_SPLITS)
         .min(caps.max_compute_workgroups_per_dimension as usize)
         .max(1)
 }

@@ -4,9 +4,9 @@
 // planes (src/quant).
 //
 // One kernel per (format, kind): gemv_<fmt>, gemv_swiglu_<fmt>, gemv_qkv_<fmt>, each also
-// with _norm (the RMSNorm prologue), for fmt q4_0, q4_1, q8_0. The bodies are templates over
-// the format and the prologue; the entry points are stamped from one macro per kind (at the
-// end of the file). Bindings:
+// with _norm (the RMSNorm prologue), for fmt q4_0, q4_1, q8_0, q4_k, q5_k, q6_k. The bodies
+// are templates over the format and the prologue; the entry points are stamped from one macro
+// per kind (at the end of the file). Bindings, the same for every format:
 //   gemv:        0 Params, 1 qs, 2 scales, 3 x, 4 bias, 5 out, [6 norm weights]
 //   gemv_swiglu: 0 Params, 1 gate qs, 2 gate scales, 3 up qs, 4 up scales, 5 x, 6 out, [7 norm]
 //   gemv_qkv:    0 Params, 1..6 q/k/v qs and scales, 7 x, 8..10 q/k/v bias, 11..13 q/k/v out,
@@ -16,10 +16,11 @@
 //
 // Work split (the host dispatches gemv::native_config): 256 threads = 8 simdgroups of 32,
 // cut into row groups of lanes_per_row threads (a power of two, 1..256), one row per group.
-// A group's threads stride over the row's units (one qs word each), four per step. A group of
-// at most 32 threads lies inside one simdgroup and is reduced with simd_shuffle_xor; a wider
-// one is whole simdgroups, reduced with simd_sum and then across simdgroups in threadgroup
-// memory. Assumes 32-wide simdgroups (every Apple GPU).
+// A group's threads stride over the row's units (one qs word each for Q4_0/Q4_1/Q8_0, two
+// for the K-quants: see "formats"), four per step. A group of at most 32 threads lies inside
+// one simdgroup and is reduced with simd_shuffle_xor; a wider one is whole simdgroups, reduced
+// with simd_sum and then across simdgroups in threadgroup memory. Assumes 32-wide simdgroups
+// (every Apple GPU).
 
 #include <metal_stdlib>
 using namespace metal;
@@ -87,15 +88,36 @@ float norm_scale(constant Params& p, device const float4* x, Lane ln, threadgrou
 }
 
 // ---- formats ----------------------------------------------------------------------------
-// A unit is one qs word. XU holds its activations (xa, and xb for the high nibbles) and, for
-// Q4, their sum (affine identity: a Q4_0 block contributes d * (sum(q*x) - 8 * sum(x)), a
-// Q4_1 block d * sum(q*x) + m * sum(x)). load_x(a, u): activations of row-relative unit u;
-// scale_word(g): the scales word of matrix-wide unit g; unit_value(w, s, g, xs): its dot.
+// A format F gives: F::X, the activations of one unit (loaded once for every matrix sharing
+// them); F::units(upr), the units of a row (Params.upr counts the WGSL's units: one qs word
+// for Q4_0/Q4_1/Q8_0, one 64-element pair for the K-quants); F::load_x(a, u), the activations
+// of row-relative unit u; F::unit(m, g, xs), the dot product of matrix-wide unit g of m.
 
+// One matrix's planes (bound as words; the K-quants read them in wider loads).
+struct Mat {
+    device const uint* qs;
+    device const uint* sc;
+};
+
+// A unit of Q4_0/Q4_1/Q8_0 is one qs word. XU holds its activations (xa, and xb for the high
+// nibbles) and, for Q4, their sum (affine identity: a Q4_0 block contributes
+// d * (sum(q*x) - 8 * sum(x)), a Q4_1 block d * sum(q*x) + m * sum(x)). F::scale_word(g) is
+// the scales word of unit g, F::unit_value(w, s, g, xs) its dot product.
 struct XU {
     float4 xa;
     float4 xb;
     float sum;
+};
+
+template <typename F>
+struct WordUnits {
+    typedef XU X;
+    static uint units(uint upr) {
+        return upr;
+    }
+    static float unit(Mat m, uint g, thread const XU& xs) {
+        return F::unit_value(m.qs[g], m.sc[F::scale_word(g)], g, xs);
+    }
 };
 
 float4 nib_lo(uint w) {
@@ -110,7 +132,7 @@ float2 halves(uint s) {
 }
 
 // Word g: four int8, consecutive elements; 8 words per block; two f16 d per scales word.
-struct Q8_0 {
+struct Q8_0 : WordUnits<Q8_0> {
     template <bool NORM>
     static XU load_x(thread const Acts<NORM>& a, uint u) {
         XU r;
@@ -141,7 +163,7 @@ XU load_x_q4(thread const Acts<NORM>& a, uint u) {
 }
 
 // Two f16 d per scales word.
-struct Q4_0 {
+struct Q4_0 : WordUnits<Q4_0> {
     template <bool NORM>
     static XU load_x(thread const Acts<NORM>& a, uint u) {
         return load_x_q4(a, u);
@@ -156,7 +178,7 @@ struct Q4_0 {
 };
 
 // One scales word per block: d in the low half, m in the high half.
-struct Q4_1 {
+struct Q4_1 : WordUnits<Q4_1> {
     template <bool NORM>
     static XU load_x(thread const Acts<NORM>& a, uint u) {
         return load_x_q4(a, u);
@@ -170,58 +192,193 @@ struct Q4_1 {
     }
 };
 
-// One matrix's planes.
-struct Mat {
-    device const uint* qs;
-    device const uint* sc;
+// K-quants (module doc of src/quant): 256-element super-blocks b, four 64-element pairs j
+// each, whose nibble byte l (l < 32) holds element 64j + l in its low nibble and 64j + 32 + l
+// in its high one. A unit is two words, v = 0..3 of its pair: nibble words 2v and 2v + 1 (one
+// uint2 load), so elements 8v..8v+8 of sub-block 2j (low nibbles) and the same of sub-block
+// 2j + 1 (high nibbles); 16 units per super-block, so unit g is super-block g >> 4, pair
+// (g >> 2) & 3, v = g & 3. The scales are decoded once per unit (16 elements), and threads
+// 4i..4i+3 of a group read one pair's two 128-byte runs of x between them. KXU: the unit's
+// two runs of eight activations (a, b) and their sums, for the affine identity (a sub-block
+// contributes d*sc*sum(q*x) - dmin*m*sum(x), Q6_K d*sc*(sum(q*x) - 32*sum(x))). Math is f32:
+// only the quantised values (bytes, as uchar4) and the f16 d/dmin are narrower, and both
+// convert exactly; f16 activations would be rounded to 11 significant bits (up to 4.9e-4
+// relative each), against the 1e-4 bound of the tests.
+struct KXU {
+    float4 a0;
+    float4 a1;
+    float4 b0;
+    float4 b1;
+    float2 sum;
 };
 
-template <typename F>
-float unit_of(Mat m, uint g, thread const XU& xs) {
-    return F::unit_value(m.qs[g], m.sc[F::scale_word(g)], g, xs);
+constexpr constant uint NIB = 0x0F0F0F0F;
+
+template <bool NORM>
+KXU load_x_k(thread const Acts<NORM>& a, uint u) {
+    uint i = ((u >> 2) << 4) + ((u & 3) << 1);
+    KXU r;
+    r.a0 = a.at(i);
+    r.a1 = a.at(i + 1);
+    r.b0 = a.at(i + 8);
+    r.b1 = a.at(i + 9);
+    r.sum = float2(dot(r.a0 + r.a1, float4(1.0f)), dot(r.b0 + r.b1, float4(1.0f)));
+    return r;
 }
 
-// This thread's partial dot product of the row starting at unit `base` of m: units l,
-// l + lpr, ... of the row, four per step (independent loads in flight).
+// The four bytes of w as floats, byte i in component i.
+float4 bytes_f(uint w) {
+    return float4(as_type<uchar4>(w));
+}
+
+// sum(q*x) of the low (x) and high (y) runs of a unit whose packed byte values are q: low of
+// word 2v, low of 2v + 1, high of 2v, high of 2v + 1.
+float2 k_dots(uint4 q, thread const KXU& xs) {
+    return float2(dot(bytes_f(q.x), xs.a0) + dot(bytes_f(q.y), xs.a1),
+                  dot(bytes_f(q.z), xs.b0) + dot(bytes_f(q.w), xs.b1));
+}
+
+// The nibbles of a unit's two words: low ones of word 2v, 2v + 1, then their high ones.
+uint4 k_nibbles(uint2 q) {
+    return uint4(q & NIB, (q >> 4) & NIB);
+}
+
+template <typename F>
+struct KUnits {
+    typedef KXU X;
+    static uint units(uint upr) {
+        return 4 * upr;
+    }
+    template <bool NORM>
+    static KXU load_x(thread const Acts<NORM>& a, uint u) {
+        return load_x_k(a, u);
+    }
+};
+
+// Q4_K/Q5_K header (one uint4 per super-block): d | dmin << 16, then GGML's 12 bytes of 6-bit
+// (scale, min) pairs. Returns the scales (xy) and mins (zw) of sub-blocks 2j and 2j + 1, as
+// GGML's get_scale_min_k4 for both at once: bytes 2(j & 1) and 2(j & 1) + 1 of each header
+// word, taken as 16 bits; sub-blocks 0..3 (j < 2) are the low 6 bits of words y (scales) and
+// z (mins), 4..7 the nibbles of word w with the top 2 bits of y and z.
+float4 k4_scales(uint4 hdr, uint j) {
+    uint sh = (j & 1) << 4;
+    uint y = hdr.y >> sh;
+    uint z = hdr.z >> sh;
+    uint w = hdr.w >> sh;
+    bool upper = j >= 2;
+    uint sc = upper ? ((w & 0x0F0F) | ((y >> 2) & 0x3030)) : (y & 0x3F3F);
+    uint mn = upper ? (((w >> 4) & 0x0F0F) | ((z >> 2) & 0x3030)) : (z & 0x3F3F);
+    return bytes_f(sc | (mn << 16));
+}
+
+// d*sc*sum(q*x) - dmin*m*sum(x) over the unit's two sub-block runs.
+float k4_combine(uint4 hdr, uint j, float2 qx, thread const KXU& xs) {
+    float4 sm = k4_scales(hdr, j);
+    float2 dd = halves(hdr.x);
+    return dd.x * dot(float2(sm.x, sm.y), qx) - dd.y * dot(float2(sm.z, sm.w), xs.sum);
+}
+
+// qs: 32 words (16 units) per super-block; scales: the header.
+struct Q4_K : KUnits<Q4_K> {
+    static float unit(Mat m, uint g, thread const KXU& xs) {
+        uint2 q = ((device const uint2*)m.qs)[g];
+        uint4 hdr = ((device const uint4*)m.sc)[g >> 4];
+        return k4_combine(hdr, (g >> 2) & 3, k_dots(k_nibbles(q), xs), xs);
+    }
+};
+
+// Four fifth bits (bits 0..3 of h) moved to bit 4 of bytes 0..3, to OR onto four nibbles:
+// the multiply places copies of h at bits 0, 7, 14 and 21, which do not overlap.
+uint fifth4(uint h) {
+    return (((h & 15) * 0x00204081u) & 0x01010101u) << 4;
+}
+
+// qs as Q4_K; scales: three uint4 per super-block, the Q4_K header, then 8 words of fifth
+// bits, word s for sub-block s (bit l: its element l). The unit's are bits 8v..8v+8 of words
+// 2j (low run) and 2j + 1 (high run): the xy or zw half of uint4 1 + j / 2.
+struct Q5_K : KUnits<Q5_K> {
+    static float unit(Mat m, uint g, thread const KXU& xs) {
+        device const uint4* sc = (device const uint4*)m.sc;
+        uint2 q = ((device const uint2*)m.qs)[g];
+        uint b = g >> 4;
+        uint j = (g >> 2) & 3;
+        uint4 hdr = sc[3 * b];
+        uint4 hv = sc[3 * b + 1 + (j >> 1)];
+        uint2 h = ((j & 1) != 0 ? uint2(hv.z, hv.w) : uint2(hv.x, hv.y)) >> ((g & 3) << 3);
+        uint4 n = k_nibbles(q)
+            | uint4(fifth4(h.x), fifth4(h.x >> 4), fifth4(h.y), fifth4(h.y >> 4));
+        return k4_combine(hdr, j, k_dots(n, xs), xs);
+    }
+};
+
+// qs: 48 words per super-block, 12 per pair: nibble words 0..8 (uint2 v = 0..3), then the
+// top 2 bits (uint2 4 and 5). Top word 8 + i byte b holds, in bits 0-1 / 4-5, the top bits of
+// the low / high nibble of byte b of nibble word i, in bits 2-3 / 6-7 those of word i + 4; so
+// unit v's two top words are uint2 4 + (v & 1), shifted right by 2 * (v >> 1). Scales (words):
+// per pair of super-blocks nine, the 16 i8 scales of each (scale s in byte s % 4 of word
+// s / 4, covering elements 16s..16s+16), then d(2i) | d(2i+1) << 16. The unit's low run has
+// scale 4j + v / 2 (byte v / 2 of word j), its high run 4j + 2 + v / 2.
+struct Q6_K : KUnits<Q6_K> {
+    static float unit(Mat m, uint g, thread const KXU& xs) {
+        device const uint2* qs = (device const uint2*)m.qs;
+        uint v = g & 3;
+        uint b = g >> 4;
+        uint pw = 6 * (g >> 2);
+        uint2 q = qs[pw + v];
+        uint2 t = qs[pw + 4 + (v & 1)] >> (2 * (v >> 1));
+        uint4 n = k_nibbles(q) | uint4((t & 0x03030303u) << 4, t & 0x30303030u);
+        float2 qx = k_dots(n, xs) - 32.0f * xs.sum;
+        uint base = 9 * (b >> 1);
+        uint scw = m.sc[base + 4 * (b & 1) + ((g >> 2) & 3)];
+        // Bytes v / 2 and 2 + v / 2, sign-extended.
+        uint lo = 8 * (v >> 1);
+        float2 s = float2(float(int(scw << (24 - lo)) >> 24), float(int(scw << (8 - lo)) >> 24));
+        return halves(m.sc[base + 8])[b & 1] * dot(s, qx);
+    }
+};
+
+// This thread's partial dot product of the row starting at unit `base` of m (`units` units):
+// units l, l + lpr, ... of the row, four per step (independent loads in flight).
 template <typename F, bool NORM>
-float row_dot(Mat m, thread const Acts<NORM>& a, uint upr, uint base, uint l, uint lpr) {
+float row_dot(Mat m, thread const Acts<NORM>& a, uint units, uint base, uint l, uint lpr) {
     float acc = 0.0f;
     uint u = l;
-    for (; u + 3 * lpr < upr; u += 4 * lpr) {
-        XU x0 = F::load_x(a, u);
-        XU x1 = F::load_x(a, u + lpr);
-        XU x2 = F::load_x(a, u + 2 * lpr);
-        XU x3 = F::load_x(a, u + 3 * lpr);
+    for (; u + 3 * lpr < units; u += 4 * lpr) {
+        typename F::X x0 = F::load_x(a, u);
+        typename F::X x1 = F::load_x(a, u + lpr);
+        typename F::X x2 = F::load_x(a, u + 2 * lpr);
+        typename F::X x3 = F::load_x(a, u + 3 * lpr);
         uint g = base + u;
-        acc += (unit_of<F>(m, g, x0) + unit_of<F>(m, g + lpr, x1))
-            + (unit_of<F>(m, g + 2 * lpr, x2) + unit_of<F>(m, g + 3 * lpr, x3));
+        acc += (F::unit(m, g, x0) + F::unit(m, g + lpr, x1))
+            + (F::unit(m, g + 2 * lpr, x2) + F::unit(m, g + 3 * lpr, x3));
     }
-    for (; u < upr; u += lpr) {
-        XU xs = F::load_x(a, u);
-        acc += unit_of<F>(m, base + u, xs);
+    for (; u < units; u += lpr) {
+        typename F::X xs = F::load_x(a, u);
+        acc += F::unit(m, base + u, xs);
     }
     return acc;
 }
 
 // gate and up of one row, sharing each unit's activations.
 template <typename F, bool NORM>
-float2 row_dot2(Mat gm, Mat um, thread const Acts<NORM>& a, uint upr, uint base, uint l, uint lpr) {
+float2 row_dot2(Mat gm, Mat um, thread const Acts<NORM>& a, uint units, uint base, uint l,
+                uint lpr) {
     float2 acc = float2(0.0f);
     uint u = l;
-    for (; u + 3 * lpr < upr; u += 4 * lpr) {
-        XU x0 = F::load_x(a, u);
-        XU x1 = F::load_x(a, u + lpr);
-        XU x2 = F::load_x(a, u + 2 * lpr);
-        XU x3 = F::load_x(a, u + 3 * lpr);
+    for (; u + 3 * lpr < units; u += 4 * lpr) {
+        typename F::X x0 = F::load_x(a, u);
+        typename F::X x1 = F::load_x(a, u + lpr);
+        typename F::X x2 = F::load_x(a, u + 2 * lpr);
+        typename F::X x3 = F::load_x(a, u + 3 * lpr);
         uint g = base + u;
-        acc.x += (unit_of<F>(gm, g, x0) + unit_of<F>(gm, g + lpr, x1))
-            + (unit_of<F>(gm, g + 2 * lpr, x2) + unit_of<F>(gm, g + 3 * lpr, x3));
-        acc.y += (unit_of<F>(um, g, x0) + unit_of<F>(um, g + lpr, x1))
-            + (unit_of<F>(um, g + 2 * lpr, x2) + unit_of<F>(um, g + 3 * lpr, x3));
+        acc.x += (F::unit(gm, g, x0) + F::unit(gm, g + lpr, x1))
+            + (F::unit(gm, g + 2 * lpr, x2) + F::unit(gm, g + 3 * lpr, x3));
+        acc.y += (F::unit(um, g, x0) + F::unit(um, g + lpr, x1))
+            + (F::unit(um, g + 2 * lpr, x2) + F::unit(um, g + 3 * lpr, x3));
     }
-    for (; u < upr; u += lpr) {
-        XU xs = F::load_x(a, u);
-        acc += float2(unit_of<F>(gm, base + u, xs), unit_of<F>(um, base + u, xs));
+    for (; u < units; u += lpr) {
+        typename F::X xs = F::load_x(a, u);
+        acc += float2(F::unit(gm, base + u, xs), F::unit(um, base + u, xs));
     }
     return acc;
 }
@@ -294,9 +451,10 @@ void gemv_impl(constant Params& p, Mat w, device const float4* x, device const f
     Acts<NORM> a = acts_of<NORM>(p, x, norm_w, ln, norm_sums);
     uint lpr = p.lanes_per_row;
     RowLane rl = row_lane(lpr, ln);
+    uint units = F::units(p.upr);
     float acc = 0.0f;
     if (rl.row < p.n) {
-        acc = row_dot<F, NORM>(w, a, p.upr, rl.row * p.upr, rl.l, lpr);
+        acc = row_dot<F, NORM>(w, a, units, rl.row * units, rl.l, lpr);
     }
     acc = reduce_row(acc, lpr, rl.l, ln, group_sums);
     if (rl.l == 0 && rl.row < p.n) {
@@ -318,9 +476,10 @@ void swiglu_impl(constant Params& p, Mat gate, Mat up, device const float4* x, d
     Acts<NORM> a = acts_of<NORM>(p, x, norm_w, ln, norm_sums);
     uint lpr = p.lanes_per_row;
     RowLane rl = row_lane(lpr, ln);
+    uint units = F::units(p.upr);
     float2 acc = float2(0.0f);
     if (rl.row < p.n) {
-        acc = row_dot2<F, NORM>(gate, up, a, p.upr, rl.row * p.upr, rl.l, lpr);
+        acc = row_dot2<F, NORM>(gate, up, a, units, rl.row * units, rl.l, lpr);
     }
     acc = reduce_row(acc, lpr, rl.l, ln, group_sums);
     if (rl.l == 0 && rl.row < p.n) {
@@ -351,10 +510,11 @@ void qkv_impl(constant Params& p, Mat q, Mat k, Mat v, device const float4* x,
             rows = p.nv;
         }
     }
+    uint units = F::units(p.upr);
     float acc = 0.0f;
     if (r < rows) {
         Mat w = m == 0 ? q : (m == 1 ? k : v);
-        acc = row_dot<F, NORM>(w, a, p.upr, r * p.upr, rl.l, lpr);
+        acc = row_dot<F, NORM>(w, a, units, r * units, rl.l, lpr);
     }
     acc = reduce_row(acc, lpr, rl.l, ln, group_sums);
     if (rl.l == 0 && r < rows) {
@@ -467,3 +627,6 @@ kernel void NAME(constant Params& p [[buffer(0)]],                              
 GEMV_ENTRIES(q4_0, Q4_0)
 GEMV_ENTRIES(q4_1, Q4_1)
 GEMV_ENTRIES(q8_0, Q8_0)
+GEMV_ENTRIES(q4_k, Q4_K)
+GEMV_ENTRIES(q5_k, Q5_K)
+GEMV_ENTRIES(q6_k, Q6_K)

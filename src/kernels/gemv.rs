@@ -1,8 +1,8 @@
 //! GEMV: one f32 activation vector times a weight matrix in GPU planes (decode's hot path),
 //! with fused epilogues (bias, residual accumulate, output offset) and a fused
 //! gate+up+SwiGLU variant and a fused QKV variant. Kernel: `wgsl/gemv.wgsl`; design in
-//! docs/kernels.md (GEMV). Q4_0, Q4_1 and Q8_0 also have native kernels of every kind
-//! (`vulkan_overrides/gemv.comp`, `metal_overrides/gemv.metal`), dispatched with
+//! docs/kernels.md (GEMV). Q4_0, Q4_1, Q8_0, Q4_K, Q5_K and Q6_K also have native kernels of
+//! every kind (`vulkan_overrides/gemv.comp`, `metal_overrides/gemv.metal`), dispatched with
 //! [`native_config`].
 
 use bytemuck::{Pod, Zeroable};
@@ -77,7 +77,8 @@ fn native_coverage() -> String {
 pub struct GemvParams {
     /// Rows of the matrix.
     pub n: u32,
-    /// Units (one `qs` load each) per row: k / [`unit_elems`].
+    /// Units (one `qs` load each) per row: k / [`unit_elems`]. The native K-quant kernels
+    /// split each 64-element unit into four of their own (8-byte loads).
     pub upr: u32,
     /// Row i is written to `out[out_offset + i]`.
     pub out_offset: u32,
@@ -154,8 +155,14 @@ macro_rules! native_names {
 }
 
 /// Formats with native GEMV kernels.
-pub const NATIVE_FORMATS: [WeightFormat; 3] =
-    [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0];
+pub const NATIVE_FORMATS: [WeightFormat; 6] = [
+    WeightFormat::Q4_0,
+    WeightFormat::Q4_1,
+    WeightFormat::Q8_0,
+    WeightFormat::Q4K,
+    WeightFormat::Q5K,
+    WeightFormat::Q6K,
+];
 
 /// Sets the native Vulkan and Metal variants of a GEMV spec of this format and kind, where
 /// wick ships them. They reduce with subgroup operations: on a device without them (or with
@@ -165,6 +172,9 @@ fn with_natives(mut s: KernelSpec, format: WeightFormat, kind: GemvKind, norm: b
         WeightFormat::Q4_0 => native_names!("q4_0"),
         WeightFormat::Q4_1 => native_names!("q4_1"),
         WeightFormat::Q8_0 => native_names!("q8_0"),
+        WeightFormat::Q4K => native_names!("q4_k"),
+        WeightFormat::Q5K => native_names!("q5_k"),
+        WeightFormat::Q6K => native_names!("q6_k"),
         _ => return s,
     };
     let (module, entry) = names[2 * kind as usize + norm as usize];

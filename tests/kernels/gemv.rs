@@ -16,16 +16,23 @@ const RTOL: f32 = 1e-4;
 /// observed ~1e-8), while one wrong weight moves a row by about 1/k of it (>= 2e-4).
 const ABS_RTOL: f32 = 1e-6;
 
+thread_local! {
+    /// The largest max |got - want| / max |want| [`check_vs`] has seen on this test's thread
+    /// (tests report it; each test runs on a thread of its own).
+    static WORST: std::cell::Cell<f32> = const { std::cell::Cell::new(0.0) };
+}
+
 /// `abs_sum`: max over rows of sum_j |w_ij x_j| (0 for the plain max|want| bound).
 fn check_vs(what: &str, got: &[f32], want: &[f32], abs_sum: f32) {
     let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    assert_close(
+    let rel = assert_close(
         what,
         got,
         want,
         0.0,
         RTOL * scale.max(1e-30) + ABS_RTOL * abs_sum,
     );
+    WORST.with(|w| w.set(w.get().max(rel)));
 }
 
 /// max_i sum_j |w_ij x_j| of a row-major n x k matrix.
@@ -697,7 +704,7 @@ fn gemv_native_kernels() {
     let native = Variant::Native;
     // Every spec the registry lists resolves to a native module that builds here.
     let specs = gemv::native_specs();
-    assert_eq!(specs.len(), 18);
+    assert_eq!(specs.len(), 6 * gemv::NATIVE_FORMATS.len());
     for s in &specs {
         assert_eq!(k.variant_for(s).unwrap(), native, "{}", s.op);
         k.pipeline_variant(s, native).unwrap();
@@ -706,30 +713,34 @@ fn gemv_native_kernels() {
         .chain(EPILOGUE_CASES)
         .collect();
     for f in gemv::NATIVE_FORMATS {
+        WORST.with(|w| w.set(0.0));
         // Lanes per row: one; inside one subgroup (lavapipe's is 8, NVIDIA's 32); whole
         // subgroups combined in workgroup memory; the whole workgroup on one row. k = 1088 is
         // 34 blocks (136 Q4 / 272 Q8 units per row): not a multiple of the four-unit step
-        // of most splits, so the tail loop runs too; n = 37 leaves the last workgroup
+        // of most splits, so the tail loop runs too; the K-quants take 1280, 5 super-blocks
+        // (80 of their two-word units: the tail runs from 8 lanes per row up; an odd count for
+        // Q6_K's paired scales), and 576 becomes 768 (3). n = 37 leaves the last workgroup
         // part-filled for every split but 256 lanes.
+        let (long, short) = (fit(f, 1088), fit(f, 576));
         for lpr in [1, 4, 8, 32, 64, 256] {
             let c = Some(lanes(lpr));
-            assert_eq!(check(k, f, 37, 1088, Case::default(), c), native);
-            assert_eq!(check_swiglu(k, f, 37, 1088, c), native);
+            assert_eq!(check(k, f, 37, long, Case::default(), c), native);
+            assert_eq!(check_swiglu(k, f, 37, long, c), native);
         }
         for &c in &cases {
-            assert_eq!(check(k, f, 100, 576, c, None), native);
-            assert_eq!(check(k, f, 21, 1088, c, Some(lanes(16))), native);
+            assert_eq!(check(k, f, 100, short, c, None), native);
+            assert_eq!(check(k, f, 21, long, c, Some(lanes(16))), native);
         }
-        assert_eq!(check_swiglu(k, f, 100, 576, None), native);
-        // The norm prologue: k4 = 272 > 256 lanes, so some lanes sum two vec4s.
-        for (n, kk, c) in [(100, 576, None), (33, 1088, Some(lanes(32)))] {
+        assert_eq!(check_swiglu(k, f, 100, short, None), native);
+        // The norm prologue: k4 = 272 (K-quants 320) > 256 lanes, so some lanes sum two vec4s.
+        for (n, kk, c) in [(100, short, None), (33, long, Some(lanes(32)))] {
             for input in [NormInput::Spread, NormInput::Tiny] {
                 assert_eq!(check_norm(k, f, (n, kk), false, c, input), native);
                 assert_eq!(check_norm(k, f, (n, kk), true, c, input), native);
             }
         }
         // QKV: q/k/v boundaries inside workgroups, with and without biases and the norm.
-        for (nq, nkv, kk) in [(100, 20, 1088), (128, 64, 576)] {
+        for (nq, nkv, kk) in [(100, 20, long), (128, 64, short)] {
             for (bias, input) in [
                 (false, NormInput::Off),
                 (true, NormInput::Off),
@@ -739,6 +750,11 @@ fn gemv_native_kernels() {
                 assert_eq!(check_qkv(k, f, nq, nkv, kk, bias, input), native);
             }
         }
+        eprintln!(
+            "native gemv {}: max |got - want| / max |want| = {:.2e}",
+            f.name(),
+            WORST.with(|w| w.get())
+        );
     }
     // Without subgroups the native kernels are not offered: the WGSL kernel runs.
     let ns = kernels_native_no_subgroup();

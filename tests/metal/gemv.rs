@@ -58,7 +58,8 @@ pub(crate) fn gemv_metal_matches_the_reference_in_host_emulation() {
             .map(|row| row.iter().zip(x).map(|(a, b)| (a * b).abs()).sum::<f32>())
             .fold(0.0, f32::max)
     };
-    let mut worst = 0.0f32;
+    // max |d| / max |want| per format.
+    let mut worst = std::collections::BTreeMap::<&str, f32>::new();
     for spec in gemv_k::native_specs() {
         let entry = spec.native_metal.expect("a Metal entry").entry;
         let f = op_format(&spec.op).expect("a format");
@@ -75,21 +76,28 @@ pub(crate) fn gemv_metal_matches_the_reference_in_host_emulation() {
             grid_y,
         };
         // k = 1088: 136 Q4 / 272 Q8 units per row (not a multiple of the four-unit step,
-        // k / 4 = 272 > 256 threads for the norm's sum of squares).
+        // k / 4 = 272 > 256 threads for the norm's sum of squares). The K-quants need whole
+        // 256-element super-blocks: 1280 (5, 80 two-word units: the tail runs at 8 and 32
+        // lanes per row; an odd count for Q6_K's paired scales) and 768 (3).
+        let kq = f.k_multiple();
+        let (long, short) = (
+            1088usize.next_multiple_of(kq),
+            576usize.next_multiple_of(kq),
+        );
         let cases = if qkv {
             [
-                case([40, 12, 12], 576, 1, (true, false, 0), false, false),
-                case([10, 4, 4], 1088, 128, (false, false, 0), true, true),
+                case([40, 12, 12], short, 1, (true, false, 0), false, false),
+                case([10, 4, 4], long, 128, (false, false, 0), true, true),
             ]
         } else if swiglu {
             [
-                case([37, 0, 0], 1088, 32, (false, false, 0), false, false),
-                case([5, 0, 0], 576, 256, (false, false, 0), true, true),
+                case([37, 0, 0], long, 32, (false, false, 0), false, false),
+                case([5, 0, 0], short, 256, (false, false, 0), true, true),
             ]
         } else {
             [
-                case([37, 0, 0], 1088, 8, (false, false, 0), false, false),
-                case([13, 0, 0], 576, 64, (true, true, 5), true, true),
+                case([37, 0, 0], long, 8, (false, false, 0), false, false),
+                case([13, 0, 0], short, 64, (true, true, 5), true, true),
             ]
         };
         for c in cases {
@@ -121,7 +129,7 @@ pub(crate) fn gemv_metal_matches_the_reference_in_host_emulation() {
             let flags = (c.bias as u32) | (c.accumulate as u32) << 1;
             let params = GemvParams {
                 n: c.rows[0] as u32,
-                upr: f.qs_words_per_row(k) as u32,
+                upr: (k / gemv_k::unit_elems(f)) as u32,
                 out_offset: c.out_offset as u32,
                 eps_bits: eps.to_bits(),
                 k4: (k / 4) as u32,
@@ -217,7 +225,8 @@ pub(crate) fn gemv_metal_matches_the_reference_in_host_emulation() {
                     want,
                     bound,
                 );
-                worst = worst.max(d / scale.max(f32::MIN_POSITIVE));
+                let e = worst.entry(f.name()).or_default();
+                *e = e.max(d / scale.max(f32::MIN_POSITIVE));
                 for (j, v) in got.iter().enumerate() {
                     if j < off || j >= off + n {
                         assert_eq!(
@@ -230,10 +239,16 @@ pub(crate) fn gemv_metal_matches_the_reference_in_host_emulation() {
             }
         }
     }
-    assert_eq!(entries.len(), 18, "{entries:?}");
+    assert_eq!(
+        entries.len(),
+        6 * gemv_k::NATIVE_FORMATS.len(),
+        "{entries:?}"
+    );
     assert_runs_every_kernel(&src, &entries);
+    let per_format: Vec<String> = worst.iter().map(|(f, w)| format!("{f} {w:.2e}")).collect();
     eprintln!(
-        "gemv.metal (host emulation): {} entries, max |d| / max |want| = {worst:.2e}",
-        entries.len()
+        "gemv.metal (host emulation): {} entries, max |d| / max |want|: {}",
+        entries.len(),
+        per_format.join(", ")
     );
 }

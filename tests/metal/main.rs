@@ -29,7 +29,9 @@
 //! Every check is also run against hand-written bad MSL, so that it is known to fail (the
 //! emulation was checked by hand with broken variants of gemm.metal: a wrong transpose flag,
 //! nibble offset, sub-tile mapping, bias index and row bound are each caught; of gemv.metal:
-//! a wrong Q4_0 offset, scale word, norm epsilon and bias flag; of attention_decode.metal: a
+//! a wrong Q4_0 offset, scale word, norm epsilon and bias flag, and for the K-quants swapped
+//! sub-block scales or mins, misplaced Q5_K fifth bits or fifth-bit words, a wrong Q6_K
+//! top-bit shift or scale byte and a wrong activation offset; of attention_decode.metal: a
 //! dropped rescale and a wrong split bound).
 //!
 //! Modules, by concern: [`sources`] (the MSL files, the shim, clang++), [`syntax`] (1),

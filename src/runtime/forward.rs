@@ -74,7 +74,7 @@ pub struct DecodeFusion {
     pub lanes_attention: bool,
     /// With `int_dot`: each integer-dot GEMV quantises its (normalised) row in its own
     /// prologue where the row fits ([`gemv_dot::prologue_fits`]) instead of a quantiser
-    /// dispatch before it (`WICK_DOT_PROLOGUE=0|1`).
+    /// dispatch before it (`WICK_DOT_PROLOGUE=0|1`; sessions: [`DOT_PROLOGUE_DEFAULT`]).
     pub dot_prologue: bool,
 }
 
@@ -124,7 +124,8 @@ impl DecodeFusion {
             }
         };
         let dot_prologue = match std::env::var("WICK_DOT_PROLOGUE").as_deref() {
-            Err(_) | Ok("") | Ok("1") => true,
+            Err(_) | Ok("") => DOT_PROLOGUE_DEFAULT,
+            Ok("1") => true,
             Ok("0") => false,
             Ok(o) => {
                 return Err(Error::InvalidArgument(format!(
@@ -154,6 +155,15 @@ impl DecodeFusion {
 pub fn lanes_attention_default(_caps: &Capabilities) -> bool {
     false
 }
+
+/// Whether sessions quantise in the integer-dot GEMVs' prologue ([`DecodeFusion::dot_prologue`]):
+/// off, from measurements (`wick bench -p 0 -n 128 -r 3`, `WICK_DOT_PROLOGUE=0` -> `=1`,
+/// Vulkan, NVIDIA H100, 2026-12-07): Llama-3-8B Q4_0 325.4 -> 241.3 tok/s, Q4_K_M 304.6 ->
+/// 229.4, Q8_0 232.1 -> 198.5. The 129 quantiser dispatches per token go (325 -> 196), but
+/// every GEMV workgroup repeating the quantisation costs more (Q4_0 plain GEMVs 1287 -> 2114
+/// us per token): the GEMVs' workgroups are many and short, one lane per block leaves half
+/// of a 256-lane workgroup idle, and the array lowers occupancy.
+pub const DOT_PROLOGUE_DEFAULT: bool = false;
 
 /// Hidden sizes from which decode runs on the integer-dot GEMVs where the adapter's entry
 /// below turns them on: the quantisation adds a dispatch before each group of GEMVs reading

@@ -485,7 +485,10 @@ pub fn lanes_unfit(caps: &Capabilities, shape: &AttentionShape) -> Option<String
         KvType::F16 => (hw, 1),
         KvType::Q8_0 => (shape.head_dim / 4, 2),
     };
-    if shape.head_dim % 32 != 0 || words % hi != 0 || out * words / lo > LANES_MAX_WORDS {
+    if !shape.head_dim.is_multiple_of(32)
+        || !words.is_multiple_of(hi)
+        || out * words / lo > LANES_MAX_WORDS
+    {
         return Some(format!(
             "head_dim {} does not split over subgroups of {lo}-{hi} lanes",
             shape.head_dim

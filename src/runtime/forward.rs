@@ -100,39 +100,15 @@ impl DecodeFusion {
         dot_prologue: false,
     };
 
-    /// [`Self::ALL`] with the integer-dot GEMVs where [`int_dot_default`] turns them on for
-    /// this adapter and model width, unless `WICK_INT_DOT` says otherwise (`1` on, `0` off).
+    /// [`Self::ALL`] with the per-adapter choices: the integer-dot GEMVs where
+    /// [`int_dot_default`] turns them on for this adapter and model width, the lanes
+    /// attention form ([`lanes_attention_default`]) and the quantising prologue
+    /// ([`DOT_PROLOGUE_DEFAULT`]), each unless `WICK_INT_DOT`, `WICK_ATTN_LANES` or
+    /// `WICK_DOT_PROLOGUE` says otherwise (`1` on, `0` off).
     pub fn for_adapter(caps: &Capabilities, hidden: usize) -> Result<DecodeFusion> {
-        let int_dot = match std::env::var("WICK_INT_DOT").as_deref() {
-            Err(_) | Ok("") => int_dot_default(caps, hidden),
-            Ok("0") => false,
-            Ok("1") => true,
-            Ok(o) => {
-                return Err(Error::InvalidArgument(format!(
-                    "WICK_INT_DOT={o:?} (expected 0 or 1)"
-                )))
-            }
-        };
-        let lanes_attention = match std::env::var("WICK_ATTN_LANES").as_deref() {
-            Err(_) | Ok("") => lanes_attention_default(caps),
-            Ok("0") => false,
-            Ok("1") => true,
-            Ok(o) => {
-                return Err(Error::InvalidArgument(format!(
-                    "WICK_ATTN_LANES={o:?} (expected 0 or 1)"
-                )))
-            }
-        };
-        let dot_prologue = match std::env::var("WICK_DOT_PROLOGUE").as_deref() {
-            Err(_) | Ok("") => DOT_PROLOGUE_DEFAULT,
-            Ok("1") => true,
-            Ok("0") => false,
-            Ok(o) => {
-                return Err(Error::InvalidArgument(format!(
-                    "WICK_DOT_PROLOGUE={o:?} (expected 0 or 1)"
-                )))
-            }
-        };
+        let int_dot = env_switch("WICK_INT_DOT", int_dot_default(caps, hidden))?;
+        let lanes_attention = env_switch("WICK_ATTN_LANES", lanes_attention_default(caps))?;
+        let dot_prologue = env_switch("WICK_DOT_PROLOGUE", DOT_PROLOGUE_DEFAULT)?;
         Ok(DecodeFusion {
             int_dot,
             lanes_attention,
@@ -154,6 +130,18 @@ impl DecodeFusion {
 /// - AMD, Intel, others: off until measured.
 pub fn lanes_attention_default(_caps: &Capabilities) -> bool {
     false
+}
+
+/// An on/off environment switch: unset or empty gives `default`, `1` on, `0` off.
+fn env_switch(name: &str, default: bool) -> Result<bool> {
+    match std::env::var(name).as_deref() {
+        Err(_) | Ok("") => Ok(default),
+        Ok("1") => Ok(true),
+        Ok("0") => Ok(false),
+        Ok(o) => Err(Error::InvalidArgument(format!(
+            "{name}={o:?} (expected 0 or 1)"
+        ))),
+    }
 }
 
 /// Whether sessions quantise in the integer-dot GEMVs' prologue ([`DecodeFusion::dot_prologue`]):

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use half::f16;
 
-use super::{Dispatch, GpuMatrix, KernelSpec, Kernels, Variant};
+use super::{Dispatch, GpuMatrix, KernelChoice, KernelSpec, Kernels, Variant};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::quant::{self, WeightFormat};
@@ -352,17 +352,16 @@ pub fn ensure_variant(ds: &[&Dispatch], op: &str, variant: Variant) -> Result<()
 }
 
 /// Reads `out` after running `ds`, having checked that `op` ran as the variant the registry
-/// was built for (native when its policy names `op`, else portable).
+/// was built for (native when its policy picks native for `op`, else portable).
 pub fn run_checked(
     kr: &Kernels,
     ds: &[&Dispatch],
     out: &wgpu::Buffer,
     op: &str,
 ) -> Result<Vec<f32>> {
-    let variant = if kr.policy.per_op.contains_key(op) {
-        Variant::Native
-    } else {
-        Variant::Portable
+    let variant = match kr.policy.choice_for(op) {
+        KernelChoice::Native => Variant::Native,
+        _ => Variant::Portable,
     };
     ensure_variant(ds, op, variant)?;
     kr.run(ds)?;

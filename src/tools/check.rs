@@ -12,10 +12,11 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::catalog;
-use super::kernel_bench::registry;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::kernels::{checked_specs, family_of, KernelSpec, Variant};
+use crate::kernels::{
+    checked_specs, family_of, KernelChoice, KernelPolicy, KernelSpec, Kernels, Variant,
+};
 
 /// What to check.
 #[derive(Debug, Clone, Default)]
@@ -128,13 +129,62 @@ pub fn check(gpu: &Arc<Gpu>, opts: &CheckOptions) -> Result<CheckReport> {
     check_specs(gpu, &checked_specs(), opts)
 }
 
+/// The registries a check runs each variant on: `portable` under the portable policy, `native`
+/// under a global native one (an op's native variant wherever this adapter has it). A pipeline
+/// that several cases or specs build is built once per registry; the kernel tests pass their
+/// own, so the checks share the pipelines the tests build.
+#[derive(Clone, Copy)]
+pub struct CheckRegistries<'a> {
+    pub portable: &'a Kernels,
+    pub native: &'a Kernels,
+}
+
+impl<'a> CheckRegistries<'a> {
+    fn get(&self, variant: Variant) -> &'a Kernels {
+        match variant {
+            Variant::Portable => self.portable,
+            Variant::Native => self.native,
+        }
+    }
+}
+
 /// [`check`] over the given pipeline specs (tests pass portable-only specs to exercise every
-/// family's check before a native variant exists for it).
+/// family's check before a native variant exists for it), on fresh registries.
 pub fn check_specs(
     gpu: &Arc<Gpu>,
     specs: &[KernelSpec],
     opts: &CheckOptions,
 ) -> Result<CheckReport> {
+    let portable = Kernels::new(gpu.clone());
+    let native = Kernels::with_policy(
+        gpu.clone(),
+        KernelPolicy {
+            default: KernelChoice::Native,
+            per_op: Default::default(),
+        },
+    );
+    check_specs_on(
+        CheckRegistries {
+            portable: &portable,
+            native: &native,
+        },
+        specs,
+        opts,
+    )
+}
+
+/// [`check_specs`] on the given registries (both on one device).
+pub fn check_specs_on(
+    registries: CheckRegistries<'_>,
+    specs: &[KernelSpec],
+    opts: &CheckOptions,
+) -> Result<CheckReport> {
+    let gpu = &registries.portable.gpu;
+    if !Arc::ptr_eq(gpu, &registries.native.gpu) {
+        return Err(Error::InvalidArgument(
+            "the portable and native check registries are on different devices".into(),
+        ));
+    }
     let seed = opts.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -189,10 +239,22 @@ pub fn check_specs(
             }
         };
         for variant in variants {
-            let kr = registry(gpu, &spec.op, variant);
+            let kr = registries.get(variant);
+            // A registry whose policy would run another variant of this op fails every case
+            // (the cases check the variant that ran against the policy's choice).
+            let chosen = match kr.policy.choice_for(&spec.op) {
+                KernelChoice::Native => Variant::Native,
+                _ => Variant::Portable,
+            };
             for case in &cases {
-                let result =
-                    (case.run)(&kr).map(|(got, want)| rel_err(&got, &want, opts.corrupt_reference));
+                let result = if chosen != variant {
+                    Err(Error::InvalidArgument(format!(
+                        "the {variant:?} check registry's policy runs {} as {chosen:?}",
+                        spec.op
+                    )))
+                } else {
+                    (case.run)(kr).map(|(got, want)| rel_err(&got, &want, opts.corrupt_reference))
+                };
                 rows.push(row(
                     variant,
                     case.shape.clone(),

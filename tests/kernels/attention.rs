@@ -176,6 +176,39 @@ fn check_decode_variant(
     }
 }
 
+/// The family's check cases (what `wick kernels check` runs: decode with one split and
+/// several, the merge pass, prefill, over either cache type) on every attention pipeline, and
+/// on the native decode kernel where this adapter runs it. The tests below add what those
+/// cases do not reach: one dispatch reused across lengths, a shared partials buffer, more
+/// splits than keys, peaky softmax, head dim 32 and GQA up to 8, prefill through kv_write
+/// with rows past the chunk, the q8_0 cache against the f32 values, and argument errors.
+#[test]
+fn attention_family_checks_pass() {
+    let specs = family_pipelines(&attention::FAMILY);
+    let r = run_family_checks(&specs, |_| f64::INFINITY);
+    assert!(rows_of(&r, Variant::Portable) >= 2 * specs.len());
+    // Where the native decode kernel is offered, every decode pipeline's three cases run on it
+    // too (the cases' head shapes are native ones).
+    let decode = specs.iter().filter(|s| s.op == "attention_decode").count();
+    assert!(specs.iter().any(|s| s.has_native()));
+    let native = match native_decode_offered(&kernels().gpu.caps) {
+        true => 3 * decode,
+        false => 0,
+    };
+    assert_eq!(rows_of(&r, Variant::Native), native, "native rows");
+}
+
+/// Where the native decode kernel ships for this backend and the adapter takes passthrough
+/// shaders (on Metal: Apple GPUs only, whose simdgroups are 32 wide).
+fn native_decode_offered(caps: &wick::gpu::Capabilities) -> bool {
+    caps.passthrough_shaders
+        && match caps.backend {
+            wgpu::Backend::Vulkan => true,
+            wgpu::Backend::Metal => caps.class == wick::gpu::AdapterClass::Apple,
+            _ => false,
+        }
+}
+
 #[test]
 fn decode_gqa_head_dims_splits() {
     let k = kernels();
@@ -253,14 +286,8 @@ fn decode_native() {
             "the Vulkan test device must offer PASSTHROUGH_SHADERS"
         );
     }
-    // Where the kernel ships for this backend and the adapter takes passthrough shaders (on
-    // Metal: Apple GPUs only, whose simdgroups are 32 wide), it must run: no silent skip.
-    let offered = caps.passthrough_shaders
-        && match caps.backend {
-            wgpu::Backend::Vulkan => true,
-            wgpu::Backend::Metal => caps.class == wick::gpu::AdapterClass::Apple,
-            _ => false,
-        };
+    // Where the kernel is offered it must run: no silent skip.
+    let offered = native_decode_offered(caps);
     let probe = attention::decode_spec(caps, 8, 2, 128, true, KvType::F16).unwrap();
     let available = k.native_for(&probe).is_some();
     assert_eq!(

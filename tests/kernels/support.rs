@@ -160,6 +160,19 @@ pub fn random_matrix(
     }
 }
 
+/// [`random_matrix`] on `k`'s device: its GPU planes and the exact values the GPU sees.
+pub fn matrix(
+    r: &mut impl Rng,
+    k: &Kernels,
+    format: wick::quant::WeightFormat,
+    n: usize,
+    kk: usize,
+) -> (wick::kernels::GpuMatrix, Vec<f32>) {
+    let packed = random_matrix(r, format, n, kk);
+    let gm = wick::kernels::GpuMatrix::upload(&k.gpu, "w", &packed).unwrap();
+    (gm, wick::quant::unpack(&packed))
+}
+
 /// A registry on the test device that prefers native kernels (SPIR-V on Vulkan) where an op
 /// has one; ops without one run their WGSL kernel.
 pub fn kernels_native() -> &'static Kernels {
@@ -171,4 +184,84 @@ pub fn kernels_native() -> &'static Kernels {
         };
         Kernels::with_policy(gpu().clone(), policy)
     })
+}
+
+/// `family`'s pipelines, one of each set that runs the same check cases: a family's cases read
+/// a spec's op, WGSL file, entry and defines, while the constants are the host's choice for the
+/// case's shape (attention lists a decode spec per native head dim, the same cases each).
+pub fn family_pipelines(family: &wick::kernels::Family) -> Vec<wick::kernels::KernelSpec> {
+    let mut seen = std::collections::HashSet::new();
+    (family.pipelines)()
+        .into_iter()
+        .filter(|s| seen.insert((s.op.clone(), s.family, s.entry, s.pipeline_defines())))
+        .collect()
+}
+
+/// Runs the reference checks `wick kernels check` runs (each family's check cases,
+/// [`wick::kernels::Family::checks`]) over `specs` on the test registries ([`kernels`],
+/// [`kernels_native`]: the checks share the pipelines the other tests build), on inputs drawn
+/// from the test seed: the portable kernel of every spec, and its native variant where this
+/// adapter runs one. Asserts that every case passes both the family's tolerance and
+/// `bound(variant)` (a test's own bound on max |got - want| / max |want| where it is tighter
+/// on the test device), and that every spec ran as portable; returns the report, whose rows
+/// the caller counts (native rows included).
+pub fn run_family_checks(
+    specs: &[wick::kernels::KernelSpec],
+    bound: impl Fn(wick::kernels::Variant) -> f64,
+) -> wick::tools::check::CheckReport {
+    use wick::kernels::Variant;
+    use wick::tools::check::{check_specs_on, CheckOptions, CheckRegistries};
+    let opts = CheckOptions {
+        seed: Some(crate::common::seed()),
+        ..Default::default()
+    };
+    let registries = CheckRegistries {
+        portable: kernels(),
+        native: kernels_native(),
+    };
+    let r = check_specs_on(registries, specs, &opts).unwrap();
+    let mut failed = Vec::new();
+    for row in &r.rows {
+        let b = row.tolerance.min(bound(row.variant));
+        let line = format!(
+            "{} {:?} [{}] {}: {:.2e} (bound {:.1e}){}",
+            row.op,
+            row.variant,
+            row.pipeline,
+            row.shape,
+            row.max_rel_err,
+            b,
+            row.error
+                .as_deref()
+                .map_or(String::new(), |e| format!(": {e}"))
+        );
+        eprintln!("{line}");
+        if !(row.pass && row.max_rel_err <= b) {
+            failed.push(line);
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} checks failed:\n{}",
+        failed.len(),
+        r.rows.len(),
+        failed.join("\n")
+    );
+    assert!(!specs.is_empty() && !r.rows.is_empty(), "no check ran");
+    for s in specs {
+        let p = s.pipeline_defines().join(" ");
+        assert!(
+            r.rows
+                .iter()
+                .any(|row| row.op == s.op && row.pipeline == p && row.variant == Variant::Portable),
+            "{} [{p}]: no portable check ran",
+            s.op
+        );
+    }
+    r
+}
+
+/// The rows of `r` that ran `variant`.
+pub fn rows_of(r: &wick::tools::check::CheckReport, variant: wick::kernels::Variant) -> usize {
+    r.rows.iter().filter(|row| row.variant == variant).count()
 }

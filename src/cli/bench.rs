@@ -43,6 +43,10 @@ struct GemvArgs {
     /// Gate+up SwiGLU (two matrices) instead of a plain GEMV.
     #[arg(long)]
     swiglu: bool,
+    /// The integer-dot GEMV on 8-bit quantised activations (formats with one) instead of the
+    /// float-activation GEMV.
+    #[arg(long)]
+    dot: bool,
     /// Try every work split, not only the default.
     #[arg(long)]
     sweep: bool,
@@ -414,6 +418,7 @@ fn bench_gemv(a: GemvArgs) -> Result<()> {
             n,
             k: kd,
             swiglu: a.swiglu,
+            dot: a.dot,
         };
         let mut r = tune::gemv_sweep(k, &shape, &configs, a.reps, ceiling)?;
         r.sort_by(|x, y| x.us.total_cmp(&y.us));
@@ -430,14 +435,21 @@ fn bench_gemv(a: GemvArgs) -> Result<()> {
         "{} ({}), read ceiling {ceiling:.1} GB/s",
         caps.adapter_name, caps.backend
     );
-    println!("| format | n x k | swiglu | variant | lpr | rpg | wg | us | runs/sample | copies | GB/s | % ceiling | |\n| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    println!("| format | n x k | op | variant | lpr | rpg | wg | us | runs/sample | copies | GB/s | % ceiling | |\n| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
     for r in rows {
         println!(
             "| {} | {}x{} | {} | {:?} | {} | {} | {} | {:.2} | {} | {} | {:.1} | {:.1}% | {} |",
             r.format,
             r.n,
             r.k,
-            r.swiglu,
+            tune::SweepShape {
+                format,
+                n: r.n,
+                k: r.k,
+                swiglu: r.swiglu,
+                dot: r.dot,
+            }
+            .op(),
             r.variant,
             r.lanes_per_row,
             r.rows_per_group,

@@ -8,7 +8,7 @@ use clap::Args;
 
 use wick::engine::{Engine, EngineOptions};
 use wick::kernels::tuning::{TuneEntry, TuningTable};
-use wick::kernels::{KernelPolicy, Kernels};
+use wick::kernels::{gemv_dot, KernelPolicy, Kernels};
 use wick::model::synthetic::{Preset, SyntheticStore};
 use wick::model::{source, LoadOptions, Model};
 use wick::tools::tune;
@@ -31,6 +31,13 @@ pub struct TuneArgs {
     /// Output file (default: this device's tuning file, see the README).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Which GEMVs: float (on f32 activations), dot (integer dot products on 8-bit quantised
+    /// activations, for the formats that have them) or all.
+    #[arg(long, default_value = "all", value_parser = ["float", "dot", "all"])]
+    kinds: String,
+    /// Fewer candidate splits: workgroups of 128 and 256 lanes, up to 4 rows per group.
+    #[arg(long)]
+    quick: bool,
 }
 
 pub fn run(a: TuneArgs) -> Result<()> {
@@ -67,17 +74,40 @@ pub fn run(a: TuneArgs) -> Result<()> {
             )?
         }
     };
-    // (op, format, n, k) of every GEMV the decode step runs.
+    // (op, format, n, k) of every GEMV the decode step runs, over all layers (mixes such as
+    // q4_k_m give layers different formats); the fused QKV integer-dot GEMV is timed as one
+    // matrix of the summed rows, which is how it looks its split up.
     let w = model.weights();
+    let (float, dot) = (a.kinds != "dot", a.kinds != "float");
     let mut shapes = BTreeSet::new();
-    let l = &w.layers[0];
-    for m in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_down, w.lm_head()] {
-        for (_, c) in &m.chunks {
-            shapes.insert(("gemv", c.format, c.n, c.k));
+    let mut add = |op: &'static str, m: &wick::kernels::GpuMatrix, n: usize| {
+        let is_dot = op.starts_with("gemv_dot");
+        if (is_dot && dot && gemv_dot::dot_supported(m.format)) || (!is_dot && float) {
+            shapes.insert((op, m.format, n, m.k));
+        }
+    };
+    for l in &w.layers {
+        for m in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_down] {
+            for (_, c) in &m.chunks {
+                add("gemv", c, c.n);
+                add("gemv_dot", c, c.n);
+            }
+        }
+        for (_, c) in &l.w_gate.chunks {
+            add("gemv_swiglu", c, c.n);
+            add("gemv_dot_swiglu", c, c.n);
+        }
+        if let [(_, q)] = &l.wq.chunks[..] {
+            if let ([(_, kk)], [(_, v)]) = (&l.wk.chunks[..], &l.wv.chunks[..]) {
+                if q.format == kk.format && q.format == v.format {
+                    add("gemv_dot", q, q.n + kk.n + v.n);
+                }
+            }
         }
     }
-    for (_, c) in &l.w_gate.chunks {
-        shapes.insert(("gemv_swiglu", c.format, c.n, c.k));
+    for (_, c) in &w.lm_head().chunks {
+        add("gemv", c, c.n);
+        add("gemv_dot", c, c.n);
     }
     // A registry without any tuning, so "default" means the built-in choice.
     let k = Kernels::with_policy(gpu.clone(), KernelPolicy::default());
@@ -96,13 +126,17 @@ pub fn run(a: TuneArgs) -> Result<()> {
     );
     println!("| op | format | n x k | built-in us | tuned us | split (lanes, rows, wg) |\n| --- | --- | --- | ---: | ---: | --- |");
     for (op, format, n, kd) in shapes {
-        let swiglu = op == "gemv_swiglu";
-        let candidates = tune::gemv_split_candidates(&gpu.caps, swiglu);
+        let swiglu = op.ends_with("swiglu");
+        let mut candidates = tune::gemv_split_candidates(&gpu.caps, swiglu);
+        if a.quick {
+            candidates.retain(|c| c.workgroup_size >= 128 && c.rows_per_group <= 4);
+        }
         let shape = tune::SweepShape {
             format,
             n,
             k: kd,
             swiglu,
+            dot: op.starts_with("gemv_dot"),
         };
         let rows = tune::gemv_sweep(&k, &shape, &candidates, a.reps, ceiling)?;
         let (Some(best), Some(default)) = (

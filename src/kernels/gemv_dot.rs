@@ -295,6 +295,26 @@ pub fn dot_config(caps: &Capabilities, format: WeightFormat, n: usize, k: usize)
     }
 }
 
+/// The work split of op `gemv_dot` or `gemv_dot_swiglu` (the fused QKV looks up `gemv_dot`
+/// with its summed rows) on an n x k `format` matrix: this device's measured split from the
+/// tuning table (`wick tune`) where it has one that the shader accepts, else [`dot_config`].
+pub fn dot_config_for(k: &Kernels, op: &str, format: WeightFormat, n: usize, kdim: usize) -> GemvConfig {
+    let caps = &k.gpu.caps;
+    let nmat = if op == "gemv_dot_swiglu" { 2 } else { 1 };
+    if let Some(c) = k
+        .tuning
+        .as_ref()
+        .and_then(|t| t.lookup(caps, op, format, n, kdim))
+        .filter(|c| validate(c, caps, nmat).is_ok())
+    {
+        return c;
+    }
+    let mut cfg = dot_config(caps, format, n, kdim);
+    // Two matrices per row group: keep the accumulators within the shader's array.
+    cfg.rows_per_group = cfg.rows_per_group.min(MAX_ACC / nmat);
+    cfg
+}
+
 /// A GEMV spec of `reads` + `writes` storage bindings, with `input`'s prologue defines
 /// (QPRO, its size, NORM: the norm weights bound last).
 fn dot_spec(
@@ -432,7 +452,7 @@ pub fn gemv_dot<'a>(
     out: &wgpu::Buffer,
     epi: DotEpilogue,
 ) -> Result<Dispatch> {
-    let cfg = dot_config(&k.gpu.caps, w.format, w.n, w.k);
+    let cfg = dot_config_for(k, "gemv_dot", w.format, w.n, w.k);
     gemv_dot_with_config(k, w, x, out, epi, &cfg)
 }
 
@@ -478,8 +498,7 @@ pub fn gemv_dot_swiglu<'a>(
     x: impl Into<DotInput<'a>>,
     out: &wgpu::Buffer,
 ) -> Result<Dispatch> {
-    let mut cfg = dot_config(&k.gpu.caps, gate.format, gate.n, gate.k);
-    cfg.rows_per_group = cfg.rows_per_group.min(MAX_ACC / 2);
+    let cfg = dot_config_for(k, "gemv_dot_swiglu", gate.format, gate.n, gate.k);
     gemv_dot_swiglu_with_config(k, gate, up, x, out, &cfg)
 }
 
@@ -530,14 +549,15 @@ pub fn gemv_dot_swiglu_with_config<'a>(
 /// Storage buffers the fused QKV integer-dot GEMV binds.
 pub const QKV_STORAGE_BINDINGS: u32 = 13;
 
-fn qkv_config(caps: &Capabilities, q: &GpuMatrix, k: &GpuMatrix, v: &GpuMatrix) -> GemvConfig {
-    dot_config(caps, q.format, q.n + k.n + v.n, q.k)
+fn qkv_config(kern: &Kernels, q: &GpuMatrix, k: &GpuMatrix, v: &GpuMatrix) -> GemvConfig {
+    dot_config_for(kern, "gemv_dot", q.format, q.n + k.n + v.n, q.k)
 }
 
 /// Whether [`gemv_dot_qkv`] can run these three matrices here: one dot format and row
 /// length, row groups that never straddle two matrices, enough storage bindings.
-pub fn qkv_dot_supported(caps: &Capabilities, q: &GpuMatrix, k: &GpuMatrix, v: &GpuMatrix) -> bool {
-    let cfg = qkv_config(caps, q, k, v);
+pub fn qkv_dot_supported(kern: &Kernels, q: &GpuMatrix, k: &GpuMatrix, v: &GpuMatrix) -> bool {
+    let caps = &kern.gpu.caps;
+    let cfg = qkv_config(kern, q, k, v);
     dot_supported(q.format)
         && q.format == k.format
         && q.format == v.format
@@ -560,13 +580,13 @@ pub fn gemv_dot_qkv<'a>(
     let x: DotInput = x.into();
     let [q, k, v] = w;
     let caps = &kern.gpu.caps;
-    if !qkv_dot_supported(caps, q, k, v) {
+    if !qkv_dot_supported(kern, q, k, v) {
         return Err(Error::Unsupported(format!(
             "fused QKV integer-dot GEMV of {} on this device",
             qkv_shapes([q, k, v])
         )));
     }
-    let cfg = qkv_config(caps, q, k, v);
+    let cfg = qkv_config(kern, q, k, v);
     validate(&cfg, caps, 1)?;
     let upr = check_dot_matrix("q", q)?;
     check_dot_matrix("k", k)?;

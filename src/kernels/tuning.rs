@@ -20,7 +20,7 @@ use crate::quant::WeightFormat;
 /// One measured shape.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TuneEntry {
-    /// `gemv` or `gemv_swiglu`.
+    /// `gemv`, `gemv_swiglu`, `gemv_dot` or `gemv_dot_swiglu`.
     pub op: String,
     pub format: WeightFormat,
     pub n: usize,
@@ -175,7 +175,7 @@ impl TuningTable {
             workgroup_size: e.workgroup_size,
             subgroup_reduce: caps.subgroup && e.lanes_per_row <= caps.subgroup_min_size,
         };
-        cfg.validate(caps, op == "gemv_swiglu").ok().map(|()| cfg)
+        cfg.validate(caps, op.ends_with("swiglu")).ok().map(|()| cfg)
     }
 
     /// The measured winner for `op`, if the table has one.

@@ -421,7 +421,7 @@ impl<'a> Lower<'a> {
             _ => None,
         };
         let a = self.act;
-        if gemv_dot::qkv_dot_supported(&self.k.gpu.caps, w[0], w[1], w[2]) {
+        if gemv_dot::qkv_dot_supported(self.k, w[0], w[1], w[2]) {
             if let Some(xq) = self.quantised(w[0].format, x, w[0].k)? {
                 let d = gemv_dot::gemv_dot_qkv(self.k, w, xq, bias, [&a.q, &a.k, &a.v])?;
                 self.push_dot(d);

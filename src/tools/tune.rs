@@ -9,6 +9,7 @@ use crate::error::Result;
 use crate::gpu::Capabilities;
 use crate::kernels::family::{bench_matrices, matrix_bytes};
 use crate::kernels::gemv::{self, GemvConfig};
+use crate::kernels::gemv_dot;
 use crate::kernels::{Dispatch, Kernels, Variant};
 use crate::quant::WeightFormat;
 
@@ -41,6 +42,9 @@ pub struct GemvTiming {
     pub n: usize,
     pub k: usize,
     pub swiglu: bool,
+    /// The integer-dot GEMV (on 8-bit quantised activations) rather than the float one.
+    #[serde(default)]
+    pub dot: bool,
     /// Which kernel ran: the WGSL one or a native shader (whose split is its own).
     pub variant: Variant,
     pub lanes_per_row: u32,
@@ -71,6 +75,21 @@ pub struct SweepShape {
     pub k: usize,
     /// Gate+up with the SwiGLU (`gemv_swiglu`) rather than one matrix.
     pub swiglu: bool,
+    /// The integer-dot GEMV on 8-bit quantised activations (`gemv_dot`, `gemv_dot_swiglu`)
+    /// rather than the float-activation one.
+    pub dot: bool,
+}
+
+impl SweepShape {
+    /// The tuning-table op this shape times.
+    pub fn op(&self) -> &'static str {
+        match (self.dot, self.swiglu) {
+            (false, false) => "gemv",
+            (false, true) => "gemv_swiglu",
+            (true, false) => "gemv_dot",
+            (true, true) => "gemv_dot_swiglu",
+        }
+    }
 }
 
 /// Times GEMV (or gate+up SwiGLU) on random weights of `shape` for each of `configs` (plus the
@@ -89,6 +108,7 @@ pub fn gemv_sweep(
         n,
         k: kdim,
         swiglu,
+        dot,
     } = *shape;
     let gpu = &k.gpu;
     let weight_bytes = matrix_bytes(format, n, kdim) * if swiglu { 2 } else { 1 };
@@ -101,9 +121,22 @@ pub fn gemv_sweep(
         None
     };
     let x = gpu.upload("bench x", &vec![0.5f32; kdim])?;
+    // The integer-dot kernels read the row as act_q8 writes it, quantised once here.
+    let xq = if dot {
+        let xq = gemv_dot::act_q8_buffer(gpu, kdim)?;
+        let d = gemv_dot::act_q8(k, &x, kdim, &xq, None)?;
+        k.run(&[&d])?;
+        Some(xq)
+    } else {
+        None
+    };
     let out = gpu.storage_buffer("bench out", (n * 4) as u64)?;
-    let op = if swiglu { "gemv_swiglu" } else { "gemv" };
-    let default = gemv::config_for(k, op, format, n, kdim);
+    let op = shape.op();
+    let default = if dot {
+        gemv_dot::dot_config_for(k, op, format, n, kdim)
+    } else {
+        gemv::config_for(k, op, format, n, kdim)
+    };
     let mut all = vec![default];
     all.extend(configs.iter().copied().filter(|c| *c != default));
     let bytes = (w[0].qs.size() + w[0].scales.size()) * if swiglu { 2 } else { 1 };
@@ -111,9 +144,17 @@ pub fn gemv_sweep(
     for cfg in all {
         // One dispatch per weight copy; a split the shader or device refuses is skipped.
         let ds: Result<Vec<Dispatch>> = (0..w.len())
-            .map(|c| match &u {
-                Some(u) => gemv::gemv_swiglu_with_config(k, &w[c], &u[c], &x, &out, &cfg),
-                None => gemv::gemv_with_config(k, &w[c], &x, &out, Default::default(), &cfg),
+            .map(|c| match (&u, &xq) {
+                (Some(u), Some(xq)) => {
+                    gemv_dot::gemv_dot_swiglu_with_config(k, &w[c], &u[c], xq, &out, &cfg)
+                }
+                (None, Some(xq)) => {
+                    gemv_dot::gemv_dot_with_config(k, &w[c], xq, &out, Default::default(), &cfg)
+                }
+                (Some(u), None) => gemv::gemv_swiglu_with_config(k, &w[c], &u[c], &x, &out, &cfg),
+                (None, None) => {
+                    gemv::gemv_with_config(k, &w[c], &x, &out, Default::default(), &cfg)
+                }
             })
             .collect();
         let Ok(ds) = ds else { continue };
@@ -144,6 +185,7 @@ pub fn gemv_sweep(
             n,
             k: kdim,
             swiglu,
+            dot,
             variant: d.pipeline.variant,
             lanes_per_row: cfg.lanes_per_row,
             rows_per_group: cfg.rows_per_group,

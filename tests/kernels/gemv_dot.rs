@@ -286,7 +286,7 @@ fn gemv_dot_swiglu_and_qkv_every_format() {
             .collect();
         let outs: Vec<_> = ns.iter().map(|&n| poisoned_on(k, n)).collect();
         assert!(gemv_dot::qkv_dot_supported(
-            &k.gpu.caps,
+            k,
             &mats[0].0,
             &mats[1].0,
             &mats[2].0
@@ -337,4 +337,70 @@ fn gemv_dot_family_checks_pass() {
     let r = run_family_checks(&specs, |_| f64::INFINITY);
     // Two cases per pipeline; no native variants yet.
     assert_eq!(r.rows.len(), 2 * specs.len());
+}
+
+/// The integer-dot GEMVs take their split from the tuning table (`wick tune --kinds dot`)
+/// where it has one for the op and shape, fall back to the built-in choice for a split the
+/// shader refuses, and compute the same product with the tuned split.
+#[test]
+fn gemv_dot_uses_the_tuning_table() {
+    use wick::kernels::tuning::{TuneEntry, TuningTable};
+    let base = kernels();
+    let caps = &base.gpu.caps;
+    let f = WeightFormat::Q4_0;
+    let entry = |op: &str, n: usize, lpr: u32, rpg: u32, wg: u32| TuneEntry {
+        op: op.into(),
+        format: f,
+        n,
+        k: 352,
+        lanes_per_row: lpr,
+        rows_per_group: rpg,
+        workgroup_size: wg,
+        us: 1.0,
+        default_us: 2.0,
+    };
+    let mut table = TuningTable::for_device(caps);
+    table.entries = vec![
+        entry("gemv_dot", 40, 4, 4, 32),
+        entry("gemv_dot_swiglu", 40, 8, 2, 64),
+        // Sixteen rows per group of two matrices overflow the shader's accumulators.
+        entry("gemv_dot_swiglu", 24, 4, 16, 64),
+    ];
+    let tuned =
+        Kernels::with_policy(base.gpu.clone(), Default::default()).with_tuning(Some(table));
+    let split = |op, n| {
+        let c = gemv_dot::dot_config_for(&tuned, op, f, n, 352);
+        (c.lanes_per_row, c.rows_per_group, c.workgroup_size)
+    };
+    assert_eq!(split("gemv_dot", 40), (4, 4, 32));
+    assert_eq!(split("gemv_dot_swiglu", 40), (8, 2, 64));
+    let builtin = gemv_dot::dot_config_for(base, "gemv_dot_swiglu", f, 24, 352);
+    assert_eq!(
+        split("gemv_dot_swiglu", 24),
+        (
+            builtin.lanes_per_row,
+            builtin.rows_per_group,
+            builtin.workgroup_size
+        )
+    );
+    // The float GEMV's entries are not the integer-dot kernel's.
+    assert_eq!(
+        gemv_dot::dot_config_for(&tuned, "gemv_dot", f, 33, 352),
+        gemv_dot::dot_config_for(base, "gemv_dot", f, 33, 352)
+    );
+    // The tuned split computes the same product as the reference.
+    let mut r = rng();
+    let (w, wv) = matrix(&mut r, &tuned, f, 40, 352);
+    let x = rand_vec(&mut r, 352, 1.0);
+    let xb = tuned.gpu.upload("x", &x).unwrap();
+    let xq = gemv_dot::act_q8_buffer(&tuned.gpu, 352).unwrap();
+    let out = poisoned_on(&tuned, 40);
+    let dq = gemv_dot::act_q8(&tuned, &xb, 352, &xq, None).unwrap();
+    let d = gemv_dot::gemv_dot(&tuned, &w, &xq, &out, DotEpilogue::default()).unwrap();
+    tuned.run(&[&dq, &d]).unwrap();
+    let got: Vec<f32> = tuned.gpu.read_vec(&out).unwrap();
+    let words = read_u32(&tuned.gpu, &xq);
+    let (_, dsc, _) = unpack_parts(&words, 352);
+    let wt = want(&wv, 40, 352, &x, &dequantize(&words, 352), &dsc);
+    check_both("gemv_dot with a tuned split", &got, &wt);
 }

@@ -286,7 +286,7 @@ fn qkv_case(
     for n in ns {
         mats.push(random_matrix(g, &mut rng, format, n, k)?);
     }
-    if !qkv_dot_supported(&g.caps, &mats[0].0, &mats[1].0, &mats[2].0) {
+    if !qkv_dot_supported(kr, &mats[0].0, &mats[1].0, &mats[2].0) {
         return Err(Error::Unsupported(
             "the fused QKV integer-dot GEMV does not support this shape on this device".into(),
         ));

@@ -257,21 +257,52 @@ pub fn prologue_fits(caps: &Capabilities, k: usize) -> Option<&'static str> {
 /// Accumulators per lane in the shader.
 const MAX_ACC: u32 = 16;
 
-/// The work split for an n x k matrix. NVIDIA: the float GEMV's rule (fill the GPU with about
-/// 2^17 threads, at most ~32 units per lane), not yet measured for this kernel. Others: the
-/// widest lanes per row up to 32 (or the subgroup) that keeps 3/4 of the lane-steps busy, two
-/// rows per group (each unit's activations serve both), 64-lane workgroups.
-pub fn dot_config(caps: &Capabilities, format: WeightFormat, n: usize, k: usize) -> GemvConfig {
+/// The work split for an n x k matrix (`swiglu`: the gate+up kernel, two matrices per row
+/// group). NVIDIA: the splits `wick tune --kinds dot` measured fastest on an H100 for the
+/// Llama-3-8B shapes (docs/performance.md), written as a rule: one warp-wide 32-lane group
+/// per row, 64 lanes on short matrices with long rows (n <= 2048) and on a Q6_K-style LM head,
+/// wider for Q8_0 (34-byte units: 64 lanes at k = 4096, 128 at k >= 8192); two rows per group
+/// (each unit's activations serve both) where the matrix is large enough to keep the GPU busy
+/// with half the groups, except Q8_0 and the gate+up kernel; workgroups of 128 (256 for the
+/// Q4_0-style formats on rows of one warp and k < 8192). Others: the
+/// widest lanes per row up to 32 (or the subgroup) that keeps 3/4 of the lane-steps busy,
+/// two rows per group, 64-lane workgroups.
+pub fn dot_config(
+    caps: &Capabilities,
+    format: WeightFormat,
+    n: usize,
+    k: usize,
+    swiglu: bool,
+) -> GemvConfig {
     let units = (k / dot_unit_elems(format)).max(1);
     if caps.class == crate::gpu::AdapterClass::Nvidia {
-        let by_threads = (131_072 / n.max(1)).max(1).next_power_of_two();
-        let by_units = units.div_ceil(32).next_power_of_two();
-        let cap = units.next_power_of_two().min(256);
-        let lpr = by_threads.max(by_units).clamp(4, cap.max(4)) as u32;
+        let k_quant = format.k_multiple() > 32;
+        let lpr: usize = if swiglu && k_quant {
+            16
+        } else if format == WeightFormat::Q8_0 {
+            if k >= 8192 {
+                128
+            } else if n <= 4096 {
+                64
+            } else {
+                32
+            }
+        } else if (n <= 2048 && units >= 128) || (k_quant && n >= 65536) {
+            64
+        } else {
+            32
+        };
+        let lpr = lpr.min(units.next_power_of_two().clamp(4, 256)) as u32;
+        let two_rows = !swiglu
+            && format != WeightFormat::Q8_0
+            && ((k_quant && n >= 4096) || k >= 8192 || n >= 65536);
+        // The 32-element block formats but Q8_0 measured faster in 256-lane workgroups on
+        // rows of 4096 with one warp per row (QKV, q/o, the LM head).
+        let wide = !swiglu && !k_quant && format != WeightFormat::Q8_0 && lpr == 32 && k < 8192;
         return GemvConfig {
             lanes_per_row: lpr,
-            rows_per_group: 1,
-            workgroup_size: 256,
+            rows_per_group: if two_rows { 2 } else { 1 },
+            workgroup_size: if wide { 256 } else { 128 },
             subgroup_reduce: caps.subgroup && lpr <= caps.subgroup_min_size,
         };
     }
@@ -309,7 +340,7 @@ pub fn dot_config_for(k: &Kernels, op: &str, format: WeightFormat, n: usize, kdi
     {
         return c;
     }
-    let mut cfg = dot_config(caps, format, n, kdim);
+    let mut cfg = dot_config(caps, format, n, kdim, nmat == 2);
     // Two matrices per row group: keep the accumulators within the shader's array.
     cfg.rows_per_group = cfg.rows_per_group.min(MAX_ACC / nmat);
     cfg

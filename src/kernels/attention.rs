@@ -708,6 +708,29 @@ pub fn split_keys() -> Result<Option<usize>> {
     }
 }
 
+/// How a decode step's split count follows the cached length: about `keys` keys per split,
+/// and at least `min_splits` splits once the cache holds `2 * keys` keys (one split below).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitRule {
+    pub keys: usize,
+    pub min_splits: usize,
+}
+
+/// The per-length rule of an adapter class where it was measured, used when
+/// `WICK_ATTN_SPLIT_KEYS` is unset. NVIDIA: 256 keys per split and at least 128 workgroups
+/// (`min_splits = 128 / n_kv_heads`). On an H100, Llama-3-8B Q4_0 at depth 4096 (8 KV heads):
+/// 64 splits of ~64 keys 249.4 tok/s, 32 of 128 keys 265.9, 16 of 256 keys 275.7, 8 of 512 keys
+/// 234.1. Others: None (one split, or [`choose_splits`]' count from `2 * SPLIT_KEYS` keys).
+pub fn default_split_rule(caps: &Capabilities, n_kv_heads: usize) -> Option<SplitRule> {
+    match caps.class {
+        AdapterClass::Nvidia => Some(SplitRule {
+            keys: 256,
+            min_splits: (128 / n_kv_heads.max(1)).max(1),
+        }),
+        _ => None,
+    }
+}
+
 /// The split counts a decode step is built for, up to `max_splits` ([`choose_splits`] at
 /// the session's capacity): 1 and the powers of two below `max_splits`, then `max_splits`.
 pub fn split_counts(max_splits: usize) -> Vec<usize> {
@@ -720,15 +743,21 @@ pub fn split_counts(max_splits: usize) -> Vec<usize> {
     v
 }
 
-/// The split count for a step over `kv_len` cached keys: `kv_len / split_keys` splits (at
-/// least 1), rounded up to one of `counts` (those the step was built for), or the largest of
-/// them. Short caches run one split and no merge pass where 1 is among the counts.
+/// The split count for a step over `kv_len` cached keys: one below `2 * rule.keys` keys, else
+/// `kv_len / rule.keys` and at least `rule.min_splits`, rounded up to one of `counts` (those
+/// the step was built for), or the largest of them. Short caches run one split and no merge
+/// pass where 1 is among the counts.
 pub fn decode_splits(
     counts: impl IntoIterator<Item = usize> + Clone,
     kv_len: usize,
-    split_keys: usize,
+    rule: SplitRule,
 ) -> usize {
-    let want = (kv_len / split_keys.max(1)).max(1);
+    let keys = rule.keys.max(1);
+    let want = if kv_len < 2 * keys {
+        1
+    } else {
+        (kv_len / keys).max(rule.min_splits)
+    };
     let up = counts.clone().into_iter().filter(|&s| s >= want).min();
     up.or_else(|| counts.into_iter().max()).unwrap_or(1)
 }

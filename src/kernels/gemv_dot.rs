@@ -329,7 +329,13 @@ pub fn dot_config(
 /// The work split of op `gemv_dot` or `gemv_dot_swiglu` (the fused QKV looks up `gemv_dot`
 /// with its summed rows) on an n x k `format` matrix: this device's measured split from the
 /// tuning table (`wick tune`) where it has one that the shader accepts, else [`dot_config`].
-pub fn dot_config_for(k: &Kernels, op: &str, format: WeightFormat, n: usize, kdim: usize) -> GemvConfig {
+pub fn dot_config_for(
+    k: &Kernels,
+    op: &str,
+    format: WeightFormat,
+    n: usize,
+    kdim: usize,
+) -> GemvConfig {
     let caps = &k.gpu.caps;
     let nmat = if op == "gemv_dot_swiglu" { 2 } else { 1 };
     if let Some(c) = k

@@ -175,7 +175,9 @@ impl TuningTable {
             workgroup_size: e.workgroup_size,
             subgroup_reduce: caps.subgroup && e.lanes_per_row <= caps.subgroup_min_size,
         };
-        cfg.validate(caps, op.ends_with("swiglu")).ok().map(|()| cfg)
+        cfg.validate(caps, op.ends_with("swiglu"))
+            .ok()
+            .map(|()| cfg)
     }
 
     /// The measured winner for `op`, if the table has one.

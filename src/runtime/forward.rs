@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gpu::{AdapterClass, Capabilities, Gpu};
-use crate::kernels::attention::{AttentionBuffers, AttentionShape, DecodeForm};
+use crate::kernels::attention::{AttentionBuffers, AttentionShape, DecodeForm, SplitRule};
 use crate::kernels::gemv_dot::DotInput;
 use crate::kernels::kv_cache::KvPair;
 use crate::kernels::rmsnorm::NormWeights;
@@ -216,9 +216,9 @@ pub struct Forward {
     /// The decode step per attention split count (ascending); each step takes the one
     /// [`attention::decode_splits`] picks for its cached length.
     decode: Vec<(usize, Vec<Dispatch>)>,
-    /// Keys per split of the step's attention ([`attention::SPLIT_KEYS`], or
-    /// `WICK_ATTN_SPLIT_KEYS`).
-    split_keys: usize,
+    /// How the step's split count follows the cached length (`WICK_ATTN_SPLIT_KEYS`, the
+    /// adapter class's measured rule, or [`attention::SPLIT_KEYS`] with one split or the most).
+    split_rule: SplitRule,
     /// Final norm + LM head over the decoded row (`h`) and over the prefill's last row.
     decode_lm: Vec<Dispatch>,
     prefill: Vec<Dispatch>,
@@ -567,6 +567,15 @@ impl Forward {
         let c = small.max(large);
         let f32b = |label: &str, n: usize| gpu.storage_buffer(label, (n * 4) as u64);
         let max_splits = attention::choose_splits(&gpu.caps, cfg.n_kv_heads, kv.capacity);
+        // Split counts per cached length: the environment's keys per split, else the adapter
+        // class's measured rule, else one split or the largest count.
+        let rule = match attention::split_keys()? {
+            Some(keys) => Some(SplitRule {
+                keys,
+                min_splits: 1,
+            }),
+            None => attention::default_split_rule(&gpu.caps, cfg.n_kv_heads),
+        };
         let act = Activations {
             partials: gpu.storage_buffer(
                 "attention partials",
@@ -625,7 +634,10 @@ impl Forward {
                 half_split: cfg.rope_style.half_split(),
             },
             decode: Vec::new(),
-            split_keys: attention::split_keys()?.unwrap_or(attention::SPLIT_KEYS),
+            split_rule: rule.unwrap_or(SplitRule {
+                keys: attention::SPLIT_KEYS,
+                min_splits: 1,
+            }),
             decode_lm: Vec::new(),
             prefill: Vec::new(),
             prefill_large: Vec::new(),
@@ -643,9 +655,10 @@ impl Forward {
             attn.extend(a);
             Ok(list)
         };
-        // Without `short_attention` every step runs the largest split count; by default one
-        // split or the largest; every power of two with WICK_ATTN_SPLIT_KEYS.
-        let counts = match (fusion.short_attention, attention::split_keys()?) {
+        // Without `short_attention` every step runs the largest split count; with a split rule
+        // (WICK_ATTN_SPLIT_KEYS or the adapter class's) every power of two; else one split or
+        // the largest.
+        let counts = match (fusion.short_attention, rule) {
             (false, _) => vec![max_splits],
             (true, None) if max_splits > 1 => vec![1, max_splits],
             (true, None) => vec![1],
@@ -959,7 +972,7 @@ impl Forward {
     /// The decode list for a step that leaves `kv_len` positions in the cache.
     fn decode_for(&self, kv_len: usize) -> &[Dispatch] {
         let counts = self.decode.iter().map(|(s, _)| *s);
-        let want = attention::decode_splits(counts, kv_len, self.split_keys);
+        let want = attention::decode_splits(counts, kv_len, self.split_rule);
         self.decode
             .iter()
             .find(|(s, _)| *s == want)

@@ -228,8 +228,13 @@ fn decode_split_count_follows_the_cached_length() {
     assert_eq!(attention::split_counts(48), [1, 2, 4, 8, 16, 32, 48]);
     assert_eq!(attention::split_counts(1), [1]);
     let c = attention::split_counts(64);
-    let at =
-        |counts: &[usize], kv_len| attention::decode_splits(counts.iter().copied(), kv_len, 128);
+    let rule128 = attention::SplitRule {
+        keys: 128,
+        min_splits: 1,
+    };
+    let at = |counts: &[usize], kv_len| {
+        attention::decode_splits(counts.iter().copied(), kv_len, rule128)
+    };
     // Fewer keys than two splits' worth: one split (no merge pass).
     assert_eq!(at(&c, 1), 1);
     assert_eq!(at(&c, 255), 1);
@@ -244,6 +249,18 @@ fn decode_split_count_follows_the_cached_length() {
     assert_eq!(at(&[1, 64], 255), 1);
     assert_eq!(at(&[1, 64], 256), 64);
     assert_eq!(at(&[8], 1), 8);
+    // A floor on the split count once past one split (NVIDIA's rule: 256 keys, 16 splits for
+    // 8 KV heads): at least 16, then a split per 256 keys.
+    let rule = attention::SplitRule {
+        keys: 256,
+        min_splits: 16,
+    };
+    let at = |kv_len| attention::decode_splits(c.iter().copied(), kv_len, rule);
+    assert_eq!(at(511), 1);
+    assert_eq!(at(512), 16);
+    assert_eq!(at(4096), 16);
+    assert_eq!(at(4097 + 256), 32);
+    assert_eq!(at(1 << 20), 48);
 }
 
 #[test]

@@ -286,10 +286,7 @@ fn gemv_dot_swiglu_and_qkv_every_format() {
             .collect();
         let outs: Vec<_> = ns.iter().map(|&n| poisoned_on(k, n)).collect();
         assert!(gemv_dot::qkv_dot_supported(
-            k,
-            &mats[0].0,
-            &mats[1].0,
-            &mats[2].0
+            k, &mats[0].0, &mats[1].0, &mats[2].0
         ));
         let d = gemv_dot::gemv_dot_qkv(
             k,
@@ -366,8 +363,7 @@ fn gemv_dot_uses_the_tuning_table() {
         // Sixteen rows per group of two matrices overflow the shader's accumulators.
         entry("gemv_dot_swiglu", 24, 4, 16, 64),
     ];
-    let tuned =
-        Kernels::with_policy(base.gpu.clone(), Default::default()).with_tuning(Some(table));
+    let tuned = Kernels::with_policy(base.gpu.clone(), Default::default()).with_tuning(Some(table));
     let split = |op, n| {
         let c = gemv_dot::dot_config_for(&tuned, op, f, n, 352);
         (c.lanes_per_row, c.rows_per_group, c.workgroup_size)

@@ -182,3 +182,93 @@ fn run_with_a_q8_0_kv_cache() {
         kv[1]
     );
 }
+
+/// `wick bench -p N1,N2`: bad length lists are refused before any weight is loaded, naming the
+/// length (and the context it does not fit); a two-length run reports both lengths in JSON,
+/// and `wick bench compare` lines up prefill rows by length, an older one-length report too.
+#[test]
+fn bench_takes_several_prompt_lengths() {
+    let llama = common::shared().join("goldens/synthetic/llama_gqa");
+    let llama = llama.to_str().unwrap();
+    for (args, says) in [
+        (&["-m", llama, "-p", "8,8"][..], "prompt length 8 is given twice"),
+        (&["-m", llama, "-p", "0,16"], "above 0"),
+        // llama_gqa declares 2048 positions.
+        (&["-m", llama, "-p", "8,4000"], "-p 4000: the prefill test needs a context of 4000 tokens; the model's context length is 2048"),
+        (&["-m", llama, "-p", "1000", "-d", "1500"], "-p 1000 at depth 1500"),
+        (&["--synthetic", "smollm2-135m", "-p", "512,9000"], "smollm2-135m's context length is 8192"),
+    ] {
+        let mut a = vec!["bench"];
+        a.extend_from_slice(args);
+        let out = wick(&a);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "wick {a:?} succeeded");
+        assert!(err.contains(says) && !err.contains("panicked"), "wick {a:?}: stderr: {err}");
+    }
+
+    let out = wick(&[
+        "bench",
+        "-m",
+        llama,
+        "-p",
+        "8,16",
+        "-n",
+        "2",
+        "-r",
+        "2",
+        "--discard",
+        "0",
+        "--warmup",
+        "0",
+        "--slope",
+        "0",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "two-length bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entries = after["prefill_by_length"].as_array().unwrap();
+    let lengths: Vec<u64> = entries
+        .iter()
+        .map(|e| e["prompt_tokens"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lengths, [8, 16]);
+    assert_eq!(after["prompt_tokens"], 8);
+    assert_eq!(after["prefill_tok_s"], entries[0]["tok_s"]);
+
+    // The same report as an older wick wrote it: one length, no array.
+    let mut before = after.clone();
+    before.as_object_mut().unwrap().remove("prefill_by_length");
+    let tmp = tempfile::tempdir().unwrap();
+    let (b, a) = (
+        tmp.path().join("before.json"),
+        tmp.path().join("after.json"),
+    );
+    std::fs::write(&b, before.to_string()).unwrap();
+    std::fs::write(&a, after.to_string()).unwrap();
+    let compare = |x: &std::path::Path, y: &std::path::Path| -> String {
+        let out = wick(&["bench", "compare", x.to_str().unwrap(), y.to_str().unwrap()]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "compare failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let old_new = compare(&b, &a);
+    assert!(old_new.contains("| prefill_tok_s@8 |"), "{old_new}");
+    assert!(!old_new.contains("@16"), "{old_new}");
+    assert!(
+        old_new.contains("prompt lengths (8 before, 8,16 after)"),
+        "{old_new}"
+    );
+    let new_new = compare(&a, &a);
+    assert!(new_new.contains("| prefill_tok_s@16 |"), "{new_new}");
+    if !entries[1]["profile"].as_array().unwrap().is_empty() {
+        assert!(new_new.contains("| prefill_profile_us@16["), "{new_new}");
+    }
+}

@@ -833,7 +833,7 @@ fn q8_kv_cache_decodes_like_f16() {
 fn bench_at_depth_times_tests_after_the_cached_context() {
     use wick::tools::model_bench::{self, BenchOptions};
     let o = BenchOptions {
-        prompt: 8,
+        prompts: vec![8],
         gen: 4,
         depth: 60,
         reps: 2,
@@ -877,4 +877,116 @@ fn bench_at_depth_times_tests_after_the_cached_context() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("124") && e.contains("100"), "{e}");
+}
+
+/// `wick bench -p 8,70`: each prompt length is timed and profiled on its own, the whole
+/// prefill (a 64-token chunk, then six tokens through the decode step, as `prefill` runs
+/// 70), with the first length in the single-length fields; lengths are parsed and checked.
+#[test]
+fn bench_times_and_profiles_each_prompt_length() {
+    use wick::tools::model_bench::{self, parse_prompt_lengths, BenchOptions};
+    assert_eq!(parse_prompt_lengths("8,16").unwrap(), [8, 16]);
+    assert_eq!(parse_prompt_lengths(" 512 , 4096").unwrap(), [512, 4096]);
+    assert_eq!(parse_prompt_lengths("512").unwrap(), [512]);
+    assert!(
+        parse_prompt_lengths("0").unwrap().is_empty(),
+        "-p 0 skips prefill"
+    );
+    for (bad, says) in [
+        ("8,8", "8 is given twice"),
+        ("0,16", "above 0"),
+        ("8,x", "\"x\" is not a token count"),
+        ("", "is not a token count"),
+    ] {
+        let e = parse_prompt_lengths(bad).unwrap_err().to_string();
+        assert!(e.contains(&format!("-p {bad}:")) && e.contains(says), "{e}");
+    }
+
+    let o = BenchOptions {
+        prompts: vec![8, 70],
+        gen: 2,
+        reps: 2,
+        discard: 0,
+        warmup_secs: 0.0,
+        slope: None,
+        ceiling_bytes: 1 << 20,
+        ..Default::default()
+    };
+    let model = load(&dir("llama_gqa"), o.context());
+    let r = model_bench::run(&model, "llama_gqa", "f32", &o).unwrap();
+    let lengths: Vec<usize> = r
+        .prefill_by_length
+        .iter()
+        .map(|t| t.prompt_tokens)
+        .collect();
+    assert_eq!(lengths, [8, 70]);
+    assert_eq!(r.prompt_lengths(), [8, 70]);
+    for t in &r.prefill_by_length {
+        assert_eq!(t.measurement.runs.len(), 2);
+        assert!(t.tok_s > 0.0 && t.tok_s == t.measurement.mean, "{t:?}");
+    }
+    let first = &r.prefill_by_length[0];
+    assert_eq!((r.prompt_tokens, r.prefill_tok_s), (8, first.tok_s));
+    assert_eq!(r.prefill.as_ref().unwrap().runs, first.measurement.runs);
+
+    let gpu = engine().gpu();
+    if wick::gpu::GpuProfiler::inside_passes(gpu) {
+        // The embedding runs once per submitted step: one chunk for 8 tokens; a chunk and six
+        // single tokens for 70.
+        let embeddings = |t: &model_bench::PrefillTest| -> f64 {
+            t.profile
+                .iter()
+                .filter(|p| p.op.starts_with("embedding"))
+                .map(|p| p.calls_per_token)
+                .sum()
+        };
+        assert_eq!(embeddings(first), 1.0, "{:?}", first.profile);
+        let pp70 = &r.prefill_by_length[1];
+        assert_eq!(embeddings(pp70), 7.0, "{:?}", pp70.profile);
+        assert!(pp70.profile.iter().any(|p| p.op.starts_with("gemv")));
+        let share: f64 = pp70.profile.iter().map(|p| p.share).sum();
+        assert!((share - 1.0).abs() < 1e-9, "shares sum to {share}");
+        assert_eq!(r.prefill_profile.len(), first.profile.len());
+        assert_eq!(r.prefill_chunk, 8);
+    }
+
+    // JSON: one entry per length; a report from before the array still loads, its one
+    // length compared under the same name.
+    let mut j = serde_json::to_value(&r).unwrap();
+    let entries = j["prefill_by_length"].as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[1]["prompt_tokens"], 70);
+    assert!(entries[1]["measurement"]["spread_pct"].is_number());
+    let names: Vec<String> = model_bench::comparable(&r)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    for want in ["prefill_tok_s@8", "prefill_tok_s@70", "decode_tok_s"] {
+        assert!(names.iter().any(|n| n == want), "no {want} in {names:?}");
+    }
+    j.as_object_mut().unwrap().remove("prefill_by_length");
+    let old: model_bench::BenchReport = serde_json::from_value(j).unwrap();
+    assert_eq!(old.prompt_lengths(), [8]);
+    let old_names: Vec<String> = model_bench::comparable(&old)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(old_names.iter().any(|n| n == "prefill_tok_s@8"));
+    assert!(
+        !old_names.iter().any(|n| n.contains("@70")),
+        "{old_names:?}"
+    );
+
+    // A length the loaded context cannot hold is named with the context.
+    let too_long = BenchOptions {
+        prompts: vec![8, 200],
+        ..o.clone()
+    };
+    let e = model_bench::run(&model, "llama_gqa", "f32", &too_long)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("-p 200") && e.contains(&model.context().to_string()),
+        "{e}"
+    );
 }

@@ -1,14 +1,16 @@
 //! `wick bench`: prefill and decode speed of a model file or a synthetic preset, with the
 //! method of [`wick::bench`]; `wick bench compare BEFORE.json AFTER.json`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 
 use wick::engine::{Engine, EngineOptions};
+use wick::formats::gguf::GgufFile;
+use wick::formats::hf::HfCheckpoint;
 use wick::kernels::KernelChoice;
 use wick::model::synthetic::{Preset, SyntheticStore};
-use wick::model::{source, LoadOptions, Model};
+use wick::model::{source, LoadOptions, Model, ModelConfig};
 use wick::runtime::SamplingParams;
 use wick::tools::model_bench::{self as bench, BenchOptions, BenchReport};
 use wick::tools::tune;
@@ -73,9 +75,10 @@ struct RunArgs {
     /// q5_k_m), or that of a float checkpoint quantised on load.
     #[arg(long)]
     quant: Option<String>,
-    /// Prompt tokens of the prefill test (0 skips it).
-    #[arg(short = 'p', long, default_value_t = 512)]
-    prompt: usize,
+    /// Prompt tokens of the prefill test (0 skips it); several, comma-separated, are timed
+    /// and profiled one by one on the one loaded model (`-p 512,4096`).
+    #[arg(short = 'p', long, default_value = "512")]
+    prompt: String,
     /// Generated tokens of the decode test (0 skips it).
     #[arg(short = 'n', long, default_value_t = 128)]
     gen: usize,
@@ -154,7 +157,7 @@ fn bench_model(a: RunArgs) -> Result<()> {
         ..Default::default()
     })?;
     let opts = BenchOptions {
-        prompt: a.prompt,
+        prompts: bench::parse_prompt_lengths(&a.prompt)?,
         gen: a.gen,
         depth: a.depth,
         reps: a.reps,
@@ -182,6 +185,10 @@ fn bench_model(a: RunArgs) -> Result<()> {
     let (model, label, quant_name) = match &a.synthetic {
         Some(name) => {
             let preset = Preset::by_name(name)?;
+            opts.check_context(
+                preset.context_len,
+                &format!("{}'s context length is", preset.name),
+            )?;
             let q = quant.unwrap_or(wick::quant::GgmlType::Q4_0.into());
             eprintln!("generating synthetic {} ({}) ...", preset.name, q.name());
             let store = SyntheticStore::new(&preset, q, 0x5EED)?;
@@ -202,6 +209,8 @@ fn bench_model(a: RunArgs) -> Result<()> {
         }
         None => {
             let path = source::resolve(a.model.as_deref())?;
+            // Checked before the weights load, naming the test that does not fit.
+            opts.check_context(context_length(&path)?, "the model's context length is")?;
             let model = Model::load(
                 &engine,
                 &path,
@@ -239,18 +248,33 @@ fn bench_model(a: RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// Test names as llama-bench writes them (`pp512`, `tg128 @ d4096`).
-fn rows(r: &BenchReport) -> Vec<(String, &bench::Measurement)> {
-    let at = match r.depth {
-        0 => String::new(),
-        d => format!(" @ d{d}"),
+/// The context length a model file or directory declares, read without loading weights.
+fn context_length(path: &Path) -> Result<usize> {
+    let cfg = if path.is_dir() {
+        ModelConfig::from_hf(&HfCheckpoint::open(path)?.config)?
+    } else {
+        ModelConfig::from_gguf(&GgufFile::open(path)?)?
     };
-    let mut v = Vec::new();
-    if let Some(m) = &r.prefill {
-        v.push((format!("pp{}{at}", r.prompt_tokens), m));
+    Ok(cfg.context_len)
+}
+
+/// A test's name as llama-bench writes it (`pp512`, `tg128 @ d4096`).
+fn test_name(kind: &str, tokens: usize, depth: usize) -> String {
+    match depth {
+        0 => format!("{kind}{tokens}"),
+        d => format!("{kind}{tokens} @ d{d}"),
     }
+}
+
+/// One row per test: a prefill row per prompt length, then decode.
+fn rows(r: &BenchReport) -> Vec<(String, &bench::Measurement)> {
+    let mut v: Vec<_> = r
+        .prefill_by_length
+        .iter()
+        .map(|t| (test_name("pp", t.prompt_tokens, r.depth), &t.measurement))
+        .collect();
     if let Some(m) = &r.decode {
-        v.push((format!("tg{}{at}", r.gen_tokens), m));
+        v.push((test_name("tg", r.gen_tokens, r.depth), m));
     }
     v
 }
@@ -323,13 +347,14 @@ fn print_table(r: &BenchReport) {
         println!("\ndecode step GPU time {step:.1} us (pass timestamps); per op (timestamps around each dispatch):");
         print_op_table("token", &r.profile);
     }
-    if !r.prefill_profile.is_empty() {
-        let total: f64 = r.prefill_profile.iter().map(|p| p.us_per_token).sum();
+    for t in r.prefill_by_length.iter().filter(|t| !t.profile.is_empty()) {
+        let total: f64 = t.profile.iter().map(|p| p.us_per_token).sum();
         println!(
-            "\nprefill chunk of {} tokens: {total:.1} us in dispatches; per op:",
-            r.prefill_chunk
+            "\n{}: prefill of {} tokens, {total:.1} us in dispatches (LM head aside); per op:",
+            test_name("pp", t.prompt_tokens, r.depth),
+            t.prompt_tokens
         );
-        print_op_table("chunk", &r.prefill_profile);
+        print_op_table("prefill", &t.profile);
     }
 }
 
@@ -360,8 +385,19 @@ fn read_report(path: &PathBuf) -> Result<BenchReport> {
 fn compare(before: &PathBuf, after: &PathBuf) -> Result<()> {
     let (b, a) = (read_report(before)?, read_report(after)?);
     println!("{} ({}) -> {} ({})", b.model, b.quant, a.model, a.quant);
+    let (lb, la) = (b.prompt_lengths(), a.prompt_lengths());
+    if lb != la {
+        let list = |l: &[usize]| match l {
+            [] => "none".to_string(),
+            l => l.iter().map(usize::to_string).collect::<Vec<_>>().join(","),
+        };
+        println!(
+            "note: the runs differ in prompt lengths ({} before, {} after); prefill rows compare the lengths both have",
+            list(&lb),
+            list(&la)
+        );
+    }
     for (what, vb, va) in [
-        ("prompt tokens", b.prompt_tokens, a.prompt_tokens),
         ("generated tokens", b.gen_tokens, a.gen_tokens),
         ("depth", b.depth, a.depth),
     ] {

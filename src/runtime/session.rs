@@ -366,16 +366,9 @@ impl Session {
         self.tokens.truncate(start);
         let t0 = Instant::now();
         let gpu = self.fwd.gpu.clone();
-        // Large chunks while enough of the prompt remains, then small ones.
-        let (small, large) = (self.fwd.chunk, self.fwd.chunk_large);
         let mut chunks = Vec::new();
         let mut rest = &prompt[start..];
-        while !rest.is_empty() {
-            let c = if large > 0 && rest.len() >= large {
-                large
-            } else {
-                small.min(rest.len())
-            };
+        for c in self.chunk_lengths(rest.len()) {
             let (chunk, tail) = rest.split_at(c);
             chunks.push(chunk);
             rest = tail;
@@ -418,6 +411,24 @@ impl Session {
             ..Default::default()
         };
         Ok(())
+    }
+
+    /// How prefill splits `n` fresh prompt tokens into chunks: large ones while enough of
+    /// the prompt remains, then small ones.
+    fn chunk_lengths(&self, n: usize) -> Vec<usize> {
+        let (small, large) = (self.fwd.chunk, self.fwd.chunk_large);
+        let mut lengths = Vec::new();
+        let mut rest = n;
+        while rest > 0 {
+            let c = if large > 0 && rest >= large {
+                large
+            } else {
+                small.min(rest)
+            };
+            lengths.push(c);
+            rest -= c;
+        }
+        lengths
     }
 
     /// Logits of the last processed position (blocking read; for `logits`, sampling, tests).
@@ -622,27 +633,56 @@ impl Session {
         self.tokens.push(0);
     }
 
-    /// Tooling hook: one full prefill chunk (the large one where the session has it) at the
-    /// start of the cache: writes its ids and step uniform and returns its dispatches (the LM
-    /// head excluded) and its token count, for the caller to record and submit. The session
-    /// is reset (the chunk leaves no usable conversation).
-    pub fn probe_prefill_chunk(&mut self) -> (Vec<&Dispatch>, usize) {
-        let c = self
-            .fwd
-            .chunk
-            .max(self.fwd.chunk_large)
-            .min(self.kv.capacity);
-        self.reset();
-        let vocab = self.model.inner.cfg.vocab.max(1) as u32;
-        let ids: Vec<u32> = (0..c as u32).map(|i| i % vocab).collect();
-        self.fwd.gpu.write(&self.fwd.ids, 0, &ids);
+    /// Tooling hook: the token counts of the steps [`Self::prefill`] submits for `n` fresh
+    /// prompt tokens, in order: one per chunk, and one per token of a chunk short enough to
+    /// run through the decode step. [`Self::probe_prefill_step`] takes them one by one.
+    pub fn prefill_steps(&self, n: usize) -> Vec<usize> {
+        self.chunk_lengths(n)
+            .into_iter()
+            .flat_map(|c| match c < GEMV_PREFILL_BELOW {
+                true => vec![1; c],
+                false => vec![c],
+            })
+            .collect()
+    }
+
+    /// Tooling hook: prepares one prefill step of `ids` after the cached tokens, as
+    /// [`Self::prefill`] would submit it (a step of [`Self::prefill_steps`]): writes its ids and
+    /// step uniform, counts its tokens as cached and returns its dispatches (the LM head
+    /// excluded) for the caller to record and submit before the next probe (the next step's
+    /// uniform overwrites this one's).
+    pub fn probe_prefill_step(&mut self, ids: &[u32]) -> Result<Vec<&Dispatch>> {
+        self.check_ids(ids)?;
+        let pos = self.tokens.len();
+        if ids.is_empty() || pos + ids.len() > self.kv.capacity {
+            return Err(Error::InvalidArgument(format!(
+                "a prefill step of {} tokens after {pos} cached does not fit the context of {}",
+                ids.len(),
+                self.kv.capacity
+            )));
+        }
+        let max_chunk = self.fwd.chunk.max(self.fwd.chunk_large);
+        if (ids.len() > 1 && ids.len() < GEMV_PREFILL_BELOW) || ids.len() > max_chunk {
+            return Err(Error::InvalidArgument(format!(
+                "prefill takes no step of {} tokens (see prefill_steps)",
+                ids.len()
+            )));
+        }
+        self.tokens.extend_from_slice(ids);
+        let gpu = &self.fwd.gpu;
+        if ids.len() < GEMV_PREFILL_BELOW {
+            gpu.write(&self.fwd.token, 0, ids);
+            self.fwd.write_decode_step(pos);
+            return Ok(self.fwd.decode_step(pos + 1, false).collect());
+        }
+        gpu.write(&self.fwd.ids, 0, ids);
         self.fwd.write_step(&StepParams {
-            pos: 0,
-            n_tokens: c as u32,
-            kv_len: c as u32,
+            pos: pos as u32,
+            n_tokens: ids.len() as u32,
+            kv_len: (pos + ids.len()) as u32,
             ..Default::default()
         });
-        (self.fwd.prefill_list(c).iter().collect(), c)
+        Ok(self.fwd.prefill_list(ids.len()).iter().collect())
     }
 
     /// Submits the decode step that consumes the token at position `pos` (already in the GPU

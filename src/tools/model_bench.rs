@@ -8,7 +8,8 @@
 //!   prefill, start-up and the pipeline's fill and drain;
 //! - the device's read ceiling, measured here by a WGSL streaming-read kernel, and decode
 //!   bandwidth (weights + KV cache read per token) as a share of it;
-//! - a separate profiling run with a timestamp around every dispatch, summed per op.
+//! - a separate profiling run with a timestamp around every dispatch, summed per op: of a
+//!   decode step, and of the whole prefill of each prompt length.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -22,12 +23,13 @@ use crate::runtime::{GenerateParams, KvType, Picker, SamplingParams, Session};
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
-    /// Prompt tokens for the prefill test (0: no prefill test).
-    pub prompt: usize,
+    /// Prompt lengths of the prefill tests, each timed and profiled on its own, in this order
+    /// (empty: no prefill test). See [`parse_prompt_lengths`].
+    pub prompts: Vec<usize>,
     /// Generated tokens for the decode test (0: no decode test).
     pub gen: usize,
     /// Tokens of context already in the cache when each test starts (llama-bench's `-d`):
-    /// prefill is timed for `prompt` tokens after them, decode for `gen` tokens after them.
+    /// prefill is timed for each prompt length after them, decode for `gen` tokens after them.
     pub depth: usize,
     pub reps: usize,
     /// Leading runs dropped from the statistics.
@@ -49,7 +51,7 @@ impl BenchOptions {
     /// The context length the tests need: the depth plus the longest test.
     pub fn context(&self) -> usize {
         let longest = [
-            self.prompt,
+            self.prompts.iter().copied().max().unwrap_or(0),
             self.gen + 1,
             self.slope.map_or(0, |(_, n2)| n2 + 1),
             64,
@@ -59,12 +61,80 @@ impl BenchOptions {
         .unwrap_or(1);
         self.depth + longest
     }
+
+    /// Refuses prompt lengths that are 0 or given twice, and tests that do not fit a context
+    /// of `ctx` tokens; `whose_ctx` says whose context that is, as the message ends with
+    /// "{whose_ctx} {ctx}".
+    pub fn check_context(&self, ctx: usize, whose_ctx: &str) -> Result<()> {
+        check_prompt_lengths(&self.prompts)?;
+        let at = match self.depth {
+            0 => String::new(),
+            d => format!(" at depth {d}"),
+        };
+        for &n in &self.prompts {
+            let need = self.depth + n;
+            if need > ctx {
+                return Err(Error::InvalidArgument(format!(
+                    "-p {n}{at}: the prefill test needs a context of {need} tokens; {whose_ctx} {ctx}"
+                )));
+            }
+        }
+        let need = self.context();
+        if need > ctx {
+            return Err(Error::InvalidArgument(format!(
+                "the benchmark needs a context of {need} tokens; {whose_ctx} {ctx}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The prompt lengths of `wick bench -p`: one count (`0` skips the prefill test: no length)
+/// or several, comma-separated (`512,4096`), each above 0 and none twice.
+pub fn parse_prompt_lengths(s: &str) -> Result<Vec<usize>> {
+    let lengths = s
+        .split(',')
+        .map(|v| {
+            v.trim().parse::<usize>().map_err(|_| {
+                Error::InvalidArgument(format!(
+                    "-p {s}: {:?} is not a token count (give N or N1,N2,...)",
+                    v.trim()
+                ))
+            })
+        })
+        .collect::<Result<Vec<usize>>>()?;
+    if lengths == [0] {
+        return Ok(Vec::new());
+    }
+    check_prompt_lengths(&lengths).map_err(|e| match e {
+        Error::InvalidArgument(m) => Error::InvalidArgument(format!("-p {s}: {m}")),
+        e => e,
+    })?;
+    Ok(lengths)
+}
+
+/// Every prompt length must be above 0 (no length at all skips prefill) and given once (a
+/// repeat would be timed twice under one name).
+fn check_prompt_lengths(lengths: &[usize]) -> Result<()> {
+    if lengths.contains(&0) {
+        return Err(Error::InvalidArgument(
+            "prompt lengths must be above 0 (-p 0 alone skips the prefill test)".into(),
+        ));
+    }
+    for (i, n) in lengths.iter().enumerate() {
+        if lengths[..i].contains(n) {
+            return Err(Error::InvalidArgument(format!(
+                "prompt length {n} is given twice"
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl Default for BenchOptions {
     fn default() -> Self {
         BenchOptions {
-            prompt: 512,
+            prompts: vec![512],
             gen: 128,
             depth: 0,
             reps: 15,
@@ -149,6 +219,21 @@ pub struct OpTime {
     pub share: f64,
 }
 
+/// One prefill test: the timed runs of one prompt length and, with profiling, its split by op.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PrefillTest {
+    pub prompt_tokens: usize,
+    /// The trimmed mean rate in tokens per second (`measurement.mean`).
+    pub tok_s: f64,
+    /// The runs' statistics (spread, confidence interval, every run).
+    pub measurement: Measurement,
+    /// GPU time per op of one whole prefill of `prompt_tokens` after the depth, every chunk
+    /// (`calls_per_token` and `us_per_token` are per prefill here), the LM head excluded;
+    /// empty without a profile.
+    #[serde(default)]
+    pub profile: Vec<OpTime>,
+}
+
 /// Everything `wick bench` reports for one model.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchReport {
@@ -162,6 +247,8 @@ pub struct BenchReport {
     pub sampler: Option<Picker>,
     pub adapter: String,
     pub backend: String,
+    /// The first prompt length (0 without a prefill test); `prefill_tok_s`, `prefill` and
+    /// `prefill_profile` are its, as in reports from before several lengths.
     pub prompt_tokens: usize,
     pub gen_tokens: usize,
     /// Context tokens cached before each test (`--depth`).
@@ -169,6 +256,10 @@ pub struct BenchReport {
     pub depth: usize,
     pub prefill_tok_s: f64,
     pub prefill: Option<Measurement>,
+    /// Every prefill test, one per prompt length in the order given (`-p 512,4096`); empty in
+    /// reports from before several lengths.
+    #[serde(default)]
+    pub prefill_by_length: Vec<PrefillTest>,
     pub decode_tok_s: f64,
     pub decode: Option<Measurement>,
     /// Decode rate by the two-length slope method, with its (N1, N2).
@@ -186,12 +277,24 @@ pub struct BenchReport {
     /// GPU time of a whole decode step (pass timestamps), microseconds.
     pub profile_step_us: Option<f64>,
     pub profile: Vec<OpTime>,
-    /// GPU time per op of one full prefill chunk (`calls_per_token` and `us_per_token` are
-    /// per chunk here), and the chunk's size.
+    /// The first prompt length's profile ([`PrefillTest::profile`], per prefill) and the
+    /// tokens it covers (0 without a profile). Reports from before several lengths profiled
+    /// one full prefill chunk at the start of the cache here and gave its size.
     #[serde(default)]
     pub prefill_profile: Vec<OpTime>,
     #[serde(default)]
     pub prefill_chunk: usize,
+}
+
+impl BenchReport {
+    /// The prompt lengths of the prefill tests, a report from before several lengths
+    /// included.
+    pub fn prompt_lengths(&self) -> Vec<usize> {
+        match (&self.prefill_by_length[..], &self.prefill) {
+            ([], Some(_)) => vec![self.prompt_tokens],
+            (tests, _) => tests.iter().map(|t| t.prompt_tokens).collect(),
+        }
+    }
 }
 
 /// Per-op totals of profiled dispatches over `steps` repetitions, largest first.
@@ -309,13 +412,8 @@ pub fn run(model: &Model, label: &str, quant: &str, o: &BenchOptions) -> Result<
         return Err(Error::InvalidArgument("-r must be at least 1".into()));
     }
     let cfg = model.config().clone();
+    o.check_context(model.context(), "the model was loaded with")?;
     let need_ctx = o.context();
-    if need_ctx > model.context() {
-        return Err(Error::InvalidArgument(format!(
-            "the benchmark needs a context of {need_ctx} tokens; the model was loaded with {} (use --ctx)",
-            model.context()
-        )));
-    }
     let mut s = Session::with_context(model, need_ctx)?;
     let gpu = model.engine().gpu().clone();
 
@@ -327,12 +425,20 @@ pub fn run(model: &Model, label: &str, quant: &str, o: &BenchOptions) -> Result<
         salt += 1;
     }
 
-    let mut prefill = None;
-    if o.prompt > 0 {
+    let mut prefills = Vec::with_capacity(o.prompts.len());
+    for (li, &n) in o.prompts.iter().enumerate() {
+        // A fresh prompt for every run of every length (the first length's as before).
+        let salts = 1000 + (li * o.reps) as u64;
         let runs = (0..o.reps)
-            .map(|i| prefill_run(&mut s, o, o.prompt, 1000 + i as u64).map(|t| o.prompt as f64 / t))
+            .map(|i| prefill_run(&mut s, o, n, salts + i as u64).map(|t| n as f64 / t))
             .collect::<Result<Vec<f64>>>()?;
-        prefill = Some(Measurement::from_runs(runs, o.discard));
+        let measurement = Measurement::from_runs(runs, o.discard);
+        prefills.push(PrefillTest {
+            prompt_tokens: n,
+            tok_s: measurement.mean,
+            measurement,
+            profile: Vec::new(),
+        });
     }
     let (mut dispatches, mut submits, mut sampler) = (0.0, 0.0, None);
     let mut decode = None;
@@ -378,7 +484,6 @@ pub fn run(model: &Model, label: &str, quant: &str, o: &BenchOptions) -> Result<
     let decode_gb_s = bytes_per_token as f64 * decode_tok_s / 1e9;
 
     let (mut profile, mut profile_step_us) = (Vec::new(), None);
-    let (mut prefill_profile, mut prefill_chunk) = (Vec::new(), 0);
     if o.profile && crate::gpu::GpuProfiler::inside_passes(&gpu) {
         let steps = 8.min(need_ctx - 1);
         let mut prompt = depth_prefix(o.depth, cfg.vocab);
@@ -389,10 +494,16 @@ pub fn run(model: &Model, label: &str, quant: &str, o: &BenchOptions) -> Result<
         let (samples, total_ns) = super::profile::profile_decode(&mut s, steps, sampling)?;
         profile = op_times(&samples, steps);
         profile_step_us = Some(total_ns / steps as f64 / 1e3);
-        let (samples, chunk) = super::profile::profile_prefill_chunk(&mut s)?;
-        prefill_profile = op_times(&samples, 1);
-        prefill_chunk = chunk;
+        let prefix = depth_prefix(o.depth, cfg.vocab);
+        for (li, t) in prefills.iter_mut().enumerate() {
+            if !prefix.is_empty() {
+                s.prefill(&prefix)?;
+            }
+            let ids = prompt_ids(t.prompt_tokens, cfg.vocab, 10 + li as u64);
+            t.profile = op_times(&super::profile::profile_prefill(&mut s, &ids)?, 1);
+        }
     }
+    let first = prefills.first();
     let caps = &gpu.caps;
     Ok(BenchReport {
         model: label.to_string(),
@@ -401,11 +512,16 @@ pub fn run(model: &Model, label: &str, quant: &str, o: &BenchOptions) -> Result<
         sampler,
         adapter: caps.adapter_name.clone(),
         backend: caps.backend.to_string(),
-        prompt_tokens: o.prompt,
+        prompt_tokens: first.map_or(0, |t| t.prompt_tokens),
         gen_tokens: o.gen,
         depth: o.depth,
-        prefill_tok_s: prefill.as_ref().map_or(0.0, |m| m.mean),
-        prefill,
+        prefill_tok_s: first.map_or(0.0, |t| t.tok_s),
+        prefill: first.map(|t| t.measurement.clone()),
+        prefill_profile: first.map(|t| t.profile.clone()).unwrap_or_default(),
+        prefill_chunk: first
+            .filter(|t| !t.profile.is_empty())
+            .map_or(0, |t| t.prompt_tokens),
+        prefill_by_length: prefills,
         decode_tok_s,
         decode,
         decode_slope_tok_s: decode_slope,
@@ -423,30 +539,45 @@ pub fn run(model: &Model, label: &str, quant: &str, o: &BenchOptions) -> Result<
         },
         profile_step_us,
         profile,
-        prefill_profile,
-        prefill_chunk,
     })
 }
 
-/// Numeric fields compared by `wick bench compare`, with their names.
+/// Numeric fields compared by `wick bench compare`, with their names. Prefill rows are named
+/// by prompt length (`prefill_tok_s@512`), so that only the same lengths line up.
 pub fn comparable(r: &BenchReport) -> Vec<(String, f64)> {
-    let mut v = vec![
-        ("prefill_tok_s".to_string(), r.prefill_tok_s),
-        ("decode_tok_s".to_string(), r.decode_tok_s),
-        (
-            "decode_slope_tok_s".to_string(),
-            r.decode_slope_tok_s.unwrap_or(0.0),
-        ),
-        ("dispatches_per_token".to_string(), r.dispatches_per_token),
-        ("submits_per_token".to_string(), r.submits_per_token),
-        ("read_ceiling_gb_s".to_string(), r.read_ceiling_gb_s),
-        ("decode_roofline_share".to_string(), r.decode_roofline_share),
-    ];
+    let mut v = Vec::new();
+    // A report from before several lengths has its one length in the first-length fields.
+    if r.prefill_by_length.is_empty() && r.prefill.is_some() {
+        v.push((
+            format!("prefill_tok_s@{}", r.prompt_tokens),
+            r.prefill_tok_s,
+        ));
+    }
+    for t in &r.prefill_by_length {
+        v.push((format!("prefill_tok_s@{}", t.prompt_tokens), t.tok_s));
+    }
+    v.extend(
+        [
+            ("decode_tok_s", r.decode_tok_s),
+            ("decode_slope_tok_s", r.decode_slope_tok_s.unwrap_or(0.0)),
+            ("dispatches_per_token", r.dispatches_per_token),
+            ("submits_per_token", r.submits_per_token),
+            ("read_ceiling_gb_s", r.read_ceiling_gb_s),
+            ("decode_roofline_share", r.decode_roofline_share),
+        ]
+        .map(|(name, x)| (name.to_string(), x)),
+    );
     if let Some(us) = r.profile_step_us {
         v.push(("profile_step_us".to_string(), us));
     }
     for p in &r.profile {
         v.push((format!("profile_us[{}]", p.op), p.us_per_token));
+    }
+    for t in &r.prefill_by_length {
+        for p in &t.profile {
+            let name = format!("prefill_profile_us@{}[{}]", t.prompt_tokens, p.op);
+            v.push((name, p.us_per_token));
+        }
     }
     v
 }

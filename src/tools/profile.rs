@@ -1,4 +1,4 @@
-//! Per-dispatch GPU profiles of a session's decode steps and prefill chunk (`wick bench`'s
+//! Per-dispatch GPU profiles of a session's decode steps and prefills (`wick bench`'s
 //! per-op split), through the session's probe hooks: the session prepares a step and hands
 //! over its dispatches, and this module records them with a timestamp pair around each.
 
@@ -104,22 +104,28 @@ pub fn profile_decode(
     Ok((samples, total_ns))
 }
 
-/// GPU time of each dispatch of one full prefill chunk (the large one where the session has
-/// it) at the start of the cache, the LM head excluded, and the chunk's size: `wick bench`'s
-/// prefill split. Leaves the session empty.
-pub fn profile_prefill_chunk(s: &mut Session) -> Result<(Vec<ProfileSample>, usize)> {
+/// GPU time of each dispatch of the prefill of `prompt` after the session's cached tokens,
+/// step by step as [`Session::prefill`] submits them (the LM head excluded): `wick bench`'s
+/// prefill split for one prompt length. Leaves the session empty.
+pub fn profile_prefill(s: &mut Session, prompt: &[u32]) -> Result<Vec<ProfileSample>> {
     let gpu = s.model().engine().gpu().clone();
     need_timestamps_inside_passes(&gpu)?;
-    let (samples, c) = {
-        let (dispatches, c) = s.probe_prefill_chunk();
+    let mut samples = Vec::new();
+    let mut rest = prompt;
+    for n in s.prefill_steps(prompt.len()) {
+        let (ids, tail) = rest.split_at(n);
+        rest = tail;
+        // Blocking per step: each step's uniform is written before its submit and the next
+        // step's would overwrite it.
+        let dispatches = s.probe_prefill_step(ids)?;
         let mut prof = GpuProfiler::new(&gpu, dispatches.len() as u32)?;
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         record_profiled(&mut enc, &mut prof, "prefill (profiled)", &dispatches);
         prof.resolve(&mut enc);
         gpu.queue.submit([enc.finish()]);
-        (prof.read(&gpu)?, c)
-    };
+        samples.extend(prof.read(&gpu)?);
+    }
     s.reset();
     gpu.check()?;
-    Ok((samples, c))
+    Ok(samples)
 }

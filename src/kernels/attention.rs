@@ -716,14 +716,21 @@ pub struct SplitRule {
     pub min_splits: usize,
 }
 
-/// The per-length rule of an adapter class where it was measured, used when
-/// `WICK_ATTN_SPLIT_KEYS` is unset. NVIDIA: 256 keys per split and at least 128 workgroups
-/// (`min_splits = 128 / n_kv_heads`). On an H100, Llama-3-8B Q4_0 at depth 4096 (8 KV heads):
-/// 64 splits of ~64 keys 249.4 tok/s, 32 of 128 keys 265.9, 16 of 256 keys 275.7, 8 of 512 keys
-/// 234.1. Others: None (one split, or [`choose_splits`]' count from `2 * SPLIT_KEYS` keys).
-pub fn default_split_rule(caps: &Capabilities, n_kv_heads: usize) -> Option<SplitRule> {
+/// The per-length rule of an adapter class and head size where it was measured, used when
+/// `WICK_ATTN_SPLIT_KEYS` is unset. NVIDIA with head_dim >= 128: 256 keys per split and at
+/// least 128 workgroups (`min_splits = 128 / n_kv_heads`). On an H100, Llama-3-8B Q4_0 (8 KV
+/// heads of 128) at depth 4096: 64 splits of ~64 keys 249.4 tok/s, 32 of 128 keys 265.9, 16 of
+/// 256 keys 275.7, 8 of 512 keys 234.1; the rule against the old policy: 274.4 vs 248.2 at
+/// 4096, 319.4 vs 307.8 at 1024. Llama-3.2-1B (heads of 64) was slower with it at 4096 (813.2
+/// vs 872.5), so smaller heads keep the old policy. Others: None (one split, or
+/// [`choose_splits`]' count from `2 * SPLIT_KEYS` keys).
+pub fn default_split_rule(
+    caps: &Capabilities,
+    n_kv_heads: usize,
+    head_dim: usize,
+) -> Option<SplitRule> {
     match caps.class {
-        AdapterClass::Nvidia => Some(SplitRule {
+        AdapterClass::Nvidia if head_dim >= 128 => Some(SplitRule {
             keys: 256,
             min_splits: (128 / n_kv_heads.max(1)).max(1),
         }),

@@ -574,7 +574,7 @@ impl Forward {
                 keys,
                 min_splits: 1,
             }),
-            None => attention::default_split_rule(&gpu.caps, cfg.n_kv_heads),
+            None => attention::default_split_rule(&gpu.caps, cfg.n_kv_heads, cfg.head_dim),
         };
         let act = Activations {
             partials: gpu.storage_buffer(

@@ -51,19 +51,35 @@ fn random_cache(
 const RTOL: f32 = 2e-5;
 const ATOL: f32 = 2e-5;
 
-/// Decode attention at each of `kv_lens` with one dispatch (only the step uniform changes),
-/// for each split count.
-#[allow(clippy::too_many_arguments)]
-fn check_decode(
-    k: &Kernels,
+/// Head geometry of a check: query heads, KV heads, head size and cache capacity.
+#[derive(Clone, Copy)]
+struct Geo {
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
     capacity: usize,
-    splits: &[usize],
-    kv_lens: &[usize],
-    q_scale: f32,
-) {
+}
+
+impl Geo {
+    fn new(n_heads: usize, n_kv_heads: usize, head_dim: usize, capacity: usize) -> Geo {
+        Geo {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            capacity,
+        }
+    }
+}
+
+/// Decode attention at each of `kv_lens` with one dispatch (only the step uniform changes),
+/// for each split count.
+fn check_decode(k: &Kernels, geo: Geo, splits: &[usize], kv_lens: &[usize], q_scale: f32) {
+    let Geo {
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        capacity,
+    } = geo;
     // Both forms of pass 1; the lanes form wherever the adapter has subgroups (these head
     // shapes split over subgroups of 8 to 32), so it cannot be skipped silently.
     let shape = AttentionShape {
@@ -84,26 +100,26 @@ fn check_decode(
         if form == DecodeForm::Lanes && lanes.is_some() {
             continue;
         }
-        check_decode_variant(
-            k, None, form, n_heads, n_kv_heads, head_dim, capacity, splits, kv_lens, q_scale,
-        );
+        check_decode_variant(k, None, form, geo, splits, kv_lens, q_scale);
     }
 }
 
 /// [`check_decode`], asserting that pass 1 runs `variant` (the merge pass is always WGSL).
-#[allow(clippy::too_many_arguments)]
 fn check_decode_variant(
     k: &Kernels,
     variant: Option<Variant>,
     form: DecodeForm,
-    n_heads: usize,
-    n_kv_heads: usize,
-    head_dim: usize,
-    capacity: usize,
+    geo: Geo,
     splits: &[usize],
     kv_lens: &[usize],
     q_scale: f32,
 ) {
+    let Geo {
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        capacity,
+    } = geo;
     let mut r = rng();
     let g = &k.gpu;
     let max_len = *kv_lens.iter().max().unwrap();
@@ -213,13 +229,13 @@ fn native_decode_offered(caps: &wick::gpu::Capabilities) -> bool {
 fn decode_gqa_head_dims_splits() {
     let k = kernels();
     // GQA ratio 1, head_dim 32.
-    check_decode(k, 4, 4, 32, 320, &[1, 4], &[1, 9, 300], 1.0);
+    check_decode(k, Geo::new(4, 4, 32, 320), &[1, 4], &[1, 9, 300], 1.0);
     // Ratio 3, head_dim 64; more splits than keys at kv_len 1 and 9.
-    check_decode(k, 6, 2, 64, 320, &[1, 16], &[1, 9, 257], 2.0);
+    check_decode(k, Geo::new(6, 2, 64, 320), &[1, 16], &[1, 9, 257], 2.0);
     // Ratio 4, head_dim 128, a split count that does not divide the length.
-    check_decode(k, 8, 2, 128, 400, &[1, 7], &[1, 33, 390], 3.0);
+    check_decode(k, Geo::new(8, 2, 128, 400), &[1, 7], &[1, 33, 390], 3.0);
     // Peaky softmax (large q): exercises the running-max rescaling.
-    check_decode(k, 3, 1, 64, 200, &[3], &[150], 12.0);
+    check_decode(k, Geo::new(3, 1, 64, 200), &[3], &[150], 12.0);
 }
 
 #[test]
@@ -272,17 +288,14 @@ fn decode_with_chosen_splits() {
         "256 keys give at most 4 splits of 64, got {ns}"
     );
     assert_eq!(attention::choose_splits(&k.gpu.caps, 8, 10), 1);
-    check_decode(k, 4, 2, 64, 256, &[ns], &[1, 100, 256], 2.0);
+    check_decode(k, Geo::new(4, 2, 64, 256), &[ns], &[1, 100, 256], 2.0);
 }
 
 #[test]
 fn decode_without_subgroups() {
     check_decode(
         kernels_no_subgroup(),
-        6,
-        2,
-        64,
-        128,
+        Geo::new(6, 2, 64, 128),
         &[1, 5],
         &[1, 100],
         2.0,
@@ -326,10 +339,7 @@ fn decode_native() {
         k,
         native,
         DecodeForm::Tiled,
-        4,
-        4,
-        64,
-        320,
+        Geo::new(4, 4, 64, 320),
         &[1, 5],
         &[1, 31, 33, 300],
         2.0,
@@ -339,10 +349,7 @@ fn decode_native() {
         k,
         native,
         DecodeForm::Tiled,
-        8,
-        2,
-        128,
-        400,
+        Geo::new(8, 2, 128, 400),
         &[1, 7],
         &[1, 33, 390],
         3.0,
@@ -352,10 +359,7 @@ fn decode_native() {
         k,
         native,
         DecodeForm::Tiled,
-        8,
-        1,
-        128,
-        160,
+        Geo::new(8, 1, 128, 160),
         &[1, 3],
         &[1, 65, 160],
         2.0,
@@ -364,10 +368,7 @@ fn decode_native() {
         k,
         native,
         DecodeForm::Tiled,
-        2,
-        2,
-        128,
-        160,
+        Geo::new(2, 2, 128, 160),
         &[1, 4],
         &[1, 97],
         2.0,
@@ -377,10 +378,7 @@ fn decode_native() {
         k,
         native,
         DecodeForm::Tiled,
-        16,
-        2,
-        64,
-        200,
+        Geo::new(16, 2, 64, 200),
         &[1, 6],
         &[1, 47, 200],
         2.0,
@@ -389,10 +387,7 @@ fn decode_native() {
         k,
         native,
         DecodeForm::Tiled,
-        5,
-        1,
-        64,
-        200,
+        Geo::new(5, 1, 64, 200),
         &[1, 2],
         &[1, 70, 199],
         2.0,
@@ -402,10 +397,7 @@ fn decode_native() {
         k,
         native,
         DecodeForm::Tiled,
-        4,
-        2,
-        32,
-        128,
+        Geo::new(4, 2, 32, 128),
         &[1, 16],
         &[1, 9, 128],
         2.0,
@@ -414,10 +406,7 @@ fn decode_native() {
         k,
         native,
         DecodeForm::Tiled,
-        6,
-        2,
-        32,
-        128,
+        Geo::new(6, 2, 32, 128),
         &[1, 3],
         &[1, 100],
         2.0,
@@ -427,10 +416,7 @@ fn decode_native() {
         k,
         native,
         DecodeForm::Tiled,
-        4,
-        1,
-        64,
-        200,
+        Geo::new(4, 1, 64, 200),
         &[1, 3],
         &[150],
         12.0,
@@ -447,10 +433,7 @@ fn decode_native_falls_back_to_portable() {
         k,
         portable,
         DecodeForm::Tiled,
-        4,
-        2,
-        96,
-        64,
+        Geo::new(4, 2, 96, 64),
         &[1, 2],
         &[1, 50],
         2.0,
@@ -459,10 +442,7 @@ fn decode_native_falls_back_to_portable() {
         k,
         portable,
         DecodeForm::Tiled,
-        16,
-        1,
-        64,
-        64,
+        Geo::new(16, 1, 64, 64),
         &[1, 2],
         &[1, 40],
         2.0,
@@ -471,17 +451,13 @@ fn decode_native_falls_back_to_portable() {
 
 /// Prefill of `n_tokens` (of a `max_tokens` grid) after a cached prefix of `pos` positions:
 /// the chunk's K/V go through kv_write in the same pass as attention_prefill.
-#[allow(clippy::too_many_arguments)]
-fn check_prefill(
-    k: &Kernels,
-    n_heads: usize,
-    n_kv_heads: usize,
-    head_dim: usize,
-    capacity: usize,
-    max_tokens: usize,
-    n_tokens: usize,
-    pos: usize,
-) {
+fn check_prefill(k: &Kernels, geo: Geo, max_tokens: usize, n_tokens: usize, pos: usize) {
+    let Geo {
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        capacity,
+    } = geo;
     let mut r = rng();
     let g = &k.gpu;
     let row = n_heads * head_dim;
@@ -565,15 +541,15 @@ fn check_prefill(
 #[test]
 fn prefill_causal_with_prefix() {
     let k = kernels();
-    check_prefill(k, 4, 4, 32, 64, 6, 6, 0);
-    check_prefill(k, 6, 2, 64, 128, 12, 9, 37);
-    check_prefill(k, 8, 2, 128, 320, 24, 20, 250);
-    check_prefill(k, 3, 1, 64, 64, 5, 1, 20);
+    check_prefill(k, Geo::new(4, 4, 32, 64), 6, 6, 0);
+    check_prefill(k, Geo::new(6, 2, 64, 128), 12, 9, 37);
+    check_prefill(k, Geo::new(8, 2, 128, 320), 24, 20, 250);
+    check_prefill(k, Geo::new(3, 1, 64, 64), 5, 1, 20);
 }
 
 #[test]
 fn prefill_without_subgroups() {
-    check_prefill(kernels_no_subgroup(), 8, 2, 64, 96, 10, 7, 41);
+    check_prefill(kernels_no_subgroup(), Geo::new(8, 2, 64, 96), 10, 7, 41);
 }
 
 fn is_shape<T>(r: &wick::Result<T>) -> bool {
@@ -859,17 +835,13 @@ fn q8_shape(n_heads: usize, n_kv_heads: usize, head_dim: usize, capacity: usize)
 /// Decode attention over a q8_0 cache written by the q8_0 kv_write, at each of `kv_lens`, for
 /// each split count, on registry `k` (pass 1 must run the WGSL kernel: there is no native one
 /// over a q8_0 cache).
-#[allow(clippy::too_many_arguments)]
-fn check_decode_q8(
-    k: &Kernels,
-    n_heads: usize,
-    n_kv_heads: usize,
-    head_dim: usize,
-    capacity: usize,
-    splits: &[usize],
-    kv_lens: &[usize],
-    q_scale: f32,
-) {
+fn check_decode_q8(k: &Kernels, geo: Geo, splits: &[usize], kv_lens: &[usize], q_scale: f32) {
+    let Geo {
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        capacity,
+    } = geo;
     let mut r = rng();
     let g = &k.gpu;
     let shape = q8_shape(n_heads, n_kv_heads, head_dim, capacity);
@@ -930,24 +902,27 @@ fn check_decode_q8(
 #[test]
 fn decode_q8_gqa_head_dims_splits() {
     let k = kernels();
-    check_decode_q8(k, 4, 4, 32, 320, &[1, 4], &[1, 9, 300], 1.0);
-    check_decode_q8(k, 6, 2, 64, 320, &[1, 16], &[1, 9, 257], 2.0);
-    check_decode_q8(k, 8, 2, 128, 400, &[1, 7], &[1, 33, 390], 3.0);
+    check_decode_q8(k, Geo::new(4, 4, 32, 320), &[1, 4], &[1, 9, 300], 1.0);
+    check_decode_q8(k, Geo::new(6, 2, 64, 320), &[1, 16], &[1, 9, 257], 2.0);
+    check_decode_q8(k, Geo::new(8, 2, 128, 400), &[1, 7], &[1, 33, 390], 3.0);
     // Peaky softmax (large q): the running-max rescaling, and the largest score errors.
-    check_decode_q8(k, 3, 1, 64, 200, &[3], &[150], 12.0);
+    check_decode_q8(k, Geo::new(3, 1, 64, 200), &[3], &[150], 12.0);
 }
 
 /// Over a q8_0 cache decode attention runs the WGSL kernel even where the policy asks for
 /// native kernels (the natives read an f16 cache only), and without subgroups.
 #[test]
 fn decode_q8_runs_portable_under_the_native_policy() {
-    check_decode_q8(kernels_native(), 8, 2, 64, 128, &[1, 3], &[1, 100], 2.0);
+    check_decode_q8(
+        kernels_native(),
+        Geo::new(8, 2, 64, 128),
+        &[1, 3],
+        &[1, 100],
+        2.0,
+    );
     check_decode_q8(
         kernels_no_subgroup(),
-        6,
-        2,
-        96,
-        128,
+        Geo::new(6, 2, 96, 128),
         &[1, 5],
         &[1, 100],
         2.0,
@@ -961,17 +936,13 @@ fn decode_q8_runs_portable_under_the_native_policy() {
 
 /// Prefill over a q8_0 cache: a prefix of `pos` positions written by one q8_0 kv_write, then
 /// the chunk's K/V written by kv_write in the same pass as attention_prefill.
-#[allow(clippy::too_many_arguments)]
-fn check_prefill_q8(
-    k: &Kernels,
-    n_heads: usize,
-    n_kv_heads: usize,
-    head_dim: usize,
-    capacity: usize,
-    max_tokens: usize,
-    n_tokens: usize,
-    pos: usize,
-) {
+fn check_prefill_q8(k: &Kernels, geo: Geo, max_tokens: usize, n_tokens: usize, pos: usize) {
+    let Geo {
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        capacity,
+    } = geo;
     let mut r = rng();
     let g = &k.gpu;
     let shape = q8_shape(n_heads, n_kv_heads, head_dim, capacity);
@@ -1056,9 +1027,9 @@ fn check_prefill_q8(
 #[test]
 fn prefill_q8_causal_with_prefix() {
     let k = kernels();
-    check_prefill_q8(k, 4, 4, 32, 64, 6, 6, 0);
-    check_prefill_q8(k, 6, 2, 64, 128, 12, 9, 37);
-    check_prefill_q8(k, 8, 2, 128, 320, 24, 20, 250);
-    check_prefill_q8(k, 3, 1, 64, 64, 5, 1, 20);
-    check_prefill_q8(kernels_no_subgroup(), 8, 2, 96, 96, 10, 7, 41);
+    check_prefill_q8(k, Geo::new(4, 4, 32, 64), 6, 6, 0);
+    check_prefill_q8(k, Geo::new(6, 2, 64, 128), 12, 9, 37);
+    check_prefill_q8(k, Geo::new(8, 2, 128, 320), 24, 20, 250);
+    check_prefill_q8(k, Geo::new(3, 1, 64, 64), 5, 1, 20);
+    check_prefill_q8(kernels_no_subgroup(), Geo::new(8, 2, 96, 96), 10, 7, 41);
 }

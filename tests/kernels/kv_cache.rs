@@ -16,7 +16,6 @@ pub fn step(pos: usize, n_tokens: usize) -> StepParams {
 
 /// Writes `n_tokens` rows at `pos` into poisoned caches and checks every cache word: the
 /// written ones against the reference f16 rounding, all others still poison.
-#[allow(clippy::too_many_arguments)]
 fn check(
     k: &Kernels,
     n_kv_heads: usize,
@@ -272,7 +271,6 @@ pub fn check_q8_cache(
 
 /// [`check`] for the q8_0 cache: `n_tokens` rows at `pos` quantised into poisoned caches,
 /// checked block by block ([`check_q8_cache`]).
-#[allow(clippy::too_many_arguments)]
 fn check_q8(
     k: &Kernels,
     n_kv_heads: usize,

@@ -18,7 +18,8 @@ use crate::gpu::Capabilities;
 pub mod cases;
 
 /// The GEMM family: one pipeline per format, with and without the bias; native kernels
-/// (cooperative matrices on Vulkan, simdgroup matrices on Metal) for [`NATIVE_FORMATS`].
+/// (cooperative matrices on Vulkan for [`VULKAN_NATIVE_FORMATS`], simdgroup matrices on Metal
+/// for [`METAL_NATIVE_FORMATS`]).
 pub static FAMILY: Family = Family {
     name: "gemm",
     wgsl: &["gemm"],
@@ -42,14 +43,17 @@ fn pipelines() -> Vec<KernelSpec> {
 }
 
 fn native_coverage() -> String {
-    let formats: Vec<String> = NATIVE_FORMATS
-        .iter()
-        .map(|f| f.name().to_uppercase())
-        .collect();
+    let names = |fs: &[WeightFormat]| {
+        fs.iter()
+            .map(|f| f.name().to_uppercase())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     format!(
-        "{} with every epilogue (Vulkan: cooperative matrices, Metal: simdgroup matrices); \
-         other formats run the portable kernel",
-        formats.join(", ")
+        "Vulkan (cooperative matrices): {}; Metal (simdgroup matrices): {}; with every \
+         epilogue; other formats run the portable kernel",
+        names(&VULKAN_NATIVE_FORMATS),
+        names(&METAL_NATIVE_FORMATS)
     )
 }
 
@@ -62,13 +66,29 @@ pub fn native_specs() -> Vec<KernelSpec> {
         .collect()
 }
 
-/// Formats with a native GEMM (the cooperative-matrix kernel shares the portable loaders, so
-/// it covers every format; these are the ones the models and benchmarks use).
-pub const NATIVE_FORMATS: [WeightFormat; 4] = [
+/// Formats with a native Vulkan GEMM (the cooperative-matrix kernel shares the portable
+/// loaders, so it could cover every format; these are the ones its H100 measurements and
+/// checks cover).
+pub const VULKAN_NATIVE_FORMATS: [WeightFormat; 4] = [
     WeightFormat::Q4_0,
     WeightFormat::Q4_1,
     WeightFormat::Q8_0,
     WeightFormat::F16,
+];
+
+/// Formats with a native Metal GEMM (a loader each in gemm.metal): every format but F32,
+/// whose weights the kernel's half operands would round.
+pub const METAL_NATIVE_FORMATS: [WeightFormat; 10] = [
+    WeightFormat::Q4_0,
+    WeightFormat::Q4_1,
+    WeightFormat::Q5_0,
+    WeightFormat::Q5_1,
+    WeightFormat::Q8_0,
+    WeightFormat::Q4K,
+    WeightFormat::Q5K,
+    WeightFormat::Q6K,
+    WeightFormat::F16,
+    WeightFormat::Bf16,
 ];
 
 /// Output tile (activation rows, weight rows) and workgroup bytes of the native Vulkan GEMM
@@ -81,20 +101,31 @@ const COOP_WORKGROUP_BYTES: u32 = 2 * 128 * 40 * 2 + 8 * 256 * 4;
 /// 64 x 64 per threadgroup of 128 threads.
 pub const METAL_TILE: (u32, u32) = (64, 64);
 
-/// The native Metal variant: `gemm_<fmt>[_bias]` in metal_overrides/gemm.metal.
+/// The (plain, bias) entry names of one format in metal_overrides/gemm.metal.
+macro_rules! metal_entries {
+    ($f:literal) => {
+        (concat!("gemm_", $f), concat!("gemm_", $f, "_bias"))
+    };
+}
+
+/// The native Metal variant: `gemm_<fmt>[_bias]` in metal_overrides/gemm.metal, for
+/// [`METAL_NATIVE_FORMATS`].
 fn native_metal(format: WeightFormat, bias: bool) -> Option<NativeKernel> {
     use WeightFormat as F;
-    let entry = match (format, bias) {
-        (F::Q4_0, false) => "gemm_q4_0",
-        (F::Q4_0, true) => "gemm_q4_0_bias",
-        (F::Q4_1, false) => "gemm_q4_1",
-        (F::Q4_1, true) => "gemm_q4_1_bias",
-        (F::Q8_0, false) => "gemm_q8_0",
-        (F::Q8_0, true) => "gemm_q8_0_bias",
-        (F::F16, false) => "gemm_f16",
-        (F::F16, true) => "gemm_f16_bias",
-        _ => return None,
+    let (plain, with_bias) = match format {
+        F::Q4_0 => metal_entries!("q4_0"),
+        F::Q4_1 => metal_entries!("q4_1"),
+        F::Q5_0 => metal_entries!("q5_0"),
+        F::Q5_1 => metal_entries!("q5_1"),
+        F::Q8_0 => metal_entries!("q8_0"),
+        F::Q4K => metal_entries!("q4_k"),
+        F::Q5K => metal_entries!("q5_k"),
+        F::Q6K => metal_entries!("q6_k"),
+        F::F16 => metal_entries!("f16"),
+        F::Bf16 => metal_entries!("bf16"),
+        F::F32 => return None,
     };
+    let entry = if bias { with_bias } else { plain };
     Some(NativeKernel {
         family: "gemm",
         entry,
@@ -215,8 +246,10 @@ pub fn spec(format: WeightFormat, bias: bool, tiling: GemmTiling) -> KernelSpec 
     if bias {
         s = s.define("BIAS");
     }
-    if NATIVE_FORMATS.contains(&format) {
+    if VULKAN_NATIVE_FORMATS.contains(&format) {
         s.native_vulkan = Some(native_vulkan());
+    }
+    if METAL_NATIVE_FORMATS.contains(&format) {
         s.native_metal = native_metal(format, bias);
     }
     s

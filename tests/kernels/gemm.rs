@@ -378,11 +378,66 @@ fn gemm_family_checks_pass() {
     });
     // Three cases per pipeline.
     assert_eq!(rows_of(&r, Variant::Portable), 3 * specs.len());
-    let native = match native_offered(&kernels().gpu.caps) {
-        true => 3 * specs.iter().filter(|s| s.has_native()).count(),
+    // Natives of this backend only: the Metal GEMM covers more formats than the Vulkan one.
+    let caps = &kernels().gpu.caps;
+    let native = match native_offered(caps) {
+        true => {
+            3 * specs
+                .iter()
+                .filter(|s| s.native(caps.backend).is_some())
+                .count()
+        }
         false => 0,
     };
     assert_eq!(rows_of(&r, Variant::Native), native, "native rows");
+}
+
+/// Which (backend, format) pairs have a native GEMM: Vulkan the cooperative-matrix kernel for
+/// its four formats, Metal gemm.metal for every format but F32, each with and without the bias.
+/// Everywhere else the registry, even asked for natives, routes to the portable kernel, and
+/// `wick kernels list` says why the other backend's variant is not available here.
+#[test]
+fn gemm_natives_per_backend() {
+    let tiling = GemmTiling::for_caps(&kernels().gpu.caps);
+    let k = kernels_native();
+    let backend = k.gpu.caps.backend;
+    let listing = wick::tools::catalog::list(&k.gpu.caps);
+    for f in WeightFormat::ALL {
+        for bias in [false, true] {
+            let sp = gemm::spec(f, bias, tiling);
+            let vulkan = gemm::VULKAN_NATIVE_FORMATS.contains(&f);
+            let metal = gemm::METAL_NATIVE_FORMATS.contains(&f);
+            assert_eq!(sp.native_vulkan.is_some(), vulkan, "{} vulkan", sp.op);
+            assert_eq!(sp.native_metal.is_some(), metal, "{} metal", sp.op);
+            if let Some(n) = sp.native_metal {
+                let want = format!("gemm_{}{}", f.name(), if bias { "_bias" } else { "" });
+                assert_eq!((n.family, n.entry), ("gemm", want.as_str()));
+            }
+            if sp.native(backend).is_none() {
+                assert!(k.native_for(&sp).is_none(), "{}", sp.op);
+                assert_eq!(k.variant_for(&sp).unwrap(), Variant::Portable, "{}", sp.op);
+            }
+        }
+        let op = gemm::op_name(f);
+        let entry = listing.ops.iter().find(|o| o.op == op).expect("listed");
+        // One native variant per pipeline (plain and bias) and backend.
+        let backends: Vec<_> = entry.variants.iter().filter_map(|v| v.backend).collect();
+        let mut want = Vec::new();
+        for _bias in [false, true] {
+            if gemm::VULKAN_NATIVE_FORMATS.contains(&f) {
+                want.push("vulkan");
+            }
+            if gemm::METAL_NATIVE_FORMATS.contains(&f) {
+                want.push("metal");
+            }
+        }
+        assert_eq!(backends, want, "{op}: native variants listed");
+        for v in entry.variants.iter().filter(|v| v.backend.is_some()) {
+            if v.backend != Some(backend.to_str()) {
+                assert!(!v.available && v.reason.is_some(), "{op}: {v:?}");
+            }
+        }
+    }
 }
 
 /// The native Vulkan GEMM (cooperative matrices, f16 operands, f32 accumulation) against the

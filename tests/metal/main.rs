@@ -28,7 +28,11 @@
 //!
 //! Every check is also run against hand-written bad MSL, so that it is known to fail (the
 //! emulation was checked by hand with broken variants of gemm.metal: a wrong transpose flag,
-//! nibble offset, sub-tile mapping, bias index and row bound are each caught; of gemv.metal:
+//! nibble offset, sub-tile mapping, bias index and row bound are each caught, and in its Q5 and
+//! K-quant loaders a wrong Q5_0 qh word or high fifth-bit offset, Q5_1 d|m word, swapped
+//! K-quant nibble order, sub-block scale or min, Q5_K fifth-bit word, shift or scales stride,
+//! Q6_K top-bit shift, scale byte, d half or pair stride, a super-block index that ignores k0,
+//! and swapped BF16 halves; of gemv.metal:
 //! a wrong Q4_0 offset, scale word, norm epsilon and bias flag, and for the K-quants swapped
 //! sub-block scales or mins, misplaced Q5_K fifth bits or fifth-bit words, a wrong Q6_K
 //! top-bit shift or scale byte and a wrong activation offset; of attention_decode.metal: a

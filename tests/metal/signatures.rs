@@ -3,7 +3,7 @@
 //! kernels.
 
 use wick::kernels::gemm::{self, GemmTiling};
-use wick::kernels::{self, Binding, WeightFormat};
+use wick::kernels::{self, Binding};
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -377,12 +377,7 @@ pub(crate) fn gemm_metal_entries_bind_the_gemm_layouts() {
         pad: 1,
     };
     let mut failures = Vec::new();
-    for f in [
-        WeightFormat::Q4_0,
-        WeightFormat::Q4_1,
-        WeightFormat::Q8_0,
-        WeightFormat::F16,
-    ] {
+    for f in gemm::METAL_NATIVE_FORMATS {
         for bias in [false, true] {
             let spec = gemm::spec(f, bias, tiling);
             let entry = format!("gemm_{}{}", f.name(), if bias { "_bias" } else { "" });

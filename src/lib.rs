@@ -3,8 +3,8 @@
 //! An LLM inference engine on wgpu: portable WGSL kernels on every backend, with native
 //! MSL/SPIR-V variants for hot paths. Data flows one way:
 //! formats → model weights → runtime → kernels → gpu. The tooling behind `wick kernels` and
-//! `wick bench` ([`tools`]) sits on top of the engine; `tests/layering.rs` keeps every import
-//! pointing down.
+//! `wick bench` ([`tools`]) and the HTTP server behind `wick serve` ([`serve`]) sit on top of the
+//! engine; `tests/layering.rs` keeps every import pointing down.
 //!
 //! ```no_run
 //! use wick::{Engine, GenerateParams, LoadOptions, Model, Session};
@@ -35,6 +35,7 @@ pub mod model;
 pub mod quant;
 pub mod reference;
 pub mod runtime;
+pub mod serve;
 pub mod tools;
 
 pub use engine::{Engine, EngineOptions};

@@ -23,6 +23,8 @@ enum Command {
     Run(cli::run::RunArgs),
     /// Chat interactively with the model's chat template.
     Chat(cli::chat::ChatArgs),
+    /// An OpenAI-compatible HTTP server (chat and text completions, streamed or not).
+    Serve(cli::serve::ServeArgs),
     /// Prefill and decode speed (llama-bench style): `-m MODEL` or `--synthetic PRESET`.
     Bench(cli::bench::BenchArgs),
     /// Print logits for token ids as JSON.
@@ -66,6 +68,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => cli::run::run(a),
         Command::Chat(a) => cli::chat::run(a),
+        Command::Serve(a) => cli::serve::run(a),
         Command::Bench(a) => cli::bench::run(a),
         Command::Logits(a) => cli::logits::run(a),
         Command::Perplexity(a) => cli::perplexity::run(a),

@@ -22,6 +22,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("model", 5),
     ("runtime", 6),
     ("tools", 7),
+    ("serve", 7),
 ];
 
 fn src() -> PathBuf {

@@ -1,0 +1,92 @@
+//! Counters behind `GET /metrics`, in Prometheus' text format.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+#[derive(Default)]
+pub struct Metrics {
+    /// Answers by (endpoint, HTTP status).
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    generated: AtomicU64,
+    /// Requests whose client went away before they finished.
+    pub cancelled: AtomicU64,
+    /// Decode tokens/s of the last finished request, as f64 bits.
+    decode_rate: AtomicU64,
+    /// Requests waiting for the worker.
+    pub queued: AtomicUsize,
+    /// Requests admitted and not finished (queued or generating).
+    pub in_flight: AtomicUsize,
+}
+
+impl Metrics {
+    pub fn count_request(&self, endpoint: &str, status: u16) {
+        let mut m = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry((endpoint.to_string(), status)).or_default() += 1;
+    }
+
+    pub fn add_generated(&self, n: usize) {
+        self.generated.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn set_decode_rate(&self, tok_s: f64) {
+        self.decode_rate.store(tok_s.to_bits(), Ordering::Relaxed);
+    }
+
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "# HELP wick_requests_total HTTP requests answered, by endpoint and status.\n\
+             # TYPE wick_requests_total counter"
+        );
+        let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        for ((endpoint, status), n) in requests.iter() {
+            let _ = writeln!(
+                s,
+                "wick_requests_total{{endpoint=\"{endpoint}\",status=\"{status}\"}} {n}"
+            );
+        }
+        drop(requests);
+        let rows: [(&str, &str, &str, String); 5] = [
+            (
+                "wick_generated_tokens_total",
+                "counter",
+                "Tokens generated.",
+                self.generated.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "wick_cancelled_requests_total",
+                "counter",
+                "Generations cancelled because the client disconnected.",
+                self.cancelled.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "wick_decode_tokens_per_second",
+                "gauge",
+                "Decode speed of the last finished request.",
+                f64::from_bits(self.decode_rate.load(Ordering::Relaxed)).to_string(),
+            ),
+            (
+                "wick_queue_length",
+                "gauge",
+                "Requests waiting for the GPU worker.",
+                self.queued.load(Ordering::SeqCst).to_string(),
+            ),
+            (
+                "wick_requests_in_flight",
+                "gauge",
+                "Generation requests admitted and not finished (queued or running).",
+                self.in_flight.load(Ordering::SeqCst).to_string(),
+            ),
+        ];
+        for (name, kind, help, value) in rows {
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+        s
+    }
+}

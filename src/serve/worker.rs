@@ -1,0 +1,194 @@
+//! The GPU worker: one thread owns the model's single session and runs queued requests one
+//! at a time, first in first out. Continuous batching (several sequences per decode step)
+//! is not implemented: `--parallel` above 1 is refused.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::metrics::Metrics;
+use crate::runtime::{GenerateParams, Session, StopReason};
+
+/// What the worker reports back to the request's handler, in order: text deltas, then one
+/// `Done` or `Failed`.
+#[derive(Debug)]
+pub enum Event {
+    /// Text that is safe to show (no partial stop string, no split character).
+    Delta(String),
+    Done {
+        reason: Option<StopReason>,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+    },
+    Failed(Failure),
+}
+
+#[derive(Debug)]
+pub enum Failure {
+    /// The per-request timeout passed (queued or generating).
+    Timeout,
+    /// The library refused or failed the generation.
+    Engine(crate::Error),
+}
+
+/// One admitted request.
+pub struct Job {
+    pub prompt: Vec<u32>,
+    pub params: GenerateParams,
+    pub deadline: Instant,
+    pub events: UnboundedSender<Event>,
+    /// Counts the request as in flight until the worker is done with it.
+    pub slot: InFlight,
+}
+
+/// A request's place among those in flight; released once (explicitly before the last
+/// event is sent, so a client that reads the answer sees the gauge already back, or on drop).
+pub struct InFlight {
+    metrics: Arc<Metrics>,
+    released: AtomicBool,
+}
+
+impl InFlight {
+    pub fn new(metrics: Arc<Metrics>) -> InFlight {
+        metrics.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight {
+            metrics,
+            released: AtomicBool::new(false),
+        }
+    }
+
+    fn release(&self) {
+        if !self.released.swap(true, Ordering::SeqCst) {
+            self.metrics.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// [`Queue::submit`]'s refusal: the queue is full (or the worker has stopped).
+#[derive(Debug)]
+pub struct QueueFull;
+
+/// The bounded FIFO in front of the worker.
+#[derive(Clone)]
+pub struct Queue {
+    tx: SyncSender<Job>,
+    metrics: Arc<Metrics>,
+}
+
+impl Queue {
+    /// Enqueues a job, or drops it (releasing its in-flight slot) when the queue is full.
+    pub fn submit(&self, job: Job) -> Result<(), QueueFull> {
+        // Counted before the send so the worker's decrement never runs first.
+        self.metrics.queued.fetch_add(1, Ordering::SeqCst);
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.metrics.queued.fetch_sub(1, Ordering::SeqCst);
+                Err(QueueFull)
+            }
+        }
+    }
+}
+
+/// Starts the worker thread on `session`; it runs until every [`Queue`] clone is dropped.
+pub fn spawn(
+    session: Session,
+    capacity: usize,
+    metrics: Arc<Metrics>,
+) -> crate::Result<(Queue, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
+    let m = metrics.clone();
+    let handle = std::thread::Builder::new()
+        .name("wick-gpu".into())
+        .spawn(move || run(session, rx, m))
+        .map_err(|e| crate::Error::io("<worker thread>", e))?;
+    Ok((Queue { tx, metrics }, handle))
+}
+
+fn run(mut session: Session, rx: Receiver<Job>, metrics: Arc<Metrics>) {
+    while let Ok(job) = rx.recv() {
+        metrics.queued.fetch_sub(1, Ordering::SeqCst);
+        one(&mut session, job, &metrics);
+    }
+}
+
+/// Runs one job to its end: finished, stopped, cancelled (its receiver is gone: the client
+/// disconnected) or timed out.
+fn one(session: &mut Session, job: Job, metrics: &Metrics) {
+    let Job {
+        prompt,
+        params,
+        deadline,
+        events,
+        slot,
+    } = job;
+    let finish = |e: Event| {
+        slot.release();
+        let _ = events.send(e);
+    };
+    if events.is_closed() {
+        metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    if Instant::now() >= deadline {
+        return finish(Event::Failed(Failure::Timeout));
+    }
+    // Each request starts from an empty cache: the answer never depends on the request
+    // before it (a prefix cache is future work).
+    session.reset();
+    let mut gen = match session.generate(&prompt, params) {
+        Ok(g) => g,
+        Err(e) => return finish(Event::Failed(Failure::Engine(e))),
+    };
+    let mut completion = 0usize;
+    loop {
+        if events.is_closed() {
+            // Dropping the generation settles its in-flight step; the session stays usable.
+            drop(gen);
+            metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+            metrics.add_generated(completion);
+            return;
+        }
+        if Instant::now() >= deadline {
+            drop(gen);
+            metrics.add_generated(completion);
+            return finish(Event::Failed(Failure::Timeout));
+        }
+        match gen.next() {
+            None => break,
+            Some(Err(e)) => {
+                drop(gen);
+                metrics.add_generated(completion);
+                return finish(Event::Failed(Failure::Engine(e)));
+            }
+            Some(Ok(t)) => {
+                completion += 1;
+                if !t.text.is_empty() {
+                    let _ = events.send(Event::Delta(t.text));
+                }
+            }
+        }
+    }
+    let tail = gen.flush_text();
+    drop(gen);
+    if !tail.is_empty() {
+        let _ = events.send(Event::Delta(tail));
+    }
+    let st = &session.stats;
+    metrics.add_generated(st.generated_tokens);
+    metrics.set_decode_rate(st.decode_tok_s());
+    finish(Event::Done {
+        reason: st.stop_reason,
+        prompt_tokens: st.prompt_tokens,
+        completion_tokens: st.generated_tokens,
+    });
+}

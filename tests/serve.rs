@@ -1,0 +1,577 @@
+//! `wick serve` end to end: the built binary on a free port with the real SmolLM2 model,
+//! driven over HTTP. Greedy answers must equal `wick run`'s for the same prompt; streaming,
+//! `stop`, `max_tokens`, the error codes, the API key, client disconnects, /metrics and a
+//! clean exit on SIGTERM are checked on one server; the official `openai` Python client on
+//! another (tests/serve_openai.py).
+//!
+//! Without the model the tests pass vacuously unless `WICK_REQUIRE_MODEL=1` (as in CI); the
+//! Python test also needs python3 with the `openai` package (`$WICK_PYTHON`, else `python3`),
+//! required under the same variable.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub mod common;
+
+const KEY: &str = "test-key";
+const CTX: usize = 256;
+const QUESTION: &str = "What is the capital of France?";
+
+/// A `wick serve` child process, killed on drop (a failing test leaves nothing behind).
+struct Server {
+    child: Child,
+    /// host:port
+    addr: String,
+    log: PathBuf,
+    _stdout: BufReader<ChildStdout>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(model: &Path, extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("stderr.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wick"))
+            .args([
+                "serve",
+                "-q",
+                "--port",
+                "0",
+                "--ctx",
+                &CTX.to_string(),
+                "-m",
+            ])
+            .arg(model)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start wick serve");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        let addr = loop {
+            line.clear();
+            if stdout.read_line(&mut line).unwrap_or(0) == 0 {
+                let _ = child.kill();
+                panic!(
+                    "wick serve exited before listening: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            if let Some(a) = line.trim().strip_prefix("wick serve: listening on http://") {
+                break a.to_string();
+            }
+        };
+        Server {
+            child,
+            addr,
+            log,
+            _stdout: stdout,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(300)))
+        .build()
+        .into()
+}
+
+/// A response: status, headers we look at, body text.
+struct Reply {
+    status: u16,
+    retry_after: Option<String>,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+fn send(req: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
+    let r = req.expect("HTTP request");
+    let status = r.status().as_u16();
+    let retry_after = r
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body = r.into_body().read_to_string().unwrap();
+    Reply {
+        status,
+        retry_after,
+        body,
+    }
+}
+
+fn get(s: &Server, path: &str, key: Option<&str>) -> Reply {
+    let mut r = agent().get(s.url(path));
+    if let Some(k) = key {
+        r = r.header("Authorization", format!("Bearer {k}"));
+    }
+    send(r.call())
+}
+
+fn post_raw(s: &Server, path: &str, body: &str, key: Option<&str>) -> Reply {
+    let mut r = agent()
+        .post(s.url(path))
+        .header("Content-Type", "application/json");
+    if let Some(k) = key {
+        r = r.header("Authorization", format!("Bearer {k}"));
+    }
+    send(r.send(body))
+}
+
+fn post(s: &Server, path: &str, body: &Value) -> Reply {
+    post_raw(s, path, &body.to_string(), Some(KEY))
+}
+
+/// A successful JSON answer.
+fn ok(s: &Server, path: &str, body: &Value) -> Value {
+    let r = post(s, path, body);
+    assert_eq!(r.status, 200, "{body} -> {} (log: {})", r.body, s.log());
+    r.json()
+}
+
+/// The `data:` payloads of a server-sent event stream, in order.
+fn sse(s: &Server, path: &str, body: &Value) -> Vec<String> {
+    let r = post(s, path, body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: ").or(l.strip_prefix("data:")))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The text and finish reasons a chat (or completion) stream carries; checks the chunks'
+/// shape and the closing `[DONE]`.
+fn stream_text(events: &[String], chat: bool) -> (String, Vec<String>, Vec<Value>) {
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{events:?}"
+    );
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap_or_else(|err| panic!("{err}: {e}")))
+        .collect();
+    let object = if chat {
+        "chat.completion.chunk"
+    } else {
+        "text_completion"
+    };
+    let mut text = String::new();
+    let mut finish = Vec::new();
+    for (i, c) in chunks.iter().enumerate() {
+        assert_eq!(c["object"], object, "{c}");
+        assert!(c["id"].is_string() && c["created"].is_u64(), "{c}");
+        let Some(choice) = c["choices"].as_array().and_then(|a| a.first()) else {
+            continue;
+        };
+        if chat && i == 0 {
+            assert_eq!(choice["delta"]["role"], "assistant", "first chunk: {c}");
+        }
+        let t = if chat {
+            &choice["delta"]["content"]
+        } else {
+            &choice["text"]
+        };
+        text.push_str(t.as_str().unwrap_or(""));
+        if let Some(f) = choice["finish_reason"].as_str() {
+            finish.push(f.to_string());
+        }
+    }
+    (text, finish, chunks)
+}
+
+fn chat_body(extra: Value) -> Value {
+    let mut b = json!({
+        "model": null,
+        "messages": [{"role": "user", "content": QUESTION}],
+        "temperature": 0,
+        "max_tokens": 8,
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        b[k] = v.clone();
+    }
+    b
+}
+
+/// `wick run --json`'s greedy answer to QUESTION (same template, context, token count).
+fn wick_run(model: &Path, n: usize) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_wick"))
+        .args([
+            "run",
+            "-q",
+            "--json",
+            "--ctx",
+            &CTX.to_string(),
+            "-n",
+            &n.to_string(),
+            "-m",
+        ])
+        .arg(model)
+        .arg(QUESTION)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+fn error_of(r: &Reply, status: u16) -> Value {
+    assert_eq!(r.status, status, "{}", r.body);
+    let e = r.json()["error"].clone();
+    assert!(e["message"].is_string() && e["type"].is_string(), "{e}");
+    assert!(e.get("param").is_some() && e.get("code").is_some(), "{e}");
+    e
+}
+
+/// A streamed request over a raw socket, dropped after the first content chunks: the
+/// server must cancel the generation, stay healthy and count the request out of flight.
+fn disconnect_mid_stream(s: &Server) {
+    let body =
+        chat_body(json!({"stream": true, "max_tokens": 200, "ignore_eos": true})).to_string();
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    write!(
+        c,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        s.addr,
+        body.len()
+    )
+    .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while seen.matches("\"content\"").count() < 3 {
+        let n = c.read(&mut buf).expect("read the stream");
+        assert!(n > 0, "stream ended early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    drop(c);
+}
+
+#[test]
+fn serve_answers_like_wick_run_and_speaks_openai() {
+    let Some(model) = common::model_or_skip() else {
+        return;
+    };
+    let reference = wick_run(&model, 8);
+    let s = Server::start(&model, &["--api-key", KEY]);
+
+    // Open endpoints, the key on /v1/*.
+    assert_eq!(get(&s, "/health", None).json()["status"], "ok");
+    error_of(&get(&s, "/v1/models", None), 401);
+    error_of(&get(&s, "/v1/models", Some("wrong")), 401);
+    let models = get(&s, "/v1/models", Some(KEY)).json();
+    let id = models["data"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(models["object"], "list");
+    assert_eq!(id, "SmolLM2-135M-Instruct.Q4_1", "{models}");
+    let r = post_raw(
+        &s,
+        "/v1/chat/completions",
+        &chat_body(json!({})).to_string(),
+        None,
+    );
+    error_of(&r, 401);
+
+    // Greedy chat: the same text, prompt and token counts as `wick run`.
+    let full = ok(&s, "/v1/chat/completions", &chat_body(json!({"model": id})));
+    assert_eq!(full["object"], "chat.completion");
+    let content = full["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(content, reference["text"].as_str().unwrap(), "{full}");
+    assert_eq!(full["choices"][0]["message"]["role"], "assistant");
+    let usage = &full["usage"];
+    let prompt_tokens = reference["prompt_ids"].as_array().unwrap().len() as u64;
+    let generated = reference["stats"]["generated_tokens"].as_u64().unwrap();
+    assert_eq!(usage["prompt_tokens"], prompt_tokens, "{usage}");
+    assert_eq!(usage["completion_tokens"], generated, "{usage}");
+    assert_eq!(usage["total_tokens"], prompt_tokens + generated);
+    let finish = match reference["stats"]["stop_reason"].as_str().unwrap() {
+        "max_tokens" => "length",
+        _ => "stop",
+    };
+    assert_eq!(full["choices"][0]["finish_reason"], finish);
+    assert!(
+        content.chars().count() >= 4,
+        "too short for the stop test: {content:?}"
+    );
+
+    // Streamed: the same text, a role chunk first, one finish reason, usage on request.
+    let events = sse(
+        &s,
+        "/v1/chat/completions",
+        &chat_body(json!({"stream": true, "stream_options": {"include_usage": true}})),
+    );
+    let (text, finishes, chunks) = stream_text(&events, true);
+    assert_eq!(text, content);
+    assert_eq!(finishes, vec![finish.to_string()]);
+    assert_eq!(chunks.last().unwrap()["usage"], *usage, "{events:?}");
+
+    // max_tokens / max_completion_tokens: cut with finish_reason "length".
+    for field in ["max_tokens", "max_completion_tokens"] {
+        let short = ok(
+            &s,
+            "/v1/chat/completions",
+            &chat_body(json!({"max_tokens": null, field: 3})),
+        );
+        assert_eq!(short["choices"][0]["finish_reason"], "length", "{short}");
+        assert_eq!(short["usage"]["completion_tokens"], 3);
+        assert_eq!(short["usage"]["total_tokens"], prompt_tokens + 3);
+    }
+
+    // stop: the answer ends right before the stop text, streamed or not (no partial leak).
+    let chars: Vec<char> = content.chars().collect();
+    let mid = chars.len() / 2;
+    let stop: String = chars[mid..mid + 2].iter().collect();
+    let expect = &content[..content.find(&stop).unwrap()];
+    let stopped = ok(
+        &s,
+        "/v1/chat/completions",
+        &chat_body(json!({"stop": [stop.clone(), "zzzz"]})),
+    );
+    assert_eq!(
+        stopped["choices"][0]["message"]["content"], expect,
+        "stop {stop:?}"
+    );
+    assert_eq!(stopped["choices"][0]["finish_reason"], "stop");
+    let events = sse(
+        &s,
+        "/v1/chat/completions",
+        &chat_body(json!({"stop": stop.clone(), "stream": true})),
+    );
+    let (text, finishes, _) = stream_text(&events, true);
+    assert_eq!(text, expect, "streamed stop {stop:?}");
+    assert_eq!(finishes, vec!["stop".to_string()]);
+
+    // Text completion, streamed and not.
+    let body = json!({"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0});
+    let done = ok(&s, "/v1/completions", &body);
+    assert_eq!(done["object"], "text_completion");
+    let ctext = done["choices"][0]["text"].as_str().unwrap().to_string();
+    assert!(!ctext.is_empty(), "{done}");
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    let (text, _, _) = stream_text(&sse(&s, "/v1/completions", &sbody), false);
+    assert_eq!(text, ctext);
+
+    // Errors: OpenAI's JSON, the right status.
+    error_of(
+        &post_raw(&s, "/v1/chat/completions", "{\"messages\": [", Some(KEY)),
+        400,
+    );
+    let e = error_of(
+        &post(
+            &s,
+            "/v1/chat/completions",
+            &chat_body(json!({"model": "gpt-4o"})),
+        ),
+        404,
+    );
+    assert_eq!(e["code"], "model_not_found");
+    let e = error_of(
+        &post(&s, "/v1/chat/completions", &chat_body(json!({"n": 2}))),
+        400,
+    );
+    assert_eq!(e["param"], "n");
+    let e = error_of(
+        &post(
+            &s,
+            "/v1/chat/completions",
+            &chat_body(json!({"frequency_penalty": 0.5})),
+        ),
+        400,
+    );
+    assert_eq!(e["param"], "frequency_penalty");
+    let long = "word ".repeat(2 * CTX);
+    let e = error_of(
+        &post(
+            &s,
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": long}]}),
+        ),
+        400,
+    );
+    let m = e["message"].as_str().unwrap();
+    assert!(
+        m.contains(&format!("holds {CTX}")) && m.contains("tokens"),
+        "{m}"
+    );
+    let huge = format!("{{\"prompt\": \"{}\"}}", "a".repeat(2 << 20));
+    error_of(&post_raw(&s, "/v1/completions", &huge, Some(KEY)), 413);
+    error_of(&get(&s, "/v1/nothing", Some(KEY)), 404);
+    let r = post(&s, "/v1/chat/completions", &json!({"messages": "hi"}));
+    error_of(&r, 400);
+    assert!(r.retry_after.is_none());
+
+    // A client that goes away mid-stream cancels its generation; the server carries on.
+    disconnect_mid_stream(&s);
+    let again = ok(&s, "/v1/chat/completions", &chat_body(json!({})));
+    assert_eq!(again["choices"][0]["message"]["content"], content.as_str());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let metrics = loop {
+        let m = get(&s, "/metrics", None).body;
+        if metric(&m, "wick_cancelled_requests_total") >= 1.0 || Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        metric(&metrics, "wick_cancelled_requests_total"),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "wick_requests_in_flight"),
+        0.0,
+        "{metrics}"
+    );
+    assert_eq!(metric(&metrics, "wick_queue_length"), 0.0, "{metrics}");
+    assert!(
+        metric(&metrics, "wick_generated_tokens_total") >= 20.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "wick_decode_tokens_per_second") > 0.0,
+        "{metrics}"
+    );
+    for line in [
+        "wick_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"}",
+        "wick_requests_total{endpoint=\"/v1/chat/completions\",status=\"400\"}",
+        "wick_requests_total{endpoint=\"/v1/chat/completions\",status=\"401\"}",
+        "wick_requests_total{endpoint=\"/v1/completions\",status=\"413\"}",
+        "wick_requests_total{endpoint=\"/v1/models\",status=\"200\"}",
+        "# TYPE wick_requests_total counter",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+
+    // SIGTERM: stop accepting, exit 0.
+    let mut s = s;
+    stop_with_sigterm(&mut s);
+}
+
+#[cfg(unix)]
+fn stop_with_sigterm(s: &mut Server) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &s.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = s.child.try_wait().unwrap() {
+            assert!(status.success(), "exit {status}: {}", s.log());
+            assert!(s.log().contains("wick serve: stopped"), "{}", s.log());
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no exit after SIGTERM: {}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(not(unix))]
+fn stop_with_sigterm(_: &mut Server) {}
+
+#[test]
+fn parallel_above_one_is_refused_before_loading() {
+    let out = Command::new(env!("CARGO_BIN_EXE_wick"))
+        .args(["serve", "--parallel", "2", "-m", "/nonexistent.gguf"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("continuous batching is not implemented"),
+        "{err}"
+    );
+}
+
+/// python3 (or `$WICK_PYTHON`) when it imports `openai`. Otherwise a panic under
+/// `WICK_REQUIRE_MODEL=1`, else None after saying why (the caller skips).
+fn python_with_openai() -> Option<String> {
+    let python = std::env::var("WICK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let has = Command::new(&python)
+        .args(["-c", "import openai"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if has {
+        return Some(python);
+    }
+    assert!(
+        !common::require_model(),
+        "WICK_REQUIRE_MODEL=1 but {python} cannot import openai (pip install openai, or set \
+         WICK_PYTHON to a python that can)"
+    );
+    eprintln!("skipping: {python} cannot import openai (set WICK_PYTHON)");
+    None
+}
+
+#[test]
+fn the_openai_python_client_works_against_it() {
+    let Some(model) = common::model_or_skip() else {
+        return;
+    };
+    let Some(python) = python_with_openai() else {
+        return;
+    };
+    let s = Server::start(&model, &["--api-key", KEY]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/serve_openai.py");
+    let out = Command::new(python)
+        .arg(script)
+        .arg(format!("http://{}", s.addr))
+        .arg(KEY)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "serve_openai.py failed:\n{}\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        s.log()
+    );
+}

@@ -648,7 +648,6 @@ impl Forward {
             rows_head: None,
             _attn: Vec::new(),
         };
-        let max_splits = attention::choose_splits(&gpu.caps, cfg.n_kv_heads, kv.capacity);
         let mut attn = Vec::new();
         let mut lower = |how| -> Result<Vec<Dispatch>> {
             let (list, a) = fwd.lower(k, w, kv, inv_freq, how)?;

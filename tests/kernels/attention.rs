@@ -69,6 +69,18 @@ impl Geo {
             capacity,
         }
     }
+
+    /// The kernels' shape over a `kv_type` cache, with the usual 1/sqrt(head_dim) scale.
+    fn shape(self, kv_type: KvType) -> AttentionShape {
+        AttentionShape {
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+            capacity: self.capacity,
+            scale: 1.0 / (self.head_dim as f32).sqrt(),
+            kv_type,
+        }
+    }
 }
 
 /// Decode attention at each of `kv_lens` with one dispatch (only the step uniform changes),
@@ -78,19 +90,11 @@ fn check_decode(k: &Kernels, geo: Geo, splits: &[usize], kv_lens: &[usize], q_sc
         n_heads,
         n_kv_heads,
         head_dim,
-        capacity,
+        ..
     } = geo;
     // Both forms of pass 1; the lanes form wherever the adapter has subgroups (these head
     // shapes split over subgroups of 8 to 32), so it cannot be skipped silently.
-    let shape = AttentionShape {
-        n_heads,
-        n_kv_heads,
-        head_dim,
-        capacity,
-        scale: 1.0,
-        kv_type: KvType::F16,
-    };
-    let lanes = attention::lanes_unfit(&k.gpu.caps, &shape);
+    let lanes = attention::lanes_unfit(&k.gpu.caps, &geo.shape(KvType::F16));
     assert_eq!(
         lanes.is_none(),
         k.gpu.caps.subgroup,
@@ -153,15 +157,8 @@ fn check_decode_variant(
             step: &stepb,
             out: &out,
         };
-        let shape = AttentionShape {
-            n_heads,
-            n_kv_heads,
-            head_dim,
-            capacity,
-            scale,
-            kv_type: KvType::F16,
-        };
-        let att = attention::attention_decode(k, &io, &shape, form, ns, partials).unwrap();
+        let att = attention::attention_decode(k, &io, &geo.shape(KvType::F16), form, ns, partials)
+            .unwrap();
         assert_eq!(att.dispatches.len(), if ns == 1 { 1 } else { 2 });
         if let Some(v) = variant {
             assert_eq!(
@@ -489,14 +486,7 @@ fn check_prefill(k: &Kernels, geo: Geo, max_tokens: usize, n_tokens: usize, pos:
     let stepb = g.uniform("step", &step(pos, n_tokens)).unwrap();
     let scale = 1.0 / (head_dim as f32).sqrt();
     let cache = KvPair { k: &ckb, v: &cvb };
-    let shape = AttentionShape {
-        n_heads,
-        n_kv_heads,
-        head_dim,
-        capacity,
-        scale,
-        kv_type: KvType::F16,
-    };
+    let shape = geo.shape(KvType::F16);
     let new = KvPair { k: &kn, v: &vn };
     let write = kv_cache::kv_write(k, new, cache, &stepb, &shape.cache(), max_tokens).unwrap();
     let io = AttentionBuffers {
@@ -821,17 +811,6 @@ fn check_q8_output(
     (e_deq, e_f32, max_bound, ratio)
 }
 
-fn q8_shape(n_heads: usize, n_kv_heads: usize, head_dim: usize, capacity: usize) -> AttentionShape {
-    AttentionShape {
-        n_heads,
-        n_kv_heads,
-        head_dim,
-        capacity,
-        scale: 1.0 / (head_dim as f32).sqrt(),
-        kv_type: KvType::Q8_0,
-    }
-}
-
 /// Decode attention over a q8_0 cache written by the q8_0 kv_write, at each of `kv_lens`, for
 /// each split count, on registry `k` (pass 1 must run the WGSL kernel: there is no native one
 /// over a q8_0 cache).
@@ -840,11 +819,11 @@ fn check_decode_q8(k: &Kernels, geo: Geo, splits: &[usize], kv_lens: &[usize], q
         n_heads,
         n_kv_heads,
         head_dim,
-        capacity,
+        ..
     } = geo;
     let mut r = rng();
     let g = &k.gpu;
-    let shape = q8_shape(n_heads, n_kv_heads, head_dim, capacity);
+    let shape = geo.shape(KvType::Q8_0);
     let max_len = *kv_lens.iter().max().unwrap();
     let i = Q8Inputs::new(k, &mut r, shape, max_len);
     let caches = i.read(k);
@@ -945,7 +924,7 @@ fn check_prefill_q8(k: &Kernels, geo: Geo, max_tokens: usize, n_tokens: usize, p
     } = geo;
     let mut r = rng();
     let g = &k.gpu;
-    let shape = q8_shape(n_heads, n_kv_heads, head_dim, capacity);
+    let shape = geo.shape(KvType::Q8_0);
     let (row, kv_row) = (n_heads * head_dim, n_kv_heads * head_dim);
     let mut i = Q8Inputs::new(k, &mut r, shape, pos);
     if pos == 0 {

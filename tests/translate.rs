@@ -172,15 +172,23 @@ fn every_wgsl_kernel_translates_to_msl_and_hlsl() {
     );
     // Every kernel family is among them, and every define its source tests is one the
     // registry sets (or the source itself), but for COOP, the Vulkan-only cooperative-matrix
-    // GEMM (`cooperative_matrix_gemm_builds_spirv`; naga's Metal backend has 8x8 matrices
+    // GEMM (`cooperative_matrix_kernels_build_spirv`; naga's Metal backend has 8x8 matrices
     // only): no kernel and no branch of one goes untranslated.
     let included: BTreeSet<&str> = wgsl_families()
         .flat_map(|f| wgsl_source(f).unwrap().lines())
         .filter_map(|l| l.trim().strip_prefix("#include ")?.split('"').nth(1))
         .collect();
+    // Families only native cooperative-matrix kernels build (Vulkan only, like COOP).
+    let coop_only: BTreeSet<&str> = wick::kernels::native_specs()
+        .into_iter()
+        .filter_map(|s| s.native_vulkan.filter(|n| !n.wgsl_defines.is_empty()))
+        .map(|n| n.family)
+        .filter(|f| !variants.iter().any(|v| v.family == *f))
+        .collect();
     for family in wgsl_families() {
-        if included.contains(family) {
-            // An include (shared pieces), translated as part of the kernels using it.
+        if included.contains(family) || coop_only.contains(family) {
+            // An include (shared pieces), translated as part of the kernels using it; or a
+            // cooperative-matrix kernel (`cooperative_matrix_gemm_builds_spirv`).
             continue;
         }
         assert!(
@@ -201,7 +209,8 @@ fn every_wgsl_kernel_translates_to_msl_and_hlsl() {
 }
 
 /// The native Vulkan kernels written in WGSL (`NativeKernel::wgsl_defines`: the
-/// cooperative-matrix GEMM, `COOP` in wgsl/gemm.wgsl), as the registry builds them for every
+/// cooperative-matrix GEMM, `COOP` in wgsl/gemm.wgsl, and prefill attention,
+/// wgsl/attention_prefill_coop.wgsl), as the registry builds them for every
 /// native spec that has one: the spec's defines plus the kernel's, with SUBGROUP (required
 /// with cooperative matrices) and with and without F16, and the spec's constants. naga must
 /// accept each, validate it with the cooperative-matrix capability, and write SPIR-V with the
@@ -210,7 +219,7 @@ fn every_wgsl_kernel_translates_to_msl_and_hlsl() {
 /// here; it runs on GPUs with tensor cores through tests/kernels/gemm.rs and `wick kernels
 /// check`).
 #[test]
-fn cooperative_matrix_gemm_builds_spirv() {
+fn cooperative_matrix_kernels_build_spirv() {
     use naga::back::spv;
     let mut built = 0;
     for spec in wick::kernels::native_specs() {
@@ -231,7 +240,7 @@ fn cooperative_matrix_gemm_builds_spirv() {
                 .unwrap_or_else(|e| panic!("{} {d:?}: {}", spec.op, e.emit_to_string(&src)));
             let info = Validator::new(ValidationFlags::all(), Capabilities::all())
                 .validate(&module)
-                .unwrap_or_else(|e| panic!("{} {d:?}: {e:?}", spec.op));
+                .unwrap_or_else(|e| panic!("{} {d:?}: {}", spec.op, e.emit_to_string(&src)));
             let constants = spec
                 .constants
                 .iter()

@@ -23,9 +23,13 @@
 // workgroup memory and cooperative matrices (tensor cores on NVIDIA) do the products, f16
 // operands with f32 accumulators. Entry `gemm_coop`: 256 invocations in 8 subgroups of 32,
 // a 128 x 128 output tile, each subgroup a 32 x 64 block as 2 x 4 16x16 accumulators, k in
-// steps of 32. The accumulators go through workgroup memory on the way out so the epilogue
-// (bounds, bias, accumulate, strided output) is the portable kernel's. Needs
-// EXPERIMENTAL_COOPERATIVE_MATRIX with f16 16x16x16 -> f32 and subgroups of exactly 32.
+// steps of 32. Staging is double-buffered: the next k step is loaded into one pair of tiles
+// while the subgroups multiply the other, one barrier per step. The tiles are arrays of
+// vec4<f16> (one 8-byte store per four values instead of four 2-byte ones); the cooperative
+// loads take the row stride in those vec4 elements. The
+// accumulators go through workgroup memory on the way out so the epilogue (bounds, bias,
+// accumulate, strided output) is the portable kernel's. Needs EXPERIMENTAL_COOPERATIVE_MATRIX
+// with f16 16x16x16 -> f32 and subgroups of exactly 32.
 
 #ifdef COOP
 enable f16;
@@ -80,17 +84,29 @@ override WS: u32 = BN + PAD;
 const CBM: u32 = 128u;
 const CBN: u32 = 128u;
 const CTPB: u32 = 256u;
-const CW: u32 = BK + 8u;
+// Row stride of the tiles: BK + 8 halves, in vec4<f16> elements.
+const CW2: u32 = (BK + 8u) / 4u;
+// vec4 elements of one activation and one weight tile.
+const XT: u32 = CBM * CW2;
+const WT: u32 = CBN * CW2;
 const F16_MAX: f32 = 65504.0;
-// Activations, row-major: tile_xh[r * CW + kk].
-var<workgroup> tile_xh: array<f16, CBM * CW>;
-// Weights, one weight row per tile row: tile_wh[col * CW + kk] (B in column-major order).
-var<workgroup> tile_wh: array<f16, CBN * CW>;
+// Two activation tiles, row-major: tile_x2[buf * XT + r * CW2 + kk / 4] holds kk .. kk+3.
+var<workgroup> tile_x2: array<vec4<f16>, 2u * XT>;
+// Two weight tiles, one weight row per tile row (B in column-major order), same packing.
+var<workgroup> tile_w2: array<vec4<f16>, 2u * WT>;
 // One 16 x 16 f32 fragment per subgroup on its way out.
 var<workgroup> stage: array<f32, 8u * 256u>;
+// Offset of the weight tile the loaders are staging into.
+var<private> wbuf: u32;
 
-fn put_w(kk: u32, col: u32, v: f32) {
-    tile_wh[col * CW + kk] = f16(clamp(v, -F16_MAX, F16_MAX));
+// Four values as f16, clamped (an f32 beyond the f16 range would otherwise become inf).
+fn pack4(v: vec4<f32>) -> vec4<f16> {
+    return vec4<f16>(clamp(v, vec4<f32>(-F16_MAX), vec4<f32>(F16_MAX)));
+}
+
+// Four consecutive weights of tile column `col`, from k offset kk (a multiple of 4) on.
+fn put_w4(kk: u32, col: u32, v: vec4<f32>) {
+    tile_w2[wbuf + col * CW2 + kk / 4u] = pack4(v);
 }
 
 // Writes fragment (fi, fj) of subgroup `sg` through its staging slot with the portable
@@ -108,18 +124,14 @@ fn store_fragment(c: coop_mat16x16<f32, C>, sg: u32, lane: u32, row: u32, col: u
 var<workgroup> tile_x: array<f32, BK * XS>;
 var<workgroup> tile_w: array<f32, BK * WS>;
 
-fn put_w(kk: u32, col: u32, v: f32) {
-    tile_w[kk * WS + col] = v;
-}
-#endif
-
 // Four consecutive weights of tile column `col`, from row kk on.
 fn put_w4(kk: u32, col: u32, v: vec4<f32>) {
-    put_w(kk, col, v.x);
-    put_w(kk + 1u, col, v.y);
-    put_w(kk + 2u, col, v.z);
-    put_w(kk + 3u, col, v.w);
+    tile_w[kk * WS + col] = v.x;
+    tile_w[(kk + 1u) * WS + col] = v.y;
+    tile_w[(kk + 2u) * WS + col] = v.z;
+    tile_w[(kk + 3u) * WS + col] = v.w;
 }
+#endif
 
 // load_w for Q4_K (swpb 4) and Q5_K (swpb 12, fifth bits): sub-block s = (k0 / 32) % 8 of its
 // super-block takes the low (even s) or high nibbles of pair s / 2.
@@ -155,13 +167,12 @@ fn load_w(wrow: u32, col: u32, k0: u32, part: u32) {
 #ifdef FMT_F32
     for (var h = 0u; h < 2u; h++) {
         let kk = 8u * part + 4u * h;
-        let ok = inside && k0 + kk < p.k;
-        let base = wrow * p.k + k0 + kk;
-        for (var e = 0u; e < 4u; e++) {
-            var v = 0.0;
-            if (ok) { v = bitcast<f32>(qs[base + e]); }
-            put_w(kk + e, col, v);
+        var v = vec4<f32>(0.0);
+        if (inside && k0 + kk < p.k) {
+            let b = wrow * p.k + k0 + kk;
+            v = bitcast<vec4<f32>>(vec4<u32>(qs[b], qs[b + 1u], qs[b + 2u], qs[b + 3u]));
         }
+        put_w4(kk, col, v);
     }
 #endif
 #ifdef FMT_F16
@@ -304,6 +315,21 @@ fn store_out(row: u32, c: u32, acc: f32) {
 }
 
 #ifdef COOP
+// Stages k step k0 into tile pair `buf`: CBM activation rows x 8 vec4 (f16-rounded), and CBN
+// weight rows x 4 parts of 8 values dequantised by the shared loaders.
+fn stage_step(row0: u32, col0: u32, k0: u32, buf: u32, lid: u32) {
+    for (var i = lid; i < CBM * (BK / 4u); i += CTPB) {
+        let r = i / (BK / 4u);
+        let q = i % (BK / 4u);
+        tile_x2[buf * XT + r * CW2 + q] = pack4(load_x(row0 + r, k0, q));
+    }
+    wbuf = buf * WT;
+    for (var i = lid; i < CBN * 4u; i += CTPB) {
+        let c = i / 4u;
+        load_w(col0 + c, c, k0, i % 4u);
+    }
+}
+
 @compute @workgroup_size(256)
 fn gemm_coop(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -325,33 +351,24 @@ fn gemm_coop(
     var c12: coop_mat16x16<f32, C>;
     var c13: coop_mat16x16<f32, C>;
 
+    stage_step(row0, col0, 0u, 0u, lid);
+    workgroupBarrier();
+    var buf = 0u;
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
-        // Activations: CBM rows x 8 vec4, converted to f16 (clamped: an f32 beyond the f16
-        // range would otherwise become inf).
-        for (var i = lid; i < CBM * (BK / 4u); i += CTPB) {
-            let r = i / (BK / 4u);
-            let q = i % (BK / 4u);
-            let v = load_x(row0 + r, k0, q);
-            let h = vec4<f16>(clamp(v, vec4<f32>(-F16_MAX), vec4<f32>(F16_MAX)));
-            let b = r * CW + 4u * q;
-            tile_xh[b] = h.x;
-            tile_xh[b + 1u] = h.y;
-            tile_xh[b + 2u] = h.z;
-            tile_xh[b + 3u] = h.w;
+        // The next step goes into the other pair while this one is multiplied; the barrier
+        // at the end of the previous step freed it.
+        if (k0 + BK < p.k) {
+            stage_step(row0, col0, k0 + BK, 1u - buf, lid);
         }
-        // Weights: CBN rows x 4 parts of 8 values, dequantised by the shared loaders.
-        for (var i = lid; i < CBN * 4u; i += CTPB) {
-            let c = i / 4u;
-            load_w(col0 + c, c, k0, i % 4u);
-        }
-        workgroupBarrier();
-        for (var kk = 0u; kk < BK; kk += 16u) {
-            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&tile_xh[(sr + 0u) * CW + kk], CW);
-            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&tile_xh[(sr + 16u) * CW + kk], CW);
-            let b0 = coopLoad<coop_mat16x16<f16, B>>(&tile_wh[(sc + 0u) * CW + kk], CW);
-            let b1 = coopLoad<coop_mat16x16<f16, B>>(&tile_wh[(sc + 16u) * CW + kk], CW);
-            let b2 = coopLoad<coop_mat16x16<f16, B>>(&tile_wh[(sc + 32u) * CW + kk], CW);
-            let b3 = coopLoad<coop_mat16x16<f16, B>>(&tile_wh[(sc + 48u) * CW + kk], CW);
+        let xa = buf * XT + sr * CW2;
+        let wb = buf * WT + sc * CW2;
+        for (var kq = 0u; kq < BK / 4u; kq += 4u) {
+            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&tile_x2[xa + kq], CW2);
+            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&tile_x2[xa + 16u * CW2 + kq], CW2);
+            let b0 = coopLoad<coop_mat16x16<f16, B>>(&tile_w2[wb + kq], CW2);
+            let b1 = coopLoad<coop_mat16x16<f16, B>>(&tile_w2[wb + 16u * CW2 + kq], CW2);
+            let b2 = coopLoad<coop_mat16x16<f16, B>>(&tile_w2[wb + 32u * CW2 + kq], CW2);
+            let b3 = coopLoad<coop_mat16x16<f16, B>>(&tile_w2[wb + 48u * CW2 + kq], CW2);
             c00 = coopMultiplyAdd(a0, b0, c00);
             c01 = coopMultiplyAdd(a0, b1, c01);
             c02 = coopMultiplyAdd(a0, b2, c02);
@@ -362,6 +379,7 @@ fn gemm_coop(
             c13 = coopMultiplyAdd(a1, b3, c13);
         }
         workgroupBarrier();
+        buf = 1u - buf;
     }
 
     let r0 = row0 + sr;

@@ -20,7 +20,7 @@ use bytemuck::{Pod, Zeroable};
 use super::args::need_bytes;
 use super::family::Family;
 use super::kv_cache::{check_step, CacheShape, KvPair, KvType};
-use super::{Binding, Dispatch, KernelSpec, Kernels, NativeKernel, NativeNeeds};
+use super::{Binding, Dispatch, KernelSpec, Kernels, NativeKernel, NativeNeeds, Variant};
 use crate::error::{Error, Result};
 use crate::gpu::{AdapterClass, Capabilities};
 
@@ -31,7 +31,11 @@ pub mod cases;
 /// [`NATIVE_MAX_GROUP`] over an f16 cache.
 pub static FAMILY: Family = Family {
     name: "attention",
-    wgsl: &["attention_decode", "attention_prefill"],
+    wgsl: &[
+        "attention_decode",
+        "attention_prefill",
+        "attention_prefill_coop",
+    ],
     pipelines,
     native_coverage: Some(native_coverage),
     checks: Some(cases::checks),
@@ -67,13 +71,18 @@ fn native_coverage() -> String {
 /// [`super::native_specs`]): decode pass 1 at each native head dim, planned for the WebGPU
 /// default limits (the natives' own limits are in their [`NativeNeeds`]).
 pub fn native_specs() -> Vec<KernelSpec> {
-    NATIVE_HEAD_DIMS
-        .iter()
-        .filter_map(|&hd| {
-            portable_decode_spec(&NATIVE_PLAN_CAPS, 8, 2, hd, false, KvType::F16)
-                .map(|s| with_native(s, hd))
-        })
-        .collect()
+    let decode = NATIVE_HEAD_DIMS.iter().filter_map(|&hd| {
+        portable_decode_spec(&NATIVE_PLAN_CAPS, 8, 2, hd, false, KvType::F16)
+            .map(|s| with_native(s, hd))
+    });
+    let prefill = PREFILL_COOP_HEAD_DIMS.iter().filter_map(|&hd| {
+        let p = plan(NATIVE_PLAN_CAPS, 8, hd, 4)?;
+        let mut s = core_spec("attention_prefill", "attention_prefill", p, 4, KvType::F16)
+            .constant("BQ", 2);
+        s.native_vulkan = Some(prefill_coop());
+        Some(s)
+    });
+    decode.chain(prefill).collect()
 }
 
 /// A pass-1 decode and a prefill spec for each workgroup-memory size the planner can choose
@@ -806,9 +815,41 @@ pub fn prefill_spec(
         .rev()
         .find_map(|bq| plan(caps.into(), bq * group, head_dim, 16).map(|p| (bq, p)))
         .or_else(|| plan(caps.into(), group, head_dim, 4).map(|p| (1, p)))?;
-    let spec = core_spec("attention_prefill", "attention_prefill", p, group, kv_type)
+    let mut spec = core_spec("attention_prefill", "attention_prefill", p, group, kv_type)
         .constant("BQ", bq as u32);
+    if kv_type == KvType::F16 && PREFILL_COOP_HEAD_DIMS.contains(&head_dim) && group <= COOP_ROWS {
+        spec.native_vulkan = Some(prefill_coop());
+    }
     Some((spec, bq))
+}
+
+/// Head dims of the cooperative-matrix prefill kernel (its O accumulators are written out
+/// for up to 128; 64 uses half of them).
+pub const PREFILL_COOP_HEAD_DIMS: [usize; 2] = [64, 128];
+/// Query rows (tokens x heads of a group) per workgroup of the cooperative-matrix prefill
+/// kernel: 4 subgroups of 16.
+const COOP_ROWS: usize = 64;
+/// Its workgroup memory: the q tile (64 rows) and the staged K and V tiles (32 keys), rows of
+/// 136 halves; 4 x 16 x 32 f32 score slots; 4 x 16 rows of 40 halves of P; two f32 per row
+/// and one word per subgroup.
+const COOP_PREFILL_BYTES: u32 =
+    (64 + 2 * 32) * 136 * 2 + 4 * 16 * 32 * 4 + 4 * 16 * 40 * 2 + 2 * 64 * 4 + 4 * 4;
+
+/// The native Vulkan prefill: wgsl/attention_prefill_coop.wgsl, flash attention on
+/// cooperative matrices (f16 cache, [`PREFILL_COOP_HEAD_DIMS`]).
+fn prefill_coop() -> NativeKernel {
+    NativeKernel {
+        family: "attention_prefill_coop",
+        entry: "attention_prefill_coop",
+        workgroup_size: [128, 1, 1],
+        wgsl_defines: &["COOP"],
+        needs: NativeNeeds {
+            subgroups: true,
+            cooperative_matrix: true,
+            workgroup_storage: COOP_PREFILL_BYTES,
+            ..Default::default()
+        },
+    }
 }
 
 /// Causal prefill attention: q, out f32 `[n_tokens][n_heads * head_dim]`; query `t` (absolute
@@ -835,6 +876,12 @@ pub fn attention_prefill(
                 caps.max_compute_workgroup_storage_size
             ))
         })?;
+    // The native kernel has its own rows per workgroup.
+    let bq = if k.variant_for(&spec)? == Variant::Native {
+        COOP_ROWS / shape.group()
+    } else {
+        bq
+    };
     let blocks = max_tokens.div_ceil(bq);
     if blocks > caps.max_compute_workgroups_per_dimension as usize {
         return Err(Error::Shape(format!(

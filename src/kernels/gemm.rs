@@ -66,14 +66,19 @@ pub fn native_specs() -> Vec<KernelSpec> {
         .collect()
 }
 
-/// Formats with a native Vulkan GEMM (the cooperative-matrix kernel shares the portable
-/// loaders, so it could cover every format; these are the ones its H100 measurements and
-/// checks cover).
-pub const VULKAN_NATIVE_FORMATS: [WeightFormat; 4] = [
+/// Formats with a native Vulkan GEMM: every format but F32 (the cooperative-matrix kernel
+/// stages with the portable loaders; F32 weights would be rounded to its f16 operands).
+pub const VULKAN_NATIVE_FORMATS: [WeightFormat; 10] = [
     WeightFormat::Q4_0,
     WeightFormat::Q4_1,
+    WeightFormat::Q5_0,
+    WeightFormat::Q5_1,
     WeightFormat::Q8_0,
+    WeightFormat::Q4K,
+    WeightFormat::Q5K,
+    WeightFormat::Q6K,
     WeightFormat::F16,
+    WeightFormat::Bf16,
 ];
 
 /// Formats with a native Metal GEMM (a loader each in gemm.metal): every format but F32,
@@ -92,10 +97,10 @@ pub const METAL_NATIVE_FORMATS: [WeightFormat; 10] = [
 ];
 
 /// Output tile (activation rows, weight rows) and workgroup bytes of the native Vulkan GEMM
-/// (`gemm_coop` in wgsl/gemm.wgsl): two f16 tiles of 128 rows of 40 and eight 16 x 16 f32
+/// (`gemm_coop` in wgsl/gemm.wgsl): two pairs of f16 tiles (double-buffered) of 128 rows of 40 and eight 16 x 16 f32
 /// staging fragments.
 pub const COOP_TILE: (u32, u32) = (128, 128);
-const COOP_WORKGROUP_BYTES: u32 = 2 * 128 * 40 * 2 + 8 * 256 * 4;
+const COOP_WORKGROUP_BYTES: u32 = 2 * 2 * 128 * 40 * 2 + 8 * 256 * 4;
 
 /// Output tile of the native Metal GEMM (`metal_overrides/gemm.metal`, simdgroup matrices):
 /// 64 x 64 per threadgroup of 128 threads.

@@ -19,11 +19,13 @@ pub const PREFILL_CHUNK_LARGE: usize = 512;
 /// The prefill chunk sizes a session of `ctx` positions uses: (small, large), large 0 when
 /// the context cannot hold a large chunk. Activations are sized for the larger.
 pub fn prefill_chunks(ctx: usize) -> (usize, usize) {
-    let large = if ctx >= PREFILL_CHUNK_LARGE {
-        PREFILL_CHUNK_LARGE
-    } else {
-        0
-    };
+    // WICK_PREFILL_CHUNK: the large chunk for measurements (a multiple of the small one).
+    let want = std::env::var("WICK_PREFILL_CHUNK")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&c| c >= PREFILL_CHUNK && c % PREFILL_CHUNK == 0)
+        .unwrap_or(PREFILL_CHUNK_LARGE);
+    let large = if ctx >= want { want } else { 0 };
     (PREFILL_CHUNK, large)
 }
 

@@ -392,8 +392,8 @@ fn gemm_family_checks_pass() {
     assert_eq!(rows_of(&r, Variant::Native), native, "native rows");
 }
 
-/// Which (backend, format) pairs have a native GEMM: Vulkan the cooperative-matrix kernel for
-/// its four formats, Metal gemm.metal for every format but F32, each with and without the bias.
+/// Which (backend, format) pairs have a native GEMM: the cooperative-matrix kernel on Vulkan and
+/// gemm.metal on Metal, each for every format but F32, each with and without the bias.
 /// Everywhere else the registry, even asked for natives, routes to the portable kernel, and
 /// `wick kernels list` says why the other backend's variant is not available here.
 #[test]

@@ -21,7 +21,7 @@ use crate::model::weights::{LayerWeights, ModelWeights, SplitMatrix};
 use crate::model::ModelConfig;
 use crate::runtime::kv_cache::KvCache;
 
-pub use super::plan::{prefill_chunks, PREFILL_CHUNK, PREFILL_CHUNK_LARGE};
+pub use super::plan::{prefill_chunks, PREFILL_CHUNK, PREFILL_CHUNK_LARGE, PREFILL_CHUNK_XL};
 
 /// Activation buffers of one session, sized for a prefill chunk (decode uses row 0).
 struct Activations {
@@ -193,9 +193,11 @@ type NormedInput<'a> = (&'a wgpu::Buffer, Option<NormWeights<'a>>);
 pub struct Forward {
     pub gpu: Arc<Gpu>,
     pub cfg: ModelConfig,
-    /// Prefill chunk sizes ([`prefill_chunks`]); `chunk_large` is 0 without a large list.
-    pub chunk: usize,
-    pub chunk_large: usize,
+    /// Prefill chunk sizes, ascending ([`prefill_chunks`]); `chunks[0]` is the small one.
+    pub chunks: Vec<usize>,
+    /// Whether a prompt rest of a few small chunks runs as one 512-token chunk instead
+    /// ([`super::plan::chunk_lengths`]): on discrete NVIDIA and AMD GPUs.
+    pub round_up_chunks: bool,
     pub step: wgpu::Buffer,
     /// u32 ids of a prefill chunk.
     pub ids: wgpu::Buffer,
@@ -221,9 +223,8 @@ pub struct Forward {
     split_rule: SplitRule,
     /// Final norm + LM head over the decoded row (`h`) and over the prefill's last row.
     decode_lm: Vec<Dispatch>,
-    prefill: Vec<Dispatch>,
-    /// The prefill chunk of `chunk_large` tokens (empty when `chunk_large` is 0).
-    prefill_large: Vec<Dispatch>,
+    /// The prefill chunk of each size in `chunks`.
+    prefill: Vec<(usize, Vec<Dispatch>)>,
     prefill_lm: Vec<Dispatch>,
     /// Greedy token choice: argmax of the logits into `token`.
     argmax: argmax::Argmax,
@@ -563,8 +564,8 @@ impl Forward {
         fusion: DecodeFusion,
     ) -> Result<Forward> {
         let gpu = k.gpu.clone();
-        let (small, large) = prefill_chunks(kv.capacity);
-        let c = small.max(large);
+        let chunks = prefill_chunks(&gpu.caps, cfg, kv.capacity);
+        let c = *chunks.last().unwrap_or(&PREFILL_CHUNK);
         let f32b = |label: &str, n: usize| gpu.storage_buffer(label, (n * 4) as u64);
         let max_splits = attention::choose_splits(&gpu.caps, cfg.n_kv_heads, kv.capacity);
         // Split counts per cached length: the environment's keys per split, else the adapter
@@ -611,8 +612,11 @@ impl Forward {
         let mut fwd = Forward {
             gpu: gpu.clone(),
             cfg: cfg.clone(),
-            chunk: small,
-            chunk_large: large,
+            chunks: chunks.clone(),
+            round_up_chunks: matches!(
+                gpu.caps.class,
+                crate::gpu::AdapterClass::Nvidia | crate::gpu::AdapterClass::Amd
+            ),
             step,
             ids,
             token,
@@ -640,7 +644,6 @@ impl Forward {
             }),
             decode_lm: Vec::new(),
             prefill: Vec::new(),
-            prefill_large: Vec::new(),
             prefill_lm: Vec::new(),
             argmax,
             _argmax_status: argmax_status,
@@ -667,12 +670,10 @@ impl Forward {
         for splits in counts {
             decode.push((splits, lower(Lowering::Decode { fusion, splits })?));
         }
-        let prefill = lower(Lowering::Prefill { rows: small })?;
-        let prefill_large = if large > 0 {
-            lower(Lowering::Prefill { rows: large })?
-        } else {
-            Vec::new()
-        };
+        let mut prefill = Vec::with_capacity(chunks.len());
+        for &rows in &chunks {
+            prefill.push((rows, lower(Lowering::Prefill { rows })?));
+        }
         fwd.decode_lm = fwd.lm_head(k, w, &fwd.act.h, fusion)?;
         // The prompt's last row: float GEMV with the norm prologue, as prefill computes
         // every other row in float.
@@ -683,7 +684,6 @@ impl Forward {
         fwd.prefill_lm = fwd.lm_head(k, w, &fwd.act.h_last, prefill_head)?;
         fwd.decode = decode;
         fwd.prefill = prefill;
-        fwd.prefill_large = prefill_large;
         fwd._attn = attn;
         Ok(fwd)
     }
@@ -868,7 +868,7 @@ impl Forward {
     /// `chunk x vocab` logits buffer reserved) on first use.
     pub fn rows_head(&mut self, k: &Kernels, w: &ModelWeights) -> Result<&RowsHead> {
         if self.rows_head.is_none() {
-            let (rows, vocab) = (self.chunk, self.cfg.vocab);
+            let (rows, vocab) = (self.chunks[0], self.cfg.vocab);
             let bytes = (rows * vocab * 4) as u64;
             if !self.gpu.fits_binding(bytes) {
                 return Err(Error::Unsupported(format!(
@@ -997,14 +997,11 @@ impl Forward {
         }
     }
 
-    /// The dispatch list for a chunk of `n` tokens (the LM head excluded): the large chunk's
-    /// when `n` needs it.
+    /// The dispatch list for a chunk of `n` tokens (the LM head excluded): the smallest chunk
+    /// size that holds `n`.
     pub fn prefill_list(&self, n: usize) -> &[Dispatch] {
-        if n > self.chunk && !self.prefill_large.is_empty() {
-            &self.prefill_large
-        } else {
-            &self.prefill
-        }
+        let fit = self.prefill.iter().find(|(rows, _)| *rows >= n);
+        fit.or(self.prefill.last()).map_or(&[], |(_, l)| &l[..])
     }
 
     /// Records one prefill chunk of `n` tokens whose ids are already in `self.ids`. With

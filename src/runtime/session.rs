@@ -20,6 +20,7 @@ use crate::kernels::{Dispatch, StepParams};
 use crate::model::Model;
 use crate::runtime::forward::{DecodeFusion, Forward};
 use crate::runtime::kv_cache::KvCache;
+use crate::runtime::plan;
 use crate::runtime::sampling::{self, Rng, SamplingParams};
 use crate::runtime::stream::TextStream;
 use crate::runtime::token_ring::{TokenRing, RING};
@@ -413,22 +414,9 @@ impl Session {
         Ok(())
     }
 
-    /// How prefill splits `n` fresh prompt tokens into chunks: large ones while enough of
-    /// the prompt remains, then small ones.
+    /// How prefill splits `n` fresh prompt tokens into chunks ([`plan::chunk_lengths`]).
     fn chunk_lengths(&self, n: usize) -> Vec<usize> {
-        let (small, large) = (self.fwd.chunk, self.fwd.chunk_large);
-        let mut lengths = Vec::new();
-        let mut rest = n;
-        while rest > 0 {
-            let c = if large > 0 && rest >= large {
-                large
-            } else {
-                small.min(rest)
-            };
-            lengths.push(c);
-            rest -= c;
-        }
-        lengths
+        plan::chunk_lengths(&self.fwd.chunks, n, self.fwd.round_up_chunks)
     }
 
     /// Logits of the last processed position (blocking read; for `logits`, sampling, tests).
@@ -661,7 +649,7 @@ impl Session {
                 self.kv.capacity
             )));
         }
-        let max_chunk = self.fwd.chunk.max(self.fwd.chunk_large);
+        let max_chunk = self.fwd.chunks.last().copied().unwrap_or(0);
         if (ids.len() > 1 && ids.len() < GEMV_PREFILL_BELOW) || ids.len() > max_chunk {
             return Err(Error::InvalidArgument(format!(
                 "prefill takes no step of {} tokens (see prefill_steps)",

@@ -29,7 +29,9 @@
 // loads take the row stride in those vec4 elements. The
 // accumulators go through workgroup memory on the way out so the epilogue (bounds, bias,
 // accumulate, strided output) is the portable kernel's. Needs EXPERIMENTAL_COOPERATIVE_MATRIX
-// with f16 16x16x16 -> f32 and subgroups of exactly 32.
+// with f16 16x16x16 -> f32 and subgroups of exactly 32. COOP_XH (with COOP): x holds the rows
+// already in f16 (gemm_input.wgsl), four per vec4<f16>, staged as they are: half the bytes of
+// the f32 rows, which every column tile re-reads (7x the weight bytes per step for Q4_0).
 
 #ifdef COOP
 enable f16;
@@ -67,7 +69,17 @@ override WS: u32 = BN + PAD;
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> qs: array<u32>;
 @group(0) @binding(2) var<storage, read> scales: array<u32>;
+// COOP_XH alone (the portable side of its specs) changes nothing.
+#ifdef COOP
+#ifdef COOP_XH
+#define X_HALF
+#endif
+#endif
+#ifdef X_HALF
+@group(0) @binding(3) var<storage, read> x: array<vec4<f16>>;
+#else
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
+#endif
 #ifdef BIAS
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
@@ -294,6 +306,15 @@ fn load_w(wrow: u32, col: u32, k0: u32, part: u32) {
 #endif
 }
 
+#ifdef X_HALF
+// Activations x[row][k0 + 4q .. +4] as f16, zero past the rows or the end of k.
+fn load_xh(row: u32, k0: u32, q: u32) -> vec4<f16> {
+    if (row < p.m && k0 + 4u * q < p.k) {
+        return x[row * (p.k / 4u) + k0 / 4u + q];
+    }
+    return vec4<f16>(0.0);
+}
+#else
 // Activations x[row][k0 + 4q .. +4], zero past the rows or the end of k.
 fn load_x(row: u32, k0: u32, q: u32) -> vec4<f32> {
     if (row < p.m && k0 + 4u * q < p.k) {
@@ -301,6 +322,7 @@ fn load_x(row: u32, k0: u32, q: u32) -> vec4<f32> {
     }
     return vec4<f32>(0.0);
 }
+#endif
 
 // Stores one result: bounds, bias and accumulate exactly as the portable kernel.
 fn store_out(row: u32, c: u32, acc: f32) {
@@ -321,7 +343,11 @@ fn stage_step(row0: u32, col0: u32, k0: u32, buf: u32, lid: u32) {
     for (var i = lid; i < CBM * (BK / 4u); i += CTPB) {
         let r = i / (BK / 4u);
         let q = i % (BK / 4u);
+#ifdef X_HALF
+        tile_x2[buf * XT + r * CW2 + q] = load_xh(row0 + r, k0, q);
+#else
         tile_x2[buf * XT + r * CW2 + q] = pack4(load_x(row0 + r, k0, q));
+#endif
     }
     wbuf = buf * WT;
     for (var i = lid; i < CBN * 4u; i += CTPB) {

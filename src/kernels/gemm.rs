@@ -22,24 +22,33 @@ pub mod cases;
 /// for [`METAL_NATIVE_FORMATS`]).
 pub static FAMILY: Family = Family {
     name: "gemm",
-    wgsl: &["gemm"],
+    wgsl: &["gemm", "gemm_input"],
     pipelines,
     native_coverage: Some(native_coverage),
     checks: Some(cases::checks),
     bench: Some(cases::bench),
 };
 
-/// Every GEMM pipeline (natives attached where wick ships them).
+/// Every GEMM pipeline (natives attached where wick ships them): per format with and without
+/// the bias, the variants reading f16 rows where the format has a cooperative-matrix kernel,
+/// and the f16 conversion of the rows.
 fn pipelines() -> Vec<KernelSpec> {
     let tiling = GemmTiling {
         wg_m: 16,
         wg_n: 16,
         pad: 1,
     };
-    WeightFormat::ALL
+    let mut v: Vec<KernelSpec> = WeightFormat::ALL
         .iter()
         .flat_map(|&f| [spec(f, false, tiling), spec(f, true, tiling)])
-        .collect()
+        .collect();
+    v.extend(
+        VULKAN_NATIVE_FORMATS
+            .iter()
+            .flat_map(|&f| [spec_half(f, false, tiling), spec_half(f, true, tiling)]),
+    );
+    v.push(input_spec());
+    v
 }
 
 fn native_coverage() -> String {
@@ -152,6 +161,72 @@ fn native_vulkan() -> NativeKernel {
             ..Default::default()
         },
     }
+}
+
+/// [`spec`] of the cooperative-matrix variant that reads the rows in f16 ([`gemm_half`]): the
+/// `COOP_XH` define (which the portable side ignores).
+pub fn spec_half(format: WeightFormat, bias: bool, tiling: GemmTiling) -> KernelSpec {
+    let mut s = spec(format, bias, tiling).define("COOP_XH");
+    // The Metal GEMM reads f32 rows ([`reads_half`] is false there).
+    s.native_metal = None;
+    s
+}
+
+/// The f16 conversion of the GEMM's rows (wgsl/gemm_input.wgsl).
+pub fn input_spec() -> KernelSpec {
+    KernelSpec::new(
+        "gemm_input_f16",
+        "gemm_input",
+        "gemm_input_f16",
+        &[Binding::Uniform, Binding::Read, Binding::ReadWrite],
+    )
+}
+
+/// Whether the engine gives the cooperative-matrix GEMM f16 rows ([`gemm_half`]):
+/// `WICK_GEMM_F16_ROWS=1`. Off by default until it has run on a GPU: the kernel passes naga's
+/// validation and the conversion its reference check on lavapipe, but neither has been
+/// checked or timed on a device with cooperative matrices.
+pub fn f16_rows_enabled() -> bool {
+    std::env::var("WICK_GEMM_F16_ROWS").is_ok_and(|v| v == "1")
+}
+
+/// Whether [`gemm_half`] on this matrix format (with or without a bias) runs the
+/// cooperative-matrix kernel on f16 rows here; otherwise it reads the f32 rows and the
+/// conversion ([`input_f16`]) is wasted.
+pub fn reads_half(k: &Kernels, format: WeightFormat, bias: bool) -> Result<bool> {
+    let caps = &k.gpu.caps;
+    if caps.backend == wgpu::Backend::Metal || !VULKAN_NATIVE_FORMATS.contains(&format) {
+        return Ok(false);
+    }
+    let sp = spec_half(format, bias, GemmTiling::for_caps(caps));
+    Ok(k.variant_for(&sp)? == Variant::Native)
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+struct InputParams {
+    n4: u32,
+    _pad: [u32; 3],
+}
+
+/// `xh` = the first `n` f32 of `x` rounded to f16 (clamped to the finite range), packed two
+/// per u32 word, for [`gemm_half`]; `n` a multiple of 4.
+pub fn input_f16(k: &Kernels, x: &wgpu::Buffer, n: usize, xh: &wgpu::Buffer) -> Result<Dispatch> {
+    if n == 0 || n % 4 != 0 || n / 4 > u32::MAX as usize {
+        return Err(shape(format!(
+            "f16 rows of {n} values (a positive multiple of 4)"
+        )));
+    }
+    need_bytes("gemm_input_f16", "x", x, n as u64 * 4)?;
+    need_bytes("gemm_input_f16", "xh", xh, n as u64 * 2)?;
+    let n4 = (n / 4) as u32;
+    let params = k
+        .gpu
+        .uniform("gemm input params", &InputParams { n4, _pad: [0; 3] })?;
+    let groups = n4
+        .div_ceil(256)
+        .min(k.gpu.caps.max_compute_workgroups_per_dimension);
+    k.dispatch(&input_spec(), &[&params, x, xh], [groups, 1, 1])
 }
 
 /// The kernel's uniform (WGSL `Params` in gemm.wgsl).
@@ -278,11 +353,43 @@ pub fn gemm(
     gemm_tiled(k, w, x, out, m, epi, GemmTiling::for_caps(&k.gpu.caps))
 }
 
+/// [`gemm`] with the rows also in f16 (`xh`, from [`input_f16`] of `x`): where
+/// [`reads_half`], the cooperative-matrix kernel stages `xh` (half the bytes, no conversion);
+/// elsewhere the kernel reads `x`.
+pub fn gemm_half(
+    k: &Kernels,
+    w: &GpuMatrix,
+    (x, xh): (&wgpu::Buffer, &wgpu::Buffer),
+    out: &wgpu::Buffer,
+    m: usize,
+    epi: GemmEpilogue,
+) -> Result<Dispatch> {
+    let tiling = GemmTiling::for_caps(&k.gpu.caps);
+    if !reads_half(k, w.format, epi.bias.is_some())? {
+        return gemm_tiled(k, w, x, out, m, epi, tiling);
+    }
+    need_bytes("gemm", "xh", xh, (m * w.k * 2) as u64)?;
+    gemm_inner(k, w, (xh, true), out, m, epi, tiling)
+}
+
 /// [`gemm`] with an explicit tile shape (tests and tuning).
 pub fn gemm_tiled(
     k: &Kernels,
     w: &GpuMatrix,
     x: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    m: usize,
+    epi: GemmEpilogue,
+    tiling: GemmTiling,
+) -> Result<Dispatch> {
+    gemm_inner(k, w, (x, false), out, m, epi, tiling)
+}
+
+/// The GEMM of `x`: f32 rows, or with `half` f16 rows for [`spec_half`]'s native kernel.
+fn gemm_inner(
+    k: &Kernels,
+    w: &GpuMatrix,
+    (x, half): (&wgpu::Buffer, bool),
     out: &wgpu::Buffer,
     m: usize,
     epi: GemmEpilogue,
@@ -315,7 +422,7 @@ pub fn gemm_tiled(
     let mut need: Vec<(&str, &wgpu::Buffer, usize)> = vec![
         ("weights qs", &w.qs, f.qs_words_per_row(kd) * n * 4),
         ("weights scales", &w.scales, f.scale_words(n, kd) * 4),
-        ("x", x, m * kd * 4),
+        ("x", x, m * kd * if half { 2 } else { 4 }),
         ("out", out, out_len * 4),
     ];
     if let Some(b) = epi.bias {
@@ -330,8 +437,17 @@ pub fn gemm_tiled(
     }
 
     let caps = &k.gpu.caps;
-    let spec = spec(f, epi.bias.is_some(), tiling);
+    let spec = match half {
+        true => spec_half(f, epi.bias.is_some(), tiling),
+        false => spec(f, epi.bias.is_some(), tiling),
+    };
     let native = k.variant_for(&spec)? == Variant::Native;
+    if half && !native {
+        return Err(Error::Unsupported(format!(
+            "{}: f16 rows need the cooperative-matrix kernel, not available here",
+            spec.op
+        )));
+    }
     let threads = tiling.wg_m * tiling.wg_n;
     if tiling.wg_m == 0
         || tiling.wg_n == 0

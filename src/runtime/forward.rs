@@ -43,6 +43,9 @@ struct Activations {
     xq: wgpu::Buffer,
     /// Split partials of decode attention, shared by every layer and split count.
     partials: wgpu::Buffer,
+    /// A prefill chunk's GEMM input rows in f16, for the cooperative-matrix GEMM
+    /// ([`gemm::gemm_half`]); 4 bytes where it cannot run.
+    xh: wgpu::Buffer,
 }
 
 /// Which fusions the decode step uses. All on is the fast path; all off is the plain
@@ -318,6 +321,8 @@ struct Lower<'a> {
     /// `list` is as long as it was after the last dispatch that wrote or read it (anything
     /// else pushed in between may have changed the row).
     xq_of: Option<(*const wgpu::Buffer, Option<*const wgpu::Buffer>, usize)>,
+    /// What `act.xh` holds: the f16 copy of (row buffer, values), valid as `xq_of` is.
+    xh_of: Option<(*const wgpu::Buffer, usize, usize)>,
 }
 
 impl<'a> Lower<'a> {
@@ -389,19 +394,24 @@ impl<'a> Lower<'a> {
                     if norm.is_some() {
                         return Err(Error::Unsupported("a GEMM with a norm prologue".into()));
                     }
-                    gemm::gemm(
-                        self.k,
-                        chunk,
-                        x,
-                        out,
-                        rows,
-                        gemm::GemmEpilogue {
-                            bias: o.bias,
-                            accumulate: o.accumulate,
-                            out_offset: epi_offset,
-                            out_stride: o.stride,
-                        },
-                    )?
+                    let epi = gemm::GemmEpilogue {
+                        bias: o.bias,
+                        accumulate: o.accumulate,
+                        out_offset: epi_offset,
+                        out_stride: o.stride,
+                    };
+                    if gemm::f16_rows_enabled()
+                        && gemm::reads_half(self.k, chunk.format, o.bias.is_some())?
+                    {
+                        let xh = self.halved(x, rows * m.k)?;
+                        let d = gemm::gemm_half(self.k, chunk, (x, xh), out, rows, epi)?;
+                        self.list.push(d);
+                        if let Some(of) = self.xh_of.as_mut() {
+                            of.2 = self.list.len();
+                        }
+                        continue;
+                    }
+                    gemm::gemm(self.k, chunk, x, out, rows, epi)?
                 }
             });
         }
@@ -503,6 +513,19 @@ impl<'a> Lower<'a> {
         Ok(Some(DotInput::Quantised(xq)))
     }
 
+    /// `act.xh` holding the first `n` values of `x` in f16 for the cooperative-matrix GEMMs,
+    /// converting them first unless it already does (q, k and v, or gate and up, read the
+    /// same rows).
+    fn halved(&mut self, x: &wgpu::Buffer, n: usize) -> Result<&'a wgpu::Buffer> {
+        let act: &'a Activations = self.act;
+        let key = (x as *const wgpu::Buffer, n);
+        if self.xh_of != Some((key.0, key.1, self.list.len())) {
+            self.list.push(gemm::input_f16(self.k, x, n, &act.xh)?);
+            self.xh_of = Some((key.0, key.1, self.list.len()));
+        }
+        Ok(&act.xh)
+    }
+
     /// Pushes an integer-dot GEMV, keeping `act.xq` valid for the next one.
     fn push_dot(&mut self, d: Dispatch) {
         self.list.push(d);
@@ -594,6 +617,10 @@ impl Forward {
             gu: f32b("gate_up", c * 2 * cfg.ffn)?,
             act: f32b("ffn_act", c * cfg.ffn)?,
             logits: f32b("logits", cfg.vocab)?,
+            xh: match super::plan::half_rows_bytes(&gpu.caps, cfg, c) {
+                0 => gpu.storage_buffer("xh", 4)?,
+                bytes => gpu.storage_buffer("xh", bytes)?,
+            },
             xq: if fusion.int_dot {
                 let k = cfg.hidden.max(cfg.ffn).max(cfg.q_dim());
                 gpu.storage_buffer("xq", gemv_dot::act_q8_bytes(k.next_multiple_of(32)))?
@@ -761,6 +788,7 @@ impl Forward {
             list: Vec::new(),
             attn: Vec::new(),
             xq_of: None,
+            xh_of: None,
         };
         self.layers(&mut low, w, kv, inv_freq)?;
         Ok((low.list, low.attn))
@@ -851,6 +879,7 @@ impl Forward {
             list: Vec::new(),
             attn: Vec::new(),
             xq_of: None,
+            xh_of: None,
         };
         let x = if norm_prologue {
             (h, Some((&w.output_norm, cfg.rms_eps)))
@@ -892,6 +921,7 @@ impl Forward {
                 list: Vec::new(),
                 attn: Vec::new(),
                 xq_of: None,
+                xh_of: None,
             };
             let x = low.norm(&w.output_norm, self.cfg.hidden)?;
             low.matmul(w.lm_head(), x, &logits, MatmulOut::default())?;

@@ -51,6 +51,19 @@ pub fn prefill_chunks(caps: &Capabilities, cfg: &ModelConfig, ctx: usize) -> Vec
     v
 }
 
+/// Bytes of a chunk of `c` rows' GEMM inputs in f16 (the widest input row: hidden, q or ffn),
+/// where the cooperative-matrix GEMM reads them (`gemm::f16_rows_enabled`); 0 elsewhere.
+pub fn half_rows_bytes(caps: &Capabilities, cfg: &ModelConfig, c: usize) -> u64 {
+    let usable = caps.backend == wgpu::Backend::Vulkan
+        && crate::kernels::cooperative_matrix_usable(caps)
+        && crate::kernels::gemm::f16_rows_enabled();
+    if !usable {
+        return 0;
+    }
+    let widest = cfg.hidden.max(cfg.q_dim()).max(cfg.ffn) as u64;
+    c as u64 * widest * 2
+}
+
 /// How prefill splits `n` fresh prompt tokens into chunks of the ascending `sizes`: the largest
 /// size the rest of the prompt fills, then the smallest for the tail. With `round_up` (discrete
 /// GPUs, where a small chunk's GEMMs leave most of the GPU idle) a rest of at least a quarter
@@ -117,6 +130,7 @@ pub fn session_memory(
     let mut act = f32s(c * h) + f32s(h) + f32s(c * h) + f32s(c * qd) + 2 * f32s(c * kvd);
     act += qk_norm(c * qd) + qk_norm(c * kvd) + f32s(c * qd) + f32s(c * 2 * ffn);
     act += f32s(c * ffn) + f32s(vocab) + c * 4;
+    act += half_rows_bytes(caps, cfg, c as usize);
     // Token history (repetition penalty), sampled candidates, and the GPU sampling chain's
     // first-level partials (built with the session's first sampled generation).
     let k = crate::kernels::sample::K_MAX as u64;

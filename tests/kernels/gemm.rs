@@ -376,17 +376,20 @@ fn gemm_family_checks_pass() {
         Variant::Portable => RTOL as f64,
         Variant::Native => RTOL_F16 as f64,
     });
-    // Three cases per pipeline.
-    assert_eq!(rows_of(&r, Variant::Portable), 3 * specs.len());
+    // Three cases per GEMM pipeline, two for the f16 conversion of the rows.
+    let cases = |s: &wick::kernels::KernelSpec| if s.op == "gemm_input_f16" { 2 } else { 3 };
+    assert_eq!(
+        rows_of(&r, Variant::Portable),
+        specs.iter().map(cases).sum::<usize>()
+    );
     // Natives of this backend only: the Metal GEMM covers more formats than the Vulkan one.
     let caps = &kernels().gpu.caps;
     let native = match native_offered(caps) {
-        true => {
-            3 * specs
-                .iter()
-                .filter(|s| s.native(caps.backend).is_some())
-                .count()
-        }
+        true => specs
+            .iter()
+            .filter(|s| s.native(caps.backend).is_some())
+            .map(cases)
+            .sum(),
         false => 0,
     };
     assert_eq!(rows_of(&r, Variant::Native), native, "native rows");
@@ -420,7 +423,8 @@ fn gemm_natives_per_backend() {
         }
         let op = gemm::op_name(f);
         let entry = listing.ops.iter().find(|o| o.op == op).expect("listed");
-        // One native variant per pipeline (plain and bias) and backend.
+        // One native variant per pipeline (plain and bias) and backend, then the Vulkan
+        // variants reading f16 rows (plain and bias).
         let backends: Vec<_> = entry.variants.iter().filter_map(|v| v.backend).collect();
         let mut want = Vec::new();
         for _bias in [false, true] {
@@ -430,6 +434,9 @@ fn gemm_natives_per_backend() {
             if gemm::METAL_NATIVE_FORMATS.contains(&f) {
                 want.push("metal");
             }
+        }
+        if gemm::VULKAN_NATIVE_FORMATS.contains(&f) {
+            want.extend(["vulkan", "vulkan"]);
         }
         assert_eq!(backends, want, "{op}: native variants listed");
         for v in entry.variants.iter().filter(|v| v.backend.is_some()) {

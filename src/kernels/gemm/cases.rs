@@ -3,7 +3,7 @@
 use std::any::Any;
 use std::sync::Arc;
 
-use super::{gemm, GemmEpilogue};
+use super::{gemm, gemm_half, input_f16, reads_half, GemmEpilogue};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::family::{
@@ -27,6 +27,11 @@ const F16_TOL: f64 = 4e-3;
 /// pipeline's bias.
 pub fn checks(spec: &KernelSpec, seed: u64) -> Result<Vec<CheckCase>> {
     let op = spec.op.clone();
+    if spec.entry == "gemm_input_f16" {
+        return Ok(input_checks(op, seed));
+    }
+    // The variants reading f16 rows get them converted first (where they run natively).
+    let half = spec.defines.contains(&"COOP_XH");
     let format = op_format(&op)
         .ok_or_else(|| Error::Unsupported(format!("GEMM op {op} names no weight format")))?;
     let bias = spec.defines.contains(&"BIAS");
@@ -50,14 +55,80 @@ pub fn checks(spec: &KernelSpec, seed: u64) -> Result<Vec<CheckCase>> {
             (true, true) => " +bias +acc",
         };
         let op = op.clone();
+        let rows = if half { " f16 rows" } else { "" };
         v.push(CheckCase {
-            shape: format!("{m}x{n}x{k}{epi}"),
+            shape: format!("{m}x{n}x{k}{epi}{rows}"),
             tolerance: TOL,
             native_tolerance: F16_TOL,
-            run: Box::new(move |kr| gemm_case(kr, &op, seed, format, (m, n, k), (bias, acc))),
+            run: Box::new(move |kr| gemm_case(kr, &op, seed, format, (m, n, k), (bias, acc, half))),
         });
     }
     Ok(v)
+}
+
+/// The f16 conversion of the rows: exact against the CPU's rounding (clamped to the finite
+/// range), on values spanning f16's range and beyond it, the words past `n` left alone.
+fn input_checks(op: String, seed: u64) -> Vec<CheckCase> {
+    [1000usize, 4 * 70_000]
+        .into_iter()
+        .map(|n| {
+            let op = op.clone();
+            CheckCase::new(
+                format!("{n} values"),
+                // One f16 step of the largest value at most (checked per value inside).
+                1e-3,
+                Box::new(move |kr| input_case(kr, &op, seed, n)),
+            )
+        })
+        .collect()
+}
+
+fn input_case(kr: &Kernels, op: &str, seed: u64, n: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+    let g = &kr.gpu;
+    let mut rng = Rng(seed);
+    // Magnitudes from 2^-20 to 2^20: subnormal, normal and out-of-range f16 values.
+    let x: Vec<f32> = (0..n)
+        .map(|_| rng.f32(1.0) * 2f32.powf(rng.f32(20.0)))
+        .collect();
+    let xb = g.upload("x", &x)?;
+    // Two words past the converted ones stay poisoned.
+    let out = poisoned(g, n / 2 + 2)?;
+    let d = input_f16(kr, &xb, n, &out)?;
+    let words = run_checked(kr, &[&d], &out, op)?;
+    let bits = |w: f32| w.to_bits();
+    let mut got: Vec<f32> = words[..n / 2]
+        .iter()
+        .flat_map(|&w| {
+            let b = bits(w);
+            [b & 0xffff, b >> 16].map(|h| half::f16::from_bits(h as u16).to_f32())
+        })
+        .collect();
+    if words[n / 2..]
+        .iter()
+        .any(|w| w.to_bits() != crate::gpu::POISON)
+    {
+        return Err(Error::Shape(format!("{op}: wrote past its {n} values")));
+    }
+    got.truncate(n);
+    // WGSL rounds to either f16 neighbour of a value it cannot represent: each result must be
+    // one of the two (the value itself where exact); the comparison is against round-to-even.
+    let mut want = Vec::with_capacity(n);
+    for (i, (&v, &h)) in x.iter().zip(&got).enumerate() {
+        let c = v.clamp(-65504.0, 65504.0);
+        let near = half::f16::from_f32(c);
+        let a = near.to_f32();
+        // The other neighbour: the adjacent f16 (same sign) on the far side of c.
+        let (hb, ab) = (half::f16::from_f32(h).to_bits(), near.to_bits());
+        let adjacent = (hb as i32 - ab as i32).abs() == 1 && (hb ^ ab) & 0x8000 == 0;
+        let ok = h == a || (adjacent && (h - c) * (a - c) < 0.0);
+        if !ok {
+            return Err(Error::Shape(format!(
+                "{op}: value {i} = {v} became {h}, not an f16 neighbour of it"
+            )));
+        }
+        want.push(a);
+    }
+    Ok((got, want))
 }
 
 fn gemm_case(
@@ -66,7 +137,7 @@ fn gemm_case(
     seed: u64,
     format: WeightFormat,
     (m, n, k): (usize, usize, usize),
-    (bias, acc): (bool, bool),
+    (bias, acc, half): (bool, bool, bool),
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let g = &kr.gpu;
     let mut rng = Rng(seed);
@@ -85,8 +156,15 @@ fn gemm_case(
         out_offset: 0,
         out_stride: 0,
     };
-    let d = gemm(kr, &w, &xb, &out, m, epi)?;
-    let got = run_checked(kr, &[&d], &out, op)?;
+    let got = if half && reads_half(kr, format, bias)? {
+        let xh = g.storage_buffer("xh", (m * k * 2) as u64)?;
+        let conv = input_f16(kr, &xb, m * k, &xh)?;
+        let d = gemm_half(kr, &w, (&xb, &xh), &out, m, epi)?;
+        run_checked(kr, &[&conv, &d], &out, op)?
+    } else {
+        let d = gemm(kr, &w, &xb, &out, m, epi)?;
+        run_checked(kr, &[&d], &out, op)?
+    };
     let mut want = if acc { prev } else { vec![0.0; m * n] };
     let result = reference::gemm::gemm(&wv, &x, m, n, k);
     reference::gemm::epilogue(&mut want, &result, n, bias.then_some(&b[..]), acc, 0, n);
@@ -154,6 +232,7 @@ impl Work for GemmWork {
             work: w,
             matrices: bench_matrices(gpu, w.format, w.n, w.k, 1, copies.max(1))?,
             x: bench_input(gpu, "x", w.m * w.k)?,
+            xh: gpu.storage_buffer("xh", (w.m * w.k * 2) as u64)?,
             out: gpu.storage_buffer("out", (w.m * w.n * 4) as u64)?,
         }))
     }
@@ -168,6 +247,10 @@ struct PreparedGemm {
     /// The weight copies.
     matrices: Vec<GpuMatrix>,
     x: wgpu::Buffer,
+    /// The rows in f16, for the cooperative-matrix kernel where the engine gives it them
+    /// (`WICK_GEMM_F16_ROWS=1`; converted in every timed run, as the engine converts once per
+    /// GEMM input).
+    xh: wgpu::Buffer,
     out: wgpu::Buffer,
 }
 
@@ -178,16 +261,17 @@ impl PreparedWork for PreparedGemm {
 
     fn build(&self, k: &Kernels, copy: usize) -> Result<BuiltWork> {
         check_copy(copy, self.matrices.len())?;
-        let d = gemm(
-            k,
-            &self.matrices[copy],
-            &self.x,
-            &self.out,
-            self.work.m,
-            Default::default(),
-        )?;
+        let (w, m) = (&self.matrices[copy], self.work.m);
+        let dispatches = if super::f16_rows_enabled() && reads_half(k, w.format, false)? {
+            vec![
+                input_f16(k, &self.x, m * w.k, &self.xh)?,
+                gemm_half(k, w, (&self.x, &self.xh), &self.out, m, Default::default())?,
+            ]
+        } else {
+            vec![gemm(k, w, &self.x, &self.out, m, Default::default())?]
+        };
         Ok(BuiltWork {
-            dispatches: vec![d],
+            dispatches,
             scratch: None,
         })
     }

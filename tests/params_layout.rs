@@ -123,6 +123,8 @@ fn host_layouts() -> BTreeMap<(&'static str, &'static str), Layout> {
         (("attention_decode", "Step"), step()),
         (("attention_prefill", "Params"), attention()),
         (("attention_prefill", "Step"), step()),
+        (("attention_prefill_coop", "Params"), attention()),
+        (("attention_prefill_coop", "Step"), step()),
         (
             ("embedding", "Params"),
             host!(embedding::EmbeddingParams {
@@ -147,6 +149,10 @@ fn host_layouts() -> BTreeMap<(&'static str, &'static str), Layout> {
                 accumulate,
                 _pad,
             }),
+        ),
+        (
+            ("gemm_input", "Params"),
+            host!(gemm::GemmInputParams { n4, _pad }),
         ),
         (("gemv", "Params"), gemv()),
         (("gemv_dot", "Params"), gemv()),

@@ -11,18 +11,7 @@
 // Scratch layout (vec2<f32>): o at [(h * n_splits + s) * HW + w], then (m, l) at
 // n_heads * n_splits * HW + h * n_splits + s.
 
-#include "step"
-
-struct Params {
-    n_heads: u32,
-    n_splits: u32,
-    capacity: u32,
-    max_tokens: u32,
-    scale_log2e: f32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
+#include "attention_params"
 
 @group(0) @binding(0) var<uniform> p: Params;
 

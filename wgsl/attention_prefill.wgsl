@@ -9,19 +9,7 @@
 // Blocks past step.n_tokens exit; rows past it are masked and not written.
 
 #include "attention_core"
-
-#include "step"
-
-struct Params {
-    n_heads: u32,
-    n_splits: u32,
-    capacity: u32,
-    max_tokens: u32,
-    scale_log2e: f32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
+#include "attention_params"
 
 override G: u32 = 1u;
 override BQ: u32 = 1u;

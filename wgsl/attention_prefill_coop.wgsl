@@ -29,36 +29,10 @@
 enable f16;
 enable wgpu_cooperative_matrix;
 
-#include "step"
+// Params, Step and the portable pass's override constants (only HD, HW, G are read here).
+#include "attention_params"
+#include "attention_plan"
 
-struct Params {
-    n_heads: u32,
-    n_splits: u32,
-    capacity: u32,
-    max_tokens: u32,
-    scale_log2e: f32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
-// The portable kernel's constants (the registry passes the same set); only HD, HW and G are
-// read here.
-override WG: u32 = 128u;
-override HD: u32 = 64u;
-override HW: u32 = 32u;
-override ROWS: u32 = 8u;
-override T: u32 = 16u;
-override ACC: u32 = 1u;
-override KSTRIDE: u32 = 33u;
-override Q_OFF: u32 = 0u;
-override K_OFF: u32 = 512u;
-override V_OFF: u32 = 1040u;
-override S_OFF: u32 = 1552u;
-override M_OFF: u32 = 1680u;
-override L_OFF: u32 = 1688u;
-override A_OFF: u32 = 1696u;
-override E_OFF: u32 = 1704u;
 override G: u32 = 1u;
 override BQ: u32 = 1u;
 

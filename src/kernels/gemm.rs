@@ -202,11 +202,13 @@ pub fn reads_half(k: &Kernels, format: WeightFormat, bias: bool) -> Result<bool>
     Ok(k.variant_for(&sp)? == Variant::Native)
 }
 
+/// The f16 conversion's uniform (WGSL `Params` in gemm_input.wgsl).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-struct InputParams {
-    n4: u32,
-    _pad: [u32; 3],
+pub struct GemmInputParams {
+    /// vec4s to convert.
+    pub n4: u32,
+    pub _pad: [u32; 3],
 }
 
 /// `xh` = the first `n` f32 of `x` rounded to f16 (clamped to the finite range), packed two
@@ -222,7 +224,7 @@ pub fn input_f16(k: &Kernels, x: &wgpu::Buffer, n: usize, xh: &wgpu::Buffer) -> 
     let n4 = (n / 4) as u32;
     let params = k
         .gpu
-        .uniform("gemm input params", &InputParams { n4, _pad: [0; 3] })?;
+        .uniform("gemm input params", &GemmInputParams { n4, _pad: [0; 3] })?;
     let groups = n4
         .div_ceil(256)
         .min(k.gpu.caps.max_compute_workgroups_per_dimension);

@@ -28,7 +28,8 @@ pub mod cases;
 
 /// The attention family: split-KV decode (pass 1 and the merge pass) and causal prefill, over
 /// an f16 or a q8_0 cache; native decode pass 1 for [`NATIVE_HEAD_DIMS`] and GQA groups up to
-/// [`NATIVE_MAX_GROUP`] over an f16 cache.
+/// [`NATIVE_MAX_GROUP`] over an f16 cache, native prefill on cooperative matrices for
+/// [`PREFILL_COOP_HEAD_DIMS`].
 pub static FAMILY: Family = Family {
     name: "attention",
     wgsl: &[
@@ -60,16 +61,18 @@ fn native_coverage() -> String {
     let dims: Vec<String> = NATIVE_HEAD_DIMS.iter().map(|d| d.to_string()).collect();
     format!(
         "decode pass 1 at head_dim {} with up to {NATIVE_MAX_GROUP} query heads per KV head \
-         over an f16 KV cache (Metal: Apple GPUs); other shapes, a q8_0 KV cache \
-         (attention_decode_kv_q8, attention_prefill_kv_q8), the merge pass and prefill run \
-         the portable kernel",
+         over an f16 KV cache (Metal: Apple GPUs); prefill at head_dim 64 and 128 over an f16 \
+         KV cache (Vulkan: cooperative matrices); other shapes, a q8_0 KV cache \
+         (attention_decode_kv_q8, attention_prefill_kv_q8) and the merge pass run the \
+         portable kernel",
         dims.join(", ")
     )
 }
 
 /// Specs of every pipeline of this family that has a native variant (see
-/// [`super::native_specs`]): decode pass 1 at each native head dim, planned for the WebGPU
-/// default limits (the natives' own limits are in their [`NativeNeeds`]).
+/// [`super::native_specs`]): decode pass 1 at each native head dim and prefill at each
+/// cooperative-matrix head dim, planned for the WebGPU default limits (the natives' own limits
+/// are in their [`NativeNeeds`]).
 pub fn native_specs() -> Vec<KernelSpec> {
     let decode = NATIVE_HEAD_DIMS.iter().filter_map(|&hd| {
         portable_decode_spec(&NATIVE_PLAN_CAPS, 8, 2, hd, false, KvType::F16)

@@ -617,10 +617,7 @@ impl Forward {
             gu: f32b("gate_up", c * 2 * cfg.ffn)?,
             act: f32b("ffn_act", c * cfg.ffn)?,
             logits: f32b("logits", cfg.vocab)?,
-            xh: match super::plan::half_rows_bytes(&gpu.caps, cfg, c) {
-                0 => gpu.storage_buffer("xh", 4)?,
-                bytes => gpu.storage_buffer("xh", bytes)?,
-            },
+            xh: gpu.storage_buffer("xh", super::plan::half_rows_bytes(&gpu.caps, cfg, c).max(4))?,
             xq: if fusion.int_dot {
                 let k = cfg.hidden.max(cfg.ffn).max(cfg.q_dim());
                 gpu.storage_buffer("xq", gemv_dot::act_q8_bytes(k.next_multiple_of(32)))?

@@ -11,6 +11,9 @@
 //! Decode pass 1 has native variants (`vulkan_overrides/attention_decode.comp`,
 //! `metal_overrides/attention_decode.metal`) for the head dims and GQA groups the models use;
 //! they bind the same layout and write the same partials, so the WGSL merge pass serves both.
+//! Prefill has native variants at head_dim 64 and 128 (`wgsl/attention_prefill_coop.wgsl` on
+//! Vulkan with cooperative matrices, `metal_overrides/attention_prefill.metal` on Apple GPUs),
+//! flash attention on matrix units with one geometry: 64 query rows per workgroup.
 //! They read an f16 cache only: over a q8_0 cache decode and prefill are the ops
 //! `attention_decode_kv_q8` and `attention_prefill_kv_q8` (the WGSL with `KV_Q8`), which have
 //! no native variant.
@@ -61,11 +64,11 @@ fn native_coverage() -> String {
     let dims: Vec<String> = NATIVE_HEAD_DIMS.iter().map(|d| d.to_string()).collect();
     format!(
         "decode pass 1 at head_dim {} with up to {NATIVE_MAX_GROUP} query heads per KV head \
-         over an f16 KV cache (Metal: Apple GPUs); prefill at head_dim 64 and 128 over an f16 \
-         KV cache (Vulkan: cooperative matrices); other shapes, a q8_0 KV cache \
-         (attention_decode_kv_q8, attention_prefill_kv_q8) and the merge pass run the \
-         portable kernel",
-        dims.join(", ")
+         and prefill at head_dim {} (Vulkan: cooperative matrices) over an f16 KV cache \
+         (Metal: Apple GPUs); other shapes, a q8_0 KV cache (attention_decode_kv_q8, \
+         attention_prefill_kv_q8) and the merge pass run the portable kernel",
+        dims.join(", "),
+        PREFILL_COOP_HEAD_DIMS.map(|d| d.to_string()).join(", ")
     )
 }
 
@@ -83,6 +86,7 @@ pub fn native_specs() -> Vec<KernelSpec> {
         let mut s = core_spec("attention_prefill", "attention_prefill", p, 4, KvType::F16)
             .constant("BQ", 2);
         s.native_vulkan = Some(prefill_coop());
+        s.native_metal = prefill_metal(hd);
         Some(s)
     });
     decode.chain(prefill).collect()
@@ -822,15 +826,17 @@ pub fn prefill_spec(
         .constant("BQ", bq as u32);
     if kv_type == KvType::F16 && PREFILL_COOP_HEAD_DIMS.contains(&head_dim) && group <= COOP_ROWS {
         spec.native_vulkan = Some(prefill_coop());
+        spec.native_metal = prefill_metal(head_dim);
     }
     Some((spec, bq))
 }
 
-/// Head dims of the cooperative-matrix prefill kernel (its O accumulators are written out
-/// for up to 128; 64 uses half of them).
+/// Head dims of the native prefill kernels (the cooperative-matrix kernel's O accumulators are
+/// written out for up to 128, 64 uses half of them; the Metal kernel has one entry per dim).
 pub const PREFILL_COOP_HEAD_DIMS: [usize; 2] = [64, 128];
-/// Query rows (tokens x heads of a group) per workgroup of the cooperative-matrix prefill
-/// kernel: 4 subgroups of 16.
+/// Query rows (tokens x heads of a group) per workgroup of both native prefill kernels
+/// (cooperative matrices on Vulkan, simdgroup matrices on Metal): 4 subgroups of 16, so one
+/// dispatch geometry serves either.
 const COOP_ROWS: usize = 64;
 /// Its workgroup memory: the q tile (64 rows) and the staged K and V tiles (32 keys), rows of
 /// 136 halves; 4 x 16 x 32 f32 score slots; 4 x 16 rows of 40 halves of P; two f32 per row
@@ -853,6 +859,36 @@ fn prefill_coop() -> NativeKernel {
             ..Default::default()
         },
     }
+}
+
+/// Threadgroup memory of the native Metal prefill at `head_dim`: q rows and the K and V
+/// rows of one staged 8-key group, each padded to `head_dim + 8` halves, and four 16 x 32 f32
+/// slots (scores, then P, the rescale diagonals and O on their way out).
+pub const fn metal_prefill_bytes(head_dim: usize) -> u32 {
+    ((COOP_ROWS + 2 * 8) * (head_dim + 8) * 2 + 4 * 16 * 32 * 4) as u32
+}
+
+/// The native Metal prefill at `head_dim` (64 or 128): metal_overrides/attention_prefill.metal,
+/// flash attention on simdgroup matrices with the cooperative-matrix kernel's geometry. Its
+/// softmax step pairs lanes by shuffle and its rows are fixed per lane of a 32-wide
+/// simdgroup, so it runs on Apple GPUs only.
+fn prefill_metal(head_dim: usize) -> Option<NativeKernel> {
+    let entry = match head_dim {
+        64 => "attention_prefill_hd64",
+        128 => "attention_prefill_hd128",
+        _ => return None,
+    };
+    Some(NativeKernel {
+        family: "attention_prefill",
+        entry,
+        workgroup_size: [128, 1, 1],
+        needs: NativeNeeds {
+            adapter: Some(AdapterClass::Apple),
+            workgroup_storage: metal_prefill_bytes(head_dim),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
 }
 
 /// Causal prefill attention: q, out f32 `[n_tokens][n_heads * head_dim]`; query `t` (absolute
@@ -879,7 +915,7 @@ pub fn attention_prefill(
                 caps.max_compute_workgroup_storage_size
             ))
         })?;
-    // The native kernel has its own rows per workgroup.
+    // The native kernels (either backend) have their own rows per workgroup.
     let bq = if k.variant_for(&spec)? == Variant::Native {
         COOP_ROWS / shape.group()
     } else {

@@ -9,8 +9,9 @@
 /// Per-step values shared by every position-dependent kernel of one forward step (a decoded
 /// token or a prefill chunk). One uniform buffer holds it; the runtime rewrites it with
 /// `queue.write_buffer` before each submit, so bind groups never change.
-/// Mirrors: `struct Step` in `wgsl/step.wgsl`, `metal_overrides/attention_decode.metal` and
-/// `vulkan_overrides/attention_decode.comp` (`pos, n_tokens, kv_len, pad`: 16 bytes).
+/// Mirrors: `struct Step` in `wgsl/step.wgsl`, `metal_overrides/attention_decode.metal`,
+/// `metal_overrides/attention_prefill.metal` and `vulkan_overrides/attention_decode.comp`
+/// (`pos, n_tokens, kv_len, pad`: 16 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct StepParams {

@@ -306,7 +306,12 @@ pub(crate) fn assert_runs_every_kernel(src: &str, ran: &std::collections::BTreeS
 /// Every MSL file runs in the host emulation: a new one needs its emulation test here.
 #[test]
 pub(crate) fn every_metal_file_has_a_host_emulation_test() {
-    let emulated = ["attention_decode.metal", "gemm.metal", "gemv.metal"];
+    let emulated = [
+        "attention_decode.metal",
+        "attention_prefill.metal",
+        "gemm.metal",
+        "gemv.metal",
+    ];
     for f in metal_files() {
         let name = f.file_name().unwrap().to_string_lossy().into_owned();
         assert!(

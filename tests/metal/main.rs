@@ -17,8 +17,8 @@
 //!    threadgroup memory lengths), threadgroup arrays only inside kernel functions, known
 //!    built-in attributes with their allowed types, and a `max_total_threads_per_threadgroup`
 //!    that admits the threadgroup size the host dispatches.
-//! 4. Host emulation: every `metal_overrides/*.metal` (gemm, gemv, attention_decode) is
-//!    compiled for the CPU (metal_stdlib with WICK_METAL_EXEC, plus
+//! 4. Host emulation: every `metal_overrides/*.metal` (gemm, gemv, attention_decode,
+//!    attention_prefill) is compiled for the CPU (metal_stdlib with WICK_METAL_EXEC, plus
 //!    tests/metal_shim/metal_exec.h: one host thread per Metal thread, real barriers,
 //!    SIMD-group matrices held whole by every lane), and each of its entry points runs on
 //!    fresh random inputs into poisoned outputs against the CPU references in
@@ -36,18 +36,21 @@
 //! a wrong Q4_0 offset, scale word, norm epsilon and bias flag, and for the K-quants swapped
 //! sub-block scales or mins, misplaced Q5_K fifth bits or fifth-bit words, a wrong Q6_K
 //! top-bit shift or scale byte and a wrong activation offset; of attention_decode.metal: a
-//! dropped rescale and a wrong split bound).
+//! dropped rescale and a wrong split bound; of attention_prefill.metal: a dropped O rescale, l
+//! not rescaled, one key past the live length staged or loaded, a causal mask one key long,
+//! a wrong output head, and rows past n_tokens written).
 //!
 //! Modules, by concern: [`sources`] (the MSL files, the shim, clang++), [`syntax`] (1),
 //! [`lexer`] and [`preprocessor`] (C++ tokens and the `#define`s kernel files use),
 //! [`parser`] (kernel signatures), [`signatures`] (2 and 3), [`emulator`] (4: the host build
 //! and run of a .metal file, and its own tests), and one emulation test per kernel file:
-//! [`gemm`], [`gemv`], [`attention_decode`].
+//! [`gemm`], [`gemv`], [`attention_decode`], [`attention_prefill`].
 
 #[path = "../common/mod.rs"]
 pub mod common;
 
 mod attention_decode;
+mod attention_prefill;
 mod emulator;
 mod gemm;
 mod gemv;

@@ -238,6 +238,12 @@ void simdgroup_multiply_accumulate(simdgroup_matrix<TD, L, M>& d,
         for (int j = 0; j < L; j++) d.m[i][j] = TD(r[i][j]);
 }
 
+template <class TD, class TA, class TB, int K, int L, int M>
+void simdgroup_multiply(simdgroup_matrix<TD, L, M>& d, const simdgroup_matrix<TA, K, M>& a,
+                        const simdgroup_matrix<TB, L, K>& b) {
+    simdgroup_multiply_accumulate(d, a, b, make_filled_simdgroup_matrix<TD, L, M>(TD(0.0f)));
+}
+
 }  // namespace metal
 
 // Built-in input values, from the thread's coordinates, in the parameter's declared type.

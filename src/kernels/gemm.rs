@@ -214,7 +214,7 @@ pub struct GemmInputParams {
 /// `xh` = the first `n` f32 of `x` rounded to f16 (clamped to the finite range), packed two
 /// per u32 word, for [`gemm_half`]; `n` a multiple of 4.
 pub fn input_f16(k: &Kernels, x: &wgpu::Buffer, n: usize, xh: &wgpu::Buffer) -> Result<Dispatch> {
-    if n == 0 || n % 4 != 0 || n / 4 > u32::MAX as usize {
+    if n == 0 || !n.is_multiple_of(4) || n / 4 > u32::MAX as usize {
         return Err(shape(format!(
             "f16 rows of {n} values (a positive multiple of 4)"
         )));

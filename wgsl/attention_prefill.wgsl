@@ -9,15 +9,7 @@
 // Blocks past step.n_tokens exit; rows past it are masked and not written.
 
 #include "attention_core"
-#include "attention_params"
-
-override G: u32 = 1u;
-override BQ: u32 = 1u;
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<uniform> step: Step;
-@group(0) @binding(2) var<storage, read> q: array<vec2<f32>>;
-@group(0) @binding(5) var<storage, read_write> out: array<vec2<f32>>;
+#include "attention_prefill_io"
 
 @compute @workgroup_size(WG)
 fn attention_prefill(

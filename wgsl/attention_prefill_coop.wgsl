@@ -29,21 +29,14 @@
 enable f16;
 enable wgpu_cooperative_matrix;
 
-// Params, Step and the portable pass's override constants (only HD, HW, G are read here).
-#include "attention_params"
+// The portable pass's interface and override constants (only HD, HW and G are read here).
+#include "attention_prefill_io"
 #include "attention_plan"
 
-override G: u32 = 1u;
-override BQ: u32 = 1u;
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<uniform> step: Step;
-@group(0) @binding(2) var<storage, read> q: array<vec2<f32>>;
 // The f16 cache words as pairs of halves (cooperative loads take the element type of the
 // array they read).
 @group(0) @binding(3) var<storage, read> cache_k: array<vec2<f16>>;
 @group(0) @binding(4) var<storage, read> cache_v: array<vec2<f16>>;
-@group(0) @binding(5) var<storage, read_write> out: array<vec2<f32>>;
 
 // Query rows per workgroup, keys per tile.
 const CR: u32 = 64u;
@@ -205,6 +198,29 @@ fn rescale(o: ptr<function, coop_mat16x16<f32, C>>) {
     *o = coopLoadT<coop_mat16x16<f32, C>>(&ts[slot()], 16u);
 }
 
+// Every O fragment of the head (o4..o7 only for heads of 128), rescaled.
+fn rescale_all(
+    o0: ptr<function, coop_mat16x16<f32, C>>,
+    o1: ptr<function, coop_mat16x16<f32, C>>,
+    o2: ptr<function, coop_mat16x16<f32, C>>,
+    o3: ptr<function, coop_mat16x16<f32, C>>,
+    o4: ptr<function, coop_mat16x16<f32, C>>,
+    o5: ptr<function, coop_mat16x16<f32, C>>,
+    o6: ptr<function, coop_mat16x16<f32, C>>,
+    o7: ptr<function, coop_mat16x16<f32, C>>,
+) {
+    rescale(o0);
+    rescale(o1);
+    rescale(o2);
+    rescale(o3);
+    if (HD > 64u) {
+        rescale(o4);
+        rescale(o5);
+        rescale(o6);
+        rescale(o7);
+    }
+}
+
 // The subgroup's P block, keys 16 kc .. + 16, as A.
 fn p_frag(kc: u32) -> coop_mat16x16<f16, A> {
     return coopLoadT<coop_mat16x16<f16, A>>(&tp[pslot() + 8u * kc], PS);
@@ -292,16 +308,7 @@ fn attention_prefill_coop(
         scores_cache(kv_base, t0);
         workgroupBarrier();
         if (softmax_step(t0)) {
-            rescale(&o0);
-            rescale(&o1);
-            rescale(&o2);
-            rescale(&o3);
-            if (HD > 64u) {
-                rescale(&o4);
-                rescale(&o5);
-                rescale(&o6);
-                rescale(&o7);
-            }
+            rescale_all(&o0, &o1, &o2, &o3, &o4, &o5, &o6, &o7);
         }
         for (var kc = 0u; kc < CT / 16u; kc++) {
             let pa = p_frag(kc);
@@ -340,16 +347,7 @@ fn attention_prefill_coop(
         scores_staged();
         workgroupBarrier();
         if (softmax_step(t0)) {
-            rescale(&o0);
-            rescale(&o1);
-            rescale(&o2);
-            rescale(&o3);
-            if (HD > 64u) {
-                rescale(&o4);
-                rescale(&o5);
-                rescale(&o6);
-                rescale(&o7);
-            }
+            rescale_all(&o0, &o1, &o2, &o3, &o4, &o5, &o6, &o7);
         }
         for (var kc = 0u; kc < CT / 16u; kc++) {
             let pa = p_frag(kc);

@@ -75,9 +75,10 @@ pub fn native_specs() -> Vec<KernelSpec> {
         .collect()
 }
 
-/// Formats with a native Vulkan GEMM: every format but F32 (the cooperative-matrix kernel
-/// stages with the portable loaders; F32 weights would be rounded to its f16 operands).
-pub const VULKAN_NATIVE_FORMATS: [WeightFormat; 10] = [
+/// Formats with a native GEMM on both backends: every format but F32, whose weights the f16
+/// (half) operands would round. The Vulkan kernel stages with the portable loaders; gemm.metal
+/// has a loader per format.
+pub const NATIVE_FORMATS: [WeightFormat; 10] = [
     WeightFormat::Q4_0,
     WeightFormat::Q4_1,
     WeightFormat::Q5_0,
@@ -89,21 +90,10 @@ pub const VULKAN_NATIVE_FORMATS: [WeightFormat; 10] = [
     WeightFormat::F16,
     WeightFormat::Bf16,
 ];
-
-/// Formats with a native Metal GEMM (a loader each in gemm.metal): every format but F32,
-/// whose weights the kernel's half operands would round.
-pub const METAL_NATIVE_FORMATS: [WeightFormat; 10] = [
-    WeightFormat::Q4_0,
-    WeightFormat::Q4_1,
-    WeightFormat::Q5_0,
-    WeightFormat::Q5_1,
-    WeightFormat::Q8_0,
-    WeightFormat::Q4K,
-    WeightFormat::Q5K,
-    WeightFormat::Q6K,
-    WeightFormat::F16,
-    WeightFormat::Bf16,
-];
+/// Formats with a native Vulkan GEMM (cooperative matrices).
+pub const VULKAN_NATIVE_FORMATS: [WeightFormat; 10] = NATIVE_FORMATS;
+/// Formats with a native Metal GEMM (simdgroup matrices).
+pub const METAL_NATIVE_FORMATS: [WeightFormat; 10] = NATIVE_FORMATS;
 
 /// Output tile (activation rows, weight rows) and workgroup bytes of the native Vulkan GEMM
 /// (`gemm_coop` in wgsl/gemm.wgsl): two pairs of f16 tiles (double-buffered) of 128 rows of 40 and eight 16 x 16 f32

@@ -32,6 +32,11 @@
 // with f16 16x16x16 -> f32 and subgroups of exactly 32. COOP_XH (with COOP): x holds the rows
 // already in f16 (gemm_input.wgsl), four per vec4<f16>, staged as they are: half the bytes of
 // the f32 rows, which every column tile re-reads (7x the weight bytes per step for Q4_0).
+// COOP_XDIRECT (with COOP_XH): no activation tile at all; each subgroup loads its A fragments
+// straight from the f16 rows in memory (the caches serve the re-reads), so a k step stages
+// only the weights. x must then hold whole 128-row tiles (rows past m are read, and their
+// results discarded). COOP_BK64 (with COOP_XDIRECT): k steps of 64, which needs k a multiple
+// of 64.
 
 #ifdef COOP
 enable f16;
@@ -76,6 +81,9 @@ override WS: u32 = BN + PAD;
 #endif
 #endif
 #ifdef X_HALF
+#ifdef COOP_XDIRECT
+#define X_DIRECT
+#endif
 @group(0) @binding(3) var<storage, read> x: array<vec4<f16>>;
 #else
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
@@ -96,20 +104,37 @@ override WS: u32 = BN + PAD;
 const CBM: u32 = 128u;
 const CBN: u32 = 128u;
 const CTPB: u32 = 256u;
-// Row stride of the tiles: BK + 8 halves, in vec4<f16> elements.
-const CW2: u32 = (BK + 8u) / 4u;
+// k per step of the cooperative kernel: one loader step (BK), or with COOP_BK64 (only with
+// X_DIRECT, whose freed activation tiles make room) two, half the barriers per k.
+#ifdef X_DIRECT
+#ifdef COOP_BK64
+#define CBK64
+#endif
+#endif
+#ifdef CBK64
+const CBK: u32 = 64u;
+#else
+const CBK: u32 = BK;
+#endif
+// Row stride of the tiles: CBK + 8 halves, in vec4<f16> elements.
+const CW2: u32 = (CBK + 8u) / 4u;
 // vec4 elements of one activation and one weight tile.
 const XT: u32 = CBM * CW2;
 const WT: u32 = CBN * CW2;
 const F16_MAX: f32 = 65504.0;
+#ifndef X_DIRECT
 // Two activation tiles, row-major: tile_x2[buf * XT + r * CW2 + kk / 4] holds kk .. kk+3.
 var<workgroup> tile_x2: array<vec4<f16>, 2u * XT>;
+#endif
 // Two weight tiles, one weight row per tile row (B in column-major order), same packing.
 var<workgroup> tile_w2: array<vec4<f16>, 2u * WT>;
 // One 16 x 16 f32 fragment per subgroup on its way out.
 var<workgroup> stage: array<f32, 8u * 256u>;
 // Offset of the weight tile the loaders are staging into.
 var<private> wbuf: u32;
+// k offset (in the tile row) of the loader step being staged: 0, or 32 for the second
+// loader step of a 64-wide step.
+var<private> wkk: u32;
 
 // Four values as f16, clamped (an f32 beyond the f16 range would otherwise become inf).
 fn pack4(v: vec4<f32>) -> vec4<f16> {
@@ -118,7 +143,7 @@ fn pack4(v: vec4<f32>) -> vec4<f16> {
 
 // Four consecutive weights of tile column `col`, from k offset kk (a multiple of 4) on.
 fn put_w4(kk: u32, col: u32, v: vec4<f32>) {
-    tile_w2[wbuf + col * CW2 + kk / 4u] = pack4(v);
+    tile_w2[wbuf + col * CW2 + (wkk + kk) / 4u] = pack4(v);
 }
 
 // Writes fragment (fi, fj) of subgroup `sg` through its staging slot with the portable
@@ -340,6 +365,7 @@ fn store_out(row: u32, c: u32, acc: f32) {
 // Stages k step k0 into tile pair `buf`: CBM activation rows x 8 vec4 (f16-rounded), and CBN
 // weight rows x 4 parts of 8 values dequantised by the shared loaders.
 fn stage_step(row0: u32, col0: u32, k0: u32, buf: u32, lid: u32) {
+#ifndef X_DIRECT
     for (var i = lid; i < CBM * (BK / 4u); i += CTPB) {
         let r = i / (BK / 4u);
         let q = i % (BK / 4u);
@@ -349,10 +375,14 @@ fn stage_step(row0: u32, col0: u32, k0: u32, buf: u32, lid: u32) {
         tile_x2[buf * XT + r * CW2 + q] = pack4(load_x(row0 + r, k0, q));
 #endif
     }
+#endif
     wbuf = buf * WT;
-    for (var i = lid; i < CBN * 4u; i += CTPB) {
-        let c = i / 4u;
-        load_w(col0 + c, c, k0, i % 4u);
+    for (var h = 0u; h < CBK / BK; h++) {
+        wkk = h * BK;
+        for (var i = lid; i < CBN * 4u; i += CTPB) {
+            let c = i / 4u;
+            load_w(col0 + c, c, k0 + h * BK, i % 4u);
+        }
     }
 }
 
@@ -380,17 +410,28 @@ fn gemm_coop(
     stage_step(row0, col0, 0u, 0u, lid);
     workgroupBarrier();
     var buf = 0u;
-    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+    for (var k0 = 0u; k0 < p.k; k0 += CBK) {
         // The next step goes into the other pair while this one is multiplied; the barrier
         // at the end of the previous step freed it.
-        if (k0 + BK < p.k) {
-            stage_step(row0, col0, k0 + BK, 1u - buf, lid);
+        if (k0 + CBK < p.k) {
+            stage_step(row0, col0, k0 + CBK, 1u - buf, lid);
         }
-        let xa = buf * XT + sr * CW2;
         let wb = buf * WT + sc * CW2;
-        for (var kq = 0u; kq < BK / 4u; kq += 4u) {
-            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&tile_x2[xa + kq], CW2);
-            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&tile_x2[xa + 16u * CW2 + kq], CW2);
+#ifdef X_DIRECT
+        let xs = p.k / 4u;
+        let xa = (row0 + sr) * xs + k0 / 4u;
+#else
+        let xs = CW2;
+        let xa = buf * XT + sr * CW2;
+#endif
+        for (var kq = 0u; kq < CBK / 4u; kq += 4u) {
+#ifdef X_DIRECT
+            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&x[xa + kq], xs);
+            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&x[xa + 16u * xs + kq], xs);
+#else
+            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&tile_x2[xa + kq], xs);
+            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&tile_x2[xa + 16u * xs + kq], xs);
+#endif
             let b0 = coopLoad<coop_mat16x16<f16, B>>(&tile_w2[wb + kq], CW2);
             let b1 = coopLoad<coop_mat16x16<f16, B>>(&tile_w2[wb + 16u * CW2 + kq], CW2);
             let b2 = coopLoad<coop_mat16x16<f16, B>>(&tile_w2[wb + 32u * CW2 + kq], CW2);

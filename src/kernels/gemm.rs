@@ -42,11 +42,14 @@ fn pipelines() -> Vec<KernelSpec> {
         .iter()
         .flat_map(|&f| [spec(f, false, tiling), spec(f, true, tiling)])
         .collect();
-    v.extend(
-        VULKAN_NATIVE_FORMATS
-            .iter()
-            .flat_map(|&f| [spec_half(f, false, tiling), spec_half(f, true, tiling)]),
-    );
+    for mode in HalfRows::ALL {
+        v.extend(VULKAN_NATIVE_FORMATS.iter().flat_map(|&f| {
+            [
+                spec_half(f, false, tiling, mode),
+                spec_half(f, true, tiling, mode),
+            ]
+        }));
+    }
     v.push(input_spec());
     v
 }
@@ -155,8 +158,11 @@ fn native_vulkan() -> NativeKernel {
 
 /// [`spec`] of the cooperative-matrix variant that reads the rows in f16 ([`gemm_half`]): the
 /// `COOP_XH` define (which the portable side ignores).
-pub fn spec_half(format: WeightFormat, bias: bool, tiling: GemmTiling) -> KernelSpec {
+pub fn spec_half(format: WeightFormat, bias: bool, tiling: GemmTiling, mode: HalfRows) -> KernelSpec {
     let mut s = spec(format, bias, tiling).define("COOP_XH");
+    for d in mode.defines() {
+        s = s.define(d);
+    }
     // The Metal GEMM reads f32 rows ([`reads_half`] is false there).
     s.native_metal = None;
     s
@@ -180,15 +186,82 @@ pub fn f16_rows_enabled() -> bool {
     std::env::var("WICK_GEMM_F16_ROWS").is_ok_and(|v| v == "1")
 }
 
+/// How the cooperative-matrix kernel on f16 rows ([`spec_half`]) gets its activation
+/// fragments: staged in workgroup memory like the weights, or loaded straight from the rows
+/// (`COOP_XDIRECT`: only the weights are staged; the caches serve the re-reads), optionally
+/// in k steps of 64 (`COOP_BK64`: half the barriers; k a multiple of 64). Chosen with
+/// `WICK_GEMM_X_DIRECT=1` and `WICK_GEMM_BK64=1` until the three have been timed against each
+/// other; `wick kernels check` checks all three.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HalfRows {
+    Staged,
+    Direct,
+    Direct64,
+}
+
+impl HalfRows {
+    pub const ALL: [HalfRows; 3] = [HalfRows::Staged, HalfRows::Direct, HalfRows::Direct64];
+
+    /// The environment's choice (see the type).
+    pub fn from_env() -> HalfRows {
+        let on = |name: &str| std::env::var(name).is_ok_and(|v| v == "1");
+        match (on("WICK_GEMM_X_DIRECT"), on("WICK_GEMM_BK64")) {
+            (false, _) => HalfRows::Staged,
+            (true, false) => HalfRows::Direct,
+            (true, true) => HalfRows::Direct64,
+        }
+    }
+
+    fn defines(self) -> &'static [&'static str] {
+        match self {
+            HalfRows::Staged => &[],
+            HalfRows::Direct => &["COOP_XDIRECT"],
+            HalfRows::Direct64 => &["COOP_XDIRECT", "COOP_BK64"],
+        }
+    }
+
+    /// The mode a [`spec_half`] spec was built for.
+    pub fn of_spec(spec: &KernelSpec) -> HalfRows {
+        match (
+            spec.defines.contains(&"COOP_XDIRECT"),
+            spec.defines.contains(&"COOP_BK64"),
+        ) {
+            (false, _) => HalfRows::Staged,
+            (true, false) => HalfRows::Direct,
+            (true, true) => HalfRows::Direct64,
+        }
+    }
+
+    /// Rows the f16 input of an `m`-row GEMM must hold: whole 128-row tiles when the
+    /// fragments are loaded straight from them (rows past `m` are read and their results
+    /// discarded), else `m`.
+    pub fn rows(self, m: usize) -> usize {
+        match self {
+            HalfRows::Staged => m,
+            HalfRows::Direct | HalfRows::Direct64 => m.next_multiple_of(COOP_TILE.0 as usize),
+        }
+    }
+
+    /// Whether this mode takes a k of `k`.
+    pub fn takes_k(self, k: usize) -> bool {
+        self != HalfRows::Direct64 || k.is_multiple_of(64)
+    }
+}
+
 /// Whether [`gemm_half`] on this matrix format (with or without a bias) runs the
 /// cooperative-matrix kernel on f16 rows here; otherwise it reads the f32 rows and the
 /// conversion ([`input_f16`]) is wasted.
 pub fn reads_half(k: &Kernels, format: WeightFormat, bias: bool) -> Result<bool> {
+    reads_half_as(k, format, bias, HalfRows::from_env())
+}
+
+/// [`reads_half`] for the kernel of `mode`.
+pub fn reads_half_as(k: &Kernels, format: WeightFormat, bias: bool, mode: HalfRows) -> Result<bool> {
     let caps = &k.gpu.caps;
     if caps.backend == wgpu::Backend::Metal || !VULKAN_NATIVE_FORMATS.contains(&format) {
         return Ok(false);
     }
-    let sp = spec_half(format, bias, GemmTiling::for_caps(caps));
+    let sp = spec_half(format, bias, GemmTiling::for_caps(caps), mode);
     Ok(k.variant_for(&sp)? == Variant::Native)
 }
 
@@ -356,12 +429,26 @@ pub fn gemm_half(
     m: usize,
     epi: GemmEpilogue,
 ) -> Result<Dispatch> {
+    gemm_half_as(k, w, (x, xh), out, m, epi, HalfRows::from_env())
+}
+
+/// [`gemm_half`] with the kernel of `mode`; `xh` holds `mode.rows(m)` rows. A k the mode does
+/// not take falls back to the f32 rows.
+pub fn gemm_half_as(
+    k: &Kernels,
+    w: &GpuMatrix,
+    (x, xh): (&wgpu::Buffer, &wgpu::Buffer),
+    out: &wgpu::Buffer,
+    m: usize,
+    epi: GemmEpilogue,
+    mode: HalfRows,
+) -> Result<Dispatch> {
     let tiling = GemmTiling::for_caps(&k.gpu.caps);
-    if !reads_half(k, w.format, epi.bias.is_some())? {
+    if !reads_half_as(k, w.format, epi.bias.is_some(), mode)? || !mode.takes_k(w.k) {
         return gemm_tiled(k, w, x, out, m, epi, tiling);
     }
-    need_bytes("gemm", "xh", xh, (m * w.k * 2) as u64)?;
-    gemm_inner(k, w, (xh, true), out, m, epi, tiling)
+    need_bytes("gemm", "xh", xh, (mode.rows(m) * w.k * 2) as u64)?;
+    gemm_inner(k, w, (xh, Some(mode)), out, m, epi, tiling)
 }
 
 /// [`gemm`] with an explicit tile shape (tests and tuning).
@@ -374,14 +461,14 @@ pub fn gemm_tiled(
     epi: GemmEpilogue,
     tiling: GemmTiling,
 ) -> Result<Dispatch> {
-    gemm_inner(k, w, (x, false), out, m, epi, tiling)
+    gemm_inner(k, w, (x, None), out, m, epi, tiling)
 }
 
 /// The GEMM of `x`: f32 rows, or with `half` f16 rows for [`spec_half`]'s native kernel.
 fn gemm_inner(
     k: &Kernels,
     w: &GpuMatrix,
-    (x, half): (&wgpu::Buffer, bool),
+    (x, half): (&wgpu::Buffer, Option<HalfRows>),
     out: &wgpu::Buffer,
     m: usize,
     epi: GemmEpilogue,
@@ -414,7 +501,7 @@ fn gemm_inner(
     let mut need: Vec<(&str, &wgpu::Buffer, usize)> = vec![
         ("weights qs", &w.qs, f.qs_words_per_row(kd) * n * 4),
         ("weights scales", &w.scales, f.scale_words(n, kd) * 4),
-        ("x", x, m * kd * if half { 2 } else { 4 }),
+        ("x", x, half.map_or(m * kd * 4, |h| h.rows(m) * kd * 2)),
         ("out", out, out_len * 4),
     ];
     if let Some(b) = epi.bias {
@@ -430,11 +517,11 @@ fn gemm_inner(
 
     let caps = &k.gpu.caps;
     let spec = match half {
-        true => spec_half(f, epi.bias.is_some(), tiling),
-        false => spec(f, epi.bias.is_some(), tiling),
+        Some(mode) => spec_half(f, epi.bias.is_some(), tiling, mode),
+        None => spec(f, epi.bias.is_some(), tiling),
     };
     let native = k.variant_for(&spec)? == Variant::Native;
-    if half && !native {
+    if half.is_some() && !native {
         return Err(Error::Unsupported(format!(
             "{}: f16 rows need the cooperative-matrix kernel, not available here",
             spec.op

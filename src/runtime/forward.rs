@@ -587,6 +587,7 @@ impl Forward {
         fusion: DecodeFusion,
     ) -> Result<Forward> {
         let gpu = k.gpu.clone();
+        super::plan::chunk_override()?;
         let chunks = prefill_chunks(&gpu.caps, cfg, kv.capacity);
         let c = *chunks.last().unwrap_or(&PREFILL_CHUNK);
         let f32b = |label: &str, n: usize| gpu.storage_buffer(label, (n * 4) as u64);

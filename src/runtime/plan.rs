@@ -5,6 +5,7 @@
 use crate::gpu::{AdapterClass, Capabilities};
 use crate::kernels::kv_cache::{cache_bytes, KvType};
 use crate::model::ModelConfig;
+use crate::{Error, Result};
 
 /// Tokens per prefill chunk for short prompts and prompt tails: every chunk's GEMMs compute
 /// all of its rows, so a small chunk wastes little on a short prompt.
@@ -28,12 +29,12 @@ pub const PREFILL_CHUNK_XL: usize = 2048;
 /// [`PREFILL_CHUNK_XL`], each where the context holds it and its activation buffers fit the
 /// device's binding limit. `WICK_PREFILL_CHUNK=N` (a multiple of 64) sets the largest instead,
 /// for measurements. Activations are sized for the largest.
+/// A malformed value is ignored here; [`chunk_override`], which sessions call first, refuses it.
 pub fn prefill_chunks(caps: &Capabilities, cfg: &ModelConfig, ctx: usize) -> Vec<usize> {
     let discrete = matches!(caps.class, AdapterClass::Nvidia | AdapterClass::Amd);
-    let top = std::env::var("WICK_PREFILL_CHUNK")
+    let top = chunk_override()
         .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|&c| c >= PREFILL_CHUNK && c % PREFILL_CHUNK == 0)
+        .flatten()
         .unwrap_or(if discrete {
             PREFILL_CHUNK_XL
         } else {
@@ -51,6 +52,20 @@ pub fn prefill_chunks(caps: &Capabilities, cfg: &ModelConfig, ctx: usize) -> Vec
     v
 }
 
+/// `WICK_PREFILL_CHUNK`: the largest prefill chunk, a positive multiple of [`PREFILL_CHUNK`];
+/// unset or empty gives `None`, anything else an error naming the value.
+pub fn chunk_override() -> Result<Option<usize>> {
+    match std::env::var("WICK_PREFILL_CHUNK").as_deref() {
+        Err(_) | Ok("") => Ok(None),
+        Ok(v) => match v.parse::<usize>() {
+            Ok(c) if c >= PREFILL_CHUNK && c % PREFILL_CHUNK == 0 => Ok(Some(c)),
+            _ => Err(Error::InvalidArgument(format!(
+                "WICK_PREFILL_CHUNK={v:?} (expected a positive multiple of {PREFILL_CHUNK})"
+            ))),
+        },
+    }
+}
+
 /// Bytes of a chunk of `c` rows' GEMM inputs in f16 (the widest input row: hidden, q or ffn),
 /// where the cooperative-matrix GEMM reads them (`gemm::f16_rows_enabled`); 0 elsewhere.
 pub fn half_rows_bytes(caps: &Capabilities, cfg: &ModelConfig, c: usize) -> u64 {
@@ -61,7 +76,7 @@ pub fn half_rows_bytes(caps: &Capabilities, cfg: &ModelConfig, c: usize) -> u64 
         return 0;
     }
     let widest = cfg.hidden.max(cfg.q_dim()).max(cfg.ffn) as u64;
-    c as u64 * widest * 2
+    crate::kernels::gemm::HalfRows::from_env().rows(c) as u64 * widest * 2
 }
 
 /// How prefill splits `n` fresh prompt tokens into chunks of the ascending `sizes`: the largest

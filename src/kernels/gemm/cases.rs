@@ -3,7 +3,7 @@
 use std::any::Any;
 use std::sync::Arc;
 
-use super::{gemm, gemm_half, input_f16, reads_half, GemmEpilogue};
+use super::{gemm, gemm_half, gemm_half_as, input_f16, reads_half, reads_half_as, GemmEpilogue, HalfRows};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::family::{
@@ -31,7 +31,10 @@ pub fn checks(spec: &KernelSpec, seed: u64) -> Result<Vec<CheckCase>> {
         return Ok(input_checks(op, seed));
     }
     // The variants reading f16 rows get them converted first (where they run natively).
-    let half = spec.defines.contains(&"COOP_XH");
+    let half = spec
+        .defines
+        .contains(&"COOP_XH")
+        .then(|| HalfRows::of_spec(spec));
     let format = op_format(&op)
         .ok_or_else(|| Error::Unsupported(format!("GEMM op {op} names no weight format")))?;
     let bias = spec.defines.contains(&"BIAS");
@@ -55,7 +58,12 @@ pub fn checks(spec: &KernelSpec, seed: u64) -> Result<Vec<CheckCase>> {
             (true, true) => " +bias +acc",
         };
         let op = op.clone();
-        let rows = if half { " f16 rows" } else { "" };
+        let rows = match half {
+            None => "",
+            Some(HalfRows::Staged) => " f16 rows",
+            Some(HalfRows::Direct) => " f16 rows direct",
+            Some(HalfRows::Direct64) => " f16 rows direct k64",
+        };
         v.push(CheckCase {
             shape: format!("{m}x{n}x{k}{epi}{rows}"),
             tolerance: TOL,
@@ -137,7 +145,7 @@ fn gemm_case(
     seed: u64,
     format: WeightFormat,
     (m, n, k): (usize, usize, usize),
-    (bias, acc, half): (bool, bool, bool),
+    (bias, acc, half): (bool, bool, Option<HalfRows>),
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let g = &kr.gpu;
     let mut rng = Rng(seed);
@@ -156,10 +164,11 @@ fn gemm_case(
         out_offset: 0,
         out_stride: 0,
     };
-    let got = if half && reads_half(kr, format, bias)? {
-        let xh = g.storage_buffer("xh", (m * k * 2) as u64)?;
+    let mode = half.filter(|&h| reads_half_as(kr, format, bias, h).unwrap_or(false));
+    let got = if let Some(mode) = mode {
+        let xh = g.storage_buffer("xh", (mode.rows(m) * k * 2) as u64)?;
         let conv = input_f16(kr, &xb, m * k, &xh)?;
-        let d = gemm_half(kr, &w, (&xb, &xh), &out, m, epi)?;
+        let d = gemm_half_as(kr, &w, (&xb, &xh), &out, m, epi, mode)?;
         run_checked(kr, &[&conv, &d], &out, op)?
     } else {
         let d = gemm(kr, &w, &xb, &out, m, epi)?;
@@ -232,7 +241,7 @@ impl Work for GemmWork {
             work: w,
             matrices: bench_matrices(gpu, w.format, w.n, w.k, 1, copies.max(1))?,
             x: bench_input(gpu, "x", w.m * w.k)?,
-            xh: gpu.storage_buffer("xh", (w.m * w.k * 2) as u64)?,
+            xh: gpu.storage_buffer("xh", (HalfRows::Direct.rows(w.m) * w.k * 2) as u64)?,
             out: gpu.storage_buffer("out", (w.m * w.n * 4) as u64)?,
         }))
     }

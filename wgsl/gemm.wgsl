@@ -36,7 +36,8 @@
 // straight from the f16 rows in memory (the caches serve the re-reads), so a k step stages
 // only the weights. x must then hold whole 128-row tiles (rows past m are read, and their
 // results discarded). COOP_BK64 (with COOP_XDIRECT): k steps of 64, which needs k a multiple
-// of 64.
+// of 64. COOP_WPIPE (with COOP_XDIRECT): each step's weight loads are issued before the
+// products of the previous step and decoded into the tile after them (fetch_w / decode_w).
 
 #ifdef COOP
 enable f16;
@@ -111,6 +112,11 @@ const CTPB: u32 = 256u;
 #define CBK64
 #endif
 #endif
+#ifdef X_DIRECT
+#ifdef COOP_WPIPE
+#define WPIPE
+#endif
+#endif
 #ifdef CBK64
 const CBK: u32 = 64u;
 #else
@@ -170,165 +176,218 @@ fn put_w4(kk: u32, col: u32, v: vec4<f32>) {
 }
 #endif
 
-// load_w for Q4_K (swpb 4) and Q5_K (swpb 12, fifth bits): sub-block s = (k0 / 32) % 8 of its
-// super-block takes the low (even s) or high nibbles of pair s / 2.
-fn load_k45(wrow: u32, col: u32, k0: u32, part: u32, swpb: u32, fifth: bool) {
-    let sb = k0 / 32u;
-    let s = sb % 8u;
-    var q = vec2<u32>(0u);
-    var qh = 0u;
-    var ab = vec2<f32>(0.0);
+// The words one load_w call reads, fetched (fetch_w: memory loads only, zero outside the
+// matrix) apart from their decoding (decode_w: arithmetic and the tile stores), so the
+// cooperative kernel can issue the next step's loads before its products and store them after.
+// Per format: q holds the weight words, s the scale words (and a block index whose parity picks
+// an f16 half).
+struct WRaw {
+    q: vec4<u32>,
+    s: vec4<u32>,
+}
+
+// K-quant sub-block s = (k0 / 32) % 8 of its super-block: the low (even s) or high nibbles of
+// pair s / 2.
+fn kq_sub(k0: u32) -> u32 {
+    return (k0 / 32u) % 8u;
+}
+
+// Q4_K (swpb 4) and Q5_K (swpb 12, fifth bits): q.xy the nibble words, q.z the fifth bits of
+// the sub-block (Q5_K), s the super-block header.
+fn fetch_k45(wrow: u32, k0: u32, part: u32, swpb: u32, fifth: bool) -> WRaw {
+    var r = WRaw(vec4<u32>(0u), vec4<u32>(0u));
     if (wrow < p.n) {
-        let bb = wrow * (p.k / 256u) + sb / 8u;
+        let s = kq_sub(k0);
+        let bb = wrow * (p.k / 256u) + k0 / 256u;
         let pw = bb * Q4K_QS_WORDS + 8u * (s / 2u) + 2u * part;
-        q = vec2<u32>(qs[pw], qs[pw + 1u]);
+        r.q.x = qs[pw];
+        r.q.y = qs[pw + 1u];
         let hb = bb * swpb;
-        let hdr = vec4<u32>(scales[hb], scales[hb + 1u], scales[hb + 2u], scales[hb + 3u]);
-        // Q5_K: the fifth bits of sub-block s, after the header.
-        if (fifth) { qh = scales[hb + Q4K_SCALE_WORDS + s]; }
-        ab = k4_sub_affine(hdr, s);
+        r.s = vec4<u32>(scales[hb], scales[hb + 1u], scales[hb + 2u], scales[hb + 3u]);
+        if (fifth) { r.q.z = scales[hb + Q4K_SCALE_WORDS + s]; }
     }
+    return r;
+}
+
+fn decode_k45(r: WRaw, col: u32, k0: u32, part: u32) {
+    let s = kq_sub(k0);
+    let ab = k4_sub_affine(r.s, s);
     let shift = 4u * (s % 2u);
     for (var h = 0u; h < 2u; h++) {
         let l = 8u * part + 4u * h;
-        put_w4(l, col, dq_kquant(with_fifth(lo_nibbles(q[h] >> shift), qh, l), ab));
+        put_w4(l, col, dq_kquant(with_fifth(lo_nibbles(r.q[h] >> shift), r.q.z, l), ab));
     }
 }
 
-// Stages 8 weights of weight row `wrow` (tile column `col`) for k0..k0+BK: part `part` of 4.
+// The words of 8 weights of weight row `wrow` for k0..k0+BK, part `part` of 4.
 // Float formats: k0 + 8*part .. +8 (k is a multiple of 4, so each half is whole or absent).
 // Q8_0: bytes 8*part .. +8 of the block. Q4/Q5: qs word `part`, elements 4*part+b and +16.
 // K-quants: sub-block elements 8*part .. +8, nibble words 2*part and 2*part+1 of its pair.
-fn load_w(wrow: u32, col: u32, k0: u32, part: u32) {
+fn fetch_w(wrow: u32, k0: u32, part: u32) -> WRaw {
+    var r = WRaw(vec4<u32>(0u), vec4<u32>(0u));
     let inside = wrow < p.n;
 #ifdef FMT_F32
-    for (var h = 0u; h < 2u; h++) {
-        let kk = 8u * part + 4u * h;
-        var v = vec4<f32>(0.0);
-        if (inside && k0 + kk < p.k) {
-            let b = wrow * p.k + k0 + kk;
-            v = bitcast<vec4<f32>>(vec4<u32>(qs[b], qs[b + 1u], qs[b + 2u], qs[b + 3u]));
-        }
-        put_w4(kk, col, v);
+    // q: k0 + 8*part .. +4, s: the next four.
+    if (inside && k0 + 8u * part < p.k) {
+        let b = wrow * p.k + k0 + 8u * part;
+        r.q = vec4<u32>(qs[b], qs[b + 1u], qs[b + 2u], qs[b + 3u]);
+    }
+    if (inside && k0 + 8u * part + 4u < p.k) {
+        let b = wrow * p.k + k0 + 8u * part + 4u;
+        r.s = vec4<u32>(qs[b], qs[b + 1u], qs[b + 2u], qs[b + 3u]);
     }
 #endif
 #ifdef FMT_F16
+    // q.xy: k0 + 8*part .. +4, q.zw: the next four (two halves per word).
     for (var h = 0u; h < 2u; h++) {
         let kk = 8u * part + 4u * h;
-        var lo = vec2<f32>(0.0);
-        var hi = vec2<f32>(0.0);
         if (inside && k0 + kk < p.k) {
             let base = (wrow * p.k + k0 + kk) / 2u;
-            lo = unpack2x16float(qs[base]);
-            hi = unpack2x16float(qs[base + 1u]);
+            r.q[2u * h] = qs[base];
+            r.q[2u * h + 1u] = qs[base + 1u];
         }
-        put_w4(kk, col, vec4<f32>(lo, hi));
     }
 #endif
 #ifdef FMT_BF16
     for (var h = 0u; h < 2u; h++) {
         let kk = 8u * part + 4u * h;
-        var w0 = 0u;
-        var w1 = 0u;
         if (inside && k0 + kk < p.k) {
             let base = (wrow * p.k + k0 + kk) / 2u;
-            w0 = qs[base];
-            w1 = qs[base + 1u];
+            r.q[2u * h] = qs[base];
+            r.q[2u * h + 1u] = qs[base + 1u];
         }
-        put_w4(kk, col, vec4<f32>(bf16x2(w0), bf16x2(w1)));
     }
 #endif
 #ifdef FMT_Q8_0
-    var w0 = 0u;
-    var w1 = 0u;
-    var d = 0.0;
     if (inside) {
         let b = wrow * (p.k / 32u) + k0 / 32u;
-        w0 = qs[b * 8u + 2u * part];
-        w1 = qs[b * 8u + 2u * part + 1u];
-        d = f16_of(scales[q8_d_word(b)], b);
+        r.q.x = qs[b * 8u + 2u * part];
+        r.q.y = qs[b * 8u + 2u * part + 1u];
+        r.s.x = scales[q8_d_word(b)];
+        r.s.y = b;
     }
-    put_w4(8u * part, col, d * i8x4(w0));
-    put_w4(8u * part + 4u, col, d * i8x4(w1));
 #endif
 #ifdef FMT_Q4_0
-    var w = 0u;
-    var d = 0.0;
     if (inside) {
         let b = wrow * (p.k / 32u) + k0 / 32u;
-        w = qs[b * 4u + part];
-        d = f16_of(scales[q8_d_word(b)], b);
+        r.q.x = qs[b * 4u + part];
+        r.s.x = scales[q8_d_word(b)];
+        r.s.y = b;
     }
-    put_w4(4u * part, col, dq_offset(lo_nibbles(w), d, 8));
-    put_w4(4u * part + 16u, col, dq_offset(hi_nibbles(w), d, 8));
 #endif
 #ifdef FMT_Q4_1
-    var w = 0u;
-    var dm = vec2<f32>(0.0);
     if (inside) {
         let b = wrow * (p.k / 32u) + k0 / 32u;
-        w = qs[b * 4u + part];
-        dm = unpack2x16float(scales[b]);
+        r.q.x = qs[b * 4u + part];
+        r.s.x = scales[b];
     }
-    put_w4(4u * part, col, dq_affine(lo_nibbles(w), dm));
-    put_w4(4u * part + 16u, col, dq_affine(hi_nibbles(w), dm));
 #endif
 #ifdef FMT_Q5_0
-    var w = 0u;
-    var qh = 0u;
-    var d = 0.0;
     if (inside) {
         let b = wrow * (p.k / 32u) + k0 / 32u;
-        w = qs[b * 4u + part];
-        qh = scales[q5_0_qh_word(b)];
-        d = f16_of(scales[q5_0_d_word(b)], b);
+        r.q.x = qs[b * 4u + part];
+        r.q.y = scales[q5_0_qh_word(b)];
+        r.s.x = scales[q5_0_d_word(b)];
+        r.s.y = b;
     }
-    put_w4(4u * part, col, dq_offset(q5_lo(w, qh, part), d, 16));
-    put_w4(4u * part + 16u, col, dq_offset(q5_hi(w, qh, part), d, 16));
 #endif
 #ifdef FMT_Q5_1
-    var w = 0u;
-    var qh = 0u;
-    var dm = vec2<f32>(0.0);
     if (inside) {
         let b = wrow * (p.k / 32u) + k0 / 32u;
-        w = qs[b * 4u + part];
-        qh = scales[q5_1_qh_word(b)];
-        dm = unpack2x16float(scales[q5_1_dm_word(b)]);
+        r.q.x = qs[b * 4u + part];
+        r.q.y = scales[q5_1_qh_word(b)];
+        r.s.x = scales[q5_1_dm_word(b)];
     }
-    put_w4(4u * part, col, dq_affine(q5_lo(w, qh, part), dm));
-    put_w4(4u * part + 16u, col, dq_affine(q5_hi(w, qh, part), dm));
 #endif
 #ifdef FMT_Q4_K
-    load_k45(wrow, col, k0, part, Q4K_SCALE_WORDS, false);
+    r = fetch_k45(wrow, k0, part, Q4K_SCALE_WORDS, false);
 #endif
 #ifdef FMT_Q5_K
-    load_k45(wrow, col, k0, part, Q5K_SCALE_WORDS, true);
+    r = fetch_k45(wrow, k0, part, Q5K_SCALE_WORDS, true);
 #endif
 #ifdef FMT_Q6_K
     // Sub-block s of super-block bb: pair s / 2 (12 qs words), low (even s) or high nibbles.
-    var q = vec2<u32>(0u);
-    var top = vec2<u32>(0u);
-    var sd = 0.0;
-    let sb = k0 / 32u;
-    let s = sb % 8u;
+    // q.xy the nibble words 2*part and +1, q.zw their top-bit words, s.x the d word, s.y the
+    // scales word of elements 16*(2s + part/2) .. +16, s.z bb.
     if (inside) {
-        let bb = wrow * (p.k / 256u) + sb / 8u;
+        let s = kq_sub(k0);
+        let bb = wrow * (p.k / 256u) + k0 / 256u;
         let pw = bb * Q6K_QS_WORDS + 12u * (s / 2u);
-        q = vec2<u32>(qs[pw + 2u * part], qs[pw + 2u * part + 1u]);
+        r.q.x = qs[pw + 2u * part];
+        r.q.y = qs[pw + 2u * part + 1u];
         // Nibble words w = 2*part + h; their top bits: word 8 + w % 4.
-        top = vec2<u32>(qs[pw + 8u + (2u * part) % 4u], qs[pw + 8u + (2u * part + 1u) % 4u]);
-        // Scale of elements 16*(2s + part/2) .. +16 of the super-block.
+        r.q.z = qs[pw + 8u + (2u * part) % 4u];
+        r.q.w = qs[pw + 8u + (2u * part + 1u) % 4u];
         let si = 2u * s + part / 2u;
-        sd = f16_of(scales[q6k_d_word(bb)], bb) * q6_scale(scales[q6k_scales_word(bb, si / 4u)], si);
+        r.s.x = scales[q6k_d_word(bb)];
+        r.s.y = scales[q6k_scales_word(bb, si / 4u)];
+        r.s.z = bb;
     }
+#endif
+    return r;
+}
+
+// Decodes fetch_w's words into tile column `col` (put_w4); zero words give zero weights.
+fn decode_w(r: WRaw, col: u32, k0: u32, part: u32) {
+#ifdef FMT_F32
+    put_w4(8u * part, col, bitcast<vec4<f32>>(r.q));
+    put_w4(8u * part + 4u, col, bitcast<vec4<f32>>(r.s));
+#endif
+#ifdef FMT_F16
+    put_w4(8u * part, col, vec4<f32>(unpack2x16float(r.q.x), unpack2x16float(r.q.y)));
+    put_w4(8u * part + 4u, col, vec4<f32>(unpack2x16float(r.q.z), unpack2x16float(r.q.w)));
+#endif
+#ifdef FMT_BF16
+    put_w4(8u * part, col, vec4<f32>(bf16x2(r.q.x), bf16x2(r.q.y)));
+    put_w4(8u * part + 4u, col, vec4<f32>(bf16x2(r.q.z), bf16x2(r.q.w)));
+#endif
+#ifdef FMT_Q8_0
+    let d = f16_of(r.s.x, r.s.y);
+    put_w4(8u * part, col, d * i8x4(r.q.x));
+    put_w4(8u * part + 4u, col, d * i8x4(r.q.y));
+#endif
+#ifdef FMT_Q4_0
+    let d = f16_of(r.s.x, r.s.y);
+    put_w4(4u * part, col, dq_offset(lo_nibbles(r.q.x), d, 8));
+    put_w4(4u * part + 16u, col, dq_offset(hi_nibbles(r.q.x), d, 8));
+#endif
+#ifdef FMT_Q4_1
+    let dm = unpack2x16float(r.s.x);
+    put_w4(4u * part, col, dq_affine(lo_nibbles(r.q.x), dm));
+    put_w4(4u * part + 16u, col, dq_affine(hi_nibbles(r.q.x), dm));
+#endif
+#ifdef FMT_Q5_0
+    let d = f16_of(r.s.x, r.s.y);
+    put_w4(4u * part, col, dq_offset(q5_lo(r.q.x, r.q.y, part), d, 16));
+    put_w4(4u * part + 16u, col, dq_offset(q5_hi(r.q.x, r.q.y, part), d, 16));
+#endif
+#ifdef FMT_Q5_1
+    let dm = unpack2x16float(r.s.x);
+    put_w4(4u * part, col, dq_affine(q5_lo(r.q.x, r.q.y, part), dm));
+    put_w4(4u * part + 16u, col, dq_affine(q5_hi(r.q.x, r.q.y, part), dm));
+#endif
+#ifdef FMT_Q4_K
+    decode_k45(r, col, k0, part);
+#endif
+#ifdef FMT_Q5_K
+    decode_k45(r, col, k0, part);
+#endif
+#ifdef FMT_Q6_K
+    let s = kq_sub(k0);
+    let si = 2u * s + part / 2u;
+    let sd = f16_of(r.s.x, r.s.z) * q6_scale(r.s.y, si);
     // The high nibbles (odd s) are the low ones shifted down by 4, in both words.
     let shift = 4u * (s % 2u);
     for (var h = 0u; h < 2u; h++) {
-        let v = q6_top(top[h], (2u * part + h) / 4u);
-        put_w4(8u * part + 4u * h, col, dq_offset(q6_lo(q[h] >> shift, v >> shift), sd, 32));
+        let v = q6_top(r.q[2u + h], (2u * part + h) / 4u);
+        put_w4(8u * part + 4u * h, col, dq_offset(q6_lo(r.q[h] >> shift, v >> shift), sd, 32));
     }
 #endif
+}
+
+// Stages 8 weights of weight row `wrow` (tile column `col`) for k0..k0+BK: part `part` of 4.
+fn load_w(wrow: u32, col: u32, k0: u32, part: u32) {
+    decode_w(fetch_w(wrow, k0, part), col, k0, part);
 }
 
 #ifdef X_HALF
@@ -386,6 +445,32 @@ fn stage_step(row0: u32, col0: u32, k0: u32, buf: u32, lid: u32) {
     }
 }
 
+#ifdef WPIPE
+// Loader calls per invocation per k step.
+const NRAW: u32 = (CBK / BK) * (CBN * 4u / CTPB);
+
+// The memory loads of the weights of k step k0 (stage_step's, without the stores).
+fn fetch_step(col0: u32, k0: u32, lid: u32) -> array<WRaw, NRAW> {
+    var r: array<WRaw, NRAW>;
+    for (var j = 0u; j < NRAW; j++) {
+        let i = lid + (j % (CBN * 4u / CTPB)) * CTPB;
+        r[j] = fetch_w(col0 + i / 4u, k0 + (j / (CBN * 4u / CTPB)) * BK, i % 4u);
+    }
+    return r;
+}
+
+// Decodes fetch_step's words into weight tile `buf`.
+fn store_step(r: array<WRaw, NRAW>, k0: u32, buf: u32, lid: u32) {
+    wbuf = buf * WT;
+    for (var j = 0u; j < NRAW; j++) {
+        let i = lid + (j % (CBN * 4u / CTPB)) * CTPB;
+        let h = j / (CBN * 4u / CTPB);
+        wkk = h * BK;
+        decode_w(r[j], i / 4u, k0 + h * BK, i % 4u);
+    }
+}
+#endif
+
 @compute @workgroup_size(256)
 fn gemm_coop(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -413,9 +498,19 @@ fn gemm_coop(
     for (var k0 = 0u; k0 < p.k; k0 += CBK) {
         // The next step goes into the other pair while this one is multiplied; the barrier
         // at the end of the previous step freed it.
-        if (k0 + CBK < p.k) {
+        let more = k0 + CBK < p.k;
+#ifdef WPIPE
+        // Loads now, decoding and stores after the products: the loads are in flight while
+        // the matrix units work.
+        var raws: array<WRaw, NRAW>;
+        if (more) {
+            raws = fetch_step(col0, k0 + CBK, lid);
+        }
+#else
+        if (more) {
             stage_step(row0, col0, k0 + CBK, 1u - buf, lid);
         }
+#endif
         let wb = buf * WT + sc * CW2;
 #ifdef X_DIRECT
         let xs = p.k / 4u;
@@ -445,6 +540,11 @@ fn gemm_coop(
             c12 = coopMultiplyAdd(a1, b2, c12);
             c13 = coopMultiplyAdd(a1, b3, c13);
         }
+#ifdef WPIPE
+        if (more) {
+            store_step(raws, k0 + CBK, 1u - buf, lid);
+        }
+#endif
         workgroupBarrier();
         buf = 1u - buf;
     }

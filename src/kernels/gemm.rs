@@ -197,18 +197,31 @@ pub enum HalfRows {
     Staged,
     Direct,
     Direct64,
+    /// [`HalfRows::Direct64`] with the weight loads of each step issued before the previous
+    /// step's products and decoded after them (`COOP_WPIPE`, `WICK_GEMM_W_PIPE=1`).
+    Direct64Pipelined,
 }
 
 impl HalfRows {
-    pub const ALL: [HalfRows; 3] = [HalfRows::Staged, HalfRows::Direct, HalfRows::Direct64];
+    pub const ALL: [HalfRows; 4] = [
+        HalfRows::Staged,
+        HalfRows::Direct,
+        HalfRows::Direct64,
+        HalfRows::Direct64Pipelined,
+    ];
 
     /// The environment's choice (see the type).
     pub fn from_env() -> HalfRows {
         let on = |name: &str| std::env::var(name).is_ok_and(|v| v == "1");
-        match (on("WICK_GEMM_X_DIRECT"), on("WICK_GEMM_BK64")) {
-            (false, _) => HalfRows::Staged,
-            (true, false) => HalfRows::Direct,
-            (true, true) => HalfRows::Direct64,
+        match (
+            on("WICK_GEMM_X_DIRECT"),
+            on("WICK_GEMM_BK64"),
+            on("WICK_GEMM_W_PIPE"),
+        ) {
+            (false, _, _) => HalfRows::Staged,
+            (true, false, _) => HalfRows::Direct,
+            (true, true, false) => HalfRows::Direct64,
+            (true, true, true) => HalfRows::Direct64Pipelined,
         }
     }
 
@@ -217,19 +230,17 @@ impl HalfRows {
             HalfRows::Staged => &[],
             HalfRows::Direct => &["COOP_XDIRECT"],
             HalfRows::Direct64 => &["COOP_XDIRECT", "COOP_BK64"],
+            HalfRows::Direct64Pipelined => &["COOP_XDIRECT", "COOP_BK64", "COOP_WPIPE"],
         }
     }
 
     /// The mode a [`spec_half`] spec was built for.
     pub fn of_spec(spec: &KernelSpec) -> HalfRows {
-        match (
-            spec.defines.contains(&"COOP_XDIRECT"),
-            spec.defines.contains(&"COOP_BK64"),
-        ) {
-            (false, _) => HalfRows::Staged,
-            (true, false) => HalfRows::Direct,
-            (true, true) => HalfRows::Direct64,
-        }
+        HalfRows::ALL
+            .into_iter()
+            .rev()
+            .find(|m| m.defines().iter().all(|d| spec.defines.contains(d)))
+            .unwrap_or(HalfRows::Staged)
     }
 
     /// Rows the f16 input of an `m`-row GEMM must hold: whole 128-row tiles when the
@@ -238,13 +249,13 @@ impl HalfRows {
     pub fn rows(self, m: usize) -> usize {
         match self {
             HalfRows::Staged => m,
-            HalfRows::Direct | HalfRows::Direct64 => m.next_multiple_of(COOP_TILE.0 as usize),
+            _ => m.next_multiple_of(COOP_TILE.0 as usize),
         }
     }
 
     /// Whether this mode takes a k of `k`.
     pub fn takes_k(self, k: usize) -> bool {
-        self != HalfRows::Direct64 || k.is_multiple_of(64)
+        matches!(self, HalfRows::Staged | HalfRows::Direct) || k.is_multiple_of(64)
     }
 }
 

@@ -63,6 +63,7 @@ pub fn checks(spec: &KernelSpec, seed: u64) -> Result<Vec<CheckCase>> {
             Some(HalfRows::Staged) => " f16 rows",
             Some(HalfRows::Direct) => " f16 rows direct",
             Some(HalfRows::Direct64) => " f16 rows direct k64",
+            Some(HalfRows::Direct64Pipelined) => " f16 rows direct k64 pipelined",
         };
         v.push(CheckCase {
             shape: format!("{m}x{n}x{k}{epi}{rows}"),

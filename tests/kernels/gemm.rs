@@ -424,7 +424,7 @@ fn gemm_natives_per_backend() {
         let op = gemm::op_name(f);
         let entry = listing.ops.iter().find(|o| o.op == op).expect("listed");
         // One native variant per pipeline (plain and bias) and backend, then the Vulkan
-        // variants reading f16 rows (plain and bias).
+        // variants reading f16 rows (plain and bias, per way of reading them).
         let backends: Vec<_> = entry.variants.iter().filter_map(|v| v.backend).collect();
         let mut want = Vec::new();
         for _bias in [false, true] {
@@ -436,7 +436,9 @@ fn gemm_natives_per_backend() {
             }
         }
         if gemm::VULKAN_NATIVE_FORMATS.contains(&f) {
-            want.extend(["vulkan", "vulkan"]);
+            for _mode in gemm::HalfRows::ALL {
+                want.extend(["vulkan", "vulkan"]);
+            }
         }
         assert_eq!(backends, want, "{op}: native variants listed");
         for v in entry.variants.iter().filter(|v| v.backend.is_some()) {

@@ -15,10 +15,12 @@ use bytemuck::{Pod, Zeroable};
 
 use super::args::need_bytes;
 use super::family::Family;
-use super::gemv::{check_matrix, choose_config as gemv_choose_config, grid, GemvConfig};
+use super::gemv::{
+    check_matrix, choose_config as gemv_choose_config, grid, unit_elems, GemvConfig,
+};
 use super::{Binding, Dispatch, GpuMatrix, KernelSpec, Kernels};
 use crate::error::{Error, Result};
-use crate::gpu::Capabilities;
+use crate::gpu::{AdapterClass, Capabilities};
 use crate::quant::WeightFormat;
 
 pub mod cases;
@@ -107,7 +109,9 @@ pub fn validate(cfg: &GemvConfig, caps: &Capabilities, batch: usize) -> Result<(
         || !cfg.workgroup_size.is_multiple_of(lpr)
         || cfg.workgroup_size > caps.max_compute_invocations_per_workgroup
     {
-        return bad("workgroup_size must be a multiple of lanes_per_row, at most 256 and the device limit");
+        return bad(
+            "workgroup_size must be a multiple of lanes_per_row, at most 256 and the device limit",
+        );
     }
     if cfg.rows_per_group == 0 || cfg.rows_per_group > MAX_ROWS_PER_GROUP {
         return bad("rows_per_group must be 1..=4");
@@ -130,11 +134,14 @@ fn check_batch(batch: usize) -> Result<()> {
     Ok(())
 }
 
-/// The work split for `batch` rows of an n x k `format` matrix: the single GEMV's lanes per
-/// row and workgroup size ([`super::gemv::choose_config`]), with rows per group raised so each
-/// activation load serves several weight rows (the activations are `batch` times the single
-/// GEMV's), within the shader's arrays: 2 rows at batch 2, 4 from batch 3 on. Not yet
-/// measured on any GPU: a starting point for `wick kernels bench` to tune.
+/// The work split for `batch` rows of an n x k `format` matrix, not yet measured on any GPU
+/// (a starting point for `wick kernels bench` to tune): the single GEMV's split
+/// ([`super::gemv::choose_config`]) with at least min(batch, 4) rows per group, so each
+/// activation load (the activations are `batch` times the single GEMV's) serves several weight
+/// rows. On NVIDIA, whose single-GEMV split sizes the lanes of a matrix (~2^17) to keep enough
+/// loads in flight to cover DRAM latency, the lanes per row grow with the rows per group so the
+/// matrix keeps that many lanes (capped by the row's units and 256; beyond the subgroup, the
+/// workgroup-memory reduction).
 pub fn choose_config(
     caps: &Capabilities,
     format: WeightFormat,
@@ -143,11 +150,22 @@ pub fn choose_config(
     batch: usize,
 ) -> GemvConfig {
     let mut cfg = gemv_choose_config(caps, format, n, k);
-    let want = (batch.clamp(1, MAX_ROWS_PER_GROUP as usize) as u32).max(cfg.rows_per_group);
-    cfg.rows_per_group = want
+    let base_rpg = cfg.rows_per_group;
+    let rpg = (batch.clamp(1, MAX_ROWS_PER_GROUP as usize) as u32)
+        .max(base_rpg)
         .min(MAX_ROWS_PER_GROUP)
-        .min(MAX_ACC / batch.clamp(1, MAX_BATCH) as u32)
-        .max(1);
+        .min(MAX_ACC / batch.clamp(1, MAX_BATCH) as u32);
+    cfg.rows_per_group = rpg;
+    if caps.class == AdapterClass::Nvidia && rpg > base_rpg {
+        let units = (k / unit_elems(format)).max(1);
+        let cap = (units.next_power_of_two().min(256) as u32).max(cfg.lanes_per_row);
+        let lpr = (cfg.lanes_per_row * rpg / base_rpg)
+            .next_power_of_two()
+            .min(cap);
+        cfg.lanes_per_row = lpr;
+        cfg.workgroup_size = cfg.workgroup_size.max(lpr);
+        cfg.subgroup_reduce = caps.subgroup && lpr <= caps.subgroup_min_size;
+    }
     cfg
 }
 

@@ -63,7 +63,11 @@ pub fn gemv_batch(
 ) -> Vec<f32> {
     assert_eq!(x.len(), batch * k, "gemv_batch reference: activation size");
     if let Some(p) = prev {
-        assert_eq!(p.len(), batch * n, "gemv_batch reference: previous output size");
+        assert_eq!(
+            p.len(),
+            batch * n,
+            "gemv_batch reference: previous output size"
+        );
     }
     (0..batch)
         .flat_map(|b| {

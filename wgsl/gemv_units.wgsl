@@ -192,13 +192,19 @@ fn k4_dots(q: array<vec4<u32>, 2>, xs: array<vec4<f32>, XV>) -> vec2<f32> {
     return vec2<f32>(lo, hi);
 }
 
-// x = d*sc*q - dmin*m per sub-block: d*sc*sum(q*x) - dmin*m*sum(x).
-fn k4_combine(hdr: vec4<u32>, j: u32, qx: vec2<f32>, st: vec4<f32>) -> f32 {
+// x = d*sc*q - dmin*m per sub-block: the pair j's (d*sc, d*sc', dmin*m, dmin*m') from its
+// super-block's header, decoded once per loaded unit.
+fn k4_pair_affine(hdr: vec4<u32>, j: u32) -> vec4<f32> {
     let dd = unpack2x16float(hdr.x);
     let a = k4_scale_min(hdr, 2u * j);
     let b = k4_scale_min(hdr, 2u * j + 1u);
+    return vec4<f32>(dd.x * a.x, dd.x * b.x, dd.y * a.y, dd.y * b.y);
+}
+
+// d*sc*sum(q*x) - dmin*m*sum(x) over the pair's two sub-blocks (sm from k4_pair_affine).
+fn k4_combine(sm: vec4<f32>, qx: vec2<f32>, st: vec4<f32>) -> f32 {
     let sx = vec2<f32>(st.x + st.y, st.z + st.w);
-    return dd.x * (a.x * qx.x + b.x * qx.y) - dd.y * (a.y * sx.x + b.y * sx.y);
+    return dot(sm.xy, qx) - dot(sm.zw, sx);
 }
 
 #ifdef FMT_Q4_K
@@ -207,17 +213,16 @@ alias WUnit = array<vec4<u32>, 2>;
 alias SElem = vec4<u32>;
 const XV: u32 = 16u;
 const SUM_X: bool = true;
-// The pair's nibbles, its super-block's header and the pair's index j in it.
+// The pair's nibbles and its sub-blocks' scales and mins.
 struct WVal {
     q: array<vec4<u32>, 2>,
-    hdr: vec4<u32>,
-    j: u32,
+    sm: vec4<f32>,
 }
 fn unit_load(m: u32, g: u32) -> WVal {
-    return WVal(qs_at(m, g), sc_at(m, g >> 2u), g & 3u);
+    return WVal(qs_at(m, g), k4_pair_affine(sc_at(m, g >> 2u), g & 3u));
 }
 fn unit_dot(w: WVal, xs: array<vec4<f32>, XV>, st: vec4<f32>) -> f32 {
-    return k4_combine(w.hdr, w.j, k4_dots(w.q, xs), st);
+    return k4_combine(w.sm, k4_dots(w.q, xs), st);
 }
 #endif
 
@@ -230,8 +235,7 @@ const SUM_X: bool = true;
 // As Q4_K's, with the fifth bits of the pair's two sub-blocks.
 struct WVal {
     q: array<vec4<u32>, 2>,
-    hdr: vec4<u32>,
-    j: u32,
+    sm: vec4<f32>,
     h0: u32,
     h1: u32,
 }
@@ -239,11 +243,11 @@ fn unit_load(m: u32, g: u32) -> WVal {
     let b = g >> 2u;
     let j = g & 3u;
     let hv = sc_at(m, 3u * b + 1u + (j >> 1u));
-    return WVal(qs_at(m, g), sc_at(m, 3u * b), j, hv[2u * (j & 1u)], hv[2u * (j & 1u) + 1u]);
+    return WVal(qs_at(m, g), k4_pair_affine(sc_at(m, 3u * b), j), hv[2u * (j & 1u)], hv[2u * (j & 1u) + 1u]);
 }
 fn unit_dot(w: WVal, xs: array<vec4<f32>, XV>, st: vec4<f32>) -> f32 {
     let qx = k4_dots(w.q, xs) + 16.0 * vec2<f32>(qh_dot(w.h0, xs, 0u), qh_dot(w.h1, xs, 8u));
-    return k4_combine(w.hdr, w.j, qx, st);
+    return k4_combine(w.sm, qx, st);
 }
 #endif
 

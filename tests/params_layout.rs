@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use naga::{AddressSpace, Scalar, ScalarKind, TypeInner};
 use wick::kernels::{
-    argmax, attention, embedding, gemm, gemv, gemv_dot, kv_cache, native_specs, pipeline_specs,
-    preprocess, rmsnorm, rope, sample, softmax, swiglu, StepParams,
+    argmax, attention, embedding, gemm, gemv, gemv_batch, gemv_dot, kv_cache, native_specs,
+    pipeline_specs, preprocess, rmsnorm, rope, sample, softmax, swiglu, StepParams,
 };
 use wick::tools::bandwidth;
 
@@ -156,6 +156,17 @@ fn host_layouts() -> BTreeMap<(&'static str, &'static str), Layout> {
         ),
         (("gemv", "Params"), gemv()),
         (("gemv_dot", "Params"), gemv()),
+        (
+            ("gemv_batch", "Params"),
+            host!(gemv_batch::GemvBatchParams {
+                n,
+                upr,
+                out_offset,
+                out_stride,
+                k4,
+                _pad,
+            }),
+        ),
         (
             ("act_q8", "Params"),
             host!(gemv_dot::ActParams { k, eps_bits, _pad }),

@@ -1,6 +1,7 @@
 //! GEMV: one f32 activation vector times a weight matrix in GPU planes (decode's hot path),
 //! with fused epilogues (bias, residual accumulate, output offset) and a fused
-//! gate+up+SwiGLU variant and a fused QKV variant. Kernel: `wgsl/gemv.wgsl`; design in
+//! gate+up+SwiGLU variant and a fused QKV variant. Kernel: `wgsl/gemv.wgsl` (per-format units in
+//! `wgsl/gemv_units.wgsl`, shared with [`super::gemv_batch`]); design in
 //! docs/kernels.md (GEMV). Q4_0, Q4_1, Q8_0, Q4_K, Q5_K and Q6_K also have native kernels of
 //! every kind (`vulkan_overrides/gemv.comp`, `metal_overrides/gemv.metal`), dispatched with
 //! [`native_config`].

@@ -29,6 +29,7 @@ pub mod embedding;
 pub mod family;
 pub mod gemm;
 pub mod gemv;
+pub mod gemv_batch;
 pub mod gemv_dot;
 pub mod kv_cache;
 pub mod matrix;
@@ -121,6 +122,7 @@ pub static FAMILIES: &[&Family] = &[
     &attention::FAMILY,
     &gemv::FAMILY,
     &gemv_dot::FAMILY,
+    &gemv_batch::FAMILY,
     &gemm::FAMILY,
     &softmax::FAMILY,
     &swiglu::FAMILY,
@@ -155,12 +157,13 @@ pub fn native_specs() -> Vec<KernelSpec> {
 }
 
 /// The pipelines `wick kernels check` checks: every one with a native variant (portable
-/// against native), and every pipeline of the integer-dot GEMV and of attention over a q8_0
-/// KV cache (`KV_Q8`), which have no natives yet and are checked against their reference
-/// alone.
+/// against native), and every pipeline of the integer-dot GEMV, of the batched GEMV and of
+/// attention over a q8_0 KV cache (`KV_Q8`), which have no natives yet and are checked
+/// against their reference alone.
 pub fn checked_specs() -> Vec<KernelSpec> {
     let mut v = native_specs();
     v.extend((gemv_dot::FAMILY.pipelines)());
+    v.extend((gemv_batch::FAMILY.pipelines)());
     v.extend(
         (attention::FAMILY.pipelines)()
             .into_iter()

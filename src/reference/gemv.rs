@@ -49,3 +49,30 @@ pub fn gemv_swiglu(gate: &[f32], up: &[f32], n: usize, k: usize, x: &[f32]) -> V
         })
         .collect()
 }
+
+/// The batched GEMV: [`gemv_epilogue`] of each of the `batch` rows of `x` (f32[batch][k]),
+/// `prev` (f32[batch][n], accumulate) per row; the result is f32[batch][n].
+pub fn gemv_batch(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    batch: usize,
+    bias: Option<&[f32]>,
+    prev: Option<&[f32]>,
+) -> Vec<f32> {
+    assert_eq!(x.len(), batch * k, "gemv_batch reference: activation size");
+    if let Some(p) = prev {
+        assert_eq!(
+            p.len(),
+            batch * n,
+            "gemv_batch reference: previous output size"
+        );
+    }
+    (0..batch)
+        .flat_map(|b| {
+            let prev_b = prev.map(|p| &p[b * n..(b + 1) * n]);
+            gemv_epilogue(w, n, k, &x[b * k..(b + 1) * k], bias, prev_b)
+        })
+        .collect()
+}

@@ -11,6 +11,7 @@ mod attention;
 mod embedding;
 mod gemm;
 mod gemv;
+mod gemv_batch;
 mod gemv_dot;
 mod kv_cache;
 mod rmsnorm;

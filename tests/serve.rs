@@ -34,6 +34,10 @@ struct Server {
 
 impl Server {
     fn start(model: &Path, extra: &[&str]) -> Server {
+        Server::start_with_ctx(model, CTX, extra)
+    }
+
+    fn start_with_ctx(model: &Path, ctx: usize, extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("stderr.log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_wick"))
@@ -43,7 +47,7 @@ impl Server {
                 "--port",
                 "0",
                 "--ctx",
-                &CTX.to_string(),
+                &ctx.to_string(),
                 "-m",
             ])
             .arg(model)
@@ -261,6 +265,216 @@ fn error_of(r: &Reply, status: u16) -> Value {
     e
 }
 
+fn cached_tokens(answer: &Value) -> u64 {
+    answer["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no usage.prompt_tokens_details.cached_tokens: {answer}"))
+}
+
+fn chat_text(answer: &Value) -> String {
+    answer["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no content: {answer}"))
+        .to_string()
+}
+
+/// Prefix reuse: a prompt sharing a prefix with the previous request's reuses its cache
+/// entries, and greedy answers stay those of a cold start. `content` is the fresh answer to
+/// QUESTION (`wick run`'s, in another process) and `prompt_tokens` its prompt length.
+fn prefix_reuse_changes_no_answer(s: &Server, content: &str, prompt_tokens: u64) {
+    // A: another question (same template, system prompt and opening words), then QUESTION.
+    let other = json!({
+        "messages": [{"role": "user", "content": "What is the capital of Spain?"}],
+        "max_tokens": 1,
+    });
+    ok(s, "/v1/chat/completions", &chat_body(other));
+    let b = ok(s, "/v1/chat/completions", &chat_body(json!({})));
+    let cached = cached_tokens(&b);
+    assert!(
+        cached > 0 && cached < prompt_tokens - 1,
+        "shared prefix {cached} of {prompt_tokens}: {b}"
+    );
+    assert_eq!(chat_text(&b), content, "after another request: {b}");
+
+    // The chat's next turn: the whole previous prompt (and more) comes from the cache.
+    let turn = chat_body(json!({"messages": [
+        {"role": "user", "content": QUESTION},
+        {"role": "assistant", "content": content},
+        {"role": "user", "content": "And of Italy?"},
+    ], "max_tokens": 4}));
+    let warm = ok(s, "/v1/chat/completions", &turn);
+    assert!(cached_tokens(&warm) >= prompt_tokens, "{warm}");
+    // Something sharing no token with it empties the cache; the turn again, computed cold.
+    let unrelated = json!({"prompt": "Once upon a time", "max_tokens": 1, "temperature": 0});
+    let u = ok(s, "/v1/completions", &unrelated);
+    assert_eq!(cached_tokens(&u), 0, "{u}");
+    let cold = ok(s, "/v1/chat/completions", &turn);
+    assert_eq!(cached_tokens(&cold), 0, "{cold}");
+    assert_eq!(
+        chat_text(&warm),
+        chat_text(&cold),
+        "warm {warm} vs cold {cold}"
+    );
+    assert_eq!(
+        warm["usage"]["completion_tokens"],
+        cold["usage"]["completion_tokens"]
+    );
+}
+
+/// Polls /metrics until no request is queued or in flight (or a minute passes).
+fn settled_metrics(s: &Server) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = get(s, "/metrics", None).body;
+        let idle =
+            metric(&m, "wick_requests_in_flight") == 0.0 && metric(&m, "wick_queue_length") == 0.0;
+        if idle || Instant::now() > deadline {
+            return m;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// How a client of [`concurrent_clients_with_random_disconnects`] leaves.
+#[derive(Debug, Clone, Copy)]
+enum Leave {
+    /// Right after sending the request.
+    AfterSending,
+    /// After the response's first bytes.
+    AfterHeaders,
+    /// After the first content chunk.
+    AfterContent,
+    /// Reads the stream to `[DONE]`.
+    AtTheEnd,
+}
+
+/// One streamed chat over a raw socket, left as `leave` says; returns what was read.
+fn streaming_client(addr: &str, leave: Leave) -> String {
+    // QUESTION, whose prompt the cache holds: each request prefills one token.
+    let body = chat_body(json!({"stream": true, "max_tokens": 2})).to_string();
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    write!(
+        c,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let done = match leave {
+            Leave::AfterSending => true,
+            Leave::AfterHeaders => !seen.is_empty(),
+            // The first chunk's content is the empty role chunk's.
+            Leave::AfterContent => seen.matches("\"content\"").count() >= 2,
+            Leave::AtTheEnd => false,
+        };
+        if done {
+            return seen;
+        }
+        let n = c.read(&mut buf).expect("read the stream");
+        if n == 0 {
+            return seen;
+        }
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
+/// Several streaming clients at once, some leaving at random points: every one that stays
+/// gets its whole answer, and afterwards nothing is left queued or in flight.
+fn concurrent_clients_with_random_disconnects(s: &Server, content: &str) {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = rand::rng().random();
+    eprintln!("concurrent clients: seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let leaves = [
+        Leave::AfterSending,
+        Leave::AfterHeaders,
+        Leave::AfterContent,
+        Leave::AtTheEnd,
+    ];
+    let plan: Vec<Leave> = (0..8)
+        .map(|i| match i {
+            // At least two read to the end.
+            0 | 1 => Leave::AtTheEnd,
+            _ => leaves[rng.random_range(0..leaves.len())],
+        })
+        .collect();
+    let threads: Vec<_> = plan
+        .iter()
+        .map(|&leave| {
+            let addr = s.addr.clone();
+            std::thread::spawn(move || (leave, streaming_client(&addr, leave)))
+        })
+        .collect();
+    for t in threads {
+        let (leave, seen) = t.join().unwrap();
+        if let Leave::AtTheEnd = leave {
+            assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+            assert!(seen.contains("\"finish_reason\":\""), "{seen}");
+            assert!(seen.contains("data: [DONE]"), "{seen}");
+        }
+    }
+    let m = settled_metrics(s);
+    assert_eq!(metric(&m, "wick_requests_in_flight"), 0.0, "{plan:?}\n{m}");
+    assert_eq!(metric(&m, "wick_queue_length"), 0.0, "{plan:?}\n{m}");
+    assert_eq!(get(s, "/health", None).json()["status"], "ok");
+    let after = ok(s, "/v1/chat/completions", &chat_body(json!({})));
+    assert_eq!(chat_text(&after), content, "{plan:?}: {after}");
+}
+
+/// `wick bench serve` against the running server: two small levels, counts that add up.
+fn bench_serve_reports(s: &Server) {
+    let out = Command::new(env!("CARGO_BIN_EXE_wick"))
+        .args(["bench", "serve", "--url"])
+        .arg(format!("http://{}", s.addr))
+        .args([
+            "--api-key",
+            KEY,
+            "--concurrency",
+            "1,2",
+            "--requests",
+            "2",
+            "--max-tokens",
+            "4",
+            "--prompt",
+            QUESTION,
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        s.log()
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let levels = r["levels"].as_array().unwrap();
+    assert_eq!(levels.len(), 2, "{r}");
+    for (l, c) in levels.iter().zip([1, 2]) {
+        assert_eq!(l["concurrency"], c, "{l}");
+        assert_eq!(
+            (&l["requests"], &l["completed"], &l["errors"]),
+            (&json!(2), &json!(2), &json!(0)),
+            "{l}"
+        );
+        // ignore_eos: exactly max_tokens each.
+        assert_eq!(l["output_tokens"], 8, "{l}");
+        let f = |k: &str, p: &str| l[k][p].as_f64().unwrap();
+        let wall_ms = l["wall_s"].as_f64().unwrap() * 1e3;
+        assert!(l["output_tok_s"].as_f64().unwrap() > 0.0, "{l}");
+        assert!(f("ttft_ms", "p50") > 0.0, "{l}");
+        assert!(f("ttft_ms", "p50") <= f("ttft_ms", "p99"), "{l}");
+        assert!(f("ttft_ms", "p99") <= f("latency_ms", "p99"), "{l}");
+        assert!(f("latency_ms", "p99") <= wall_ms, "{l}");
+        assert!(f("itl_ms", "p50") <= f("itl_ms", "p99"), "{l}");
+        assert!(f("itl_ms", "p99") <= f("latency_ms", "p99"), "{l}");
+    }
+}
+
 /// A streamed request over a raw socket, dropped after the first content chunks: the
 /// server must cancel the generation, stay healthy and count the request out of flight.
 fn disconnect_mid_stream(s: &Server) {
@@ -326,6 +540,11 @@ fn serve_answers_like_wick_run_and_speaks_openai() {
     assert_eq!(usage["prompt_tokens"], prompt_tokens, "{usage}");
     assert_eq!(usage["completion_tokens"], generated, "{usage}");
     assert_eq!(usage["total_tokens"], prompt_tokens + generated);
+    // The server's first generation: nothing cached yet.
+    assert_eq!(
+        usage["prompt_tokens_details"]["cached_tokens"], 0,
+        "{usage}"
+    );
     let finish = match reference["stats"]["stop_reason"].as_str().unwrap() {
         "max_tokens" => "length",
         _ => "stop",
@@ -345,7 +564,18 @@ fn serve_answers_like_wick_run_and_speaks_openai() {
     let (text, finishes, chunks) = stream_text(&events, true);
     assert_eq!(text, content);
     assert_eq!(finishes, vec![finish.to_string()]);
-    assert_eq!(chunks.last().unwrap()["usage"], *usage, "{events:?}");
+    let streamed = &chunks.last().unwrap()["usage"];
+    for k in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+        assert_eq!(streamed[k], usage[k], "{events:?}");
+    }
+    // The same prompt again: all of it but the last token (always recomputed) is reused.
+    assert_eq!(
+        streamed["prompt_tokens_details"]["cached_tokens"],
+        prompt_tokens - 1,
+        "{streamed}"
+    );
+
+    prefix_reuse_changes_no_answer(&s, &content, prompt_tokens);
 
     // max_tokens / max_completion_tokens: cut with finish_reason "length".
     for field in ["max_tokens", "max_completion_tokens"] {
@@ -436,7 +666,9 @@ fn serve_answers_like_wick_run_and_speaks_openai() {
         m.contains(&format!("holds {CTX}")) && m.contains("tokens"),
         "{m}"
     );
-    let huge = format!("{{\"prompt\": \"{}\"}}", "a".repeat(2 << 20));
+    // Just over the 1 MiB limit: the server rejects it once it has read (nearly) all of it,
+    // so the client is not left writing into a closed connection (a broken pipe).
+    let huge = format!("{{\"prompt\": \"{}\"}}", "a".repeat((1 << 20) + 64));
     error_of(&post_raw(&s, "/v1/completions", &huge, Some(KEY)), 413);
     error_of(&get(&s, "/v1/nothing", Some(KEY)), 404);
     let r = post(&s, "/v1/chat/completions", &json!({"messages": "hi"}));
@@ -474,6 +706,12 @@ fn serve_answers_like_wick_run_and_speaks_openai() {
         metric(&metrics, "wick_decode_tokens_per_second") > 0.0,
         "{metrics}"
     );
+    let cached = metric(&metrics, "wick_prompt_tokens_cached_total");
+    assert!(
+        cached > 0.0 && cached < metric(&metrics, "wick_prompt_tokens_total"),
+        "{metrics}"
+    );
+    assert!(metric(&metrics, "wick_kv_cache_tokens") > 0.0, "{metrics}");
     for line in [
         "wick_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"}",
         "wick_requests_total{endpoint=\"/v1/chat/completions\",status=\"400\"}",
@@ -485,9 +723,97 @@ fn serve_answers_like_wick_run_and_speaks_openai() {
         assert!(metrics.contains(line), "{line} missing from\n{metrics}");
     }
 
+    concurrent_clients_with_random_disconnects(&s, &content);
+    bench_serve_reports(&s);
+    let m = settled_metrics(&s);
+    assert_eq!(metric(&m, "wick_requests_in_flight"), 0.0, "{m}");
+
     // SIGTERM: stop accepting, exit 0.
     let mut s = s;
     stop_with_sigterm(&mut s);
+}
+
+/// A small queue and a short timeout: a request beyond the queue gets 503 with
+/// `Retry-After`, requests that outlive the timeout get 504 (or, streamed, an error event),
+/// and the server answers normally afterwards.
+#[test]
+fn a_full_queue_is_503_and_a_timeout_504() {
+    let Some(model) = common::model_or_skip() else {
+        return;
+    };
+    // A context long enough that the first request cannot finish within the timeout.
+    let s = Server::start_with_ctx(&model, 2048, &["--queue", "1", "--timeout", "5"]);
+    let long = chat_body(json!({"max_tokens": 2000, "ignore_eos": true}));
+
+    // 1: streamed, running on the worker.
+    let mut running = TcpStream::connect(&s.addr).unwrap();
+    running
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let mut b = long.clone();
+    b["stream"] = json!(true);
+    let b = b.to_string();
+    write!(
+        running,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{b}",
+        s.addr,
+        b.len()
+    )
+    .unwrap();
+    let wait_for = |what: &str, ok: &dyn Fn(&str) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let m = get(&s, "/metrics", None).body;
+            if ok(&m) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "never {what}:\n{m}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for("running", &|m| {
+        metric(m, "wick_requests_in_flight") == 1.0 && metric(m, "wick_queue_length") == 0.0
+    });
+    // 2: waits in the queue (not streamed: its timeout is a 504).
+    let addr = s.addr.clone();
+    let queued = std::thread::spawn(move || {
+        let r = agent()
+            .post(format!("http://{addr}/v1/chat/completions"))
+            .header("Content-Type", "application/json")
+            .send(long.to_string());
+        send(r)
+    });
+    wait_for("queued", &|m| metric(m, "wick_queue_length") == 1.0);
+    // 3: no room.
+    let r = post(&s, "/v1/chat/completions", &chat_body(json!({})));
+    let e = error_of(&r, 503);
+    assert_eq!(e["code"], "queue_full", "{e}");
+    assert_eq!(r.retry_after.as_deref(), Some("1"));
+
+    // The running one ends with an error event after 5 s, the queued one with a 504.
+    let mut streamed = String::new();
+    running.read_to_string(&mut streamed).unwrap();
+    assert!(streamed.starts_with("HTTP/1.1 200"), "{streamed}");
+    assert!(
+        streamed.contains("\"code\":\"timeout\"") && !streamed.contains("[DONE]"),
+        "{streamed}"
+    );
+    let r = queued.join().unwrap();
+    let e = error_of(&r, 504);
+    assert_eq!(e["code"], "timeout", "{e}");
+
+    let m = settled_metrics(&s);
+    assert_eq!(metric(&m, "wick_requests_in_flight"), 0.0, "{m}");
+    assert_eq!(metric(&m, "wick_queue_length"), 0.0, "{m}");
+    // The worker is free again: a one-token answer (its prompt is cached but for the last
+    // token, so it is quick even on a slow machine, well inside the timeout).
+    let again = ok(
+        &s,
+        "/v1/chat/completions",
+        &chat_body(json!({"max_tokens": 1})),
+    );
+    assert_eq!(again["usage"]["completion_tokens"], 1, "{again}");
 }
 
 #[cfg(unix)]

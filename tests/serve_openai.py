@@ -43,6 +43,10 @@ assert text == content, (text, content)
 finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
 assert finish == [full.choices[0].finish_reason], finish
 assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == full.usage.completion_tokens
+# Prefix reuse, in OpenAI's field: the same prompt again reuses all of it but the last token.
+assert full.usage.prompt_tokens_details.cached_tokens == 0, full.usage
+cached = chunks[-1].usage.prompt_tokens_details.cached_tokens
+assert cached == full.usage.prompt_tokens - 1, chunks[-1].usage
 
 # max_tokens cuts the answer: finish_reason "length".
 short = client.chat.completions.create(

@@ -1,5 +1,6 @@
 //! `wick bench`: prefill and decode speed of a model file or a synthetic preset, with the
-//! method of [`wick::bench`]; `wick bench compare BEFORE.json AFTER.json`.
+//! method of [`wick::bench`]; `wick bench compare BEFORE.json AFTER.json`;
+//! `wick bench serve` (load on a running `wick serve`).
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +14,7 @@ use wick::model::synthetic::{Preset, SyntheticStore};
 use wick::model::{source, LoadOptions, Model, ModelConfig};
 use wick::runtime::SamplingParams;
 use wick::tools::model_bench::{self as bench, BenchOptions, BenchReport};
+use wick::tools::serve_bench::{self, ServeBenchOptions, DEFAULT_PROMPT};
 use wick::tools::tune;
 use wick::{Error, Result};
 
@@ -32,6 +34,40 @@ enum BenchCmd {
     /// Time one GEMV shape (random weights) for the default work split and, with --sweep,
     /// every (lanes per row, rows per group, workgroup size) the device accepts.
     Gemv(GemvArgs),
+    /// Drive a running OpenAI-compatible server (`wick serve`) with concurrent streaming
+    /// chat clients: output tokens/s, time to first token and inter-token latency per level.
+    Serve(ServeBenchArgs),
+}
+
+#[derive(Args)]
+struct ServeBenchArgs {
+    /// The server's root URL (plain http).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Concurrent clients, one level after another (comma-separated).
+    #[arg(short = 'c', long, default_value = "1,4,16,64")]
+    concurrency: String,
+    /// Requests per level (default: 4 per client).
+    #[arg(long)]
+    requests: Option<usize>,
+    /// Tokens each request generates (sent with `ignore_eos`, so exactly this many).
+    #[arg(short = 'n', long, default_value_t = 128)]
+    max_tokens: usize,
+    /// The user message of every request (default: a built-in story prompt).
+    #[arg(short, long)]
+    prompt: Option<String>,
+    /// The `model` field of the requests (default: omitted, the server's model).
+    #[arg(long)]
+    model: Option<String>,
+    /// Sent as `Authorization: Bearer KEY`.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Seconds one request may take before it counts as an error.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -145,6 +181,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     match args.cmd {
         Some(BenchCmd::Compare { before, after }) => compare(&before, &after),
         Some(BenchCmd::Gemv(g)) => bench_gemv(g),
+        Some(BenchCmd::Serve(a)) => bench_serve(a),
         None => bench_model(args.run),
     }
 }
@@ -244,6 +281,75 @@ fn bench_model(a: RunArgs) -> Result<()> {
         print_csv(&r);
     } else {
         print_table(&r);
+    }
+    Ok(())
+}
+
+fn bench_serve(a: ServeBenchArgs) -> Result<()> {
+    let concurrency = a
+        .concurrency
+        .split(',')
+        .map(|c| {
+            c.trim().parse::<usize>().map_err(|_| {
+                Error::InvalidArgument(format!(
+                    "--concurrency {:?}: expected comma-separated client counts",
+                    a.concurrency
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let opts = ServeBenchOptions {
+        url: a.url,
+        concurrency,
+        requests: a.requests,
+        max_tokens: a.max_tokens,
+        prompt: a.prompt.unwrap_or_else(|| DEFAULT_PROMPT.to_string()),
+        model: a.model,
+        api_key: a.api_key,
+        timeout: std::time::Duration::from_secs(a.timeout.max(1)),
+    };
+    if !a.json {
+        eprintln!(
+            "benchmarking {} at concurrency {:?}, {} tokens per request ...",
+            opts.url, opts.concurrency, opts.max_tokens
+        );
+    }
+    let r = serve_bench::run(&opts)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&r).map_err(|e| Error::InvalidArgument(e.to_string()))?
+        );
+        return Ok(());
+    }
+    println!(
+        "{:>11} {:>8} {:>6} {:>10} {:>10} {:>10} {:>9} {:>9}",
+        "concurrency",
+        "requests",
+        "errors",
+        "out tok/s",
+        "TTFT p50",
+        "TTFT p99",
+        "ITL p50",
+        "ITL p99"
+    );
+    for l in &r.levels {
+        println!(
+            "{:>11} {:>8} {:>6} {:>10.1} {:>8.1}ms {:>8.1}ms {:>7.1}ms {:>7.1}ms",
+            l.concurrency,
+            l.requests,
+            l.errors,
+            l.output_tok_s,
+            l.ttft_ms.p50,
+            l.ttft_ms.p99,
+            l.itl_ms.p50,
+            l.itl_ms.p99
+        );
+    }
+    for l in &r.levels {
+        if let Some(e) = &l.first_error {
+            eprintln!("concurrency {}: first error: {e}", l.concurrency);
+        }
     }
     Ok(())
 }

@@ -10,6 +10,11 @@ pub struct Metrics {
     /// Answers by (endpoint, HTTP status).
     requests: Mutex<BTreeMap<(String, u16), u64>>,
     generated: AtomicU64,
+    /// Prompt tokens of started generations, and those of them served from the KV cache.
+    prompt: AtomicU64,
+    prompt_cached: AtomicU64,
+    /// Tokens the KV cache holds after the last request (the sequence a next prompt may reuse).
+    kv_tokens: AtomicUsize,
     /// Requests whose client went away before they finished.
     pub cancelled: AtomicU64,
     /// Decode tokens/s of the last finished request, as f64 bits.
@@ -28,6 +33,16 @@ impl Metrics {
 
     pub fn add_generated(&self, n: usize) {
         self.generated.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn add_prompt(&self, tokens: usize, cached: usize) {
+        self.prompt.fetch_add(tokens as u64, Ordering::Relaxed);
+        self.prompt_cached
+            .fetch_add(cached as u64, Ordering::Relaxed);
+    }
+
+    pub fn set_kv_tokens(&self, n: usize) {
+        self.kv_tokens.store(n, Ordering::Relaxed);
     }
 
     pub fn set_decode_rate(&self, tok_s: f64) {
@@ -49,12 +64,31 @@ impl Metrics {
             );
         }
         drop(requests);
-        let rows: [(&str, &str, &str, String); 5] = [
+        let rows: [(&str, &str, &str, String); 8] = [
             (
                 "wick_generated_tokens_total",
                 "counter",
                 "Tokens generated.",
                 self.generated.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "wick_prompt_tokens_total",
+                "counter",
+                "Prompt tokens of the generations started.",
+                self.prompt.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "wick_prompt_tokens_cached_total",
+                "counter",
+                "Prompt tokens served from the KV cache (a prefix shared with the previous \
+                 request) instead of being prefilled.",
+                self.prompt_cached.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "wick_kv_cache_tokens",
+                "gauge",
+                "Tokens held in the KV cache (the last request's sequence).",
+                self.kv_tokens.load(Ordering::Relaxed).to_string(),
             ),
             (
                 "wick_cancelled_requests_total",

@@ -2,9 +2,16 @@
 //!
 //! Requests wait in a bounded FIFO queue (503 with `Retry-After` beyond it) for the one GPU
 //! worker thread, which owns the model's single session and generates for one request at a
-//! time ([`worker`]). Not implemented yet: continuous batching (`--parallel` above 1 is
-//! refused), a paged KV cache and prefix reuse across requests (each request starts from an
-//! empty cache).
+//! time ([`worker`]).
+//!
+//! Prefix reuse: the KV cache holds one sequence, the last request's prompt and answer, and
+//! a new prompt that starts with some of those tokens (the same system prompt, a chat's
+//! previous turn) prefills only the rest. Answers report the reused count as
+//! `usage.prompt_tokens_details.cached_tokens`; `/metrics` sums it in
+//! `wick_prompt_tokens_cached_total`. Requests that alternate between two conversations
+//! evict each other's prefix: keeping several sequences (LRU over the pages of a paged KV
+//! cache) comes with the paged cache, as does continuous batching (`--parallel` above 1 is
+//! refused until then).
 //!
 //! Endpoints: `POST /v1/chat/completions`, `POST /v1/completions` (both with server-sent
 //! events when `stream` is set), `GET /v1/models`, `GET /health`, `GET /metrics`.
@@ -518,10 +525,11 @@ async fn collect(
             Event::Done {
                 reason,
                 prompt_tokens,
+                cached_tokens,
                 completion_tokens,
             } => {
                 let finish = api::finish_reason(reason);
-                let usage = Usage::new(prompt_tokens, completion_tokens);
+                let usage = Usage::new(prompt_tokens, cached_tokens, completion_tokens);
                 let choice = match meta.kind {
                     Kind::Chat => json!({
                         "index": 0,
@@ -604,6 +612,7 @@ fn stream(
                 Some(Event::Done {
                     reason,
                     prompt_tokens,
+                    cached_tokens,
                     completion_tokens,
                 }) => {
                     let finish = api::finish_reason(reason);
@@ -613,7 +622,7 @@ fn stream(
                     };
                     st.pending.push_back(data(&last));
                     if st.meta.include_usage {
-                        let usage = Usage::new(prompt_tokens, completion_tokens);
+                        let usage = Usage::new(prompt_tokens, cached_tokens, completion_tokens);
                         st.pending
                             .push_back(data(&st.meta.chunk(None, Some(usage))));
                     }

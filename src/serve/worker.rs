@@ -1,6 +1,13 @@
 //! The GPU worker: one thread owns the model's single session and runs queued requests one
 //! at a time, first in first out. Continuous batching (several sequences per decode step)
 //! is not implemented: `--parallel` above 1 is refused.
+//!
+//! The session keeps the last request's sequence (prompt and generated tokens) in its KV
+//! cache, and [`Session::generate`] prefills only what follows the longest prefix a new
+//! prompt shares with it: a repeated system prompt, or a chat's earlier turns, are not
+//! recomputed. Nothing else carries over between requests: the sampler, its RNG (seeded per
+//! request), the penalty history, the stop-string state and the statistics are set up anew
+//! by each generation.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
@@ -21,6 +28,8 @@ pub enum Event {
     Done {
         reason: Option<StopReason>,
         prompt_tokens: usize,
+        /// Prompt tokens whose keys and values came from the cache (not prefilled).
+        cached_tokens: usize,
         completion_tokens: usize,
     },
     Failed(Failure),
@@ -142,36 +151,90 @@ fn one(session: &mut Session, job: Job, metrics: &Metrics) {
     if Instant::now() >= deadline {
         return finish(Event::Failed(Failure::Timeout));
     }
-    // Each request starts from an empty cache: the answer never depends on the request
-    // before it (a prefix cache is future work).
-    session.reset();
-    let mut gen = match session.generate(&prompt, params) {
-        Ok(g) => g,
-        Err(e) => return finish(Event::Failed(Failure::Engine(e))),
+    let mut generated = 0;
+    let outcome = generate(
+        session,
+        &prompt,
+        params,
+        deadline,
+        &events,
+        metrics,
+        &mut generated,
+    );
+    metrics.add_generated(generated);
+    match outcome {
+        Err(e) => {
+            // A failed step may leave cache entries unwritten that the session counts as
+            // held: the next request starts from an empty cache.
+            session.reset();
+            metrics.set_kv_tokens(0);
+            finish(Event::Failed(Failure::Engine(e)))
+        }
+        Ok(outcome) => {
+            metrics.set_kv_tokens(session.tokens().len());
+            match outcome {
+                Outcome::Cancelled => {
+                    metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+                }
+                Outcome::TimedOut => finish(Event::Failed(Failure::Timeout)),
+                Outcome::Done { cached_tokens } => {
+                    let st = &session.stats;
+                    metrics.set_decode_rate(st.decode_tok_s());
+                    finish(Event::Done {
+                        reason: st.stop_reason,
+                        prompt_tokens: st.prompt_tokens,
+                        cached_tokens,
+                        completion_tokens: st.generated_tokens,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// How a generation that did not fail ended.
+enum Outcome {
+    /// The client went away.
+    Cancelled,
+    TimedOut,
+    /// Finished; `cached_tokens` of the prompt came from the KV cache.
+    Done {
+        cached_tokens: usize,
+    },
+}
+
+/// Generates for `prompt`, sending text deltas as they come and counting tokens in
+/// `generated`. No reset before it: `generate` reuses the longest prefix of `prompt` the cache
+/// holds (the last request's sequence) and prefills the rest.
+fn generate(
+    session: &mut Session,
+    prompt: &[u32],
+    params: GenerateParams,
+    deadline: Instant,
+    events: &UnboundedSender<Event>,
+    metrics: &Metrics,
+    generated: &mut usize,
+) -> crate::Result<Outcome> {
+    let mut gen = session.generate(prompt, params)?;
+    let cached_tokens = {
+        let st = gen.stats();
+        metrics.add_prompt(st.prompt_tokens, st.prompt_tokens - st.prefilled_tokens);
+        st.prompt_tokens - st.prefilled_tokens
     };
-    let mut completion = 0usize;
     loop {
+        // Returning drops the generation, which settles its in-flight step; the session
+        // stays usable.
         if events.is_closed() {
-            // Dropping the generation settles its in-flight step; the session stays usable.
-            drop(gen);
-            metrics.cancelled.fetch_add(1, Ordering::Relaxed);
-            metrics.add_generated(completion);
-            return;
+            return Ok(Outcome::Cancelled);
         }
         if Instant::now() >= deadline {
-            drop(gen);
-            metrics.add_generated(completion);
-            return finish(Event::Failed(Failure::Timeout));
+            return Ok(Outcome::TimedOut);
         }
         match gen.next() {
             None => break,
-            Some(Err(e)) => {
-                drop(gen);
-                metrics.add_generated(completion);
-                return finish(Event::Failed(Failure::Engine(e)));
-            }
+            Some(Err(e)) => return Err(e),
             Some(Ok(t)) => {
-                completion += 1;
+                *generated += 1;
                 if !t.text.is_empty() {
                     let _ = events.send(Event::Delta(t.text));
                 }
@@ -179,16 +242,8 @@ fn one(session: &mut Session, job: Job, metrics: &Metrics) {
         }
     }
     let tail = gen.flush_text();
-    drop(gen);
     if !tail.is_empty() {
         let _ = events.send(Event::Delta(tail));
     }
-    let st = &session.stats;
-    metrics.add_generated(st.generated_tokens);
-    metrics.set_decode_rate(st.decode_tok_s());
-    finish(Event::Done {
-        reason: st.stop_reason,
-        prompt_tokens: st.prompt_tokens,
-        completion_tokens: st.generated_tokens,
-    });
+    Ok(Outcome::Done { cached_tokens })
 }

@@ -107,6 +107,27 @@ impl ModelShape {
     pub fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim
     }
+
+    /// The decode matrices as (roles, rows, row length), roles of one shape joined by commas
+    /// ("q,o" where q and o are both hidden x hidden): each distinct shape once.
+    pub fn matrix_roles(&self) -> Vec<(String, usize, usize)> {
+        let (q, kv) = (self.q_dim(), self.kv_dim());
+        let mut list: Vec<(String, usize, usize)> = Vec::new();
+        for (role, n, k) in [
+            ("q", q, self.hidden),
+            ("k/v", kv, self.hidden),
+            ("o", self.hidden, q),
+            ("gate/up", self.ffn, self.hidden),
+            ("down", self.hidden, self.ffn),
+            ("lm_head", self.vocab, self.hidden),
+        ] {
+            match list.iter_mut().find(|s| (s.1, s.2) == (n, k)) {
+                Some(s) => s.0 = format!("{},{role}", s.0),
+                None => list.push((role.to_string(), n, k)),
+            }
+        }
+        list
+    }
 }
 
 /// The shapes `wick kernels bench` times.

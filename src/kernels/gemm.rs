@@ -158,7 +158,12 @@ fn native_vulkan() -> NativeKernel {
 
 /// [`spec`] of the cooperative-matrix variant that reads the rows in f16 ([`gemm_half`]): the
 /// `COOP_XH` define (which the portable side ignores).
-pub fn spec_half(format: WeightFormat, bias: bool, tiling: GemmTiling, mode: HalfRows) -> KernelSpec {
+pub fn spec_half(
+    format: WeightFormat,
+    bias: bool,
+    tiling: GemmTiling,
+    mode: HalfRows,
+) -> KernelSpec {
     let mut s = spec(format, bias, tiling).define("COOP_XH");
     for d in mode.defines() {
         s = s.define(d);
@@ -267,7 +272,12 @@ pub fn reads_half(k: &Kernels, format: WeightFormat, bias: bool) -> Result<bool>
 }
 
 /// [`reads_half`] for the kernel of `mode`.
-pub fn reads_half_as(k: &Kernels, format: WeightFormat, bias: bool, mode: HalfRows) -> Result<bool> {
+pub fn reads_half_as(
+    k: &Kernels,
+    format: WeightFormat,
+    bias: bool,
+    mode: HalfRows,
+) -> Result<bool> {
     let caps = &k.gpu.caps;
     if caps.backend == wgpu::Backend::Metal || !VULKAN_NATIVE_FORMATS.contains(&format) {
         return Ok(false);

@@ -32,14 +32,11 @@ pub const PREFILL_CHUNK_XL: usize = 2048;
 /// A malformed value is ignored here; [`chunk_override`], which sessions call first, refuses it.
 pub fn prefill_chunks(caps: &Capabilities, cfg: &ModelConfig, ctx: usize) -> Vec<usize> {
     let discrete = matches!(caps.class, AdapterClass::Nvidia | AdapterClass::Amd);
-    let top = chunk_override()
-        .ok()
-        .flatten()
-        .unwrap_or(if discrete {
-            PREFILL_CHUNK_XL
-        } else {
-            PREFILL_CHUNK_LARGE
-        });
+    let top = chunk_override().ok().flatten().unwrap_or(if discrete {
+        PREFILL_CHUNK_XL
+    } else {
+        PREFILL_CHUNK_LARGE
+    });
     // The widest activation rows of a chunk: gate and up side by side, q, hidden.
     let widest = (2 * cfg.ffn).max(cfg.q_dim()).max(cfg.hidden) as u64;
     let fits = |c: usize| c <= ctx && c as u64 * widest * 4 <= caps.max_storage_buffer_binding_size;

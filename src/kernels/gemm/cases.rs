@@ -3,7 +3,9 @@
 use std::any::Any;
 use std::sync::Arc;
 
-use super::{gemm, gemm_half, gemm_half_as, input_f16, reads_half, reads_half_as, GemmEpilogue, HalfRows};
+use super::{
+    gemm, gemm_half, gemm_half_as, input_f16, reads_half, reads_half_as, GemmEpilogue, HalfRows,
+};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::family::{

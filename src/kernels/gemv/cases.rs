@@ -280,20 +280,7 @@ pub fn bench(op: &str, shapes: &BenchShapes) -> Vec<BenchCase> {
         };
         match kind {
             "gemv" => {
-                let mut shapes: Vec<(String, usize, usize)> = Vec::new();
-                for (role, n, k) in [
-                    ("q", q, p.hidden),
-                    ("k/v", kv, p.hidden),
-                    ("o", p.hidden, q),
-                    ("gate/up", p.ffn, p.hidden),
-                    ("down", p.hidden, p.ffn),
-                    ("lm_head", p.vocab, p.hidden),
-                ] {
-                    match shapes.iter_mut().find(|s| (s.1, s.2) == (n, k)) {
-                        Some(s) => s.0 = format!("{},{role}", s.0),
-                        None => shapes.push((role.to_string(), n, k)),
-                    }
-                }
+                let shapes = p.matrix_roles();
                 for (role, n, k) in shapes {
                     case(&role, GemvWork::Plain { format, n, k });
                 }

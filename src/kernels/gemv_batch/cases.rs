@@ -134,21 +134,7 @@ pub fn bench(op: &str, shapes: &BenchShapes) -> Vec<BenchCase> {
     };
     let mut out = Vec::new();
     for p in &shapes.decode {
-        let (q, kv) = (p.q_dim(), p.kv_dim());
-        let mut roles: Vec<(String, usize, usize)> = Vec::new();
-        for (role, n, k) in [
-            ("q", q, p.hidden),
-            ("k/v", kv, p.hidden),
-            ("o", p.hidden, q),
-            ("gate/up", p.ffn, p.hidden),
-            ("down", p.hidden, p.ffn),
-            ("lm_head", p.vocab, p.hidden),
-        ] {
-            match roles.iter_mut().find(|s| (s.1, s.2) == (n, k)) {
-                Some(s) => s.0 = format!("{},{role}", s.0),
-                None => roles.push((role.to_string(), n, k)),
-            }
-        }
+        let roles = p.matrix_roles();
         for (role, n, k) in roles {
             for batch in BENCH_BATCHES {
                 out.push(BenchCase {

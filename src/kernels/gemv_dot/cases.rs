@@ -377,20 +377,7 @@ pub fn bench(op: &str, shapes: &BenchShapes) -> Vec<BenchCase> {
             .unwrap_or(op);
         match kind {
             "gemv_dot" => {
-                let mut list: Vec<(String, usize, usize)> = Vec::new();
-                for (role, n, k) in [
-                    ("q", q, p.hidden),
-                    ("k/v", kv, p.hidden),
-                    ("o", p.hidden, q),
-                    ("gate/up", p.ffn, p.hidden),
-                    ("down", p.hidden, p.ffn),
-                    ("lm_head", p.vocab, p.hidden),
-                ] {
-                    match list.iter_mut().find(|s| (s.1, s.2) == (n, k)) {
-                        Some(s) => s.0 = format!("{},{role}", s.0),
-                        None => list.push((role.to_string(), n, k)),
-                    }
-                }
+                let list = p.matrix_roles();
                 for (role, n, k) in list {
                     case(&role, DotWork::Plain { format, n, k });
                 }

@@ -167,7 +167,11 @@ fn gemm_case(
         out_offset: 0,
         out_stride: 0,
     };
-    let mode = half.filter(|&h| reads_half_as(kr, format, bias, h).unwrap_or(false));
+    // Off the cooperative-matrix devices the f16-row specs run the f32-row kernel.
+    let mode = match half {
+        Some(h) if reads_half_as(kr, format, bias, h)? => Some(h),
+        _ => None,
+    };
     let got = if let Some(mode) = mode {
         let xh = g.storage_buffer("xh", (mode.rows(m) * k * 2) as u64)?;
         let conv = input_f16(kr, &xb, m * k, &xh)?;

@@ -521,3 +521,155 @@ fn int_dot_decode_step_matches_the_float_step() {
         }
     }
 }
+
+/// Greedy ids of `prompt` decoded alone (the single-sequence step), with the logits each
+/// was chosen from. The prompt is prefilled in pieces of 7 tokens, which run through the
+/// decode step: a GEMM chunk costs lavapipe ~20 s.
+fn alone(m: &Model, prompt: &[u32], steps: usize) -> Vec<(u32, Vec<f32>)> {
+    let mut s = Session::with_context(m, 64).unwrap();
+    for end in (PIECE..prompt.len()).step_by(PIECE) {
+        s.prefill(&prompt[..end]).unwrap();
+    }
+    s.greedy_trace(prompt, steps).unwrap()
+}
+
+/// Prompt tokens per prefill piece in the batching test (below the 8 from which prefill
+/// runs a GEMM chunk).
+const PIECE: usize = 7;
+
+/// `got` equals the greedy ids decoded alone, up to a near-tie: where they first differ, the
+/// alone logits of the two ids are within the batched step's f32 rounding (different
+/// summation order in the batched GEMV), and nothing after it is compared.
+fn same_greedy(what: &str, got: &[u32], want: &[(u32, Vec<f32>)]) {
+    assert!(got.len() <= want.len(), "{what}: {} tokens", got.len());
+    for (i, (g, (w, logits))) in got.iter().zip(want).enumerate() {
+        if g != w {
+            let scale = logits.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let gap = logits[*w as usize] - logits[*g as usize];
+            assert!(
+                gap <= 1e-4 * scale,
+                "{what}: token {i} is {g}, alone {w} (logit gap {gap}, scale {scale})"
+            );
+            eprintln!("{what}: near-tie at token {i} ({g} vs {w}, gap {gap})");
+            return;
+        }
+    }
+}
+
+/// Continuous batching: sequences decoded together (the batched GEMVs, each with its own
+/// position, cache and picker) give each sequence the tokens it gets alone. Four slots, six
+/// sequences: prompts of different lengths (two prefilled in pieces between the others'
+/// steps), different max_tokens, a GPU-sampled one (same seed, same draws as alone), one
+/// cancelled mid-stream, and two that wait for a free slot, the last of which continues an
+/// earlier one's sequence and reuses its cached prefix.
+#[test]
+fn batched_decode_matches_each_sequence_alone() {
+    use std::collections::HashMap;
+    use wick::runtime::{Batch, BatchEvent, BatchOptions};
+    let Some(m) = model() else { return };
+    let tok = m.tokenizer().unwrap();
+    let texts = [
+        "The capital of France is",
+        "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n    if n < 2:",
+        "Once upon a time",
+        "1, 2, 3, 4,",
+    ];
+    let prompts: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode(t).unwrap()).collect();
+    let greedy = |max_tokens| GenerateParams {
+        max_tokens,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let sampled = GenerateParams {
+        max_tokens: 6,
+        ignore_eos: true,
+        sampling: SamplingParams {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            seed: 7,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let t0 = std::time::Instant::now();
+    let mut batch = Batch::new(
+        m,
+        BatchOptions {
+            prefill_piece: PIECE,
+            ..BatchOptions::new(4, 64)
+        },
+    )
+    .unwrap();
+    eprintln!("batch built in {:.1} s", t0.elapsed().as_secs_f64());
+    let a = batch.add(&prompts[0], greedy(10)).unwrap();
+    let b = batch.add(&prompts[1], greedy(7)).unwrap();
+    let c = batch.add(&prompts[2], sampled.clone()).unwrap();
+    let d = batch.add(&prompts[3], greedy(12)).unwrap();
+    let e = batch.add(&prompts[2], greedy(5)).unwrap();
+    let mut out: HashMap<_, Vec<u32>> = HashMap::new();
+    let mut done = HashMap::new();
+    let mut f = None;
+    let mut steps = 0;
+    while !batch.is_idle() {
+        steps += 1;
+        assert!(steps < 500, "the batch does not finish");
+        for ev in batch.step().unwrap() {
+            match ev {
+                BatchEvent::Token { seq, token } => out.entry(seq).or_default().push(token.id),
+                BatchEvent::Done { seq, stats, .. } => {
+                    done.insert(seq, stats);
+                }
+                BatchEvent::Failed { seq, error } => panic!("{seq:?}: {error}"),
+            }
+        }
+        // Cancel d after its first token (e takes its slot); once a finishes, continue its
+        // sequence.
+        if out.contains_key(&d) && !done.contains_key(&d) {
+            batch.cancel(d);
+            done.insert(d, Default::default());
+        }
+        if f.is_none() && done.contains_key(&a) {
+            let mut cont = prompts[0].clone();
+            cont.extend(&out[&a]);
+            cont.extend(tok.encode(" and").unwrap());
+            f = Some((batch.add(&cont, greedy(6)).unwrap(), cont));
+        }
+    }
+    eprintln!("batch ran in {:.1} s", t0.elapsed().as_secs_f64());
+    let (f, cont) = f.expect("a finished");
+    let alone_a = alone(m, &prompts[0], 10);
+    same_greedy("a", &out[&a], &alone_a);
+    same_greedy("b", &out[&b], &alone(m, &prompts[1], 7));
+    same_greedy("e", &out[&e], &alone(m, &prompts[2], 5));
+    same_greedy("f", &out[&f], &alone(m, &cont, 6));
+    assert!(out[&d].len() < 12, "d was cancelled");
+    let alone_d = alone(m, &prompts[3], out[&d].len());
+    same_greedy("d", &out[&d], &alone_d);
+    for (seq, n) in [(a, 10), (b, 7), (e, 5), (f, 6), (c, 6)] {
+        assert_eq!(out[&seq].len(), n, "{seq:?} tokens");
+        assert_eq!(done[&seq].stop_reason, Some(StopReason::MaxTokens));
+    }
+    // f continues a's sequence: only its new tail is prefilled.
+    let st = &done[&f];
+    assert_eq!(st.prompt_tokens, cont.len());
+    assert!(
+        st.prefilled_tokens < cont.len() - prompts[0].len(),
+        "f prefilled {} of {} tokens",
+        st.prefilled_tokens,
+        cont.len()
+    );
+    // The sampled sequence draws what the same request draws alone.
+    let mut s = Session::with_context(m, 64).unwrap();
+    let want: Vec<u32> = s
+        .generate(&prompts[2], sampled)
+        .unwrap()
+        .map(|t| t.unwrap().id)
+        .collect();
+    assert_eq!(out[&c], want, "sampled sequence");
+    eprintln!(
+        "batched decode: {} steps, {:.1} dispatches per step",
+        batch.steps_run,
+        batch.dispatches_run as f64 / batch.steps_run.max(1) as f64
+    );
+}

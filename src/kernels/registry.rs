@@ -52,6 +52,9 @@ pub struct Dispatch {
     pub pipeline: Arc<Pipeline>,
     pub bind_group: wgpu::BindGroup,
     pub workgroups: [u32; 3],
+    /// The buffers bound at 0..n, whole, so [`Kernels::rebind`] can put a range of another
+    /// buffer in one's place.
+    pub buffers: Vec<wgpu::Buffer>,
 }
 
 impl Dispatch {
@@ -428,6 +431,47 @@ impl Kernels {
             pipeline,
             bind_group,
             workgroups,
+            buffers: buffers.iter().map(|b| (*b).clone()).collect(),
+        })
+    }
+
+    /// `d` with each binding of a `(template, range)` pair's template buffer bound to the
+    /// range instead: a dispatch built (and its shapes checked) on a one-row template buffer,
+    /// moved onto row `b` of a buffer of many rows (batched decode: one sequence's RoPE and
+    /// attention over its row of the batch's activations). A range is exactly as large as
+    /// its template, at an offset the device's storage-offset alignment allows.
+    pub fn rebind(
+        &self,
+        d: &Dispatch,
+        swaps: &[(&wgpu::Buffer, wgpu::BufferBinding<'_>)],
+    ) -> Result<Dispatch> {
+        let align = self.gpu.caps.min_storage_buffer_offset_alignment.max(1) as u64;
+        for (t, r) in swaps {
+            let size = r.size.map_or(r.buffer.size().saturating_sub(r.offset), |s| s.get());
+            if size != t.size() || r.offset % align != 0 || r.offset + size > r.buffer.size() {
+                return Err(Error::Shape(format!(
+                    "{}: a {size}-byte range at offset {} of a {}-byte buffer cannot stand for \
+                     a {}-byte binding (ranges start at multiples of {align} bytes)",
+                    d.pipeline.op,
+                    r.offset,
+                    r.buffer.size(),
+                    t.size()
+                )));
+            }
+        }
+        let resources: Vec<wgpu::BindingResource> = d
+            .buffers
+            .iter()
+            .map(|b| match swaps.iter().find(|(t, _)| *t == b) {
+                Some((_, r)) => wgpu::BindingResource::Buffer(r.clone()),
+                None => b.as_entire_binding(),
+            })
+            .collect();
+        Ok(Dispatch {
+            pipeline: d.pipeline.clone(),
+            bind_group: self.bind_resources(&d.pipeline, &resources)?,
+            workgroups: d.workgroups,
+            buffers: d.buffers.clone(),
         })
     }
 

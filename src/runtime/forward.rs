@@ -1063,6 +1063,31 @@ impl Forward {
         &self.act.logits
     }
 
+    /// Every layer's attention geometry (batched decode builds its attention on it).
+    pub(crate) fn attention_shape(&self) -> &AttentionShape {
+        &self.heads
+    }
+
+    pub(crate) fn rope_shape(&self) -> &RopeShape {
+        &self.rope
+    }
+
+    /// The sampling chain's per-token settings uniform.
+    pub(crate) fn sample_step_buffer(&self) -> &wgpu::Buffer {
+        &self.sample_step
+    }
+
+    /// The attention split counts the decode step is built for (ascending).
+    pub(crate) fn split_counts(&self) -> Vec<usize> {
+        self.decode.iter().map(|(s, _)| *s).collect()
+    }
+
+    /// The split count of the step that leaves `kv_len` positions in the cache.
+    pub(crate) fn splits_for(&self, kv_len: usize) -> usize {
+        let counts = self.decode.iter().map(|(s, _)| *s);
+        attention::decode_splits(counts, kv_len, self.split_rule)
+    }
+
     /// Hidden state rows of the last recorded step (tests of intermediate values).
     pub fn hidden(&self) -> &wgpu::Buffer {
         &self.act.h

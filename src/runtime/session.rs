@@ -146,7 +146,7 @@ pub enum Picker {
 }
 
 impl Picker {
-    fn for_params(p: &GenerateParams, vocab: usize) -> Picker {
+    pub(crate) fn for_params(p: &GenerateParams, vocab: usize) -> Picker {
         let s = &p.sampling;
         if s.is_greedy() {
             Picker::Greedy
@@ -160,7 +160,7 @@ impl Picker {
 
 /// The sampling chain's settings for the token after `len` tokens of history, with the
 /// uniform number `u` of its draw.
-fn sample_step(p: &SamplingParams, len: usize, vocab: usize, u: f64) -> SampleStep {
+pub(crate) fn sample_step(p: &SamplingParams, len: usize, vocab: usize, u: f64) -> SampleStep {
     let window = if p.repeat_penalty == 1.0 {
         0
     } else {
@@ -184,7 +184,7 @@ fn sample_step(p: &SamplingParams, len: usize, vocab: usize, u: f64) -> SampleSt
 }
 
 /// The token id in a `[id, flags]` pair the GPU picked, or the error it reports.
-fn picked(pair: [u32; 2], stats: &mut Stats) -> Result<u32> {
+pub(crate) fn picked(pair: [u32; 2], stats: &mut Stats) -> Result<u32> {
     let [id, flags] = pair;
     if id & sample::NON_FINITE != 0 {
         return Err(Error::Model(format!(
@@ -326,7 +326,7 @@ impl Session {
 
     /// Refuses an empty prompt, ids outside the vocabulary and a prompt longer than the
     /// context.
-    fn check_prompt(&self, prompt: &[u32]) -> Result<()> {
+    pub(crate) fn check_prompt(&self, prompt: &[u32]) -> Result<()> {
         if prompt.is_empty() {
             return Err(Error::InvalidArgument(
                 "the prompt is empty: give at least one token".into(),
@@ -498,7 +498,7 @@ impl Session {
     /// returning each chosen id with the logits it was chosen from (tests and debugging:
     /// compares decode-step variants on the same token sequence).
     pub fn greedy_trace(&mut self, prompt: &[u32], steps: usize) -> Result<Vec<(u32, Vec<f32>)>> {
-        self.reset();
+        // No reset: prefill keeps only the cached prefix `prompt` starts with.
         let mut ids = prompt.to_vec();
         let mut out = Vec::with_capacity(steps);
         for _ in 0..steps {
@@ -522,26 +522,9 @@ impl Session {
     /// Generates after `prompt`: an iterator (and `futures::Stream`) of tokens. Dropping it
     /// cancels generation; the session keeps every token whose KV entry was written.
     pub fn generate(&mut self, prompt: &[u32], params: GenerateParams) -> Result<Generation<'_>> {
-        let vocab = self.model.inner.cfg.vocab;
-        let picker = Picker::for_params(&params, vocab);
-        let sp = &params.sampling;
-        let mut rng = Rng::new(sp.seed);
-        let k = self.model.inner.engine.kernels().clone();
-        match picker {
-            Picker::Gpu => {
-                self.check_prompt(prompt)?;
-                self.fwd
-                    .set_sampler(&k, Some(sample::chain_k(sp.temperature, sp.top_k)))?;
-                // The penalty window reads the prompt from the GPU history; the chain
-                // appends each drawn id after it.
-                self.fwd.gpu.write(&self.fwd.history, 0, prompt);
-                let step = sample_step(sp, prompt.len(), vocab, rng.next_f64());
-                self.fwd.write_sample_step(&step);
-            }
-            Picker::Greedy | Picker::Cpu => self.fwd.set_sampler(&k, None)?,
-        }
-        self.prefill_inner(prompt)?;
-        self.stats.sampler = Some(picker);
+        let picker = Picker::for_params(&params, self.model.inner.cfg.vocab);
+        let mut rng = Rng::new(params.sampling.seed);
+        self.prefill_picking(prompt, &params.sampling, picker, &mut rng)?;
         let decoder = self
             .model
             .inner
@@ -565,6 +548,58 @@ impl Session {
             g.session.stats.stop_reason = Some(StopReason::MaxTokens);
         }
         Ok(g)
+    }
+
+    /// Prefills `prompt` (reusing the cached prefix) with `picker` choosing the first
+    /// generated token, which stays in the GPU token buffer: the GPU sampling chain set up
+    /// for `sampling` (its first draw from `rng`), or argmax.
+    pub(crate) fn prefill_picking(
+        &mut self,
+        prompt: &[u32],
+        sampling: &SamplingParams,
+        picker: Picker,
+        rng: &mut Rng,
+    ) -> Result<()> {
+        let vocab = self.model.inner.cfg.vocab;
+        let k = self.model.inner.engine.kernels().clone();
+        match picker {
+            Picker::Gpu => {
+                self.check_prompt(prompt)?;
+                self.fwd.set_sampler(
+                    &k,
+                    Some(sample::chain_k(sampling.temperature, sampling.top_k)),
+                )?;
+                // The penalty window reads the prompt from the GPU history; the chain
+                // appends each drawn id after it.
+                self.fwd.gpu.write(&self.fwd.history, 0, prompt);
+                let step = sample_step(sampling, prompt.len(), vocab, rng.next_f64());
+                self.fwd.write_sample_step(&step);
+            }
+            Picker::Greedy | Picker::Cpu => self.fwd.set_sampler(&k, None)?,
+        }
+        self.prefill_inner(prompt)?;
+        self.stats.sampler = Some(picker);
+        Ok(())
+    }
+
+    /// The token the last prefill picked (a blocking read of the GPU token buffer).
+    pub(crate) fn picked_after_prefill(&mut self) -> Result<u32> {
+        let t = self.fwd.gpu.read_range::<u32>(&self.fwd.token, 0, 2)?;
+        picked([t[0], t[1]], &mut self.stats)
+    }
+
+    /// The recorded forward pass (batched decode binds its buffers).
+    pub(crate) fn forward(&self) -> &Forward {
+        &self.fwd
+    }
+
+    pub(crate) fn kv_cache(&self) -> &KvCache {
+        &self.kv
+    }
+
+    /// The cached tokens, for batched decode, which writes the cache itself.
+    pub(crate) fn tokens_mut(&mut self) -> &mut Vec<u32> {
+        &mut self.tokens
     }
 
     /// Tooling hook: picks the token of the steps [`Self::probe_decode_step`] prepares with

@@ -18,7 +18,8 @@ pub struct ServeArgs {
     /// Port; 0 picks a free one. The bound address is printed on stdout.
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
-    /// Sequences decoded at once. Only 1: continuous batching is not implemented yet.
+    /// Requests decoded together (continuous batching), 1 to 8; each has its own KV cache of
+    /// the model's context.
     #[arg(long, default_value_t = 1)]
     pub parallel: usize,
     /// Require `Authorization: Bearer KEY` on /v1/* (/health and /metrics stay open).

@@ -447,7 +447,9 @@ impl Kernels {
     ) -> Result<Dispatch> {
         let align = self.gpu.caps.min_storage_buffer_offset_alignment.max(1) as u64;
         for (t, r) in swaps {
-            let size = r.size.map_or(r.buffer.size().saturating_sub(r.offset), |s| s.get());
+            let size = r
+                .size
+                .map_or(r.buffer.size().saturating_sub(r.offset), |s| s.get());
             if size != t.size() || r.offset % align != 0 || r.offset + size > r.buffer.size() {
                 return Err(Error::Shape(format!(
                     "{}: a {size}-byte range at offset {} of a {}-byte buffer cannot stand for \

@@ -159,7 +159,9 @@ struct Slot {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// Prompt tokens `..done` are in the cache.
-    Prefill { done: usize },
+    Prefill {
+        done: usize,
+    },
     Decode,
     /// Ended (event sent); the slot frees once its in-flight steps are read.
     Finished,
@@ -480,10 +482,10 @@ fn shared_ops(
     let eps = cfg.rms_eps;
     let mut ops = vec![Op::Embed];
     let matmul = |ops: &mut Vec<Op>,
-                      m: &SplitMatrix,
-                      x: &wgpu::Buffer,
-                      out: &wgpu::Buffer,
-                      epi: BatchEpilogue|
+                  m: &SplitMatrix,
+                  x: &wgpu::Buffer,
+                  out: &wgpu::Buffer,
+                  epi: BatchEpilogue|
      -> Result<()> {
         if epi.bias.is_some() && m.chunks.len() > 1 {
             return Err(Error::Unsupported(

@@ -1,17 +1,18 @@
 //! `wick serve`: an OpenAI-compatible HTTP server (axum on tokio) over one loaded model.
 //!
 //! Requests wait in a bounded FIFO queue (503 with `Retry-After` beyond it) for the one GPU
-//! worker thread, which owns the model's single session and generates for one request at a
-//! time ([`worker`]).
+//! worker thread ([`worker`]), which owns the model's session and generates for one request
+//! at a time, or with `--parallel N` a batch that decodes up to N requests together
+//! (continuous batching: one decode step reads the weights once for all of them).
 //!
-//! Prefix reuse: the KV cache holds one sequence, the last request's prompt and answer, and
-//! a new prompt that starts with some of those tokens (the same system prompt, a chat's
-//! previous turn) prefills only the rest. Answers report the reused count as
+//! Prefix reuse: each session's KV cache holds one sequence, the last request's prompt and
+//! answer, and a new prompt that starts with some of those tokens (the same system prompt, a
+//! chat's previous turn) prefills only the rest. Answers report the reused count as
 //! `usage.prompt_tokens_details.cached_tokens`; `/metrics` sums it in
-//! `wick_prompt_tokens_cached_total`. Requests that alternate between two conversations
-//! evict each other's prefix: keeping several sequences (LRU over the pages of a paged KV
-//! cache) comes with the paged cache, as does continuous batching (`--parallel` above 1 is
-//! refused until then).
+//! `wick_prompt_tokens_cached_total`. With `--parallel N`, N sequences stay cached (a request
+//! takes the slot with the longest shared prefix, else the least recently used); more
+//! conversations than that evict each other. A paged KV cache (pages shared between
+//! sequences, LRU over pages) is not implemented.
 //!
 //! Endpoints: `POST /v1/chat/completions`, `POST /v1/completions` (both with server-sent
 //! events when `stream` is set), `GET /v1/models`, `GET /health`, `GET /metrics`.
@@ -41,7 +42,8 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::runtime::Session;
+use crate::runtime::batch::MAX_SLOTS;
+use crate::runtime::{Batch, BatchOptions, Session};
 use api::{ApiError, ChatRequest, Common, CompletionRequest, Prompt, Usage};
 use metrics::Metrics;
 use worker::{Event, Failure, InFlight, Job, Queue};
@@ -84,10 +86,9 @@ impl Default for ServeOptions {
 impl ServeOptions {
     /// Refuses settings the server cannot honour (before any model is loaded).
     pub fn check(&self) -> Result<()> {
-        if self.parallel != 1 {
-            return Err(Error::Unsupported(format!(
-                "--parallel {}: continuous batching is not implemented yet; wick serve runs \
-                 one request at a time (--parallel 1) and queues the rest",
+        if self.parallel == 0 || self.parallel > MAX_SLOTS {
+            return Err(Error::InvalidArgument(format!(
+                "--parallel {}: sequences decoded together, 1 to {MAX_SLOTS}",
                 self.parallel
             )));
         }
@@ -134,10 +135,17 @@ fn unix_now() -> u64 {
 /// requests in flight finish (each bounded by the timeout) and returns.
 pub fn serve(model: Model, opts: ServeOptions) -> Result<()> {
     opts.check()?;
-    let session = Session::new(&model)?;
-    let ctx = session.capacity();
+    let (decoder, ctx) = if opts.parallel > 1 {
+        let batch = Batch::new(&model, BatchOptions::new(opts.parallel, model.context()))?;
+        let ctx = batch.capacity();
+        (worker::Decoder::Batched(batch), ctx)
+    } else {
+        let session = Session::new(&model)?;
+        let ctx = session.capacity();
+        (worker::Decoder::Single(session), ctx)
+    };
     let metrics = Arc::new(Metrics::default());
-    let (queue, worker) = worker::spawn(session, opts.queue, metrics.clone())?;
+    let (queue, worker) = worker::spawn(decoder, opts.queue, metrics.clone())?;
     let state = Arc::new(AppState {
         model_id: opts
             .model_id
@@ -163,8 +171,12 @@ pub fn serve(model: Model, opts: ServeOptions) -> Result<()> {
             .await
             .map_err(|e| Error::io(&where_, e))?;
         let addr = listener.local_addr().map_err(|e| Error::io(&where_, e))?;
+        let parallel = match opts.parallel {
+            1 => "one request at a time".to_string(),
+            n => format!("{n} requests decoded together"),
+        };
         eprintln!(
-            "wick serve: model {} (context {ctx} tokens), queue {}, one request at a time",
+            "wick serve: model {} (context {ctx} tokens each), queue {}, {parallel}",
             state.model_id, opts.queue
         );
         // On stdout, for scripts and tests that start the server on port 0.

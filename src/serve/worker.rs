@@ -1,23 +1,33 @@
-//! The GPU worker: one thread owns the model's single session and runs queued requests one
-//! at a time, first in first out. Continuous batching (several sequences per decode step)
-//! is not implemented: `--parallel` above 1 is refused.
+//! The GPU worker: one thread owns the model's sessions and runs the queued requests, first
+//! in first out. With `--parallel 1` it owns one [`Session`] and runs one request at a time;
+//! with `--parallel N` a [`Batch`] of N slots decodes up to N requests together (continuous
+//! batching: a request joins at the next step once a slot is free and leaves as soon as it
+//! ends; requests beyond N wait in the bounded queue).
 //!
-//! The session keeps the last request's sequence (prompt and generated tokens) in its KV
+//! With one session, the session keeps the last request's sequence (prompt and generated tokens) in its KV
 //! cache, and [`Session::generate`] prefills only what follows the longest prefix a new
 //! prompt shares with it: a repeated system prompt, or a chat's earlier turns, are not
 //! recomputed. Nothing else carries over between requests: the sampler, its RNG (seeded per
 //! request), the penalty history, the stop-string state and the statistics are set up anew
-//! by each generation.
+//! by each generation. A batch does the same per slot: a request goes to the free slot whose
+//! cache shares the longest prefix with its prompt, else the least recently used one.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::metrics::Metrics;
-use crate::runtime::{GenerateParams, Session, StopReason};
+use crate::runtime::{Batch, BatchEvent, GenerateParams, SeqId, Session, StopReason};
+
+/// What the worker decodes with: one session (one request at a time) or a batch.
+pub enum Decoder {
+    Single(Session),
+    Batched(Batch),
+}
 
 /// What the worker reports back to the request's handler, in order: text deltas, then one
 /// `Done` or `Failed`.
@@ -108,9 +118,9 @@ impl Queue {
     }
 }
 
-/// Starts the worker thread on `session`; it runs until every [`Queue`] clone is dropped.
+/// Starts the worker thread on `decoder`; it runs until every [`Queue`] clone is dropped.
 pub fn spawn(
-    session: Session,
+    decoder: Decoder,
     capacity: usize,
     metrics: Arc<Metrics>,
 ) -> crate::Result<(Queue, std::thread::JoinHandle<()>)> {
@@ -118,7 +128,10 @@ pub fn spawn(
     let m = metrics.clone();
     let handle = std::thread::Builder::new()
         .name("wick-gpu".into())
-        .spawn(move || run(session, rx, m))
+        .spawn(move || match decoder {
+            Decoder::Single(session) => run(session, rx, m),
+            Decoder::Batched(batch) => run_batch(batch, rx, m),
+        })
         .map_err(|e| crate::Error::io("<worker thread>", e))?;
     Ok((Queue { tx, metrics }, handle))
 }
@@ -246,4 +259,153 @@ fn generate(
         let _ = events.send(Event::Delta(tail));
     }
     Ok(Outcome::Done { cached_tokens })
+}
+
+/// A request of the batch: where its events go and what it has produced.
+struct Running {
+    events: UnboundedSender<Event>,
+    deadline: Instant,
+    slot: InFlight,
+    generated: usize,
+}
+
+impl Running {
+    fn finish(self, e: Event, metrics: &Metrics) {
+        metrics.add_generated(self.generated);
+        self.slot.release();
+        let _ = self.events.send(e);
+    }
+}
+
+/// The batched worker: takes queued requests while a slot is free, drops those whose client
+/// left or whose time ran out, and runs [`Batch::step`] while anything is in flight.
+fn run_batch(mut batch: Batch, rx: Receiver<Job>, metrics: Arc<Metrics>) {
+    let mut running: HashMap<SeqId, Running> = HashMap::new();
+    let mut open = true;
+    loop {
+        while open && batch.free_slots() > 0 {
+            let job = if batch.is_idle() {
+                match rx.recv() {
+                    Ok(j) => j,
+                    Err(_) => return,
+                }
+            } else {
+                match rx.try_recv() {
+                    Ok(j) => j,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            };
+            metrics.queued.fetch_sub(1, Ordering::SeqCst);
+            let Job {
+                prompt,
+                params,
+                deadline,
+                events,
+                slot,
+            } = job;
+            let r = Running {
+                events,
+                deadline,
+                slot,
+                generated: 0,
+            };
+            if r.events.is_closed() {
+                metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if Instant::now() >= deadline {
+                r.finish(Event::Failed(Failure::Timeout), &metrics);
+                continue;
+            }
+            match batch.add(&prompt, params) {
+                Ok(id) => {
+                    running.insert(id, r);
+                }
+                Err(e) => r.finish(Event::Failed(Failure::Engine(e)), &metrics),
+            }
+        }
+        // Clients that left and requests past their deadline leave the batch now.
+        let now = Instant::now();
+        let gone: Vec<SeqId> = running
+            .iter()
+            .filter(|(_, r)| r.events.is_closed() || now >= r.deadline)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            batch.cancel(id);
+            let r = running.remove(&id).expect("listed");
+            if r.events.is_closed() {
+                metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+                metrics.add_generated(r.generated);
+            } else {
+                r.finish(Event::Failed(Failure::Timeout), &metrics);
+            }
+        }
+        if batch.is_idle() {
+            if !open {
+                return;
+            }
+            continue;
+        }
+        match batch.step() {
+            Ok(events) => {
+                for ev in events {
+                    route(ev, &mut running, &metrics);
+                }
+            }
+            Err(e) => {
+                // The device failed: every request in flight fails with it.
+                let msg = e.to_string();
+                for (id, r) in running.drain() {
+                    batch.cancel(id);
+                    let e = crate::Error::Gpu(msg.clone());
+                    r.finish(Event::Failed(Failure::Engine(e)), &metrics);
+                }
+            }
+        }
+        metrics.set_kv_tokens(batch.cached_tokens());
+    }
+}
+
+/// Hands one batch event to its request.
+fn route(ev: BatchEvent, running: &mut HashMap<SeqId, Running>, metrics: &Metrics) {
+    match ev {
+        BatchEvent::Token { seq, token } => {
+            if let Some(r) = running.get_mut(&seq) {
+                r.generated += 1;
+                if !token.text.is_empty() {
+                    let _ = r.events.send(Event::Delta(token.text));
+                }
+            }
+        }
+        BatchEvent::Done { seq, text, stats } => {
+            let Some(r) = running.remove(&seq) else {
+                return;
+            };
+            if !text.is_empty() {
+                let _ = r.events.send(Event::Delta(text));
+            }
+            let cached_tokens = stats.prompt_tokens - stats.prefilled_tokens;
+            metrics.add_prompt(stats.prompt_tokens, cached_tokens);
+            metrics.set_decode_rate(stats.decode_tok_s());
+            r.finish(
+                Event::Done {
+                    reason: stats.stop_reason,
+                    prompt_tokens: stats.prompt_tokens,
+                    cached_tokens,
+                    completion_tokens: stats.generated_tokens,
+                },
+                metrics,
+            );
+        }
+        BatchEvent::Failed { seq, error } => {
+            if let Some(r) = running.remove(&seq) {
+                r.finish(Event::Failed(Failure::Engine(error)), metrics);
+            }
+        }
+    }
 }

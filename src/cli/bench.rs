@@ -157,12 +157,32 @@ struct RunArgs {
     /// Sample on the CPU from read-back logits instead of the GPU sampling chain.
     #[arg(long)]
     cpu_sampling: bool,
+    /// Batched decode tests: that many sequences (2 to 8; comma-separated for several
+    /// tests) decode -n tokens each together, reported as tokens/s of all of them
+    /// (`tg128 x4`).
+    #[arg(long)]
+    parallel: Option<String>,
     /// Print JSON.
     #[arg(long, conflicts_with = "csv")]
     json: bool,
     /// Print CSV (one row per test).
     #[arg(long)]
     csv: bool,
+}
+
+fn parse_parallel(s: Option<&str>) -> Result<Vec<usize>> {
+    let Some(s) = s else {
+        return Ok(Vec::new());
+    };
+    s.split(',')
+        .map(|v| match v.trim().parse::<usize>() {
+            Ok(n) if (1..=wick::runtime::batch::MAX_SLOTS).contains(&n) => Ok(n),
+            _ => Err(Error::InvalidArgument(format!(
+                "--parallel {s:?}: expected comma-separated sequence counts, 1 to {}",
+                wick::runtime::batch::MAX_SLOTS
+            ))),
+        })
+        .collect()
 }
 
 fn parse_slope(s: &str) -> Result<Option<(usize, usize)>> {
@@ -211,6 +231,7 @@ fn bench_model(a: RunArgs) -> Result<()> {
             ..Default::default()
         },
         sample_on_cpu: a.cpu_sampling,
+        parallel: parse_parallel(a.parallel.as_deref())?,
         ..Default::default()
     };
     let quant = a
@@ -382,6 +403,14 @@ fn rows(r: &BenchReport) -> Vec<(String, &bench::Measurement)> {
     if let Some(m) = &r.decode {
         v.push((test_name("tg", r.gen_tokens, r.depth), m));
     }
+    for b in &r.batched {
+        let name = format!(
+            "{} x{}",
+            test_name("tg", b.gen_tokens, r.depth),
+            b.sequences
+        );
+        v.push((name, &b.measurement));
+    }
     v
 }
 
@@ -449,6 +478,14 @@ fn print_table(r: &BenchReport) {
         r.decode_gb_s,
         r.decode_roofline_share * 100.0
     );
+    for b in &r.batched {
+        println!(
+            "batched decode x{}: {:.2} tok/s per sequence, {:.1} dispatches per step",
+            b.sequences,
+            b.tok_s / b.sequences as f64,
+            b.dispatches_per_step
+        );
+    }
     if let Some(step) = r.profile_step_us {
         println!("\ndecode step GPU time {step:.1} us (pass timestamps); per op (timestamps around each dispatch):");
         print_op_table("token", &r.profile);

@@ -582,6 +582,16 @@ impl Batch {
         running + self.waiting.len()
     }
 
+    /// Sequences waiting for a slot or prefilling their prompt.
+    pub fn prefilling(&self) -> usize {
+        let prefilling = self
+            .slots
+            .iter()
+            .filter(|s| matches!(s.seq.as_ref().map(|q| q.phase), Some(Phase::Prefill { .. })))
+            .count();
+        prefilling + self.waiting.len()
+    }
+
     /// Nothing to do: no sequence and no step in flight.
     pub fn is_idle(&self) -> bool {
         self.active() == 0 && self.flights.is_empty()

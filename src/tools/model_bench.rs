@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::runtime::{GenerateParams, KvType, Picker, SamplingParams, Session};
+use crate::runtime::{BatchEvent, GenerateParams, KvType, Picker, SamplingParams, Session};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -45,6 +45,9 @@ pub struct BenchOptions {
     /// chain, or the CPU sampler with `sample_on_cpu`).
     pub sampling: SamplingParams,
     pub sample_on_cpu: bool,
+    /// Sequence counts of the batched decode tests (`--parallel 4,8`): that many sequences
+    /// decode `gen` tokens each together ([`crate::runtime::Batch`]); empty: none.
+    pub parallel: Vec<usize>,
 }
 
 impl BenchOptions {
@@ -145,6 +148,7 @@ impl Default for BenchOptions {
             ceiling_bytes: 1 << 30,
             sampling: SamplingParams::default(),
             sample_on_cpu: false,
+            parallel: Vec::new(),
         }
     }
 }
@@ -234,6 +238,18 @@ pub struct PrefillTest {
     pub profile: Vec<OpTime>,
 }
 
+/// One batched decode test: `sequences` sequences decoding `gen_tokens` each together.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchedTest {
+    pub sequences: usize,
+    pub gen_tokens: usize,
+    /// Tokens per second of all sequences together, timed from the step where the last
+    /// prompt finished prefilling to the end (the trimmed mean: `measurement.mean`).
+    pub tok_s: f64,
+    pub measurement: Measurement,
+    pub dispatches_per_step: f64,
+}
+
 /// Everything `wick bench` reports for one model.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchReport {
@@ -284,6 +300,9 @@ pub struct BenchReport {
     pub prefill_profile: Vec<OpTime>,
     #[serde(default)]
     pub prefill_chunk: usize,
+    /// The batched decode tests (`--parallel`), in the order given.
+    #[serde(default)]
+    pub batched: Vec<BatchedTest>,
 }
 
 impl BenchReport {
@@ -406,6 +425,64 @@ fn prefill_run(s: &mut Session, o: &BenchOptions, n: usize, salt: u64) -> Result
     Ok(t0.elapsed().as_secs_f64())
 }
 
+/// `n` sequences of `o.gen` tokens each decoded together, `o.reps` times: the rate of all of
+/// them from the step at which every prompt (8 tokens, after `o.depth` shared ones) is
+/// prefilled to the end.
+fn batched_decode(model: &Model, o: &BenchOptions, n: usize) -> Result<BatchedTest> {
+    use crate::runtime::{Batch, BatchOptions};
+    if o.gen == 0 {
+        return Err(Error::InvalidArgument(
+            "--parallel needs a decode test (-n above 0)".into(),
+        ));
+    }
+    let vocab = model.config().vocab;
+    let mut batch = Batch::new(model, BatchOptions::new(n, o.context()))?;
+    let params = GenerateParams {
+        max_tokens: o.gen,
+        sampling: o.sampling.clone(),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let mut runs = Vec::with_capacity(o.reps);
+    let (steps0, dispatches0) = (batch.steps_run, batch.dispatches_run);
+    for rep in 0..o.reps {
+        for i in 0..n {
+            let mut prompt = depth_prefix(o.depth, vocab);
+            prompt.extend(prompt_ids(8, vocab, 4000 + (rep * n + i) as u64));
+            batch.add(&prompt, params.clone())?;
+        }
+        let mut t0 = None;
+        let mut tokens = 0;
+        while !batch.is_idle() {
+            if t0.is_none() && batch.prefilling() == 0 {
+                t0 = Some(Instant::now());
+            }
+            for ev in batch.step()? {
+                match ev {
+                    BatchEvent::Token { .. } if t0.is_some() => tokens += 1,
+                    BatchEvent::Failed { error, .. } => return Err(error),
+                    _ => {}
+                }
+            }
+        }
+        let secs = t0.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        runs.push(if secs > 0.0 {
+            tokens as f64 / secs
+        } else {
+            0.0
+        });
+    }
+    let measurement = Measurement::from_runs(runs, o.discard);
+    let steps = (batch.steps_run - steps0).max(1);
+    Ok(BatchedTest {
+        sequences: n,
+        gen_tokens: o.gen,
+        tok_s: measurement.mean,
+        measurement,
+        dispatches_per_step: (batch.dispatches_run - dispatches0) as f64 / steps as f64,
+    })
+}
+
 /// Runs the benchmark on `model`; `label` and `quant` name it in the report.
 pub fn run(model: &Model, label: &str, quant: &str, o: &BenchOptions) -> Result<BenchReport> {
     if o.reps == 0 {
@@ -503,9 +580,14 @@ pub fn run(model: &Model, label: &str, quant: &str, o: &BenchOptions) -> Result<
             t.profile = op_times(&super::profile::profile_prefill(&mut s, &ids)?, 1);
         }
     }
+    let mut batched = Vec::with_capacity(o.parallel.len());
+    for &n in &o.parallel {
+        batched.push(batched_decode(model, o, n)?);
+    }
     let first = prefills.first();
     let caps = &gpu.caps;
     Ok(BenchReport {
+        batched,
         model: label.to_string(),
         quant: quant.to_string(),
         kv_type,
@@ -567,6 +649,9 @@ pub fn comparable(r: &BenchReport) -> Vec<(String, f64)> {
         ]
         .map(|(name, x)| (name.to_string(), x)),
     );
+    for b in &r.batched {
+        v.push((format!("batched_decode_tok_s@x{}", b.sequences), b.tok_s));
+    }
     if let Some(us) = r.profile_step_us {
         v.push(("profile_step_us".to_string(), us));
     }

@@ -412,7 +412,7 @@ impl StreamRequest {
     }
 }
 
-fn concurrent_clients_with_random_disconnects(s: &Server, req: &StreamRequest) {
+fn concurrent_clients_with_random_disconnects(s: &Server, req: &StreamRequest, clients: usize) {
     use rand::{Rng, SeedableRng};
     let seed: u64 = rand::rng().random();
     eprintln!("concurrent clients: seed {seed}");
@@ -423,7 +423,7 @@ fn concurrent_clients_with_random_disconnects(s: &Server, req: &StreamRequest) {
         Leave::AfterContent,
         Leave::AtTheEnd,
     ];
-    let plan: Vec<Leave> = (0..8)
+    let plan: Vec<Leave> = (0..clients)
         .map(|i| match i {
             // At least two read to the end.
             0 | 1 => Leave::AtTheEnd,
@@ -757,7 +757,7 @@ fn serve_answers_like_wick_run_and_speaks_openai() {
         assert!(metrics.contains(line), "{line} missing from\n{metrics}");
     }
 
-    concurrent_clients_with_random_disconnects(&s, &StreamRequest::question(&content));
+    concurrent_clients_with_random_disconnects(&s, &StreamRequest::question(&content), 8);
     bench_serve_reports(&s);
     let m = settled_metrics(&s);
     assert_eq!(metric(&m, "wick_requests_in_flight"), 0.0, "{m}");
@@ -893,8 +893,9 @@ fn parallel_out_of_range_is_refused_before_loading() {
 }
 
 /// Continuous batching over HTTP (`--parallel 4`): four greedy completions sent together get
-/// the answers they get one at a time; then streaming clients leaving at random points, more
-/// of them than slots, leave nothing in flight and the next answer unchanged. Short raw
+/// the answers they get one at a time; then 32 streaming clients leaving at random points (8
+/// per slot, the rest queued) leave nothing in flight or queued, the server healthy and the next
+/// answer unchanged. Short raw
 /// prompts: lavapipe prefills fewer than 8 new tokens through the decode step, while a GEMM
 /// chunk costs it ~20 s (the engine-level comparison with single-sequence decoding is
 /// tests/smollm2.rs's batched test).
@@ -953,7 +954,7 @@ fn parallel_requests_answer_as_they_do_alone() {
         content: ("\"text\"", 1),
         check: ("/v1/completions", body(prompts[0], 8), text(&alone[0])),
     };
-    concurrent_clients_with_random_disconnects(&s, &req);
+    concurrent_clients_with_random_disconnects(&s, &req, 32);
 }
 
 /// python3 (or `$WICK_PYTHON`) when it imports `openai`. Otherwise a panic under

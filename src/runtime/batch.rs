@@ -213,6 +213,8 @@ pub struct Batch {
     /// Decode steps submitted, and dispatches recorded in them.
     pub steps_run: usize,
     pub dispatches_run: usize,
+    /// The batch activations' share of the device memory.
+    _reservation: crate::gpu::MemoryReservation,
 }
 
 impl Batch {
@@ -261,6 +263,16 @@ impl Batch {
             .unwrap_or(1);
         let f32b = |label: &str, len: usize| gpu.storage_buffer(label, (len.max(1) * 4) as u64);
         let logits_stride = cfg.vocab.next_multiple_of(align);
+        // The batch's own activations (each slot's session reserved its cache and chunk).
+        let floats = n * (3 * cfg.hidden + 3 * cfg.q_dim() + 4 * cfg.kv_dim() + 3 * cfg.ffn)
+            + n * logits_stride;
+        let bytes =
+            4 * floats as u64 + attention::partials_bytes(cfg.n_heads, cfg.head_dim, max_splits);
+        let reservation = gpu.reserve(
+            crate::gpu::MemoryKind::Session,
+            &format!("the activations of a batch of {n} sequences ({bytes} bytes)"),
+            bytes,
+        )?;
         let act = BatchActivations {
             h: f32b("batch h", n * cfg.hidden)?,
             normed: f32b("batch normed", n * cfg.hidden)?,
@@ -466,6 +478,7 @@ impl Batch {
             piece,
             steps_run: 0,
             dispatches_run: 0,
+            _reservation: reservation,
         })
     }
 }
@@ -619,12 +632,7 @@ impl Batch {
         }
         let id = SeqId(self.next_id);
         self.next_id += 1;
-        let decoder = self
-            .model
-            .inner
-            .tokenizer
-            .is_some()
-            .then(|| TextStream::new(self.model.clone(), &params.stop));
+        let decoder = TextStream::for_model(&self.model, &params.stop);
         self.waiting.push_back(Sequence {
             id,
             eos: self.model.eos_ids().to_vec(),

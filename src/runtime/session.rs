@@ -525,12 +525,7 @@ impl Session {
         let picker = Picker::for_params(&params, self.model.inner.cfg.vocab);
         let mut rng = Rng::new(params.sampling.seed);
         self.prefill_picking(prompt, &params.sampling, picker, &mut rng)?;
-        let decoder = self
-            .model
-            .inner
-            .tokenizer
-            .is_some()
-            .then(|| TextStream::new(self.model.clone(), &params.stop));
+        let decoder = TextStream::for_model(&self.model, &params.stop);
         let mut g = Generation {
             session: self,
             params,

@@ -43,6 +43,15 @@ fn take_utf8(bytes: &mut Vec<u8>) -> String {
 }
 
 impl TextStream {
+    /// The text stream of a generation on `model`, None when it has no tokenizer (ids only).
+    pub fn for_model(model: &Model, stop: &[String]) -> Option<Self> {
+        model
+            .inner
+            .tokenizer
+            .is_some()
+            .then(|| TextStream::new(model.clone(), stop))
+    }
+
     pub fn new(model: Model, stop: &[String]) -> Self {
         TextStream {
             model,

@@ -4,9 +4,9 @@
 //! batching: a request joins at the next step once a slot is free and leaves as soon as it
 //! ends; requests beyond N wait in the bounded queue).
 //!
-//! With one session, the session keeps the last request's sequence (prompt and generated tokens) in its KV
-//! cache, and [`Session::generate`] prefills only what follows the longest prefix a new
-//! prompt shares with it: a repeated system prompt, or a chat's earlier turns, are not
+//! A session keeps the last request's sequence (prompt and generated tokens) in its KV cache,
+//! and [`Session::generate`] prefills only what follows the longest prefix a new prompt
+//! shares with it: a repeated system prompt, or a chat's earlier turns, are not
 //! recomputed. Nothing else carries over between requests: the sampler, its RNG (seeded per
 //! request), the penalty history, the stop-string state and the statistics are set up anew
 //! by each generation. A batch does the same per slot: a request goes to the free slot whose

@@ -90,3 +90,44 @@ fn rmsnorm_rejects_short_buffers() {
     let out = g.storage_buffer("o", 32).unwrap();
     assert!(rmsnorm::rmsnorm(k, &x, (&w, 1e-5), &out, 16, 1).is_err());
 }
+
+/// `Kernels::rebind` (batched decode's per-sequence dispatches): an RMSNorm built on one-row
+/// templates, moved onto row 1 of three-row buffers, normalises that row of the input into
+/// that row of the output and writes nothing else; a range that is misaligned or not the
+/// template's size is refused.
+#[test]
+fn rebind_moves_a_dispatch_onto_a_row() {
+    let k = kernels();
+    let g = &k.gpu;
+    let mut r = rng();
+    // One row of 64 f32 = 256 bytes: offsets at any alignment up to 256.
+    let n = 64;
+    let x = rand_vec(&mut r, 3 * n, 3.0);
+    let w = rand_vec(&mut r, n, 1.5);
+    let (xb, wb) = (g.upload("x", &x).unwrap(), g.upload("w", &w).unwrap());
+    let out = poisoned(3 * n);
+    let (tx, tout) = (poisoned(n), poisoned(n));
+    let d = rmsnorm::rmsnorm(k, &tx, (&wb, 1e-5), &tout, n, 1).unwrap();
+    let row = |buf, at: usize, len: usize| wgpu::BufferBinding {
+        buffer: buf,
+        offset: (at * 4) as u64,
+        size: std::num::NonZeroU64::new((len * 4) as u64),
+    };
+    let moved = k
+        .rebind(&d, &[(&tx, row(&xb, n, n)), (&tout, row(&out, n, n))])
+        .unwrap();
+    k.run(&[&moved]).unwrap();
+    let got = g.read_vec(&out).unwrap();
+    let want = reference::rmsnorm::rmsnorm(&x[n..2 * n], &w, n, 1e-5);
+    assert_close("rebound rmsnorm, row 1", &got[n..2 * n], &want, 1e-5, 1e-5);
+    for (i, v) in got.iter().enumerate().filter(|(i, _)| !(n..2 * n).contains(i)) {
+        assert_eq!(v.to_bits(), POISON, "element {i} outside the row was written");
+    }
+    assert!(g.read_vec(&tout).unwrap().iter().all(|v| v.to_bits() == POISON));
+    let misaligned = wgpu::BufferBinding {
+        offset: 2,
+        ..row(&out, 0, n)
+    };
+    assert!(k.rebind(&d, &[(&tout, misaligned)]).is_err(), "misaligned");
+    assert!(k.rebind(&d, &[(&tout, row(&out, n, n - 4))]).is_err(), "short");
+}

@@ -21,6 +21,7 @@
 //! sampling chain); the CPU sampler ([`GenerateParams::sample_on_cpu`], a top-k the chain does
 //! not take) is refused.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
@@ -812,7 +813,7 @@ impl Batch {
                 let step = sample_step(sp, pos + 1, vocab, q.rng.next_f64());
                 fwd.write_sample_step(&step);
                 let n = sample::chain_k(sp.temperature, sp.top_k);
-                if !s.chains.contains_key(&n) {
+                if let Entry::Vacant(vacant) = s.chains.entry(n) {
                     let chain = sample::sample_chain(
                         k,
                         &SampleBuffers {
@@ -841,7 +842,7 @@ impl Batch {
                     });
                     match chain {
                         Ok(c) => {
-                            s.chains.insert(n, c);
+                            vacant.insert(c);
                         }
                         Err(error) => {
                             q.phase = Phase::Finished;

@@ -138,11 +138,11 @@ pub fn serve(model: Model, opts: ServeOptions) -> Result<()> {
     let (decoder, ctx) = if opts.parallel > 1 {
         let batch = Batch::new(&model, BatchOptions::new(opts.parallel, model.context()))?;
         let ctx = batch.capacity();
-        (worker::Decoder::Batched(batch), ctx)
+        (worker::Decoder::Batched(Box::new(batch)), ctx)
     } else {
         let session = Session::new(&model)?;
         let ctx = session.capacity();
-        (worker::Decoder::Single(session), ctx)
+        (worker::Decoder::Single(Box::new(session)), ctx)
     };
     let metrics = Arc::new(Metrics::default());
     let (queue, worker) = worker::spawn(decoder, opts.queue, metrics.clone())?;

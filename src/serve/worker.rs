@@ -25,8 +25,8 @@ use crate::runtime::{Batch, BatchEvent, GenerateParams, SeqId, Session, StopReas
 
 /// What the worker decodes with: one session (one request at a time) or a batch.
 pub enum Decoder {
-    Single(Session),
-    Batched(Batch),
+    Single(Box<Session>),
+    Batched(Box<Batch>),
 }
 
 /// What the worker reports back to the request's handler, in order: text deltas, then one
@@ -129,8 +129,8 @@ pub fn spawn(
     let handle = std::thread::Builder::new()
         .name("wick-gpu".into())
         .spawn(move || match decoder {
-            Decoder::Single(session) => run(session, rx, m),
-            Decoder::Batched(batch) => run_batch(batch, rx, m),
+            Decoder::Single(session) => run(*session, rx, m),
+            Decoder::Batched(batch) => run_batch(*batch, rx, m),
         })
         .map_err(|e| crate::Error::io("<worker thread>", e))?;
     Ok((Queue { tx, metrics }, handle))

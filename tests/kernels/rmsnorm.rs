@@ -120,14 +120,29 @@ fn rebind_moves_a_dispatch_onto_a_row() {
     let got = g.read_vec(&out).unwrap();
     let want = reference::rmsnorm::rmsnorm(&x[n..2 * n], &w, n, 1e-5);
     assert_close("rebound rmsnorm, row 1", &got[n..2 * n], &want, 1e-5, 1e-5);
-    for (i, v) in got.iter().enumerate().filter(|(i, _)| !(n..2 * n).contains(i)) {
-        assert_eq!(v.to_bits(), POISON, "element {i} outside the row was written");
+    for (i, v) in got
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !(n..2 * n).contains(i))
+    {
+        assert_eq!(
+            v.to_bits(),
+            POISON,
+            "element {i} outside the row was written"
+        );
     }
-    assert!(g.read_vec(&tout).unwrap().iter().all(|v| v.to_bits() == POISON));
+    let template: Vec<f32> = g.read_vec(&tout).unwrap();
+    assert!(
+        template.iter().all(|v| v.to_bits() == POISON),
+        "the template was written"
+    );
     let misaligned = wgpu::BufferBinding {
         offset: 2,
         ..row(&out, 0, n)
     };
     assert!(k.rebind(&d, &[(&tout, misaligned)]).is_err(), "misaligned");
-    assert!(k.rebind(&d, &[(&tout, row(&out, n, n - 4))]).is_err(), "short");
+    assert!(
+        k.rebind(&d, &[(&tout, row(&out, n, n - 4))]).is_err(),
+        "short"
+    );
 }

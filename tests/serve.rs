@@ -955,6 +955,10 @@ fn parallel_requests_answer_as_they_do_alone() {
         check: ("/v1/completions", body(prompts[0], 8), text(&alone[0])),
     };
     concurrent_clients_with_random_disconnects(&s, &req, 32);
+    let m = settled_metrics(&s);
+    assert_eq!(metric(&m, "wick_parallel_slots"), 4.0, "{m}");
+    assert_eq!(metric(&m, "wick_parallel_slots_busy"), 0.0, "{m}");
+    assert!(metric(&m, "wick_kv_cache_tokens") > 0.0, "{m}");
 }
 
 /// python3 (or `$WICK_PYTHON`) when it imports `openai`. Otherwise a panic under

@@ -23,6 +23,10 @@ pub struct Metrics {
     pub queued: AtomicUsize,
     /// Requests admitted and not finished (queued or generating).
     pub in_flight: AtomicUsize,
+    /// Sequences the worker decodes at most at once (`--parallel`), and those it holds now
+    /// (prefilling or decoding).
+    pub slots: AtomicUsize,
+    pub slots_busy: AtomicUsize,
 }
 
 impl Metrics {
@@ -64,7 +68,7 @@ impl Metrics {
             );
         }
         drop(requests);
-        let rows: [(&str, &str, &str, String); 8] = [
+        let rows: [(&str, &str, &str, String); 10] = [
             (
                 "wick_generated_tokens_total",
                 "counter",
@@ -87,7 +91,7 @@ impl Metrics {
             (
                 "wick_kv_cache_tokens",
                 "gauge",
-                "Tokens held in the KV cache (the last request's sequence).",
+                "Tokens held in the KV caches (each session's last sequence).",
                 self.kv_tokens.load(Ordering::Relaxed).to_string(),
             ),
             (
@@ -113,6 +117,18 @@ impl Metrics {
                 "gauge",
                 "Generation requests admitted and not finished (queued or running).",
                 self.in_flight.load(Ordering::SeqCst).to_string(),
+            ),
+            (
+                "wick_parallel_slots",
+                "gauge",
+                "Sequences decoded together at most (--parallel).",
+                self.slots.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "wick_parallel_slots_busy",
+                "gauge",
+                "Sequences being prefilled or decoded now.",
+                self.slots_busy.load(Ordering::SeqCst).to_string(),
             ),
         ];
         for (name, kind, help, value) in rows {

@@ -137,9 +137,12 @@ pub fn spawn(
 }
 
 fn run(mut session: Session, rx: Receiver<Job>, metrics: Arc<Metrics>) {
+    metrics.slots.store(1, Ordering::Relaxed);
     while let Ok(job) = rx.recv() {
         metrics.queued.fetch_sub(1, Ordering::SeqCst);
+        metrics.slots_busy.store(1, Ordering::SeqCst);
         one(&mut session, job, &metrics);
+        metrics.slots_busy.store(0, Ordering::SeqCst);
     }
 }
 
@@ -282,7 +285,9 @@ impl Running {
 fn run_batch(mut batch: Batch, rx: Receiver<Job>, metrics: Arc<Metrics>) {
     let mut running: HashMap<SeqId, Running> = HashMap::new();
     let mut open = true;
+    metrics.slots.store(batch.slots(), Ordering::Relaxed);
     loop {
+        metrics.slots_busy.store(batch.active(), Ordering::SeqCst);
         while open && batch.free_slots() > 0 {
             let job = if batch.is_idle() {
                 match rx.recv() {
@@ -351,7 +356,11 @@ fn run_batch(mut batch: Batch, rx: Receiver<Job>, metrics: Arc<Metrics>) {
             }
             continue;
         }
-        match batch.step() {
+        let stepped = batch.step();
+        // Before the events: a client that reads its answer sees the slot already free.
+        metrics.slots_busy.store(batch.active(), Ordering::SeqCst);
+        metrics.set_kv_tokens(batch.cached_tokens());
+        match stepped {
             Ok(events) => {
                 for ev in events {
                     route(ev, &mut running, &metrics);
@@ -367,7 +376,6 @@ fn run_batch(mut batch: Batch, rx: Receiver<Job>, metrics: Arc<Metrics>) {
                 }
             }
         }
-        metrics.set_kv_tokens(batch.cached_tokens());
     }
 }
 

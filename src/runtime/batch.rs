@@ -29,12 +29,12 @@ use crate::error::{Error, Result};
 use crate::kernels::attention::{self, AttentionBuffers, DecodeForm};
 use crate::kernels::gemv_batch::{self, BatchEpilogue};
 use crate::kernels::kv_cache::KvPair;
-use crate::kernels::rope::{RopeKvBuffers, RopeTables};
+use crate::kernels::rope::RopeTables;
 use crate::kernels::sample::{self, SampleBuffers, SampleChain};
-use crate::kernels::{argmax, embedding, kv_cache, rmsnorm, rope, swiglu, Dispatch, Kernels};
+use crate::kernels::{argmax, embedding, rmsnorm, swiglu, Dispatch, Kernels};
 use crate::model::weights::SplitMatrix;
 use crate::model::Model;
-use crate::runtime::forward::DecodeFusion;
+use crate::runtime::forward::{check_split_bias, post_qkv, DecodeFusion, PostQkvTarget, QkvRows};
 use crate::runtime::sampling::Rng;
 use crate::runtime::session::{picked, sample_step, Picker, SessionOptions};
 use crate::runtime::stream::TextStream;
@@ -121,6 +121,16 @@ struct BatchActivations {
     partials: wgpu::Buffer,
 }
 
+impl BatchActivations {
+    /// Slot `b`'s `vocab` logits (rows are `logits_stride` apart).
+    fn logits_row(&self, b: usize, vocab: usize) -> wgpu::BufferBinding<'_> {
+        wgpu::BufferBinding {
+            size: std::num::NonZeroU64::new((vocab * 4) as u64),
+            ..view(&self.logits, b, self.logits_stride)
+        }
+    }
+}
+
 /// One-row buffers the per-slot dispatches are built on before [`Kernels::rebind`] moves them
 /// onto a slot's row.
 struct Templates {
@@ -170,8 +180,6 @@ enum Phase {
 
 struct Sequence {
     id: SeqId,
-    /// End-of-sequence ids (the model's).
-    eos: Vec<u32>,
     prompt: Vec<u32>,
     params: GenerateParams,
     picker: Picker,
@@ -306,11 +314,6 @@ impl Batch {
         for (b, session) in sessions.into_iter().enumerate() {
             let fwd = session.forward();
             let kv = session.kv_cache();
-            let vocab_bytes = std::num::NonZeroU64::new((cfg.vocab * 4) as u64);
-            let logits_row = wgpu::BufferBinding {
-                size: vocab_bytes,
-                ..view(&act.logits, b, logits_stride)
-            };
             let row_swaps = [
                 (&t.h, view(&act.h, b, cfg.hidden)),
                 (&t.q, view(&act.q, b, cfg.q_dim())),
@@ -319,7 +322,7 @@ impl Batch {
                 (&t.qn, view(&act.qn, b, cfg.q_dim())),
                 (&t.kn, view(&act.kn, b, cfg.kv_dim())),
                 (&t.attn, view(&act.attn, b, cfg.q_dim())),
-                (&t.logits, logits_row),
+                (&t.logits, act.logits_row(b, cfg.vocab)),
             ];
             let moved = |d: Dispatch| k.rebind(&d, &row_swaps);
             let mut embed = Vec::new();
@@ -327,83 +330,33 @@ impl Batch {
                 let d = embedding::embedding(k, chunk, &fwd.token, &t.h, 1, 0, *row0)?;
                 embed.push(moved(d)?);
             }
-            let (q, kk) = if cfg.qk_norm {
-                (&t.qn, &t.kn)
-            } else {
-                (&t.q, &t.k)
+            let rows = QkvRows {
+                q: &t.q,
+                k: &t.k,
+                v: &t.v,
+                qn: &t.qn,
+                kn: &t.kn,
             };
+            let (q, _) = rows.attended(cfg.qk_norm);
             let mut layers = Vec::with_capacity(cfg.n_layers);
             for (i, l) in w.layers.iter().enumerate() {
                 let cache = KvPair {
                     k: &kv.k[i],
                     v: &kv.v[i],
                 };
-                let mut post = Vec::new();
-                if cfg.qk_norm {
-                    let (qw, kw) = l
-                        .q_norm
-                        .as_ref()
-                        .zip(l.k_norm.as_ref())
-                        .ok_or_else(|| Error::Model("q/k norm weights missing".into()))?;
-                    let (eps, hd) = (cfg.rms_eps, cfg.head_dim);
-                    post.push(moved(rmsnorm::rmsnorm(
-                        k,
-                        &t.q,
-                        (qw, eps),
-                        q,
-                        hd,
-                        cfg.n_heads,
-                    )?)?);
-                    post.push(moved(rmsnorm::rmsnorm(
-                        k,
-                        &t.k,
-                        (kw, eps),
-                        kk,
-                        hd,
-                        cfg.n_kv_heads,
-                    )?)?);
-                }
-                let tables = RopeTables {
-                    step: &fwd.step,
-                    inv_freq: &inner.inv_freq,
+                let at = PostQkvTarget {
+                    cache,
+                    tables: RopeTables {
+                        step: &fwd.step,
+                        inv_freq: &inner.inv_freq,
+                    },
+                    heads: &heads,
+                    rope: &rope_shape,
                 };
-                let new = KvPair { k: kk, v: &t.v };
-                if rope::rope_kv_supported(cfg.head_dim, cfg.rope_dim) {
-                    let io = RopeKvBuffers { q, new, cache };
-                    post.push(moved(rope::rope_kv(
-                        k,
-                        &io,
-                        tables,
-                        &heads,
-                        &rope_shape,
-                        1,
-                    )?)?);
-                } else {
-                    post.push(moved(rope::rope(
-                        k,
-                        q,
-                        cfg.n_heads,
-                        tables,
-                        &rope_shape,
-                        1,
-                    )?)?);
-                    post.push(moved(rope::rope(
-                        k,
-                        kk,
-                        cfg.n_kv_heads,
-                        tables,
-                        &rope_shape,
-                        1,
-                    )?)?);
-                    post.push(moved(kv_cache::kv_write(
-                        k,
-                        new,
-                        cache,
-                        &fwd.step,
-                        &heads.cache(),
-                        1,
-                    )?)?);
-                }
+                let post = post_qkv(k, cfg, l, &rows, at, 1, true)?
+                    .into_iter()
+                    .map(moved)
+                    .collect::<Result<Vec<_>>>()?;
                 let io = AttentionBuffers {
                     q,
                     cache,
@@ -501,11 +454,7 @@ fn shared_ops(
                   out: &wgpu::Buffer,
                   epi: BatchEpilogue|
      -> Result<()> {
-        if epi.bias.is_some() && m.chunks.len() > 1 {
-            return Err(Error::Unsupported(
-                "bias on a matrix split across bindings".into(),
-            ));
-        }
+        check_split_bias(m, epi.bias.is_some())?;
         for (row0, chunk) in &m.chunks {
             let e = BatchEpilogue {
                 out_offset: epi.out_offset + row0,
@@ -636,7 +585,6 @@ impl Batch {
         let decoder = TextStream::for_model(&self.model, &params.stop);
         self.waiting.push_back(Sequence {
             id,
-            eos: self.model.eos_ids().to_vec(),
             prompt: prompt.to_vec(),
             rng: Rng::new(params.sampling.seed),
             params,
@@ -731,6 +679,7 @@ impl Batch {
     /// token is picked and read (one blocking read per sequence).
     fn prefill_one(&mut self, events: &mut Vec<BatchEvent>) {
         let piece = self.piece;
+        let eos = self.model.eos_ids();
         let Some(s) = self
             .slots
             .iter_mut()
@@ -768,7 +717,7 @@ impl Batch {
                     return;
                 }
                 q.next = Some(id);
-                emit(q, id, events);
+                emit(q, eos, id, events);
             })
         };
         q.stats.prefill_secs += t0.elapsed().as_secs_f64();
@@ -827,12 +776,7 @@ impl Batch {
                         n,
                     );
                     let chain = chain.and_then(|c| {
-                        let view = wgpu::BufferBinding {
-                            buffer: &self.act.logits,
-                            offset: (i * self.act.logits_stride * 4) as u64,
-                            size: std::num::NonZeroU64::new((vocab * 4) as u64),
-                        };
-                        let swap = [(&self.row_logits, view)];
+                        let swap = [(&self.row_logits, self.act.logits_row(i, vocab))];
                         let list = c
                             .dispatches
                             .iter()
@@ -937,6 +881,7 @@ impl Batch {
             return Ok(());
         };
         let gpu = self.model.inner.engine.kernels().gpu.clone();
+        let eos = self.model.eos_ids();
         let read = self.ring.read_pairs(&gpu, f.ring);
         let (pairs, _) = match read {
             Ok(r) => r,
@@ -970,7 +915,7 @@ impl Batch {
                 None => q.next = Some(token),
             }
             if q.phase == Phase::Decode {
-                emit(q, token, events);
+                emit(q, eos, token, events);
             }
         }
         Ok(())
@@ -980,8 +925,8 @@ impl Batch {
 /// Hands a generated `id` to its sequence as a Token event; end-of-sequence, a stop string or
 /// max tokens end it (with its Done event). A full cache ends it when the next step would
 /// need a position ([`Batch::step`]).
-fn emit(q: &mut Sequence, id: u32, events: &mut Vec<BatchEvent>) {
-    if !q.params.ignore_eos && q.eos.contains(&id) {
+fn emit(q: &mut Sequence, eos: &[u32], id: u32, events: &mut Vec<BatchEvent>) {
+    if !q.params.ignore_eos && eos.contains(&id) {
         return finish(q, StopReason::Eos, events);
     }
     q.emitted += 1;

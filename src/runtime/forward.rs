@@ -359,12 +359,7 @@ impl<'a> Lower<'a> {
         out: &wgpu::Buffer,
         o: MatmulOut,
     ) -> Result<()> {
-        // The epilogue adds the whole bias vector to each chunk's rows: misaligned on a split.
-        if o.bias.is_some() && m.chunks.len() > 1 {
-            return Err(Error::Unsupported(
-                "bias on a matrix split across bindings".into(),
-            ));
-        }
+        check_split_bias(m, o.bias.is_some())?;
         for (row0, chunk) in &m.chunks {
             let epi_offset = o.col0 + row0;
             if let Some(xq) = self.quantised(chunk.format, (x, norm), m.k)? {
@@ -575,6 +570,119 @@ fn qkv_fusable<'a>(k: &Kernels, l: &'a LayerWeights) -> Option<[&'a crate::kerne
     let biases = [l.bq.is_some(), l.bk.is_some(), l.bv.is_some()];
     let consistent = biases.iter().all(|&b| b) || biases.iter().all(|&b| !b);
     (consistent && gemv::qkv_supported(&k.gpu.caps, w[0], w[1], w[2])).then_some(w)
+}
+
+/// Refuses a bias on a matrix split across bindings: the epilogue adds the whole bias vector
+/// to each chunk's rows, misaligned on a split.
+pub(crate) fn check_split_bias(m: &SplitMatrix, bias: bool) -> Result<()> {
+    if bias && m.chunks.len() > 1 {
+        return Err(Error::Unsupported(
+            "bias on a matrix split across bindings".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The q, k and v rows a layer's projections wrote, and the q/k norms' outputs (Qwen3).
+pub(crate) struct QkvRows<'a> {
+    pub q: &'a wgpu::Buffer,
+    pub k: &'a wgpu::Buffer,
+    pub v: &'a wgpu::Buffer,
+    pub qn: &'a wgpu::Buffer,
+    pub kn: &'a wgpu::Buffer,
+}
+
+impl<'a> QkvRows<'a> {
+    /// The q and k buffers attention reads: the normalised copies when the model has q/k
+    /// norms.
+    pub fn attended(&self, qk_norm: bool) -> (&'a wgpu::Buffer, &'a wgpu::Buffer) {
+        if qk_norm {
+            (self.qn, self.kn)
+        } else {
+            (self.q, self.k)
+        }
+    }
+}
+
+/// Where [`post_qkv`] writes and with what geometry.
+pub(crate) struct PostQkvTarget<'a> {
+    /// The layer's cache.
+    pub cache: KvPair<'a>,
+    /// The RoPE tables and the step uniform (positions).
+    pub tables: RopeTables<'a>,
+    pub heads: &'a AttentionShape,
+    pub rope: &'a RopeShape,
+}
+
+/// Q/K normalisation (Qwen3), RoPE and the KV-cache write of `tokens` rows of `rows`: RoPE
+/// and the cache write in one dispatch with `fuse` where the whole head rotates, else RoPE of
+/// q, RoPE of k and the cache write. The forward pass and the batched decode step (on one
+/// sequence's row) both lower a layer's post-projection work here.
+pub(crate) fn post_qkv(
+    k: &Kernels,
+    cfg: &ModelConfig,
+    l: &LayerWeights,
+    rows: &QkvRows,
+    at: PostQkvTarget,
+    tokens: usize,
+    fuse: bool,
+) -> Result<Vec<Dispatch>> {
+    let PostQkvTarget {
+        cache,
+        tables,
+        heads,
+        rope: rope_shape,
+    } = at;
+    let mut list = Vec::new();
+    let (q, kk) = rows.attended(cfg.qk_norm);
+    if cfg.qk_norm {
+        let (qw, kw) = l
+            .q_norm
+            .as_ref()
+            .zip(l.k_norm.as_ref())
+            .ok_or_else(|| Error::Model("q/k norm weights missing".into()))?;
+        let (eps, hd) = (cfg.rms_eps, cfg.head_dim);
+        list.push(rmsnorm::rmsnorm(
+            k,
+            rows.q,
+            (qw, eps),
+            q,
+            hd,
+            tokens * cfg.n_heads,
+        )?);
+        list.push(rmsnorm::rmsnorm(
+            k,
+            rows.k,
+            (kw, eps),
+            kk,
+            hd,
+            tokens * cfg.n_kv_heads,
+        )?);
+    }
+    let new = KvPair { k: kk, v: rows.v };
+    if fuse && rope::rope_kv_supported(cfg.head_dim, cfg.rope_dim) {
+        let io = rope::RopeKvBuffers { q, new, cache };
+        list.push(rope::rope_kv(k, &io, tables, heads, rope_shape, tokens)?);
+        return Ok(list);
+    }
+    list.push(rope::rope(k, q, cfg.n_heads, tables, rope_shape, tokens)?);
+    list.push(rope::rope(
+        k,
+        kk,
+        cfg.n_kv_heads,
+        tables,
+        rope_shape,
+        tokens,
+    )?);
+    list.push(kv_cache::kv_write(
+        k,
+        new,
+        cache,
+        tables.step,
+        &heads.cache(),
+        tokens,
+    )?);
+    Ok(list)
 }
 
 impl Forward {
@@ -794,15 +902,21 @@ impl Forward {
 
     /// The q and k buffers attention reads: normalised copies when the model has q/k norms.
     fn qk(&self) -> (&wgpu::Buffer, &wgpu::Buffer) {
-        if self.cfg.qk_norm {
-            (&self.act.qn, &self.act.kn)
-        } else {
-            (&self.act.q, &self.act.k)
+        self.qkv_rows().attended(self.cfg.qk_norm)
+    }
+
+    fn qkv_rows(&self) -> QkvRows<'_> {
+        let a = &self.act;
+        QkvRows {
+            q: &a.q,
+            k: &a.k,
+            v: &a.v,
+            qn: &a.qn,
+            kn: &a.kn,
         }
     }
 
-    /// Q/K normalisation (Qwen3), RoPE and the KV-cache write for the pass's rows (RoPE and
-    /// the cache write fused into one dispatch when the whole head rotates).
+    /// Q/K normalisation, RoPE and the KV-cache write for the pass's rows ([`post_qkv`]).
     fn post_qkv(
         &self,
         low: &mut Lower<'_>,
@@ -810,43 +924,26 @@ impl Forward {
         cache: KvPair,
         inv_freq: &wgpu::Buffer,
     ) -> Result<()> {
-        let (cfg, a, k) = (&self.cfg, &self.act, low.k);
-        let tokens = low.how.rows();
-        let (q, kk) = self.qk();
-        if cfg.qk_norm {
-            let (qw, kw) = l
-                .q_norm
-                .as_ref()
-                .zip(l.k_norm.as_ref())
-                .ok_or_else(|| Error::Model("q/k norm weights missing".into()))?;
-            let eps = cfg.rms_eps;
-            let hd = cfg.head_dim;
-            let rows = |heads: usize| tokens * heads;
-            let qd = rmsnorm::rmsnorm(k, &a.q, (qw, eps), q, hd, rows(cfg.n_heads))?;
-            low.list.push(qd);
-            let kd = rmsnorm::rmsnorm(k, &a.k, (kw, eps), kk, hd, rows(cfg.n_kv_heads))?;
-            low.list.push(kd);
-        }
-        let tables = RopeTables {
-            step: &self.step,
-            inv_freq,
+        let at = PostQkvTarget {
+            cache,
+            tables: RopeTables {
+                step: &self.step,
+                inv_freq,
+            },
+            heads: &self.heads,
+            rope: &self.rope,
         };
-        let new = KvPair { k: kk, v: &a.v };
-        if low.fuse_rope_kv() && rope::rope_kv_supported(cfg.head_dim, cfg.rope_dim) {
-            let io = rope::RopeKvBuffers { q, new, cache };
-            let d = rope::rope_kv(k, &io, tables, &self.heads, &self.rope, tokens)?;
-            low.list.push(d);
-            return Ok(());
-        }
-        let rope = &self.rope;
-        low.list
-            .push(rope::rope(k, q, cfg.n_heads, tables, rope, tokens)?);
-        low.list
-            .push(rope::rope(k, kk, cfg.n_kv_heads, tables, rope, tokens)?);
-        let shape = self.heads.cache();
-        low.list.push(kv_cache::kv_write(
-            k, new, cache, &self.step, &shape, tokens,
-        )?);
+        let rows = self.qkv_rows();
+        let list = post_qkv(
+            low.k,
+            &self.cfg,
+            l,
+            &rows,
+            at,
+            low.how.rows(),
+            low.fuse_rope_kv(),
+        )?;
+        low.list.extend(list);
         Ok(())
     }
 
